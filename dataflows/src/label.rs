@@ -1,0 +1,214 @@
+//! Label values: the answers annotators give, with the spec's equality (by JSON value, sets as
+//! sets, `1` equal to `1.0`) and its total order for consensus tie-breaks (numbers, then strings,
+//! then `false`, `true`, then sets). Also the table that gives each distinct label a compact id.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+/// Compact id of a distinct label value, assigned by a [`LabelTable`].
+pub type LabelId = u32;
+
+/// A label value as the spec defines it. Equality and hashing follow the spec's comparison.
+#[derive(Clone, Debug)]
+pub enum Label {
+    /// A JSON number. `text` is how it was first written, kept so that output shows `1`, not `1.0`.
+    Number { value: f64, text: Box<str> },
+    /// A JSON string.
+    String(Box<str>),
+    /// A JSON boolean.
+    Bool(bool),
+    /// A multi-label set: the distinct strings of a JSON array, sorted bytewise.
+    Set(Box<[Box<str>]>),
+}
+
+impl Label {
+    fn rank(&self) -> u8 {
+        match self {
+            Label::Number { .. } => 0,
+            Label::String(_) => 1,
+            Label::Bool(_) => 2,
+            Label::Set(_) => 3,
+        }
+    }
+
+    /// The numeric value, if this label is a number.
+    pub fn as_number(&self) -> Option<f64> {
+        match self {
+            Label::Number { value, .. } => Some(*value),
+            _ => None,
+        }
+    }
+
+    /// The spec's order: numbers numerically, then strings bytewise, then `false`, `true`, then
+    /// sets (compared element by element, bytewise).
+    pub fn spec_cmp(&self, other: &Label) -> Ordering {
+        match (self, other) {
+            (Label::Number { value: a, .. }, Label::Number { value: b, .. }) => a.total_cmp(b),
+            (Label::String(a), Label::String(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (Label::Bool(a), Label::Bool(b)) => a.cmp(b),
+            (Label::Set(a), Label::Set(b)) => a.cmp(b),
+            _ => self.rank().cmp(&other.rank()),
+        }
+    }
+
+    /// The label as a JSON value, written as it was first seen.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Label::Number { value, text } => serde_json::from_str::<serde_json::Number>(text)
+                .map(serde_json::Value::Number)
+                .unwrap_or_else(|_| serde_json::json!(*value)),
+            Label::String(s) => serde_json::Value::String(s.to_string()),
+            Label::Bool(b) => serde_json::Value::Bool(*b),
+            Label::Set(items) => serde_json::Value::Array(
+                items
+                    .iter()
+                    .map(|s| serde_json::Value::String(s.to_string()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A label as parsed from one event, borrowing from the input line where it can.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RawLabel<'a> {
+    Number {
+        value: f64,
+        text: &'a str,
+    },
+    String(Cow<'a, str>),
+    Bool(bool),
+    /// Distinct elements, sorted bytewise.
+    Set(Vec<Cow<'a, str>>),
+}
+
+impl RawLabel<'_> {
+    /// Writes the canonical identity of this label into `buf`: two labels are equal under the
+    /// spec exactly when their canonical bytes are equal.
+    pub fn canonical_key(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        match self {
+            RawLabel::Number { value, .. } => {
+                buf.push(0);
+                // -0.0 and 0.0 are one value.
+                let v = if *value == 0.0 { 0.0f64 } else { *value };
+                buf.extend_from_slice(&v.to_bits().to_be_bytes());
+            }
+            RawLabel::String(s) => {
+                buf.push(1);
+                buf.extend_from_slice(s.as_bytes());
+            }
+            RawLabel::Bool(b) => {
+                buf.push(2);
+                buf.push(u8::from(*b));
+            }
+            RawLabel::Set(items) => {
+                buf.push(3);
+                for item in items {
+                    buf.extend_from_slice(&(item.len() as u64).to_be_bytes());
+                    buf.extend_from_slice(item.as_bytes());
+                }
+            }
+        }
+    }
+
+    /// An owned [`Label`].
+    pub fn to_label(&self) -> Label {
+        match self {
+            RawLabel::Number { value, text } => Label::Number {
+                value: if *value == 0.0 { 0.0 } else { *value },
+                text: (*text).into(),
+            },
+            RawLabel::String(s) => Label::String(s.as_ref().into()),
+            RawLabel::Bool(b) => Label::Bool(*b),
+            RawLabel::Set(items) => Label::Set(items.iter().map(|s| s.as_ref().into()).collect()),
+        }
+    }
+}
+
+/// Assigns each distinct label value (under the spec's equality) a [`LabelId`].
+#[derive(Debug, Default)]
+pub struct LabelTable {
+    ids: HashMap<Box<[u8]>, LabelId>,
+    labels: Vec<Label>,
+    scratch: Vec<u8>,
+}
+
+impl LabelTable {
+    /// The id of `raw`, assigning a new one if this value was not seen before.
+    pub fn intern(&mut self, raw: &RawLabel<'_>) -> LabelId {
+        raw.canonical_key(&mut self.scratch);
+        if let Some(id) = self.ids.get(self.scratch.as_slice()) {
+            return *id;
+        }
+        let id = LabelId::try_from(self.labels.len()).expect("more than 2^32 distinct labels");
+        self.ids.insert(self.scratch.as_slice().into(), id);
+        self.labels.push(raw.to_label());
+        id
+    }
+
+    /// The label with id `id`. Panics on an id this table did not assign.
+    pub fn get(&self, id: LabelId) -> &Label {
+        &self.labels[id as usize]
+    }
+
+    /// Number of distinct labels seen.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether no label was seen yet.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(v: f64, t: &str) -> RawLabel<'_> {
+        RawLabel::Number { value: v, text: t }
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        let mut table = LabelTable::default();
+        let a = table.intern(&num(1.0, "1"));
+        let b = table.intern(&num(1.0, "1.0"));
+        let c = table.intern(&RawLabel::String("1".into()));
+        let d = table.intern(&RawLabel::Bool(true));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(c, d);
+        assert_eq!(table.get(a).to_json(), serde_json::json!(1));
+        assert_eq!(table.intern(&num(-0.0, "-0")), table.intern(&num(0.0, "0")));
+    }
+
+    #[test]
+    fn spec_order() {
+        let labels = [
+            Label::Set(vec!["a".into()].into()),
+            Label::Bool(true),
+            Label::Bool(false),
+            Label::String("b".into()),
+            Label::String("a".into()),
+            Label::Number {
+                value: 10.0,
+                text: "10".into(),
+            },
+            Label::Number {
+                value: 2.0,
+                text: "2".into(),
+            },
+        ];
+        let mut sorted = labels.to_vec();
+        sorted.sort_by(|a, b| a.spec_cmp(b));
+        let json: Vec<_> = sorted.iter().map(Label::to_json).collect();
+        assert_eq!(
+            serde_json::Value::Array(json),
+            serde_json::json!([2, 10, "a", "b", false, true, ["a"]])
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! labelqc's dataflows: the input model, the exact incremental quality computations of the spec
+//! (agreement, gold accuracy, consensus) as differential dataflows, and the view that forms the
+//! final numbers. No I/O happens here.
+
+pub mod dataflow;
+pub mod engine;
+pub mod event;
+pub mod label;
+pub mod source;
+pub mod stats;
+pub mod view;

@@ -1,0 +1,265 @@
+//! The source side of the dataflows: names interned to compact ids (the [`Catalog`]) and the
+//! upsert state that turns "latest event per identity wins" into differential updates: an upsert
+//! that replaces a label emits `(-old, +new)`, a delete emits `-old`, a repeat emits nothing.
+
+use std::collections::HashMap;
+
+use crate::event::{GoldEvent, LabelEvent};
+use crate::label::{LabelId, LabelTable};
+
+/// Compact id of a (project, task) scope.
+pub type ScopeId = u32;
+/// Compact id of an item name (shared across scopes; an item is identified by `(scope, item)`).
+pub type ItemId = u32;
+/// Compact id of an annotator name.
+pub type AnnotatorId = u32;
+/// An item within its scope.
+pub type ItemKey = (ScopeId, ItemId);
+
+/// Assigns dense ids to strings, in order of first appearance.
+#[derive(Debug, Default)]
+pub struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    /// The id of `name`, assigned on first sight.
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(self.names.len()).expect("more than 2^32 distinct names");
+        self.ids.insert(name.into(), id);
+        self.names.push(name.into());
+        id
+    }
+
+    /// The id of `name`, if it was seen.
+    pub fn lookup(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// The name with id `id`. Panics on an id this interner did not assign.
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Number of names seen.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether no name was seen yet.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// The names behind every id in the dataflows: scopes, items, annotators and labels.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    projects: Interner,
+    tasks: Interner,
+    scopes: HashMap<(u32, u32), ScopeId>,
+    scope_names: Vec<(u32, u32)>,
+    pub items: Interner,
+    pub annotators: Interner,
+    pub labels: LabelTable,
+}
+
+impl Catalog {
+    /// The id of the scope `(project, task)`.
+    pub fn scope(&mut self, project: &str, task: &str) -> ScopeId {
+        let key = (self.projects.intern(project), self.tasks.intern(task));
+        let next = ScopeId::try_from(self.scope_names.len()).expect("more than 2^32 scopes");
+        let id = *self.scopes.entry(key).or_insert(next);
+        if id == next {
+            self.scope_names.push(key);
+        }
+        id
+    }
+
+    /// The `(project, task)` names of a scope.
+    pub fn scope_name(&self, scope: ScopeId) -> (&str, &str) {
+        let (p, t) = self.scope_names[scope as usize];
+        (self.projects.name(p), self.tasks.name(t))
+    }
+}
+
+/// A change to the dataflows' inputs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Update {
+    /// A label row `(item, annotator, label)` added (`diff` 1) or removed (`diff` -1).
+    Label {
+        item: ItemKey,
+        annotator: AnnotatorId,
+        label: LabelId,
+        diff: i64,
+    },
+    /// A gold answer `(item, label)` added or removed.
+    Gold {
+        item: ItemKey,
+        label: LabelId,
+        diff: i64,
+    },
+}
+
+/// Interns events and applies upsert/delete semantics, emitting the resulting [`Update`]s.
+#[derive(Debug, Default)]
+pub struct Source {
+    pub catalog: Catalog,
+    labels: HashMap<(ItemKey, AnnotatorId), LabelId>,
+    gold: HashMap<ItemKey, LabelId>,
+}
+
+impl Source {
+    /// Applies one label event; appends the updates it causes (none, one or two) to `out`.
+    pub fn apply_label(&mut self, event: &LabelEvent<'_>, out: &mut Vec<Update>) {
+        let scope = self.catalog.scope(&event.project, &event.task);
+        let item = (scope, self.catalog.items.intern(&event.item_id));
+        let annotator = self.catalog.annotators.intern(&event.annotator_id);
+        let new = event.label.as_ref().map(|l| self.catalog.labels.intern(l));
+        let old = match new {
+            Some(label) => self.labels.insert((item, annotator), label),
+            None => self.labels.remove(&(item, annotator)),
+        };
+        if old == new {
+            return;
+        }
+        if let Some(label) = old {
+            out.push(Update::Label {
+                item,
+                annotator,
+                label,
+                diff: -1,
+            });
+        }
+        if let Some(label) = new {
+            out.push(Update::Label {
+                item,
+                annotator,
+                label,
+                diff: 1,
+            });
+        }
+    }
+
+    /// Applies one gold answer; appends the updates it causes to `out`.
+    pub fn apply_gold(&mut self, event: &GoldEvent<'_>, out: &mut Vec<Update>) {
+        let scope = self.catalog.scope(&event.project, &event.task);
+        let item = (scope, self.catalog.items.intern(&event.item_id));
+        let new = event.label.as_ref().map(|l| self.catalog.labels.intern(l));
+        let old = match new {
+            Some(label) => self.gold.insert(item, label),
+            None => self.gold.remove(&item),
+        };
+        if old == new {
+            return;
+        }
+        if let Some(label) = old {
+            out.push(Update::Gold {
+                item,
+                label,
+                diff: -1,
+            });
+        }
+        if let Some(label) = new {
+            out.push(Update::Gold {
+                item,
+                label,
+                diff: 1,
+            });
+        }
+    }
+
+    /// Number of live labels (identities with a current label).
+    pub fn live_labels(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{parse_gold_event, parse_label_event};
+
+    #[test]
+    fn latest_event_wins() {
+        let mut source = Source::default();
+        let mut out = Vec::new();
+        for line in [
+            r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
+            r#"{"item_id":"i","annotator_id":"a","label":"x","ts":2}"#,
+            r#"{"item_id":"i","annotator_id":"a","label":"y","ts":3}"#,
+            r#"{"item_id":"i","annotator_id":"a","ts":4,"op":"delete"}"#,
+            r#"{"item_id":"i","annotator_id":"a","ts":5,"op":"delete"}"#,
+        ] {
+            source.apply_label(&parse_label_event(line).unwrap(), &mut out);
+        }
+        let item = (0, 0);
+        assert_eq!(
+            out,
+            vec![
+                Update::Label {
+                    item,
+                    annotator: 0,
+                    label: 0,
+                    diff: 1
+                },
+                Update::Label {
+                    item,
+                    annotator: 0,
+                    label: 0,
+                    diff: -1
+                },
+                Update::Label {
+                    item,
+                    annotator: 0,
+                    label: 1,
+                    diff: 1
+                },
+                Update::Label {
+                    item,
+                    annotator: 0,
+                    label: 1,
+                    diff: -1
+                },
+            ]
+        );
+        assert_eq!(source.live_labels(), 0);
+    }
+
+    #[test]
+    fn gold_corrections() {
+        let mut source = Source::default();
+        let mut out = Vec::new();
+        for line in [
+            r#"{"item_id":"g","label":"x"}"#,
+            r#"{"item_id":"g","label":"y"}"#,
+        ] {
+            source.apply_gold(&parse_gold_event(line).unwrap(), &mut out);
+        }
+        assert_eq!(
+            out,
+            vec![
+                Update::Gold {
+                    item: (0, 0),
+                    label: 0,
+                    diff: 1
+                },
+                Update::Gold {
+                    item: (0, 0),
+                    label: 0,
+                    diff: -1
+                },
+                Update::Gold {
+                    item: (0, 0),
+                    label: 1,
+                    diff: 1
+                },
+            ]
+        );
+        assert_eq!(source.catalog.scope_name(0), ("default", "default"));
+    }
+}

@@ -1,0 +1,218 @@
+//! The command line: raw arguments parsed once into validated requests, then dispatched.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::gen::{self, GenSpec};
+use crate::report::{self, ReportRequest};
+
+/// labelqc: live, exact label-quality numbers for human (and model) annotation.
+#[derive(Debug, Parser)]
+#[command(name = "labelqc", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compute the quality report (agreement, gold accuracy, consensus) over JSONL files.
+    Report(ReportArgs),
+    /// Write a seeded, realistic stream of label events (and gold answers) as JSONL.
+    Gen(GenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Label events, one JSON object a line (`-` reads standard input).
+    #[arg(long, value_name = "FILE")]
+    pub labels: PathBuf,
+    /// Gold answers, one JSON object a line.
+    #[arg(long, value_name = "FILE")]
+    pub gold: Option<PathBuf>,
+    /// TOML configuration (see configs/labelqc.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Include per-item consensus in the report.
+    #[arg(long)]
+    pub items: bool,
+    /// Worker threads (overrides `engine.workers`).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Events per epoch (overrides `engine.epoch_events`); results do not depend on it.
+    #[arg(long, value_name = "N")]
+    pub epoch_events: Option<usize>,
+    /// Stop at the first bad line instead of reporting it and going on.
+    #[arg(long)]
+    pub strict: bool,
+    /// Pretty-print the JSON.
+    #[arg(long)]
+    pub pretty: bool,
+    /// Write the report here instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Where to write label events (`-` for standard output).
+    #[arg(long, value_name = "FILE", default_value = "-")]
+    pub out: PathBuf,
+    /// Where to write gold answers; without it, none are written.
+    #[arg(long, value_name = "FILE")]
+    pub gold_out: Option<PathBuf>,
+    /// Label events to write (labels, relabels and deletes).
+    #[arg(long, default_value_t = GenSpec::default().events)]
+    pub events: u64,
+    #[arg(long, default_value_t = GenSpec::default().annotators)]
+    pub annotators: u32,
+    /// Distinct annotators per item.
+    #[arg(long, default_value_t = GenSpec::default().labels_per_item)]
+    pub labels_per_item: u32,
+    #[arg(long, default_value_t = GenSpec::default().classes)]
+    pub classes: u32,
+    /// Share of items that are gold questions.
+    #[arg(long, default_value_t = GenSpec::default().gold_rate)]
+    pub gold_rate: f64,
+    /// Share of events that relabel an earlier label.
+    #[arg(long, default_value_t = GenSpec::default().relabel_rate)]
+    pub relabel_rate: f64,
+    /// Share of events that delete an earlier label.
+    #[arg(long, default_value_t = GenSpec::default().delete_rate)]
+    pub delete_rate: f64,
+    /// Share of annotators who answer at random.
+    #[arg(long, default_value_t = GenSpec::default().spammer_share)]
+    pub spammers: f64,
+    /// Share of annotators who favour one class.
+    #[arg(long, default_value_t = GenSpec::default().biased_share)]
+    pub biased: f64,
+    #[arg(long, default_value_t = GenSpec::default().projects)]
+    pub projects: u32,
+    /// Tasks per project.
+    #[arg(long, default_value_t = GenSpec::default().tasks)]
+    pub tasks: u32,
+    /// Labels are ratings 1..=classes instead of class names.
+    #[arg(long)]
+    pub numeric: bool,
+    #[arg(long, default_value_t = GenSpec::default().seed)]
+    pub seed: u64,
+}
+
+impl GenArgs {
+    fn spec(&self) -> GenSpec {
+        GenSpec {
+            events: self.events,
+            annotators: self.annotators,
+            labels_per_item: self.labels_per_item,
+            classes: self.classes,
+            gold_rate: self.gold_rate,
+            relabel_rate: self.relabel_rate,
+            delete_rate: self.delete_rate,
+            spammer_share: self.spammers,
+            biased_share: self.biased,
+            projects: self.projects,
+            tasks: self.tasks,
+            numeric_labels: self.numeric,
+            seed: self.seed,
+            ..GenSpec::default()
+        }
+    }
+}
+
+fn create(path: &PathBuf) -> Result<Box<dyn Write>> {
+    if path.as_os_str() == "-" {
+        Ok(Box::new(BufWriter::with_capacity(
+            1 << 20,
+            io::stdout().lock(),
+        )))
+    } else {
+        let file =
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Box::new(BufWriter::with_capacity(1 << 20, file)))
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Report(args) => run_report(args),
+        Command::Gen(args) => run_gen(args),
+    }
+}
+
+fn run_report(args: ReportArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(workers) = args.workers {
+        config.engine.workers = workers;
+    }
+    if let Some(epoch_events) = args.epoch_events {
+        config.engine.epoch_events = epoch_events;
+    }
+    config.validate()?;
+    let request = ReportRequest {
+        labels: args.labels,
+        gold: args.gold,
+        with_items: args.items,
+        strict: args.strict,
+        engine: config.engine,
+        progress: true,
+    };
+    let stderr = io::stderr();
+    let outcome = report::run(&request, |letter| {
+        let _ = writeln!(stderr.lock(), "bad line: {letter}");
+    })?;
+    if outcome.dead_letters > 0 {
+        eprintln!(
+            "{} bad line(s) skipped of {} read; the report covers the rest (use --strict to stop at the first)",
+            outcome.dead_letters, outcome.events
+        );
+    }
+    tracing::info!(
+        events = outcome.events,
+        dead_letters = outcome.dead_letters,
+        live_labels = outcome.live_labels,
+        elapsed_ms = outcome.elapsed.as_millis() as u64,
+        "report computed"
+    );
+    let mut out = create(args.output.as_ref().unwrap_or(&PathBuf::from("-")))?;
+    if args.pretty {
+        serde_json::to_writer_pretty(&mut out, &outcome.report)?;
+    } else {
+        serde_json::to_writer(&mut out, &outcome.report)?;
+    }
+    writeln!(out)?;
+    out.flush().context("cannot write the report")?;
+    Ok(())
+}
+
+fn run_gen(args: GenArgs) -> Result<()> {
+    let spec = args.spec();
+    let mut labels = create(&args.out)?;
+    let mut gold = args.gold_out.as_ref().map(create).transpose()?;
+    let summary = gen::generate(
+        &spec,
+        &mut labels,
+        gold.as_mut().map(|g| g.as_mut() as &mut dyn Write),
+    )?;
+    labels.flush().context("cannot write label events")?;
+    if let Some(mut gold) = gold {
+        gold.flush().context("cannot write gold answers")?;
+    }
+    tracing::info!(
+        labels = summary.labels,
+        relabels = summary.relabels,
+        deletes = summary.deletes,
+        items = summary.items,
+        gold_items = summary.gold_items,
+        "generated"
+    );
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! `labelqc gen`: a seeded generator of realistic label traffic. A workforce of annotators with
+//! their own accuracies and speeds (and a few spammers and biased annotators) labels items of one
+//! or more (project, task) scopes; some items are gold questions; a share of events relabel or
+//! delete an earlier label. The same seed and settings always write the same bytes.
+
+use std::io::{self, Write};
+
+use chrono::{DateTime, SecondsFormat};
+use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Beta, Distribution, LogNormal, WeightedIndex};
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenSpec {
+    /// Label events to write (labels, relabels and deletes together).
+    pub events: u64,
+    pub annotators: u32,
+    /// Distinct annotators per item.
+    pub labels_per_item: u32,
+    /// Number of classes (label values).
+    pub classes: u32,
+    /// Share of items that are gold questions.
+    pub gold_rate: f64,
+    /// Share of events that change an earlier label.
+    pub relabel_rate: f64,
+    /// Share of events that delete an earlier label.
+    pub delete_rate: f64,
+    /// Share of annotators who answer at random.
+    pub spammer_share: f64,
+    /// Share of annotators who favour one class.
+    pub biased_share: f64,
+    pub projects: u32,
+    pub tasks: u32,
+    /// Labels are the numbers 1..=classes (a rating scale) instead of class names.
+    pub numeric_labels: bool,
+    pub seed: u64,
+    /// Event time of the first event, epoch milliseconds.
+    pub start_ms: i64,
+    /// Mean event-time gap between events, milliseconds.
+    pub mean_gap_ms: f64,
+}
+
+impl Default for GenSpec {
+    fn default() -> Self {
+        GenSpec {
+            events: 100_000,
+            annotators: 200,
+            labels_per_item: 5,
+            classes: 4,
+            gold_rate: 0.05,
+            relabel_rate: 0.01,
+            delete_rate: 0.002,
+            spammer_share: 0.02,
+            biased_share: 0.05,
+            projects: 1,
+            tasks: 1,
+            numeric_labels: false,
+            seed: 42,
+            start_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+            mean_gap_ms: 500.0,
+        }
+    }
+}
+
+/// Why a spec cannot be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum GenError {
+    #[error("invalid generator setting `{field}`: {message}")]
+    Spec {
+        field: &'static str,
+        message: String,
+    },
+    #[error("cannot write generated data: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Counts of what was written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GenSummary {
+    pub labels: u64,
+    pub relabels: u64,
+    pub deletes: u64,
+    pub items: u64,
+    pub gold_items: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Behaviour {
+    Careful {
+        accuracy: f64,
+    },
+    Spammer,
+    Biased {
+        accuracy: f64,
+        favourite: u32,
+        pull: f64,
+    },
+}
+
+struct Annotator {
+    name: String,
+    behaviour: Behaviour,
+    speed: LogNormal<f64>,
+}
+
+const CLASS_NAMES: [&str; 8] = [
+    "positive",
+    "negative",
+    "neutral",
+    "mixed",
+    "off_topic",
+    "toxic",
+    "spam",
+    "unclear",
+];
+
+impl GenSpec {
+    fn validate(&self) -> Result<(), GenError> {
+        let spec = |field, message: &str| {
+            Err(GenError::Spec {
+                field,
+                message: message.into(),
+            })
+        };
+        if self.annotators < 2 {
+            return spec("annotators", "needs at least 2 annotators");
+        }
+        if self.labels_per_item == 0 || self.labels_per_item > self.annotators {
+            return spec(
+                "labels_per_item",
+                "must be between 1 and the number of annotators",
+            );
+        }
+        if self.classes < 2 {
+            return spec("classes", "needs at least 2 classes");
+        }
+        if self.projects == 0 || self.tasks == 0 {
+            return spec("projects", "projects and tasks must be at least 1");
+        }
+        for (field, rate) in [
+            ("gold_rate", self.gold_rate),
+            ("relabel_rate", self.relabel_rate),
+            ("delete_rate", self.delete_rate),
+            ("spammer_share", self.spammer_share),
+            ("biased_share", self.biased_share),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return spec(field, "must be between 0 and 1");
+            }
+        }
+        if self.relabel_rate + self.delete_rate >= 1.0 {
+            return spec(
+                "relabel_rate",
+                "relabel_rate + delete_rate must stay under 1",
+            );
+        }
+        if !(self.mean_gap_ms > 0.0) {
+            return spec("mean_gap_ms", "must be positive");
+        }
+        Ok(())
+    }
+
+    fn label_text(&self, class: u32) -> String {
+        if self.numeric_labels {
+            (class + 1).to_string()
+        } else if (class as usize) < CLASS_NAMES.len() && self.classes as usize <= CLASS_NAMES.len()
+        {
+            format!("\"{}\"", CLASS_NAMES[class as usize])
+        } else {
+            format!("\"class_{class}\"")
+        }
+    }
+
+    fn scope_fields(&self, scope: u32) -> String {
+        let mut fields = String::new();
+        if self.projects > 1 {
+            fields.push_str(&format!(",\"project\":\"project-{}\"", scope / self.tasks));
+        }
+        if self.tasks > 1 {
+            fields.push_str(&format!(",\"task\":\"task-{}\"", scope % self.tasks));
+        }
+        fields
+    }
+}
+
+/// Writes label events to `labels` and gold answers to `gold`.
+pub fn generate(
+    spec: &GenSpec,
+    labels: &mut dyn Write,
+    gold: Option<&mut dyn Write>,
+) -> Result<GenSummary, GenError> {
+    spec.validate()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let accuracy = Beta::new(9.0, 1.5).expect("valid beta");
+    let workforce: Vec<Annotator> = (0..spec.annotators)
+        .map(|i| {
+            let roll: f64 = rng.gen();
+            let behaviour = if roll < spec.spammer_share {
+                Behaviour::Spammer
+            } else if roll < spec.spammer_share + spec.biased_share {
+                Behaviour::Biased {
+                    accuracy: accuracy.sample(&mut rng),
+                    favourite: rng.gen_range(0..spec.classes),
+                    pull: rng.gen_range(0.3..0.6),
+                }
+            } else {
+                Behaviour::Careful {
+                    accuracy: accuracy.sample(&mut rng),
+                }
+            };
+            let median_s: f64 = match behaviour {
+                Behaviour::Spammer => rng.gen_range(1.0..3.0),
+                _ => rng.gen_range(6.0..30.0),
+            };
+            Annotator {
+                name: format!("ann-{i:05}"),
+                behaviour,
+                speed: LogNormal::new((median_s * 1000.0).ln(), 0.5).expect("valid lognormal"),
+            }
+        })
+        .collect();
+    let class_prior = WeightedIndex::new((0..spec.classes).map(|k| 1.0 / f64::from(k + 1)))
+        .expect("positive weights");
+    let scopes = spec.projects * spec.tasks;
+    let scope_fields: Vec<String> = (0..scopes).map(|s| spec.scope_fields(s)).collect();
+    let labels_text: Vec<String> = (0..spec.classes).map(|k| spec.label_text(k)).collect();
+
+    let answer = |rng: &mut ChaCha8Rng, who: &Annotator, truth: u32| -> u32 {
+        let wrong = |rng: &mut ChaCha8Rng| {
+            let other = rng.gen_range(0..spec.classes - 1);
+            if other >= truth {
+                other + 1
+            } else {
+                other
+            }
+        };
+        match who.behaviour {
+            Behaviour::Spammer => rng.gen_range(0..spec.classes),
+            Behaviour::Careful { accuracy } => {
+                if rng.gen_bool(accuracy) {
+                    truth
+                } else {
+                    wrong(rng)
+                }
+            }
+            Behaviour::Biased {
+                accuracy,
+                favourite,
+                pull,
+            } => {
+                if rng.gen_bool(pull) {
+                    favourite
+                } else if rng.gen_bool(accuracy) {
+                    truth
+                } else {
+                    wrong(rng)
+                }
+            }
+        }
+    };
+
+    let mut summary = GenSummary::default();
+    let mut now = spec.start_ms as f64;
+    // Recent (item, annotator, scope, truth) identities that a relabel or delete can target.
+    let mut recent: Vec<(u64, u32, u32, u32)> = Vec::with_capacity(4096);
+    let mut pending: Vec<(u32, u32)> = Vec::new(); // (annotator, truth) of the current item
+    let mut item = 0u64;
+    let mut item_scope = 0u32;
+    let mut item_truth = 0u32;
+    let mut gold_out = gold;
+    let mut written = 0u64;
+    let mut ts = String::new();
+    while written < spec.events {
+        now += rng.gen::<f64>() * 2.0 * spec.mean_gap_ms;
+        ts.clear();
+        ts.push_str(
+            &DateTime::from_timestamp_millis(now as i64)
+                .expect("time in range")
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        );
+        let roll: f64 = rng.gen();
+        if !recent.is_empty() && roll < spec.relabel_rate + spec.delete_rate {
+            let (target_item, who, scope, truth) = recent[rng.gen_range(0..recent.len())];
+            let annotator = &workforce[who as usize];
+            if roll < spec.relabel_rate {
+                let class = answer(&mut rng, annotator, truth);
+                writeln!(
+                    labels,
+                    "{{\"item_id\":\"item-{target_item:08}\",\"annotator_id\":\"{}\",\"label\":{},\"ts\":\"{ts}\",\"duration_ms\":{}{}}}",
+                    annotator.name,
+                    labels_text[class as usize],
+                    annotator.speed.sample(&mut rng) as u64,
+                    scope_fields[scope as usize]
+                )?;
+                summary.relabels += 1;
+            } else {
+                writeln!(
+                    labels,
+                    "{{\"item_id\":\"item-{target_item:08}\",\"annotator_id\":\"{}\",\"op\":\"delete\",\"ts\":\"{ts}\"{}}}",
+                    annotator.name, scope_fields[scope as usize]
+                )?;
+                summary.deletes += 1;
+            }
+            written += 1;
+            continue;
+        }
+        if pending.is_empty() {
+            item = summary.items;
+            summary.items += 1;
+            item_scope = rng.gen_range(0..scopes);
+            item_truth = class_prior.sample(&mut rng) as u32;
+            for who in sample(
+                &mut rng,
+                spec.annotators as usize,
+                spec.labels_per_item as usize,
+            ) {
+                pending.push((who as u32, item_truth));
+            }
+            if rng.gen_bool(spec.gold_rate) {
+                summary.gold_items += 1;
+                if let Some(out) = gold_out.as_deref_mut() {
+                    writeln!(
+                        out,
+                        "{{\"item_id\":\"item-{item:08}\",\"label\":{}{}}}",
+                        labels_text[item_truth as usize], scope_fields[item_scope as usize]
+                    )?;
+                }
+            }
+        }
+        let (who, truth) = pending.pop().expect("an item has at least one label");
+        let annotator = &workforce[who as usize];
+        let class = answer(&mut rng, annotator, truth);
+        writeln!(
+            labels,
+            "{{\"item_id\":\"item-{item:08}\",\"annotator_id\":\"{}\",\"label\":{},\"ts\":\"{ts}\",\"duration_ms\":{}{}}}",
+            annotator.name,
+            labels_text[class as usize],
+            annotator.speed.sample(&mut rng) as u64,
+            scope_fields[item_scope as usize]
+        )?;
+        if recent.len() < 4096 {
+            recent.push((item, who, item_scope, item_truth));
+        } else {
+            let slot = rng.gen_range(0..recent.len());
+            recent[slot] = (item, who, item_scope, item_truth);
+        }
+        summary.labels += 1;
+        written += 1;
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(spec: &GenSpec) -> (Vec<u8>, Vec<u8>, GenSummary) {
+        let (mut labels, mut gold) = (Vec::new(), Vec::new());
+        let summary = generate(spec, &mut labels, Some(&mut gold)).unwrap();
+        (labels, gold, summary)
+    }
+
+    #[test]
+    fn same_seed_same_bytes_and_valid_events() {
+        let spec = GenSpec {
+            events: 2_000,
+            annotators: 20,
+            projects: 2,
+            tasks: 2,
+            ..GenSpec::default()
+        };
+        let (a, gold, summary) = run(&spec);
+        let (b, _, _) = run(&spec);
+        assert_eq!(a, b);
+        let text = String::from_utf8(a).unwrap();
+        assert_eq!(text.lines().count(), 2_000);
+        for line in text.lines() {
+            labelqc_dataflows::event::parse_label_event(line).unwrap();
+        }
+        for line in String::from_utf8(gold).unwrap().lines() {
+            labelqc_dataflows::event::parse_gold_event(line).unwrap();
+        }
+        assert_eq!(summary.labels + summary.relabels + summary.deletes, 2_000);
+        assert!(summary.relabels > 0 && summary.gold_items > 0);
+        let (c, _, _) = run(&GenSpec { seed: 7, ..spec });
+        assert_ne!(text.as_bytes(), c.as_slice());
+    }
+
+    #[test]
+    fn refuses_bad_specs() {
+        let err = generate(
+            &GenSpec {
+                classes: 1,
+                ..GenSpec::default()
+            },
+            &mut Vec::new(),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("classes"));
+    }
+}

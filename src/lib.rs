@@ -1,0 +1,8 @@
+//! The `labelqc` binary's library: command line, configuration, file input, the report command
+//! and the traffic generator, over the pure dataflows of `labelqc-dataflows`.
+
+pub mod cli;
+pub mod config;
+pub mod gen;
+pub mod input;
+pub mod report;

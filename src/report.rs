@@ -1,0 +1,174 @@
+//! `labelqc report`: runs the quality dataflows over label and gold files and forms the report of
+//! spec section 3. Bad lines go to stderr with their line numbers (or stop the run with
+//! `--strict`); a progress bar shows on a terminal.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use labelqc_dataflows::engine::{Engine, EngineConfig};
+use labelqc_dataflows::event::{parse_gold_event, parse_label_event};
+use labelqc_dataflows::source::{Source, Update};
+use labelqc_dataflows::view::{QualityView, Report};
+
+use crate::config::EngineSettings;
+use crate::input::{self, DeadLetter, Line, LineReader};
+
+/// What to report on.
+#[derive(Clone, Debug)]
+pub struct ReportRequest {
+    pub labels: PathBuf,
+    pub gold: Option<PathBuf>,
+    pub with_items: bool,
+    pub strict: bool,
+    pub engine: EngineSettings,
+    /// Show a progress bar (only honoured when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// The report and what was refused on the way.
+pub struct ReportOutcome {
+    pub report: Report,
+    pub dead_letters: u64,
+    pub events: u64,
+    pub elapsed: Duration,
+    pub live_labels: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Labels,
+    Gold,
+}
+
+/// Runs the dataflows over the request's files. Every refused line is passed to `on_dead_letter`.
+pub fn run(
+    request: &ReportRequest,
+    mut on_dead_letter: impl FnMut(&DeadLetter),
+) -> Result<ReportOutcome> {
+    let start = Instant::now();
+    let mut engine = Engine::start(&EngineConfig {
+        workers: request.engine.workers,
+        max_epochs_in_flight: request.engine.max_epochs_in_flight,
+    })?;
+    let mut view = QualityView::default();
+    let mut source = Source::default();
+    let mut feeder = Feeder {
+        engine: &mut engine,
+        view: &mut view,
+        source: &mut source,
+        pending: Vec::new(),
+        events: 0,
+        dead: 0,
+    };
+
+    if let Some(gold) = &request.gold {
+        feeder.feed_file(gold, Kind::Gold, request, &mut on_dead_letter)?;
+    }
+    feeder.feed_file(&request.labels, Kind::Labels, request, &mut on_dead_letter)?;
+    feeder.flush()?;
+    let (events, dead_letters) = (feeder.events, feeder.dead);
+    engine.finish(&mut view)?;
+    Ok(ReportOutcome {
+        report: view.report(&source.catalog, request.with_items),
+        dead_letters,
+        events,
+        elapsed: start.elapsed(),
+        live_labels: source.live_labels(),
+    })
+}
+
+struct Feeder<'a> {
+    engine: &'a mut Engine,
+    view: &'a mut QualityView,
+    source: &'a mut Source,
+    pending: Vec<Update>,
+    events: u64,
+    dead: u64,
+}
+
+impl Feeder<'_> {
+    fn flush(&mut self) -> Result<()> {
+        let updates = std::mem::take(&mut self.pending);
+        self.engine.submit(updates, self.view)?;
+        Ok(())
+    }
+
+    fn feed_file(
+        &mut self,
+        path: &Path,
+        kind: Kind,
+        request: &ReportRequest,
+        on_dead_letter: &mut impl FnMut(&DeadLetter),
+    ) -> Result<()> {
+        let (reader, len) =
+            input::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut lines = LineReader::new(reader, path);
+        let progress = progress_bar(request.progress, len, path);
+        let mut since_epoch = 0usize;
+        loop {
+            let line = lines
+                .next_line()
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let result = match line {
+                None => break,
+                Some(Line::Blank) => continue,
+                Some(Line::NotUtf8) => Err(input::NOT_UTF8.to_string()),
+                Some(Line::Record(text)) => match kind {
+                    Kind::Labels => parse_label_event(text)
+                        .map(|event| self.source.apply_label(&event, &mut self.pending))
+                        .map_err(|e| e.to_string()),
+                    Kind::Gold => parse_gold_event(text)
+                        .map(|event| self.source.apply_gold(&event, &mut self.pending))
+                        .map_err(|e| e.to_string()),
+                },
+            };
+            self.events += 1;
+            if let Err(reason) = result {
+                let letter = lines.dead_letter(reason);
+                if request.strict {
+                    bail!("{letter} (--strict stops at the first bad line; drop it to skip bad lines)");
+                }
+                self.dead += 1;
+                on_dead_letter(&letter);
+            }
+            since_epoch += 1;
+            if since_epoch >= request.engine.epoch_events {
+                since_epoch = 0;
+                self.flush()?;
+                if let Some(bar) = &progress {
+                    bar.set_position(lines.bytes_read());
+                }
+            }
+        }
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+}
+
+/// A progress bar on stderr for files over 16 MiB (or of unknown size), only on a terminal.
+fn progress_bar(wanted: bool, len: Option<u64>, path: &Path) -> Option<ProgressBar> {
+    const LARGE: u64 = 16 << 20;
+    if !wanted || !std::io::stderr().is_terminal() || len.is_some_and(|l| l < LARGE) {
+        return None;
+    }
+    let bar = match len {
+        Some(len) => ProgressBar::new(len).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{msg} {spinner} {bytes} {bytes_per_sec}")
+                .expect("valid template"),
+        ),
+    };
+    bar.set_message(path.display().to_string());
+    Some(bar)
+}
