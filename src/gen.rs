@@ -156,7 +156,7 @@ impl GenSpec {
                 "relabel_rate + delete_rate must stay under 1",
             );
         }
-        if !(self.mean_gap_ms > 0.0) {
+        if !self.mean_gap_ms.is_finite() || self.mean_gap_ms <= 0.0 {
             return spec("mean_gap_ms", "must be positive");
         }
         Ok(())

@@ -381,3 +381,521 @@ pub fn quality_facts<'s>(
         .concat(consensus)
         .concat(gold_answers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use differential_dataflow::input::Input;
+    use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::Capture;
+
+    type Captured = Vec<(Fact, Time, Diff)>;
+
+    /// Runs the dataflow over label updates given as `(time, row, diff)` and gold rows at time 0,
+    /// returning every output update, consolidated per (fact, time).
+    fn run(label_updates: Vec<(Time, LabelRow, Diff)>, gold_rows: Vec<GoldRow>) -> Captured {
+        let captured = timely::execute_directly(move |worker| {
+            let (mut labels_in, mut gold_in, captured) = worker.dataflow::<Time, _, _>(|scope| {
+                let (labels_in, labels) = scope.new_collection::<LabelRow, Diff>();
+                let (gold_in, gold) = scope.new_collection::<GoldRow, Diff>();
+                (
+                    labels_in,
+                    gold_in,
+                    quality_facts(labels, gold).inner.capture(),
+                )
+            });
+            for row in gold_rows {
+                gold_in.update(row, 1);
+            }
+            let last = label_updates.iter().map(|(t, _, _)| *t).max().unwrap_or(0);
+            for time in 0..=last {
+                labels_in.advance_to(time);
+                gold_in.advance_to(time);
+                for (_, row, diff) in label_updates.iter().filter(|(t, _, _)| *t == time) {
+                    labels_in.update(*row, *diff);
+                }
+            }
+            captured
+        });
+        let mut updates: Captured = captured
+            .extract()
+            .into_iter()
+            .flat_map(|(_, batch)| batch)
+            .collect();
+        differential_dataflow::consolidation::consolidate_updates(&mut updates);
+        updates
+    }
+
+    const S: ScopeId = 0;
+
+    fn label(item: ItemId, annotator: AnnotatorId, label: LabelId) -> LabelRow {
+        ((S, item), (annotator, label))
+    }
+
+    #[test]
+    fn one_item_summary() {
+        // Item 7: annotators 1, 2 say label 10; annotator 3 says 11. Gold answer 10.
+        let out = run(
+            vec![
+                (0, label(7, 1, 10), 1),
+                (0, label(7, 2, 10), 1),
+                (0, label(7, 3, 11), 1),
+            ],
+            vec![((S, 7), 10)],
+        );
+        let expected: Captured = vec![
+            (
+                Fact::ScopeItems {
+                    scope: S,
+                    raters: 3,
+                    items: 1,
+                    agreeing_pairs: 2,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::CategoryShare {
+                    scope: S,
+                    raters: 3,
+                    label: 10,
+                    count: 2,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::CategoryShare {
+                    scope: S,
+                    raters: 3,
+                    label: 11,
+                    count: 1,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::Coincidence {
+                    scope: S,
+                    raters: 3,
+                    c: 10,
+                    k: 10,
+                    weight: 2,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::Coincidence {
+                    scope: S,
+                    raters: 3,
+                    c: 10,
+                    k: 11,
+                    weight: 2,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::AnnotatorItems {
+                    scope: S,
+                    annotator: 1,
+                    raters: 3,
+                    items: 1,
+                    same: 1,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::AnnotatorItems {
+                    scope: S,
+                    annotator: 2,
+                    raters: 3,
+                    items: 1,
+                    same: 1,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::AnnotatorItems {
+                    scope: S,
+                    annotator: 3,
+                    raters: 3,
+                    items: 1,
+                    same: 0,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::PairCell {
+                    scope: S,
+                    a: 1,
+                    b: 2,
+                    label_a: 10,
+                    label_b: 10,
+                    count: 1,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::PairCell {
+                    scope: S,
+                    a: 1,
+                    b: 3,
+                    label_a: 10,
+                    label_b: 11,
+                    count: 1,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::PairCell {
+                    scope: S,
+                    a: 2,
+                    b: 3,
+                    label_a: 10,
+                    label_b: 11,
+                    count: 1,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::AnnotatorGold {
+                    scope: S,
+                    annotator: 1,
+                    answers: 1,
+                    correct: 1,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::AnnotatorGold {
+                    scope: S,
+                    annotator: 2,
+                    answers: 1,
+                    correct: 1,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::AnnotatorGold {
+                    scope: S,
+                    annotator: 3,
+                    answers: 1,
+                    correct: 0,
+                },
+                0,
+                1,
+            ),
+            (
+                Fact::Consensus {
+                    scope: S,
+                    item: 7,
+                    top: 2,
+                    labels: vec![10],
+                },
+                0,
+                1,
+            ),
+        ];
+        let mut expected = expected;
+        differential_dataflow::consolidation::consolidate_updates(&mut expected);
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn relabel_touches_only_its_item() {
+        // Two items with two labels each; at time 1 annotator 2 relabels item 1 from 10 to 11.
+        let out = run(
+            vec![
+                (0, label(1, 1, 10), 1),
+                (0, label(1, 2, 10), 1),
+                (0, label(2, 1, 10), 1),
+                (0, label(2, 2, 10), 1),
+                (1, label(1, 2, 10), -1),
+                (1, label(1, 2, 11), 1),
+            ],
+            vec![],
+        );
+        let at_one: Vec<_> = out.iter().filter(|(_, t, _)| *t == 1).cloned().collect();
+        let mut expected: Captured = vec![
+            // Scope totals for r = 2: two items with 2 agreeing pairs each, then only one agreeing.
+            (
+                Fact::ScopeItems {
+                    scope: S,
+                    raters: 2,
+                    items: 2,
+                    agreeing_pairs: 4,
+                },
+                1,
+                -1,
+            ),
+            (
+                Fact::ScopeItems {
+                    scope: S,
+                    raters: 2,
+                    items: 2,
+                    agreeing_pairs: 2,
+                },
+                1,
+                1,
+            ),
+            (
+                Fact::CategoryShare {
+                    scope: S,
+                    raters: 2,
+                    label: 10,
+                    count: 4,
+                },
+                1,
+                -1,
+            ),
+            (
+                Fact::CategoryShare {
+                    scope: S,
+                    raters: 2,
+                    label: 10,
+                    count: 3,
+                },
+                1,
+                1,
+            ),
+            (
+                Fact::CategoryShare {
+                    scope: S,
+                    raters: 2,
+                    label: 11,
+                    count: 1,
+                },
+                1,
+                1,
+            ),
+            (
+                Fact::Coincidence {
+                    scope: S,
+                    raters: 2,
+                    c: 10,
+                    k: 10,
+                    weight: 4,
+                },
+                1,
+                -1,
+            ),
+            (
+                Fact::Coincidence {
+                    scope: S,
+                    raters: 2,
+                    c: 10,
+                    k: 10,
+                    weight: 2,
+                },
+                1,
+                1,
+            ),
+            (
+                Fact::Coincidence {
+                    scope: S,
+                    raters: 2,
+                    c: 10,
+                    k: 11,
+                    weight: 1,
+                },
+                1,
+                1,
+            ),
+            (
+                Fact::AnnotatorItems {
+                    scope: S,
+                    annotator: 1,
+                    raters: 2,
+                    items: 2,
+                    same: 2,
+                },
+                1,
+                -1,
+            ),
+            (
+                Fact::AnnotatorItems {
+                    scope: S,
+                    annotator: 1,
+                    raters: 2,
+                    items: 2,
+                    same: 1,
+                },
+                1,
+                1,
+            ),
+            (
+                Fact::AnnotatorItems {
+                    scope: S,
+                    annotator: 2,
+                    raters: 2,
+                    items: 2,
+                    same: 2,
+                },
+                1,
+                -1,
+            ),
+            (
+                Fact::AnnotatorItems {
+                    scope: S,
+                    annotator: 2,
+                    raters: 2,
+                    items: 2,
+                    same: 1,
+                },
+                1,
+                1,
+            ),
+            (
+                Fact::PairCell {
+                    scope: S,
+                    a: 1,
+                    b: 2,
+                    label_a: 10,
+                    label_b: 10,
+                    count: 2,
+                },
+                1,
+                -1,
+            ),
+            (
+                Fact::PairCell {
+                    scope: S,
+                    a: 1,
+                    b: 2,
+                    label_a: 10,
+                    label_b: 10,
+                    count: 1,
+                },
+                1,
+                1,
+            ),
+            (
+                Fact::PairCell {
+                    scope: S,
+                    a: 1,
+                    b: 2,
+                    label_a: 10,
+                    label_b: 11,
+                    count: 1,
+                },
+                1,
+                1,
+            ),
+            (
+                Fact::Consensus {
+                    scope: S,
+                    item: 1,
+                    top: 2,
+                    labels: vec![10],
+                },
+                1,
+                -1,
+            ),
+            (
+                Fact::Consensus {
+                    scope: S,
+                    item: 1,
+                    top: 1,
+                    labels: vec![10, 11],
+                },
+                1,
+                1,
+            ),
+        ];
+        differential_dataflow::consolidation::consolidate_updates(&mut expected);
+        assert_eq!(at_one, expected);
+    }
+
+    #[test]
+    fn deleting_everything_retracts_everything() {
+        let out = run(
+            vec![
+                (0, label(1, 1, 10), 1),
+                (0, label(1, 2, 11), 1),
+                (1, label(1, 1, 10), -1),
+                (1, label(1, 2, 11), -1),
+            ],
+            vec![((S, 1), 10)],
+        );
+        // Accumulated over all times, nothing remains.
+        let mut total: Vec<(Fact, Diff)> = out.into_iter().map(|(f, _, d)| (f, d)).collect();
+        differential_dataflow::consolidation::consolidate(&mut total);
+        assert_eq!(total, vec![]);
+    }
+
+    #[test]
+    fn gold_correction_rescored() {
+        // The gold answer changes from 10 to 11 at time 1: the annotator's correct count follows.
+        let captured = timely::execute_directly(move |worker| {
+            let (mut labels_in, mut gold_in, captured) = worker.dataflow::<Time, _, _>(|scope| {
+                let (labels_in, labels) = scope.new_collection::<LabelRow, Diff>();
+                let (gold_in, gold) = scope.new_collection::<GoldRow, Diff>();
+                (
+                    labels_in,
+                    gold_in,
+                    quality_facts(labels, gold).inner.capture(),
+                )
+            });
+            labels_in.update(label(1, 1, 11), 1);
+            gold_in.update(((S, 1), 10), 1);
+            labels_in.advance_to(1);
+            gold_in.advance_to(1);
+            gold_in.update(((S, 1), 10), -1);
+            gold_in.update(((S, 1), 11), 1);
+            captured
+        });
+        let gold: Vec<_> = captured
+            .extract()
+            .into_iter()
+            .flat_map(|(_, batch)| batch)
+            .filter(|(f, _, _)| matches!(f, Fact::AnnotatorGold { .. }))
+            .collect();
+        let mut gold = gold;
+        differential_dataflow::consolidation::consolidate_updates(&mut gold);
+        assert_eq!(
+            gold,
+            vec![
+                (
+                    Fact::AnnotatorGold {
+                        scope: S,
+                        annotator: 1,
+                        answers: 1,
+                        correct: 0
+                    },
+                    0,
+                    1
+                ),
+                (
+                    Fact::AnnotatorGold {
+                        scope: S,
+                        annotator: 1,
+                        answers: 1,
+                        correct: 0
+                    },
+                    1,
+                    -1
+                ),
+                (
+                    Fact::AnnotatorGold {
+                        scope: S,
+                        annotator: 1,
+                        answers: 1,
+                        correct: 1
+                    },
+                    1,
+                    1
+                ),
+            ]
+        );
+    }
+}

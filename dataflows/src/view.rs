@@ -31,6 +31,11 @@ fn add_sum<K: Ord, const N: usize>(map: &mut BTreeMap<K, [i64; N]>, key: K, delt
     }
 }
 
+/// A pair's confusion table: `(label_a, label_b) -> [count]`.
+type ConfusionTable = BTreeMap<(LabelId, LabelId), [i64; 1]>;
+/// An item's consensus value `(top count, tied labels)` with its multiplicity.
+type ConsensusValues = Vec<((u32, Vec<LabelId>), Diff)>;
+
 /// Everything the view knows about one annotator within a scope.
 #[derive(Debug, Default)]
 struct AnnotatorState {
@@ -56,10 +61,10 @@ struct ScopeState {
     /// `(raters, c, k) -> [weight]`, `c <= k`.
     coincidences: BTreeMap<(u32, LabelId, LabelId), [i64; 1]>,
     annotators: HashMap<AnnotatorId, AnnotatorState>,
-    /// `(a, b)` by id `-> (label_a, label_b) -> [count]`.
-    pairs: HashMap<(AnnotatorId, AnnotatorId), BTreeMap<(LabelId, LabelId), [i64; 1]>>,
+    /// Confusion table per pair `(a, b)`, ordered by id.
+    pairs: HashMap<(AnnotatorId, AnnotatorId), ConfusionTable>,
     /// Consensus facts per item, with multiplicities (one live value at rest).
-    consensus: HashMap<ItemId, Vec<((u32, Vec<LabelId>), Diff)>>,
+    consensus: HashMap<ItemId, ConsensusValues>,
 }
 
 /// The live quality state: what the dataflow's output says now.

@@ -1,0 +1,7 @@
+//! labelqc's integration tests: one binary, run by `cargo test`.
+
+mod cli;
+mod compare;
+mod conformance;
+mod property;
+mod reference;

@@ -1,0 +1,135 @@
+//! Property test: random streams of labels, relabels, deletes and gold corrections give, through
+//! the incremental engine, the same report as the plain recomputation in `reference`, for 1 and
+//! 2 workers and for different epoch sizes.
+
+use std::io::Write;
+
+use labelqc::config::EngineSettings;
+use labelqc::report::{self, ReportRequest};
+use proptest::prelude::*;
+use serde_json::Value;
+
+use crate::compare::mismatches;
+use crate::reference;
+
+/// Scope 0 has only numeric labels (so every alpha level applies); scope 1 mixes every type.
+const NUMERIC_LABELS: &[&str] = &["1", "1.0", "2", "3.5", "0", "-1"];
+const MIXED_LABELS: &[&str] = &[
+    r#""a""#,
+    r#""b""#,
+    "true",
+    "false",
+    "1",
+    r#""1""#,
+    r#"["x","y"]"#,
+    r#"["y","x","y"]"#,
+];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Label {
+        scope: usize,
+        item: u8,
+        annotator: u8,
+        label: usize,
+        delete: bool,
+    },
+    Gold {
+        scope: usize,
+        item: u8,
+        label: usize,
+        delete: bool,
+    },
+}
+
+fn pool(scope: usize) -> &'static [&'static str] {
+    if scope == 0 {
+        NUMERIC_LABELS
+    } else {
+        MIXED_LABELS
+    }
+}
+
+fn scope_fields(scope: usize) -> &'static str {
+    if scope == 0 {
+        ""
+    } else {
+        r#","project":"p2","task":"t""#
+    }
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..2usize, 0..6u8, 0..5u8, 0..8usize, prop::bool::weighted(0.15)).prop_map(
+            |(scope, item, annotator, label, delete)| Op::Label { scope, item, annotator, label: label % pool(scope).len(), delete }
+        ),
+        1 => (0..2usize, 0..6u8, 0..8usize, prop::bool::weighted(0.2)).prop_map(
+            |(scope, item, label, delete)| Op::Gold { scope, item, label: label % pool(scope).len(), delete }
+        ),
+    ]
+}
+
+fn render(ops: &[Op]) -> (Vec<String>, Vec<String>) {
+    let (mut labels, mut gold) = (Vec::new(), Vec::new());
+    for (ts, op) in ops.iter().enumerate() {
+        match op {
+            Op::Label { scope, item, annotator, label, delete } => labels.push(if *delete {
+                format!(r#"{{"item_id":"i{item}","annotator_id":"a{annotator}","op":"delete","ts":{ts}{}}}"#, scope_fields(*scope))
+            } else {
+                format!(
+                    r#"{{"item_id":"i{item}","annotator_id":"a{annotator}","label":{},"ts":{ts}{}}}"#,
+                    pool(*scope)[*label],
+                    scope_fields(*scope)
+                )
+            }),
+            Op::Gold { scope, item, label, delete } => gold.push(if *delete {
+                format!(r#"{{"item_id":"i{item}","op":"delete"{}}}"#, scope_fields(*scope))
+            } else {
+                format!(r#"{{"item_id":"i{item}","label":{}{}}}"#, pool(*scope)[*label], scope_fields(*scope))
+            }),
+        }
+    }
+    (labels, gold)
+}
+
+fn engine_report(labels: &[String], gold: &[String], workers: usize, epoch_events: usize) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, lines: &[String]| {
+        let path = dir.path().join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        for line in lines {
+            writeln!(f, "{line}").unwrap();
+        }
+        path
+    };
+    let request = ReportRequest {
+        labels: write("labels.jsonl", labels),
+        gold: Some(write("gold.jsonl", gold)),
+        with_items: true,
+        strict: true,
+        engine: EngineSettings {
+            workers,
+            epoch_events,
+            max_epochs_in_flight: 2,
+        },
+        progress: false,
+    };
+    let outcome = report::run(&request, |letter| panic!("unexpected bad line {letter}")).unwrap();
+    serde_json::to_value(&outcome.report).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn incremental_equals_recomputation(ops in prop::collection::vec(op_strategy(), 0..70)) {
+        let (labels, gold) = render(&ops);
+        let parse = |lines: &[String]| -> Vec<Value> { lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect() };
+        let expected = reference::report(&parse(&labels), &parse(&gold), true);
+        for (workers, epoch_events) in [(1, 1), (1, 5), (2, 1), (2, 1000)] {
+            let actual = engine_report(&labels, &gold, workers, epoch_events);
+            let problems = mismatches(&expected, &actual, 1e-9, true);
+            prop_assert!(problems.is_empty(), "workers {} epoch {}: {:#?}\nlabels {:#?}\ngold {:#?}", workers, epoch_events, problems, labels, gold);
+        }
+    }
+}
