@@ -70,9 +70,23 @@ pub fn run(
     feeder.feed_file(&request.labels, Kind::Labels, request, &mut on_dead_letter)?;
     feeder.flush()?;
     let (events, dead_letters) = (feeder.events, feeder.dead);
+    tracing::debug!(
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        events,
+        "input read"
+    );
     engine.finish(&mut view)?;
+    tracing::debug!(
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "dataflows finished"
+    );
+    let report = view.report(&source.catalog, request.with_items);
+    tracing::debug!(
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "report formed"
+    );
     Ok(ReportOutcome {
-        report: view.report(&source.catalog, request.with_items),
+        report,
         dead_letters,
         events,
         elapsed: start.elapsed(),

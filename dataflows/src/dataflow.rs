@@ -28,7 +28,7 @@ pub type GoldRow = (ItemKey, LabelId);
 
 /// What one item contributes, given all of its current labels. `raters` is the item's label
 /// count `r`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ItemFact {
     /// The item itself and `sum_k n_k (n_k - 1)`, the number of ordered agreeing label pairs.
     Stats { raters: u32, agreeing_pairs: u64 },
@@ -59,14 +59,14 @@ pub enum ItemFact {
         label_a: LabelId,
         label_b: LabelId,
     },
-    /// The most frequent labels (more than one when tied) and their count.
-    Consensus { top: u32, labels: Vec<LabelId> },
+    /// One of the most frequent labels (one fact per label when tied) and their count.
+    Consensus { top: u32, label: LabelId },
 }
 
 /// An aggregate maintained by the dataflow. Sum-like facts carry their current total; the
 /// collection holds exactly one fact per key, so a consumer that adds `total * diff` per key
 /// reconstructs the totals whatever the order of updates within an epoch.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Fact {
     /// Items of the scope with `raters` labels, and their summed agreeing pairs.
     ScopeItems {
@@ -114,22 +114,28 @@ pub enum Fact {
         answers: i64,
         correct: i64,
     },
-    /// An item's consensus (not a sum: one current value per item).
+    /// One of an item's most frequent labels, with its count (not a sum: an item has one such
+    /// fact per tied label).
     Consensus {
         scope: ScopeId,
         item: ItemId,
         top: u32,
-        labels: Vec<LabelId>,
+        label: LabelId,
     },
 }
 
 /// Summarises one item from its current `(annotator, label)` rows, sorted by annotator.
-pub fn summarize_item(rows: &[(AnnotatorId, LabelId)], out: &mut Vec<(ItemFact, Diff)>) {
+/// `counts` is scratch space.
+pub fn summarize_item(
+    rows: &[(AnnotatorId, LabelId)],
+    counts: &mut Vec<(LabelId, u32)>,
+    out: &mut Vec<(ItemFact, Diff)>,
+) {
     let raters = rows.len() as u32;
     if raters == 0 {
         return;
     }
-    let mut counts: Vec<(LabelId, u32)> = Vec::with_capacity(rows.len());
+    counts.clear();
     for &(_, label) in rows {
         match counts.iter_mut().find(|(l, _)| *l == label) {
             Some((_, n)) => *n += 1,
@@ -137,6 +143,7 @@ pub fn summarize_item(rows: &[(AnnotatorId, LabelId)], out: &mut Vec<(ItemFact, 
         }
     }
     counts.sort_unstable();
+    let counts = &*counts;
     let count_of = |label: LabelId| {
         counts
             .iter()
@@ -155,7 +162,7 @@ pub fn summarize_item(rows: &[(AnnotatorId, LabelId)], out: &mut Vec<(ItemFact, 
         },
         1,
     ));
-    for &(label, count) in &counts {
+    for &(label, count) in counts {
         out.push((
             ItemFact::Share {
                 raters,
@@ -211,12 +218,9 @@ pub fn summarize_item(rows: &[(AnnotatorId, LabelId)], out: &mut Vec<(ItemFact, 
         }
     }
     let top = counts.iter().map(|&(_, n)| n).max().unwrap_or(0);
-    let labels = counts
-        .iter()
-        .filter(|&&(_, n)| n == top)
-        .map(|&(l, _)| l)
-        .collect();
-    out.push((ItemFact::Consensus { top, labels }, 1));
+    for &(label, _) in counts.iter().filter(|&&(_, n)| n == top) {
+        out.push((ItemFact::Consensus { top, label }, 1));
+    }
 }
 
 /// Builds the quality dataflow over live labels and gold answers.
@@ -233,17 +237,20 @@ pub fn quality_facts<'s>(
         .clone()
         .reduce_abelian::<_, ValBuilder<ItemKey, ItemFact, Time, Diff>, ValSpine<ItemKey, ItemFact, Time, Diff>, _, _>(
             "SummarizeItem",
-            |_item, input, output| {
-                let rows: Vec<(AnnotatorId, LabelId)> =
-                    input.iter().filter(|(_, diff)| *diff > 0).map(|(row, _)| **row).collect();
-                summarize_item(&rows, output);
+            {
+                let (mut rows, mut counts) = (Vec::new(), Vec::new());
+                move |_item, input, output| {
+                    rows.clear();
+                    rows.extend(input.iter().filter(|(_, diff)| *diff > 0).map(|(row, _)| **row));
+                    summarize_item(&rows, &mut counts, output);
+                }
             },
             |vec, key, upds| {
                 vec.clear();
                 vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
             },
         )
-        .as_collection(|item: &ItemKey, fact: &ItemFact| (*item, fact.clone()));
+        .as_collection(|item: &ItemKey, fact: &ItemFact| (*item, *fact));
 
     let scope_items = item_facts
         .clone()
@@ -345,11 +352,11 @@ pub fn quality_facts<'s>(
         });
 
     let consensus = item_facts.flat_map(|((scope, item), fact)| match fact {
-        ItemFact::Consensus { top, labels } => Some(Fact::Consensus {
+        ItemFact::Consensus { top, label } => Some(Fact::Consensus {
             scope,
             item,
             top,
-            labels,
+            label,
         }),
         _ => None,
     });

@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 /// Compact id of a distinct label value, assigned by a [`LabelTable`].
 pub type LabelId = u32;
 
@@ -130,7 +132,7 @@ impl RawLabel<'_> {
 /// Assigns each distinct label value (under the spec's equality) a [`LabelId`].
 #[derive(Debug, Default)]
 pub struct LabelTable {
-    ids: HashMap<Box<[u8]>, LabelId>,
+    ids: HashMap<Box<[u8]>, LabelId, RandomState>,
     labels: Vec<Label>,
     scratch: Vec<u8>,
 }

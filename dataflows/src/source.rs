@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use crate::event::{GoldEvent, LabelEvent};
 use crate::label::{LabelId, LabelTable};
 
@@ -19,7 +21,7 @@ pub type ItemKey = (ScopeId, ItemId);
 /// Assigns dense ids to strings, in order of first appearance.
 #[derive(Debug, Default)]
 pub struct Interner {
-    ids: HashMap<Box<str>, u32>,
+    ids: HashMap<Box<str>, u32, RandomState>,
     names: Vec<Box<str>>,
 }
 
@@ -61,7 +63,7 @@ impl Interner {
 pub struct Catalog {
     projects: Interner,
     tasks: Interner,
-    scopes: HashMap<(u32, u32), ScopeId>,
+    scopes: HashMap<(u32, u32), ScopeId, RandomState>,
     scope_names: Vec<(u32, u32)>,
     pub items: Interner,
     pub annotators: Interner,
@@ -109,8 +111,8 @@ pub enum Update {
 #[derive(Debug, Default)]
 pub struct Source {
     pub catalog: Catalog,
-    labels: HashMap<(ItemKey, AnnotatorId), LabelId>,
-    gold: HashMap<ItemKey, LabelId>,
+    labels: HashMap<(ItemKey, AnnotatorId), LabelId, RandomState>,
+    gold: HashMap<ItemKey, LabelId, RandomState>,
 }
 
 impl Source {

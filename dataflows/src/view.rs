@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use foldhash::fast::RandomState;
 use serde::Serialize;
 
 use crate::dataflow::{Diff, Fact};
@@ -31,10 +32,31 @@ fn add_sum<K: Ord, const N: usize>(map: &mut BTreeMap<K, [i64; N]>, key: K, delt
     }
 }
 
-/// A pair's confusion table: `(label_a, label_b) -> [count]`.
-type ConfusionTable = BTreeMap<(LabelId, LabelId), [i64; 1]>;
-/// An item's consensus value `(top count, tied labels)` with its multiplicity.
-type ConsensusValues = Vec<((u32, Vec<LabelId>), Diff)>;
+/// Adds `delta` into the sum stored under `key` in a short list, removing the entry when it
+/// returns to zero.
+fn add_small<K: PartialEq, const N: usize>(list: &mut Vec<(K, [i64; N])>, key: K, delta: [i64; N]) {
+    match list.iter().position(|(k, _)| *k == key) {
+        Some(i) => {
+            for (sum, d) in list[i].1.iter_mut().zip(delta) {
+                *sum += d;
+            }
+            if list[i].1.iter().all(|sum| *sum == 0) {
+                list.swap_remove(i);
+            }
+        }
+        None => {
+            if delta.iter().any(|d| *d != 0) {
+                list.push((key, delta));
+            }
+        }
+    }
+}
+
+/// A pair's confusion table: `((label_a, label_b), [count])`, a short list.
+type ConfusionTable = Vec<((LabelId, LabelId), [i64; 1])>;
+/// An item's consensus facts `(top count, label)` with their multiplicities; at rest, one per
+/// tied label.
+type ConsensusValues = Vec<((u32, LabelId), Diff)>;
 
 /// Everything the view knows about one annotator within a scope.
 #[derive(Debug, Default)]
@@ -60,17 +82,18 @@ struct ScopeState {
     shares: BTreeMap<(u32, LabelId), [i64; 1]>,
     /// `(raters, c, k) -> [weight]`, `c <= k`.
     coincidences: BTreeMap<(u32, LabelId, LabelId), [i64; 1]>,
-    annotators: HashMap<AnnotatorId, AnnotatorState>,
+    annotators: HashMap<AnnotatorId, AnnotatorState, RandomState>,
     /// Confusion table per pair `(a, b)`, ordered by id.
-    pairs: HashMap<(AnnotatorId, AnnotatorId), ConfusionTable>,
+    pairs: HashMap<(AnnotatorId, AnnotatorId), ConfusionTable, RandomState>,
     /// Consensus facts per item, with multiplicities (one live value at rest).
-    consensus: HashMap<ItemId, ConsensusValues>,
+    consensus: HashMap<ItemId, ConsensusValues, RandomState>,
 }
 
 /// The live quality state: what the dataflow's output says now.
 #[derive(Debug, Default)]
 pub struct QualityView {
-    scopes: BTreeMap<ScopeId, ScopeState>,
+    /// Indexed by scope id.
+    scopes: Vec<ScopeState>,
 }
 
 impl QualityView {
@@ -83,7 +106,7 @@ impl QualityView {
                 items,
                 agreeing_pairs,
             } => {
-                let s = self.scopes.entry(*scope).or_default();
+                let s = self.scope_mut(*scope);
                 add_sum(&mut s.items, *raters, [items * diff, agreeing_pairs * diff]);
             }
             Fact::CategoryShare {
@@ -92,7 +115,7 @@ impl QualityView {
                 label,
                 count,
             } => {
-                let s = self.scopes.entry(*scope).or_default();
+                let s = self.scope_mut(*scope);
                 add_sum(&mut s.shares, (*raters, *label), [count * diff]);
             }
             Fact::Coincidence {
@@ -102,7 +125,7 @@ impl QualityView {
                 k,
                 weight,
             } => {
-                let s = self.scopes.entry(*scope).or_default();
+                let s = self.scope_mut(*scope);
                 add_sum(&mut s.coincidences, (*raters, *c, *k), [weight * diff]);
             }
             Fact::AnnotatorItems {
@@ -112,7 +135,7 @@ impl QualityView {
                 items,
                 same,
             } => {
-                let s = self.scopes.entry(*scope).or_default();
+                let s = self.scope_mut(*scope);
                 let a = s.annotators.entry(*annotator).or_default();
                 add_sum(&mut a.by_raters, *raters, [items * diff, same * diff]);
                 if a.is_empty() {
@@ -125,7 +148,7 @@ impl QualityView {
                 answers,
                 correct,
             } => {
-                let s = self.scopes.entry(*scope).or_default();
+                let s = self.scope_mut(*scope);
                 let a = s.annotators.entry(*annotator).or_default();
                 a.gold[0] += answers * diff;
                 a.gold[1] += correct * diff;
@@ -141,9 +164,9 @@ impl QualityView {
                 label_b,
                 count,
             } => {
-                let s = self.scopes.entry(*scope).or_default();
+                let s = self.scope_mut(*scope);
                 let cells = s.pairs.entry((*a, *b)).or_default();
-                add_sum(cells, (*label_a, *label_b), [count * diff]);
+                add_small(cells, (*label_a, *label_b), [count * diff]);
                 if cells.is_empty() {
                     s.pairs.remove(&(*a, *b));
                 }
@@ -152,11 +175,11 @@ impl QualityView {
                 scope,
                 item,
                 top,
-                labels,
+                label,
             } => {
-                let s = self.scopes.entry(*scope).or_default();
+                let s = self.scope_mut(*scope);
                 let values = s.consensus.entry(*item).or_default();
-                let value = (*top, labels.clone());
+                let value = (*top, *label);
                 match values.iter_mut().position(|(v, _)| *v == value) {
                     Some(i) => {
                         values[i].1 += diff;
@@ -171,11 +194,14 @@ impl QualityView {
                 }
             }
         }
-        if let Some(scope) = fact_scope(fact) {
-            if self.scopes.get(&scope).is_some_and(ScopeState::is_empty) {
-                self.scopes.remove(&scope);
-            }
+    }
+
+    fn scope_mut(&mut self, scope: ScopeId) -> &mut ScopeState {
+        let index = scope as usize;
+        if index >= self.scopes.len() {
+            self.scopes.resize_with(index + 1, ScopeState::default);
         }
+        &mut self.scopes[index]
     }
 
     /// Forms the report of spec section 3 for every scope that has labels.
@@ -183,8 +209,9 @@ impl QualityView {
         let mut scopes: Vec<ScopeReport> = self
             .scopes
             .iter()
+            .enumerate()
             .filter(|(_, s)| !s.items.is_empty())
-            .map(|(id, s)| s.report(*id, catalog, with_items))
+            .map(|(id, s)| s.report(id as ScopeId, catalog, with_items))
             .collect();
         scopes.sort_by(|a, b| (&a.project, &a.task).cmp(&(&b.project, &b.task)));
         Report { scopes }
@@ -198,34 +225,13 @@ impl QualityView {
         with_items: bool,
     ) -> Option<ScopeReport> {
         self.scopes
-            .get(&scope)
+            .get(scope as usize)
             .filter(|s| !s.items.is_empty())
             .map(|s| s.report(scope, catalog, with_items))
     }
 }
 
-fn fact_scope(fact: &Fact) -> Option<ScopeId> {
-    Some(match fact {
-        Fact::ScopeItems { scope, .. }
-        | Fact::CategoryShare { scope, .. }
-        | Fact::Coincidence { scope, .. }
-        | Fact::AnnotatorItems { scope, .. }
-        | Fact::PairCell { scope, .. }
-        | Fact::AnnotatorGold { scope, .. }
-        | Fact::Consensus { scope, .. } => *scope,
-    })
-}
-
 impl ScopeState {
-    fn is_empty(&self) -> bool {
-        self.items.is_empty()
-            && self.shares.is_empty()
-            && self.coincidences.is_empty()
-            && self.annotators.is_empty()
-            && self.pairs.is_empty()
-            && self.consensus.is_empty()
-    }
-
     fn percent_agreement(&self) -> (i64, Option<f64>) {
         let pairable: i64 = self.items.range(2..).map(|(_, [items, _])| items).sum();
         if pairable == 0 {
@@ -330,7 +336,7 @@ impl ScopeState {
                 let swap = name_a > name_b;
                 let cells: Vec<((u32, u32), i64)> = cells
                     .iter()
-                    .map(|(&(la, lb), [n])| (if swap { (lb, la) } else { (la, lb) }, *n))
+                    .map(|&((la, lb), [n])| (if swap { (lb, la) } else { (la, lb) }, n))
                     .collect();
                 let stats = stats::pair_agreement(&cells)?;
                 let (a, b) = if swap {
@@ -386,16 +392,16 @@ impl ScopeState {
             self.consensus
                 .iter()
                 .filter_map(|(&item, values)| {
-                    let ((_, labels), _) = values.iter().find(|(_, d)| *d > 0)?;
-                    let best = labels
-                        .iter()
-                        .map(|l| catalog.labels.get(*l))
+                    let live = values.iter().filter(|(_, d)| *d > 0);
+                    let best = live
+                        .clone()
+                        .map(|((_, label), _)| catalog.labels.get(*label))
                         .min_by(|x, y| x.spec_cmp(y))?;
                     Some((
                         catalog.items.name(item).to_string(),
                         ItemConsensus {
                             consensus: best.to_json(),
-                            tied: labels.len() > 1,
+                            tied: live.count() > 1,
                         },
                     ))
                 })
