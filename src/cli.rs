@@ -126,13 +126,9 @@ impl GenArgs {
 
 fn create(path: &PathBuf) -> Result<Box<dyn Write>> {
     if path.as_os_str() == "-" {
-        Ok(Box::new(BufWriter::with_capacity(
-            1 << 20,
-            io::stdout().lock(),
-        )))
+        Ok(Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock())))
     } else {
-        let file =
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Box::new(BufWriter::with_capacity(1 << 20, file)))
     }
 }
@@ -197,11 +193,7 @@ fn run_gen(args: GenArgs) -> Result<()> {
     let spec = args.spec();
     let mut labels = create(&args.out)?;
     let mut gold = args.gold_out.as_ref().map(create).transpose()?;
-    let summary = gen::generate(
-        &spec,
-        &mut labels,
-        gold.as_mut().map(|g| g.as_mut() as &mut dyn Write),
-    )?;
+    let summary = gen::generate(&spec, &mut labels, gold.as_mut().map(|g| g.as_mut() as &mut dyn Write))?;
     labels.flush().context("cannot write label events")?;
     if let Some(mut gold) = gold {
         gold.flush().context("cannot write gold answers")?;

@@ -9,17 +9,11 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("invalid setting `{field}`: {message}")]
-    Value {
-        field: &'static str,
-        message: String,
-    },
+    Value { field: &'static str, message: String },
 }
 
 /// The configuration file as written.
@@ -51,11 +45,7 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings {
-            workers: 1,
-            epoch_events: 100_000,
-            max_epochs_in_flight: 2,
-        }
+        EngineSettings { workers: 1, epoch_events: 100_000, max_epochs_in_flight: 2 }
     }
 }
 
@@ -68,25 +58,18 @@ pub struct Config {
 impl Config {
     /// Reads and validates a TOML configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
-                path: path.into(),
-                message,
-            },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid { path: path.into(), message },
             other => other,
         })
     }
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid { path: PathBuf::new(), message: e.to_string() })?;
         let defaults = EngineSettings::default();
         let config = Config {
             engine: EngineSettings {
@@ -107,10 +90,7 @@ impl Config {
         if self.engine.workers == 0 || self.engine.workers > 1024 {
             return Err(ConfigError::Value {
                 field: "engine.workers",
-                message: format!(
-                    "{} is out of range; use 1 to 1024 worker threads",
-                    self.engine.workers
-                ),
+                message: format!("{} is out of range; use 1 to 1024 worker threads", self.engine.workers),
             });
         }
         if self.engine.epoch_events == 0 {
@@ -143,15 +123,11 @@ mod tests {
 
     #[test]
     fn refuses_unknown_and_bad_fields() {
-        let err = Config::parse("[engine]\nworkerz = 2\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[engine]\nworkerz = 2\n").unwrap_err().to_string();
         assert!(err.contains("unknown field `workerz`"), "{err}");
         let err = Config::parse("[engin]\n").unwrap_err().to_string();
         assert!(err.contains("unknown field `engin`"), "{err}");
-        let err = Config::parse("[engine]\nworkers = 0\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[engine]\nworkers = 0\n").unwrap_err().to_string();
         assert!(err.contains("engine.workers"), "{err}");
     }
 }

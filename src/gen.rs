@@ -68,10 +68,7 @@ impl Default for GenSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum GenError {
     #[error("invalid generator setting `{field}`: {message}")]
-    Spec {
-        field: &'static str,
-        message: String,
-    },
+    Spec { field: &'static str, message: String },
     #[error("cannot write generated data: {0}")]
     Io(#[from] io::Error),
 }
@@ -88,15 +85,9 @@ pub struct GenSummary {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Behaviour {
-    Careful {
-        accuracy: f64,
-    },
+    Careful { accuracy: f64 },
     Spammer,
-    Biased {
-        accuracy: f64,
-        favourite: u32,
-        pull: f64,
-    },
+    Biased { accuracy: f64, favourite: u32, pull: f64 },
 }
 
 struct Annotator {
@@ -105,33 +96,17 @@ struct Annotator {
     speed: LogNormal<f64>,
 }
 
-const CLASS_NAMES: [&str; 8] = [
-    "positive",
-    "negative",
-    "neutral",
-    "mixed",
-    "off_topic",
-    "toxic",
-    "spam",
-    "unclear",
-];
+const CLASS_NAMES: [&str; 8] =
+    ["positive", "negative", "neutral", "mixed", "off_topic", "toxic", "spam", "unclear"];
 
 impl GenSpec {
     fn validate(&self) -> Result<(), GenError> {
-        let spec = |field, message: &str| {
-            Err(GenError::Spec {
-                field,
-                message: message.into(),
-            })
-        };
+        let spec = |field, message: &str| Err(GenError::Spec { field, message: message.into() });
         if self.annotators < 2 {
             return spec("annotators", "needs at least 2 annotators");
         }
         if self.labels_per_item == 0 || self.labels_per_item > self.annotators {
-            return spec(
-                "labels_per_item",
-                "must be between 1 and the number of annotators",
-            );
+            return spec("labels_per_item", "must be between 1 and the number of annotators");
         }
         if self.classes < 2 {
             return spec("classes", "needs at least 2 classes");
@@ -151,10 +126,7 @@ impl GenSpec {
             }
         }
         if self.relabel_rate + self.delete_rate >= 1.0 {
-            return spec(
-                "relabel_rate",
-                "relabel_rate + delete_rate must stay under 1",
-            );
+            return spec("relabel_rate", "relabel_rate + delete_rate must stay under 1");
         }
         if !self.mean_gap_ms.is_finite() || self.mean_gap_ms <= 0.0 {
             return spec("mean_gap_ms", "must be positive");
@@ -165,8 +137,7 @@ impl GenSpec {
     fn label_text(&self, class: u32) -> String {
         if self.numeric_labels {
             (class + 1).to_string()
-        } else if (class as usize) < CLASS_NAMES.len() && self.classes as usize <= CLASS_NAMES.len()
-        {
+        } else if (class as usize) < CLASS_NAMES.len() && self.classes as usize <= CLASS_NAMES.len() {
             format!("\"{}\"", CLASS_NAMES[class as usize])
         } else {
             format!("\"class_{class}\"")
@@ -206,9 +177,7 @@ pub fn generate(
                     pull: rng.gen_range(0.3..0.6),
                 }
             } else {
-                Behaviour::Careful {
-                    accuracy: accuracy.sample(&mut rng),
-                }
+                Behaviour::Careful { accuracy: accuracy.sample(&mut rng) }
             };
             let median_s: f64 = match behaviour {
                 Behaviour::Spammer => rng.gen_range(1.0..3.0),
@@ -221,8 +190,8 @@ pub fn generate(
             }
         })
         .collect();
-    let class_prior = WeightedIndex::new((0..spec.classes).map(|k| 1.0 / f64::from(k + 1)))
-        .expect("positive weights");
+    let class_prior =
+        WeightedIndex::new((0..spec.classes).map(|k| 1.0 / f64::from(k + 1))).expect("positive weights");
     let scopes = spec.projects * spec.tasks;
     let scope_fields: Vec<String> = (0..scopes).map(|s| spec.scope_fields(s)).collect();
     let labels_text: Vec<String> = (0..spec.classes).map(|k| spec.label_text(k)).collect();
@@ -245,11 +214,7 @@ pub fn generate(
                     wrong(rng)
                 }
             }
-            Behaviour::Biased {
-                accuracy,
-                favourite,
-                pull,
-            } => {
+            Behaviour::Biased { accuracy, favourite, pull } => {
                 if rng.gen_bool(pull) {
                     favourite
                 } else if rng.gen_bool(accuracy) {
@@ -311,11 +276,7 @@ pub fn generate(
             summary.items += 1;
             item_scope = rng.gen_range(0..scopes);
             item_truth = class_prior.sample(&mut rng) as u32;
-            for who in sample(
-                &mut rng,
-                spec.annotators as usize,
-                spec.labels_per_item as usize,
-            ) {
+            for who in sample(&mut rng, spec.annotators as usize, spec.labels_per_item as usize) {
                 pending.push((who as u32, item_truth));
             }
             if rng.gen_bool(spec.gold_rate) {
@@ -364,13 +325,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes_and_valid_events() {
-        let spec = GenSpec {
-            events: 2_000,
-            annotators: 20,
-            projects: 2,
-            tasks: 2,
-            ..GenSpec::default()
-        };
+        let spec = GenSpec { events: 2_000, annotators: 20, projects: 2, tasks: 2, ..GenSpec::default() };
         let (a, gold, summary) = run(&spec);
         let (b, _, _) = run(&spec);
         assert_eq!(a, b);
@@ -390,15 +345,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_specs() {
-        let err = generate(
-            &GenSpec {
-                classes: 1,
-                ..GenSpec::default()
-            },
-            &mut Vec::new(),
-            None,
-        )
-        .unwrap_err();
+        let err = generate(&GenSpec { classes: 1, ..GenSpec::default() }, &mut Vec::new(), None).unwrap_err();
         assert!(err.to_string().contains("classes"));
     }
 }

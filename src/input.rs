@@ -96,11 +96,7 @@ impl LineReader {
 
     /// A dead letter for the line last returned.
     pub fn dead_letter(&self, reason: impl std::fmt::Display) -> DeadLetter {
-        DeadLetter {
-            source: self.source.clone(),
-            line: self.line,
-            reason: reason.to_string(),
-        }
+        DeadLetter { source: self.source.clone(), line: self.line, reason: reason.to_string() }
     }
 }
 

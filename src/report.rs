@@ -44,10 +44,7 @@ enum Kind {
 }
 
 /// Runs the dataflows over the request's files. Every refused line is passed to `on_dead_letter`.
-pub fn run(
-    request: &ReportRequest,
-    mut on_dead_letter: impl FnMut(&DeadLetter),
-) -> Result<ReportOutcome> {
+pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter)) -> Result<ReportOutcome> {
     let start = Instant::now();
     let mut engine = Engine::start(&EngineConfig {
         workers: request.engine.workers,
@@ -70,21 +67,11 @@ pub fn run(
     feeder.feed_file(&request.labels, Kind::Labels, request, &mut on_dead_letter)?;
     feeder.flush()?;
     let (events, dead_letters) = (feeder.events, feeder.dead);
-    tracing::debug!(
-        elapsed_ms = start.elapsed().as_millis() as u64,
-        events,
-        "input read"
-    );
+    tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, events, "input read");
     engine.finish(&mut view)?;
-    tracing::debug!(
-        elapsed_ms = start.elapsed().as_millis() as u64,
-        "dataflows finished"
-    );
+    tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "dataflows finished");
     let report = view.report(&source.catalog, request.with_items);
-    tracing::debug!(
-        elapsed_ms = start.elapsed().as_millis() as u64,
-        "report formed"
-    );
+    tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "report formed");
     Ok(ReportOutcome {
         report,
         dead_letters,
@@ -117,15 +104,12 @@ impl Feeder<'_> {
         request: &ReportRequest,
         on_dead_letter: &mut impl FnMut(&DeadLetter),
     ) -> Result<()> {
-        let (reader, len) =
-            input::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let (reader, len) = input::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut lines = LineReader::new(reader, path);
         let progress = progress_bar(request.progress, len, path);
         let mut since_epoch = 0usize;
         loop {
-            let line = lines
-                .next_line()
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let line = lines.next_line().with_context(|| format!("cannot read {}", path.display()))?;
             let result = match line {
                 None => break,
                 Some(Line::Blank) => continue,
@@ -172,15 +156,12 @@ fn progress_bar(wanted: bool, len: Option<u64>, path: &Path) -> Option<ProgressB
     }
     let bar = match len {
         Some(len) => ProgressBar::new(len).with_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{msg} {spinner} {bytes} {bytes_per_sec}")
-                .expect("valid template"),
+            ProgressStyle::with_template("{msg} {spinner} {bytes} {bytes_per_sec}").expect("valid template"),
         ),
     };
     bar.set_message(path.display().to_string());

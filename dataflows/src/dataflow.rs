@@ -33,32 +33,14 @@ pub enum ItemFact {
     /// The item itself and `sum_k n_k (n_k - 1)`, the number of ordered agreeing label pairs.
     Stats { raters: u32, agreeing_pairs: u64 },
     /// `n_k` labels `label` on the item.
-    Share {
-        raters: u32,
-        label: LabelId,
-        count: u32,
-    },
+    Share { raters: u32, label: LabelId, count: u32 },
     /// Krippendorff coincidence weight before division by `r - 1`, for `c <= k`:
     /// `n_c n_k` when `c != k`, `n_c (n_c - 1)` when `c == k`. Only for pairable items.
-    Coincidence {
-        raters: u32,
-        c: LabelId,
-        k: LabelId,
-        weight: u64,
-    },
+    Coincidence { raters: u32, c: LabelId, k: LabelId, weight: u64 },
     /// One annotator's label on the item and how many others gave the same label.
-    Annotator {
-        annotator: AnnotatorId,
-        raters: u32,
-        same: u32,
-    },
+    Annotator { annotator: AnnotatorId, raters: u32, same: u32 },
     /// Two annotators (`a < b` by id) labelled the item `label_a` and `label_b`.
-    Pair {
-        a: AnnotatorId,
-        b: AnnotatorId,
-        label_a: LabelId,
-        label_b: LabelId,
-    },
+    Pair { a: AnnotatorId, b: AnnotatorId, label_a: LabelId, label_b: LabelId },
     /// One of the most frequent labels (one fact per label when tied) and their count.
     Consensus { top: u32, label: LabelId },
 }
@@ -69,35 +51,13 @@ pub enum ItemFact {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Fact {
     /// Items of the scope with `raters` labels, and their summed agreeing pairs.
-    ScopeItems {
-        scope: ScopeId,
-        raters: u32,
-        items: i64,
-        agreeing_pairs: i64,
-    },
+    ScopeItems { scope: ScopeId, raters: u32, items: i64, agreeing_pairs: i64 },
     /// Summed labels `label` over the scope's items with `raters` labels.
-    CategoryShare {
-        scope: ScopeId,
-        raters: u32,
-        label: LabelId,
-        count: i64,
-    },
+    CategoryShare { scope: ScopeId, raters: u32, label: LabelId, count: i64 },
     /// Summed coincidence weights (`c <= k`) over the scope's items with `raters` labels.
-    Coincidence {
-        scope: ScopeId,
-        raters: u32,
-        c: LabelId,
-        k: LabelId,
-        weight: i64,
-    },
+    Coincidence { scope: ScopeId, raters: u32, c: LabelId, k: LabelId, weight: i64 },
     /// An annotator's labels on items with `raters` labels, and how many other labels agreed.
-    AnnotatorItems {
-        scope: ScopeId,
-        annotator: AnnotatorId,
-        raters: u32,
-        items: i64,
-        same: i64,
-    },
+    AnnotatorItems { scope: ScopeId, annotator: AnnotatorId, raters: u32, items: i64, same: i64 },
     /// A cell of a pair's confusion table: items where `a` said `label_a` and `b` said `label_b`.
     PairCell {
         scope: ScopeId,
@@ -108,20 +68,10 @@ pub enum Fact {
         count: i64,
     },
     /// An annotator's labels on gold items, and how many matched the gold answer.
-    AnnotatorGold {
-        scope: ScopeId,
-        annotator: AnnotatorId,
-        answers: i64,
-        correct: i64,
-    },
+    AnnotatorGold { scope: ScopeId, annotator: AnnotatorId, answers: i64, correct: i64 },
     /// One of an item's most frequent labels, with its count (not a sum: an item has one such
     /// fact per tied label).
-    Consensus {
-        scope: ScopeId,
-        item: ItemId,
-        top: u32,
-        label: LabelId,
-    },
+    Consensus { scope: ScopeId, item: ItemId, top: u32, label: LabelId },
 }
 
 /// Summarises one item from its current `(annotator, label)` rows, sorted by annotator.
@@ -144,43 +94,15 @@ pub fn summarize_item(
     }
     counts.sort_unstable();
     let counts = &*counts;
-    let count_of = |label: LabelId| {
-        counts
-            .iter()
-            .find(|(l, _)| *l == label)
-            .map_or(0, |(_, n)| *n)
-    };
+    let count_of = |label: LabelId| counts.iter().find(|(l, _)| *l == label).map_or(0, |(_, n)| *n);
 
-    let agreeing_pairs = counts
-        .iter()
-        .map(|&(_, n)| u64::from(n) * u64::from(n - 1))
-        .sum();
-    out.push((
-        ItemFact::Stats {
-            raters,
-            agreeing_pairs,
-        },
-        1,
-    ));
+    let agreeing_pairs = counts.iter().map(|&(_, n)| u64::from(n) * u64::from(n - 1)).sum();
+    out.push((ItemFact::Stats { raters, agreeing_pairs }, 1));
     for &(label, count) in counts {
-        out.push((
-            ItemFact::Share {
-                raters,
-                label,
-                count,
-            },
-            1,
-        ));
+        out.push((ItemFact::Share { raters, label, count }, 1));
     }
     for &(annotator, label) in rows {
-        out.push((
-            ItemFact::Annotator {
-                annotator,
-                raters,
-                same: count_of(label) - 1,
-            },
-            1,
-        ));
+        out.push((ItemFact::Annotator { annotator, raters, same: count_of(label) - 1 }, 1));
     }
     if raters >= 2 {
         for (i, &(c, n_c)) in counts.iter().enumerate() {
@@ -191,29 +113,13 @@ pub fn summarize_item(
                     u64::from(n_c) * u64::from(n_k)
                 };
                 if weight > 0 {
-                    out.push((
-                        ItemFact::Coincidence {
-                            raters,
-                            c,
-                            k,
-                            weight,
-                        },
-                        1,
-                    ));
+                    out.push((ItemFact::Coincidence { raters, c, k, weight }, 1));
                 }
             }
         }
         for (i, &(a, label_a)) in rows.iter().enumerate() {
             for &(b, label_b) in &rows[i + 1..] {
-                out.push((
-                    ItemFact::Pair {
-                        a,
-                        b,
-                        label_a,
-                        label_b,
-                    },
-                    1,
-                ));
+                out.push((ItemFact::Pair { a, b, label_a, label_b }, 1));
             }
         }
     }
@@ -255,90 +161,58 @@ pub fn quality_facts<'s>(
     let scope_items = item_facts
         .clone()
         .explode(|((scope, _), fact)| match fact {
-            ItemFact::Stats {
-                raters,
-                agreeing_pairs,
-            } => Some(((scope, raters), (1i64, agreeing_pairs as i64))),
+            ItemFact::Stats { raters, agreeing_pairs } => {
+                Some(((scope, raters), (1i64, agreeing_pairs as i64)))
+            }
             _ => None,
         })
         .count_total_core::<Diff>()
-        .map(
-            |((scope, raters), (items, agreeing_pairs))| Fact::ScopeItems {
-                scope,
-                raters,
-                items,
-                agreeing_pairs,
-            },
-        );
+        .map(|((scope, raters), (items, agreeing_pairs))| Fact::ScopeItems {
+            scope,
+            raters,
+            items,
+            agreeing_pairs,
+        });
 
     let shares = item_facts
         .clone()
         .explode(|((scope, _), fact)| match fact {
-            ItemFact::Share {
-                raters,
-                label,
-                count,
-            } => Some(((scope, raters, label), i64::from(count))),
+            ItemFact::Share { raters, label, count } => Some(((scope, raters, label), i64::from(count))),
             _ => None,
         })
         .count_total_core::<Diff>()
-        .map(|((scope, raters, label), count)| Fact::CategoryShare {
-            scope,
-            raters,
-            label,
-            count,
-        });
+        .map(|((scope, raters, label), count)| Fact::CategoryShare { scope, raters, label, count });
 
     let coincidences = item_facts
         .clone()
         .explode(|((scope, _), fact)| match fact {
-            ItemFact::Coincidence {
-                raters,
-                c,
-                k,
-                weight,
-            } => Some(((scope, raters, c, k), weight as i64)),
+            ItemFact::Coincidence { raters, c, k, weight } => Some(((scope, raters, c, k), weight as i64)),
             _ => None,
         })
         .count_total_core::<Diff>()
-        .map(|((scope, raters, c, k), weight)| Fact::Coincidence {
-            scope,
-            raters,
-            c,
-            k,
-            weight,
-        });
+        .map(|((scope, raters, c, k), weight)| Fact::Coincidence { scope, raters, c, k, weight });
 
     let annotators = item_facts
         .clone()
         .explode(|((scope, _), fact)| match fact {
-            ItemFact::Annotator {
-                annotator,
-                raters,
-                same,
-            } => Some(((scope, annotator, raters), (1i64, i64::from(same)))),
+            ItemFact::Annotator { annotator, raters, same } => {
+                Some(((scope, annotator, raters), (1i64, i64::from(same))))
+            }
             _ => None,
         })
         .count_total_core::<Diff>()
-        .map(
-            |((scope, annotator, raters), (items, same))| Fact::AnnotatorItems {
-                scope,
-                annotator,
-                raters,
-                items,
-                same,
-            },
-        );
+        .map(|((scope, annotator, raters), (items, same))| Fact::AnnotatorItems {
+            scope,
+            annotator,
+            raters,
+            items,
+            same,
+        });
 
     let pairs = item_facts
         .clone()
         .explode(|((scope, _), fact)| match fact {
-            ItemFact::Pair {
-                a,
-                b,
-                label_a,
-                label_b,
-            } => Some(((scope, a, b, label_a, label_b), 1i64)),
+            ItemFact::Pair { a, b, label_a, label_b } => Some(((scope, a, b, label_a, label_b), 1i64)),
             _ => None,
         })
         .count_total_core::<Diff>()
@@ -352,12 +226,7 @@ pub fn quality_facts<'s>(
         });
 
     let consensus = item_facts.flat_map(|((scope, item), fact)| match fact {
-        ItemFact::Consensus { top, label } => Some(Fact::Consensus {
-            scope,
-            item,
-            top,
-            label,
-        }),
+        ItemFact::Consensus { top, label } => Some(Fact::Consensus { scope, item, top, label }),
         _ => None,
     });
 
@@ -371,14 +240,12 @@ pub fn quality_facts<'s>(
         )
         .explode(|(key, correct)| Some((key, (1i64, i64::from(correct)))))
         .count_total_core::<Diff>()
-        .map(
-            |((scope, annotator), (answers, correct))| Fact::AnnotatorGold {
-                scope,
-                annotator,
-                answers,
-                correct,
-            },
-        );
+        .map(|((scope, annotator), (answers, correct))| Fact::AnnotatorGold {
+            scope,
+            annotator,
+            answers,
+            correct,
+        });
 
     scope_items
         .concat(shares)
@@ -405,11 +272,7 @@ mod tests {
             let (mut labels_in, mut gold_in, captured) = worker.dataflow::<Time, _, _>(|scope| {
                 let (labels_in, labels) = scope.new_collection::<LabelRow, Diff>();
                 let (gold_in, gold) = scope.new_collection::<GoldRow, Diff>();
-                (
-                    labels_in,
-                    gold_in,
-                    quality_facts(labels, gold).inner.capture(),
-                )
+                (labels_in, gold_in, quality_facts(labels, gold).inner.capture())
             });
             for row in gold_rows {
                 gold_in.update(row, 1);
@@ -424,11 +287,7 @@ mod tests {
             }
             captured
         });
-        let mut updates: Captured = captured
-            .extract()
-            .into_iter()
-            .flat_map(|(_, batch)| batch)
-            .collect();
+        let mut updates: Captured = captured.extract().into_iter().flat_map(|(_, batch)| batch).collect();
         differential_dataflow::consolidation::consolidate_updates(&mut updates);
         updates
     }
@@ -443,175 +302,25 @@ mod tests {
     fn one_item_summary() {
         // Item 7: annotators 1, 2 say label 10; annotator 3 says 11. Gold answer 10.
         let out = run(
-            vec![
-                (0, label(7, 1, 10), 1),
-                (0, label(7, 2, 10), 1),
-                (0, label(7, 3, 11), 1),
-            ],
+            vec![(0, label(7, 1, 10), 1), (0, label(7, 2, 10), 1), (0, label(7, 3, 11), 1)],
             vec![((S, 7), 10)],
         );
         let expected: Captured = vec![
-            (
-                Fact::ScopeItems {
-                    scope: S,
-                    raters: 3,
-                    items: 1,
-                    agreeing_pairs: 2,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::CategoryShare {
-                    scope: S,
-                    raters: 3,
-                    label: 10,
-                    count: 2,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::CategoryShare {
-                    scope: S,
-                    raters: 3,
-                    label: 11,
-                    count: 1,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::Coincidence {
-                    scope: S,
-                    raters: 3,
-                    c: 10,
-                    k: 10,
-                    weight: 2,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::Coincidence {
-                    scope: S,
-                    raters: 3,
-                    c: 10,
-                    k: 11,
-                    weight: 2,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::AnnotatorItems {
-                    scope: S,
-                    annotator: 1,
-                    raters: 3,
-                    items: 1,
-                    same: 1,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::AnnotatorItems {
-                    scope: S,
-                    annotator: 2,
-                    raters: 3,
-                    items: 1,
-                    same: 1,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::AnnotatorItems {
-                    scope: S,
-                    annotator: 3,
-                    raters: 3,
-                    items: 1,
-                    same: 0,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::PairCell {
-                    scope: S,
-                    a: 1,
-                    b: 2,
-                    label_a: 10,
-                    label_b: 10,
-                    count: 1,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::PairCell {
-                    scope: S,
-                    a: 1,
-                    b: 3,
-                    label_a: 10,
-                    label_b: 11,
-                    count: 1,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::PairCell {
-                    scope: S,
-                    a: 2,
-                    b: 3,
-                    label_a: 10,
-                    label_b: 11,
-                    count: 1,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::AnnotatorGold {
-                    scope: S,
-                    annotator: 1,
-                    answers: 1,
-                    correct: 1,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::AnnotatorGold {
-                    scope: S,
-                    annotator: 2,
-                    answers: 1,
-                    correct: 1,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::AnnotatorGold {
-                    scope: S,
-                    annotator: 3,
-                    answers: 1,
-                    correct: 0,
-                },
-                0,
-                1,
-            ),
-            (
-                Fact::Consensus {
-                    scope: S,
-                    item: 7,
-                    top: 2,
-                    labels: vec![10],
-                },
-                0,
-                1,
-            ),
+            (Fact::ScopeItems { scope: S, raters: 3, items: 1, agreeing_pairs: 2 }, 0, 1),
+            (Fact::CategoryShare { scope: S, raters: 3, label: 10, count: 2 }, 0, 1),
+            (Fact::CategoryShare { scope: S, raters: 3, label: 11, count: 1 }, 0, 1),
+            (Fact::Coincidence { scope: S, raters: 3, c: 10, k: 10, weight: 2 }, 0, 1),
+            (Fact::Coincidence { scope: S, raters: 3, c: 10, k: 11, weight: 2 }, 0, 1),
+            (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 3, items: 1, same: 1 }, 0, 1),
+            (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 3, items: 1, same: 1 }, 0, 1),
+            (Fact::AnnotatorItems { scope: S, annotator: 3, raters: 3, items: 1, same: 0 }, 0, 1),
+            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 10, count: 1 }, 0, 1),
+            (Fact::PairCell { scope: S, a: 1, b: 3, label_a: 10, label_b: 11, count: 1 }, 0, 1),
+            (Fact::PairCell { scope: S, a: 2, b: 3, label_a: 10, label_b: 11, count: 1 }, 0, 1),
+            (Fact::AnnotatorGold { scope: S, annotator: 1, answers: 1, correct: 1 }, 0, 1),
+            (Fact::AnnotatorGold { scope: S, annotator: 2, answers: 1, correct: 1 }, 0, 1),
+            (Fact::AnnotatorGold { scope: S, annotator: 3, answers: 1, correct: 0 }, 0, 1),
+            (Fact::Consensus { scope: S, item: 7, top: 2, label: 10 }, 0, 1),
         ];
         let mut expected = expected;
         differential_dataflow::consolidation::consolidate_updates(&mut expected);
@@ -635,189 +344,24 @@ mod tests {
         let at_one: Vec<_> = out.iter().filter(|(_, t, _)| *t == 1).cloned().collect();
         let mut expected: Captured = vec![
             // Scope totals for r = 2: two items with 2 agreeing pairs each, then only one agreeing.
-            (
-                Fact::ScopeItems {
-                    scope: S,
-                    raters: 2,
-                    items: 2,
-                    agreeing_pairs: 4,
-                },
-                1,
-                -1,
-            ),
-            (
-                Fact::ScopeItems {
-                    scope: S,
-                    raters: 2,
-                    items: 2,
-                    agreeing_pairs: 2,
-                },
-                1,
-                1,
-            ),
-            (
-                Fact::CategoryShare {
-                    scope: S,
-                    raters: 2,
-                    label: 10,
-                    count: 4,
-                },
-                1,
-                -1,
-            ),
-            (
-                Fact::CategoryShare {
-                    scope: S,
-                    raters: 2,
-                    label: 10,
-                    count: 3,
-                },
-                1,
-                1,
-            ),
-            (
-                Fact::CategoryShare {
-                    scope: S,
-                    raters: 2,
-                    label: 11,
-                    count: 1,
-                },
-                1,
-                1,
-            ),
-            (
-                Fact::Coincidence {
-                    scope: S,
-                    raters: 2,
-                    c: 10,
-                    k: 10,
-                    weight: 4,
-                },
-                1,
-                -1,
-            ),
-            (
-                Fact::Coincidence {
-                    scope: S,
-                    raters: 2,
-                    c: 10,
-                    k: 10,
-                    weight: 2,
-                },
-                1,
-                1,
-            ),
-            (
-                Fact::Coincidence {
-                    scope: S,
-                    raters: 2,
-                    c: 10,
-                    k: 11,
-                    weight: 1,
-                },
-                1,
-                1,
-            ),
-            (
-                Fact::AnnotatorItems {
-                    scope: S,
-                    annotator: 1,
-                    raters: 2,
-                    items: 2,
-                    same: 2,
-                },
-                1,
-                -1,
-            ),
-            (
-                Fact::AnnotatorItems {
-                    scope: S,
-                    annotator: 1,
-                    raters: 2,
-                    items: 2,
-                    same: 1,
-                },
-                1,
-                1,
-            ),
-            (
-                Fact::AnnotatorItems {
-                    scope: S,
-                    annotator: 2,
-                    raters: 2,
-                    items: 2,
-                    same: 2,
-                },
-                1,
-                -1,
-            ),
-            (
-                Fact::AnnotatorItems {
-                    scope: S,
-                    annotator: 2,
-                    raters: 2,
-                    items: 2,
-                    same: 1,
-                },
-                1,
-                1,
-            ),
-            (
-                Fact::PairCell {
-                    scope: S,
-                    a: 1,
-                    b: 2,
-                    label_a: 10,
-                    label_b: 10,
-                    count: 2,
-                },
-                1,
-                -1,
-            ),
-            (
-                Fact::PairCell {
-                    scope: S,
-                    a: 1,
-                    b: 2,
-                    label_a: 10,
-                    label_b: 10,
-                    count: 1,
-                },
-                1,
-                1,
-            ),
-            (
-                Fact::PairCell {
-                    scope: S,
-                    a: 1,
-                    b: 2,
-                    label_a: 10,
-                    label_b: 11,
-                    count: 1,
-                },
-                1,
-                1,
-            ),
-            (
-                Fact::Consensus {
-                    scope: S,
-                    item: 1,
-                    top: 2,
-                    labels: vec![10],
-                },
-                1,
-                -1,
-            ),
-            (
-                Fact::Consensus {
-                    scope: S,
-                    item: 1,
-                    top: 1,
-                    labels: vec![10, 11],
-                },
-                1,
-                1,
-            ),
+            (Fact::ScopeItems { scope: S, raters: 2, items: 2, agreeing_pairs: 4 }, 1, -1),
+            (Fact::ScopeItems { scope: S, raters: 2, items: 2, agreeing_pairs: 2 }, 1, 1),
+            (Fact::CategoryShare { scope: S, raters: 2, label: 10, count: 4 }, 1, -1),
+            (Fact::CategoryShare { scope: S, raters: 2, label: 10, count: 3 }, 1, 1),
+            (Fact::CategoryShare { scope: S, raters: 2, label: 11, count: 1 }, 1, 1),
+            (Fact::Coincidence { scope: S, raters: 2, c: 10, k: 10, weight: 4 }, 1, -1),
+            (Fact::Coincidence { scope: S, raters: 2, c: 10, k: 10, weight: 2 }, 1, 1),
+            (Fact::Coincidence { scope: S, raters: 2, c: 10, k: 11, weight: 1 }, 1, 1),
+            (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 2, items: 2, same: 2 }, 1, -1),
+            (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 2, items: 2, same: 1 }, 1, 1),
+            (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 2, items: 2, same: 2 }, 1, -1),
+            (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 2, items: 2, same: 1 }, 1, 1),
+            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 10, count: 2 }, 1, -1),
+            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 10, count: 1 }, 1, 1),
+            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 11, count: 1 }, 1, 1),
+            (Fact::Consensus { scope: S, item: 1, top: 2, label: 10 }, 1, -1),
+            (Fact::Consensus { scope: S, item: 1, top: 1, label: 10 }, 1, 1),
+            (Fact::Consensus { scope: S, item: 1, top: 1, label: 11 }, 1, 1),
         ];
         differential_dataflow::consolidation::consolidate_updates(&mut expected);
         assert_eq!(at_one, expected);
@@ -847,11 +391,7 @@ mod tests {
             let (mut labels_in, mut gold_in, captured) = worker.dataflow::<Time, _, _>(|scope| {
                 let (labels_in, labels) = scope.new_collection::<LabelRow, Diff>();
                 let (gold_in, gold) = scope.new_collection::<GoldRow, Diff>();
-                (
-                    labels_in,
-                    gold_in,
-                    quality_facts(labels, gold).inner.capture(),
-                )
+                (labels_in, gold_in, quality_facts(labels, gold).inner.capture())
             });
             labels_in.update(label(1, 1, 11), 1);
             gold_in.update(((S, 1), 10), 1);
@@ -872,36 +412,9 @@ mod tests {
         assert_eq!(
             gold,
             vec![
-                (
-                    Fact::AnnotatorGold {
-                        scope: S,
-                        annotator: 1,
-                        answers: 1,
-                        correct: 0
-                    },
-                    0,
-                    1
-                ),
-                (
-                    Fact::AnnotatorGold {
-                        scope: S,
-                        annotator: 1,
-                        answers: 1,
-                        correct: 0
-                    },
-                    1,
-                    -1
-                ),
-                (
-                    Fact::AnnotatorGold {
-                        scope: S,
-                        annotator: 1,
-                        answers: 1,
-                        correct: 1
-                    },
-                    1,
-                    1
-                ),
+                (Fact::AnnotatorGold { scope: S, annotator: 1, answers: 1, correct: 0 }, 0, 1),
+                (Fact::AnnotatorGold { scope: S, annotator: 1, answers: 1, correct: 0 }, 1, -1),
+                (Fact::AnnotatorGold { scope: S, annotator: 1, answers: 1, correct: 1 }, 1, 1),
             ]
         );
     }

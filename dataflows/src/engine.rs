@@ -26,10 +26,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            workers: 1,
-            max_epochs_in_flight: 4,
-        }
+        EngineConfig { workers: 1, max_epochs_in_flight: 4 }
     }
 }
 
@@ -40,9 +37,7 @@ pub enum EngineError {
     NoWorkers,
     #[error("could not start {workers} timely worker threads: {reason}")]
     Start { workers: usize, reason: String },
-    #[error(
-        "a timely worker failed: {0}; the results are incomplete, rerun after fixing the cause"
-    )]
+    #[error("a timely worker failed: {0}; the results are incomplete, rerun after fixing the cause")]
     WorkerFailed(String),
 }
 
@@ -105,11 +100,7 @@ impl Engine {
 
     /// Submits one epoch of updates and returns its number. Waits (applying output to `view`)
     /// while more than `max_epochs_in_flight` epochs are incomplete.
-    pub fn submit(
-        &mut self,
-        updates: Vec<Update>,
-        view: &mut QualityView,
-    ) -> Result<Time, EngineError> {
+    pub fn submit(&mut self, updates: Vec<Update>, view: &mut QualityView) -> Result<Time, EngineError> {
         let epoch = self.next_epoch;
         let workers = self.commands.len();
         let chunk = updates.len().div_ceil(workers).max(1);
@@ -117,10 +108,7 @@ impl Engine {
         for sender in &self.commands {
             let part = parts.next().unwrap_or_default();
             sender
-                .send(Command::Epoch {
-                    epoch,
-                    updates: part,
-                })
+                .send(Command::Epoch { epoch, updates: part })
                 .map_err(|_| EngineError::WorkerFailed("a worker stopped taking input".into()))?;
         }
         self.next_epoch += 1;
@@ -141,21 +129,13 @@ impl Engine {
 
     /// Epochs below this number are complete and in the view.
     pub fn completed(&self) -> Time {
-        self.frontiers
-            .iter()
-            .map(|f| f.unwrap_or(Time::MAX))
-            .min()
-            .unwrap_or(Time::MAX)
+        self.frontiers.iter().map(|f| f.unwrap_or(Time::MAX)).min().unwrap_or(Time::MAX)
     }
 
     /// Closes the inputs, waits for the workers to finish and applies the last output.
     pub fn finish(mut self, view: &mut QualityView) -> Result<(), EngineError> {
         self.commands.clear();
-        let results = self
-            .guards
-            .take()
-            .map(WorkerGuards::join)
-            .unwrap_or_default();
+        let results = self.guards.take().map(WorkerGuards::join).unwrap_or_default();
         while let Ok(event) = self.events.try_recv() {
             self.absorb(event, view);
         }
@@ -208,11 +188,7 @@ impl Engine {
     }
 }
 
-fn run_worker(
-    worker: &mut timely::worker::Worker,
-    commands: Receiver<Command>,
-    events: Sender<WorkerEvent>,
-) {
+fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, events: Sender<WorkerEvent>) {
     let index = worker.index();
     let mut labels: InputSession<Time, LabelRow, Diff> = InputSession::new();
     let mut gold: InputSession<Time, GoldRow, Diff> = InputSession::new();
@@ -221,10 +197,7 @@ fn run_worker(
         let facts = quality_facts(labels.to_collection(scope), gold.to_collection(scope));
         let (probe, _) = facts
             .inspect_batch(move |_time, batch| {
-                let facts = batch
-                    .iter()
-                    .map(|(fact, _, diff)| (fact.clone(), *diff))
-                    .collect();
+                let facts = batch.iter().map(|(fact, _, diff)| (*fact, *diff)).collect();
                 // The engine may be gone (dropped without finishing); nothing then needs the output.
                 let _ = sink.send(WorkerEvent::Facts(facts));
             })
@@ -237,10 +210,7 @@ fn run_worker(
         let frontier = probe.with_frontier(|f| f.first().copied());
         if reported != Some(frontier) {
             reported = Some(frontier);
-            let _ = events.send(WorkerEvent::Frontier {
-                worker: index,
-                frontier,
-            });
+            let _ = events.send(WorkerEvent::Frontier { worker: index, frontier });
         }
     };
 
@@ -263,12 +233,9 @@ fn run_worker(
             Some(Command::Epoch { epoch, updates }) => {
                 for update in updates {
                     match update {
-                        Update::Label {
-                            item,
-                            annotator,
-                            label,
-                            diff,
-                        } => labels.update((item, (annotator, label)), diff),
+                        Update::Label { item, annotator, label, diff } => {
+                            labels.update((item, (annotator, label)), diff)
+                        }
                         Update::Gold { item, label, diff } => gold.update((item, label), diff),
                     }
                 }

@@ -103,10 +103,7 @@ struct RawGoldEvent<'a> {
 
 fn check_size(record: &str) -> Result<(), ParseError> {
     if record.len() > MAX_RECORD_BYTES {
-        return Err(ParseError::TooLarge {
-            bytes: record.len(),
-            limit: MAX_RECORD_BYTES,
-        });
+        return Err(ParseError::TooLarge { bytes: record.len(), limit: MAX_RECORD_BYTES });
     }
     Ok(())
 }
@@ -124,10 +121,7 @@ fn scope_name(name: Option<Cow<'_, str>>) -> Cow<'_, str> {
 }
 
 /// The label of an upsert (required) or a delete (ignored).
-fn parse_label_for<'a>(
-    op: Op,
-    raw: Option<&'a RawValue>,
-) -> Result<Option<RawLabel<'a>>, ParseError> {
+fn parse_label_for<'a>(op: Op, raw: Option<&'a RawValue>) -> Result<Option<RawLabel<'a>>, ParseError> {
     match op {
         Op::Delete => Ok(None),
         Op::Upsert => match raw {
@@ -148,10 +142,9 @@ pub fn parse_label(raw: &RawValue) -> Result<RawLabel<'_>, ParseError> {
         Some(b'f') => Ok(RawLabel::Bool(false)),
         Some(b'n') => Err(ParseError::MissingLabel),
         Some(b'[') => {
-            let items: Vec<Cow<'_, str>> = serde_json::from_str::<Vec<Cow<'_, str>>>(text)
-                .map_err(|_| {
-                    ParseError::BadLabel("array must hold only strings (a multi-label set)".into())
-                })?;
+            let items: Vec<Cow<'_, str>> = serde_json::from_str::<Vec<Cow<'_, str>>>(text).map_err(|_| {
+                ParseError::BadLabel("array must hold only strings (a multi-label set)".into())
+            })?;
             let mut items = items;
             items.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             items.dedup();
@@ -161,13 +154,10 @@ pub fn parse_label(raw: &RawValue) -> Result<RawLabel<'_>, ParseError> {
             "must be a string, number, boolean or array of strings, not an object".into(),
         )),
         _ => {
-            let value: f64 = text
-                .parse()
-                .map_err(|_| ParseError::BadLabel(format!("{text} is not a number")))?;
+            let value: f64 =
+                text.parse().map_err(|_| ParseError::BadLabel(format!("{text} is not a number")))?;
             if !value.is_finite() {
-                return Err(ParseError::BadLabel(format!(
-                    "{text} is out of range for a number"
-                )));
+                return Err(ParseError::BadLabel(format!("{text} is out of range for a number")));
             }
             Ok(RawLabel::Number { value, text })
         }
@@ -195,8 +185,7 @@ pub fn parse_ts(raw: &RawValue) -> Result<i64, ParseError> {
 /// Parses one label event.
 pub fn parse_label_event(record: &str) -> Result<LabelEvent<'_>, ParseError> {
     check_size(record)?;
-    let raw: RawLabelEvent<'_> =
-        serde_json::from_str(record).map_err(|e| ParseError::Json(e.to_string()))?;
+    let raw: RawLabelEvent<'_> = serde_json::from_str(record).map_err(|e| ParseError::Json(e.to_string()))?;
     let op = parse_op(raw.op)?;
     let label = parse_label_for(op, raw.label)?;
     let ts_ms = parse_ts(raw.ts)?;
@@ -215,8 +204,7 @@ pub fn parse_label_event(record: &str) -> Result<LabelEvent<'_>, ParseError> {
 /// Parses one gold answer.
 pub fn parse_gold_event(record: &str) -> Result<GoldEvent<'_>, ParseError> {
     check_size(record)?;
-    let raw: RawGoldEvent<'_> =
-        serde_json::from_str(record).map_err(|e| ParseError::Json(e.to_string()))?;
+    let raw: RawGoldEvent<'_> = serde_json::from_str(record).map_err(|e| ParseError::Json(e.to_string()))?;
     let op = parse_op(raw.op)?;
     let label = parse_label_for(op, raw.label)?;
     Ok(GoldEvent {
@@ -248,26 +236,17 @@ mod tests {
 
     #[test]
     fn defaults_and_epoch_ms() {
-        let ev = parse_label_event(
-            r#"{"item_id":"i","annotator_id":"a","label":2.5,"ts":1700000000000}"#,
-        )
-        .unwrap();
+        let ev = parse_label_event(r#"{"item_id":"i","annotator_id":"a","label":2.5,"ts":1700000000000}"#)
+            .unwrap();
         assert_eq!(ev.project, DEFAULT_SCOPE_NAME);
         assert_eq!(ev.task, DEFAULT_SCOPE_NAME);
-        assert_eq!(
-            ev.label,
-            Some(RawLabel::Number {
-                value: 2.5,
-                text: "2.5"
-            })
-        );
+        assert_eq!(ev.label, Some(RawLabel::Number { value: 2.5, text: "2.5" }));
         assert_eq!(ev.ts_ms, 1_700_000_000_000);
     }
 
     #[test]
     fn delete_needs_no_label() {
-        let ev = parse_label_event(r#"{"item_id":"i","annotator_id":"a","ts":1,"op":"delete"}"#)
-            .unwrap();
+        let ev = parse_label_event(r#"{"item_id":"i","annotator_id":"a","ts":1,"op":"delete"}"#).unwrap();
         assert_eq!(ev.op, Op::Delete);
         assert_eq!(ev.label, None);
     }
@@ -276,50 +255,17 @@ mod tests {
     fn refuses_bad_records_with_reasons() {
         let cases = [
             ("not json", "not a valid record"),
-            (
-                r#"{"annotator_id":"a","label":1,"ts":1}"#,
-                "missing field `item_id`",
-            ),
-            (
-                r#"{"item_id":1,"annotator_id":"a","label":1,"ts":1}"#,
-                "invalid type",
-            ),
-            (
-                r#"{"item_id":"i","annotator_id":"a","ts":1}"#,
-                "`label` is missing",
-            ),
-            (
-                r#"{"item_id":"i","annotator_id":"a","label":null,"ts":1}"#,
-                "`label` is missing",
-            ),
-            (
-                r#"{"item_id":"i","annotator_id":"a","label":{"x":1},"ts":1}"#,
-                "not an object",
-            ),
-            (
-                r#"{"item_id":"i","annotator_id":"a","label":[1,2],"ts":1}"#,
-                "only strings",
-            ),
-            (
-                r#"{"item_id":"i","annotator_id":"a","label":1,"ts":"yesterday"}"#,
-                "RFC 3339",
-            ),
-            (
-                r#"{"item_id":"i","annotator_id":"a","label":1,"ts":1.5}"#,
-                "epoch milliseconds",
-            ),
-            (
-                r#"{"item_id":"i","annotator_id":"a","label":1}"#,
-                "missing field `ts`",
-            ),
-            (
-                r#"{"item_id":"i","annotator_id":"a","label":1,"ts":1,"op":"remove"}"#,
-                "`op` must be",
-            ),
-            (
-                r#"{"item_id":"i","annotator_id":"a","label":1,"ts":1,"duration_ms":-4}"#,
-                "invalid value",
-            ),
+            (r#"{"annotator_id":"a","label":1,"ts":1}"#, "missing field `item_id`"),
+            (r#"{"item_id":1,"annotator_id":"a","label":1,"ts":1}"#, "invalid type"),
+            (r#"{"item_id":"i","annotator_id":"a","ts":1}"#, "`label` is missing"),
+            (r#"{"item_id":"i","annotator_id":"a","label":null,"ts":1}"#, "`label` is missing"),
+            (r#"{"item_id":"i","annotator_id":"a","label":{"x":1},"ts":1}"#, "not an object"),
+            (r#"{"item_id":"i","annotator_id":"a","label":[1,2],"ts":1}"#, "only strings"),
+            (r#"{"item_id":"i","annotator_id":"a","label":1,"ts":"yesterday"}"#, "RFC 3339"),
+            (r#"{"item_id":"i","annotator_id":"a","label":1,"ts":1.5}"#, "epoch milliseconds"),
+            (r#"{"item_id":"i","annotator_id":"a","label":1}"#, "missing field `ts`"),
+            (r#"{"item_id":"i","annotator_id":"a","label":1,"ts":1,"op":"remove"}"#, "`op` must be"),
+            (r#"{"item_id":"i","annotator_id":"a","label":1,"ts":1,"duration_ms":-4}"#, "invalid value"),
         ];
         for (record, reason) in cases {
             let err = parse_label_event(record).expect_err(record).to_string();
@@ -329,10 +275,7 @@ mod tests {
             r#"{{"item_id":"{}","annotator_id":"a","label":1,"ts":1}}"#,
             "x".repeat(MAX_RECORD_BYTES)
         );
-        assert!(matches!(
-            parse_label_event(&big),
-            Err(ParseError::TooLarge { .. })
-        ));
+        assert!(matches!(parse_label_event(&big), Err(ParseError::TooLarge { .. })));
     }
 
     #[test]
@@ -342,11 +285,6 @@ mod tests {
         assert_eq!(g.task, "t");
         assert_eq!(g.project, DEFAULT_SCOPE_NAME);
         assert!(parse_gold_event(r#"{"item_id":"g1"}"#).is_err());
-        assert_eq!(
-            parse_gold_event(r#"{"item_id":"g1","op":"delete"}"#)
-                .unwrap()
-                .op,
-            Op::Delete
-        );
+        assert_eq!(parse_gold_event(r#"{"item_id":"g1","op":"delete"}"#).unwrap().op, Op::Delete);
     }
 }

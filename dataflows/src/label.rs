@@ -63,10 +63,7 @@ impl Label {
             Label::String(s) => serde_json::Value::String(s.to_string()),
             Label::Bool(b) => serde_json::Value::Bool(*b),
             Label::Set(items) => serde_json::Value::Array(
-                items
-                    .iter()
-                    .map(|s| serde_json::Value::String(s.to_string()))
-                    .collect(),
+                items.iter().map(|s| serde_json::Value::String(s.to_string())).collect(),
             ),
         }
     }
@@ -118,10 +115,9 @@ impl RawLabel<'_> {
     /// An owned [`Label`].
     pub fn to_label(&self) -> Label {
         match self {
-            RawLabel::Number { value, text } => Label::Number {
-                value: if *value == 0.0 { 0.0 } else { *value },
-                text: (*text).into(),
-            },
+            RawLabel::Number { value, text } => {
+                Label::Number { value: if *value == 0.0 { 0.0 } else { *value }, text: (*text).into() }
+            }
             RawLabel::String(s) => Label::String(s.as_ref().into()),
             RawLabel::Bool(b) => Label::Bool(*b),
             RawLabel::Set(items) => Label::Set(items.iter().map(|s| s.as_ref().into()).collect()),
@@ -196,21 +192,12 @@ mod tests {
             Label::Bool(false),
             Label::String("b".into()),
             Label::String("a".into()),
-            Label::Number {
-                value: 10.0,
-                text: "10".into(),
-            },
-            Label::Number {
-                value: 2.0,
-                text: "2".into(),
-            },
+            Label::Number { value: 10.0, text: "10".into() },
+            Label::Number { value: 2.0, text: "2".into() },
         ];
         let mut sorted = labels.to_vec();
         sorted.sort_by(|a, b| a.spec_cmp(b));
         let json: Vec<_> = sorted.iter().map(Label::to_json).collect();
-        assert_eq!(
-            serde_json::Value::Array(json),
-            serde_json::json!([2, 10, "a", "b", false, true, ["a"]])
-        );
+        assert_eq!(serde_json::Value::Array(json), serde_json::json!([2, 10, "a", "b", false, true, ["a"]]));
     }
 }

@@ -93,18 +93,9 @@ impl Catalog {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Update {
     /// A label row `(item, annotator, label)` added (`diff` 1) or removed (`diff` -1).
-    Label {
-        item: ItemKey,
-        annotator: AnnotatorId,
-        label: LabelId,
-        diff: i64,
-    },
+    Label { item: ItemKey, annotator: AnnotatorId, label: LabelId, diff: i64 },
     /// A gold answer `(item, label)` added or removed.
-    Gold {
-        item: ItemKey,
-        label: LabelId,
-        diff: i64,
-    },
+    Gold { item: ItemKey, label: LabelId, diff: i64 },
 }
 
 /// Interns events and applies upsert/delete semantics, emitting the resulting [`Update`]s.
@@ -130,20 +121,10 @@ impl Source {
             return;
         }
         if let Some(label) = old {
-            out.push(Update::Label {
-                item,
-                annotator,
-                label,
-                diff: -1,
-            });
+            out.push(Update::Label { item, annotator, label, diff: -1 });
         }
         if let Some(label) = new {
-            out.push(Update::Label {
-                item,
-                annotator,
-                label,
-                diff: 1,
-            });
+            out.push(Update::Label { item, annotator, label, diff: 1 });
         }
     }
 
@@ -160,18 +141,10 @@ impl Source {
             return;
         }
         if let Some(label) = old {
-            out.push(Update::Gold {
-                item,
-                label,
-                diff: -1,
-            });
+            out.push(Update::Gold { item, label, diff: -1 });
         }
         if let Some(label) = new {
-            out.push(Update::Gold {
-                item,
-                label,
-                diff: 1,
-            });
+            out.push(Update::Gold { item, label, diff: 1 });
         }
     }
 
@@ -203,30 +176,10 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Update::Label {
-                    item,
-                    annotator: 0,
-                    label: 0,
-                    diff: 1
-                },
-                Update::Label {
-                    item,
-                    annotator: 0,
-                    label: 0,
-                    diff: -1
-                },
-                Update::Label {
-                    item,
-                    annotator: 0,
-                    label: 1,
-                    diff: 1
-                },
-                Update::Label {
-                    item,
-                    annotator: 0,
-                    label: 1,
-                    diff: -1
-                },
+                Update::Label { item, annotator: 0, label: 0, diff: 1 },
+                Update::Label { item, annotator: 0, label: 0, diff: -1 },
+                Update::Label { item, annotator: 0, label: 1, diff: 1 },
+                Update::Label { item, annotator: 0, label: 1, diff: -1 },
             ]
         );
         assert_eq!(source.live_labels(), 0);
@@ -236,30 +189,15 @@ mod tests {
     fn gold_corrections() {
         let mut source = Source::default();
         let mut out = Vec::new();
-        for line in [
-            r#"{"item_id":"g","label":"x"}"#,
-            r#"{"item_id":"g","label":"y"}"#,
-        ] {
+        for line in [r#"{"item_id":"g","label":"x"}"#, r#"{"item_id":"g","label":"y"}"#] {
             source.apply_gold(&parse_gold_event(line).unwrap(), &mut out);
         }
         assert_eq!(
             out,
             vec![
-                Update::Gold {
-                    item: (0, 0),
-                    label: 0,
-                    diff: 1
-                },
-                Update::Gold {
-                    item: (0, 0),
-                    label: 0,
-                    diff: -1
-                },
-                Update::Gold {
-                    item: (0, 0),
-                    label: 1,
-                    diff: 1
-                },
+                Update::Gold { item: (0, 0), label: 0, diff: 1 },
+                Update::Gold { item: (0, 0), label: 0, diff: -1 },
+                Update::Gold { item: (0, 0), label: 1, diff: 1 },
             ]
         );
         assert_eq!(source.catalog.scope_name(0), ("default", "default"));

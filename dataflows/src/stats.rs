@@ -50,11 +50,7 @@ pub fn pair_agreement(cells: &[((u32, u32), i64)]) -> Option<PairAgreement> {
     if n <= 0 {
         return None;
     }
-    let agree: i64 = cells
-        .iter()
-        .filter(|((a, b), _)| a == b)
-        .map(|(_, c)| c)
-        .sum();
+    let agree: i64 = cells.iter().filter(|((a, b), _)| a == b).map(|(_, c)| c).sum();
     // Marginals per label: (row = a's count, col = b's count).
     let mut marginals: Vec<(u32, i64, i64)> = Vec::new();
     for &((la, lb), count) in cells {
@@ -76,14 +72,8 @@ pub fn pair_agreement(cells: &[((u32, u32), i64)]) -> Option<PairAgreement> {
     let nf = n as f64;
     let po = agree as f64 / nf;
     // Chance agreement is exactly 1 iff the products/squares of the marginals fill n^2 (resp. 4n^2).
-    let cohen_num: i128 = marginals
-        .iter()
-        .map(|&(_, r, c)| i128::from(r) * i128::from(c))
-        .sum();
-    let scott_num: i128 = marginals
-        .iter()
-        .map(|&(_, r, c)| i128::from(r + c) * i128::from(r + c))
-        .sum();
+    let cohen_num: i128 = marginals.iter().map(|&(_, r, c)| i128::from(r) * i128::from(c)).sum();
+    let scott_num: i128 = marginals.iter().map(|&(_, r, c)| i128::from(r + c) * i128::from(r + c)).sum();
     let n2 = i128::from(n) * i128::from(n);
     let cohen_kappa = (cohen_num != n2).then(|| {
         let pe = cohen_num as f64 / (nf * nf);
@@ -93,12 +83,7 @@ pub fn pair_agreement(cells: &[((u32, u32), i64)]) -> Option<PairAgreement> {
         let pe = scott_num as f64 / (4.0 * nf * nf);
         (po - pe) / (1.0 - pe)
     });
-    Some(PairAgreement {
-        n_shared: n,
-        percent_agreement: po,
-        cohen_kappa,
-        scott_pi,
-    })
+    Some(PairAgreement { n_shared: n, percent_agreement: po, cohen_kappa, scott_pi })
 }
 
 /// Chance-corrected agreement `(pa - pe) / (1 - pe)`.

@@ -1,8 +1,10 @@
 //! The materialised state of the quality dataflow's output, and the report objects of spec
-//! section 3 formed from it. The view absorbs [`Fact`] updates in any order and batching; reading
-//! it forms the final (float) numbers.
+//! sections 3 and 4 formed from it. The view absorbs [`Fact`] updates in any order and batching;
+//! [`QualityView::settle`] then refreshes what is derived from many facts (the mean Cohen's
+//! kappa of a scope) and says which entities changed, so that only those need to be published.
+//! Reading forms the final (float) numbers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use foldhash::fast::RandomState;
 use serde::Serialize;
@@ -11,6 +13,11 @@ use crate::dataflow::{Diff, Fact};
 use crate::label::LabelId;
 use crate::source::{AnnotatorId, Catalog, ItemId, ScopeId};
 use crate::stats::{self, Coincidences, GoldAccuracy, Level};
+
+/// Fixed-point scale of summed kappas: sums of integers cancel exactly on retraction, so the
+/// scope's mean does not depend on the order in which pairs changed. The rounding (1e-18 a pair)
+/// stays far below the spec's 1e-9 tolerance.
+const KAPPA_SCALE: f64 = 1e18;
 
 /// Adds `delta` into the sum stored under `key`, removing the entry when it returns to zero.
 fn add_sum<K: Ord, const N: usize>(map: &mut BTreeMap<K, [i64; N]>, key: K, delta: [i64; N]) {
@@ -52,25 +59,42 @@ fn add_small<K: PartialEq, const N: usize>(list: &mut Vec<(K, [i64; N])>, key: K
     }
 }
 
-/// A pair's confusion table: `((label_a, label_b), [count])`, a short list.
-type ConfusionTable = Vec<((LabelId, LabelId), [i64; 1])>;
-/// An item's consensus facts `(top count, label)` with their multiplicities; at rest, one per
-/// tied label.
-type ConsensusValues = Vec<((u32, LabelId), Diff)>;
+/// Adds `delta` to a confusion-table cell, removing the cell when it returns to zero.
+fn add_cell(cells: &mut Vec<((LabelId, LabelId), i64)>, key: (LabelId, LabelId), delta: i64) {
+    match cells.iter().position(|(k, _)| *k == key) {
+        Some(i) => {
+            cells[i].1 += delta;
+            if cells[i].1 == 0 {
+                cells.swap_remove(i);
+            }
+        }
+        None if delta != 0 => cells.push((key, delta)),
+        None => {}
+    }
+}
+
+type Map<K, V> = HashMap<K, V, RandomState>;
+type Set<K> = HashSet<K, RandomState>;
+/// An item's consensus facts `((top, label), multiplicity)`.
+type ConsensusFacts = Vec<((u32, LabelId), Diff)>;
 
 /// Everything the view knows about one annotator within a scope.
 #[derive(Debug, Default)]
 struct AnnotatorState {
-    /// `raters -> [items, same]`.
-    by_raters: BTreeMap<u32, [i64; 2]>,
+    /// `(raters, [items, same])`.
+    by_raters: Vec<(u32, [i64; 2])>,
     /// `[answers, correct]` on gold items.
     gold: [i64; 2],
 }
 
-impl AnnotatorState {
-    fn is_empty(&self) -> bool {
-        self.by_raters.is_empty() && self.gold == [0, 0]
-    }
+/// One annotator pair (`a < b` by id) within a scope.
+#[derive(Debug, Default)]
+struct PairState {
+    /// Confusion table `((label_a, label_b), count)`.
+    cells: Vec<((LabelId, LabelId), i64)>,
+    /// This pair's Cohen's kappa as counted in its scope's sum (fixed point), as of the last
+    /// settle.
+    counted_kappa: Option<i128>,
 }
 
 /// The consolidated aggregates of one scope.
@@ -82,11 +106,38 @@ struct ScopeState {
     shares: BTreeMap<(u32, LabelId), [i64; 1]>,
     /// `(raters, c, k) -> [weight]`, `c <= k`.
     coincidences: BTreeMap<(u32, LabelId, LabelId), [i64; 1]>,
-    annotators: HashMap<AnnotatorId, AnnotatorState, RandomState>,
-    /// Confusion table per pair `(a, b)`, ordered by id.
-    pairs: HashMap<(AnnotatorId, AnnotatorId), ConfusionTable, RandomState>,
-    /// Consensus facts per item, with multiplicities (one live value at rest).
-    consensus: HashMap<ItemId, ConsensusValues, RandomState>,
+    annotators: Map<AnnotatorId, AnnotatorState>,
+    pairs: Map<(AnnotatorId, AnnotatorId), PairState>,
+    /// Consensus facts `((top, label), multiplicity)` per item; at rest one per tied label.
+    consensus: Map<ItemId, ConsensusFacts>,
+    /// Pooled `[answers, correct]` on gold items.
+    gold: [i64; 2],
+    /// Sum (fixed point) and count of the defined pair kappas, as of the last settle.
+    kappa_sum: i128,
+    kappa_count: i64,
+}
+
+/// Entities whose published objects changed since the last settle, each list sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub scopes: Vec<ScopeId>,
+    pub pairs: Vec<(ScopeId, AnnotatorId, AnnotatorId)>,
+    pub annotators: Vec<(ScopeId, AnnotatorId)>,
+    pub items: Vec<(ScopeId, ItemId)>,
+}
+
+#[derive(Debug, Default)]
+struct Dirty {
+    scopes: Set<ScopeId>,
+    pairs: Set<(ScopeId, AnnotatorId, AnnotatorId)>,
+    annotators: Set<(ScopeId, AnnotatorId)>,
+    items: Set<(ScopeId, ItemId)>,
+}
+
+fn sorted<T: Ord>(set: &mut Set<T>) -> Vec<T> {
+    let mut list: Vec<T> = set.drain().collect();
+    list.sort_unstable();
+    list
 }
 
 /// The live quality state: what the dataflow's output says now.
@@ -94,105 +145,100 @@ struct ScopeState {
 pub struct QualityView {
     /// Indexed by scope id.
     scopes: Vec<ScopeState>,
+    /// Whether to record which entities changed (for live publishing); a one-shot report
+    /// does not need it and runs faster without.
+    track_changes: bool,
+    dirty: Dirty,
+    /// Without change tracking: whether any pair changed since derived state was refreshed.
+    untracked_pairs_changed: bool,
 }
 
 impl QualityView {
+    /// A view that records which entities change, for [`QualityView::settle`] to report.
+    pub fn with_change_tracking() -> QualityView {
+        QualityView { track_changes: true, ..QualityView::default() }
+    }
+
     /// Applies one update of the dataflow's output.
     pub fn apply(&mut self, fact: &Fact, diff: Diff) {
-        match fact {
-            Fact::ScopeItems {
-                scope,
-                raters,
-                items,
-                agreeing_pairs,
-            } => {
-                let s = self.scope_mut(*scope);
-                add_sum(&mut s.items, *raters, [items * diff, agreeing_pairs * diff]);
+        match *fact {
+            Fact::ScopeItems { scope, raters, items, agreeing_pairs } => {
+                add_sum(&mut self.scope_mut(scope).items, raters, [items * diff, agreeing_pairs * diff]);
+                self.mark_scopes(scope);
             }
-            Fact::CategoryShare {
-                scope,
-                raters,
-                label,
-                count,
-            } => {
-                let s = self.scope_mut(*scope);
-                add_sum(&mut s.shares, (*raters, *label), [count * diff]);
+            Fact::CategoryShare { scope, raters, label, count } => {
+                add_sum(&mut self.scope_mut(scope).shares, (raters, label), [count * diff]);
+                self.mark_scopes(scope);
             }
-            Fact::Coincidence {
-                scope,
-                raters,
-                c,
-                k,
-                weight,
-            } => {
-                let s = self.scope_mut(*scope);
-                add_sum(&mut s.coincidences, (*raters, *c, *k), [weight * diff]);
+            Fact::Coincidence { scope, raters, c, k, weight } => {
+                add_sum(&mut self.scope_mut(scope).coincidences, (raters, c, k), [weight * diff]);
+                self.mark_scopes(scope);
             }
-            Fact::AnnotatorItems {
-                scope,
-                annotator,
-                raters,
-                items,
-                same,
-            } => {
-                let s = self.scope_mut(*scope);
-                let a = s.annotators.entry(*annotator).or_default();
-                add_sum(&mut a.by_raters, *raters, [items * diff, same * diff]);
-                if a.is_empty() {
-                    s.annotators.remove(annotator);
-                }
+            Fact::AnnotatorItems { scope, annotator, raters, items, same } => {
+                let s = self.scope_mut(scope);
+                let a = s.annotators.entry(annotator).or_default();
+                add_small(&mut a.by_raters, raters, [items * diff, same * diff]);
+                self.mark_annotators((scope, annotator));
+                self.mark_scopes(scope);
             }
-            Fact::AnnotatorGold {
-                scope,
-                annotator,
-                answers,
-                correct,
-            } => {
-                let s = self.scope_mut(*scope);
-                let a = s.annotators.entry(*annotator).or_default();
+            Fact::AnnotatorGold { scope, annotator, answers, correct } => {
+                let s = self.scope_mut(scope);
+                s.gold[0] += answers * diff;
+                s.gold[1] += correct * diff;
+                let a = s.annotators.entry(annotator).or_default();
                 a.gold[0] += answers * diff;
                 a.gold[1] += correct * diff;
-                if a.is_empty() {
-                    s.annotators.remove(annotator);
-                }
+                self.mark_annotators((scope, annotator));
+                self.mark_scopes(scope);
             }
-            Fact::PairCell {
-                scope,
-                a,
-                b,
-                label_a,
-                label_b,
-                count,
-            } => {
-                let s = self.scope_mut(*scope);
-                let cells = s.pairs.entry((*a, *b)).or_default();
-                add_small(cells, (*label_a, *label_b), [count * diff]);
-                if cells.is_empty() {
-                    s.pairs.remove(&(*a, *b));
-                }
+            Fact::PairCell { scope, a, b, label_a, label_b, count } => {
+                let pair = self.scope_mut(scope).pairs.entry((a, b)).or_default();
+                add_cell(&mut pair.cells, (label_a, label_b), count * diff);
+                self.mark_pairs((scope, a, b));
             }
-            Fact::Consensus {
-                scope,
-                item,
-                top,
-                label,
-            } => {
-                let s = self.scope_mut(*scope);
-                let values = s.consensus.entry(*item).or_default();
-                let value = (*top, *label);
-                match values.iter_mut().position(|(v, _)| *v == value) {
+            Fact::Consensus { scope, item, top, label } => {
+                let s = self.scope_mut(scope);
+                let values = s.consensus.entry(item).or_default();
+                match values.iter().position(|(v, _)| *v == (top, label)) {
                     Some(i) => {
                         values[i].1 += diff;
                         if values[i].1 == 0 {
                             values.swap_remove(i);
                         }
                     }
-                    None => values.push((value, diff)),
+                    None => values.push(((top, label), diff)),
                 }
                 if values.is_empty() {
-                    s.consensus.remove(item);
+                    s.consensus.remove(&item);
                 }
+                self.mark_items((scope, item));
             }
+        }
+    }
+
+    fn mark_scopes(&mut self, scope: ScopeId) {
+        if self.track_changes {
+            self.dirty.scopes.insert(scope);
+        }
+    }
+
+    fn mark_annotators(&mut self, key: (ScopeId, AnnotatorId)) {
+        if self.track_changes {
+            self.dirty.annotators.insert(key);
+        }
+    }
+
+    fn mark_pairs(&mut self, key: (ScopeId, AnnotatorId, AnnotatorId)) {
+        if self.track_changes {
+            self.dirty.pairs.insert(key);
+        } else {
+            self.untracked_pairs_changed = true;
+        }
+    }
+
+    fn mark_items(&mut self, key: (ScopeId, ItemId)) {
+        if self.track_changes {
+            self.dirty.items.insert(key);
         }
     }
 
@@ -204,34 +250,199 @@ impl QualityView {
         &mut self.scopes[index]
     }
 
+    /// Brings derived state up to date with the facts applied so far and returns the entities
+    /// whose objects changed since the last settle. Call it once the facts of an epoch are all
+    /// applied; readers see settled state.
+    pub fn settle(&mut self) -> Changes {
+        self.refresh_derived();
+        Changes {
+            scopes: sorted(&mut self.dirty.scopes),
+            pairs: sorted(&mut self.dirty.pairs),
+            annotators: sorted(&mut self.dirty.annotators),
+            items: sorted(&mut self.dirty.items),
+        }
+    }
+
+    /// Recomputes what derives from many facts (pair kappas in their scope's mean) for the
+    /// entities marked dirty, and drops entities that became empty. Leaves the dirty marks.
+    fn refresh_derived(&mut self) {
+        if !self.track_changes {
+            if std::mem::take(&mut self.untracked_pairs_changed) {
+                for s in &mut self.scopes {
+                    s.recount_kappas();
+                }
+            }
+            return;
+        }
+        for &(scope, a, b) in &self.dirty.pairs {
+            let s = &mut self.scopes[scope as usize];
+            let Some(pair) = s.pairs.get_mut(&(a, b)) else {
+                continue;
+            };
+            let kappa = kappa_fixed(pair);
+            if let Some(old) = pair.counted_kappa {
+                s.kappa_sum -= old;
+                s.kappa_count -= 1;
+            }
+            if let Some(new) = kappa {
+                s.kappa_sum += new;
+                s.kappa_count += 1;
+            }
+            pair.counted_kappa = kappa;
+            if pair.cells.is_empty() {
+                s.pairs.remove(&(a, b));
+            }
+            self.dirty.scopes.insert(scope);
+        }
+        for &(scope, annotator) in &self.dirty.annotators {
+            let s = &mut self.scopes[scope as usize];
+            if s.annotators.get(&annotator).is_some_and(|a| a.by_raters.is_empty() && a.gold == [0, 0]) {
+                s.annotators.remove(&annotator);
+            }
+        }
+    }
+
+    fn scope(&self, scope: ScopeId) -> Option<&ScopeState> {
+        self.scopes.get(scope as usize).filter(|s| !s.items.is_empty())
+    }
+
+    /// The scope object (spec section 4: no pairs, annotators or items), if the scope has labels.
+    pub fn scope_summary(&self, scope: ScopeId, catalog: &Catalog) -> Option<ScopeSummary> {
+        self.scope(scope).map(|s| s.summary(scope, catalog))
+    }
+
+    /// The pair object of annotators `a` and `b` (ids, either order), if they share an item.
+    pub fn pair(
+        &self,
+        scope: ScopeId,
+        a: AnnotatorId,
+        b: AnnotatorId,
+        catalog: &Catalog,
+    ) -> Option<PairReport> {
+        let key = (a.min(b), a.max(b));
+        let pair = self.scope(scope)?.pairs.get(&key)?;
+        pair_report(key, pair, catalog)
+    }
+
+    /// The annotator object, if the annotator has labels in the scope.
+    pub fn annotator(
+        &self,
+        scope: ScopeId,
+        annotator: AnnotatorId,
+        catalog: &Catalog,
+    ) -> Option<AnnotatorReport> {
+        let state = self.scope(scope)?.annotators.get(&annotator)?;
+        annotator_report(annotator, state, catalog)
+    }
+
+    /// The consensus object of an item, if it has labels.
+    pub fn item(&self, scope: ScopeId, item: ItemId, catalog: &Catalog) -> Option<ItemConsensus> {
+        item_consensus(self.scope(scope)?.consensus.get(&item)?, catalog)
+    }
+
     /// Forms the report of spec section 3 for every scope that has labels.
-    pub fn report(&self, catalog: &Catalog, with_items: bool) -> Report {
-        let mut scopes: Vec<ScopeReport> = self
-            .scopes
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.items.is_empty())
-            .map(|(id, s)| s.report(id as ScopeId, catalog, with_items))
+    pub fn report(&mut self, catalog: &Catalog, with_items: bool) -> Report {
+        self.refresh_derived();
+        self.dirty = Dirty::default();
+        let mut scopes: Vec<ScopeReport> = (0..self.scopes.len() as ScopeId)
+            .filter_map(|id| self.scope_report(id, catalog, with_items))
             .collect();
-        scopes.sort_by(|a, b| (&a.project, &a.task).cmp(&(&b.project, &b.task)));
+        scopes.sort_by(|a, b| {
+            (&a.summary.project, &a.summary.task).cmp(&(&b.summary.project, &b.summary.task))
+        });
         Report { scopes }
     }
 
-    /// Forms the report of one scope, if it has labels.
-    pub fn scope_report(
-        &self,
-        scope: ScopeId,
-        catalog: &Catalog,
-        with_items: bool,
-    ) -> Option<ScopeReport> {
-        self.scopes
-            .get(scope as usize)
-            .filter(|s| !s.items.is_empty())
-            .map(|s| s.report(scope, catalog, with_items))
+    /// Forms the full report of one scope, if it has labels. Reads settled state.
+    pub fn scope_report(&self, scope: ScopeId, catalog: &Catalog, with_items: bool) -> Option<ScopeReport> {
+        let s = self.scope(scope)?;
+        let mut pairs: Vec<PairReport> =
+            s.pairs.iter().filter_map(|(&k, p)| pair_report(k, p, catalog)).collect();
+        pairs.sort_by(|x, y| (&x.a, &x.b).cmp(&(&y.a, &y.b)));
+        let mut annotators: Vec<AnnotatorReport> =
+            s.annotators.iter().filter_map(|(&id, a)| annotator_report(id, a, catalog)).collect();
+        annotators.sort_by(|x, y| x.annotator_id.cmp(&y.annotator_id));
+        let items = with_items.then(|| {
+            s.consensus
+                .iter()
+                .filter_map(|(&item, values)| {
+                    Some((catalog.items.name(item).to_string(), item_consensus(values, catalog)?))
+                })
+                .collect()
+        });
+        Some(ScopeReport { summary: s.summary(scope, catalog), pairs, annotators, items })
     }
 }
 
+fn pair_report(
+    (a, b): (AnnotatorId, AnnotatorId),
+    pair: &PairState,
+    catalog: &Catalog,
+) -> Option<PairReport> {
+    let (name_a, name_b) = (catalog.annotators.name(a), catalog.annotators.name(b));
+    // Ids order the pair inside the dataflow; the spec orders it bytewise by name. Every pair
+    // statistic is symmetric in the two annotators, so only the names swap.
+    let stats = stats::pair_agreement(&pair.cells)?;
+    let (a, b) = if name_a > name_b { (name_b, name_a) } else { (name_a, name_b) };
+    Some(PairReport {
+        a: a.to_string(),
+        b: b.to_string(),
+        n_shared: stats.n_shared,
+        percent_agreement: stats.percent_agreement,
+        cohen_kappa: stats.cohen_kappa,
+        scott_pi: stats.scott_pi,
+    })
+}
+
+fn annotator_report(id: AnnotatorId, a: &AnnotatorState, catalog: &Catalog) -> Option<AnnotatorReport> {
+    if a.by_raters.is_empty() {
+        return None;
+    }
+    let n_labels: i64 = a.by_raters.iter().map(|(_, [items, _])| items).sum();
+    let pairable: i64 = a.by_raters.iter().filter(|(r, _)| *r >= 2).map(|(_, [items, _])| items).sum();
+    let agreement_with_others = (pairable > 0).then(|| {
+        a.by_raters
+            .iter()
+            .filter(|(r, _)| *r >= 2)
+            .map(|&(r, [_, same])| same as f64 / f64::from(r - 1))
+            .sum::<f64>()
+            / pairable as f64
+    });
+    Some(AnnotatorReport {
+        annotator_id: catalog.annotators.name(id).to_string(),
+        n_labels,
+        agreement_with_others,
+        gold: stats::gold_accuracy(a.gold[0], a.gold[1]),
+    })
+}
+
+fn item_consensus(values: &[((u32, LabelId), Diff)], catalog: &Catalog) -> Option<ItemConsensus> {
+    let live = values.iter().filter(|(_, d)| *d > 0);
+    let best = live.clone().map(|((_, label), _)| catalog.labels.get(*label)).min_by(|x, y| x.spec_cmp(y))?;
+    Some(ItemConsensus { consensus: best.to_json(), tied: live.count() > 1 })
+}
+
+fn kappa_fixed(pair: &PairState) -> Option<i128> {
+    stats::pair_agreement(&pair.cells).and_then(|p| p.cohen_kappa).map(|k| (k * KAPPA_SCALE).round() as i128)
+}
+
 impl ScopeState {
+    /// Recomputes the kappa sum over every pair, dropping empty pairs and annotators.
+    fn recount_kappas(&mut self) {
+        self.pairs.retain(|_, p| !p.cells.is_empty());
+        self.annotators.retain(|_, a| !(a.by_raters.is_empty() && a.gold == [0, 0]));
+        let (mut sum, mut count) = (0i128, 0i64);
+        for pair in self.pairs.values_mut() {
+            pair.counted_kappa = kappa_fixed(pair);
+            if let Some(k) = pair.counted_kappa {
+                sum += k;
+                count += 1;
+            }
+        }
+        self.kappa_sum = sum;
+        self.kappa_count = count;
+    }
+
     fn percent_agreement(&self) -> (i64, Option<f64>) {
         let pairable: i64 = self.items.range(2..).map(|(_, [items, _])| items).sum();
         if pairable == 0 {
@@ -267,11 +478,8 @@ impl ScopeState {
         if numeric {
             categories.sort_by(|a, b| catalog.labels.get(a.0).spec_cmp(catalog.labels.get(b.0)));
         }
-        let index: HashMap<LabelId, usize> = categories
-            .iter()
-            .enumerate()
-            .map(|(i, (l, _))| (*l, i))
-            .collect();
+        let index: HashMap<LabelId, usize> =
+            categories.iter().enumerate().map(|(i, (l, _))| (*l, i)).collect();
         let q = categories.len();
         let mut matrix = vec![vec![0.0; q]; q];
         for (&(r, c, k), [weight]) in &self.coincidences {
@@ -292,140 +500,36 @@ impl ScopeState {
         }
     }
 
-    fn report(&self, scope: ScopeId, catalog: &Catalog, with_items: bool) -> ScopeReport {
+    fn summary(&self, scope: ScopeId, catalog: &Catalog) -> ScopeSummary {
         let (project, task) = catalog.scope_name(scope);
         let n_items: i64 = self.items.values().map(|[items, _]| items).sum();
-        let n_labels: i64 = self
-            .items
-            .iter()
-            .map(|(&r, [items, _])| i64::from(r) * items)
-            .sum();
+        let n_labels: i64 = self.items.iter().map(|(&r, [items, _])| i64::from(r) * items).sum();
         let (n_pairable_items, percent_agreement) = self.percent_agreement();
-
         let shares: Vec<f64> = self.category_shares().into_values().collect();
-        let numeric = self
-            .shares
-            .keys()
-            .all(|(_, label)| catalog.labels.get(*label).as_number().is_some());
+        let numeric = self.shares.keys().all(|(_, label)| catalog.labels.get(*label).as_number().is_some());
         let coincidences = self.coincidences(catalog, numeric);
-        let alpha_at = |level| Some(coincidences.alpha(level));
-        let krippendorff_alpha = KrippendorffAlpha {
-            nominal: coincidences.alpha(Level::Nominal),
-            ordinal: if numeric {
-                alpha_at(Level::Ordinal)
-            } else {
-                None
-            },
-            interval: if numeric {
-                alpha_at(Level::Interval)
-            } else {
-                None
-            },
-            ratio: if numeric {
-                alpha_at(Level::Ratio)
-            } else {
-                None
-            },
-        };
-
-        let mut pairs: Vec<PairReport> = self
-            .pairs
-            .iter()
-            .filter_map(|(&(a, b), cells)| {
-                let (name_a, name_b) = (catalog.annotators.name(a), catalog.annotators.name(b));
-                let swap = name_a > name_b;
-                let cells: Vec<((u32, u32), i64)> = cells
-                    .iter()
-                    .map(|&((la, lb), [n])| (if swap { (lb, la) } else { (la, lb) }, n))
-                    .collect();
-                let stats = stats::pair_agreement(&cells)?;
-                let (a, b) = if swap {
-                    (name_b, name_a)
-                } else {
-                    (name_a, name_b)
-                };
-                Some(PairReport {
-                    a: a.to_string(),
-                    b: b.to_string(),
-                    n_shared: stats.n_shared,
-                    percent_agreement: stats.percent_agreement,
-                    cohen_kappa: stats.cohen_kappa,
-                    scott_pi: stats.scott_pi,
-                })
-            })
-            .collect();
-        pairs.sort_by(|x, y| (&x.a, &x.b).cmp(&(&y.a, &y.b)));
-        let kappas: Vec<f64> = pairs.iter().filter_map(|p| p.cohen_kappa).collect();
-        let mean_cohen_kappa =
-            (!kappas.is_empty()).then(|| kappas.iter().sum::<f64>() / kappas.len() as f64);
-
-        let mut annotators: Vec<AnnotatorReport> = self
-            .annotators
-            .iter()
-            .filter(|(_, a)| !a.by_raters.is_empty())
-            .map(|(&id, a)| {
-                let n_labels: i64 = a.by_raters.values().map(|[items, _]| items).sum();
-                let pairable: i64 = a.by_raters.range(2..).map(|(_, [items, _])| items).sum();
-                let agreement_with_others = (pairable > 0).then(|| {
-                    a.by_raters
-                        .range(2..)
-                        .map(|(&r, [_, same])| *same as f64 / f64::from(r - 1))
-                        .sum::<f64>()
-                        / pairable as f64
-                });
-                AnnotatorReport {
-                    annotator_id: catalog.annotators.name(id).to_string(),
-                    n_labels,
-                    agreement_with_others,
-                    gold: stats::gold_accuracy(a.gold[0], a.gold[1]),
-                }
-            })
-            .collect();
-        annotators.sort_by(|x, y| x.annotator_id.cmp(&y.annotator_id));
-
-        let (answers, correct) = self
-            .annotators
-            .values()
-            .fold((0, 0), |(n, c), a| (n + a.gold[0], c + a.gold[1]));
-
-        let items = with_items.then(|| {
-            self.consensus
-                .iter()
-                .filter_map(|(&item, values)| {
-                    let live = values.iter().filter(|(_, d)| *d > 0);
-                    let best = live
-                        .clone()
-                        .map(|((_, label), _)| catalog.labels.get(*label))
-                        .min_by(|x, y| x.spec_cmp(y))?;
-                    Some((
-                        catalog.items.name(item).to_string(),
-                        ItemConsensus {
-                            consensus: best.to_json(),
-                            tied: live.count() > 1,
-                        },
-                    ))
-                })
-                .collect()
-        });
-
-        ScopeReport {
+        let level = |level| numeric.then(|| coincidences.alpha(level));
+        ScopeSummary {
             project: project.to_string(),
             task: task.to_string(),
             n_labels,
             n_items,
-            n_annotators: annotators.len(),
+            n_annotators: self.annotators.values().filter(|a| !a.by_raters.is_empty()).count(),
             n_pairable_items,
             agreement: Agreement {
                 percent_agreement,
-                krippendorff_alpha,
+                krippendorff_alpha: KrippendorffAlpha {
+                    nominal: coincidences.alpha(Level::Nominal),
+                    ordinal: level(Level::Ordinal),
+                    interval: level(Level::Interval),
+                    ratio: level(Level::Ratio),
+                },
                 fleiss_kappa: stats::fleiss_kappa(percent_agreement, &shares),
                 gwet_ac1: stats::gwet_ac1(percent_agreement, &shares),
-                mean_cohen_kappa,
+                mean_cohen_kappa: (self.kappa_count > 0)
+                    .then(|| self.kappa_sum as f64 / KAPPA_SCALE / self.kappa_count as f64),
             },
-            gold: stats::gold_accuracy(answers, correct),
-            pairs,
-            annotators,
-            items,
+            gold: stats::gold_accuracy(self.gold[0], self.gold[1]),
         }
     }
 }
@@ -436,9 +540,9 @@ pub struct Report {
     pub scopes: Vec<ScopeReport>,
 }
 
-/// Quality numbers of one (project, task) scope.
+/// The scope object: the numbers of one (project, task) scope, without its entities.
 #[derive(Clone, Debug, Serialize)]
-pub struct ScopeReport {
+pub struct ScopeSummary {
     pub project: String,
     pub task: String,
     pub n_labels: i64,
@@ -447,12 +551,18 @@ pub struct ScopeReport {
     pub n_pairable_items: i64,
     pub agreement: Agreement,
     pub gold: Option<GoldAccuracy>,
+}
+
+/// Quality numbers of one (project, task) scope with its pairs, annotators and (optionally) items.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScopeReport {
+    #[serde(flatten)]
+    pub summary: ScopeSummary,
     pub pairs: Vec<PairReport>,
     pub annotators: Vec<AnnotatorReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<BTreeMap<String, ItemConsensus>>,
 }
-
 /// Scope-level agreement.
 #[derive(Clone, Debug, Serialize)]
 pub struct Agreement {

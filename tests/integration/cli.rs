@@ -9,11 +9,7 @@ use serde_json::Value;
 fn labelqc(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -25,11 +21,7 @@ fn labelqc(args: &[&str], stdin: Option<&[u8]>) -> Output {
 }
 
 fn json(output: &Output) -> Value {
-    assert!(
-        output.status.success(),
-        "labelqc failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "labelqc failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("JSON report")
 }
 
@@ -48,11 +40,7 @@ fn bad_lines_are_reported_and_skipped() {
     writeln!(bytes, "{}", good[0]).unwrap();
     writeln!(bytes, "this is not json").unwrap();
     writeln!(bytes, "{}", good[1]).unwrap();
-    writeln!(
-        bytes,
-        r#"{{"item_id":"i9","annotator_id":"a","label":"x"}}"#
-    )
-    .unwrap();
+    writeln!(bytes, r#"{{"item_id":"i9","annotator_id":"a","label":"x"}}"#).unwrap();
     bytes.extend_from_slice(b"{\"item_id\":\"\xff\"}\n");
     writeln!(bytes).unwrap();
     for line in &good[2..] {
@@ -63,24 +51,12 @@ fn bad_lines_are_reported_and_skipped() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = json(&out);
     let p = path.display();
-    assert!(
-        stderr.contains(&format!("{p}:2: not a valid record")),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("{p}:4: not a valid record: missing field `ts`")),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("{p}:5: line is not valid UTF-8")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("{p}:2: not a valid record")), "{stderr}");
+    assert!(stderr.contains(&format!("{p}:4: not a valid record: missing field `ts`")), "{stderr}");
+    assert!(stderr.contains(&format!("{p}:5: line is not valid UTF-8")), "{stderr}");
     assert!(stderr.contains("3 bad line(s) skipped"), "{stderr}");
     // The good lines around the bad ones all count.
-    let clean = json(&labelqc(
-        &["report", "--labels", "-"],
-        Some(GOOD.as_bytes()),
-    ));
+    let clean = json(&labelqc(&["report", "--labels", "-"], Some(GOOD.as_bytes())));
     assert_eq!(report, clean);
     assert_eq!(report["scopes"][0]["n_labels"], 4);
     assert_eq!(report["scopes"][0]["agreement"]["percent_agreement"], 0.5);
@@ -88,12 +64,8 @@ fn bad_lines_are_reported_and_skipped() {
 
 #[test]
 fn strict_stops_at_the_first_bad_line() {
-    let input =
-        format!("{GOOD}{{\"item_id\":\"i3\",\"annotator_id\":\"a\",\"label\":{{}},\"ts\":1}}\n");
-    let out = labelqc(
-        &["report", "--labels", "-", "--strict"],
-        Some(input.as_bytes()),
-    );
+    let input = format!("{GOOD}{{\"item_id\":\"i3\",\"annotator_id\":\"a\",\"label\":{{}},\"ts\":1}}\n");
+    let out = labelqc(&["report", "--labels", "-", "--strict"], Some(input.as_bytes()));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("-:5: `label` must be a string"), "{stderr}");
@@ -111,14 +83,9 @@ fn report_shape_and_options() {
     assert_eq!(scope["gold"], Value::Null);
     assert_eq!(scope["pairs"][0]["a"], "a");
     assert_eq!(scope["pairs"][0]["n_shared"], 2);
-    let with_items = json(&labelqc(
-        &["report", "--labels", "-", "--items", "--pretty"],
-        Some(GOOD.as_bytes()),
-    ));
-    assert_eq!(
-        with_items["scopes"][0]["items"]["i2"],
-        serde_json::json!({"consensus": "x", "tied": true})
-    );
+    let with_items =
+        json(&labelqc(&["report", "--labels", "-", "--items", "--pretty"], Some(GOOD.as_bytes())));
+    assert_eq!(with_items["scopes"][0]["items"]["i2"], serde_json::json!({"consensus": "x", "tied": true}));
 }
 
 #[test]
@@ -126,23 +93,12 @@ fn config_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("labelqc.toml");
     std::fs::write(&config, "[engine]\nworkers = 2\nbatch = 5\n").unwrap();
-    let out = labelqc(
-        &[
-            "report",
-            "--labels",
-            "-",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        Some(GOOD.as_bytes()),
-    );
+    let out =
+        labelqc(&["report", "--labels", "-", "--config", config.to_str().unwrap()], Some(GOOD.as_bytes()));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown field `batch`"), "{stderr}");
-    let out = labelqc(
-        &["report", "--labels", "-", "--workers", "0"],
-        Some(GOOD.as_bytes()),
-    );
+    let out = labelqc(&["report", "--labels", "-", "--workers", "0"], Some(GOOD.as_bytes()));
     assert!(String::from_utf8_lossy(&out.stderr).contains("engine.workers"));
     let out = labelqc(&["report", "--labels", "/nonexistent/labels.jsonl"], None);
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent/labels.jsonl"));
@@ -151,10 +107,7 @@ fn config_errors_name_the_problem() {
 #[test]
 fn shipped_config_is_valid() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/labelqc.toml");
-    let out = labelqc(
-        &["report", "--labels", "-", "--config", config],
-        Some(GOOD.as_bytes()),
-    );
+    let out = labelqc(&["report", "--labels", "-", "--config", config], Some(GOOD.as_bytes()));
     assert_eq!(json(&out)["scopes"][0]["n_labels"], 4);
 }
 
@@ -184,27 +137,13 @@ fn generated_traffic_reports_consistently() {
             ],
             None,
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            std::fs::read(&labels).unwrap(),
-            std::fs::read(&gold).unwrap(),
-        )
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (std::fs::read(&labels).unwrap(), std::fs::read(&gold).unwrap())
     };
     let first = gen("5");
     assert_eq!(first, gen("5"), "same seed, same bytes");
     assert_eq!(first.0.iter().filter(|b| **b == b'\n').count(), 3000);
-    let args = [
-        "report",
-        "--labels",
-        labels.to_str().unwrap(),
-        "--gold",
-        gold.to_str().unwrap(),
-        "--strict",
-    ];
+    let args = ["report", "--labels", labels.to_str().unwrap(), "--gold", gold.to_str().unwrap(), "--strict"];
     let one = json(&labelqc(&args, None));
     let scopes = one["scopes"].as_array().unwrap();
     assert_eq!(scopes.len(), 4);

@@ -4,12 +4,7 @@ use serde_json::Value;
 
 /// Checks that every key of `expected` is in `actual` with an equal value (numbers within
 /// `tolerance`). With `exact_keys`, `actual` may hold no keys that `expected` lacks.
-pub fn mismatches(
-    expected: &Value,
-    actual: &Value,
-    tolerance: f64,
-    exact_keys: bool,
-) -> Vec<String> {
+pub fn mismatches(expected: &Value, actual: &Value, tolerance: f64, exact_keys: bool) -> Vec<String> {
     let mut out = Vec::new();
     walk(expected, actual, tolerance, exact_keys, "$", &mut out);
     out
@@ -27,14 +22,7 @@ fn walk(
         (Value::Object(e), Value::Object(a)) => {
             for (key, value) in e {
                 match a.get(key) {
-                    Some(got) => walk(
-                        value,
-                        got,
-                        tolerance,
-                        exact_keys,
-                        &format!("{path}.{key}"),
-                        out,
-                    ),
+                    Some(got) => walk(value, got, tolerance, exact_keys, &format!("{path}.{key}"), out),
                     None => out.push(format!("{path}.{key}: missing, expected {value}")),
                 }
             }
@@ -46,11 +34,7 @@ fn walk(
         }
         (Value::Array(e), Value::Array(a)) => {
             if e.len() != a.len() {
-                out.push(format!(
-                    "{path}: {} elements, expected {}",
-                    a.len(),
-                    e.len()
-                ));
+                out.push(format!("{path}: {} elements, expected {}", a.len(), e.len()));
                 return;
             }
             for (i, (x, y)) in e.iter().zip(a).enumerate() {
@@ -58,10 +42,7 @@ fn walk(
             }
         }
         (Value::Number(e), Value::Number(a)) => {
-            let (x, y) = (
-                e.as_f64().unwrap_or(f64::NAN),
-                a.as_f64().unwrap_or(f64::NAN),
-            );
+            let (x, y) = (e.as_f64().unwrap_or(f64::NAN), a.as_f64().unwrap_or(f64::NAN));
             if x.is_nan() || y.is_nan() || (x - y).abs() > tolerance {
                 out.push(format!("{path}: {a}, expected {e}"));
             }

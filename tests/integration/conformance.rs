@@ -26,12 +26,7 @@ fn datasets() -> Vec<String> {
         .expect("readable expected/")
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| {
-            p.file_stem()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|p| p.file_stem().expect("file name").to_string_lossy().into_owned())
         .collect();
     names.sort();
     names
@@ -40,21 +35,14 @@ fn datasets() -> Vec<String> {
 fn report(dataset: &str, extra: &[&str]) -> Value {
     let dir = conformance_dir().join("data");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_labelqc"));
-    cmd.arg("report")
-        .arg("--labels")
-        .arg(dir.join(format!("{dataset}.events.jsonl")))
-        .arg("--items");
+    cmd.arg("report").arg("--labels").arg(dir.join(format!("{dataset}.events.jsonl"))).arg("--items");
     let gold = dir.join(format!("{dataset}.gold.jsonl"));
     if gold.exists() {
         cmd.arg("--gold").arg(gold);
     }
     cmd.args(extra);
     let output = cmd.output().expect("run labelqc");
-    assert!(
-        output.status.success(),
-        "{dataset}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{dataset}: {}", String::from_utf8_lossy(&output.stderr));
     assert!(
         output.stderr.is_empty(),
         "{dataset} wrote to stderr: {}",
@@ -65,15 +53,11 @@ fn report(dataset: &str, extra: &[&str]) -> Value {
 
 fn check_all(extra: &[&str]) {
     let names = datasets();
-    assert!(
-        names.len() >= 14,
-        "expected the full conformance suite, found {names:?}"
-    );
+    assert!(names.len() >= 14, "expected the full conformance suite, found {names:?}");
     let mut failures = Vec::new();
     for name in &names {
         let mut expected: Value = serde_json::from_str(
-            &std::fs::read_to_string(conformance_dir().join(format!("expected/{name}.json")))
-                .unwrap(),
+            &std::fs::read_to_string(conformance_dir().join(format!("expected/{name}.json"))).unwrap(),
         )
         .unwrap();
         expected.as_object_mut().unwrap().remove("dataset");
@@ -84,12 +68,7 @@ fn check_all(extra: &[&str]) {
             failures.push(format!("{name}: {problem}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]

@@ -14,32 +14,13 @@ use crate::reference;
 
 /// Scope 0 has only numeric labels (so every alpha level applies); scope 1 mixes every type.
 const NUMERIC_LABELS: &[&str] = &["1", "1.0", "2", "3.5", "0", "-1"];
-const MIXED_LABELS: &[&str] = &[
-    r#""a""#,
-    r#""b""#,
-    "true",
-    "false",
-    "1",
-    r#""1""#,
-    r#"["x","y"]"#,
-    r#"["y","x","y"]"#,
-];
+const MIXED_LABELS: &[&str] =
+    &[r#""a""#, r#""b""#, "true", "false", "1", r#""1""#, r#"["x","y"]"#, r#"["y","x","y"]"#];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Label {
-        scope: usize,
-        item: u8,
-        annotator: u8,
-        label: usize,
-        delete: bool,
-    },
-    Gold {
-        scope: usize,
-        item: u8,
-        label: usize,
-        delete: bool,
-    },
+    Label { scope: usize, item: u8, annotator: u8, label: usize, delete: bool },
+    Gold { scope: usize, item: u8, label: usize, delete: bool },
 }
 
 fn pool(scope: usize) -> &'static [&'static str] {
@@ -74,7 +55,10 @@ fn render(ops: &[Op]) -> (Vec<String>, Vec<String>) {
     for (ts, op) in ops.iter().enumerate() {
         match op {
             Op::Label { scope, item, annotator, label, delete } => labels.push(if *delete {
-                format!(r#"{{"item_id":"i{item}","annotator_id":"a{annotator}","op":"delete","ts":{ts}{}}}"#, scope_fields(*scope))
+                format!(
+                    r#"{{"item_id":"i{item}","annotator_id":"a{annotator}","op":"delete","ts":{ts}{}}}"#,
+                    scope_fields(*scope)
+                )
             } else {
                 format!(
                     r#"{{"item_id":"i{item}","annotator_id":"a{annotator}","label":{},"ts":{ts}{}}}"#,
@@ -107,11 +91,7 @@ fn engine_report(labels: &[String], gold: &[String], workers: usize, epoch_event
         gold: Some(write("gold.jsonl", gold)),
         with_items: true,
         strict: true,
-        engine: EngineSettings {
-            workers,
-            epoch_events,
-            max_epochs_in_flight: 2,
-        },
+        engine: EngineSettings { workers, epoch_events, max_epochs_in_flight: 2 },
         progress: false,
     };
     let outcome = report::run(&request, |letter| panic!("unexpected bad line {letter}")).unwrap();

@@ -25,10 +25,7 @@ fn identity(v: &Value) -> Identity {
         Value::String(s) => Identity::Str(s.clone()),
         Value::Bool(b) => Identity::Bool(*b),
         Value::Array(items) => {
-            let set: BTreeSet<String> = items
-                .iter()
-                .map(|i| i.as_str().unwrap().to_string())
-                .collect();
+            let set: BTreeSet<String> = items.iter().map(|i| i.as_str().unwrap().to_string()).collect();
             Identity::Set(set.into_iter().collect())
         }
         other => panic!("not a label: {other}"),
@@ -67,10 +64,7 @@ fn wilson(n: usize, correct: usize) -> Value {
 }
 
 fn scope_field(v: &Value, field: &str) -> String {
-    v.get(field)
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_string()
+    v.get(field).and_then(Value::as_str).unwrap_or("default").to_string()
 }
 
 type ScopeName = (String, String);
@@ -92,10 +86,8 @@ pub fn report(label_records: &[Value], gold_records: &[Value], with_items: bool)
     }
     let mut gold: HashMap<(ScopeName, String), Value> = HashMap::new();
     for r in gold_records {
-        let key = (
-            (scope_field(r, "project"), scope_field(r, "task")),
-            r["item_id"].as_str().unwrap().to_string(),
-        );
+        let key =
+            ((scope_field(r, "project"), scope_field(r, "task")), r["item_id"].as_str().unwrap().to_string());
         if r.get("op").and_then(Value::as_str) == Some("delete") {
             gold.remove(&key);
         } else {
@@ -105,17 +97,10 @@ pub fn report(label_records: &[Value], gold_records: &[Value], with_items: bool)
     // scope -> item -> [(annotator, label)]
     let mut scopes: BTreeMap<ScopeName, BTreeMap<String, Vec<(String, Value)>>> = BTreeMap::new();
     for ((scope, item, annotator), label) in labels {
-        scopes
-            .entry(scope)
-            .or_default()
-            .entry(item)
-            .or_default()
-            .push((annotator, label));
+        scopes.entry(scope).or_default().entry(item).or_default().push((annotator, label));
     }
-    let scopes: Vec<Value> = scopes
-        .into_iter()
-        .map(|(scope, items)| scope_report(&scope, &items, &gold, with_items))
-        .collect();
+    let scopes: Vec<Value> =
+        scopes.into_iter().map(|(scope, items)| scope_report(&scope, &items, &gold, with_items)).collect();
     json!({ "scopes": scopes })
 }
 
@@ -152,11 +137,7 @@ fn scope_report(
             .iter()
             .map(|l| {
                 let r = l.len() as f64;
-                counts(l)
-                    .values()
-                    .map(|&n| (n * (n - 1)) as f64)
-                    .sum::<f64>()
-                    / (r * (r - 1.0))
+                counts(l).values().map(|&n| (n * (n - 1)) as f64).sum::<f64>() / (r * (r - 1.0))
             })
             .sum::<f64>()
             / pairable.len() as f64
@@ -171,11 +152,7 @@ fn scope_report(
         for (a, &na) in &c {
             *marg.entry(a.clone()).or_default() += na as f64;
             for (b, &nb) in &c {
-                let w = if a == b {
-                    (na * na - na) as f64
-                } else {
-                    (na * nb) as f64
-                };
+                let w = if a == b { (na * na - na) as f64 } else { (na * nb) as f64 };
                 *o.entry((a.clone(), b.clone())).or_default() += w / (r - 1.0);
             }
         }
@@ -202,10 +179,7 @@ fn scope_report(
         }
     };
     let mut kalpha = Map::new();
-    kalpha.insert(
-        "nominal".into(),
-        alpha(&|i, j| if i == j { 0.0 } else { 1.0 }),
-    );
+    kalpha.insert("nominal".into(), alpha(&|i, j| if i == j { 0.0 } else { 1.0 }));
     if numeric {
         let v: Vec<f64> = cats.iter().map(num).collect();
         let m: Vec<f64> = cats.iter().map(|c| marg[c]).collect();
@@ -241,10 +215,7 @@ fn scope_report(
         Some(pa) if q >= 2 => {
             let pe_f: f64 = pi.values().map(|p| p * p).sum();
             let pe_g: f64 = pi.values().map(|p| p * (1.0 - p)).sum::<f64>() / (q - 1) as f64;
-            (
-                json!((pa - pe_f) / (1.0 - pe_f)),
-                json!((pa - pe_g) / (1.0 - pe_g)),
-            )
+            (json!((pa - pe_f) / (1.0 - pe_f)), json!((pa - pe_g) / (1.0 - pe_g)))
         }
         _ => (Value::Null, Value::Null),
     };
@@ -282,10 +253,7 @@ fn scope_report(
             let keys: BTreeSet<&&Identity> = ma.keys().chain(mb.keys()).collect();
             let get = |m: &HashMap<&Identity, f64>, k: &Identity| m.get(k).copied().unwrap_or(0.0);
             let pe_c: f64 = keys.iter().map(|k| get(&ma, k) * get(&mb, k)).sum();
-            let pe_s: f64 = keys
-                .iter()
-                .map(|k| ((get(&ma, k) + get(&mb, k)) / 2.0).powi(2))
-                .sum();
+            let pe_s: f64 = keys.iter().map(|k| ((get(&ma, k) + get(&mb, k)) / 2.0).powi(2)).sum();
             let undefined = |pe: f64| (1.0 - pe).abs() < 1e-12;
             let kappa = (!undefined(pe_c)).then(|| (po - pe_c) / (1.0 - pe_c));
             if let Some(k) = kappa {
@@ -350,16 +318,10 @@ fn scope_report(
             .map(|(item, l)| {
                 let c = counts(l);
                 let top = *c.values().max().unwrap();
-                let mut best: Vec<&Value> = c
-                    .iter()
-                    .filter(|(_, &n)| n == top)
-                    .map(|(k, _)| &values[k])
-                    .collect();
+                let mut best: Vec<&Value> =
+                    c.iter().filter(|(_, &n)| n == top).map(|(k, _)| &values[k]).collect();
                 best.sort_by(|x, y| spec_order(x, y));
-                (
-                    item.clone(),
-                    json!({"consensus": best[0], "tied": best.len() > 1}),
-                )
+                (item.clone(), json!({"consensus": best[0], "tied": best.len() > 1}))
             })
             .collect();
         report["items"] = Value::Object(consensus);

@@ -1,0 +1,223 @@
+//! The quality core's benchmarks, recorded in BENCHMARKS.md:
+//!
+//! 1. `labelqc report` throughput over a generated 1,000,000-event file (1,000 annotators, 5
+//!    labels per item, 4 classes, 5% gold items, 1% relabels), end to end through the real
+//!    binary, with 1 and 2 workers; the median of several runs.
+//! 2. Peak resident memory of those runs per live label.
+//! 3. The time to apply one relabel after the 1,000,000 events: from submitting it to having
+//!    every affected output (scope, pairs, annotators, item) re-formed from the updated view.
+//!
+//! Run with `cargo bench --bench report` (`-- --runs N --events N --relabels N` to change the
+//! defaults).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use labelqc::gen::{generate, GenSpec};
+use labelqc_dataflows::engine::{Engine, EngineConfig};
+use labelqc_dataflows::event::{parse_gold_event, parse_label_event};
+use labelqc_dataflows::source::{Source, Update};
+use labelqc_dataflows::view::QualityView;
+use rand::{Rng, SeedableRng};
+
+struct Options {
+    events: u64,
+    runs: usize,
+    relabels: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options { events: 1_000_000, runs: 3, relabels: 300 };
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+    };
+    if let Some(v) = value("--events") {
+        o.events = v;
+    }
+    if let Some(v) = value("--runs") {
+        o.runs = v as usize;
+    }
+    if let Some(v) = value("--relabels") {
+        o.relabels = v as usize;
+    }
+    o
+}
+
+fn dataset(events: u64) -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-data");
+    std::fs::create_dir_all(&dir).expect("bench data folder");
+    let labels = dir.join(format!("labels-{events}.jsonl"));
+    let gold = dir.join(format!("gold-{events}.jsonl"));
+    if !labels.exists() || !gold.exists() {
+        let spec = GenSpec {
+            events,
+            annotators: 1_000,
+            labels_per_item: 5,
+            classes: 4,
+            gold_rate: 0.05,
+            relabel_rate: 0.01,
+            delete_rate: 0.0,
+            seed: 2026,
+            ..GenSpec::default()
+        };
+        let mut l = std::io::BufWriter::new(std::fs::File::create(&labels).unwrap());
+        let mut g = std::io::BufWriter::new(std::fs::File::create(&gold).unwrap());
+        generate(&spec, &mut l, Some(&mut g)).expect("generate bench data");
+        l.flush().unwrap();
+        g.flush().unwrap();
+    }
+    (labels, gold)
+}
+
+/// Runs a command, returning its wall time and peak resident set size in bytes.
+fn run_measured(cmd: &mut Command) -> (Duration, u64) {
+    let start = Instant::now();
+    let child = cmd.spawn().expect("start labelqc");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let elapsed = start.elapsed();
+    assert_eq!(rc, pid, "wait4 failed");
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "labelqc report failed");
+    std::mem::forget(child);
+    (elapsed, usage.ru_maxrss as u64 * 1024)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse from it.
+    let o = options();
+    let (labels, gold) = dataset(o.events);
+    let report_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-report.json");
+    println!("# labelqc report benchmark ({} events, {} runs each)\n", o.events, o.runs);
+    println!("| workers | median wall (s) | events/s | peak RSS (MiB) | bytes per live label |");
+    println!("|---|---|---|---|---|");
+    let mut live_labels = 0i64;
+    for workers in [1usize, 2] {
+        let mut times = Vec::new();
+        let mut peak = 0;
+        for _ in 0..o.runs {
+            let (elapsed, rss) = run_measured(
+                Command::new(env!("CARGO_BIN_EXE_labelqc"))
+                    .args(["report", "--labels"])
+                    .arg(&labels)
+                    .arg("--gold")
+                    .arg(&gold)
+                    .arg("--workers")
+                    .arg(workers.to_string())
+                    .arg("--output")
+                    .arg(&report_path),
+            );
+            times.push(elapsed);
+            peak = peak.max(rss);
+        }
+        if live_labels == 0 {
+            let report: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&report_path).unwrap()).expect("report JSON");
+            live_labels =
+                report["scopes"].as_array().unwrap().iter().map(|s| s["n_labels"].as_i64().unwrap()).sum();
+        }
+        let m = median(times);
+        println!(
+            "| {workers} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            m.as_secs_f64(),
+            o.events as f64 / m.as_secs_f64(),
+            peak as f64 / (1 << 20) as f64,
+            peak as f64 / live_labels as f64
+        );
+    }
+    println!("\nlive labels: {live_labels}\n");
+
+    println!("# one relabel after {} events of history ({} relabels)\n", o.events, o.relabels);
+    println!("| workers | p50 (ms) | p99 (ms) | max (ms) |");
+    println!("|---|---|---|---|");
+    for workers in [1usize, 2] {
+        let latencies = relabel_latencies(&labels, &gold, workers, o.relabels);
+        println!(
+            "| {workers} | {:.3} | {:.3} | {:.3} |",
+            quantile(&latencies, 0.5).as_secs_f64() * 1e3,
+            quantile(&latencies, 0.99).as_secs_f64() * 1e3,
+            latencies.last().unwrap().as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// Loads the history, then applies single relabels one at a time, timing each from submission
+/// to re-formed outputs.
+fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize) -> Vec<Duration> {
+    let mut engine = Engine::start(&EngineConfig { workers, max_epochs_in_flight: 2 }).unwrap();
+    let mut view = QualityView::with_change_tracking();
+    let mut source = Source::default();
+    let mut updates = Vec::new();
+    for line in BufReader::new(std::fs::File::open(gold).unwrap()).lines() {
+        source.apply_gold(&parse_gold_event(&line.unwrap()).unwrap(), &mut updates);
+    }
+    let mut lines = Vec::new();
+    for line in BufReader::new(std::fs::File::open(labels).unwrap()).lines() {
+        let line = line.unwrap();
+        source.apply_label(&parse_label_event(&line).unwrap(), &mut updates);
+        if updates.len() >= 100_000 {
+            engine.submit(std::mem::take(&mut updates), &mut view).unwrap();
+        }
+        lines.push(line);
+    }
+    engine.submit(std::mem::take(&mut updates), &mut view).unwrap();
+    engine.sync(&mut view).unwrap();
+    view.settle();
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let classes = ["\"positive\"", "\"negative\"", "\"neutral\"", "\"mixed\""];
+    let mut latencies = Vec::with_capacity(relabels);
+    let mut formed = 0usize;
+    while latencies.len() < relabels {
+        let line = &lines[rng.gen_range(0..lines.len())];
+        let Ok(event) = parse_label_event(line) else {
+            continue;
+        };
+        let Some(_) = event.label else { continue };
+        let relabel = line
+            .replace(classes[0], "\"@\"")
+            .replace(classes[1], classes[0])
+            .replace("\"@\"", classes[1])
+            .replace(classes[2], "\"@\"")
+            .replace(classes[3], classes[2])
+            .replace("\"@\"", classes[3]);
+        let mut one: Vec<Update> = Vec::new();
+        let start = Instant::now();
+        source.apply_label(&parse_label_event(&relabel).unwrap(), &mut one);
+        engine.submit(one, &mut view).unwrap();
+        engine.sync(&mut view).unwrap();
+        let changes = view.settle();
+        let catalog = &source.catalog;
+        for &scope in &changes.scopes {
+            formed += usize::from(view.scope_summary(scope, catalog).is_some());
+        }
+        for &(scope, a, b) in &changes.pairs {
+            formed += usize::from(view.pair(scope, a, b, catalog).is_some());
+        }
+        for &(scope, annotator) in &changes.annotators {
+            formed += usize::from(view.annotator(scope, annotator, catalog).is_some());
+        }
+        for &(scope, item) in &changes.items {
+            formed += usize::from(view.item(scope, item, catalog).is_some());
+        }
+        latencies.push(start.elapsed());
+    }
+    assert!(formed > 0, "relabels re-formed no outputs");
+    engine.finish(&mut view).unwrap();
+    latencies.sort();
+    latencies
+}
