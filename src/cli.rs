@@ -142,6 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn run_report(args: ReportArgs) -> Result<()> {
+    let start = std::time::Instant::now();
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -186,6 +187,7 @@ fn run_report(args: ReportArgs) -> Result<()> {
     }
     writeln!(out)?;
     out.flush().context("cannot write the report")?;
+    tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "report written");
     Ok(())
 }
 

@@ -117,11 +117,6 @@ pub fn summarize_item(
                 }
             }
         }
-        for (i, &(a, label_a)) in rows.iter().enumerate() {
-            for &(b, label_b) in &rows[i + 1..] {
-                out.push((ItemFact::Pair { a, b, label_a, label_b }, 1));
-            }
-        }
     }
     let top = counts.iter().map(|&(_, n)| n).max().unwrap_or(0);
     for &(label, _) in counts.iter().filter(|&&(_, n)| n == top) {
@@ -209,12 +204,16 @@ pub fn quality_facts<'s>(
             same,
         });
 
-    let pairs = item_facts
+    let pairs = labels_by_item
         .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Pair { a, b, label_a, label_b } => Some(((scope, a, b, label_a, label_b), 1i64)),
-            _ => None,
-        })
+        .join_core(
+            labels_by_item.clone(),
+            |item: &ItemKey,
+             &(a, label_a): &(AnnotatorId, LabelId),
+             &(b, label_b): &(AnnotatorId, LabelId)| {
+                (a < b).then_some((item.0, a, b, label_a, label_b))
+            },
+        )
         .count_total_core::<Diff>()
         .map(|((scope, a, b, label_a, label_b), count)| Fact::PairCell {
             scope,

@@ -62,6 +62,7 @@ pub struct Engine {
     next_epoch: Time,
     frontiers: Vec<Option<Time>>,
     max_in_flight: u64,
+    facts_applied: u64,
 }
 
 impl Engine {
@@ -95,6 +96,7 @@ impl Engine {
             next_epoch: 0,
             frontiers: vec![Some(0); workers],
             max_in_flight: config.max_epochs_in_flight.max(1),
+            facts_applied: 0,
         })
     }
 
@@ -142,12 +144,14 @@ impl Engine {
         for result in results {
             result.map_err(EngineError::WorkerFailed)?;
         }
+        tracing::debug!(epochs = self.next_epoch, facts_applied = self.facts_applied, "engine finished");
         Ok(())
     }
 
     fn absorb(&mut self, event: WorkerEvent, view: &mut QualityView) {
         match event {
             WorkerEvent::Facts(facts) => {
+                self.facts_applied += facts.len() as u64;
                 for (fact, diff) in &facts {
                     view.apply(fact, *diff);
                 }

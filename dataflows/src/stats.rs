@@ -1,6 +1,8 @@
 //! The formulas of spec section 2, applied to exact integer aggregates. This is the only place
 //! where floats are formed. Every function returns `None` where the spec's value is undefined.
 
+use smallvec::SmallVec;
+
 /// z for a two-sided 95% interval, as the spec fixes it.
 pub const WILSON_Z: f64 = 1.959963984540054;
 
@@ -52,7 +54,7 @@ pub fn pair_agreement(cells: &[((u32, u32), i64)]) -> Option<PairAgreement> {
     }
     let agree: i64 = cells.iter().filter(|((a, b), _)| a == b).map(|(_, c)| c).sum();
     // Marginals per label: (row = a's count, col = b's count).
-    let mut marginals: Vec<(u32, i64, i64)> = Vec::new();
+    let mut marginals: SmallVec<[(u32, i64, i64); 8]> = SmallVec::new();
     for &((la, lb), count) in cells {
         for (label, is_row) in [(la, true), (lb, false)] {
             let entry = match marginals.iter_mut().position(|(l, _, _)| *l == label) {

@@ -95,6 +95,8 @@ struct PairState {
     /// This pair's Cohen's kappa as counted in its scope's sum (fixed point), as of the last
     /// settle.
     counted_kappa: Option<i128>,
+    /// The pair's statistics as of the last settle.
+    stats: Option<stats::PairAgreement>,
 }
 
 /// The consolidated aggregates of one scope.
@@ -279,7 +281,8 @@ impl QualityView {
             let Some(pair) = s.pairs.get_mut(&(a, b)) else {
                 continue;
             };
-            let kappa = kappa_fixed(pair);
+            pair.refresh();
+            let kappa = pair.kappa_fixed();
             if let Some(old) = pair.counted_kappa {
                 s.kappa_sum -= old;
                 s.kappa_count -= 1;
@@ -356,9 +359,23 @@ impl QualityView {
     /// Forms the full report of one scope, if it has labels. Reads settled state.
     pub fn scope_report(&self, scope: ScopeId, catalog: &Catalog, with_items: bool) -> Option<ScopeReport> {
         let s = self.scope(scope)?;
-        let mut pairs: Vec<PairReport> =
-            s.pairs.iter().filter_map(|(&k, p)| pair_report(k, p, catalog)).collect();
-        pairs.sort_by(|x, y| (&x.a, &x.b).cmp(&(&y.a, &y.b)));
+        // Order pairs bytewise by name, via each annotator's rank among the scope's names.
+        let mut names: Vec<(&str, AnnotatorId)> =
+            s.annotators.keys().map(|&id| (catalog.annotators.name(id), id)).collect();
+        names.sort_unstable();
+        let rank: Map<AnnotatorId, usize> = names.iter().enumerate().map(|(i, &(_, id))| (id, i)).collect();
+        let rank_of = |id: AnnotatorId| rank.get(&id).copied().unwrap_or(usize::MAX);
+        let mut keys: Vec<((usize, usize), (AnnotatorId, AnnotatorId))> = s
+            .pairs
+            .keys()
+            .map(|&(a, b)| {
+                let (ra, rb) = (rank_of(a), rank_of(b));
+                ((ra.min(rb), ra.max(rb)), (a, b))
+            })
+            .collect();
+        keys.sort_unstable();
+        let pairs: Vec<PairReport> =
+            keys.iter().filter_map(|&(_, key)| pair_report(key, &s.pairs[&key], catalog)).collect();
         let mut annotators: Vec<AnnotatorReport> =
             s.annotators.iter().filter_map(|(&id, a)| annotator_report(id, a, catalog)).collect();
         annotators.sort_by(|x, y| x.annotator_id.cmp(&y.annotator_id));
@@ -382,7 +399,7 @@ fn pair_report(
     let (name_a, name_b) = (catalog.annotators.name(a), catalog.annotators.name(b));
     // Ids order the pair inside the dataflow; the spec orders it bytewise by name. Every pair
     // statistic is symmetric in the two annotators, so only the names swap.
-    let stats = stats::pair_agreement(&pair.cells)?;
+    let stats = pair.stats.as_ref()?;
     let (a, b) = if name_a > name_b { (name_b, name_a) } else { (name_a, name_b) };
     Some(PairReport {
         a: a.to_string(),
@@ -422,8 +439,15 @@ fn item_consensus(values: &[((u32, LabelId), Diff)], catalog: &Catalog) -> Optio
     Some(ItemConsensus { consensus: best.to_json(), tied: live.count() > 1 })
 }
 
-fn kappa_fixed(pair: &PairState) -> Option<i128> {
-    stats::pair_agreement(&pair.cells).and_then(|p| p.cohen_kappa).map(|k| (k * KAPPA_SCALE).round() as i128)
+impl PairState {
+    fn refresh(&mut self) {
+        self.stats = stats::pair_agreement(&self.cells);
+    }
+
+    /// Cohen's kappa in fixed point, from the refreshed statistics.
+    fn kappa_fixed(&self) -> Option<i128> {
+        self.stats.as_ref().and_then(|p| p.cohen_kappa).map(|k| (k * KAPPA_SCALE).round() as i128)
+    }
 }
 
 impl ScopeState {
@@ -433,7 +457,8 @@ impl ScopeState {
         self.annotators.retain(|_, a| !(a.by_raters.is_empty() && a.gold == [0, 0]));
         let (mut sum, mut count) = (0i128, 0i64);
         for pair in self.pairs.values_mut() {
-            pair.counted_kappa = kappa_fixed(pair);
+            pair.refresh();
+            pair.counted_kappa = pair.kappa_fixed();
             if let Some(k) = pair.counted_kappa {
                 sum += k;
                 count += 1;
