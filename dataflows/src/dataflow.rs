@@ -45,6 +45,10 @@ pub enum ItemFact {
     Consensus { top: u32, label: LabelId },
 }
 
+/// Everything one item contributes, as one value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ItemSummary(pub Vec<ItemFact>);
+
 /// An aggregate maintained by the dataflow. Sum-like facts carry their current total; the
 /// collection holds exactly one fact per key, so a consumer that adds `total * diff` per key
 /// reconstructs the totals whatever the order of updates within an epoch.
@@ -134,16 +138,22 @@ pub fn quality_facts<'s>(
 ) -> VecCollection<'s, Time, Fact, Diff> {
     let labels_by_item = labels.arrange_by_key_named("LabelsByItem");
 
+    // One summary value per item keeps the reduce's own arrangement small; its facts are
+    // unpacked downstream, where nothing needs to be stored.
     let item_facts = labels_by_item
         .clone()
-        .reduce_abelian::<_, ValBuilder<ItemKey, ItemFact, Time, Diff>, ValSpine<ItemKey, ItemFact, Time, Diff>, _, _>(
+        .reduce_abelian::<_, ValBuilder<ItemKey, ItemSummary, Time, Diff>, ValSpine<ItemKey, ItemSummary, Time, Diff>, _, _>(
             "SummarizeItem",
             {
-                let (mut rows, mut counts) = (Vec::new(), Vec::new());
+                let (mut rows, mut counts, mut facts) = (Vec::new(), Vec::new(), Vec::new());
                 move |_item, input, output| {
                     rows.clear();
                     rows.extend(input.iter().filter(|(_, diff)| *diff > 0).map(|(row, _)| **row));
-                    summarize_item(&rows, &mut counts, output);
+                    facts.clear();
+                    summarize_item(&rows, &mut counts, &mut facts);
+                    if !facts.is_empty() {
+                        output.push((ItemSummary(facts.iter().map(|(f, _)| *f).collect()), 1));
+                    }
                 }
             },
             |vec, key, upds| {
@@ -151,7 +161,10 @@ pub fn quality_facts<'s>(
                 vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
             },
         )
-        .as_collection(|item: &ItemKey, fact: &ItemFact| (*item, *fact));
+        .flat_map_ref(|item: &ItemKey, summary: &ItemSummary| {
+            let item = *item;
+            summary.0.iter().map(move |fact| (item, *fact)).collect::<Vec<_>>()
+        });
 
     let scope_items = item_facts
         .clone()
