@@ -49,9 +49,10 @@ pub enum ItemFact {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ItemSummary(pub Vec<ItemFact>);
 
-/// An aggregate maintained by the dataflow. Sum-like facts carry their current total; the
-/// collection holds exactly one fact per key, so a consumer that adds `total * diff` per key
-/// reconstructs the totals whatever the order of updates within an epoch.
+/// An aggregate maintained by the dataflow. Sum-like facts carry a count: most carry their key's
+/// current total (the collection then holds one fact per key), pair cells carry deltas of one
+/// (the collection holds one fact per co-labelled item). Either way a consumer that adds
+/// `count * diff` per key holds the exact totals, whatever the order of updates in an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Fact {
     /// Items of the scope with `raters` labels, and their summed agreeing pairs.
@@ -62,7 +63,8 @@ pub enum Fact {
     Coincidence { scope: ScopeId, raters: u32, c: LabelId, k: LabelId, weight: i64 },
     /// An annotator's labels on items with `raters` labels, and how many other labels agreed.
     AnnotatorItems { scope: ScopeId, annotator: AnnotatorId, raters: u32, items: i64, same: i64 },
-    /// A cell of a pair's confusion table: items where `a` said `label_a` and `b` said `label_b`.
+    /// A cell of a pair's confusion table: items where `a` said `label_a` and `b` said `label_b`
+    /// (here a delta: `count` is 1 for each such item).
     PairCell {
         scope: ScopeId,
         a: AnnotatorId,
@@ -217,25 +219,15 @@ pub fn quality_facts<'s>(
             same,
         });
 
-    let pairs = labels_by_item
-        .clone()
-        .join_core(
-            labels_by_item.clone(),
-            |item: &ItemKey,
-             &(a, label_a): &(AnnotatorId, LabelId),
-             &(b, label_b): &(AnnotatorId, LabelId)| {
-                (a < b).then_some((item.0, a, b, label_a, label_b))
-            },
-        )
-        .count_total_core::<Diff>()
-        .map(|((scope, a, b, label_a, label_b), count)| Fact::PairCell {
-            scope,
-            a,
-            b,
-            label_a,
-            label_b,
-            count,
-        });
+    // Pair cells are many (up to pairs x categories^2) and each changes rarely, so they are not
+    // counted here: every co-labelled item contributes a delta of one, and the consumer sums
+    // them. Arranging them would cost more than it saves.
+    let pairs = labels_by_item.clone().join_core(
+        labels_by_item.clone(),
+        |item: &ItemKey, &(a, label_a): &(AnnotatorId, LabelId), &(b, label_b): &(AnnotatorId, LabelId)| {
+            (a < b).then_some(Fact::PairCell { scope: item.0, a, b, label_a, label_b, count: 1 })
+        },
+    );
 
     let consensus = item_facts.flat_map(|((scope, item), fact)| match fact {
         ItemFact::Consensus { top, label } => Some(Fact::Consensus { scope, item, top, label }),
@@ -368,8 +360,8 @@ mod tests {
             (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 2, items: 2, same: 1 }, 1, 1),
             (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 2, items: 2, same: 2 }, 1, -1),
             (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 2, items: 2, same: 1 }, 1, 1),
-            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 10, count: 2 }, 1, -1),
-            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 10, count: 1 }, 1, 1),
+            // Pair cells are deltas: item 1 leaves cell (10, 10) and enters cell (10, 11).
+            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 10, count: 1 }, 1, -1),
             (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 11, count: 1 }, 1, 1),
             (Fact::Consensus { scope: S, item: 1, top: 2, label: 10 }, 1, -1),
             (Fact::Consensus { scope: S, item: 1, top: 1, label: 10 }, 1, 1),
