@@ -4,8 +4,10 @@
 
 use std::borrow::Cow;
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::label::RawLabel;
 
@@ -24,10 +26,6 @@ pub enum ParseError {
     Json(String),
     #[error("`label` is missing or null; it is required unless `op` is \"delete\"")]
     MissingLabel,
-    #[error("`label` {0}")]
-    BadLabel(String),
-    #[error("`ts` {0}")]
-    BadTimestamp(String),
     #[error("`op` must be \"upsert\" or \"delete\", not {0:?}")]
     BadOp(String),
 }
@@ -74,9 +72,8 @@ struct RawLabelEvent<'a> {
     #[serde(borrow)]
     annotator_id: Cow<'a, str>,
     #[serde(borrow, default)]
-    label: Option<&'a RawValue>,
-    #[serde(borrow)]
-    ts: &'a RawValue,
+    label: Option<LabelValue<'a>>,
+    ts: Timestamp,
     #[serde(borrow, default)]
     project: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -92,13 +89,138 @@ struct RawGoldEvent<'a> {
     #[serde(borrow)]
     item_id: Cow<'a, str>,
     #[serde(borrow, default)]
-    label: Option<&'a RawValue>,
+    label: Option<LabelValue<'a>>,
     #[serde(borrow, default)]
     project: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     task: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     op: Option<Cow<'a, str>>,
+}
+
+/// A label value as it is deserialised: a string, a number, a boolean or an array of strings.
+struct LabelValue<'a>(RawLabel<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for LabelValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(LabelVisitor(std::marker::PhantomData))
+    }
+}
+
+struct LabelVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for LabelVisitor<'a> {
+    type Value = LabelValue<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a `label` that is a string, number, boolean or array of strings")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(LabelValue(RawLabel::String(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(LabelValue(RawLabel::String(Cow::Owned(v.to_owned()))))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(LabelValue(RawLabel::String(Cow::Owned(v))))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(LabelValue(RawLabel::Bool(v)))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(LabelValue(RawLabel::Number(v as f64)))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(LabelValue(RawLabel::Number(v as f64)))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(LabelValue(RawLabel::Number(v)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(SetElement(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        items.sort_unstable_by(|a: &Cow<'_, str>, b| a.as_bytes().cmp(b.as_bytes()));
+        items.dedup();
+        Ok(LabelValue(RawLabel::Set(items)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Self::Value, A::Error> {
+        Err(de::Error::custom("`label` must be a string, number, boolean or array of strings, not an object"))
+    }
+}
+
+/// One element of a multi-label set: a string.
+struct SetElement<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for SetElement<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ElementVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ElementVisitor<'a> {
+            type Value = SetElement<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("only strings in a `label` array (a multi-label set)")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(SetElement(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(SetElement(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(ElementVisitor(std::marker::PhantomData))
+    }
+}
+
+/// `ts`: an RFC 3339 string or integer epoch milliseconds, as epoch milliseconds.
+struct Timestamp(i64);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TimestampVisitor;
+        impl Visitor<'_> for TimestampVisitor {
+            type Value = Timestamp;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a `ts` that is an RFC 3339 string or integer epoch milliseconds")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Timestamp(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(Timestamp)
+                    .map_err(|_| E::custom(format!("`ts` {v} is out of range for epoch milliseconds")))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Err(E::custom(format!(
+                    "`ts` {v} is neither an RFC 3339 string nor integer epoch milliseconds"
+                )))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .map(|t| Timestamp(t.timestamp_millis()))
+                    .map_err(|e| E::custom(format!("`ts` {v:?} is not an RFC 3339 time ({e})")))
+            }
+        }
+        deserializer.deserialize_any(TimestampVisitor)
+    }
 }
 
 fn check_size(record: &str) -> Result<(), ParseError> {
@@ -121,64 +243,11 @@ fn scope_name(name: Option<Cow<'_, str>>) -> Cow<'_, str> {
 }
 
 /// The label of an upsert (required) or a delete (ignored).
-fn parse_label_for<'a>(op: Op, raw: Option<&'a RawValue>) -> Result<Option<RawLabel<'a>>, ParseError> {
-    match op {
-        Op::Delete => Ok(None),
-        Op::Upsert => match raw {
-            None => Err(ParseError::MissingLabel),
-            Some(raw) => parse_label(raw).map(Some),
-        },
-    }
-}
-
-/// Parses a label value: a string, a number, a boolean, or an array of strings (a set).
-pub fn parse_label(raw: &RawValue) -> Result<RawLabel<'_>, ParseError> {
-    let text = raw.get();
-    match text.as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<Cow<'_, str>>(text)
-            .map(RawLabel::String)
-            .map_err(|e| ParseError::BadLabel(e.to_string())),
-        Some(b't') => Ok(RawLabel::Bool(true)),
-        Some(b'f') => Ok(RawLabel::Bool(false)),
-        Some(b'n') => Err(ParseError::MissingLabel),
-        Some(b'[') => {
-            let items: Vec<Cow<'_, str>> = serde_json::from_str::<Vec<Cow<'_, str>>>(text).map_err(|_| {
-                ParseError::BadLabel("array must hold only strings (a multi-label set)".into())
-            })?;
-            let mut items = items;
-            items.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            items.dedup();
-            Ok(RawLabel::Set(items))
-        }
-        Some(b'{') => Err(ParseError::BadLabel(
-            "must be a string, number, boolean or array of strings, not an object".into(),
-        )),
-        _ => {
-            let value: f64 =
-                text.parse().map_err(|_| ParseError::BadLabel(format!("{text} is not a number")))?;
-            if !value.is_finite() {
-                return Err(ParseError::BadLabel(format!("{text} is out of range for a number")));
-            }
-            Ok(RawLabel::Number { value, text })
-        }
-    }
-}
-
-/// Parses `ts`: an RFC 3339 string or integer epoch milliseconds.
-pub fn parse_ts(raw: &RawValue) -> Result<i64, ParseError> {
-    let text = raw.get();
-    if text.starts_with('"') {
-        let s: Cow<'_, str> =
-            serde_json::from_str(text).map_err(|e| ParseError::BadTimestamp(e.to_string()))?;
-        chrono::DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.timestamp_millis())
-            .map_err(|e| ParseError::BadTimestamp(format!("{s:?} is not an RFC 3339 time ({e})")))
-    } else {
-        text.parse::<i64>().map_err(|_| {
-            ParseError::BadTimestamp(format!(
-                "{text} is neither an RFC 3339 string nor integer epoch milliseconds"
-            ))
-        })
+fn label_for(op: Op, label: Option<LabelValue<'_>>) -> Result<Option<RawLabel<'_>>, ParseError> {
+    match (op, label) {
+        (Op::Delete, _) => Ok(None),
+        (Op::Upsert, None) => Err(ParseError::MissingLabel),
+        (Op::Upsert, Some(LabelValue(label))) => Ok(Some(label)),
     }
 }
 
@@ -187,8 +256,8 @@ pub fn parse_label_event(record: &str) -> Result<LabelEvent<'_>, ParseError> {
     check_size(record)?;
     let raw: RawLabelEvent<'_> = serde_json::from_str(record).map_err(|e| ParseError::Json(e.to_string()))?;
     let op = parse_op(raw.op)?;
-    let label = parse_label_for(op, raw.label)?;
-    let ts_ms = parse_ts(raw.ts)?;
+    let label = label_for(op, raw.label)?;
+    let ts_ms = raw.ts.0;
     Ok(LabelEvent {
         project: scope_name(raw.project),
         task: scope_name(raw.task),
@@ -206,7 +275,7 @@ pub fn parse_gold_event(record: &str) -> Result<GoldEvent<'_>, ParseError> {
     check_size(record)?;
     let raw: RawGoldEvent<'_> = serde_json::from_str(record).map_err(|e| ParseError::Json(e.to_string()))?;
     let op = parse_op(raw.op)?;
-    let label = parse_label_for(op, raw.label)?;
+    let label = label_for(op, raw.label)?;
     Ok(GoldEvent {
         project: scope_name(raw.project),
         task: scope_name(raw.task),
@@ -240,7 +309,7 @@ mod tests {
             .unwrap();
         assert_eq!(ev.project, DEFAULT_SCOPE_NAME);
         assert_eq!(ev.task, DEFAULT_SCOPE_NAME);
-        assert_eq!(ev.label, Some(RawLabel::Number { value: 2.5, text: "2.5" }));
+        assert_eq!(ev.label, Some(RawLabel::Number(2.5)));
         assert_eq!(ev.ts_ms, 1_700_000_000_000);
     }
 

@@ -14,8 +14,8 @@ pub type LabelId = u32;
 /// A label value as the spec defines it. Equality and hashing follow the spec's comparison.
 #[derive(Clone, Debug)]
 pub enum Label {
-    /// A JSON number. `text` is how it was first written, kept so that output shows `1`, not `1.0`.
-    Number { value: f64, text: Box<str> },
+    /// A JSON number. `1` and `1.0` are one label, shown as `1`.
+    Number(f64),
     /// A JSON string.
     String(Box<str>),
     /// A JSON boolean.
@@ -27,7 +27,7 @@ pub enum Label {
 impl Label {
     fn rank(&self) -> u8 {
         match self {
-            Label::Number { .. } => 0,
+            Label::Number(_) => 0,
             Label::String(_) => 1,
             Label::Bool(_) => 2,
             Label::Set(_) => 3,
@@ -37,7 +37,7 @@ impl Label {
     /// The numeric value, if this label is a number.
     pub fn as_number(&self) -> Option<f64> {
         match self {
-            Label::Number { value, .. } => Some(*value),
+            Label::Number(value) => Some(*value),
             _ => None,
         }
     }
@@ -46,7 +46,7 @@ impl Label {
     /// sets (compared element by element, bytewise).
     pub fn spec_cmp(&self, other: &Label) -> Ordering {
         match (self, other) {
-            (Label::Number { value: a, .. }, Label::Number { value: b, .. }) => a.total_cmp(b),
+            (Label::Number(a), Label::Number(b)) => a.total_cmp(b),
             (Label::String(a), Label::String(b)) => a.as_bytes().cmp(b.as_bytes()),
             (Label::Bool(a), Label::Bool(b)) => a.cmp(b),
             (Label::Set(a), Label::Set(b)) => a.cmp(b),
@@ -57,9 +57,14 @@ impl Label {
     /// The label as a JSON value, written as it was first seen.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
-            Label::Number { value, text } => serde_json::from_str::<serde_json::Number>(text)
-                .map(serde_json::Value::Number)
-                .unwrap_or_else(|_| serde_json::json!(*value)),
+            Label::Number(value) => {
+                // Integral values print as integers (`1`, not `1.0`), exactly while they fit.
+                if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 {
+                    serde_json::Value::from(*value as i64)
+                } else {
+                    serde_json::json!(*value)
+                }
+            }
             Label::String(s) => serde_json::Value::String(s.to_string()),
             Label::Bool(b) => serde_json::Value::Bool(*b),
             Label::Set(items) => serde_json::Value::Array(
@@ -72,10 +77,7 @@ impl Label {
 /// A label as parsed from one event, borrowing from the input line where it can.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RawLabel<'a> {
-    Number {
-        value: f64,
-        text: &'a str,
-    },
+    Number(f64),
     String(Cow<'a, str>),
     Bool(bool),
     /// Distinct elements, sorted bytewise.
@@ -88,7 +90,7 @@ impl RawLabel<'_> {
     pub fn canonical_key(&self, buf: &mut Vec<u8>) {
         buf.clear();
         match self {
-            RawLabel::Number { value, .. } => {
+            RawLabel::Number(value) => {
                 buf.push(0);
                 // -0.0 and 0.0 are one value.
                 let v = if *value == 0.0 { 0.0f64 } else { *value };
@@ -115,9 +117,7 @@ impl RawLabel<'_> {
     /// An owned [`Label`].
     pub fn to_label(&self) -> Label {
         match self {
-            RawLabel::Number { value, text } => {
-                Label::Number { value: if *value == 0.0 { 0.0 } else { *value }, text: (*text).into() }
-            }
+            RawLabel::Number(value) => Label::Number(if *value == 0.0 { 0.0 } else { *value }),
             RawLabel::String(s) => Label::String(s.as_ref().into()),
             RawLabel::Bool(b) => Label::Bool(*b),
             RawLabel::Set(items) => Label::Set(items.iter().map(|s| s.as_ref().into()).collect()),
@@ -166,22 +166,22 @@ impl LabelTable {
 mod tests {
     use super::*;
 
-    fn num(v: f64, t: &str) -> RawLabel<'_> {
-        RawLabel::Number { value: v, text: t }
+    fn num(v: f64) -> RawLabel<'static> {
+        RawLabel::Number(v)
     }
 
     #[test]
     fn numbers_compare_by_value() {
         let mut table = LabelTable::default();
-        let a = table.intern(&num(1.0, "1"));
-        let b = table.intern(&num(1.0, "1.0"));
+        let a = table.intern(&num(1.0));
+        let b = table.intern(&num(1.0));
         let c = table.intern(&RawLabel::String("1".into()));
         let d = table.intern(&RawLabel::Bool(true));
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(c, d);
         assert_eq!(table.get(a).to_json(), serde_json::json!(1));
-        assert_eq!(table.intern(&num(-0.0, "-0")), table.intern(&num(0.0, "0")));
+        assert_eq!(table.intern(&num(-0.0)), table.intern(&num(0.0)));
     }
 
     #[test]
@@ -192,8 +192,8 @@ mod tests {
             Label::Bool(false),
             Label::String("b".into()),
             Label::String("a".into()),
-            Label::Number { value: 10.0, text: "10".into() },
-            Label::Number { value: 2.0, text: "2".into() },
+            Label::Number(10.0),
+            Label::Number(2.0),
         ];
         let mut sorted = labels.to_vec();
         sorted.sort_by(|a, b| a.spec_cmp(b));

@@ -68,7 +68,7 @@ fn strict_stops_at_the_first_bad_line() {
     let out = labelqc(&["report", "--labels", "-", "--strict"], Some(input.as_bytes()));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("-:5: `label` must be a string"), "{stderr}");
+    assert!(stderr.contains("-:5: not a valid record: `label` must be a string"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
 
