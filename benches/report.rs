@@ -158,8 +158,11 @@ fn main() {
 /// Loads the history, then applies single relabels one at a time, timing each from submission
 /// to re-formed outputs.
 fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize) -> Vec<Duration> {
-    let mut engine = Engine::start(&EngineConfig { workers, max_epochs_in_flight: 2 }).unwrap();
-    let mut view = QualityView::with_change_tracking();
+    let mut engine = Engine::start(
+        &EngineConfig { workers, max_epochs_in_flight: 2 },
+        QualityView::with_change_tracking(),
+    )
+    .unwrap();
     let mut source = Source::default();
     let mut updates = Vec::new();
     for line in BufReader::new(std::fs::File::open(gold).unwrap()).lines() {
@@ -170,13 +173,13 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
         let line = line.unwrap();
         source.apply_label(&parse_label_event(&line).unwrap(), &mut updates);
         if updates.len() >= 100_000 {
-            engine.submit(std::mem::take(&mut updates), &mut view).unwrap();
+            engine.submit(std::mem::take(&mut updates)).unwrap();
         }
         lines.push(line);
     }
-    engine.submit(std::mem::take(&mut updates), &mut view).unwrap();
-    engine.sync(&mut view).unwrap();
-    view.settle();
+    engine.submit(std::mem::take(&mut updates)).unwrap();
+    engine.sync().unwrap();
+    engine.view().settle();
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let classes = ["\"positive\"", "\"negative\"", "\"neutral\"", "\"mixed\""];
@@ -198,8 +201,9 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
         let mut one: Vec<Update> = Vec::new();
         let start = Instant::now();
         source.apply_label(&parse_label_event(&relabel).unwrap(), &mut one);
-        engine.submit(one, &mut view).unwrap();
-        engine.sync(&mut view).unwrap();
+        engine.submit(one).unwrap();
+        engine.sync().unwrap();
+        let mut view = engine.view();
         let changes = view.settle();
         let catalog = &source.catalog;
         for &scope in &changes.scopes {
@@ -214,10 +218,11 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
         for &(scope, item) in &changes.items {
             formed += usize::from(view.item(scope, item, catalog).is_some());
         }
+        drop(view);
         latencies.push(start.elapsed());
     }
     assert!(formed > 0, "relabels re-formed no outputs");
-    engine.finish(&mut view).unwrap();
+    engine.finish().unwrap();
     latencies.sort();
     latencies
 }

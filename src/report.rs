@@ -46,20 +46,16 @@ enum Kind {
 /// Runs the dataflows over the request's files. Every refused line is passed to `on_dead_letter`.
 pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter)) -> Result<ReportOutcome> {
     let start = Instant::now();
-    let mut engine = Engine::start(&EngineConfig {
-        workers: request.engine.workers,
-        max_epochs_in_flight: request.engine.max_epochs_in_flight,
-    })?;
-    let mut view = QualityView::default();
+    let mut engine = Engine::start(
+        &EngineConfig {
+            workers: request.engine.workers,
+            max_epochs_in_flight: request.engine.max_epochs_in_flight,
+        },
+        QualityView::default(),
+    )?;
     let mut source = Source::default();
-    let mut feeder = Feeder {
-        engine: &mut engine,
-        view: &mut view,
-        source: &mut source,
-        pending: Vec::new(),
-        events: 0,
-        dead: 0,
-    };
+    let mut feeder =
+        Feeder { engine: &mut engine, source: &mut source, pending: Vec::new(), events: 0, dead: 0 };
 
     if let Some(gold) = &request.gold {
         feeder.feed_file(gold, Kind::Gold, request, &mut on_dead_letter)?;
@@ -68,7 +64,7 @@ pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter))
     feeder.flush()?;
     let (events, dead_letters) = (feeder.events, feeder.dead);
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, events, "input read");
-    engine.finish(&mut view)?;
+    let mut view = engine.finish()?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "dataflows finished");
     let report = view.report(&source.catalog, request.with_items);
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "report formed");
@@ -80,7 +76,6 @@ pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter))
 
 struct Feeder<'a> {
     engine: &'a mut Engine,
-    view: &'a mut QualityView,
     source: &'a mut Source,
     pending: Vec<Update>,
     events: u64,
@@ -90,7 +85,7 @@ struct Feeder<'a> {
 impl Feeder<'_> {
     fn flush(&mut self) -> Result<()> {
         let updates = std::mem::take(&mut self.pending);
-        self.engine.submit(updates, self.view)?;
+        self.engine.submit(updates)?;
         Ok(())
     }
 

@@ -1,10 +1,12 @@
-//! Runs the quality dataflow on timely worker threads and feeds its output into a
-//! [`QualityView`]. The caller submits batches of [`Update`]s; each batch is one epoch (a logical
-//! time). Completion is tracked per epoch, so a caller can wait until an epoch's effects are in
-//! the view, and the number of epochs in flight is bounded.
+//! Runs the quality dataflow on timely worker threads and keeps a [`QualityView`] of its output.
+//! The caller submits batches of [`Update`]s; each batch is one epoch (a logical time). A sink
+//! thread applies the workers' output to the view and tracks which epochs are complete, so a
+//! caller can wait until an epoch's effects are in the view, and the number of epochs in flight
+//! is bounded.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use differential_dataflow::input::InputSession;
@@ -26,7 +28,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { workers: 1, max_epochs_in_flight: 4 }
+        EngineConfig { workers: 1, max_epochs_in_flight: 2 }
     }
 }
 
@@ -54,20 +56,39 @@ enum WorkerEvent {
     },
 }
 
+/// Progress as the sink thread sees it.
+struct Progress {
+    frontiers: Vec<Option<Time>>,
+    /// The workers stopped sending (normally only after the inputs closed).
+    disconnected: bool,
+}
+
+impl Progress {
+    /// Epochs below this number are complete and in the view.
+    fn completed(&self) -> Time {
+        self.frontiers.iter().map(|f| f.unwrap_or(Time::MAX)).min().unwrap_or(Time::MAX)
+    }
+}
+
+struct Shared {
+    view: Mutex<QualityView>,
+    progress: Mutex<Progress>,
+    advanced: Condvar,
+}
+
 /// A running quality dataflow.
 pub struct Engine {
     commands: Vec<Sender<Command>>,
-    events: Receiver<WorkerEvent>,
+    shared: Arc<Shared>,
     guards: Option<WorkerGuards<()>>,
+    sink: Option<JoinHandle<u64>>,
     next_epoch: Time,
-    frontiers: Vec<Option<Time>>,
     max_in_flight: u64,
-    facts_applied: u64,
 }
 
 impl Engine {
-    /// Starts the worker threads.
-    pub fn start(config: &EngineConfig) -> Result<Engine, EngineError> {
+    /// Starts the worker threads and the sink thread that maintains `view`.
+    pub fn start(config: &EngineConfig, view: QualityView) -> Result<Engine, EngineError> {
         let workers = config.workers;
         if workers == 0 {
             return Err(EngineError::NoWorkers);
@@ -80,6 +101,18 @@ impl Engine {
             commands.push(tx);
             receivers.push(Some(rx));
         }
+        let shared = Arc::new(Shared {
+            view: Mutex::new(view),
+            progress: Mutex::new(Progress { frontiers: vec![Some(0); workers], disconnected: false }),
+            advanced: Condvar::new(),
+        });
+        let sink = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("labelqc-sink".into())
+                .spawn(move || run_sink(events, &shared))
+                .map_err(|e| EngineError::Start { workers, reason: e.to_string() })?
+        };
         let receivers = Arc::new(Mutex::new(receivers));
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
@@ -91,91 +124,79 @@ impl Engine {
         .map_err(|reason| EngineError::Start { workers, reason })?;
         Ok(Engine {
             commands,
-            events,
+            shared,
             guards: Some(guards),
+            sink: Some(sink),
             next_epoch: 0,
-            frontiers: vec![Some(0); workers],
             max_in_flight: config.max_epochs_in_flight.max(1),
-            facts_applied: 0,
         })
     }
 
-    /// Submits one epoch of updates and returns its number. Waits (applying output to `view`)
-    /// while more than `max_epochs_in_flight` epochs are incomplete.
-    pub fn submit(&mut self, updates: Vec<Update>, view: &mut QualityView) -> Result<Time, EngineError> {
+    /// Submits one epoch of updates and returns its number. Waits while more than
+    /// `max_epochs_in_flight` epochs are incomplete.
+    pub fn submit(&mut self, mut updates: Vec<Update>) -> Result<Time, EngineError> {
         let epoch = self.next_epoch;
         let workers = self.commands.len();
-        let chunk = updates.len().div_ceil(workers).max(1);
-        let mut parts = updates.chunks(chunk).map(<[Update]>::to_vec);
-        for sender in &self.commands {
-            let part = parts.next().unwrap_or_default();
+        let share = updates.len().div_ceil(workers);
+        for (index, sender) in self.commands.iter().enumerate().rev() {
+            let part = updates.split_off((index * share).min(updates.len()));
             sender
                 .send(Command::Epoch { epoch, updates: part })
                 .map_err(|_| EngineError::WorkerFailed("a worker stopped taking input".into()))?;
         }
         self.next_epoch += 1;
-        self.drain(view, Duration::ZERO)?;
-        while self.next_epoch - self.completed() > self.max_in_flight {
-            self.drain(view, Duration::from_millis(100))?;
-        }
+        let target = self.next_epoch.saturating_sub(self.max_in_flight);
+        self.wait_for(target)?;
         Ok(epoch)
     }
 
-    /// Waits until every submitted epoch is complete and its output applied to `view`.
-    pub fn sync(&mut self, view: &mut QualityView) -> Result<(), EngineError> {
-        while self.completed() < self.next_epoch {
-            self.drain(view, Duration::from_millis(100))?;
-        }
-        Ok(())
+    /// Waits until every submitted epoch is complete and its output is in the view.
+    pub fn sync(&mut self) -> Result<(), EngineError> {
+        self.wait_for(self.next_epoch)
     }
 
     /// Epochs below this number are complete and in the view.
     pub fn completed(&self) -> Time {
-        self.frontiers.iter().map(|f| f.unwrap_or(Time::MAX)).min().unwrap_or(Time::MAX)
+        self.shared.progress.lock().expect("progress poisoned").completed()
     }
 
-    /// Closes the inputs, waits for the workers to finish and applies the last output.
-    pub fn finish(mut self, view: &mut QualityView) -> Result<(), EngineError> {
+    /// The view. Between `sync` and the next `submit` it reflects every submitted epoch; call
+    /// [`QualityView::settle`] before reading derived numbers.
+    pub fn view(&self) -> MutexGuard<'_, QualityView> {
+        self.shared.view.lock().expect("view poisoned")
+    }
+
+    /// Closes the inputs, waits for the workers and the sink to finish, and returns the view.
+    pub fn finish(mut self) -> Result<QualityView, EngineError> {
         self.commands.clear();
         let results = self.guards.take().map(WorkerGuards::join).unwrap_or_default();
-        while let Ok(event) = self.events.try_recv() {
-            self.absorb(event, view);
-        }
+        let facts = self.sink.take().map(|sink| sink.join());
         for result in results {
             result.map_err(EngineError::WorkerFailed)?;
         }
-        tracing::debug!(epochs = self.next_epoch, facts_applied = self.facts_applied, "engine finished");
+        let facts = facts
+            .unwrap_or(Ok(0))
+            .map_err(|_| EngineError::WorkerFailed("the sink thread panicked".into()))?;
+        tracing::debug!(epochs = self.next_epoch, facts_applied = facts, "engine finished");
+        let view = std::mem::take(&mut *self.shared.view.lock().expect("view poisoned"));
+        Ok(view)
+    }
+
+    fn wait_for(&mut self, epoch: Time) -> Result<(), EngineError> {
+        let mut progress = self.shared.progress.lock().expect("progress poisoned");
+        while progress.completed() < epoch {
+            if progress.disconnected {
+                drop(progress);
+                return Err(self.failure());
+            }
+            progress = self
+                .shared
+                .advanced
+                .wait_timeout(progress, Duration::from_millis(100))
+                .expect("progress poisoned")
+                .0;
+        }
         Ok(())
-    }
-
-    fn absorb(&mut self, event: WorkerEvent, view: &mut QualityView) {
-        match event {
-            WorkerEvent::Facts(facts) => {
-                self.facts_applied += facts.len() as u64;
-                for (fact, diff) in &facts {
-                    view.apply(fact, *diff);
-                }
-            }
-            WorkerEvent::Frontier { worker, frontier } => self.frontiers[worker] = frontier,
-        }
-    }
-
-    /// Applies whatever output is ready; waits up to `wait` for the first event.
-    fn drain(&mut self, view: &mut QualityView, wait: Duration) -> Result<(), EngineError> {
-        if !wait.is_zero() {
-            match self.events.recv_timeout(wait) {
-                Ok(event) => self.absorb(event, view),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Err(self.failure()),
-            }
-        }
-        loop {
-            match self.events.try_recv() {
-                Ok(event) => self.absorb(event, view),
-                Err(TryRecvError::Empty) => return Ok(()),
-                Err(TryRecvError::Disconnected) => return Err(self.failure()),
-            }
-        }
     }
 
     fn failure(&mut self) -> EngineError {
@@ -190,6 +211,30 @@ impl Engine {
             .unwrap_or_else(|| "the workers stopped unexpectedly".into());
         EngineError::WorkerFailed(reason)
     }
+}
+
+/// Applies the workers' output to the view and publishes progress, until the workers are gone.
+/// Returns the number of facts applied.
+fn run_sink(events: Receiver<WorkerEvent>, shared: &Shared) -> u64 {
+    let mut applied = 0u64;
+    while let Ok(event) = events.recv() {
+        match event {
+            WorkerEvent::Facts(facts) => {
+                applied += facts.len() as u64;
+                let mut view = shared.view.lock().expect("view poisoned");
+                for (fact, diff) in &facts {
+                    view.apply(fact, *diff);
+                }
+            }
+            WorkerEvent::Frontier { worker, frontier } => {
+                shared.progress.lock().expect("progress poisoned").frontiers[worker] = frontier;
+                shared.advanced.notify_all();
+            }
+        }
+    }
+    shared.progress.lock().expect("progress poisoned").disconnected = true;
+    shared.advanced.notify_all();
+    applied
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, events: Sender<WorkerEvent>) {
