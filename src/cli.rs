@@ -25,6 +25,37 @@ pub enum Command {
     Report(ReportArgs),
     /// Write a seeded, realistic stream of label events (and gold answers) as JSONL.
     Gen(GenArgs),
+    /// Run live on a simulated workforce (no Kafka): the dataflows, /metrics and a terminal view.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address for /metrics, /healthz and /readyz (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9898")]
+    pub http: std::net::SocketAddr,
+    /// Label events per second.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Size of the simulated workforce.
+    #[arg(long, default_value_t = 200)]
+    pub annotators: u32,
+    #[arg(long, default_value_t = 2)]
+    pub projects: u32,
+    /// Tasks per project.
+    #[arg(long, default_value_t = 2)]
+    pub tasks: u32,
+    /// Dataflow worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[arg(long, default_value_t = GenSpec::default().seed)]
+    pub seed: u64,
+    /// Print one status line a second instead of redrawing the screen.
+    #[arg(long)]
+    pub lines: bool,
 }
 
 #[derive(Debug, Args)]
@@ -138,7 +169,38 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Report(args) => run_report(args),
         Command::Gen(args) => run_gen(args),
+        Command::Demo(args) => run_demo(args),
     }
+}
+
+fn run_demo(args: DemoArgs) -> Result<()> {
+    if args.rate == 0 {
+        anyhow::bail!("--rate must be at least 1 event per second");
+    }
+    if args.workers == 0 {
+        anyhow::bail!("--workers must be at least 1");
+    }
+    let duration = match args.duration {
+        Some(seconds) if seconds.is_finite() && seconds > 0.0 => {
+            Some(std::time::Duration::from_secs_f64(seconds))
+        }
+        Some(seconds) => anyhow::bail!("--duration must be a positive number of seconds, not {seconds}"),
+        None => None,
+    };
+    crate::demo::run(&crate::demo::DemoSettings {
+        http: args.http,
+        rate: args.rate,
+        duration,
+        traffic: GenSpec {
+            annotators: args.annotators,
+            projects: args.projects,
+            tasks: args.tasks,
+            seed: args.seed,
+            ..GenSpec::default()
+        },
+        workers: args.workers,
+        full_screen: !args.lines,
+    })
 }
 
 fn run_report(args: ReportArgs) -> Result<()> {

@@ -156,57 +156,99 @@ impl GenSpec {
     }
 }
 
-/// Writes label events to `labels` and gold answers to `gold`.
-pub fn generate(
-    spec: &GenSpec,
-    labels: &mut dyn Write,
-    gold: Option<&mut dyn Write>,
-) -> Result<GenSummary, GenError> {
-    spec.validate()?;
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let accuracy = Beta::new(9.0, 1.5).expect("valid beta");
-    let workforce: Vec<Annotator> = (0..spec.annotators)
-        .map(|i| {
-            let roll: f64 = rng.gen();
-            let behaviour = if roll < spec.spammer_share {
-                Behaviour::Spammer
-            } else if roll < spec.spammer_share + spec.biased_share {
-                Behaviour::Biased {
-                    accuracy: accuracy.sample(&mut rng),
-                    favourite: rng.gen_range(0..spec.classes),
-                    pull: rng.gen_range(0.3..0.6),
-                }
-            } else {
-                Behaviour::Careful { accuracy: accuracy.sample(&mut rng) }
-            };
-            let median_s: f64 = match behaviour {
-                Behaviour::Spammer => rng.gen_range(1.0..3.0),
-                _ => rng.gen_range(6.0..30.0),
-            };
-            Annotator {
-                name: format!("ann-{i:05}"),
-                behaviour,
-                speed: LogNormal::new((median_s * 1000.0).ln(), 0.5).expect("valid lognormal"),
-            }
-        })
-        .collect();
-    let class_prior =
-        WeightedIndex::new((0..spec.classes).map(|k| 1.0 / f64::from(k + 1))).expect("positive weights");
-    let scopes = spec.projects * spec.tasks;
-    let scope_fields: Vec<String> = (0..scopes).map(|s| spec.scope_fields(s)).collect();
-    let labels_text: Vec<String> = (0..spec.classes).map(|k| spec.label_text(k)).collect();
+/// An endless, seeded stream of label traffic: [`Traffic::next_event`] writes one label event
+/// (and, when it opens a gold item, that item's gold answer). `labelqc gen` writes a fixed number
+/// of them; `labelqc demo` feeds them live.
+pub struct Traffic {
+    spec: GenSpec,
+    rng: ChaCha8Rng,
+    workforce: Vec<Annotator>,
+    class_prior: WeightedIndex<f64>,
+    scope_fields: Vec<String>,
+    labels_text: Vec<String>,
+    /// Recent (item, annotator, scope, truth) identities that a relabel or delete can target.
+    recent: Vec<(u64, u32, u32, u32)>,
+    /// (annotator, truth) of the labels still to come for the current item.
+    pending: Vec<(u32, u32)>,
+    item: u64,
+    item_scope: u32,
+    item_truth: u32,
+    now_ms: f64,
+    summary: GenSummary,
+}
 
-    let answer = |rng: &mut ChaCha8Rng, who: &Annotator, truth: u32| -> u32 {
+/// How many recent labels a relabel or delete may target.
+const RECENT: usize = 4096;
+
+impl Traffic {
+    /// A stream for `spec` (its `events` is ignored: the stream does not end).
+    pub fn new(spec: &GenSpec) -> Result<Traffic, GenError> {
+        spec.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+        let accuracy = Beta::new(9.0, 1.5).expect("valid beta");
+        let workforce: Vec<Annotator> = (0..spec.annotators)
+            .map(|i| {
+                let roll: f64 = rng.gen();
+                let behaviour = if roll < spec.spammer_share {
+                    Behaviour::Spammer
+                } else if roll < spec.spammer_share + spec.biased_share {
+                    Behaviour::Biased {
+                        accuracy: accuracy.sample(&mut rng),
+                        favourite: rng.gen_range(0..spec.classes),
+                        pull: rng.gen_range(0.3..0.6),
+                    }
+                } else {
+                    Behaviour::Careful { accuracy: accuracy.sample(&mut rng) }
+                };
+                let median_s: f64 = match behaviour {
+                    Behaviour::Spammer => rng.gen_range(1.0..3.0),
+                    _ => rng.gen_range(6.0..30.0),
+                };
+                Annotator {
+                    name: format!("ann-{i:05}"),
+                    behaviour,
+                    speed: LogNormal::new((median_s * 1000.0).ln(), 0.5).expect("valid lognormal"),
+                }
+            })
+            .collect();
+        let class_prior =
+            WeightedIndex::new((0..spec.classes).map(|k| 1.0 / f64::from(k + 1))).expect("positive weights");
+        let scopes = spec.projects * spec.tasks;
+        Ok(Traffic {
+            scope_fields: (0..scopes).map(|s| spec.scope_fields(s)).collect(),
+            labels_text: (0..spec.classes).map(|k| spec.label_text(k)).collect(),
+            spec: spec.clone(),
+            rng,
+            workforce,
+            class_prior,
+            recent: Vec::with_capacity(RECENT),
+            pending: Vec::new(),
+            item: 0,
+            item_scope: 0,
+            item_truth: 0,
+            now_ms: spec.start_ms as f64,
+            summary: GenSummary::default(),
+        })
+    }
+
+    /// What was generated so far.
+    pub fn summary(&self) -> &GenSummary {
+        &self.summary
+    }
+
+    fn answer(&mut self, who: u32, truth: u32) -> u32 {
+        let classes = self.spec.classes;
+        let rng = &mut self.rng;
         let wrong = |rng: &mut ChaCha8Rng| {
-            let other = rng.gen_range(0..spec.classes - 1);
+            let other = rng.gen_range(0..classes - 1);
             if other >= truth {
                 other + 1
             } else {
                 other
             }
         };
-        match who.behaviour {
-            Behaviour::Spammer => rng.gen_range(0..spec.classes),
+        match self.workforce[who as usize].behaviour {
+            Behaviour::Spammer => rng.gen_range(0..classes),
             Behaviour::Careful { accuracy } => {
                 if rng.gen_bool(accuracy) {
                     truth
@@ -224,93 +266,107 @@ pub fn generate(
                 }
             }
         }
-    };
-
-    let mut summary = GenSummary::default();
-    let mut now = spec.start_ms as f64;
-    // Recent (item, annotator, scope, truth) identities that a relabel or delete can target.
-    let mut recent: Vec<(u64, u32, u32, u32)> = Vec::with_capacity(4096);
-    let mut pending: Vec<(u32, u32)> = Vec::new(); // (annotator, truth) of the current item
-    let mut item = 0u64;
-    let mut item_scope = 0u32;
-    let mut item_truth = 0u32;
-    let mut gold_out = gold;
-    let mut written = 0u64;
-    let mut ts = String::new();
-    while written < spec.events {
-        now += rng.gen::<f64>() * 2.0 * spec.mean_gap_ms;
-        ts.clear();
-        ts.push_str(
-            &DateTime::from_timestamp_millis(now as i64)
-                .expect("time in range")
-                .to_rfc3339_opts(SecondsFormat::Millis, true),
-        );
-        let roll: f64 = rng.gen();
-        if !recent.is_empty() && roll < spec.relabel_rate + spec.delete_rate {
-            let (target_item, who, scope, truth) = recent[rng.gen_range(0..recent.len())];
-            let annotator = &workforce[who as usize];
-            if roll < spec.relabel_rate {
-                let class = answer(&mut rng, annotator, truth);
-                writeln!(
-                    labels,
-                    "{{\"item_id\":\"item-{target_item:08}\",\"annotator_id\":\"{}\",\"label\":{},\"ts\":\"{ts}\",\"duration_ms\":{}{}}}",
-                    annotator.name,
-                    labels_text[class as usize],
-                    annotator.speed.sample(&mut rng) as u64,
-                    scope_fields[scope as usize]
-                )?;
-                summary.relabels += 1;
-            } else {
-                writeln!(
-                    labels,
-                    "{{\"item_id\":\"item-{target_item:08}\",\"annotator_id\":\"{}\",\"op\":\"delete\",\"ts\":\"{ts}\"{}}}",
-                    annotator.name, scope_fields[scope as usize]
-                )?;
-                summary.deletes += 1;
-            }
-            written += 1;
-            continue;
-        }
-        if pending.is_empty() {
-            item = summary.items;
-            summary.items += 1;
-            item_scope = rng.gen_range(0..scopes);
-            item_truth = class_prior.sample(&mut rng) as u32;
-            for who in sample(&mut rng, spec.annotators as usize, spec.labels_per_item as usize) {
-                pending.push((who as u32, item_truth));
-            }
-            if rng.gen_bool(spec.gold_rate) {
-                summary.gold_items += 1;
-                if let Some(out) = gold_out.as_deref_mut() {
-                    writeln!(
-                        out,
-                        "{{\"item_id\":\"item-{item:08}\",\"label\":{}{}}}",
-                        labels_text[item_truth as usize], scope_fields[item_scope as usize]
-                    )?;
-                }
-            }
-        }
-        let (who, truth) = pending.pop().expect("an item has at least one label");
-        let annotator = &workforce[who as usize];
-        let class = answer(&mut rng, annotator, truth);
-        writeln!(
-            labels,
-            "{{\"item_id\":\"item-{item:08}\",\"annotator_id\":\"{}\",\"label\":{},\"ts\":\"{ts}\",\"duration_ms\":{}{}}}",
-            annotator.name,
-            labels_text[class as usize],
-            annotator.speed.sample(&mut rng) as u64,
-            scope_fields[item_scope as usize]
-        )?;
-        if recent.len() < 4096 {
-            recent.push((item, who, item_scope, item_truth));
-        } else {
-            let slot = rng.gen_range(0..recent.len());
-            recent[slot] = (item, who, item_scope, item_truth);
-        }
-        summary.labels += 1;
-        written += 1;
     }
-    Ok(summary)
+
+    /// Appends the next label event, a JSON line, to `labels`, and the gold answer of a new gold
+    /// item to `gold`. The event time advances by a random gap from the spec's start, unless
+    /// `ts_ms` gives it.
+    pub fn next_event(&mut self, ts_ms: Option<i64>, labels: &mut Vec<u8>, gold: &mut Vec<u8>) {
+        use std::io::Write as _;
+        self.now_ms += self.rng.gen::<f64>() * 2.0 * self.spec.mean_gap_ms;
+        let ts = DateTime::from_timestamp_millis(ts_ms.unwrap_or(self.now_ms as i64))
+            .expect("time in range")
+            .to_rfc3339_opts(SecondsFormat::Millis, true);
+        let roll: f64 = self.rng.gen();
+        if !self.recent.is_empty() && roll < self.spec.relabel_rate + self.spec.delete_rate {
+            let (target_item, who, scope, truth) = self.recent[self.rng.gen_range(0..self.recent.len())];
+            if roll < self.spec.relabel_rate {
+                let class = self.answer(who, truth);
+                let fields = &self.scope_fields[scope as usize];
+                let annotator = &self.workforce[who as usize];
+                let _ = writeln!(
+                    labels,
+                    "{{\"item_id\":\"item-{target_item:08}\",\"annotator_id\":\"{}\",\"label\":{},\"ts\":\"{ts}\",\"duration_ms\":{}{fields}}}",
+                    annotator.name,
+                    self.labels_text[class as usize],
+                    annotator.speed.sample(&mut self.rng) as u64,
+                );
+                self.summary.relabels += 1;
+            } else {
+                let fields = &self.scope_fields[scope as usize];
+                let _ = writeln!(
+                    labels,
+                    "{{\"item_id\":\"item-{target_item:08}\",\"annotator_id\":\"{}\",\"op\":\"delete\",\"ts\":\"{ts}\"{fields}}}",
+                    self.workforce[who as usize].name,
+                );
+                self.summary.deletes += 1;
+            }
+            return;
+        }
+        if self.pending.is_empty() {
+            self.item = self.summary.items;
+            self.summary.items += 1;
+            self.item_scope = self.rng.gen_range(0..self.spec.projects * self.spec.tasks);
+            self.item_truth = self.class_prior.sample(&mut self.rng) as u32;
+            for who in
+                sample(&mut self.rng, self.spec.annotators as usize, self.spec.labels_per_item as usize)
+            {
+                self.pending.push((who as u32, self.item_truth));
+            }
+            if self.rng.gen_bool(self.spec.gold_rate) {
+                self.summary.gold_items += 1;
+                let _ = writeln!(
+                    gold,
+                    "{{\"item_id\":\"item-{:08}\",\"label\":{}{}}}",
+                    self.item,
+                    self.labels_text[self.item_truth as usize],
+                    self.scope_fields[self.item_scope as usize]
+                );
+            }
+        }
+        let (who, truth) = self.pending.pop().expect("an item has at least one label");
+        let class = self.answer(who, truth);
+        let annotator = &self.workforce[who as usize];
+        let _ = writeln!(
+            labels,
+            "{{\"item_id\":\"item-{:08}\",\"annotator_id\":\"{}\",\"label\":{},\"ts\":\"{ts}\",\"duration_ms\":{}{}}}",
+            self.item,
+            annotator.name,
+            self.labels_text[class as usize],
+            annotator.speed.sample(&mut self.rng) as u64,
+            self.scope_fields[self.item_scope as usize]
+        );
+        let entry = (self.item, who, self.item_scope, self.item_truth);
+        if self.recent.len() < RECENT {
+            self.recent.push(entry);
+        } else {
+            let slot = self.rng.gen_range(0..self.recent.len());
+            self.recent[slot] = entry;
+        }
+        self.summary.labels += 1;
+    }
+}
+
+/// Writes `spec.events` label events to `labels` and the gold answers to `gold`.
+pub fn generate(
+    spec: &GenSpec,
+    labels: &mut dyn Write,
+    mut gold: Option<&mut dyn Write>,
+) -> Result<GenSummary, GenError> {
+    let mut traffic = Traffic::new(spec)?;
+    let (mut label_buf, mut gold_buf) = (Vec::with_capacity(1 << 16), Vec::new());
+    for written in 0..spec.events {
+        traffic.next_event(None, &mut label_buf, &mut gold_buf);
+        if label_buf.len() >= 1 << 16 || written + 1 == spec.events {
+            labels.write_all(&label_buf)?;
+            label_buf.clear();
+        }
+        if let Some(out) = gold.as_deref_mut() {
+            out.write_all(&gold_buf)?;
+        }
+        gold_buf.clear();
+    }
+    Ok(traffic.summary.clone())
 }
 
 #[cfg(test)]

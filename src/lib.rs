@@ -3,6 +3,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod gen;
+pub mod http;
 pub mod input;
 pub mod report;
+pub mod telemetry;

@@ -82,6 +82,11 @@ impl Catalog {
         id
     }
 
+    /// Number of scopes seen; their ids are `0..scope_count()`.
+    pub fn scope_count(&self) -> ScopeId {
+        self.scope_names.len() as ScopeId
+    }
+
     /// The `(project, task)` names of a scope.
     pub fn scope_name(&self, scope: ScopeId) -> (&str, &str) {
         let (p, t) = self.scope_names[scope as usize];

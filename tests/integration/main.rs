@@ -3,5 +3,6 @@
 mod cli;
 mod compare;
 mod conformance;
+mod demo;
 mod property;
 mod reference;

@@ -1,0 +1,233 @@
+//! `labelqc demo`: the main job on an embedded default, with no Kafka. `labelqc gen`'s simulated
+//! workforce labels live (event time is now), the full dataflows keep every number current,
+//! `/metrics`, `/healthz` and `/readyz` are served, and a terminal view shows throughput, each
+//! scope's agreement and gold accuracy, and the annotators who agree least with their peers.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use labelqc_dataflows::engine::{Engine, EngineConfig};
+use labelqc_dataflows::event::{parse_gold_event, parse_label_event, Op};
+use labelqc_dataflows::source::Source;
+use labelqc_dataflows::view::QualityView;
+
+use crate::gen::{GenSpec, Traffic};
+use crate::http::HttpServer;
+use crate::telemetry::{Telemetry, ALL_TIME};
+
+/// How the demo runs.
+#[derive(Clone, Debug)]
+pub struct DemoSettings {
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`.
+    pub http: SocketAddr,
+    /// Label events per second.
+    pub rate: u64,
+    /// Stop after this long (runs until Ctrl-C without it).
+    pub duration: Option<Duration>,
+    /// The simulated workforce and traffic.
+    pub traffic: GenSpec,
+    pub workers: usize,
+    /// Redraw a full-screen view (only on a terminal); otherwise print a line a second.
+    pub full_screen: bool,
+}
+
+/// How often events are fed to the dataflows (one epoch per tick).
+const TICK: Duration = Duration::from_millis(100);
+/// How often the terminal view is redrawn.
+const REFRESH: Duration = Duration::from_secs(1);
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs the demo until the duration passes or Ctrl-C.
+pub fn run(settings: &DemoSettings) -> Result<()> {
+    let telemetry = Arc::new(Telemetry::new()?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let server = HttpServer::start(settings.http, telemetry.clone(), ready.clone(), interrupted.clone())?;
+    eprintln!("labelqc demo: metrics on http://{}/metrics (Ctrl-C stops)", server.local_addr());
+
+    let mut engine = Engine::start(
+        &EngineConfig { workers: settings.workers, max_epochs_in_flight: 2 },
+        QualityView::with_change_tracking(),
+    )?;
+    let mut traffic = Traffic::new(&settings.traffic)?;
+    let mut source = Source::default();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let full_screen = settings.full_screen && std::io::stdout().is_terminal();
+
+    let start = Instant::now();
+    let mut fed = 0u64;
+    let mut last_refresh = Instant::now();
+    let mut fed_at_refresh = 0u64;
+    let (mut label_lines, mut gold_lines) = (Vec::new(), Vec::new());
+    let mut updates = Vec::new();
+    while !interrupted.load(Ordering::SeqCst) && settings.duration.is_none_or(|d| start.elapsed() < d) {
+        let tick_start = Instant::now();
+        let due = (start.elapsed().as_secs_f64() * settings.rate as f64) as u64;
+        let created = now_ms();
+        label_lines.clear();
+        gold_lines.clear();
+        for _ in fed..due {
+            traffic.next_event(Some(created), &mut label_lines, &mut gold_lines);
+        }
+        for line in gold_lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let text = std::str::from_utf8(line).context("generated gold is UTF-8")?;
+            match parse_gold_event(text) {
+                Ok(event) => {
+                    source.apply_gold(&event, &mut updates);
+                    telemetry.events.with_label_values(&["gold", "ok"]).inc();
+                }
+                Err(_) => {
+                    telemetry.events.with_label_values(&["gold", "invalid"]).inc();
+                    telemetry.dead_letters.with_label_values(&["gold"]).inc();
+                }
+            }
+        }
+        for line in label_lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let text = std::str::from_utf8(line).context("generated labels are UTF-8")?;
+            match parse_label_event(text) {
+                Ok(event) => {
+                    source.apply_label(&event, &mut updates);
+                    let result = if event.op == Op::Delete { "deleted" } else { "ok" };
+                    telemetry.events.with_label_values(&["labels", result]).inc();
+                }
+                Err(_) => {
+                    telemetry.events.with_label_values(&["labels", "invalid"]).inc();
+                    telemetry.dead_letters.with_label_values(&["labels"]).inc();
+                }
+            }
+        }
+        fed = due;
+        engine.submit(std::mem::take(&mut updates))?;
+        engine.sync()?;
+        {
+            let mut view = engine.view();
+            let changes = view.settle();
+            for scope in changes.scopes {
+                if let Some(summary) = view.scope_summary(scope, &source.catalog) {
+                    telemetry.set_scope(&summary, ALL_TIME);
+                }
+            }
+        }
+        telemetry.epochs.inc();
+        telemetry.output_event_time.set(created as f64 / 1000.0);
+        telemetry.output_updated.set(now_ms() as f64 / 1000.0);
+        let waited = (now_ms() - created).max(0) as u64 * 1000;
+        let _ = latency.record(waited.max(1));
+        for (name, q) in [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999)] {
+            telemetry
+                .processing_latency
+                .with_label_values(&[name])
+                .set(latency.value_at_quantile(q) as f64 / 1e6);
+        }
+        ready.store(true, Ordering::SeqCst);
+
+        if last_refresh.elapsed() >= REFRESH {
+            let rate = (fed - fed_at_refresh) as f64 / last_refresh.elapsed().as_secs_f64();
+            let view = engine.view();
+            let screen = render(&view, &source, start.elapsed(), fed, rate, &latency);
+            drop(view);
+            let mut out = std::io::stdout().lock();
+            if full_screen {
+                let _ = write!(out, "\x1b[2J\x1b[H{screen}");
+            } else {
+                let _ = writeln!(out, "{}", screen.lines().next().unwrap_or_default());
+            }
+            let _ = out.flush();
+            last_refresh = Instant::now();
+            fed_at_refresh = fed;
+        }
+        if let Some(rest) = TICK.checked_sub(tick_start.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    let view = engine.finish()?;
+    let summary = traffic.summary();
+    eprintln!(
+        "labelqc demo: stopped after {:.1} s; {} labels, {} relabels, {} deletes, {} gold items; {} scopes",
+        start.elapsed().as_secs_f64(),
+        summary.labels,
+        summary.relabels,
+        summary.deletes,
+        summary.gold_items,
+        (0..source.catalog.scope_count())
+            .filter(|&s| view.scope_summary(s, &source.catalog).is_some())
+            .count()
+    );
+    drop(server);
+    Ok(())
+}
+
+fn fmt(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+}
+
+/// The terminal view. Its first line is the one-line status.
+fn render(
+    view: &QualityView,
+    source: &Source,
+    elapsed: Duration,
+    fed: u64,
+    rate: f64,
+    latency: &Histogram<u64>,
+) -> String {
+    let catalog = &source.catalog;
+    let mut out = format!(
+        "labelqc demo  t={:.0}s  events={fed}  {rate:.0} events/s  live labels={}  latency p50={:.1}ms p99={:.1}ms\n\n",
+        elapsed.as_secs_f64(),
+        source.live_labels(),
+        latency.value_at_quantile(0.5) as f64 / 1e3,
+        latency.value_at_quantile(0.99) as f64 / 1e3,
+    );
+    out.push_str(&format!(
+        "{:<28} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}\n",
+        "scope", "labels", "agree", "alpha", "fleiss", "ac1", "kappa", "gold acc"
+    ));
+    let mut attention = Vec::new();
+    let mut scopes: Vec<_> = (0..catalog.scope_count()).collect();
+    scopes.sort_by_key(|&s| catalog.scope_name(s));
+    for scope in scopes {
+        let Some(report) = view.scope_report(scope, catalog, false) else { continue };
+        let s = &report.summary;
+        out.push_str(&format!(
+            "{:<28} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}\n",
+            format!("{}/{}", s.project, s.task),
+            s.n_labels,
+            fmt(s.agreement.percent_agreement),
+            fmt(s.agreement.krippendorff_alpha.nominal),
+            fmt(s.agreement.fleiss_kappa),
+            fmt(s.agreement.gwet_ac1),
+            fmt(s.agreement.mean_cohen_kappa),
+            fmt(s.gold.as_ref().map(|g| g.accuracy)),
+        ));
+        for a in report.annotators.into_iter().filter(|a| a.n_labels >= 20) {
+            if let Some(agreement) = a.agreement_with_others {
+                attention.push((agreement, format!("{}/{}", s.project, s.task), a));
+            }
+        }
+    }
+    attention.sort_by(|x, y| x.0.total_cmp(&y.0));
+    out.push_str("\nlowest agreement with peers (annotators with 20+ labels)\n");
+    out.push_str(&format!(
+        "{:<12} {:<28} {:>7} {:>9} {:>24}\n",
+        "annotator", "scope", "labels", "agreement", "gold accuracy (95% CI)"
+    ));
+    for (agreement, scope, a) in attention.iter().take(8) {
+        let gold = a.gold.as_ref().map_or_else(
+            || "-".to_string(),
+            |g| format!("{:.2} ({:.2}-{:.2}, n={})", g.accuracy, g.wilson_low, g.wilson_high, g.n),
+        );
+        out.push_str(&format!(
+            "{:<12} {:<28} {:>7} {:>9.3} {:>24}\n",
+            a.annotator_id, scope, a.n_labels, agreement, gold
+        ));
+    }
+    out
+}

@@ -1,0 +1,178 @@
+//! Every metric labelqc exports, declared in one place. Names carry the `labelqc_` prefix and base
+//! units; labels are bounded (project, task, window, topic, result, level, quantile): never an
+//! annotator or item id. An undefined number (null in the report) has no series rather than NaN.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use labelqc_dataflows::view::ScopeSummary;
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register metric: {0}")]
+pub struct TelemetryError(#[from] prometheus::Error);
+
+/// The window label of all-time numbers (windowed numbers get their own window label).
+pub const ALL_TIME: &str = "all";
+
+/// The registry and every metric in it.
+pub struct Telemetry {
+    registry: Registry,
+    /// Input events by topic (`labels`, `gold`) and result (`ok`, `invalid`, `deleted`).
+    pub events: IntCounterVec,
+    /// Dead letters (refused records) by topic.
+    pub dead_letters: IntCounterVec,
+    /// Epochs whose output is complete.
+    pub epochs: IntCounter,
+    /// Event time of the newest event whose output is complete.
+    pub output_event_time: Gauge,
+    /// Wall-clock time at which output was last brought up to date.
+    pub output_updated: Gauge,
+    /// Time from an event's creation to its effects in the published state, by quantile.
+    pub processing_latency: GaugeVec,
+    scope_labels: IntGaugeVec,
+    scope_items: IntGaugeVec,
+    scope_annotators: IntGaugeVec,
+    scope_percent_agreement: GaugeVec,
+    scope_alpha: GaugeVec,
+    scope_fleiss: GaugeVec,
+    scope_gwet: GaugeVec,
+    scope_mean_cohen: GaugeVec,
+    scope_gold_accuracy: GaugeVec,
+    scope_gold_answers: IntGaugeVec,
+}
+
+const SCOPE: &[&str] = &["project", "task", "window"];
+
+impl Telemetry {
+    pub fn new() -> Result<Telemetry, TelemetryError> {
+        let registry = Registry::new();
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, TelemetryError> {
+                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, TelemetryError> {
+            let metric = GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let int_gauge_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, TelemetryError> {
+                let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let events =
+            counter_vec("labelqc_events_total", "Input events by topic and result.", &["topic", "result"])?;
+        let dead_letters =
+            counter_vec("labelqc_dead_letters_total", "Refused input records by topic.", &["topic"])?;
+        let epochs = IntCounter::new("labelqc_epochs_completed_total", "Epochs whose output is complete.")?;
+        registry.register(Box::new(epochs.clone()))?;
+        let output_event_time = Gauge::new(
+            "labelqc_output_event_time_timestamp_seconds",
+            "Event time of the newest event whose output is complete.",
+        )?;
+        registry.register(Box::new(output_event_time.clone()))?;
+        let output_updated = Gauge::new(
+            "labelqc_output_updated_timestamp_seconds",
+            "Wall-clock time at which the output was last brought up to date.",
+        )?;
+        registry.register(Box::new(output_updated.clone()))?;
+        let processing_latency = gauge_vec(
+            "labelqc_processing_latency_seconds",
+            "Time from an event's creation to its effects in the published state, by quantile.",
+            &["quantile"],
+        )?;
+        Ok(Telemetry {
+            scope_labels: int_gauge_vec("labelqc_scope_labels", "Live labels of the scope.", SCOPE)?,
+            scope_items: int_gauge_vec("labelqc_scope_items", "Labelled items of the scope.", SCOPE)?,
+            scope_annotators: int_gauge_vec(
+                "labelqc_scope_annotators",
+                "Annotators with labels in the scope.",
+                SCOPE,
+            )?,
+            scope_percent_agreement: gauge_vec(
+                "labelqc_scope_percent_agreement_ratio",
+                "Percent agreement over pairable items.",
+                SCOPE,
+            )?,
+            scope_alpha: gauge_vec(
+                "labelqc_scope_krippendorff_alpha",
+                "Krippendorff's alpha by level of measurement.",
+                &["project", "task", "window", "level"],
+            )?,
+            scope_fleiss: gauge_vec(
+                "labelqc_scope_fleiss_kappa",
+                "Fleiss' kappa (missing-data form).",
+                SCOPE,
+            )?,
+            scope_gwet: gauge_vec("labelqc_scope_gwet_ac1", "Gwet's AC1.", SCOPE)?,
+            scope_mean_cohen: gauge_vec(
+                "labelqc_scope_mean_cohen_kappa",
+                "Mean Cohen's kappa over pairs.",
+                SCOPE,
+            )?,
+            scope_gold_accuracy: gauge_vec(
+                "labelqc_scope_gold_accuracy_ratio",
+                "Pooled accuracy on gold answers.",
+                SCOPE,
+            )?,
+            scope_gold_answers: int_gauge_vec(
+                "labelqc_scope_gold_answers",
+                "Labels on gold items (the gold accuracy's n).",
+                SCOPE,
+            )?,
+            registry,
+            events,
+            dead_letters,
+            epochs,
+            output_event_time,
+            output_updated,
+            processing_latency,
+        })
+    }
+
+    /// Sets the quality gauges of one scope from its current summary.
+    pub fn set_scope(&self, scope: &ScopeSummary, window: &str) {
+        let labels = [scope.project.as_str(), scope.task.as_str(), window];
+        self.scope_labels.with_label_values(&labels).set(scope.n_labels);
+        self.scope_items.with_label_values(&labels).set(scope.n_items);
+        self.scope_annotators.with_label_values(&labels).set(scope.n_annotators as i64);
+        let a = &scope.agreement;
+        set_or_remove(&self.scope_percent_agreement, &labels, a.percent_agreement);
+        set_or_remove(&self.scope_fleiss, &labels, a.fleiss_kappa);
+        set_or_remove(&self.scope_gwet, &labels, a.gwet_ac1);
+        set_or_remove(&self.scope_mean_cohen, &labels, a.mean_cohen_kappa);
+        let alpha = &a.krippendorff_alpha;
+        for (level, value) in [
+            ("nominal", Some(alpha.nominal)),
+            ("ordinal", alpha.ordinal),
+            ("interval", alpha.interval),
+            ("ratio", alpha.ratio),
+        ] {
+            let with_level = [labels[0], labels[1], labels[2], level];
+            set_or_remove(&self.scope_alpha, &with_level, value.flatten());
+        }
+        set_or_remove(&self.scope_gold_accuracy, &labels, scope.gold.as_ref().map(|g| g.accuracy));
+        self.scope_gold_answers.with_label_values(&labels).set(scope.gold.as_ref().map_or(0, |g| g.n));
+    }
+
+    /// The exposition in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+fn set_or_remove(gauge: &GaugeVec, labels: &[&str], value: Option<f64>) {
+    match value {
+        Some(v) => gauge.with_label_values(labels).set(v),
+        None => {
+            let _ = gauge.remove_label_values(labels);
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `labelqc demo` end to end: it serves /metrics, /healthz and /readyz on 127.0.0.1 while the
+//! simulated workforce labels, its quality gauges carry only bounded labels, and it stops by
+//! itself after `--duration`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the demo if the test fails before it exits.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the demo");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn demo_serves_live_metrics_and_stops_by_itself() {
+    let child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
+        .args(["demo", "--http", "127.0.0.1:0", "--duration", "8", "--rate", "3000", "--lines"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start labelqc demo");
+    let mut demo = Running(child);
+    let mut stderr = BufReader::new(demo.0.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    // Wait for data to flow: every scope gets its gauges.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let metrics = loop {
+        let (status, body) = get(&addr, "/metrics");
+        assert_eq!(status, 200);
+        if body.matches("labelqc_scope_labels{").count() == 4 || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(metrics.matches("labelqc_scope_labels{").count(), 4, "{metrics}");
+    assert!(sample(&metrics, "labelqc_events_total{result=\"ok\",topic=\"labels\"}").unwrap() > 0.0);
+    let alpha = sample(&metrics, "labelqc_scope_krippendorff_alpha{level=\"nominal\",project=\"project-0\",task=\"task-0\",window=\"all\"}")
+        .expect("alpha series");
+    assert!((-1.0..=1.0).contains(&alpha), "{alpha}");
+    assert!(sample(&metrics, "labelqc_processing_latency_seconds{quantile=\"0.99\"}").unwrap() > 0.0);
+    // Bounded labels only: no annotator or item ids on any series.
+    assert!(!metrics.contains("ann-") && !metrics.contains("item-"), "{metrics}");
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("labelqc_"), "{line}");
+    }
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    assert_eq!(get(&addr, "/readyz").0, 200);
+
+    // It stops by itself after --duration and says what it did.
+    let status = demo.0.wait().unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("stopped after") && rest.contains("4 scopes"), "{rest}");
+    assert!(TcpStream::connect(&addr).is_err(), "the endpoint stops with the demo");
+}
