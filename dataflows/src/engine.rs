@@ -303,3 +303,103 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
     }
     report(&probe);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{parse_gold_event, parse_label_event};
+    use crate::source::Source;
+    use crate::view::Changes;
+
+    const LABELS: &[&str] = &[
+        r#"{"item_id":"i1","annotator_id":"a","label":"x","ts":1}"#,
+        r#"{"item_id":"i1","annotator_id":"b","label":"x","ts":2}"#,
+        r#"{"item_id":"i1","annotator_id":"c","label":"y","ts":3}"#,
+        r#"{"item_id":"i2","annotator_id":"a","label":"y","ts":4}"#,
+        r#"{"item_id":"i2","annotator_id":"b","label":"x","ts":5}"#,
+        r#"{"item_id":"i3","annotator_id":"c","label":"x","ts":6,"task":"other"}"#,
+    ];
+
+    /// Feeds the labels in epochs of `epoch` events; returns the source and the settled engine.
+    fn load(workers: usize, epoch: usize) -> (Source, Engine) {
+        let mut engine = Engine::start(
+            &EngineConfig { workers, max_epochs_in_flight: 1 },
+            QualityView::with_change_tracking(),
+        )
+        .unwrap();
+        let mut source = Source::default();
+        let mut updates = Vec::new();
+        source.apply_gold(&parse_gold_event(r#"{"item_id":"i1","label":"x"}"#).unwrap(), &mut updates);
+        for chunk in LABELS.chunks(epoch) {
+            for line in chunk {
+                source.apply_label(&parse_label_event(line).unwrap(), &mut updates);
+            }
+            engine.submit(std::mem::take(&mut updates)).unwrap();
+        }
+        engine.sync().unwrap();
+        assert_eq!(engine.completed(), LABELS.len().div_ceil(epoch) as Time);
+        (source, engine)
+    }
+
+    #[test]
+    fn same_view_for_any_workers_and_epochs() {
+        let reports: Vec<String> = [(1, 1), (1, 6), (2, 1), (2, 4), (3, 2)]
+            .into_iter()
+            .map(|(workers, epoch)| {
+                let (source, engine) = load(workers, epoch);
+                let mut view = engine.finish().unwrap();
+                serde_json::to_string(&view.report(&source.catalog, true)).unwrap()
+            })
+            .collect();
+        assert!(reports.windows(2).all(|w| w[0] == w[1]), "{reports:#?}");
+        assert!(reports[0].contains(r#""n_labels":5"#), "{}", reports[0]);
+    }
+
+    #[test]
+    fn settle_names_exactly_what_a_relabel_touched() {
+        let (mut source, mut engine) = load(2, 3);
+        engine.view().settle();
+        // Annotator c changes its label on i1: the default scope, item i1, its three annotators
+        // and the pairs (a, c) and (b, c) change; the pair (a, b) and the other scope do not.
+        let mut updates = Vec::new();
+        source.apply_label(
+            &parse_label_event(r#"{"item_id":"i1","annotator_id":"c","label":"x","ts":9}"#).unwrap(),
+            &mut updates,
+        );
+        engine.submit(updates).unwrap();
+        engine.sync().unwrap();
+        let mut view = engine.view();
+        let changes = view.settle();
+        let catalog = &source.catalog;
+        let id = |name: &str| catalog.annotators.lookup(name).unwrap();
+        let scope = 0;
+        let item = catalog.items.lookup("i1").unwrap();
+        assert_eq!(changes.scopes, vec![scope]);
+        assert_eq!(changes.items, vec![(scope, item)]);
+        let mut annotators = vec![(scope, id("a")), (scope, id("b")), (scope, id("c"))];
+        annotators.sort();
+        assert_eq!(changes.annotators, annotators);
+        let pair = |x: &str, y: &str| (scope, id(x).min(id(y)), id(x).max(id(y)));
+        let mut pairs = vec![pair("a", "c"), pair("b", "c")];
+        pairs.sort();
+        assert_eq!(changes.pairs, pairs);
+        // The renderers agree with the full report.
+        let c = view.annotator(scope, id("c"), catalog).unwrap();
+        assert_eq!(c.gold.unwrap().correct, 1);
+        let consensus = view.item(scope, item, catalog).unwrap();
+        assert_eq!(consensus.consensus, serde_json::json!("x"));
+        assert!(!consensus.tied);
+        let summary = view.scope_summary(scope, catalog).unwrap();
+        assert_eq!(summary.gold.unwrap().correct, 3);
+        assert_eq!(view.pair(scope, id("c"), id("b"), catalog).unwrap().n_shared, 1);
+        assert_eq!(view.settle(), Changes::default(), "nothing changed since");
+    }
+
+    #[test]
+    fn refuses_zero_workers() {
+        assert!(matches!(
+            Engine::start(&EngineConfig { workers: 0, max_epochs_in_flight: 1 }, QualityView::default()),
+            Err(EngineError::NoWorkers)
+        ));
+    }
+}
