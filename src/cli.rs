@@ -27,6 +27,33 @@ pub enum Command {
     Gen(GenArgs),
     /// Run live on a simulated workforce (no Kafka): the dataflows, /metrics and a terminal view.
     Demo(DemoArgs),
+    /// Run the live service: Kafka in, quality topics and /metrics out.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML configuration (see configs/labelqc.toml); the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Bootstrap brokers (`kafka.brokers`).
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+    /// Topic of label events (`kafka.labels_topic`).
+    #[arg(long, value_name = "TOPIC")]
+    pub labels_topic: Option<String>,
+    /// Topic of gold answers (`kafka.gold_topic`).
+    #[arg(long, value_name = "TOPIC")]
+    pub gold_topic: Option<String>,
+    /// Consumer group (`kafka.group_id`).
+    #[arg(long, value_name = "GROUP")]
+    pub group_id: Option<String>,
+    /// Dataflow worker threads (`engine.workers`).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Address of /metrics, /healthz and /readyz (`http.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -170,7 +197,36 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => run_report(args),
         Command::Gen(args) => run_gen(args),
         Command::Demo(args) => run_demo(args),
+        Command::Run(args) => run_service(args),
     }
+}
+
+fn run_service(args: RunArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(brokers) = args.brokers {
+        config.kafka.brokers = brokers;
+    }
+    if let Some(topic) = args.labels_topic {
+        config.kafka.labels_topic = topic;
+    }
+    if let Some(topic) = args.gold_topic {
+        config.kafka.gold_topic = topic;
+    }
+    if let Some(group) = args.group_id {
+        config.kafka.group_id = group;
+    }
+    if let Some(workers) = args.workers {
+        config.engine.workers = workers;
+    }
+    if let Some(http) = args.http {
+        config.http.listen = http;
+    }
+    config.validate()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::service::run(&config, stop)
 }
 
 fn run_demo(args: DemoArgs) -> Result<()> {

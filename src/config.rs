@@ -1,6 +1,8 @@
 //! The validated configuration of labelqc, parsed once from a TOML file (every field documented
 //! in `configs/labelqc.toml`; unknown fields are refused) and then overridden by CLI flags.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -16,24 +18,9 @@ pub enum ConfigError {
     Value { field: &'static str, message: String },
 }
 
-/// The configuration file as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    engine: RawEngine,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEngine {
-    workers: Option<usize>,
-    epoch_events: Option<usize>,
-    max_epochs_in_flight: Option<u64>,
-}
-
-/// How the dataflow engine runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How the dataflow engine runs (`[engine]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineSettings {
     /// Timely worker threads.
     pub workers: usize,
@@ -49,10 +36,83 @@ impl Default for EngineSettings {
     }
 }
 
+/// Where `labelqc run` reads from (`[kafka]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, comma-separated `host:port`.
+    pub brokers: String,
+    /// Consumer group: offsets of processed input are committed under it.
+    pub group_id: String,
+    /// Topic of label events.
+    pub labels_topic: String,
+    /// Topic of gold answers.
+    pub gold_topic: String,
+    /// Longest time an epoch stays open while input flows, in milliseconds.
+    pub epoch_interval_ms: u64,
+    /// Settings passed to librdkafka as they are, for consumer and producer alike
+    /// (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "labelqc".into(),
+            labels_topic: "labelqc.labels".into(),
+            gold_topic: "labelqc.gold".into(),
+            epoch_interval_ms: 100,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where `labelqc run` publishes (`[outputs]`): the topics of spec section 4.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputTopics {
+    pub scopes: String,
+    pub annotators: String,
+    pub pairs: String,
+    pub items: String,
+    pub deadletter: String,
+}
+
+impl Default for OutputTopics {
+    fn default() -> Self {
+        OutputTopics {
+            scopes: "labelqc.scopes".into(),
+            annotators: "labelqc.annotators".into(),
+            pairs: "labelqc.pairs".into(),
+            items: "labelqc.items".into(),
+            deadletter: "labelqc.deadletter".into(),
+        }
+    }
+}
+
+/// The HTTP endpoint (`[http]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of /metrics, /healthz and /readyz.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 9898)) }
+    }
+}
+
 /// The validated configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub engine: EngineSettings,
+    pub kafka: KafkaSettings,
+    pub outputs: OutputTopics,
+    pub http: HttpSettings,
 }
 
 impl Config {
@@ -68,19 +128,8 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
+        let config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Invalid { path: PathBuf::new(), message: e.to_string() })?;
-        let defaults = EngineSettings::default();
-        let config = Config {
-            engine: EngineSettings {
-                workers: raw.engine.workers.unwrap_or(defaults.workers),
-                epoch_events: raw.engine.epoch_events.unwrap_or(defaults.epoch_events),
-                max_epochs_in_flight: raw
-                    .engine
-                    .max_epochs_in_flight
-                    .unwrap_or(defaults.max_epochs_in_flight),
-            },
-        };
         config.validate()?;
         Ok(config)
     }
@@ -96,6 +145,25 @@ impl Config {
         if self.engine.epoch_events == 0 {
             return Err(ConfigError::Value {
                 field: "engine.epoch_events",
+                message: "must be at least 1".into(),
+            });
+        }
+        for (field, topic) in [
+            ("kafka.labels_topic", &self.kafka.labels_topic),
+            ("kafka.gold_topic", &self.kafka.gold_topic),
+            ("outputs.scopes", &self.outputs.scopes),
+            ("outputs.annotators", &self.outputs.annotators),
+            ("outputs.pairs", &self.outputs.pairs),
+            ("outputs.items", &self.outputs.items),
+            ("outputs.deadletter", &self.outputs.deadletter),
+        ] {
+            if topic.trim().is_empty() {
+                return Err(ConfigError::Value { field, message: "a topic name is required".into() });
+            }
+        }
+        if self.kafka.epoch_interval_ms == 0 {
+            return Err(ConfigError::Value {
+                field: "kafka.epoch_interval_ms",
                 message: "must be at least 1".into(),
             });
         }

@@ -8,4 +8,5 @@ pub mod gen;
 pub mod http;
 pub mod input;
 pub mod report;
+pub mod service;
 pub mod telemetry;

@@ -4,5 +4,6 @@ mod cli;
 mod compare;
 mod conformance;
 mod demo;
+mod kafka;
 mod property;
 mod reference;

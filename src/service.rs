@@ -1,0 +1,357 @@
+//! `labelqc run`: the live service. Reads label events and gold answers from Kafka, keeps every
+//! number current with the dataflows, and publishes the changed objects of spec section 4 to
+//! keyed output topics (a tombstone when an entity disappears), refused records to the
+//! dead-letter topic, and metrics on `/metrics`.
+//!
+//! Guarantees: at least once. An epoch's outputs are flushed and their delivery confirmed before
+//! the input offsets it covers are committed. State lives in memory and is rebuilt on start by
+//! reading the input topics from the beginning (keep them compacted by identity so that this
+//! stays bounded); outputs are keyed, so re-publishing after a restart only repeats values, and a
+//! consumer of a compacted output topic sees what `labelqc report` says of the same input.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use labelqc_dataflows::engine::{Engine, EngineConfig};
+use labelqc_dataflows::event::{parse_gold_event, parse_label_event, Op};
+use labelqc_dataflows::source::Source;
+use labelqc_dataflows::view::{Changes, QualityView};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::http::HttpServer;
+use crate::telemetry::{Telemetry, ALL_TIME};
+
+/// Counts output messages whose delivery failed.
+#[derive(Default)]
+struct DeliveryTracker {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            tracing::error!(%error, "output message not delivered");
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Publishes keyed JSON values (or tombstones) and confirms their delivery.
+struct Publisher {
+    producer: BaseProducer<DeliveryTracker>,
+}
+
+impl Publisher {
+    fn send(&self, topic: &str, key: &str, value: Option<&[u8]>) -> Result<()> {
+        loop {
+            let mut record = BaseRecord::to(topic).key(key);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.producer.poll(Duration::from_millis(100));
+                }
+                Err((error, _)) => return Err(error).with_context(|| format!("cannot publish to {topic}")),
+            }
+        }
+    }
+
+    fn send_json<T: Serialize>(&self, topic: &str, key: &str, value: Option<&T>) -> Result<()> {
+        let payload = value.map(serde_json::to_vec).transpose()?;
+        self.send(topic, key, payload.as_deref())
+    }
+
+    /// Waits until every message sent so far is delivered; fails if any was not.
+    fn confirm(&self) -> Result<()> {
+        self.producer.flush(FLUSH_TIMEOUT).context("output messages were not delivered in time")?;
+        let failed = self.producer.context().failed.swap(0, Ordering::SeqCst);
+        if failed > 0 {
+            bail!("{failed} output message(s) were not delivered; input offsets stay uncommitted");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct Stamped<'a, T: Serialize> {
+    #[serde(flatten)]
+    object: &'a T,
+    updated_at: String,
+}
+
+#[derive(Serialize)]
+struct Keyed<'a, T: Serialize> {
+    project: &'a str,
+    task: &'a str,
+    #[serde(flatten)]
+    object: &'a T,
+}
+
+#[derive(Serialize)]
+struct DeadLetter<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    reason: String,
+    raw: String,
+}
+
+/// Runs the service until `stop` is set (or Ctrl-C).
+pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
+    let telemetry = Arc::new(Telemetry::new()?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = HttpServer::start(config.http.listen, telemetry.clone(), ready.clone(), stop.clone())?;
+    eprintln!("labelqc run: metrics on http://{}/metrics", server.local_addr());
+
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.kafka.brokers);
+    for (key, value) in &config.kafka.client {
+        client.set(key, value);
+    }
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .context("cannot create the Kafka consumer; check [kafka] settings")?;
+    let publisher = Publisher {
+        producer: client
+            .clone()
+            .set("linger.ms", "5")
+            .create_with_context(DeliveryTracker::default())
+            .context("cannot create the Kafka producer; check [kafka] settings")?,
+    };
+
+    // Rebuild state from the beginning of every input partition.
+    let mut assignment = TopicPartitionList::new();
+    let mut caught_up_at: HashMap<(String, i32), i64> = HashMap::new();
+    for topic in [&config.kafka.labels_topic, &config.kafka.gold_topic] {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .with_context(|| format!("cannot read metadata of {topic} from {}", config.kafka.brokers))?;
+        let partitions = metadata.topics().first().map(|t| t.partitions()).unwrap_or_default();
+        if partitions.is_empty() {
+            bail!("input topic {topic} does not exist on {}; create it first", config.kafka.brokers);
+        }
+        for partition in partitions {
+            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+            let (_, high) = consumer.fetch_watermarks(topic, partition.id(), METADATA_TIMEOUT)?;
+            caught_up_at.insert((topic.clone(), partition.id()), high);
+        }
+    }
+    consumer.assign(&assignment)?;
+    tracing::info!(partitions = assignment.count(), "consuming from the beginning to rebuild state");
+
+    let mut engine = Engine::start(
+        &EngineConfig {
+            workers: config.engine.workers,
+            max_epochs_in_flight: config.engine.max_epochs_in_flight,
+        },
+        QualityView::with_change_tracking(),
+    )?;
+    let mut source = Source::default();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    let interval = Duration::from_millis(config.kafka.epoch_interval_ms);
+    let mut updates = Vec::new();
+    let mut dead_letters: Vec<(String, Vec<u8>)> = Vec::new();
+
+    while !stop.load(Ordering::SeqCst) {
+        let opened = Instant::now();
+        let mut consumed = 0usize;
+        let mut oldest_ts: Option<i64> = None;
+        let mut newest_ts: Option<i64> = None;
+        while consumed < config.engine.epoch_events {
+            let Some(wait) = interval.checked_sub(opened.elapsed()) else { break };
+            let Some(message) = consumer.poll(wait) else { continue };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "Kafka consumer error; retrying");
+                    continue;
+                }
+            };
+            consumed += 1;
+            let topic = message.topic();
+            let is_gold = topic == config.kafka.gold_topic;
+            let kind = if is_gold { "gold" } else { "labels" };
+            positions.insert((topic.to_string(), message.partition()), message.offset() + 1);
+            if let Some(ts) = message.timestamp().to_millis() {
+                oldest_ts = Some(oldest_ts.map_or(ts, |o| o.min(ts)));
+                newest_ts = Some(newest_ts.map_or(ts, |n| n.max(ts)));
+            }
+            let payload = message.payload().unwrap_or_default();
+            let outcome = match std::str::from_utf8(payload) {
+                Err(_) => Err("message is not valid UTF-8".to_string()),
+                Ok(text) if is_gold => parse_gold_event(text)
+                    .map(|event| {
+                        source.apply_gold(&event, &mut updates);
+                        event.op
+                    })
+                    .map_err(|e| e.to_string()),
+                Ok(text) => parse_label_event(text)
+                    .map(|event| {
+                        source.apply_label(&event, &mut updates);
+                        event.op
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            match outcome {
+                Ok(op) => {
+                    let result = if op == Op::Delete { "deleted" } else { "ok" };
+                    telemetry.events.with_label_values(&[kind, result]).inc();
+                }
+                Err(reason) => {
+                    telemetry.events.with_label_values(&[kind, "invalid"]).inc();
+                    telemetry.dead_letters.with_label_values(&[kind]).inc();
+                    let letter = DeadLetter {
+                        topic,
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        reason,
+                        raw: String::from_utf8_lossy(payload).into_owned(),
+                    };
+                    let key = format!("{topic}/{}/{}", message.partition(), message.offset());
+                    dead_letters.push((key, serde_json::to_vec(&letter)?));
+                }
+            }
+        }
+        if consumed > 0 {
+            engine.submit(std::mem::take(&mut updates))?;
+            engine.sync()?;
+            let changes = engine.view().settle();
+            for (key, value) in dead_letters.drain(..) {
+                publisher.send(&config.outputs.deadletter, &key, Some(&value))?;
+            }
+            {
+                let view = engine.view();
+                publish(&publisher, config, &view, &source, &changes)?;
+                for &scope in &changes.scopes {
+                    if let Some(summary) = view.scope_summary(scope, &source.catalog) {
+                        telemetry.set_scope(&summary, ALL_TIME);
+                    }
+                }
+            }
+            publisher.confirm()?;
+            commit(&consumer, &positions)?;
+            let now = now_ms();
+            telemetry.epochs.inc();
+            telemetry.output_updated.set(now as f64 / 1000.0);
+            if let Some(ts) = newest_ts {
+                telemetry.output_event_time.set(ts as f64 / 1000.0);
+            }
+            if let Some(ts) = oldest_ts {
+                let _ = latency.record(((now - ts).max(0) as u64 * 1000).max(1));
+                for (name, q) in [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999)] {
+                    telemetry
+                        .processing_latency
+                        .with_label_values(&[name])
+                        .set(latency.value_at_quantile(q) as f64 / 1e6);
+                }
+            }
+        }
+        if !ready.load(Ordering::SeqCst)
+            && caught_up_at.iter().all(|(tp, high)| positions.get(tp).copied().unwrap_or(0) >= *high)
+        {
+            ready.store(true, Ordering::SeqCst);
+            tracing::info!("caught up with the input present at start");
+        }
+    }
+    engine.finish()?;
+    drop(server);
+    Ok(())
+}
+
+/// Publishes the objects of every entity that changed, or a tombstone for one that is gone.
+fn publish(
+    publisher: &Publisher,
+    config: &Config,
+    view: &QualityView,
+    source: &Source,
+    changes: &Changes,
+) -> Result<()> {
+    let catalog = &source.catalog;
+    let updated_at = chrono::DateTime::from_timestamp_millis(now_ms())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    for &scope in &changes.scopes {
+        let (project, task) = catalog.scope_name(scope);
+        let summary = view.scope_summary(scope, catalog);
+        let stamped = summary.as_ref().map(|object| Stamped { object, updated_at: updated_at.clone() });
+        publisher.send_json(&config.outputs.scopes, &format!("{project}/{task}"), stamped.as_ref())?;
+    }
+    for &(scope, annotator) in &changes.annotators {
+        let (project, task) = catalog.scope_name(scope);
+        let object = view.annotator(scope, annotator, catalog);
+        let keyed = object.as_ref().map(|object| Keyed { project, task, object });
+        let key = format!("{project}/{task}/{}", catalog.annotators.name(annotator));
+        publisher.send_json(&config.outputs.annotators, &key, keyed.as_ref())?;
+    }
+    for &(scope, a, b) in &changes.pairs {
+        let (project, task) = catalog.scope_name(scope);
+        let (name_a, name_b) = (catalog.annotators.name(a), catalog.annotators.name(b));
+        let (first, second) = if name_a <= name_b { (name_a, name_b) } else { (name_b, name_a) };
+        let object = view.pair(scope, a, b, catalog);
+        let keyed = object.as_ref().map(|object| Keyed { project, task, object });
+        publisher.send_json(
+            &config.outputs.pairs,
+            &format!("{project}/{task}/{first}/{second}"),
+            keyed.as_ref(),
+        )?;
+    }
+    for &(scope, item) in &changes.items {
+        let (project, task) = catalog.scope_name(scope);
+        let item_id = catalog.items.name(item);
+        let object = view.item(scope, item, catalog);
+        #[derive(Serialize)]
+        struct ItemObject<'a, T: Serialize> {
+            item_id: &'a str,
+            #[serde(flatten)]
+            consensus: &'a T,
+        }
+        let value = match &object {
+            Some(consensus) => Some(serde_json::to_vec(&Keyed {
+                project,
+                task,
+                object: &ItemObject { item_id, consensus },
+            })?),
+            None => None,
+        };
+        publisher.send(&config.outputs.items, &format!("{project}/{task}/{item_id}"), value.as_deref())?;
+    }
+    Ok(())
+}
+
+fn commit(consumer: &BaseConsumer, positions: &HashMap<(String, i32), i64>) -> Result<()> {
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), next) in positions {
+        offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+    }
+    consumer.commit(&offsets, CommitMode::Sync).context("cannot commit input offsets")?;
+    Ok(())
+}
