@@ -52,7 +52,10 @@ impl ProducerContext for DeliveryTracker {
 }
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one wait for output delivery lasts before it is logged and retried.
+const FLUSH_POLL: Duration = Duration::from_secs(5);
+/// How often consumer lag is measured.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -86,8 +89,16 @@ impl Publisher {
     }
 
     /// Waits until every message sent so far is delivered; fails if any was not.
-    fn confirm(&self) -> Result<()> {
-        self.producer.flush(FLUSH_TIMEOUT).context("output messages were not delivered in time")?;
+    /// librdkafka retries on its own (up to `message.timeout.ms`); while brokers are away this
+    /// waits, logging, rather than giving up.
+    fn confirm(&self, stop: &AtomicBool) -> Result<()> {
+        let started = Instant::now();
+        while let Err(error) = self.producer.flush(FLUSH_POLL) {
+            if stop.load(Ordering::SeqCst) {
+                bail!("stopped while output messages were undelivered ({error}); input offsets stay uncommitted");
+            }
+            tracing::warn!(%error, waited_s = started.elapsed().as_secs(), "waiting for output delivery");
+        }
         let failed = self.producer.context().failed.swap(0, Ordering::SeqCst);
         if failed > 0 {
             bail!("{failed} output message(s) were not delivered; input offsets stay uncommitted");
@@ -180,6 +191,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let interval = Duration::from_millis(config.kafka.epoch_interval_ms);
     let mut updates = Vec::new();
     let mut dead_letters: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut last_lag = Instant::now();
 
     while !stop.load(Ordering::SeqCst) {
         let opened = Instant::now();
@@ -257,7 +269,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                     }
                 }
             }
-            publisher.confirm()?;
+            publisher.confirm(&stop)?;
             commit(&consumer, &positions)?;
             let now = now_ms();
             telemetry.epochs.inc();
@@ -274,6 +286,10 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                         .set(latency.value_at_quantile(q) as f64 / 1e6);
                 }
             }
+        }
+        if last_lag.elapsed() >= LAG_INTERVAL {
+            last_lag = Instant::now();
+            report_lag(&consumer, &telemetry, &caught_up_at, &positions);
         }
         if !ready.load(Ordering::SeqCst)
             && caught_up_at.iter().all(|(tp, high)| positions.get(tp).copied().unwrap_or(0) >= *high)
@@ -345,6 +361,29 @@ fn publish(
         publisher.send(&config.outputs.items, &format!("{project}/{task}/{item_id}"), value.as_deref())?;
     }
     Ok(())
+}
+
+/// Sets the consumer lag per input topic: high watermark minus the next offset to process,
+/// summed over the topic's partitions.
+fn report_lag(
+    consumer: &BaseConsumer,
+    telemetry: &Telemetry,
+    partitions: &HashMap<(String, i32), i64>,
+    positions: &HashMap<(String, i32), i64>,
+) {
+    let mut lag: HashMap<&str, i64> = HashMap::new();
+    for (topic, partition) in partitions.keys() {
+        match consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500)) {
+            Ok((low, high)) => {
+                let next = positions.get(&(topic.clone(), *partition)).copied().unwrap_or(low);
+                *lag.entry(topic).or_default() += (high - next.max(low)).max(0);
+            }
+            Err(error) => tracing::debug!(%error, topic, partition, "cannot read watermarks"),
+        }
+    }
+    for (topic, messages) in lag {
+        telemetry.consumer_lag.with_label_values(&[topic]).set(messages);
+    }
 }
 
 fn commit(consumer: &BaseConsumer, positions: &HashMap<(String, i32), i64>) -> Result<()> {

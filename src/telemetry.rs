@@ -31,6 +31,8 @@ pub struct Telemetry {
     pub output_updated: Gauge,
     /// Time from an event's creation to its effects in the published state, by quantile.
     pub processing_latency: GaugeVec,
+    /// Messages not yet processed, by input topic.
+    pub consumer_lag: IntGaugeVec,
     scope_labels: IntGaugeVec,
     scope_items: IntGaugeVec,
     scope_annotators: IntGaugeVec,
@@ -86,7 +88,13 @@ impl Telemetry {
             "Time from an event's creation to its effects in the published state, by quantile.",
             &["quantile"],
         )?;
+        let consumer_lag = int_gauge_vec(
+            "labelqc_consumer_lag_messages",
+            "Input messages not yet processed (high watermark minus position), by topic.",
+            &["topic"],
+        )?;
         Ok(Telemetry {
+            consumer_lag,
             scope_labels: int_gauge_vec("labelqc_scope_labels", "Live labels of the scope.", SCOPE)?,
             scope_items: int_gauge_vec("labelqc_scope_items", "Labelled items of the scope.", SCOPE)?,
             scope_annotators: int_gauge_vec(

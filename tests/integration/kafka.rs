@@ -250,3 +250,27 @@ fn killed_and_restarted_service_converges() {
     wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
     assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
 }
+
+#[test]
+fn survives_a_broker_outage() {
+    let s = setup(37);
+    produce(&s.producer, GOLD, &s.gold);
+    let (first, second) = s.labels.split_at(1000);
+    produce(&s.producer, LABELS, first);
+    let service = start_service(&s.brokers);
+    wait_for_events(&service, first.len() as u64, s.gold.len() as u64);
+
+    produce(&s.producer, LABELS, second);
+    // The only broker goes away while the service works on the second half, then comes back.
+    s._cluster.broker_down(1).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s._cluster.broker_up(1).unwrap();
+
+    wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
+    assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics(&service.1).contains("labelqc_consumer_lag_messages{topic=\"labelqc.labels\"} 0") {
+        assert!(Instant::now() < deadline, "lag did not reach 0: {}", metrics(&service.1));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
