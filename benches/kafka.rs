@@ -1,0 +1,212 @@
+//! `labelqc run` against librdkafka's mock cluster, recorded in BENCHMARKS.md:
+//!
+//! 1. the ceiling: a bare rdkafka consumer that only parses each message's JSON, over the same
+//!    cluster and data;
+//! 2. sustained throughput of the real `labelqc run` binary, Kafka to Kafka (all outputs
+//!    delivered and offsets committed), over a backlog of the same events;
+//! 3. freshness at a fixed input rate of 20,000 events/s: the service's own p50/p99 of the time
+//!    from a message's Kafka timestamp to the delivery of the outputs it changed.
+//!
+//! Run with `cargo bench --bench kafka` (`-- --events N --seconds S` to change the defaults).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use labelqc::gen::{generate, GenSpec};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const LABELS: &str = "labelqc.labels";
+const GOLD: &str = "labelqc.gold";
+const OUTPUTS: [&str; 5] = ["labelqc.scopes", "labelqc.annotators", "labelqc.pairs", "labelqc.items", "labelqc.deadletter"];
+const PARTITIONS: i32 = 4;
+
+struct Service(Child, String);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn lines(spec: &GenSpec) -> (Vec<String>, Vec<String>) {
+    let (mut l, mut g) = (Vec::new(), Vec::new());
+    generate(spec, &mut l, Some(&mut g)).unwrap();
+    let split = |b: Vec<u8>| String::from_utf8(b).unwrap().lines().map(String::from).collect();
+    (split(l), split(g))
+}
+
+fn key(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    format!("default/default/{}", v["item_id"].as_str().unwrap())
+}
+
+fn produce(producer: &BaseProducer, topic: &str, lines: &[String]) {
+    for line in lines {
+        let key = key(line);
+        loop {
+            match producer.send(BaseRecord::to(topic).key(&key).payload(line)) {
+                Ok(()) => break,
+                Err(_) => producer.poll(Duration::from_millis(10)),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+fn cluster() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String, BaseProducer) {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic(LABELS, PARTITIONS, 1).unwrap();
+    cluster.create_topic(GOLD, 1, 1).unwrap();
+    for topic in OUTPUTS {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    (cluster, brokers, producer)
+}
+
+/// A bare consumer that parses every message's JSON: the ceiling on this cluster and data.
+fn ceiling(brokers: &str, expected: usize) -> f64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-ceiling")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(LABELS, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let start = Instant::now();
+    let mut seen = 0;
+    while seen < expected {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let value: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            std::hint::black_box(value);
+            seen += 1;
+        }
+    }
+    expected as f64 / start.elapsed().as_secs_f64()
+}
+
+fn start_service(brokers: &str, group: &str) -> Service {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
+        .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0", "--group-id", group, "--workers", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let addr = first.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = stderr.read_to_string(&mut sink);
+    });
+    Service(child, addr)
+}
+
+fn metrics(addr: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(addr) else { return String::new() };
+    let _ = write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn wait_for(service: &Service, labels: usize) -> Instant {
+    loop {
+        let m = metrics(&service.1);
+        if sample(&m, "labelqc_events_total{result=\"ok\",topic=\"labels\"}")
+            + sample(&m, "labelqc_events_total{result=\"deleted\",topic=\"labels\"}")
+            >= labels as f64
+        {
+            return Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let events = arg("--events", 200_000) as usize;
+    let seconds = arg("--seconds", 10);
+    let spec = GenSpec { events: events as u64, annotators: 1000, delete_rate: 0.0, ..GenSpec::default() };
+    let (labels, gold) = lines(&spec);
+
+    println!("# labelqc run on librdkafka's mock cluster ({events} events, {PARTITIONS} partitions)\n");
+    let (_cluster, brokers, producer) = cluster();
+    produce(&producer, GOLD, &gold);
+    produce(&producer, LABELS, &labels);
+    let ceiling = ceiling(&brokers, labels.len());
+    let start = Instant::now();
+    let service = start_service(&brokers, "bench-backlog");
+    let done = wait_for(&service, labels.len());
+    let throughput = labels.len() as f64 / (done - start).as_secs_f64();
+    drop(service);
+    println!("| measure | events/s |");
+    println!("|---|---|");
+    println!("| bare consumer parsing JSON (ceiling) | {ceiling:.0} |");
+    println!("| labelqc run, Kafka to Kafka, 2 workers | {throughput:.0} |");
+    println!("| ratio | {:.0}% |\n", 100.0 * throughput / ceiling);
+
+    // Freshness at a fixed 20,000 events/s on a fresh cluster.
+    let (_cluster, brokers, producer) = cluster();
+    let rate = 20_000usize;
+    let stream_spec = GenSpec { events: (rate as u64) * seconds, seed: 99, ..spec };
+    let (labels, gold) = lines(&stream_spec);
+    produce(&producer, GOLD, &gold);
+    let service = start_service(&brokers, "bench-fresh");
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    for (i, chunk) in labels.chunks(rate / 100).enumerate() {
+        for line in chunk {
+            let key = key(line);
+            while producer.send(BaseRecord::to(LABELS).key(&key).payload(line)).is_err() {
+                producer.poll(Duration::from_millis(1));
+            }
+        }
+        producer.poll(Duration::ZERO);
+        let due = start + Duration::from_millis(10 * (i as u64 + 1));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let offered = labels.len() as f64 / start.elapsed().as_secs_f64();
+    wait_for(&service, labels.len());
+    let m = metrics(&service.1);
+    let p50 = sample(&m, "labelqc_processing_latency_seconds{quantile=\"0.5\"}");
+    let p99 = sample(&m, "labelqc_processing_latency_seconds{quantile=\"0.99\"}");
+    println!("# freshness at a fixed input rate ({offered:.0} events/s offered for {seconds} s)\n");
+    println!("| p50 (ms) | p99 (ms) |");
+    println!("|---|---|");
+    println!("| {:.1} | {:.1} |", p50 * 1e3, p99 * 1e3);
+}
