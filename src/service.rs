@@ -196,6 +196,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     while !stop.load(Ordering::SeqCst) {
         let opened = Instant::now();
         let mut consumed = 0usize;
+        let mut consumed_gold = 0u64;
         let mut oldest_ts: Option<i64> = None;
         let mut newest_ts: Option<i64> = None;
         while consumed < config.engine.epoch_events {
@@ -212,6 +213,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             let topic = message.topic();
             let is_gold = topic == config.kafka.gold_topic;
             let kind = if is_gold { "gold" } else { "labels" };
+            consumed_gold += u64::from(is_gold);
             positions.insert((topic.to_string(), message.partition()), message.offset() + 1);
             if let Some(ts) = message.timestamp().to_millis() {
                 oldest_ts = Some(oldest_ts.map_or(ts, |o| o.min(ts)));
@@ -271,6 +273,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             }
             publisher.confirm(&stop)?;
             commit(&consumer, &positions)?;
+            telemetry.committed.with_label_values(&["labels"]).inc_by(consumed as u64 - consumed_gold);
+            telemetry.committed.with_label_values(&["gold"]).inc_by(consumed_gold);
             let now = now_ms();
             telemetry.epochs.inc();
             telemetry.output_updated.set(now as f64 / 1000.0);

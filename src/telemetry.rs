@@ -33,6 +33,8 @@ pub struct Telemetry {
     pub processing_latency: GaugeVec,
     /// Messages not yet processed, by input topic.
     pub consumer_lag: IntGaugeVec,
+    /// Input messages whose outputs are delivered and whose offsets are committed, by topic.
+    pub committed: IntCounterVec,
     scope_labels: IntGaugeVec,
     scope_items: IntGaugeVec,
     scope_annotators: IntGaugeVec,
@@ -93,8 +95,14 @@ impl Telemetry {
             "Input messages not yet processed (high watermark minus position), by topic.",
             &["topic"],
         )?;
+        let committed = counter_vec(
+            "labelqc_input_committed_total",
+            "Input messages whose outputs are delivered and offsets committed, by topic.",
+            &["topic"],
+        )?;
         Ok(Telemetry {
             consumer_lag,
+            committed,
             scope_labels: int_gauge_vec("labelqc_scope_labels", "Live labels of the scope.", SCOPE)?,
             scope_items: int_gauge_vec("labelqc_scope_items", "Labelled items of the scope.", SCOPE)?,
             scope_annotators: int_gauge_vec(
