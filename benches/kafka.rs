@@ -132,6 +132,8 @@ fn start_service(brokers: &str, group: &str) -> Service {
         .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0", "--group-id", group, "--workers", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .env("LABELQC_LOG", std::env::var("LABELQC_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("NO_COLOR", "1")
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
@@ -139,8 +141,12 @@ fn start_service(brokers: &str, group: &str) -> Service {
     stderr.read_line(&mut first).unwrap();
     let addr = first.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
     std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = stderr.read_to_string(&mut sink);
+        // The service's log goes to this benchmark's stderr (set LABELQC_LOG=debug for epochs).
+        let mut line = String::new();
+        while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+            eprint!("{line}");
+            line.clear();
+        }
     });
     Service(child, addr)
 }

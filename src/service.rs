@@ -93,11 +93,17 @@ impl Publisher {
     /// waits, logging, rather than giving up.
     fn confirm(&self, stop: &AtomicBool) -> Result<()> {
         let started = Instant::now();
-        while let Err(error) = self.producer.flush(FLUSH_POLL) {
-            if stop.load(Ordering::SeqCst) {
-                bail!("stopped while output messages were undelivered ({error}); input offsets stay uncommitted");
+        let mut warned = Duration::ZERO;
+        // Serve delivery reports until none is outstanding (`flush` waits in 100 ms steps).
+        while self.producer.in_flight_count() > 0 {
+            self.producer.poll(Duration::from_millis(1));
+            if started.elapsed() >= warned + FLUSH_POLL {
+                warned = started.elapsed();
+                if stop.load(Ordering::SeqCst) {
+                    bail!("stopped while output messages were undelivered; input offsets stay uncommitted");
+                }
+                tracing::warn!(waited_s = warned.as_secs(), "waiting for output delivery");
             }
-            tracing::warn!(%error, waited_s = started.elapsed().as_secs(), "waiting for output delivery");
         }
         let failed = self.producer.context().failed.swap(0, Ordering::SeqCst);
         if failed > 0 {
@@ -256,9 +262,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             }
         }
         if consumed > 0 {
+            let t_consumed = opened.elapsed();
             engine.submit(std::mem::take(&mut updates))?;
             engine.sync()?;
             let changes = engine.view().settle();
+            let t_processed = opened.elapsed();
+            let outputs =
+                changes.scopes.len() + changes.annotators.len() + changes.pairs.len() + changes.items.len();
             for (key, value) in dead_letters.drain(..) {
                 publisher.send(&config.outputs.deadletter, &key, Some(&value))?;
             }
@@ -271,8 +281,20 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                     }
                 }
             }
+            let t_published = opened.elapsed();
             publisher.confirm(&stop)?;
+            let t_delivered = opened.elapsed();
             commit(&consumer, &positions)?;
+            tracing::debug!(
+                consumed,
+                outputs,
+                consume_ms = t_consumed.as_millis() as u64,
+                process_ms = (t_processed - t_consumed).as_millis() as u64,
+                publish_ms = (t_published - t_processed).as_millis() as u64,
+                deliver_ms = (t_delivered - t_published).as_millis() as u64,
+                commit_ms = (opened.elapsed() - t_delivered).as_millis() as u64,
+                "epoch done"
+            );
             telemetry.committed.with_label_values(&["labels"]).inc_by(consumed as u64 - consumed_gold);
             telemetry.committed.with_label_values(&["gold"]).inc_by(consumed_gold);
             let now = now_ms();
