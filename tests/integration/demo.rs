@@ -2,7 +2,7 @@
 //! simulated workforce labels, its quality gauges carry only bounded labels, and it stops by
 //! itself after `--duration`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,14 +18,7 @@ impl Drop for Running {
 }
 
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the demo");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    crate::http::get(addr, path).expect("the demo answers")
 }
 
 fn sample(metrics: &str, series: &str) -> Option<f64> {
@@ -44,13 +37,7 @@ fn demo_serves_live_metrics_and_stops_by_itself() {
     let mut stderr = BufReader::new(demo.0.stderr.take().unwrap());
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
-    let addr = first
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .to_string();
-    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let addr = crate::http::announced_address(&first);
 
     // Wait for data to flow: every scope gets its gauges.
     let deadline = Instant::now() + Duration::from_secs(6);

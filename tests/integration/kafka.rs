@@ -4,8 +4,7 @@
 //! service killed with SIGKILL and restarted converges to the same outputs.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,12 +57,7 @@ fn start_service(brokers: &str) -> Service {
 }
 
 fn metrics(addr: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect(addr) else { return String::new() };
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
+    crate::http::get(addr, "/metrics").map(|(_, body)| body).unwrap_or_default()
 }
 
 fn events_seen(addr: &str, topic: &str) -> u64 {

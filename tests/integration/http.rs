@@ -1,0 +1,24 @@
+//! A minimal HTTP/1.1 client for the tests' requests to services they started on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// `GET path` on `addr`: the status code and the body; `None` if nothing answers.
+pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// The `host:port` of a service's first stderr line, `... http://HOST:PORT/metrics ...`.
+pub fn announced_address(first_line: &str) -> String {
+    let addr = first_line.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default();
+    assert!(addr.starts_with("127.0.0.1:"), "no 127.0.0.1 address in {first_line:?}");
+    addr.to_string()
+}
