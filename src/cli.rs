@@ -272,6 +272,9 @@ fn run_report(args: ReportArgs) -> Result<()> {
         config.engine.epoch_events = epoch_events;
     }
     config.validate()?;
+    if args.labels.as_os_str() == "-" && args.gold.as_deref().is_some_and(|g| g.as_os_str() == "-") {
+        anyhow::bail!("--labels and --gold cannot both read standard input; give one of them a file");
+    }
     let request = ReportRequest {
         labels: args.labels,
         gold: args.gold,

@@ -104,6 +104,8 @@ fn config_errors_name_the_problem() {
     assert!(stderr.contains("unknown field `batch`"), "{stderr}");
     let out = labelqc(&["report", "--labels", "-", "--workers", "0"], Some(GOOD.as_bytes()));
     assert!(String::from_utf8_lossy(&out.stderr).contains("engine.workers"));
+    let out = labelqc(&["report", "--labels", "-", "--gold", "-"], Some(GOOD.as_bytes()));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot both read standard input"));
     let out = labelqc(&["report", "--labels", "/nonexistent/labels.jsonl"], None);
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent/labels.jsonl"));
 }
