@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Address of /metrics, /healthz and /readyz (`http.listen`).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
+    /// Publish outputs and commit offsets in one transaction per epoch (`kafka.exactly_once`).
+    #[arg(long)]
+    pub exactly_once: bool,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +226,9 @@ fn run_service(args: RunArgs) -> Result<()> {
     }
     if let Some(http) = args.http {
         config.http.listen = http;
+    }
+    if args.exactly_once {
+        config.kafka.exactly_once = true;
     }
     config.validate()?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

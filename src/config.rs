@@ -50,6 +50,10 @@ pub struct KafkaSettings {
     pub gold_topic: String,
     /// Longest time an epoch stays open while input flows, in milliseconds.
     pub epoch_interval_ms: u64,
+    /// Publish each epoch's outputs and commit its input offsets in one Kafka transaction.
+    pub exactly_once: bool,
+    /// The producer's `transactional.id` in exactly-once mode; one per running process.
+    pub transactional_id: String,
     /// Settings passed to librdkafka as they are, for consumer and producer alike
     /// (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
     pub client: BTreeMap<String, String>,
@@ -63,6 +67,8 @@ impl Default for KafkaSettings {
             labels_topic: "labelqc.labels".into(),
             gold_topic: "labelqc.gold".into(),
             epoch_interval_ms: 100,
+            exactly_once: false,
+            transactional_id: "labelqc".into(),
             client: BTreeMap::new(),
         }
     }

@@ -3,8 +3,9 @@
 //! keyed output topics (a tombstone when an entity disappears), refused records to the
 //! dead-letter topic, and metrics on `/metrics`.
 //!
-//! Guarantees: at least once. An epoch's outputs are flushed and their delivery confirmed before
-//! the input offsets it covers are committed. State lives in memory and is rebuilt on start by
+//! Guarantees: at least once by default: an epoch's outputs are delivered and acknowledged before
+//! the input offsets it covers are committed. With `kafka.exactly_once`, each epoch's outputs and
+//! input offsets are committed in one Kafka transaction. State lives in memory and is rebuilt on start by
 //! reading the input topics from the beginning (keep them compacted by identity so that this
 //! stays bounded); outputs are keyed, so re-publishing after a restart only repeats values, and a
 //! consumer of a compacted output topic sees what `labelqc report` says of the same input.
@@ -54,6 +55,8 @@ impl ProducerContext for DeliveryTracker {
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one wait for output delivery lasts before it is logged and retried.
 const FLUSH_POLL: Duration = Duration::from_secs(5);
+/// How long a transaction step may take before it counts as failed.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often consumer lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -156,13 +159,22 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         .set("auto.offset.reset", "earliest")
         .create()
         .context("cannot create the Kafka consumer; check [kafka] settings")?;
+    let mut producer_config = client.clone();
+    producer_config.set("linger.ms", "5");
+    if config.kafka.exactly_once {
+        producer_config.set("transactional.id", &config.kafka.transactional_id);
+    }
     let publisher = Publisher {
-        producer: client
-            .clone()
-            .set("linger.ms", "5")
+        producer: producer_config
             .create_with_context(DeliveryTracker::default())
             .context("cannot create the Kafka producer; check [kafka] settings")?,
     };
+    if config.kafka.exactly_once {
+        publisher
+            .producer
+            .init_transactions(TRANSACTION_TIMEOUT)
+            .context("cannot initialise Kafka transactions; the brokers must support them")?;
+    }
 
     // Rebuild state from the beginning of every input partition.
     let mut assignment = TopicPartitionList::new();
@@ -267,6 +279,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             engine.sync()?;
             let changes = engine.view().settle();
             let t_processed = opened.elapsed();
+            if config.kafka.exactly_once {
+                publisher.producer.begin_transaction().context("cannot begin a Kafka transaction")?;
+            }
             let outputs =
                 changes.scopes.len() + changes.annotators.len() + changes.pairs.len() + changes.items.len();
             for (key, value) in dead_letters.drain(..) {
@@ -282,9 +297,16 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                 }
             }
             let t_published = opened.elapsed();
-            publisher.confirm(&stop)?;
+            if config.kafka.exactly_once {
+                commit_transaction(&publisher, &consumer, &positions)?;
+                telemetry.transactions.inc();
+            } else {
+                publisher.confirm(&stop)?;
+            }
             let t_delivered = opened.elapsed();
-            commit(&consumer, &positions)?;
+            if !config.kafka.exactly_once {
+                commit(&consumer, &positions)?;
+            }
             tracing::debug!(
                 consumed,
                 outputs,
@@ -412,11 +434,40 @@ fn report_lag(
     }
 }
 
-fn commit(consumer: &BaseConsumer, positions: &HashMap<(String, i32), i64>) -> Result<()> {
+fn offsets(positions: &HashMap<(String, i32), i64>) -> Result<TopicPartitionList> {
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), next) in positions {
         offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
     }
-    consumer.commit(&offsets, CommitMode::Sync).context("cannot commit input offsets")?;
+    Ok(offsets)
+}
+
+fn commit(consumer: &BaseConsumer, positions: &HashMap<(String, i32), i64>) -> Result<()> {
+    consumer.commit(&offsets(positions)?, CommitMode::Sync).context("cannot commit input offsets")?;
+    Ok(())
+}
+
+/// Commits the open transaction: the epoch's outputs and its input offsets, together. On failure
+/// the transaction is aborted (consumers reading committed data never see its outputs).
+fn commit_transaction(
+    publisher: &Publisher,
+    consumer: &BaseConsumer,
+    positions: &HashMap<(String, i32), i64>,
+) -> Result<()> {
+    let producer = &publisher.producer;
+    let result = (|| -> Result<()> {
+        let group = consumer.group_metadata().context("the consumer has no group metadata")?;
+        producer.send_offsets_to_transaction(&offsets(positions)?, &group, TRANSACTION_TIMEOUT)?;
+        producer.commit_transaction(TRANSACTION_TIMEOUT)?;
+        Ok(())
+    })();
+    if let Err(error) = result {
+        let _ = producer.abort_transaction(TRANSACTION_TIMEOUT);
+        return Err(error.context("cannot commit the epoch's transaction; it was aborted"));
+    }
+    let failed = producer.context().failed.swap(0, Ordering::SeqCst);
+    if failed > 0 {
+        bail!("{failed} output message(s) were not delivered in a committed transaction");
+    }
     Ok(())
 }

@@ -35,6 +35,8 @@ pub struct Telemetry {
     pub consumer_lag: IntGaugeVec,
     /// Input messages whose outputs are delivered and whose offsets are committed, by topic.
     pub committed: IntCounterVec,
+    /// Kafka transactions committed (exactly-once mode).
+    pub transactions: IntCounter,
     scope_labels: IntGaugeVec,
     scope_items: IntGaugeVec,
     scope_annotators: IntGaugeVec,
@@ -100,9 +102,15 @@ impl Telemetry {
             "Input messages whose outputs are delivered and offsets committed, by topic.",
             &["topic"],
         )?;
+        let transactions = IntCounter::new(
+            "labelqc_transactions_committed_total",
+            "Kafka transactions committed, each an epoch's outputs with its input offsets.",
+        )?;
+        registry.register(Box::new(transactions.clone()))?;
         Ok(Telemetry {
             consumer_lag,
             committed,
+            transactions,
             scope_labels: int_gauge_vec("labelqc_scope_labels", "Live labels of the scope.", SCOPE)?,
             scope_items: int_gauge_vec("labelqc_scope_items", "Labelled items of the scope.", SCOPE)?,
             scope_annotators: int_gauge_vec(

@@ -36,8 +36,13 @@ impl Drop for Service {
 }
 
 fn start_service(brokers: &str) -> Service {
+    start_service_with(brokers, &[])
+}
+
+fn start_service_with(brokers: &str, extra: &[&str]) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
         .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0", "--group-id", "labelqc-test"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -243,6 +248,39 @@ fn killed_and_restarted_service_converges() {
     let service = start_service(&s.brokers);
     wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
     assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+}
+
+#[test]
+fn exactly_once_mode_commits_outputs_and_offsets_together() {
+    let s = setup(31);
+    produce(&s.producer, GOLD, &s.gold);
+    let (first, second) = s.labels.split_at(800);
+    produce(&s.producer, LABELS, first);
+    let mut service = start_service_with(&s.brokers, &["--exactly-once"]);
+    wait_for_events(&service, first.len() as u64, s.gold.len() as u64);
+    produce(&s.producer, LABELS, second);
+    // SIGKILL with a transaction possibly open; the restarted producer fences and aborts it.
+    std::thread::sleep(Duration::from_millis(150));
+    service.0.kill().unwrap();
+    service.0.wait().unwrap();
+
+    let service = start_service_with(&s.brokers, &["--exactly-once"]);
+    wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
+    // The reader sees committed transactions only (librdkafka reads read_committed by default).
+    assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+    let committed = |topic: &str| -> f64 {
+        metrics(&service.1)
+            .lines()
+            .filter(|l| l.starts_with(&format!("labelqc_input_committed_total{{topic=\"{topic}\"}}")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(committed("labels"), s.labels.len() as f64);
+    let transactions = metrics(&service.1)
+        .lines()
+        .find_map(|l| l.strip_prefix("labelqc_transactions_committed_total ")?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(transactions > 0.0, "no transaction was committed");
 }
 
 #[test]
