@@ -39,8 +39,6 @@ pub enum ItemFact {
     Coincidence { raters: u32, c: LabelId, k: LabelId, weight: u64 },
     /// One annotator's label on the item and how many others gave the same label.
     Annotator { annotator: AnnotatorId, raters: u32, same: u32 },
-    /// Two annotators (`a < b` by id) labelled the item `label_a` and `label_b`.
-    Pair { a: AnnotatorId, b: AnnotatorId, label_a: LabelId, label_b: LabelId },
     /// One of the most frequent labels (one fact per label when tied) and their count.
     Consensus { top: u32, label: LabelId },
 }
@@ -80,17 +78,17 @@ pub enum Fact {
     Consensus { scope: ScopeId, item: ItemId, top: u32, label: LabelId },
 }
 
-/// Summarises one item from its current `(annotator, label)` rows, sorted by annotator.
-/// `counts` is scratch space.
+/// Summarises one item from its current `(annotator, label)` rows, sorted by annotator; `None`
+/// for an item without labels. `counts` is scratch space.
 pub fn summarize_item(
     rows: &[(AnnotatorId, LabelId)],
     counts: &mut Vec<(LabelId, u32)>,
-    out: &mut Vec<(ItemFact, Diff)>,
-) {
+) -> Option<ItemSummary> {
     let raters = rows.len() as u32;
     if raters == 0 {
-        return;
+        return None;
     }
+    let mut out = Vec::with_capacity(3 * rows.len());
     counts.clear();
     for &(_, label) in rows {
         match counts.iter_mut().find(|(l, _)| *l == label) {
@@ -103,12 +101,12 @@ pub fn summarize_item(
     let count_of = |label: LabelId| counts.iter().find(|(l, _)| *l == label).map_or(0, |(_, n)| *n);
 
     let agreeing_pairs = counts.iter().map(|&(_, n)| u64::from(n) * u64::from(n - 1)).sum();
-    out.push((ItemFact::Stats { raters, agreeing_pairs }, 1));
+    out.push(ItemFact::Stats { raters, agreeing_pairs });
     for &(label, count) in counts {
-        out.push((ItemFact::Share { raters, label, count }, 1));
+        out.push(ItemFact::Share { raters, label, count });
     }
     for &(annotator, label) in rows {
-        out.push((ItemFact::Annotator { annotator, raters, same: count_of(label) - 1 }, 1));
+        out.push(ItemFact::Annotator { annotator, raters, same: count_of(label) - 1 });
     }
     if raters >= 2 {
         for (i, &(c, n_c)) in counts.iter().enumerate() {
@@ -119,15 +117,16 @@ pub fn summarize_item(
                     u64::from(n_c) * u64::from(n_k)
                 };
                 if weight > 0 {
-                    out.push((ItemFact::Coincidence { raters, c, k, weight }, 1));
+                    out.push(ItemFact::Coincidence { raters, c, k, weight });
                 }
             }
         }
     }
     let top = counts.iter().map(|&(_, n)| n).max().unwrap_or(0);
     for &(label, _) in counts.iter().filter(|&&(_, n)| n == top) {
-        out.push((ItemFact::Consensus { top, label }, 1));
+        out.push(ItemFact::Consensus { top, label });
     }
+    Some(ItemSummary(out))
 }
 
 /// Builds the quality dataflow over live labels and gold answers.
@@ -147,15 +146,11 @@ pub fn quality_facts<'s>(
         .reduce_abelian::<_, ValBuilder<ItemKey, ItemSummary, Time, Diff>, ValSpine<ItemKey, ItemSummary, Time, Diff>, _, _>(
             "SummarizeItem",
             {
-                let (mut rows, mut counts, mut facts) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut rows, mut counts) = (Vec::new(), Vec::new());
                 move |_item, input, output| {
                     rows.clear();
                     rows.extend(input.iter().filter(|(_, diff)| *diff > 0).map(|(row, _)| **row));
-                    facts.clear();
-                    summarize_item(&rows, &mut counts, &mut facts);
-                    if !facts.is_empty() {
-                        output.push((ItemSummary(facts.iter().map(|(f, _)| *f).collect()), 1));
-                    }
+                    output.extend(summarize_item(&rows, &mut counts).map(|summary| (summary, 1)));
                 }
             },
             |vec, key, upds| {
