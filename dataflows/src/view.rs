@@ -87,6 +87,13 @@ struct AnnotatorState {
     gold: [i64; 2],
 }
 
+impl AnnotatorState {
+    /// No labels and no gold answers: the annotator has left the scope.
+    fn is_empty(&self) -> bool {
+        self.by_raters.is_empty() && self.gold == [0, 0]
+    }
+}
+
 /// One annotator pair (`a < b` by id) within a scope.
 #[derive(Debug, Default)]
 struct PairState {
@@ -299,7 +306,7 @@ impl QualityView {
         }
         for &(scope, annotator) in &self.dirty.annotators {
             let s = &mut self.scopes[scope as usize];
-            if s.annotators.get(&annotator).is_some_and(|a| a.by_raters.is_empty() && a.gold == [0, 0]) {
+            if s.annotators.get(&annotator).is_some_and(AnnotatorState::is_empty) {
                 s.annotators.remove(&annotator);
             }
         }
@@ -454,7 +461,7 @@ impl ScopeState {
     /// Recomputes the kappa sum over every pair, dropping empty pairs and annotators.
     fn recount_kappas(&mut self) {
         self.pairs.retain(|_, p| !p.cells.is_empty());
-        self.annotators.retain(|_, a| !(a.by_raters.is_empty() && a.gold == [0, 0]));
+        self.annotators.retain(|_, a| !a.is_empty());
         let (mut sum, mut count) = (0i128, 0i64);
         for pair in self.pairs.values_mut() {
             pair.refresh();
