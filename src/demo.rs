@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use hdrhistogram::Histogram;
 use labelqc_dataflows::engine::{Engine, EngineConfig};
-use labelqc_dataflows::event::{parse_gold_event, parse_label_event, Op};
-use labelqc_dataflows::source::Source;
+use labelqc_dataflows::source::{Source, Stream};
 use labelqc_dataflows::view::QualityView;
 
 use crate::gen::{GenSpec, Traffic};
@@ -59,7 +57,6 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     )?;
     let mut traffic = Traffic::new(&settings.traffic)?;
     let mut source = Source::default();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let full_screen = settings.full_screen && std::io::stdout().is_terminal();
 
     let start = Instant::now();
@@ -77,31 +74,10 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         for _ in fed..due {
             traffic.next_event(Some(created), &mut label_lines, &mut gold_lines);
         }
-        for line in gold_lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let text = std::str::from_utf8(line).context("generated gold is UTF-8")?;
-            match parse_gold_event(text) {
-                Ok(event) => {
-                    source.apply_gold(&event, &mut updates);
-                    telemetry.events.with_label_values(&["gold", "ok"]).inc();
-                }
-                Err(_) => {
-                    telemetry.events.with_label_values(&["gold", "invalid"]).inc();
-                    telemetry.dead_letters.with_label_values(&["gold"]).inc();
-                }
-            }
-        }
-        for line in label_lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let text = std::str::from_utf8(line).context("generated labels are UTF-8")?;
-            match parse_label_event(text) {
-                Ok(event) => {
-                    source.apply_label(&event, &mut updates);
-                    let result = if event.op == Op::Delete { "deleted" } else { "ok" };
-                    telemetry.events.with_label_values(&["labels", result]).inc();
-                }
-                Err(_) => {
-                    telemetry.events.with_label_values(&["labels", "invalid"]).inc();
-                    telemetry.dead_letters.with_label_values(&["labels"]).inc();
-                }
+        for (stream, lines) in [(Stream::Gold, &gold_lines), (Stream::Labels, &label_lines)] {
+            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let text = std::str::from_utf8(line).context("generated traffic is UTF-8")?;
+                telemetry.count_record(stream, &source.apply_record(stream, text, &mut updates));
             }
         }
         fed = due;
@@ -119,20 +95,13 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         telemetry.epochs.inc();
         telemetry.output_event_time.set(created as f64 / 1000.0);
         telemetry.output_updated.set(now_ms() as f64 / 1000.0);
-        let waited = (now_ms() - created).max(0) as u64 * 1000;
-        let _ = latency.record(waited.max(1));
-        for (name, q) in [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999)] {
-            telemetry
-                .processing_latency
-                .with_label_values(&[name])
-                .set(latency.value_at_quantile(q) as f64 / 1e6);
-        }
+        telemetry.observe_latency(Duration::from_millis((now_ms() - created).max(0) as u64));
         ready.store(true, Ordering::SeqCst);
 
         if last_refresh.elapsed() >= REFRESH {
             let rate = (fed - fed_at_refresh) as f64 / last_refresh.elapsed().as_secs_f64();
             let view = engine.view();
-            let screen = render(&view, &source, start.elapsed(), fed, rate, &latency);
+            let screen = render(&view, &source, start.elapsed(), fed, rate, &telemetry);
             drop(view);
             let mut out = std::io::stdout().lock();
             if full_screen {
@@ -176,15 +145,15 @@ fn render(
     elapsed: Duration,
     fed: u64,
     rate: f64,
-    latency: &Histogram<u64>,
+    telemetry: &Telemetry,
 ) -> String {
     let catalog = &source.catalog;
     let mut out = format!(
         "labelqc demo  t={:.0}s  events={fed}  {rate:.0} events/s  live labels={}  latency p50={:.1}ms p99={:.1}ms\n\n",
         elapsed.as_secs_f64(),
         source.live_labels(),
-        latency.value_at_quantile(0.5) as f64 / 1e3,
-        latency.value_at_quantile(0.99) as f64 / 1e3,
+        telemetry.latency_quantile(0.5).as_secs_f64() * 1e3,
+        telemetry.latency_quantile(0.99).as_secs_f64() * 1e3,
     );
     out.push_str(&format!(
         "{:<28} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}\n",

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use labelqc_dataflows::engine::{Engine, EngineConfig};
-use labelqc_dataflows::event::{parse_gold_event, parse_label_event};
-use labelqc_dataflows::source::{Source, Update};
+use labelqc_dataflows::source::{Source, Stream, Update};
 use labelqc_dataflows::view::{QualityView, Report};
 
 use crate::config::EngineSettings;
@@ -37,12 +36,6 @@ pub struct ReportOutcome {
     pub live_labels: usize,
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Labels,
-    Gold,
-}
-
 /// Runs the dataflows over the request's files. Every refused line is passed to `on_dead_letter`.
 pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter)) -> Result<ReportOutcome> {
     let start = Instant::now();
@@ -58,9 +51,9 @@ pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter))
         Feeder { engine: &mut engine, source: &mut source, pending: Vec::new(), events: 0, dead: 0 };
 
     if let Some(gold) = &request.gold {
-        feeder.feed_file(gold, Kind::Gold, request, &mut on_dead_letter)?;
+        feeder.feed_file(gold, Stream::Gold, request, &mut on_dead_letter)?;
     }
-    feeder.feed_file(&request.labels, Kind::Labels, request, &mut on_dead_letter)?;
+    feeder.feed_file(&request.labels, Stream::Labels, request, &mut on_dead_letter)?;
     feeder.flush()?;
     let (events, dead_letters) = (feeder.events, feeder.dead);
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, events, "input read");
@@ -92,7 +85,7 @@ impl Feeder<'_> {
     fn feed_file(
         &mut self,
         path: &Path,
-        kind: Kind,
+        stream: Stream,
         request: &ReportRequest,
         on_dead_letter: &mut impl FnMut(&DeadLetter),
     ) -> Result<()> {
@@ -106,14 +99,11 @@ impl Feeder<'_> {
                 None => break,
                 Some(Line::Blank) => continue,
                 Some(Line::NotUtf8) => Err(input::NOT_UTF8.to_string()),
-                Some(Line::Record(text)) => match kind {
-                    Kind::Labels => parse_label_event(text)
-                        .map(|event| self.source.apply_label(&event, &mut self.pending))
-                        .map_err(|e| e.to_string()),
-                    Kind::Gold => parse_gold_event(text)
-                        .map(|event| self.source.apply_gold(&event, &mut self.pending))
-                        .map_err(|e| e.to_string()),
-                },
+                Some(Line::Record(text)) => self
+                    .source
+                    .apply_record(stream, text, &mut self.pending)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
             };
             self.events += 1;
             if let Err(reason) = result {

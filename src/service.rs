@@ -16,10 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use hdrhistogram::Histogram;
 use labelqc_dataflows::engine::{Engine, EngineConfig};
-use labelqc_dataflows::event::{parse_gold_event, parse_label_event, Op};
-use labelqc_dataflows::source::Source;
+use labelqc_dataflows::source::{Source, Stream};
 use labelqc_dataflows::view::{Changes, QualityView};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -204,7 +202,6 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         QualityView::with_change_tracking(),
     )?;
     let mut source = Source::default();
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
     let interval = Duration::from_millis(config.kafka.epoch_interval_ms);
     let mut updates = Vec::new();
@@ -229,9 +226,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             };
             consumed += 1;
             let topic = message.topic();
-            let is_gold = topic == config.kafka.gold_topic;
-            let kind = if is_gold { "gold" } else { "labels" };
-            consumed_gold += u64::from(is_gold);
+            let stream = if topic == config.kafka.gold_topic { Stream::Gold } else { Stream::Labels };
+            consumed_gold += u64::from(stream == Stream::Gold);
             positions.insert((topic.to_string(), message.partition()), message.offset() + 1);
             if let Some(ts) = message.timestamp().to_millis() {
                 oldest_ts = Some(oldest_ts.map_or(ts, |o| o.min(ts)));
@@ -240,37 +236,19 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             let payload = message.payload().unwrap_or_default();
             let outcome = match std::str::from_utf8(payload) {
                 Err(_) => Err("message is not valid UTF-8".to_string()),
-                Ok(text) if is_gold => parse_gold_event(text)
-                    .map(|event| {
-                        source.apply_gold(&event, &mut updates);
-                        event.op
-                    })
-                    .map_err(|e| e.to_string()),
-                Ok(text) => parse_label_event(text)
-                    .map(|event| {
-                        source.apply_label(&event, &mut updates);
-                        event.op
-                    })
-                    .map_err(|e| e.to_string()),
+                Ok(text) => source.apply_record(stream, text, &mut updates).map_err(|e| e.to_string()),
             };
-            match outcome {
-                Ok(op) => {
-                    let result = if op == Op::Delete { "deleted" } else { "ok" };
-                    telemetry.events.with_label_values(&[kind, result]).inc();
-                }
-                Err(reason) => {
-                    telemetry.events.with_label_values(&[kind, "invalid"]).inc();
-                    telemetry.dead_letters.with_label_values(&[kind]).inc();
-                    let letter = DeadLetter {
-                        topic,
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        reason,
-                        raw: String::from_utf8_lossy(payload).into_owned(),
-                    };
-                    let key = format!("{topic}/{}/{}", message.partition(), message.offset());
-                    dead_letters.push((key, serde_json::to_vec(&letter)?));
-                }
+            telemetry.count_record(stream, &outcome);
+            if let Err(reason) = outcome {
+                let letter = DeadLetter {
+                    topic,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    reason,
+                    raw: String::from_utf8_lossy(payload).into_owned(),
+                };
+                let key = format!("{topic}/{}/{}", message.partition(), message.offset());
+                dead_letters.push((key, serde_json::to_vec(&letter)?));
             }
         }
         if consumed > 0 {
@@ -326,13 +304,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                 telemetry.output_event_time.set(ts as f64 / 1000.0);
             }
             if let Some(ts) = oldest_ts {
-                let _ = latency.record(((now - ts).max(0) as u64 * 1000).max(1));
-                for (name, q) in [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999)] {
-                    telemetry
-                        .processing_latency
-                        .with_label_values(&[name])
-                        .set(latency.value_at_quantile(q) as f64 / 1e6);
-                }
+                telemetry.observe_latency(Duration::from_millis((now - ts).max(0) as u64));
             }
         }
         if last_lag.elapsed() >= LAG_INTERVAL {

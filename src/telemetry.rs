@@ -2,10 +2,16 @@
 //! units; labels are bounded (project, task, window, topic, result, level, quantile): never an
 //! annotator or item id. An undefined number (null in the report) has no series rather than NaN.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
 use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use labelqc_dataflows::event::Op;
+use labelqc_dataflows::source::Stream;
 use labelqc_dataflows::view::ScopeSummary;
 
 /// Why telemetry could not be set up.
@@ -30,7 +36,9 @@ pub struct Telemetry {
     /// Wall-clock time at which output was last brought up to date.
     pub output_updated: Gauge,
     /// Time from an event's creation to its effects in the published state, by quantile.
-    pub processing_latency: GaugeVec,
+    processing_latency: GaugeVec,
+    /// The distribution behind `processing_latency`, in microseconds.
+    latency: Mutex<Histogram<u64>>,
     /// Messages not yet processed, by input topic.
     pub consumer_lag: IntGaugeVec,
     /// Input messages whose outputs are delivered and whose offsets are committed, by topic.
@@ -108,6 +116,9 @@ impl Telemetry {
         )?;
         registry.register(Box::new(transactions.clone()))?;
         Ok(Telemetry {
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            ),
             consumer_lag,
             committed,
             transactions,
@@ -182,6 +193,36 @@ impl Telemetry {
         }
         set_or_remove(&self.scope_gold_accuracy, &labels, scope.gold.as_ref().map(|g| g.accuracy));
         self.scope_gold_answers.with_label_values(&labels).set(scope.gold.as_ref().map_or(0, |g| g.n));
+    }
+
+    /// Counts one input record by stream and result (`ok`, `deleted`, `invalid`); a refused
+    /// record is also a dead letter.
+    pub fn count_record<E>(&self, stream: Stream, outcome: &Result<Op, E>) {
+        let result = match outcome {
+            Ok(Op::Upsert) => "ok",
+            Ok(Op::Delete) => "deleted",
+            Err(_) => {
+                self.dead_letters.with_label_values(&[stream.name()]).inc();
+                "invalid"
+            }
+        };
+        self.events.with_label_values(&[stream.name(), result]).inc();
+    }
+
+    /// Records one processing latency and republishes the quantiles.
+    pub fn observe_latency(&self, latency: Duration) {
+        let mut histogram = self.latency.lock().expect("latency histogram poisoned");
+        let _ = histogram.record((latency.as_micros() as u64).max(1));
+        for (name, q) in [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999)] {
+            self.processing_latency
+                .with_label_values(&[name])
+                .set(histogram.value_at_quantile(q) as f64 / 1e6);
+        }
+    }
+
+    /// A quantile of the processing latencies recorded so far.
+    pub fn latency_quantile(&self, q: f64) -> Duration {
+        Duration::from_micros(self.latency.lock().expect("latency histogram poisoned").value_at_quantile(q))
     }
 
     /// The exposition in the Prometheus text format.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use crate::event::{GoldEvent, LabelEvent};
+use crate::event::{parse_gold_event, parse_label_event, GoldEvent, LabelEvent, Op, ParseError};
 use crate::label::{LabelId, LabelTable};
 
 /// Compact id of a (project, task) scope.
@@ -103,6 +103,23 @@ pub enum Update {
     Gold { item: ItemKey, label: LabelId, diff: i64 },
 }
 
+/// The input a record belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Labels,
+    Gold,
+}
+
+impl Stream {
+    /// The stream's name in metrics and messages: `labels` or `gold`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Labels => "labels",
+            Stream::Gold => "gold",
+        }
+    }
+}
+
 /// Interns events and applies upsert/delete semantics, emitting the resulting [`Update`]s.
 #[derive(Debug, Default)]
 pub struct Source {
@@ -150,6 +167,27 @@ impl Source {
         }
         if let Some(label) = new {
             out.push(Update::Gold { item, label, diff: 1 });
+        }
+    }
+
+    /// Parses one record of `stream` and applies it; returns its operation, or why it was refused.
+    pub fn apply_record(
+        &mut self,
+        stream: Stream,
+        record: &str,
+        out: &mut Vec<Update>,
+    ) -> Result<Op, ParseError> {
+        match stream {
+            Stream::Labels => {
+                let event = parse_label_event(record)?;
+                self.apply_label(&event, out);
+                Ok(event.op)
+            }
+            Stream::Gold => {
+                let event = parse_gold_event(record)?;
+                self.apply_gold(&event, out);
+                Ok(event.op)
+            }
         }
     }
 
