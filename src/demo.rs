@@ -163,8 +163,8 @@ fn render(
     let mut scopes: Vec<_> = (0..catalog.scope_count()).collect();
     scopes.sort_by_key(|&s| catalog.scope_name(s));
     for scope in scopes {
-        let Some(report) = view.scope_report(scope, catalog, false) else { continue };
-        let s = &report.summary;
+        // The summary and the annotators only: forming every pair each second is not needed here.
+        let Some(s) = view.scope_summary(scope, catalog) else { continue };
         out.push_str(&format!(
             "{:<28} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}\n",
             format!("{}/{}", s.project, s.task),
@@ -176,7 +176,7 @@ fn render(
             fmt(s.agreement.mean_cohen_kappa),
             fmt(s.gold.as_ref().map(|g| g.accuracy)),
         ));
-        for a in report.annotators.into_iter().filter(|a| a.n_labels >= 20) {
+        for a in view.annotators(scope, catalog).into_iter().filter(|a| a.n_labels >= 20) {
             if let Some(agreement) = a.agreement_with_others {
                 attention.push((agreement, format!("{}/{}", s.project, s.task), a));
             }

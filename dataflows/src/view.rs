@@ -345,6 +345,15 @@ impl QualityView {
         annotator_report(annotator, state, catalog)
     }
 
+    /// The objects of every annotator with labels in the scope, by id.
+    pub fn annotators(&self, scope: ScopeId, catalog: &Catalog) -> Vec<AnnotatorReport> {
+        let Some(s) = self.scope(scope) else { return Vec::new() };
+        let mut annotators: Vec<AnnotatorReport> =
+            s.annotators.iter().filter_map(|(&id, a)| annotator_report(id, a, catalog)).collect();
+        annotators.sort_by(|x, y| x.annotator_id.cmp(&y.annotator_id));
+        annotators
+    }
+
     /// The consensus object of an item, if it has labels.
     pub fn item(&self, scope: ScopeId, item: ItemId, catalog: &Catalog) -> Option<ItemConsensus> {
         item_consensus(self.scope(scope)?.consensus.get(&item)?, catalog)
@@ -383,9 +392,7 @@ impl QualityView {
         keys.sort_unstable();
         let pairs: Vec<PairReport> =
             keys.iter().filter_map(|&(_, key)| pair_report(key, &s.pairs[&key], catalog)).collect();
-        let mut annotators: Vec<AnnotatorReport> =
-            s.annotators.iter().filter_map(|(&id, a)| annotator_report(id, a, catalog)).collect();
-        annotators.sort_by(|x, y| x.annotator_id.cmp(&y.annotator_id));
+        let annotators = self.annotators(scope, catalog);
         let items = with_items.then(|| {
             s.consensus
                 .iter()
