@@ -22,7 +22,7 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 }
 
 fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    crate::http::samples(metrics, series).next()
 }
 
 #[test]

@@ -16,6 +16,12 @@ pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// The values of the samples in a Prometheus exposition whose line starts with `prefix`
+/// (a metric name, or a name with some of its labels).
+pub fn samples<'a>(metrics: &'a str, prefix: &'a str) -> impl Iterator<Item = f64> + 'a {
+    metrics.lines().filter(move |l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// The `host:port` of a service's first stderr line, `... http://HOST:PORT/metrics ...`.
 pub fn announced_address(first_line: &str) -> String {
     let addr = first_line.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default();

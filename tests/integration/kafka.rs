@@ -18,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::compare::mismatches;
+use crate::http::samples;
 
 const LABELS: &str = "labelqc.labels";
 const GOLD: &str = "labelqc.gold";
@@ -66,10 +67,12 @@ fn metrics(addr: &str) -> String {
 }
 
 fn events_seen(addr: &str, topic: &str) -> u64 {
-    metrics(addr)
+    let metrics = metrics(addr);
+    let topic = format!("topic=\"{topic}\"");
+    metrics
         .lines()
-        .filter(|l| l.starts_with("labelqc_events_total{") && l.contains(&format!("topic=\"{topic}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter(|l| l.starts_with("labelqc_events_total{") && l.contains(&topic))
+        .flat_map(|l| samples(l, ""))
         .sum::<f64>() as u64
 }
 
@@ -268,18 +271,10 @@ fn exactly_once_mode_commits_outputs_and_offsets_together() {
     wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
     // The reader sees committed transactions only (librdkafka reads read_committed by default).
     assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
-    let committed = |topic: &str| -> f64 {
-        metrics(&service.1)
-            .lines()
-            .filter(|l| l.starts_with(&format!("labelqc_input_committed_total{{topic=\"{topic}\"}}")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    assert_eq!(committed("labels"), s.labels.len() as f64);
-    let transactions = metrics(&service.1)
-        .lines()
-        .find_map(|l| l.strip_prefix("labelqc_transactions_committed_total ")?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let metrics = metrics(&service.1);
+    let committed: f64 = samples(&metrics, "labelqc_input_committed_total{topic=\"labels\"}").sum();
+    assert_eq!(committed, s.labels.len() as f64);
+    let transactions: f64 = samples(&metrics, "labelqc_transactions_committed_total ").sum();
     assert!(transactions > 0.0, "no transaction was committed");
 }
 
