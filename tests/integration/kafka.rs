@@ -36,11 +36,7 @@ impl Drop for Service {
     }
 }
 
-fn start_service(brokers: &str) -> Service {
-    start_service_with(brokers, &[])
-}
-
-fn start_service_with(brokers: &str, extra: &[&str]) -> Service {
+fn start_service(brokers: &str, extra: &[&str]) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
         .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0", "--group-id", "labelqc-test"])
         .args(extra)
@@ -219,7 +215,7 @@ fn outputs_equal_the_report_and_bad_messages_are_dead_lettered() {
     produce(&s.producer, LABELS, &MALFORMED.map(String::from));
     produce(&s.producer, LABELS, second);
 
-    let service = start_service(&s.brokers);
+    let service = start_service(&s.brokers, &[]);
     wait_for_events(&service, (s.labels.len() + MALFORMED.len()) as u64, s.gold.len() as u64);
     assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
 
@@ -233,44 +229,37 @@ fn outputs_equal_the_report_and_bad_messages_are_dead_lettered() {
     }
 }
 
-#[test]
-fn killed_and_restarted_service_converges() {
-    let s = setup(23);
+/// Produces the first `split` labels, runs the service until it has them, produces the rest,
+/// kills the service with SIGKILL while they may be in flight, restarts it and waits until it has
+/// read everything; checks that the outputs equal the report. Returns the restarted service.
+fn kill_and_restart(s: &Setup, split: usize, extra: &[&str]) -> Service {
     produce(&s.producer, GOLD, &s.gold);
-    let (first, second) = s.labels.split_at(900);
+    let (first, second) = s.labels.split_at(split);
     produce(&s.producer, LABELS, first);
-
-    let mut service = start_service(&s.brokers);
+    let mut service = start_service(&s.brokers, extra);
     wait_for_events(&service, first.len() as u64, s.gold.len() as u64);
     produce(&s.producer, LABELS, second);
-    // SIGKILL while the second half may be in flight.
     std::thread::sleep(Duration::from_millis(150));
     service.0.kill().unwrap();
     service.0.wait().unwrap();
 
-    let service = start_service(&s.brokers);
+    let service = start_service(&s.brokers, extra);
     wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
     assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+    service
+}
+
+#[test]
+fn killed_and_restarted_service_converges() {
+    kill_and_restart(&setup(23), 900, &[]);
 }
 
 #[test]
 fn exactly_once_mode_commits_outputs_and_offsets_together() {
+    // A transaction may be open at the SIGKILL; the restarted producer fences and aborts it, and
+    // the reader sees committed transactions only (librdkafka reads read_committed by default).
     let s = setup(31);
-    produce(&s.producer, GOLD, &s.gold);
-    let (first, second) = s.labels.split_at(800);
-    produce(&s.producer, LABELS, first);
-    let mut service = start_service_with(&s.brokers, &["--exactly-once"]);
-    wait_for_events(&service, first.len() as u64, s.gold.len() as u64);
-    produce(&s.producer, LABELS, second);
-    // SIGKILL with a transaction possibly open; the restarted producer fences and aborts it.
-    std::thread::sleep(Duration::from_millis(150));
-    service.0.kill().unwrap();
-    service.0.wait().unwrap();
-
-    let service = start_service_with(&s.brokers, &["--exactly-once"]);
-    wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
-    // The reader sees committed transactions only (librdkafka reads read_committed by default).
-    assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+    let service = kill_and_restart(&s, 800, &["--exactly-once"]);
     let metrics = metrics(&service.1);
     let committed: f64 = samples(&metrics, "labelqc_input_committed_total{topic=\"labels\"}").sum();
     assert_eq!(committed, s.labels.len() as f64);
@@ -284,7 +273,7 @@ fn survives_a_broker_outage() {
     produce(&s.producer, GOLD, &s.gold);
     let (first, second) = s.labels.split_at(1000);
     produce(&s.producer, LABELS, first);
-    let service = start_service(&s.brokers);
+    let service = start_service(&s.brokers, &[]);
     wait_for_events(&service, first.len() as u64, s.gold.len() as u64);
 
     produce(&s.producer, LABELS, second);
