@@ -9,8 +9,7 @@
 //!
 //! Run with `cargo bench --bench kafka` (`-- --events N --seconds S` to change the defaults).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,10 @@ use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+
+/// The integration tests' HTTP client and exposition reader.
+#[path = "../tests/integration/http.rs"]
+mod http;
 
 const LABELS: &str = "labelqc.labels";
 const GOLD: &str = "labelqc.gold";
@@ -139,7 +142,7 @@ fn start_service(brokers: &str, group: &str) -> Service {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
-    let addr = first.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    let addr = http::announced_address(&first);
     std::thread::spawn(move || {
         // The service's log goes to this benchmark's stderr (set LABELQC_LOG=debug for epochs).
         let mut line = String::new();
@@ -152,19 +155,11 @@ fn start_service(brokers: &str, group: &str) -> Service {
 }
 
 fn metrics(addr: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect(addr) else { return String::new() };
-    let _ = write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
+    http::get(addr, "/metrics").map(|(_, body)| body).unwrap_or_default()
 }
 
 fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    http::samples(metrics, series).sum()
 }
 
 fn wait_for(service: &Service, labels: usize) -> Instant {
