@@ -286,6 +286,7 @@ fn run_report(args: ReportArgs) -> Result<()> {
         gold: args.gold,
         with_items: args.items,
         strict: args.strict,
+        drift: config.drift_settings(),
         engine: config.engine,
         progress: true,
     };

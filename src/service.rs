@@ -199,7 +199,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             workers: config.engine.workers,
             max_epochs_in_flight: config.engine.max_epochs_in_flight,
         },
-        QualityView::with_change_tracking(),
+        QualityView::with_change_tracking().with_drift(config.drift_settings()),
     )?;
     let mut source = Source::default();
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
@@ -255,7 +255,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             let t_consumed = opened.elapsed();
             engine.submit(std::mem::take(&mut updates))?;
             engine.sync()?;
-            let changes = engine.view().settle();
+            let changes = engine.view().settle(&source.catalog);
             let t_processed = opened.elapsed();
             if config.kafka.exactly_once {
                 publisher.producer.begin_transaction().context("cannot begin a Kafka transaction")?;
@@ -268,6 +268,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             {
                 let view = engine.view();
                 publish(&publisher, config, &view, &source, &changes)?;
+                telemetry.count_changes(&changes);
+                telemetry.set_drift(&view.drift_summary(&source.catalog));
                 for &scope in &changes.scopes {
                     if let Some(summary) = view.scope_summary(scope, &source.catalog) {
                         telemetry.set_scope(&summary, ALL_TIME);
@@ -379,6 +381,13 @@ fn publish(
             None => None,
         };
         publisher.send(&config.outputs.items, &format!("{project}/{task}/{item_id}"), value.as_deref())?;
+    }
+    for record in &changes.gates {
+        let key = format!("{}/{}", record.project, record.annotator_id);
+        publisher.send_json(&config.outputs.gating, &key, Some(record))?;
+    }
+    for (id, alert) in &changes.alerts {
+        publisher.send_json(&config.outputs.alerts, id, alert.as_ref())?;
     }
     Ok(())
 }

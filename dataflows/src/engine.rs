@@ -282,8 +282,8 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
             Some(Command::Epoch { epoch, updates }) => {
                 for update in updates {
                     match update {
-                        Update::Label { item, annotator, label, diff } => {
-                            labels.update((item, (annotator, label)), diff)
+                        Update::Label { item, annotator, label, stamp, diff } => {
+                            labels.update((item, (annotator, label, stamp)), diff)
                         }
                         Update::Gold { item, label, diff } => gold.update((item, label), diff),
                     }
@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn settle_names_exactly_what_a_relabel_touched() {
         let (mut source, mut engine) = load(2, 3);
-        engine.view().settle();
+        engine.view().settle(&source.catalog);
         // Annotator c changes its label on i1: the default scope, item i1, its three annotators
         // and the pairs (a, c) and (b, c) change; the pair (a, b) and the other scope do not.
         let mut updates = Vec::new();
@@ -369,8 +369,8 @@ mod tests {
         engine.submit(updates).unwrap();
         engine.sync().unwrap();
         let mut view = engine.view();
-        let changes = view.settle();
         let catalog = &source.catalog;
+        let changes = view.settle(catalog);
         let id = |name: &str| catalog.annotators.lookup(name).unwrap();
         let scope = 0;
         let item = catalog.items.lookup("i1").unwrap();
@@ -392,7 +392,7 @@ mod tests {
         let summary = view.scope_summary(scope, catalog).unwrap();
         assert_eq!(summary.gold.unwrap().correct, 3);
         assert_eq!(view.pair(scope, id("c"), id("b"), catalog).unwrap().n_shared, 1);
-        assert_eq!(view.settle(), Changes::default(), "nothing changed since");
+        assert_eq!(view.settle(catalog), Changes::default(), "nothing changed since");
     }
 
     #[test]

@@ -92,6 +92,7 @@ fn engine_report(labels: &[String], gold: &[String], workers: usize, epoch_event
         with_items: true,
         strict: true,
         engine: EngineSettings { workers, epoch_events, max_epochs_in_flight: 2 },
+        drift: Default::default(),
         progress: false,
     };
     let outcome = report::run(&request, |letter| panic!("unexpected bad line {letter}")).unwrap();
