@@ -360,7 +360,8 @@ mod tests {
         let (mut source, mut engine) = load(2, 3);
         engine.view().settle(&source.catalog);
         // Annotator c changes its label on i1: the default scope, item i1, its three annotators
-        // and the pairs (a, c) and (b, c) change; the pair (a, b) and the other scope do not.
+        // and the pairs (a, c) and (b, c) change; the pair (a, b) and the other scope do not,
+        // except c's object there, which carries c's project-wide gate (its gold answer changed).
         let mut updates = Vec::new();
         source.apply_label(
             &parse_label_event(r#"{"item_id":"i1","annotator_id":"c","label":"x","ts":9}"#).unwrap(),
@@ -376,7 +377,7 @@ mod tests {
         let item = catalog.items.lookup("i1").unwrap();
         assert_eq!(changes.scopes, vec![scope]);
         assert_eq!(changes.items, vec![(scope, item)]);
-        let mut annotators = vec![(scope, id("a")), (scope, id("b")), (scope, id("c"))];
+        let mut annotators = vec![(scope, id("a")), (scope, id("b")), (scope, id("c")), (1, id("c"))];
         annotators.sort();
         assert_eq!(changes.annotators, annotators);
         let pair = |x: &str, y: &str| (scope, id(x).min(id(y)), id(x).max(id(y)));
@@ -386,6 +387,8 @@ mod tests {
         // The renderers agree with the full report.
         let c = view.annotator(scope, id("c"), catalog).unwrap();
         assert_eq!(c.gold.unwrap().correct, 1);
+        assert_eq!(c.gate.unwrap().evidence.correct, 1);
+        assert_eq!(changes.gates, vec![], "evidence alone is no gate decision");
         let consensus = view.item(scope, item, catalog).unwrap();
         assert_eq!(consensus.consensus, serde_json::json!("x"));
         assert!(!consensus.tied);

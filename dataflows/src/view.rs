@@ -424,6 +424,8 @@ impl QualityView {
             let project = catalog.scope_name(scope).0;
             let config = self.drift.for_project(project);
             let s = &mut self.scopes[scope as usize];
+            // Gold answers can change the gate without changing any signal.
+            gate_keys.insert((project.to_string(), annotator), ());
             let Some(a) = s.annotators.get_mut(&annotator) else { continue };
             let new = (!a.drift.is_empty()).then(|| drift::evaluate(&a.drift, &s.drift, config, &label_name));
             if new == a.timeline {
@@ -438,7 +440,6 @@ impl QualityView {
                     }
                 }
             }
-            gate_keys.insert((project.to_string(), annotator), ());
             alert_scopes.push(scope);
             if self.track_changes {
                 self.dirty.annotators.insert((scope, annotator));
