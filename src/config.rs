@@ -191,7 +191,9 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        self.drift_settings().validate().map_err(|e| ConfigError::Value { field: "drift", message: e.to_string() })
+        self.drift_settings()
+            .validate()
+            .map_err(|e| ConfigError::Value { field: "drift", message: e.to_string() })
     }
 
     /// The drift settings of every project.

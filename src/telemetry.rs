@@ -11,9 +11,9 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::event::Op;
 use labelqc_dataflows::source::Stream;
-use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::view::{Changes, DriftSummary, ScopeSummary};
 
 /// Why telemetry could not be set up.
@@ -263,7 +263,9 @@ impl Telemetry {
             for signal in Signal::ALL {
                 for state in SignalState::ALL {
                     let n = summary.signals.get(&(project.to_string(), signal, state)).copied().unwrap_or(0);
-                    self.annotators_signal_state.with_label_values(&[project, signal.name(), state.name()]).set(n);
+                    self.annotators_signal_state
+                        .with_label_values(&[project, signal.name(), state.name()])
+                        .set(n);
                 }
             }
             for severity in Severity::ALL {
@@ -275,7 +277,9 @@ impl Telemetry {
         self.watchlist_gold.reset();
         for entry in &summary.watchlist {
             let (project, annotator) = (entry.project.as_str(), entry.annotator_id.as_str());
-            self.watchlist_score.with_label_values(&[project, entry.signal.name(), annotator]).set(entry.score);
+            self.watchlist_score
+                .with_label_values(&[project, entry.signal.name(), annotator])
+                .set(entry.score);
             if let Some(accuracy) = entry.gold_accuracy {
                 self.watchlist_gold.with_label_values(&[project, annotator]).set(accuracy);
             }

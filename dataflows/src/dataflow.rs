@@ -282,9 +282,7 @@ pub fn quality_facts<'s>(
     let gaps = item_facts
         .clone()
         .explode(|((scope, _), fact)| match fact {
-            ItemFact::Gap { annotator, day, gap } => {
-                Some(((scope, annotator, day), (1i64, gap, gap * gap)))
-            }
+            ItemFact::Gap { annotator, day, gap } => Some(((scope, annotator, day), (1i64, gap, gap * gap))),
             _ => None,
         })
         .count_total_core::<Diff>()
@@ -322,7 +320,13 @@ pub fn quality_facts<'s>(
             _ => None,
         })
         .count_total_core::<Diff>()
-        .map(|((scope, annotator, day, bucket), count)| Fact::SpeedDay { scope, annotator, day, bucket, count });
+        .map(|((scope, annotator, day, bucket), count)| Fact::SpeedDay {
+            scope,
+            annotator,
+            day,
+            bucket,
+            count,
+        });
 
     // Pair cells are many (up to pairs x categories^2) and each changes rarely, so they are not
     // counted here: every co-labelled item contributes a delta of one, and the consumer sums
@@ -341,15 +345,18 @@ pub fn quality_facts<'s>(
     });
 
     let gold_by_item = gold.arrange_by_key_named("GoldByItem");
-    let gold_answers = labels_by_item.join_core(gold_by_item, |item: &ItemKey, &(annotator, label, stamp): &Row, gold: &LabelId| {
-        Some(Fact::GoldAnswer {
-            scope: item.0,
-            annotator,
-            item: item.1,
-            ts_ms: stamp.ts_ms,
-            correct: label == *gold,
-        })
-    });
+    let gold_answers = labels_by_item.join_core(
+        gold_by_item,
+        |item: &ItemKey, &(annotator, label, stamp): &Row, gold: &LabelId| {
+            Some(Fact::GoldAnswer {
+                scope: item.0,
+                annotator,
+                item: item.1,
+                ts_ms: stamp.ts_ms,
+                correct: label == *gold,
+            })
+        },
+    );
     let gold_totals = gold_answers
         .clone()
         .explode(|fact| match fact {
@@ -428,7 +435,10 @@ mod tests {
             .filter(|(f, _, _)| {
                 !matches!(
                     f,
-                    Fact::GapDay { .. } | Fact::MixDay { .. } | Fact::SpeedDay { .. } | Fact::GoldAnswer { .. }
+                    Fact::GapDay { .. }
+                        | Fact::MixDay { .. }
+                        | Fact::SpeedDay { .. }
+                        | Fact::GoldAnswer { .. }
                 )
             })
             .collect()
@@ -530,7 +540,14 @@ mod tests {
             Fact::GapDay { scope: S, annotator: 1, day: 2, items: 1, sum: half, sum_sq: half * half },
             Fact::GapDay { scope: S, annotator: 2, day: 2, items: 1, sum: half, sum_sq: half * half },
             // Annotator 3: the others agree with each other (p = 1) and not with it: d = -1.
-            Fact::GapDay { scope: S, annotator: 3, day: 2, items: 1, sum: -FIXED_POINT, sum_sq: FIXED_POINT * FIXED_POINT },
+            Fact::GapDay {
+                scope: S,
+                annotator: 3,
+                day: 2,
+                items: 1,
+                sum: -FIXED_POINT,
+                sum_sq: FIXED_POINT * FIXED_POINT,
+            },
             Fact::MixDay { scope: S, annotator: 1, day: 2, label: 10, own: 1, peer: half },
             Fact::MixDay { scope: S, annotator: 1, day: 2, label: 11, own: 0, peer: half },
             Fact::MixDay { scope: S, annotator: 2, day: 2, label: 10, own: 1, peer: half },

@@ -27,7 +27,8 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub const ALL: [Signal; 5] = [Signal::Gold, Signal::Agreement, Signal::LabelMix, Signal::Speed, Signal::TooFast];
+    pub const ALL: [Signal; 5] =
+        [Signal::Gold, Signal::Agreement, Signal::LabelMix, Signal::Speed, Signal::TooFast];
 
     /// The signal's name in outputs, metrics and configuration.
     pub fn name(self) -> &'static str {
@@ -81,7 +82,8 @@ pub enum GateState {
 }
 
 impl GateState {
-    pub const ALL: [GateState; 4] = [GateState::Allow, GateState::Warmup, GateState::Probation, GateState::Block];
+    pub const ALL: [GateState; 4] =
+        [GateState::Allow, GateState::Warmup, GateState::Probation, GateState::Block];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -116,7 +118,7 @@ pub struct DriftConfig {
     pub gold_baseline_min_answers: i64,
     /// Pseudo-answers at the scope's error rate that shrink the own baseline.
     pub gold_shrink_answers: f64,
-    /// Normal quantile of the upper bound the baseline is raised to (1.2816: 80%).
+    /// Normal quantile of the one-sided upper bound the baseline is raised to (0.8416: 80%).
     pub gold_baseline_z: f64,
     /// Window (days) of the agreement gap and label mix signals.
     pub peer_window_days: u32,
@@ -146,6 +148,8 @@ pub struct DriftConfig {
     /// z above `too_fast_z`.
     pub too_fast_multiple: f64,
     pub too_fast_z: f64,
+    /// ... and at least this share of labels too fast.
+    pub too_fast_min_share: f64,
     /// Minimum days an alarm lasts.
     pub cooldown_days: u32,
     /// Days without a watch-level reading before an alarm clears.
@@ -189,12 +193,12 @@ impl Default for DriftConfig {
         DriftConfig {
             gold_windows_days: vec![1, 3, 7, 14],
             gold_min_answers: 20,
-            gold_threshold: 6.0,
+            gold_threshold: 5.0,
             gold_baseline_days: 28,
             gold_baseline_lag_days: 14,
             gold_baseline_min_answers: 200,
             gold_shrink_answers: 50.0,
-            gold_baseline_z: 1.2815515655446004,
+            gold_baseline_z: 0.8416212335729143,
             peer_window_days: 7,
             agreement_min_items: 50,
             agreement_gap: -0.10,
@@ -210,6 +214,7 @@ impl Default for DriftConfig {
             too_fast_median_share: 0.25,
             too_fast_multiple: 3.0,
             too_fast_z: 3.0,
+            too_fast_min_share: 0.05,
             cooldown_days: 7,
             clear_days: 3,
             population_min_annotators: 20,
@@ -248,7 +253,11 @@ impl DriftConfig {
             Err(DriftConfigError { field, value: value.to_string(), expected })
         };
         if self.gold_windows_days.is_empty() || self.gold_windows_days.contains(&0) {
-            return fail("gold_windows_days", &format!("{:?}", self.gold_windows_days), "a list of positive day counts");
+            return fail(
+                "gold_windows_days",
+                &format!("{:?}", self.gold_windows_days),
+                "a list of positive day counts",
+            );
         }
         for (field, value) in [
             ("gate_threshold", self.gate_threshold),
@@ -261,7 +270,11 @@ impl DriftConfig {
             }
         }
         if !(0.0..1.0).contains(&(self.gate_threshold + self.gate_margin)) || self.gate_margin < 0.0 {
-            return fail("gate_margin", &self.gate_margin, "at least 0, with gate_threshold + gate_margin under 1");
+            return fail(
+                "gate_margin",
+                &self.gate_margin,
+                "at least 0, with gate_threshold + gate_margin under 1",
+            );
         }
         for (field, value) in [
             ("gold_threshold", self.gold_threshold),
@@ -369,38 +382,38 @@ impl AnnotatorInputs {
     }
 }
 
-/// The scope-wide sums the signals compare against.
+/// The scope-wide sums the signals compare against. An annotator's reading on day `d` uses
+/// only the scope's days before `d`, so that the scope's current day can change without
+/// re-evaluating every annotator.
 #[derive(Clone, Debug, Default)]
 pub struct ScopeInputs {
     /// Pooled gold answers per day: `day -> [answers, errors]`.
     pub gold_days: BTreeMap<Day, [i64; 2]>,
-    /// All timed labels of the scope per duration bucket.
-    pub speed: BTreeMap<u16, i64>,
+    /// All timed labels of the scope per day and duration bucket.
+    pub speed: BTreeMap<(Day, u16), [i64; 1]>,
 }
 
-impl ScopeInputs {
-    /// The scope's median label time (ms), from its duration buckets.
-    fn median_ms(&self) -> Option<f64> {
-        let total: i64 = self.speed.values().sum();
-        if total == 0 {
-            return None;
+/// The median label time (ms) of a duration histogram `bucket -> labels`.
+fn median_ms(histogram: &BTreeMap<u16, i64>) -> Option<f64> {
+    let total: i64 = histogram.values().sum();
+    let mut seen = 0;
+    for (&bucket, &n) in histogram {
+        seen += n;
+        if total > 0 && 2 * seen >= total {
+            return Some(bucket_center_ms(bucket));
         }
-        let mut seen = 0;
-        for (&bucket, &n) in &self.speed {
-            seen += n;
-            if 2 * seen >= total {
-                return Some(bucket_center_ms(bucket));
-            }
-        }
-        None
     }
+    None
 }
 
 fn bucket_center_ms(bucket: u16) -> f64 {
     ((f64::from(bucket) + 0.5) / DURATION_BUCKETS_PER_E).exp()
 }
 
-fn sum_range<K: Ord, const N: usize>(map: &BTreeMap<K, [i64; N]>, range: impl std::ops::RangeBounds<K>) -> [i64; N] {
+fn sum_range<K: Ord, const N: usize>(
+    map: &BTreeMap<K, [i64; N]>,
+    range: impl std::ops::RangeBounds<K>,
+) -> [i64; N] {
     let mut total = [0; N];
     for v in map.range(range).map(|(_, v)| v) {
         for (t, x) in total.iter_mut().zip(v) {
@@ -482,11 +495,11 @@ impl DayContext<'_> {
         let end = day - c.gold_baseline_lag_days as Day;
         let range = (end - c.gold_baseline_days as Day + 1)..=end;
         let [scope_n, scope_errors] = sum_range(&self.scope.gold_days, range.clone());
-        // The scope's rate over the same period, or over everything up to today if that is thin.
+        // The scope's rate over the same period, or over everything before today if that is thin.
         let scope_rate = if scope_n >= c.gold_baseline_min_answers {
             scope_errors as f64 / scope_n as f64
         } else {
-            let [n, errors] = sum_range(&self.scope.gold_days, ..=day);
+            let [n, errors] = sum_range(&self.scope.gold_days, ..day);
             if n == 0 {
                 return None;
             }
@@ -494,7 +507,8 @@ impl DayContext<'_> {
         };
         let [own_n, own_errors] = sum_range(self.gold_days, range);
         let (rate, n_eff) = if own_n >= c.gold_baseline_min_answers {
-            let shrunk = (own_errors as f64 + c.gold_shrink_answers * scope_rate) / (own_n as f64 + c.gold_shrink_answers);
+            let shrunk = (own_errors as f64 + c.gold_shrink_answers * scope_rate)
+                / (own_n as f64 + c.gold_shrink_answers);
             (shrunk, own_n + c.gold_shrink_answers as i64)
         } else {
             (scope_rate, scope_n.max(c.gold_baseline_min_answers))
@@ -550,7 +564,13 @@ impl DayContext<'_> {
         let mean = sum as f64 / fp / nf;
         let variance = ((sum_sq as f64 / (fp * fp)) - nf * mean * mean) / (nf - 1.0);
         let se = (variance.max(0.0) / nf).sqrt();
-        let z = if se > 0.0 { mean / se } else if mean < 0.0 { f64::NEG_INFINITY } else { 0.0 };
+        let z = if se > 0.0 {
+            mean / se
+        } else if mean < 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            0.0
+        };
         let score = (mean / c.agreement_gap).min(z / c.agreement_z).max(0.0);
         let half = stats::WILSON_Z * se;
         Some(Reading {
@@ -606,7 +626,11 @@ impl DayContext<'_> {
             }
             let expected = q * nf;
             if own > 0 {
-                g += if expected > 0.0 { 2.0 * own as f64 * (own as f64 / expected).ln() } else { f64::INFINITY };
+                g += if expected > 0.0 {
+                    2.0 * own as f64 * (own as f64 / expected).ln()
+                } else {
+                    f64::INFINITY
+                };
             }
             let diff = p - q;
             if over.is_none_or(|(d, _)| diff > d) {
@@ -626,7 +650,8 @@ impl DayContext<'_> {
         };
         let distance_score = distance / c.label_mix_distance;
         // Significance as a score: p at the threshold scores 1, p at 100x the threshold 0.5.
-        let p_score = if p_value <= 0.0 { f64::INFINITY } else { (p_value.log10() / c.label_mix_p.log10()).max(0.0) };
+        let p_score =
+            if p_value <= 0.0 { f64::INFINITY } else { (p_value.log10() / c.label_mix_p.log10()).max(0.0) };
         let (over_diff, over_label) = over?;
         let (under_diff, under_label) = under?;
         Some(Reading {
@@ -649,7 +674,8 @@ impl DayContext<'_> {
     /// Timed labels `(count, sum of ln ms)` in `days`, and those under `limit_ms`.
     fn timing(&self, days: std::ops::RangeInclusive<Day>, limit_ms: f64) -> (i64, f64, i64) {
         let (mut n, mut sum_ln, mut fast) = (0, 0.0, 0);
-        for (&(_, bucket), &[count]) in self.inputs.speed.range((*days.start(), 0)..=(*days.end(), u16::MAX)) {
+        for (&(_, bucket), &[count]) in self.inputs.speed.range((*days.start(), 0)..=(*days.end(), u16::MAX))
+        {
             n += count;
             let center = bucket_center_ms(bucket);
             sum_ln += count as f64 * center.ln();
@@ -696,7 +722,9 @@ impl DayContext<'_> {
 
     fn too_fast(&self, day: Day) -> Option<Reading> {
         let c = self.config;
-        let limit = self.median_ms.map_or(c.too_fast_floor_ms, |m| (c.too_fast_median_share * m).max(c.too_fast_floor_ms));
+        let limit = self
+            .median_ms
+            .map_or(c.too_fast_floor_ms, |m| (c.too_fast_median_share * m).max(c.too_fast_floor_ms));
         let (recent, baseline) = self.periods(day);
         let (n, _, fast) = self.timing(recent, limit);
         let (nb, _, fast_b) = self.timing(baseline, limit);
@@ -707,7 +735,10 @@ impl DayContext<'_> {
         // The baseline share, with half a label added so that a clean baseline is not zero.
         let base = (fast_b as f64 + 0.5) / (nb as f64 + 1.0);
         let z = (fast as f64 - n as f64 * base) / (n as f64 * base * (1.0 - base)).sqrt();
-        let score = (share / (c.too_fast_multiple * base)).min(z / c.too_fast_z).max(0.0);
+        let score = (share / (c.too_fast_multiple * base))
+            .min(z / c.too_fast_z)
+            .min(share / c.too_fast_min_share)
+            .max(0.0);
         Some(Reading {
             score,
             value: share,
@@ -774,7 +805,9 @@ impl Timeline {
 
     /// Whether `signal` was in alarm on `day`.
     pub fn alarm_on(&self, signal: Signal, day: Day) -> bool {
-        self.episodes.iter().any(|e| e.signal == signal && e.start <= day && e.end.is_none_or(|end| day < end))
+        self.episodes
+            .iter()
+            .any(|e| e.signal == signal && e.start <= day && e.end.is_none_or(|end| day < end))
     }
 }
 
@@ -791,7 +824,11 @@ pub fn evaluate(
     label_name: &dyn Fn(LabelId) -> String,
 ) -> Timeline {
     let gold_days = inputs.gold_days();
-    let context = DayContext { config, label_name, inputs, gold_days: &gold_days, scope, median_ms: scope.median_ms() };
+    let mut context =
+        DayContext { config, label_name, inputs, gold_days: &gold_days, scope, median_ms: None };
+    // The scope's duration histogram of the days before the one being evaluated.
+    let mut scope_speed = scope.speed.iter().peekable();
+    let mut histogram: BTreeMap<u16, i64> = BTreeMap::new();
     let mut timeline = Timeline::default();
     let mut state = [SignalState::Ok; 5];
     let mut since: [Option<Day>; 5] = [None; 5];
@@ -799,6 +836,10 @@ pub fn evaluate(
     let mut open: [Option<usize>; 5] = [None; 5];
     let mut latest: [Option<Reading>; 5] = Default::default();
     for day in inputs.active_days(&gold_days) {
+        while let Some((&(_, bucket), &[n])) = scope_speed.next_if(|((d, _), _)| *d < day) {
+            *histogram.entry(bucket).or_default() += n;
+        }
+        context.median_ms = median_ms(&histogram);
         let mut levels = [SignalState::Ok; 5];
         for signal in Signal::ALL {
             let i = signal.index();
@@ -867,12 +908,20 @@ pub fn evaluate(
 
 fn not_enough(signal: Signal, c: &DriftConfig) -> String {
     match signal {
-        Signal::Gold => format!("fewer than {} gold answers in every window, or no gold baseline yet", c.gold_min_answers),
+        Signal::Gold => {
+            format!("fewer than {} gold answers in every window, or no gold baseline yet", c.gold_min_answers)
+        }
         Signal::Agreement => {
-            format!("fewer than {} items shared with at least two others in {} days", c.agreement_min_items, c.peer_window_days)
+            format!(
+                "fewer than {} items shared with at least two others in {} days",
+                c.agreement_min_items, c.peer_window_days
+            )
         }
         Signal::LabelMix => {
-            format!("fewer than {} labels on items shared with others in {} days", c.label_mix_min_labels, c.peer_window_days)
+            format!(
+                "fewer than {} labels on items shared with others in {} days",
+                c.label_mix_min_labels, c.peer_window_days
+            )
         }
         Signal::Speed | Signal::TooFast => format!(
             "fewer than {} timed labels in the last {} days or in the {} days before",
@@ -933,7 +982,9 @@ fn evidence(window: &std::collections::VecDeque<(i64, bool)>, threshold: f64) ->
 
 fn describe(e: &Evidence) -> String {
     match (e.accuracy, e.wilson_low, e.wilson_high) {
-        (Some(a), Some(l), Some(h)) => format!("recent gold accuracy {} ({}-{}, n={})", percent(a), percent(l), percent(h), e.n),
+        (Some(a), Some(l), Some(h)) => {
+            format!("recent gold accuracy {} ({}-{}, n={})", percent(a), percent(l), percent(h), e.n)
+        }
         _ => "no recent gold answers".to_string(),
     }
 }
@@ -992,12 +1043,19 @@ pub fn decide_gate(answers: &[(i64, bool)], gated_alarm: impl Fn(Day) -> bool, c
             {
                 Some((
                     GateState::Probation,
-                    format!("{}: lower bound clears the threshold plus margin {}", describe(&e), percent(theta + c.gate_margin)),
+                    format!(
+                        "{}: lower bound clears the threshold plus margin {}",
+                        describe(&e),
+                        percent(theta + c.gate_margin)
+                    ),
                 ))
             }
             GateState::Probation if probation_answers >= c.gate_probation_answers && low >= theta => Some((
                 GateState::Allow,
-                format!("{} after {probation_answers} answers on probation: lower bound at the threshold", describe(&e)),
+                format!(
+                    "{} after {probation_answers} answers on probation: lower bound at the threshold",
+                    describe(&e)
+                ),
             )),
             _ => None,
         };
@@ -1088,7 +1146,8 @@ pub fn population_shifts(counts: &PopulationCounts, config: &DriftConfig) -> Vec
     counts
         .iter()
         .filter(|(_, &[active, alarmed])| {
-            active >= config.population_min_annotators && alarmed as f64 > config.population_share * active as f64
+            active >= config.population_min_annotators
+                && alarmed as f64 > config.population_share * active as f64
         })
         .map(|(&(signal, day), &counts)| (signal, day, counts))
         .collect()
@@ -1125,7 +1184,10 @@ mod tests {
     #[test]
     fn gold_evidence_alarms_on_a_doubled_error_rate_and_clears() {
         // 40 days at 10% errors, then 10 days at 30%, then 20 days at 10% again.
-        let days = (0..40).map(|d| (d, 20, 2)).chain((40..50).map(|d| (d, 20, 6))).chain((50..70).map(|d| (d, 20, 2)));
+        let days = (0..40)
+            .map(|d| (d, 20, 2))
+            .chain((40..50).map(|d| (d, 20, 6)))
+            .chain((50..70).map(|d| (d, 20, 2)));
         let (a, s) = gold_inputs(days);
         let t = evaluate(&a, &s, &DriftConfig::default(), &|l| format!("#{l}"));
         let gold: Vec<&Episode> = t.episodes.iter().filter(|e| e.signal == Signal::Gold).collect();

@@ -20,7 +20,9 @@ pub type ItemKey = (ScopeId, ItemId);
 
 /// When a label was given (event time, epoch milliseconds) and how long it took: the inputs of
 /// the drift signals, carried with every live label.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Stamp {
     pub ts_ms: i64,
     /// Time spent, if reported (milliseconds, saturated at `u32::MAX`).

@@ -15,7 +15,7 @@ use crate::drift::{
     ScopeInputs, Severity, Signal, SignalReport, SignalState, Timeline,
 };
 use crate::label::LabelId;
-use crate::source::{AnnotatorId, Catalog, ItemId, ScopeId};
+use crate::source::{AnnotatorId, Catalog, Day, ItemId, ScopeId};
 use crate::stats::{self, Coincidences, GoldAccuracy, Level};
 
 /// Fixed-point scale of summed kappas: sums of integers cancel exactly on retraction, so the
@@ -204,8 +204,9 @@ struct Dirty {
     items: Set<(ScopeId, ItemId)>,
     /// Annotators whose drift inputs changed.
     drift: Set<(ScopeId, AnnotatorId)>,
-    /// Scopes whose scope-wide drift inputs changed: all their annotators are re-evaluated.
-    drift_scopes: Set<ScopeId>,
+    /// Scopes whose scope-wide drift inputs changed, with the earliest day that changed: their
+    /// annotators with readings after that day are re-evaluated.
+    drift_scopes: Map<ScopeId, Day>,
 }
 
 fn sorted<T: Ord>(set: &mut Set<T>) -> Vec<T> {
@@ -292,18 +293,18 @@ impl QualityView {
             }
             Fact::SpeedDay { scope, annotator, day, bucket, count } => {
                 let s = self.scope_mut(scope);
-                add_sum(&mut s.annotators.entry(annotator).or_default().drift.speed, (day, bucket), [count * diff]);
-                let total = s.drift.speed.entry(bucket).or_default();
-                *total += count * diff;
-                if *total == 0 {
-                    s.drift.speed.remove(&bucket);
-                }
+                add_sum(
+                    &mut s.annotators.entry(annotator).or_default().drift.speed,
+                    (day, bucket),
+                    [count * diff],
+                );
+                add_sum(&mut s.drift.speed, (day, bucket), [count * diff]);
                 self.mark_drift((scope, annotator));
-                self.mark_drift_scope(scope);
+                self.mark_drift_scope(scope, day);
             }
             Fact::GoldAnswer { scope, annotator, item, ts_ms, correct } => {
                 let s = self.scope_mut(scope);
-                let day = ts_ms.div_euclid(crate::source::DAY_MS) as crate::source::Day;
+                let day = ts_ms.div_euclid(crate::source::DAY_MS) as Day;
                 add_sum(&mut s.drift.gold_days, day, [diff, if correct { 0 } else { diff }]);
                 let gold = &mut s.annotators.entry(annotator).or_default().drift.gold;
                 let m = gold.entry((ts_ms, item, correct)).or_default();
@@ -312,7 +313,7 @@ impl QualityView {
                     gold.remove(&(ts_ms, item, correct));
                 }
                 self.mark_drift((scope, annotator));
-                self.mark_drift_scope(scope);
+                self.mark_drift_scope(scope, day);
             }
             Fact::Consensus { scope, item, top, label } => {
                 let s = self.scope_mut(scope);
@@ -352,9 +353,10 @@ impl QualityView {
         }
     }
 
-    fn mark_drift_scope(&mut self, scope: ScopeId) {
+    fn mark_drift_scope(&mut self, scope: ScopeId, day: Day) {
         if self.track_changes {
-            self.dirty.drift_scopes.insert(scope);
+            let earliest = self.dirty.drift_scopes.entry(scope).or_insert(day);
+            *earliest = (*earliest).min(day);
         }
     }
 
@@ -399,7 +401,11 @@ impl QualityView {
     /// Re-evaluates drift, gates and alerts: for the annotators whose inputs changed (or all of
     /// them), then the gates of their projects and the alerts of their scopes. Returns the gate
     /// records and alert changes to publish, and marks the annotator objects that changed.
-    fn refresh_drift(&mut self, catalog: &Catalog, all: bool) -> (Vec<GateRecord>, Vec<(String, Option<Alert>)>) {
+    fn refresh_drift(
+        &mut self,
+        catalog: &Catalog,
+        all: bool,
+    ) -> (Vec<GateRecord>, Vec<(String, Option<Alert>)>) {
         let mut targets: Vec<(ScopeId, AnnotatorId)> = if all {
             self.scopes
                 .iter()
@@ -408,9 +414,13 @@ impl QualityView {
                 .collect()
         } else {
             let mut t: Vec<_> = self.dirty.drift.drain().collect();
-            for scope in self.dirty.drift_scopes.drain() {
+            for (scope, changed) in self.dirty.drift_scopes.drain() {
                 if let Some(s) = self.scopes.get(scope as usize) {
-                    t.extend(s.annotators.keys().map(|&a| (scope, a)));
+                    // Readings on a day use the scope's earlier days only.
+                    let affected = |a: &AnnotatorState| {
+                        a.timeline.as_ref().and_then(|t| t.days.last()).is_some_and(|&(day, _)| day > changed)
+                    };
+                    t.extend(s.annotators.iter().filter(|(_, a)| affected(a)).map(|(&a, _)| (scope, a)));
                 }
             }
             t
@@ -462,7 +472,12 @@ impl QualityView {
             let old = self.gates.remove(&(project.clone(), annotator));
             if new.as_ref() != old.as_ref() {
                 if let Some(gate) = &new {
-                    records.extend(gate_records(&project, catalog.annotators.name(annotator), old.as_ref(), gate));
+                    records.extend(gate_records(
+                        &project,
+                        catalog.annotators.name(annotator),
+                        old.as_ref(),
+                        gate,
+                    ));
                 } else if let Some(old) = &old {
                     // The annotator left the project: its gate goes back to warm-up.
                     records.push(GateRecord {
@@ -694,7 +709,10 @@ impl QualityView {
         for (&(project, annotator, signal), &(state, score)) in &worst {
             *summary.signals.entry((project.to_string(), signal, state)).or_default() += 1;
             if let Some(score) = score.filter(|s| *s >= 0.5) {
-                candidates.entry((project, signal)).or_default().push((score, catalog.annotators.name(annotator)));
+                candidates
+                    .entry((project, signal))
+                    .or_default()
+                    .push((score, catalog.annotators.name(annotator)));
             }
         }
         for ((project, signal), mut list) in candidates {
