@@ -215,6 +215,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/labelqc.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.drift, DriftConfig::default());
+        assert_eq!(config.outputs, OutputTopics::default());
+        assert_eq!(config.engine, EngineSettings::default());
+    }
+
+    #[test]
     fn refuses_unknown_and_bad_fields() {
         let err = Config::parse("[engine]\nworkerz = 2\n").unwrap_err().to_string();
         assert!(err.contains("unknown field `workerz`"), "{err}");

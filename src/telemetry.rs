@@ -289,9 +289,9 @@ impl Telemetry {
     /// Counts the gate transitions and newly firing alerts among published changes.
     pub fn count_changes(&self, changes: &Changes) {
         for record in &changes.gates {
-            if let Some(decision) = &record.decision {
-                let from = decision.from.map_or("none", GateState::name);
-                self.gate_transitions.with_label_values(&[&record.project, from, decision.to.name()]).inc();
+            if record.from != Some(record.state) {
+                let from = record.from.map_or("none", GateState::name);
+                self.gate_transitions.with_label_values(&[&record.project, from, record.state.name()]).inc();
             }
         }
         for alert in changes.alerts.iter().filter_map(|(_, a)| a.as_ref()) {

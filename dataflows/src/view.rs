@@ -185,15 +185,20 @@ pub struct WatchEntry {
 pub struct GateRecord {
     pub project: String,
     pub annotator_id: String,
+    /// The gate now.
     pub state: GateState,
-    #[serde(flatten)]
-    pub decision: Option<Decision>,
-    /// Set when earlier decisions were re-evaluated after the gold answers they rested on were
-    /// corrected or deleted: the state published before.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revised_from: Option<GateState>,
+    /// The state published before this record (none for an annotator's first record).
+    pub from: Option<GateState>,
     /// Why the gate is in its state now.
     pub reason: String,
+    /// The recent gold accuracy the decision rested on.
+    pub evidence: Option<drift::Evidence>,
+    /// Event time of the decision (absent while in warm-up).
+    pub at: Option<String>,
+    /// Set when earlier decisions were re-evaluated because gold answers they rested on were
+    /// corrected or deleted: `from` no longer follows from the data.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub revised: bool,
 }
 
 #[derive(Debug, Default)]
@@ -484,9 +489,11 @@ impl QualityView {
                         project: project.clone(),
                         annotator_id: catalog.annotators.name(annotator).to_string(),
                         state: GateState::Warmup,
-                        decision: None,
-                        revised_from: Some(old.state),
+                        from: Some(old.state),
                         reason: "no labels or gold answers left in the project".to_string(),
+                        evidence: None,
+                        at: None,
+                        revised: true,
                     });
                 }
                 if self.track_changes {
@@ -882,26 +889,32 @@ impl QualityView {
 /// The gate records that take a published gate `old` to `new`: one per new decision, or one
 /// saying that earlier decisions were revised.
 fn gate_records(project: &str, annotator: &str, old: Option<&Gate>, new: &Gate) -> Vec<GateRecord> {
-    let record = |decision: Option<&Decision>, revised_from, reason: String| GateRecord {
+    let record = |decision: Option<&Decision>, from: Option<GateState>, revised, reason: String| GateRecord {
         project: project.to_string(),
         annotator_id: annotator.to_string(),
         state: decision.map_or(new.state, |d| d.to),
-        decision: decision.cloned(),
-        revised_from,
+        from,
         reason,
+        evidence: Some(decision.map_or(&new.evidence, |d| &d.evidence).clone()),
+        at: decision.map(|d| d.at.clone()),
+        revised,
     };
     let published = old.map_or(&[][..], |g| g.history.as_slice());
     if new.history.starts_with(published) {
         let fresh = &new.history[published.len()..];
         if fresh.is_empty() {
             // First sight of an annotator in warm-up; later evidence alone is no new decision.
-            return if old.is_none() { vec![record(None, None, new.reason.clone())] } else { Vec::new() };
+            return if old.is_none() {
+                vec![record(None, None, false, new.reason.clone())]
+            } else {
+                Vec::new()
+            };
         }
-        return fresh.iter().map(|d| record(Some(d), None, d.reason.clone())).collect();
+        return fresh.iter().map(|d| record(Some(d), d.from, false, d.reason.clone())).collect();
     }
-    let old_state = old.map_or(GateState::Warmup, |g| g.state);
+    let old_state = old.map(|g| g.state);
     let why = format!("re-evaluated after gold answers it rested on changed: {}", new.reason);
-    vec![record(new.history.last(), Some(old_state), why)]
+    vec![record(new.history.last(), old_state, true, why)]
 }
 
 fn pair_report(

@@ -276,7 +276,8 @@ fn correcting_wrong_gold_answers_lifts_the_blocks_they_caused() {
             .rfind(|r| &r.annotator_id == name)
             .unwrap_or_else(|| panic!("no gate record for {name} after the corrections"));
         assert_ne!(last.state, GateState::Block, "{name} stays blocked: {last:?}");
-        assert_eq!(last.revised_from, Some(GateState::Block), "{last:?}");
+        assert_eq!(last.from, Some(GateState::Block), "{last:?}");
+        assert!(last.revised, "{last:?}");
         assert!(last.reason.starts_with("re-evaluated after gold answers"), "{}", last.reason);
     }
     // The live gates now equal the report over the corrected gold.
