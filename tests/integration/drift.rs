@@ -183,6 +183,29 @@ fn stable_annotators_raise_at_most_half_a_false_alarm_a_year() {
 }
 
 #[test]
+fn a_biased_annotator_is_flagged_for_its_label_mix() {
+    let mut flagged = 0;
+    for seed in 1..=4 {
+        let spec = GenSpec { biased_share: 0.15, labels_per_item: 5, ..daily_spec(seed, 20) };
+        let (labels, gold, roster) = traffic(&spec);
+        let report = report(&labels, &gold, DriftConfig::default());
+        let annotators = annotators(&report);
+        for (name, kind) in &roster {
+            let mix = &annotators[name]["drift"]["label_mix"];
+            if *kind == "biased" {
+                // Pulled toward one class 30-60% of the time: flagged, naming the over-used label.
+                assert_eq!(mix["state"], "alarm", "{name} (seed {seed}): {mix}");
+                assert!(mix["explanation"].as_str().unwrap().contains("points more"), "{mix}");
+                flagged += 1;
+            } else {
+                assert_ne!(mix["state"], "alarm", "careful {name} (seed {seed}): {mix}");
+            }
+        }
+    }
+    assert!(flagged >= 2, "the scenario needs biased annotators; got {flagged}");
+}
+
+#[test]
 fn an_annotator_near_the_threshold_does_not_flap() {
     let config = DriftConfig::default();
     let cooldown = i64::from(config.gate_block_days) * DAY_MS;
