@@ -399,6 +399,31 @@ mod tests {
     }
 
     #[test]
+    fn deleting_every_label_leaves_no_drift_state() {
+        let (mut source, mut engine) = load(2, 3);
+        assert!(!engine.view().settle(&source.catalog).gates.is_empty());
+        assert!(!engine.view().drift_summary(&source.catalog).gates.is_empty());
+        let mut updates = Vec::new();
+        for line in LABELS {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            let mut delete = event.as_object().unwrap().clone();
+            delete.remove("label");
+            delete.insert("op".into(), "delete".into());
+            let delete = serde_json::Value::Object(delete).to_string();
+            source.apply_label(&parse_label_event(&delete).unwrap(), &mut updates);
+        }
+        engine.submit(updates).unwrap();
+        engine.sync().unwrap();
+        let mut view = engine.view();
+        let changes = view.settle(&source.catalog);
+        // Every gate goes back to warm-up, saying why.
+        assert!(!changes.gates.is_empty());
+        assert!(changes.gates.iter().all(|r| r.state == crate::drift::GateState::Warmup && r.revised));
+        assert_eq!(view.drift_summary(&source.catalog), crate::view::DriftSummary::default());
+        assert!(view.report(&source.catalog, true).scopes.is_empty());
+    }
+
+    #[test]
     fn refuses_zero_workers() {
         assert!(matches!(
             Engine::start(&EngineConfig { workers: 0, max_epochs_in_flight: 1 }, QualityView::default()),

@@ -456,6 +456,9 @@ impl QualityView {
                 }
             }
             alert_scopes.push(scope);
+            if a.timeline.is_none() && a.is_empty() {
+                s.annotators.remove(&annotator);
+            }
             if self.track_changes {
                 self.dirty.annotators.insert((scope, annotator));
             }
@@ -781,7 +784,8 @@ impl QualityView {
         }
         for &(scope, annotator) in &self.dirty.annotators {
             let s = &mut self.scopes[scope as usize];
-            if s.annotators.get(&annotator).is_some_and(AnnotatorState::is_empty) {
+            // An annotator with a drift timeline is dropped once its timeline is retracted.
+            if s.annotators.get(&annotator).is_some_and(|a| a.is_empty() && a.timeline.is_none()) {
                 s.annotators.remove(&annotator);
             }
         }
