@@ -251,7 +251,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                 dead_letters.push((key, serde_json::to_vec(&letter)?));
             }
         }
-        if consumed > 0 {
+        if consumed > 0 || engine.view().drift_pending() {
             let t_consumed = opened.elapsed();
             engine.submit(std::mem::take(&mut updates))?;
             engine.sync()?;

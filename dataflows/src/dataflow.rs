@@ -228,124 +228,11 @@ pub fn quality_facts<'s>(
             summary.0.iter().map(move |fact| (item, *fact)).collect::<Vec<_>>()
         });
 
-    let scope_items = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Stats { raters, agreeing_pairs } => {
-                Some(((scope, raters), (1i64, agreeing_pairs as i64)))
-            }
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, raters), (items, agreeing_pairs))| Fact::ScopeItems {
-            scope,
-            raters,
-            items,
-            agreeing_pairs,
-        });
-
-    let shares = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Share { raters, label, count } => Some(((scope, raters, label), i64::from(count))),
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, raters, label), count)| Fact::CategoryShare { scope, raters, label, count });
-
-    let coincidences = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Coincidence { raters, c, k, weight } => Some(((scope, raters, c, k), weight as i64)),
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, raters, c, k), weight)| Fact::Coincidence { scope, raters, c, k, weight });
-
-    let annotators = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Annotator { annotator, raters, same } => {
-                Some(((scope, annotator, raters), (1i64, i64::from(same))))
-            }
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, annotator, raters), (items, same))| Fact::AnnotatorItems {
-            scope,
-            annotator,
-            raters,
-            items,
-            same,
-        });
-
-    let gaps = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Gap { annotator, day, gap } => Some(((scope, annotator, day), (1i64, gap, gap * gap))),
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, annotator, day), (items, sum, sum_sq))| Fact::GapDay {
-            scope,
-            annotator,
-            day,
-            items,
-            sum,
-            sum_sq,
-        });
-
-    let mixes = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Mix { annotator, day, label, own, peer } => {
-                Some(((scope, annotator, day, label), (i64::from(own), peer)))
-            }
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, annotator, day, label), (own, peer))| Fact::MixDay {
-            scope,
-            annotator,
-            day,
-            label,
-            own,
-            peer,
-        });
-
-    let speeds = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Speed { annotator, day, bucket } => Some(((scope, annotator, day, bucket), 1i64)),
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, annotator, day, bucket), count)| Fact::SpeedDay {
-            scope,
-            annotator,
-            day,
-            bucket,
-            count,
-        });
-
-    // Pair cells are many (up to pairs x categories^2) and each changes rarely, so they are not
-    // counted here: every co-labelled item contributes a delta of one, and the consumer sums
-    // them. Arranging them would cost more than it saves.
-    type Row = (AnnotatorId, LabelId, Stamp);
-    let pairs = labels_by_item.clone().join_core(
-        labels_by_item.clone(),
-        |item: &ItemKey, &(a, label_a, _): &Row, &(b, label_b, _): &Row| {
-            (a < b).then_some(Fact::PairCell { scope: item.0, a, b, label_a, label_b, count: 1 })
-        },
-    );
-
-    let consensus = item_facts.flat_map(|((scope, item), fact)| match fact {
-        ItemFact::Consensus { top, label } => Some(Fact::Consensus { scope, item, top, label }),
-        _ => None,
-    });
-
+    // Every summed fact goes through one `count_total`, keyed by what it sums: one pass over
+    // the item facts instead of one per kind.
     let gold_by_item = gold.arrange_by_key_named("GoldByItem");
-    let gold_answers = labels_by_item.join_core(
+    type Row = (AnnotatorId, LabelId, Stamp);
+    let gold_answers = labels_by_item.clone().join_core(
         gold_by_item,
         |item: &ItemKey, &(annotator, label, stamp): &Row, gold: &LabelId| {
             Some(Fact::GoldAnswer {
@@ -357,33 +244,104 @@ pub fn quality_facts<'s>(
             })
         },
     );
-    let gold_totals = gold_answers
+    let gold_sums = gold_answers.clone().explode(|fact| match fact {
+        Fact::GoldAnswer { scope, annotator, correct, .. } => {
+            Some((SumKey::Gold { scope, annotator }, (1i64, i64::from(correct), 0i64)))
+        }
+        _ => None,
+    });
+    let totals = item_facts
         .clone()
-        .explode(|fact| match fact {
-            Fact::GoldAnswer { scope, annotator, correct, .. } => {
-                Some(((scope, annotator), (1i64, i64::from(correct))))
-            }
-            _ => None,
-        })
+        .explode(|((scope, _), fact)| sum_of(scope, fact))
+        .concat(gold_sums)
         .count_total_core::<Diff>()
-        .map(|((scope, annotator), (answers, correct))| Fact::AnnotatorGold {
-            scope,
-            annotator,
-            answers,
-            correct,
-        });
+        .map(|(key, (x, y, z))| key.fact(x, y, z));
 
-    scope_items
-        .concat(shares)
-        .concat(coincidences)
-        .concat(annotators)
-        .concat(pairs)
-        .concat(consensus)
-        .concat(gold_totals)
-        .concat(gold_answers)
-        .concat(gaps)
-        .concat(mixes)
-        .concat(speeds)
+    // Pair cells are many (up to pairs x categories^2) and each changes rarely, so they are not
+    // counted here: every co-labelled item contributes a delta of one, and the consumer sums
+    // them. Arranging them would cost more than it saves.
+    let pairs = labels_by_item.clone().join_core(
+        labels_by_item,
+        |item: &ItemKey, &(a, label_a, _): &Row, &(b, label_b, _): &Row| {
+            (a < b).then_some(Fact::PairCell { scope: item.0, a, b, label_a, label_b, count: 1 })
+        },
+    );
+
+    let consensus = item_facts.flat_map(|((scope, item), fact)| match fact {
+        ItemFact::Consensus { top, label } => Some(Fact::Consensus { scope, item, top, label }),
+        _ => None,
+    });
+
+    totals.concat(pairs).concat(consensus).concat(gold_answers)
+}
+
+/// What a summed fact sums over: the key of its total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum SumKey {
+    Items { scope: ScopeId, raters: u32 },
+    Share { scope: ScopeId, raters: u32, label: LabelId },
+    Coincidence { scope: ScopeId, raters: u32, c: LabelId, k: LabelId },
+    Annotator { scope: ScopeId, annotator: AnnotatorId, raters: u32 },
+    Gold { scope: ScopeId, annotator: AnnotatorId },
+    Gap { scope: ScopeId, annotator: AnnotatorId, day: Day },
+    Mix { scope: ScopeId, annotator: AnnotatorId, day: Day, label: LabelId },
+    Speed { scope: ScopeId, annotator: AnnotatorId, day: Day, bucket: u16 },
+}
+
+/// The total an item fact adds to, and what it adds (up to three sums).
+fn sum_of(scope: ScopeId, fact: ItemFact) -> Option<(SumKey, (i64, i64, i64))> {
+    Some(match fact {
+        ItemFact::Stats { raters, agreeing_pairs } => {
+            (SumKey::Items { scope, raters }, (1, agreeing_pairs as i64, 0))
+        }
+        ItemFact::Share { raters, label, count } => {
+            (SumKey::Share { scope, raters, label }, (i64::from(count), 0, 0))
+        }
+        ItemFact::Coincidence { raters, c, k, weight } => {
+            (SumKey::Coincidence { scope, raters, c, k }, (weight as i64, 0, 0))
+        }
+        ItemFact::Annotator { annotator, raters, same } => {
+            (SumKey::Annotator { scope, annotator, raters }, (1, i64::from(same), 0))
+        }
+        ItemFact::Gap { annotator, day, gap } => (SumKey::Gap { scope, annotator, day }, (1, gap, gap * gap)),
+        ItemFact::Mix { annotator, day, label, own, peer } => {
+            (SumKey::Mix { scope, annotator, day, label }, (i64::from(own), peer, 0))
+        }
+        ItemFact::Speed { annotator, day, bucket } => {
+            (SumKey::Speed { scope, annotator, day, bucket }, (1, 0, 0))
+        }
+        ItemFact::Consensus { .. } => return None,
+    })
+}
+
+impl SumKey {
+    /// The fact that carries this key's totals.
+    fn fact(self, x: i64, y: i64, z: i64) -> Fact {
+        match self {
+            SumKey::Items { scope, raters } => {
+                Fact::ScopeItems { scope, raters, items: x, agreeing_pairs: y }
+            }
+            SumKey::Share { scope, raters, label } => Fact::CategoryShare { scope, raters, label, count: x },
+            SumKey::Coincidence { scope, raters, c, k } => {
+                Fact::Coincidence { scope, raters, c, k, weight: x }
+            }
+            SumKey::Annotator { scope, annotator, raters } => {
+                Fact::AnnotatorItems { scope, annotator, raters, items: x, same: y }
+            }
+            SumKey::Gold { scope, annotator } => {
+                Fact::AnnotatorGold { scope, annotator, answers: x, correct: y }
+            }
+            SumKey::Gap { scope, annotator, day } => {
+                Fact::GapDay { scope, annotator, day, items: x, sum: y, sum_sq: z }
+            }
+            SumKey::Mix { scope, annotator, day, label } => {
+                Fact::MixDay { scope, annotator, day, label, own: x, peer: y }
+            }
+            SumKey::Speed { scope, annotator, day, bucket } => {
+                Fact::SpeedDay { scope, annotator, day, bucket, count: x }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

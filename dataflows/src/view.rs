@@ -18,6 +18,10 @@ use crate::label::LabelId;
 use crate::source::{AnnotatorId, Catalog, Day, ItemId, ScopeId};
 use crate::stats::{self, Coincidences, GoldAccuracy, Level};
 
+/// Annotators re-evaluated per settle beyond those whose own inputs changed: bounds the work of an
+/// epoch after a late gold answer, which touches every annotator of its scope with later readings.
+const DRIFT_BUDGET: usize = 64;
+
 /// Fixed-point scale of summed kappas: sums of integers cancel exactly on retraction, so the
 /// scope's mean does not depend on the order in which pairs changed. The rounding (1e-18 a pair)
 /// stays far below the spec's 1e-9 tolerance.
@@ -235,6 +239,8 @@ pub struct QualityView {
     drift: DriftSettings,
     /// Gates per (project, annotator) as of the last evaluation.
     gates: BTreeMap<(String, AnnotatorId), Gate>,
+    /// Annotators to re-evaluate because their scope's inputs changed, not yet done.
+    pending_drift: std::collections::BTreeSet<(ScopeId, AnnotatorId)>,
 }
 
 impl QualityView {
@@ -425,8 +431,18 @@ impl QualityView {
                     let affected = |a: &AnnotatorState| {
                         a.timeline.as_ref().and_then(|t| t.days.last()).is_some_and(|&(day, _)| day > changed)
                     };
-                    t.extend(s.annotators.iter().filter(|(_, a)| affected(a)).map(|(&a, _)| (scope, a)));
+                    self.pending_drift
+                        .extend(s.annotators.iter().filter(|(_, a)| affected(a)).map(|(&a, _)| (scope, a)));
                 }
+            }
+            // Annotators whose own inputs changed go first; those touched only through their
+            // scope's inputs (a late gold answer) are re-evaluated a bounded number per settle.
+            for key in &t {
+                self.pending_drift.remove(key);
+            }
+            while t.len() < DRIFT_BUDGET {
+                let Some(key) = self.pending_drift.pop_first() else { break };
+                t.push(key);
             }
             t
         };
@@ -465,6 +481,7 @@ impl QualityView {
         }
         let mut records = Vec::new();
         if all {
+            self.pending_drift.clear();
             self.gates.clear();
             for (scope, state) in self.scopes.iter().enumerate() {
                 let project = catalog.scope_name(scope as ScopeId).0;
@@ -673,6 +690,12 @@ impl QualityView {
             alerts.insert(id, alert);
         }
         alerts
+    }
+
+    /// Whether drift re-evaluations are still queued: settle again (even without new input) until
+    /// this is false, and the drift outputs equal a full evaluation of the data.
+    pub fn drift_pending(&self) -> bool {
+        !self.pending_drift.is_empty()
     }
 
     /// The gate of `annotator` in `project`, as of the last evaluation.
