@@ -20,7 +20,7 @@ use crate::stats::{self, Coincidences, GoldAccuracy, Level};
 
 /// Annotators re-evaluated per settle beyond those whose own inputs changed: bounds the work of an
 /// epoch after a late gold answer, which touches every annotator of its scope with later readings.
-const DRIFT_BUDGET: usize = 64;
+const DRIFT_BUDGET: usize = 16;
 
 /// Fixed-point scale of summed kappas: sums of integers cancel exactly on retraction, so the
 /// scope's mean does not depend on the order in which pairs changed. The rounding (1e-18 a pair)
