@@ -9,3 +9,4 @@ mod http;
 mod kafka;
 mod property;
 mod reference;
+mod scenario;

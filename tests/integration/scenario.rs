@@ -1,0 +1,299 @@
+//! The end-to-end scenario of `labelqc run` against a Kafka broker, shared by the tests on
+//! librdkafka's mock cluster (`kafka`) and on tansu (`tansu`): the real `labelqc` binary as a
+//! subprocess, a generated input stream with malformed messages in it, a SIGKILL and a restart;
+//! the compacted view of every output topic must equal `labelqc report` over the same input, and
+//! the malformed messages must be in the dead-letter topic with their source position.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use labelqc::gen::{generate, GenSpec};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::compare::mismatches;
+use crate::http::samples;
+
+pub const LABELS: &str = "labelqc.labels";
+pub const GOLD: &str = "labelqc.gold";
+pub const OUTPUTS: [&str; 7] = [
+    "labelqc.scopes",
+    "labelqc.annotators",
+    "labelqc.pairs",
+    "labelqc.items",
+    "labelqc.deadletter",
+    "labelqc.gating",
+    "labelqc.alerts",
+];
+pub const DEADLETTER: &str = OUTPUTS[4];
+pub const MALFORMED: [&str; 2] = ["this is not json", r#"{"item_id":"x","annotator_id":"a","label":"y"}"#];
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Kills the service when the test ends, however it ends.
+pub struct Service(pub Child, pub String);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn start_service(brokers: &str, extra: &[&str]) -> Service {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
+        .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0", "--group-id", "labelqc-test"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start labelqc run");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    let addr = crate::http::announced_address(&first);
+    // Keep draining stderr so that the service never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = stderr.read_to_string(&mut sink);
+    });
+    Service(child, addr)
+}
+
+pub fn metrics(addr: &str) -> String {
+    crate::http::get(addr, "/metrics").map(|(_, body)| body).unwrap_or_default()
+}
+
+/// Input messages of `topic` (`labels` or `gold`) whose outputs the service has delivered and
+/// whose offsets it has committed.
+fn committed(metrics: &str, topic: &str) -> u64 {
+    samples(metrics, &format!("labelqc_input_committed_total{{topic=\"{topic}\"}}")).sum::<f64>() as u64
+}
+
+/// Waits until the service has delivered the outputs of `labels` label messages (malformed ones
+/// included) and `gold` gold messages, and committed their offsets.
+pub fn wait_for_events(service: &Service, labels: u64, gold: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = metrics(&service.1);
+        if committed(&metrics, "labels") >= labels && committed(&metrics, "gold") >= gold {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the service did not process all input in time: {metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn produce(producer: &BaseProducer, topic: &str, lines: &[String]) {
+    for line in lines {
+        let key = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| {
+                let scope = |f: &str| v.get(f).and_then(Value::as_str).unwrap_or("default").to_string();
+                Some(format!("{}/{}/{}", scope("project"), scope("task"), v.get("item_id")?.as_str()?))
+            })
+            .unwrap_or_else(|| "malformed".into());
+        producer.send(BaseRecord::to(topic).key(&key).payload(line)).expect("enqueue input");
+    }
+    producer.flush(TIMEOUT).expect("input delivered");
+}
+
+/// One message of a topic.
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Every message of every partition of a topic, each partition in offset order.
+pub fn read_all(brokers: &str, topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "labelqc-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT).unwrap();
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for partition in metadata.topics()[0].partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), TIMEOUT).unwrap();
+        if high > low {
+            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).unwrap();
+            ends.insert(partition.id(), high);
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return records;
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end; partitions left: {ends:?}");
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = message.unwrap();
+        let (partition, offset) = (message.partition(), message.offset());
+        if ends.get(&partition).is_some_and(|&end| offset + 1 >= end) {
+            ends.remove(&partition);
+        }
+        let key = String::from_utf8(message.key().unwrap_or_default().to_vec()).unwrap();
+        records.push(Record { partition, offset, key, payload: message.payload().map(<[u8]>::to_vec) });
+    }
+    records
+}
+
+/// The latest value per key of a topic (`None` for a tombstone), as a compacted topic holds it.
+pub fn compacted(brokers: &str, topic: &str) -> BTreeMap<String, Option<Value>> {
+    read_all(brokers, topic)
+        .into_iter()
+        .map(|r| (r.key, r.payload.map(|p| serde_json::from_slice::<Value>(&p).unwrap())))
+        .collect()
+}
+
+pub fn report(labels: &[String], gold: &[String]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, g) = (dir.path().join("labels.jsonl"), dir.path().join("gold.jsonl"));
+    std::fs::write(&l, labels.join("\n")).unwrap();
+    std::fs::write(&g, gold.join("\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_labelqc"))
+        .args(["report", "--items", "--labels", l.to_str().unwrap(), "--gold", g.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Checks that the compacted outputs say what the report says.
+pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
+    let live = |topic: &str| -> BTreeMap<String, Value> {
+        compacted(brokers, topic).into_iter().filter_map(|(k, v)| Some((k, v?))).collect()
+    };
+    let (scopes, annotators, pairs, items) =
+        (live(OUTPUTS[0]), live(OUTPUTS[1]), live(OUTPUTS[2]), live(OUTPUTS[3]));
+    let (gating, alerts) = (live(OUTPUTS[5]), live(OUTPUTS[6]));
+    let mut n_alerts = 0;
+    let report_scopes = expected["scopes"].as_array().unwrap();
+    assert_eq!(scopes.len(), report_scopes.len());
+    let (mut n_pairs, mut n_annotators, mut n_items) = (0, 0, 0);
+    let mut problems = Vec::new();
+    for scope in report_scopes {
+        let (project, task) = (scope["project"].as_str().unwrap(), scope["task"].as_str().unwrap());
+        let mut summary = scope.clone();
+        for field in ["pairs", "annotators", "items", "alerts"] {
+            summary.as_object_mut().unwrap().remove(field);
+        }
+        let mut published = scopes[&format!("{project}/{task}")].clone();
+        published.as_object_mut().unwrap().remove("updated_at");
+        problems.extend(mismatches(&summary, &published, 1e-9, true));
+        for pair in scope["pairs"].as_array().unwrap() {
+            let key =
+                format!("{project}/{task}/{}/{}", pair["a"].as_str().unwrap(), pair["b"].as_str().unwrap());
+            problems.extend(mismatches(pair, pairs.get(&key).unwrap_or(&Value::Null), 1e-9, false));
+            n_pairs += 1;
+        }
+        for annotator in scope["annotators"].as_array().unwrap() {
+            let key = format!("{project}/{task}/{}", annotator["annotator_id"].as_str().unwrap());
+            problems.extend(mismatches(annotator, annotators.get(&key).unwrap_or(&Value::Null), 1e-9, false));
+            n_annotators += 1;
+        }
+        for alert in scope["alerts"].as_array().unwrap() {
+            let id = alert["id"].as_str().unwrap();
+            problems.extend(mismatches(alert, alerts.get(id).unwrap_or(&Value::Null), 1e-9, false));
+            n_alerts += 1;
+        }
+        for annotator in scope["annotators"].as_array().unwrap() {
+            // The gating topic's latest record per (project, annotator) is the report's gate.
+            let key = format!("{project}/{}", annotator["annotator_id"].as_str().unwrap());
+            let gate = &annotator["gate"];
+            let record = gating.get(&key).unwrap_or(&Value::Null);
+            if record["state"] != gate["state"] || record["at"] != gate["since"] {
+                problems.push(format!("gating {key}: {record}, expected state and time of {gate}"));
+            }
+        }
+        for (item, consensus) in scope["items"].as_object().unwrap() {
+            let key = format!("{project}/{task}/{item}");
+            problems.extend(mismatches(consensus, items.get(&key).unwrap_or(&Value::Null), 1e-9, false));
+            n_items += 1;
+        }
+    }
+    assert!(problems.is_empty(), "{} mismatches: {:#?}", problems.len(), &problems[..problems.len().min(20)]);
+    assert_eq!((pairs.len(), annotators.len(), items.len()), (n_pairs, n_annotators, n_items));
+    assert_eq!(alerts.len(), n_alerts);
+    assert!(n_pairs > 100 && n_annotators > 20 && n_items > 100, "{n_pairs} {n_annotators} {n_items}");
+}
+
+/// Checks that each malformed message of the labels topic is in the dead-letter topic, under the
+/// key `topic/partition/offset`, with its position, the reason it was refused and its raw text.
+pub fn assert_dead_letters(brokers: &str) {
+    let malformed: Vec<Record> = read_all(brokers, LABELS)
+        .into_iter()
+        .filter(|r| MALFORMED.iter().any(|m| r.payload.as_deref() == Some(m.as_bytes())))
+        .collect();
+    assert_eq!(malformed.len(), MALFORMED.len(), "each malformed message is in {LABELS} once");
+    let letters = compacted(brokers, DEADLETTER);
+    assert_eq!(letters.len(), malformed.len(), "{letters:#?}");
+    for record in &malformed {
+        let key = format!("{LABELS}/{}/{}", record.partition, record.offset);
+        let Some(Some(letter)) = letters.get(&key) else { panic!("no dead letter {key} in {letters:#?}") };
+        assert_eq!(letter["topic"], LABELS, "{letter}");
+        assert_eq!(letter["partition"], record.partition, "{letter}");
+        assert_eq!(letter["offset"], record.offset, "{letter}");
+        assert_eq!(letter["raw"].as_str().map(str::as_bytes), record.payload.as_deref(), "{letter}");
+        assert!(letter["reason"].as_str().unwrap().contains("not a valid record"), "{letter}");
+    }
+}
+
+/// A broker (kept alive by `broker`) with the topics created, a producer, and generated input.
+pub struct Setup<B> {
+    pub broker: B,
+    pub brokers: String,
+    pub producer: BaseProducer,
+    pub labels: Vec<String>,
+    pub gold: Vec<String>,
+}
+
+impl<B> Setup<B> {
+    pub fn new(broker: B, brokers: String, seed: u64) -> Self {
+        let spec =
+            GenSpec { events: 2000, annotators: 25, tasks: 2, gold_rate: 0.1, seed, ..GenSpec::default() };
+        let (mut l, mut g) = (Vec::new(), Vec::new());
+        generate(&spec, &mut l, Some(&mut g)).unwrap();
+        let lines =
+            |bytes: Vec<u8>| String::from_utf8(bytes).unwrap().lines().map(String::from).collect::<Vec<_>>();
+        let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+        Setup { broker, brokers, producer, labels: lines(l), gold: lines(g) }
+    }
+}
+
+/// Produces the gold answers, the first `split` labels and the malformed messages, runs the
+/// service until it has processed them, produces half of the rest, kills the service with SIGKILL
+/// while they may be in flight, produces the other half while it is down, restarts it and waits
+/// until it has processed everything; checks that the outputs equal the report and that the
+/// malformed messages are dead-lettered. Returns the restarted service.
+pub fn kill_and_restart<B>(s: &Setup<B>, split: usize, extra: &[&str]) -> Service {
+    produce(&s.producer, GOLD, &s.gold);
+    let (first, rest) = s.labels.split_at(split);
+    produce(&s.producer, LABELS, first);
+    produce(&s.producer, LABELS, &MALFORMED.map(String::from));
+    let mut service = start_service(&s.brokers, extra);
+    wait_for_events(&service, (first.len() + MALFORMED.len()) as u64, s.gold.len() as u64);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    produce(&s.producer, LABELS, second);
+    std::thread::sleep(Duration::from_millis(150));
+    service.0.kill().unwrap();
+    service.0.wait().unwrap();
+    produce(&s.producer, LABELS, third);
+
+    let service = start_service(&s.brokers, extra);
+    wait_for_events(&service, (s.labels.len() + MALFORMED.len()) as u64, s.gold.len() as u64);
+    assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+    assert_dead_letters(&s.brokers);
+    service
+}
