@@ -1,5 +1,6 @@
 //! labelqc's integration tests: one binary, run by `cargo test`.
 
+mod admin;
 mod cli;
 mod compare;
 mod conformance;
@@ -10,3 +11,4 @@ mod kafka;
 mod property;
 mod reference;
 mod scenario;
+mod tansu;
