@@ -8,6 +8,9 @@
 //!    from a message's Kafka timestamp to the delivery of the outputs it changed.
 //!
 //! Run with `cargo bench --bench kafka` (`-- --events N --seconds S` to change the defaults).
+//! `-- --brokers HOST:PORT` runs 1 and 2 on that broker instead (tansu, say): the benchmark
+//! creates its topics there through the admin API, so the broker must not have them yet; 3 is
+//! skipped, as it needs a second, fresh set of topics.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +24,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// The integration tests' topic creation through the admin API.
+#[path = "../tests/integration/admin.rs"]
+mod admin;
 /// The integration tests' HTTP client and exposition reader.
 #[path = "../tests/integration/http.rs"]
 mod http;
@@ -41,13 +47,13 @@ impl Drop for Service {
     }
 }
 
-fn arg(name: &str, default: u64) -> u64 {
+fn arg_value(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    arg_value(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn lines(spec: &GenSpec) -> (Vec<String>, Vec<String>) {
@@ -75,14 +81,26 @@ fn produce(producer: &BaseProducer, topic: &str, lines: &[String]) {
     producer.flush(Duration::from_secs(60)).unwrap();
 }
 
-fn cluster() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String, BaseProducer) {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    cluster.create_topic(LABELS, PARTITIONS, 1).unwrap();
-    cluster.create_topic(GOLD, 1, 1).unwrap();
-    for topic in OUTPUTS {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
+type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// A mock cluster, or the `external` broker, with the topics created.
+fn cluster(external: Option<&str>) -> (Option<Mock>, String, BaseProducer) {
+    let mut topics = vec![(LABELS, PARTITIONS), (GOLD, 1)];
+    topics.extend(OUTPUTS.map(|topic| (topic, 1)));
+    let (cluster, brokers) = match external {
+        Some(brokers) => {
+            admin::create_topics(brokers, &topics);
+            (None, brokers.to_string())
+        }
+        None => {
+            let cluster = MockCluster::new(1).unwrap();
+            for (topic, partitions) in topics {
+                cluster.create_topic(topic, partitions, 1).unwrap();
+            }
+            let brokers = cluster.bootstrap_servers();
+            (Some(cluster), brokers)
+        }
+    };
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "5")
@@ -175,11 +193,14 @@ fn wait_for(service: &Service, labels: usize) -> Instant {
 fn main() {
     let events = arg("--events", 200_000) as usize;
     let seconds = arg("--seconds", 10);
+    let external = arg_value("--brokers");
     let spec = GenSpec { events: events as u64, annotators: 1000, delete_rate: 0.0, ..GenSpec::default() };
     let (labels, gold) = lines(&spec);
 
-    println!("# labelqc run on librdkafka's mock cluster ({events} events, {PARTITIONS} partitions)\n");
-    let (_cluster, brokers, producer) = cluster();
+    let broker =
+        external.as_ref().map_or("librdkafka's mock cluster".into(), |b| format!("the broker at {b}"));
+    println!("# labelqc run on {broker} ({events} events, {PARTITIONS} partitions)\n");
+    let (_cluster, brokers, producer) = cluster(external.as_deref());
     produce(&producer, GOLD, &gold);
     produce(&producer, LABELS, &labels);
     let ceiling = ceiling(&brokers, labels.len());
@@ -200,9 +221,12 @@ fn main() {
     println!("| bare consumer parsing JSON (ceiling) | {ceiling:.0} |");
     println!("| labelqc run, Kafka to Kafka, 2 workers | {throughput:.0} |");
     println!("| ratio | {:.0}% |\n", 100.0 * throughput / ceiling);
+    if external.is_some() {
+        return;
+    }
 
     // Freshness at a fixed 20,000 events/s on a fresh cluster.
-    let (_cluster, brokers, producer) = cluster();
+    let (_cluster, brokers, producer) = cluster(None);
     let rate = 20_000usize;
     let stream_spec = GenSpec { events: (rate as u64) * seconds, seed: 99, ..spec };
     let (labels, gold) = lines(&stream_spec);
