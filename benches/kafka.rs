@@ -33,7 +33,7 @@ mod http;
 
 const LABELS: &str = "labelqc.labels";
 const GOLD: &str = "labelqc.gold";
-const OUTPUTS: [&str; 7] = [
+const OUTPUTS: [&str; 8] = [
     "labelqc.scopes",
     "labelqc.annotators",
     "labelqc.pairs",
@@ -41,6 +41,7 @@ const OUTPUTS: [&str; 7] = [
     "labelqc.deadletter",
     "labelqc.gating",
     "labelqc.alerts",
+    "labelqc.scope_windows",
 ];
 /// The mock broker keeps about 5 MB per partition; 8 partitions hold 200,000 events whole.
 const PARTITIONS: i32 = 8;

@@ -102,6 +102,9 @@ pub struct ReportArgs {
     /// Include per-item consensus in the report.
     #[arg(long)]
     pub items: bool,
+    /// Include each scope's numbers per tumbling event-time window (sizes from `[windows]`).
+    #[arg(long)]
+    pub windows: bool,
     /// Worker threads (overrides `engine.workers`).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -285,6 +288,7 @@ fn run_demo(args: DemoArgs) -> Result<()> {
             ..GenSpec::default()
         },
         workers: args.workers,
+        windows: crate::config::WindowSettings::default().sizes_ms()?,
         full_screen: !args.lines,
     })
 }
@@ -311,6 +315,7 @@ fn run_report(args: ReportArgs) -> Result<()> {
         with_items: args.items,
         strict: args.strict,
         drift: config.drift_settings(),
+        windows: if args.windows { config.windows.sizes_ms()? } else { Vec::new() },
         engine: config.engine,
         progress: true,
     };

@@ -83,6 +83,8 @@ pub struct OutputTopics {
     pub annotators: String,
     pub pairs: String,
     pub items: String,
+    /// Per-scope numbers over each tumbling window, keyed `project/task/size/start`.
+    pub scope_windows: String,
     pub gating: String,
     pub alerts: String,
     pub deadletter: String,
@@ -95,10 +97,67 @@ impl Default for OutputTopics {
             annotators: "labelqc.annotators".into(),
             pairs: "labelqc.pairs".into(),
             items: "labelqc.items".into(),
+            scope_windows: "labelqc.scope_windows".into(),
             gating: "labelqc.gating".into(),
             alerts: "labelqc.alerts".into(),
             deadletter: "labelqc.deadletter".into(),
         }
+    }
+}
+
+/// Tumbling event-time windows (`[windows]`): per-scope numbers over each window next to the
+/// all-time ones.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowSettings {
+    /// Window sizes: a number and a unit, `s`, `m`, `h` or `d` (`"1h"`, `"1d"`). Empty: none.
+    pub sizes: Vec<String>,
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        WindowSettings { sizes: vec!["1h".into(), "1d".into()] }
+    }
+}
+
+impl WindowSettings {
+    /// The sizes in milliseconds, or the first that is not a size.
+    pub fn sizes_ms(&self) -> Result<Vec<i64>, ConfigError> {
+        let mut sizes = Vec::with_capacity(self.sizes.len());
+        for size in &self.sizes {
+            let bad = || ConfigError::Value {
+                field: "windows.sizes",
+                message: format!(
+                    "{size:?} is not a window size; write a number and a unit, like \"1h\" or \"1d\""
+                ),
+            };
+            let split = size.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+            let n: i64 = size[..split].parse().map_err(|_| bad())?;
+            let unit = match &size[split..] {
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                _ => return Err(bad()),
+            };
+            if n == 0 || n > 366 * 86_400_000 / unit {
+                return Err(bad());
+            }
+            if sizes.contains(&(n * unit)) {
+                return Err(ConfigError::Value {
+                    field: "windows.sizes",
+                    message: format!("{size:?} is listed twice"),
+                });
+            }
+            sizes.push(n * unit);
+        }
+        if sizes.len() > 4 {
+            return Err(ConfigError::Value {
+                field: "windows.sizes",
+                message: "at most 4 window sizes".into(),
+            });
+        }
+        Ok(sizes)
     }
 }
 
@@ -124,6 +183,7 @@ pub struct Config {
     pub kafka: KafkaSettings,
     pub outputs: OutputTopics,
     pub http: HttpSettings,
+    pub windows: WindowSettings,
     /// Drift signals, gates and alerts of every project (`[drift]`) ...
     pub drift: DriftConfig,
     /// ... and of named projects (`[drift_projects.NAME]`), whose unset fields take the
@@ -171,6 +231,7 @@ impl Config {
             ("outputs.annotators", &self.outputs.annotators),
             ("outputs.pairs", &self.outputs.pairs),
             ("outputs.items", &self.outputs.items),
+            ("outputs.scope_windows", &self.outputs.scope_windows),
             ("outputs.gating", &self.outputs.gating),
             ("outputs.alerts", &self.outputs.alerts),
             ("outputs.deadletter", &self.outputs.deadletter),
@@ -191,6 +252,7 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        self.windows.sizes_ms()?;
         self.drift_settings()
             .validate()
             .map_err(|e| ConfigError::Value { field: "drift", message: e.to_string() })
@@ -221,6 +283,7 @@ mod tests {
         assert_eq!(config.drift, DriftConfig::default());
         assert_eq!(config.outputs, OutputTopics::default());
         assert_eq!(config.engine, EngineSettings::default());
+        assert_eq!(config.windows, WindowSettings::default());
     }
 
     #[test]
@@ -238,5 +301,9 @@ mod tests {
         let c = Config::parse("[drift_projects.rlhf]\ngate_threshold = 0.9\n").unwrap();
         assert_eq!(c.drift_settings().for_project("rlhf").gate_threshold, 0.9);
         assert_eq!(c.drift_settings().for_project("other").gate_threshold, 0.7);
+        let err = Config::parse("[windows]\nsizes = [\"1hour\"]\n").unwrap_err().to_string();
+        assert!(err.contains("windows.sizes") && err.contains("1hour"), "{err}");
+        let c = Config::parse("[windows]\nsizes = [\"15m\", \"2d\"]\n").unwrap();
+        assert_eq!(c.windows.sizes_ms().unwrap(), vec![900_000, 172_800_000]);
     }
 }

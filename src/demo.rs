@@ -19,7 +19,7 @@ use labelqc_dataflows::view::QualityView;
 
 use crate::gen::{GenSpec, Traffic};
 use crate::http::HttpServer;
-use crate::telemetry::{Telemetry, ALL_TIME};
+use crate::telemetry::Telemetry;
 
 /// How the demo runs.
 #[derive(Clone, Debug)]
@@ -33,6 +33,8 @@ pub struct DemoSettings {
     /// The simulated workforce and traffic.
     pub traffic: GenSpec,
     pub workers: usize,
+    /// Window sizes (ms) of the windowed numbers (gauges with `window="1h"`, ...).
+    pub windows: Vec<i64>,
     /// Redraw a full-screen view (only on a terminal); otherwise print a line a second.
     pub full_screen: bool,
 }
@@ -61,7 +63,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         QualityView::with_change_tracking(),
     )?;
     let mut traffic = Traffic::new(&settings.traffic)?;
-    let mut source = Source::default();
+    let mut source = Source::with_windows(&settings.windows);
     let full_screen = settings.full_screen && std::io::stdout().is_terminal();
 
     let start = Instant::now();
@@ -93,15 +95,12 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         {
             let mut view = engine.view();
             let changes = view.settle(&source.catalog);
-            for &scope in &changes.scopes {
-                if let Some(summary) = view.scope_summary(scope, &source.catalog) {
-                    telemetry.set_scope(&summary, ALL_TIME);
-                }
-            }
+            telemetry.set_scopes(&view, &source.catalog, &changes);
             telemetry.count_changes(&changes);
+            alerts_fired += changes.fired.len() as u64;
             for alert in changes.alerts.iter().filter_map(|(_, a)| a.as_ref()) {
-                if alert.status == AlertStatus::Firing {
-                    alerts_fired += 1;
+                if alert.status == AlertStatus::Firing && alert.kind == "annotator_drift" {
+                    recent_alerts.retain(|s| s != &alert.summary);
                     recent_alerts.push_front(alert.summary.clone());
                     recent_alerts.truncate(RECENT_ALERTS);
                 }

@@ -26,6 +26,8 @@ pub struct ReportRequest {
     pub engine: EngineSettings,
     /// Drift, gate and alert settings.
     pub drift: DriftSettings,
+    /// Window sizes (ms) to report per-scope numbers over; empty for none.
+    pub windows: Vec<i64>,
     /// Show a progress bar (only honoured when stderr is a terminal).
     pub progress: bool,
 }
@@ -49,7 +51,7 @@ pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter))
         },
         QualityView::default().with_drift(request.drift.clone()),
     )?;
-    let mut source = Source::default();
+    let mut source = Source::with_windows(&request.windows);
     let mut feeder =
         Feeder { engine: &mut engine, source: &mut source, pending: Vec::new(), events: 0, dead: 0 };
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use labelqc_dataflows::engine::{Engine, EngineConfig};
-use labelqc_dataflows::source::{Source, Stream};
+use labelqc_dataflows::source::{window_size_name, Source, Stream};
 use labelqc_dataflows::view::{Changes, QualityView};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::http::HttpServer;
-use crate::telemetry::{Telemetry, ALL_TIME};
+use crate::telemetry::Telemetry;
 
 /// Counts output messages whose delivery failed.
 #[derive(Default)]
@@ -201,7 +201,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         },
         QualityView::with_change_tracking().with_drift(config.drift_settings()),
     )?;
-    let mut source = Source::default();
+    let mut source = Source::with_windows(&config.windows.sizes_ms()?);
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
     let interval = Duration::from_millis(config.kafka.epoch_interval_ms);
     let mut updates = Vec::new();
@@ -270,11 +270,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                 publish(&publisher, config, &view, &source, &changes)?;
                 telemetry.count_changes(&changes);
                 telemetry.set_drift(&view.drift_summary(&source.catalog));
-                for &scope in &changes.scopes {
-                    if let Some(summary) = view.scope_summary(scope, &source.catalog) {
-                        telemetry.set_scope(&summary, ALL_TIME);
-                    }
-                }
+                telemetry.set_scopes(&view, &source.catalog, &changes);
             }
             let t_published = opened.elapsed();
             if config.kafka.exactly_once {
@@ -339,6 +335,17 @@ fn publish(
         .unwrap_or_default();
     for &scope in &changes.scopes {
         let (project, task) = catalog.scope_name(scope);
+        if let Some(window) = catalog.window(scope) {
+            let key = format!(
+                "{project}/{task}/{}/{}",
+                window_size_name(window.size_ms),
+                labelqc_dataflows::drift::rfc3339(window.start_ms)
+            );
+            let summary = view.window_summary(scope, catalog);
+            let stamped = summary.as_ref().map(|object| Stamped { object, updated_at: updated_at.clone() });
+            publisher.send_json(&config.outputs.scope_windows, &key, stamped.as_ref())?;
+            continue;
+        }
         let summary = view.scope_summary(scope, catalog);
         let stamped = summary.as_ref().map(|object| Stamped { object, updated_at: updated_at.clone() });
         publisher.send_json(&config.outputs.scopes, &format!("{project}/{task}"), stamped.as_ref())?;

@@ -14,7 +14,8 @@ use prometheus::{
 use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::event::Op;
 use labelqc_dataflows::source::Stream;
-use labelqc_dataflows::view::{Changes, DriftSummary, ScopeSummary};
+use labelqc_dataflows::source::{is_window, window_size_name, Catalog};
+use labelqc_dataflows::view::{Changes, DriftSummary, QualityView, ScopeSummary};
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +222,23 @@ impl Telemetry {
         })
     }
 
+    /// Sets the quality gauges of every changed scope (`window="all"`) and of each scope's newest
+    /// window of each size (`window="1h"`, ...) when it changed.
+    pub fn set_scopes(&self, view: &QualityView, catalog: &Catalog, changes: &Changes) {
+        for &scope in changes.scopes.iter().filter(|&&s| !is_window(s)) {
+            if let Some(summary) = view.scope_summary(scope, catalog) {
+                self.set_scope(&summary, ALL_TIME);
+            }
+        }
+        for (_, size_ms, window) in view.latest_windows(catalog) {
+            if changes.scopes.binary_search(&window).is_ok() {
+                if let Some(summary) = view.scope_summary(window, catalog) {
+                    self.set_scope(&summary, &window_size_name(size_ms));
+                }
+            }
+        }
+    }
+
     /// Sets the quality gauges of one scope from its current summary.
     pub fn set_scope(&self, scope: &ScopeSummary, window: &str) {
         let labels = [scope.project.as_str(), scope.task.as_str(), window];
@@ -294,10 +312,8 @@ impl Telemetry {
                 self.gate_transitions.with_label_values(&[&record.project, from, record.state.name()]).inc();
             }
         }
-        for alert in changes.alerts.iter().filter_map(|(_, a)| a.as_ref()) {
-            if alert.status == labelqc_dataflows::drift::AlertStatus::Firing {
-                self.alerts_fired.with_label_values(&[&alert.project, alert.severity.name()]).inc();
-            }
+        for (project, severity) in &changes.fired {
+            self.alerts_fired.with_label_values(&[project, severity.name()]).inc();
         }
     }
 

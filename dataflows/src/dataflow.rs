@@ -9,13 +9,14 @@
 //! every aggregate is an integer that cancels exactly on retraction. Floats appear only in
 //! [`crate::view`], when a final number is formed.
 
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::label::LabelId;
-use crate::source::{AnnotatorId, Day, ItemId, ItemKey, ScopeId, Stamp};
+use crate::source::{is_window, AnnotatorId, Day, ItemId, ItemKey, ScopeId, Stamp};
 
 /// Logical time: a totally ordered epoch.
 pub type Time = u64;
@@ -121,9 +122,13 @@ pub enum Fact {
 
 /// Summarises one item from its current `(annotator, label, stamp)` rows, sorted by annotator;
 /// `None` for an item without labels. `counts` is scratch space.
+///
+/// Without `full` (items of window scopes), only what scope-level numbers need is formed: no drift
+/// inputs and no consensus.
 pub fn summarize_item(
     rows: &[(AnnotatorId, LabelId, Stamp)],
     counts: &mut Vec<(LabelId, u32)>,
+    full: bool,
 ) -> Option<ItemSummary> {
     let raters = rows.len() as u32;
     if raters == 0 {
@@ -150,6 +155,9 @@ pub fn summarize_item(
     for &(annotator, label, stamp) in rows {
         let same = count_of(label) - 1;
         out.push(ItemFact::Annotator { annotator, raters, same });
+        if !full {
+            continue;
+        }
         let day = stamp.day();
         if let Some(ms) = stamp.duration_ms {
             out.push(ItemFact::Speed { annotator, day, bucket: duration_bucket(ms) });
@@ -187,6 +195,9 @@ pub fn summarize_item(
             }
         }
     }
+    if !full {
+        return Some(ItemSummary(out));
+    }
     let top = counts.iter().map(|&(_, n)| n).max().unwrap_or(0);
     for &(label, _) in counts.iter().filter(|&&(_, n)| n == top) {
         out.push(ItemFact::Consensus { top, label });
@@ -202,38 +213,20 @@ pub fn quality_facts<'s>(
     labels: VecCollection<'s, Time, LabelRow, Diff>,
     gold: VecCollection<'s, Time, GoldRow, Diff>,
 ) -> VecCollection<'s, Time, Fact, Diff> {
+    // Window scopes get scope-level numbers only: no pairs, drift inputs or consensus.
+    let window_labels = labels.clone().filter(|((scope, _), _)| is_window(*scope));
+    let labels = labels.filter(|((scope, _), _)| !is_window(*scope));
     let labels_by_item = labels.arrange_by_key_named("LabelsByItem");
-
-    // One summary value per item keeps the reduce's own arrangement small; its facts are
-    // unpacked downstream, where nothing needs to be stored.
-    let item_facts = labels_by_item
-        .clone()
-        .reduce_abelian::<_, ValBuilder<ItemKey, ItemSummary, Time, Diff>, ValSpine<ItemKey, ItemSummary, Time, Diff>, _, _>(
-            "SummarizeItem",
-            {
-                let (mut rows, mut counts) = (Vec::new(), Vec::new());
-                move |_item, input, output| {
-                    rows.clear();
-                    rows.extend(input.iter().filter(|(_, diff)| *diff > 0).map(|(row, _)| **row));
-                    output.extend(summarize_item(&rows, &mut counts).map(|summary| (summary, 1)));
-                }
-            },
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-            },
-        )
-        .flat_map_ref(|item: &ItemKey, summary: &ItemSummary| {
-            let item = *item;
-            summary.0.iter().map(move |fact| (item, *fact)).collect::<Vec<_>>()
-        });
+    let windows_by_item = window_labels.arrange_by_key_named("WindowLabelsByItem");
+    let item_facts = summarize(labels_by_item.clone(), true);
+    let window_facts = summarize(windows_by_item.clone(), false);
 
     // Every summed fact goes through one `count_total`, keyed by what it sums: one pass over
     // the item facts instead of one per kind.
     let gold_by_item = gold.arrange_by_key_named("GoldByItem");
     type Row = (AnnotatorId, LabelId, Stamp);
     let gold_answers = labels_by_item.clone().join_core(
-        gold_by_item,
+        gold_by_item.clone(),
         |item: &ItemKey, &(annotator, label, stamp): &Row, gold: &LabelId| {
             Some(Fact::GoldAnswer {
                 scope: item.0,
@@ -250,10 +243,18 @@ pub fn quality_facts<'s>(
         }
         _ => None,
     });
+    let window_gold_sums = windows_by_item.join_core(
+        gold_by_item,
+        |item: &ItemKey, &(annotator, label, _): &Row, gold: &LabelId| {
+            Some((SumKey::Gold { scope: item.0, annotator }, (1i64, i64::from(label == *gold), 0i64)))
+        },
+    );
     let totals = item_facts
         .clone()
+        .concat(window_facts)
         .explode(|((scope, _), fact)| sum_of(scope, fact))
         .concat(gold_sums)
+        .concat(window_gold_sums.explode(|(key, sums)| Some((key, sums))))
         .count_total_core::<Diff>()
         .map(|(key, (x, y, z))| key.fact(x, y, z));
 
@@ -273,6 +274,37 @@ pub fn quality_facts<'s>(
     });
 
     totals.concat(pairs).concat(consensus).concat(gold_answers)
+}
+
+type LabelsByItem<'s> =
+    Arranged<'s, TraceAgent<ValSpine<ItemKey, (AnnotatorId, LabelId, Stamp), Time, Diff>>>;
+
+/// One summary value per item keeps the reduce's own arrangement small; its facts are unpacked
+/// downstream, where nothing needs to be stored.
+fn summarize<'s>(
+    labels_by_item: LabelsByItem<'s>,
+    full: bool,
+) -> VecCollection<'s, Time, (ItemKey, ItemFact), Diff> {
+    labels_by_item
+        .reduce_abelian::<_, ValBuilder<ItemKey, ItemSummary, Time, Diff>, ValSpine<ItemKey, ItemSummary, Time, Diff>, _, _>(
+            if full { "SummarizeItem" } else { "SummarizeWindowItem" },
+            {
+                let (mut rows, mut counts) = (Vec::new(), Vec::new());
+                move |_item, input, output| {
+                    rows.clear();
+                    rows.extend(input.iter().filter(|(_, diff)| *diff > 0).map(|(row, _)| **row));
+                    output.extend(summarize_item(&rows, &mut counts, full).map(|summary| (summary, 1)));
+                }
+            },
+            |vec, key, upds| {
+                vec.clear();
+                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+            },
+        )
+        .flat_map_ref(|item: &ItemKey, summary: &ItemSummary| {
+            let item = *item;
+            summary.0.iter().map(move |fact| (item, *fact)).collect::<Vec<_>>()
+        })
 }
 
 /// What a summed fact sums over: the key of its total.

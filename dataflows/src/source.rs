@@ -1,6 +1,12 @@
 //! The source side of the dataflows: names interned to compact ids (the [`Catalog`]) and the
 //! upsert state that turns "latest event per identity wins" into differential updates: an upsert
 //! that replaces a label emits `(-old, +new)`, a delete emits `-old`, a repeat emits nothing.
+//!
+//! Tumbling event-time windows are scopes of their own: a label whose `ts` falls in the hour
+//! starting 18:00 is also a label of the window scope (scope, 1h, 18:00), so a late event lands
+//! in (and corrects) its own window. Window scope ids carry [`WINDOW_BIT`]; the dataflow forms
+//! only scope-level numbers for them. A gold answer reaches every window in which its item has
+//! labels.
 
 use std::collections::HashMap;
 
@@ -9,8 +15,34 @@ use foldhash::fast::RandomState;
 use crate::event::{parse_gold_event, parse_label_event, GoldEvent, LabelEvent, Op, ParseError};
 use crate::label::{LabelId, LabelTable};
 
-/// Compact id of a (project, task) scope.
+/// Compact id of a (project, task) scope, or of a window of one (with [`WINDOW_BIT`] set).
 pub type ScopeId = u32;
+
+/// Set in the ids of window scopes.
+pub const WINDOW_BIT: ScopeId = 1 << 31;
+
+/// Whether `scope` is a window of a scope.
+pub fn is_window(scope: ScopeId) -> bool {
+    scope & WINDOW_BIT != 0
+}
+
+/// The name of a window size: `1h`, `1d`, `15m`, `30s` or `500ms`.
+pub fn window_size_name(size_ms: i64) -> String {
+    for (unit, ms) in [("d", DAY_MS), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if size_ms % ms == 0 {
+            return format!("{}{unit}", size_ms / ms);
+        }
+    }
+    format!("{size_ms}ms")
+}
+
+/// A tumbling event-time window of a scope: `[start_ms, start_ms + size_ms)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Window {
+    pub scope: ScopeId,
+    pub size_ms: i64,
+    pub start_ms: i64,
+}
 /// Compact id of an item name (shared across scopes; an item is identified by `(scope, item)`).
 pub type ItemId = u32;
 /// Compact id of an annotator name.
@@ -89,6 +121,8 @@ pub struct Catalog {
     tasks: Interner,
     scopes: HashMap<(u32, u32), ScopeId, RandomState>,
     scope_names: Vec<(u32, u32)>,
+    window_ids: HashMap<Window, ScopeId, RandomState>,
+    windows: Vec<Window>,
     pub items: Interner,
     pub annotators: Interner,
     pub labels: LabelTable,
@@ -106,15 +140,31 @@ impl Catalog {
         id
     }
 
-    /// Number of scopes seen; their ids are `0..scope_count()`.
+    /// Number of scopes seen (windows apart); their ids are `0..scope_count()`.
     pub fn scope_count(&self) -> ScopeId {
         self.scope_names.len() as ScopeId
     }
 
-    /// The `(project, task)` names of a scope.
+    /// The `(project, task)` names of a scope (of its scope, for a window).
     pub fn scope_name(&self, scope: ScopeId) -> (&str, &str) {
-        let (p, t) = self.scope_names[scope as usize];
+        let base = self.window(scope).map_or(scope, |w| w.scope);
+        let (p, t) = self.scope_names[base as usize];
         (self.projects.name(p), self.tasks.name(t))
+    }
+
+    /// The id of a window scope.
+    pub fn window_scope(&mut self, window: Window) -> ScopeId {
+        let next = WINDOW_BIT | ScopeId::try_from(self.windows.len()).expect("more than 2^31 windows");
+        let id = *self.window_ids.entry(window).or_insert(next);
+        if id == next {
+            self.windows.push(window);
+        }
+        id
+    }
+
+    /// The window a window scope stands for; `None` for an ordinary scope.
+    pub fn window(&self, scope: ScopeId) -> Option<Window> {
+        is_window(scope).then(|| self.windows[(scope & !WINDOW_BIT) as usize])
     }
 }
 
@@ -150,9 +200,66 @@ pub struct Source {
     pub catalog: Catalog,
     labels: HashMap<(ItemKey, AnnotatorId), (LabelId, Stamp), RandomState>,
     gold: HashMap<ItemKey, LabelId, RandomState>,
+    /// Window sizes (ms) whose window scopes receive every label.
+    window_sizes: Vec<i64>,
+    /// Per item, the window scopes holding its labels, with their label counts.
+    item_windows: HashMap<ItemKey, smallvec::SmallVec<[(ScopeId, u32); 2]>, RandomState>,
 }
 
 impl Source {
+    /// A source that also feeds tumbling event-time windows of these sizes (milliseconds).
+    pub fn with_windows(window_sizes: &[i64]) -> Source {
+        assert!(window_sizes.iter().all(|&s| s > 0), "window sizes must be positive");
+        Source { window_sizes: window_sizes.to_vec(), ..Source::default() }
+    }
+
+    /// The window sizes (ms) this source feeds.
+    pub fn window_sizes(&self) -> &[i64] {
+        &self.window_sizes
+    }
+
+    /// Adds (`diff` 1) or removes (-1) a label in each of its windows, and the item's gold answer
+    /// in a window the item enters or leaves.
+    fn window_label(
+        &mut self,
+        item: ItemKey,
+        annotator: AnnotatorId,
+        label: LabelId,
+        stamp: Stamp,
+        diff: i64,
+        out: &mut Vec<Update>,
+    ) {
+        for i in 0..self.window_sizes.len() {
+            let size_ms = self.window_sizes[i];
+            let start_ms = stamp.ts_ms - stamp.ts_ms.rem_euclid(size_ms);
+            let scope = self.catalog.window_scope(Window { scope: item.0, size_ms, start_ms });
+            out.push(Update::Label { item: (scope, item.1), annotator, label, stamp, diff });
+            let windows = self.item_windows.entry(item).or_default();
+            let index = match windows.iter().position(|(w, _)| *w == scope) {
+                Some(i) => i,
+                None => {
+                    windows.push((scope, 0));
+                    windows.len() - 1
+                }
+            };
+            let count = &mut windows[index].1;
+            let entered = *count == 0 && diff > 0;
+            *count = count.checked_add_signed(diff as i32).expect("window label counts stay non-negative");
+            let left = *count == 0;
+            if left {
+                windows.swap_remove(index);
+                if windows.is_empty() {
+                    self.item_windows.remove(&item);
+                }
+            }
+            if entered || left {
+                if let Some(&gold) = self.gold.get(&item) {
+                    out.push(Update::Gold { item: (scope, item.1), label: gold, diff });
+                }
+            }
+        }
+    }
+
     /// Applies one label event; appends the updates it causes (none, one or two) to `out`.
     pub fn apply_label(&mut self, event: &LabelEvent<'_>, out: &mut Vec<Update>) {
         let scope = self.catalog.scope(&event.project, &event.task);
@@ -172,9 +279,11 @@ impl Source {
         }
         if let Some((label, stamp)) = old {
             out.push(Update::Label { item, annotator, label, stamp, diff: -1 });
+            self.window_label(item, annotator, label, stamp, -1, out);
         }
         if let Some((label, stamp)) = new {
             out.push(Update::Label { item, annotator, label, stamp, diff: 1 });
+            self.window_label(item, annotator, label, stamp, 1, out);
         }
     }
 
@@ -195,6 +304,15 @@ impl Source {
         }
         if let Some(label) = new {
             out.push(Update::Gold { item, label, diff: 1 });
+        }
+        // The item's windows see the same gold answer.
+        for &(window, _) in self.item_windows.get(&item).map(|w| w.as_slice()).unwrap_or_default() {
+            if let Some(label) = old {
+                out.push(Update::Gold { item: (window, item.1), label, diff: -1 });
+            }
+            if let Some(label) = new {
+                out.push(Update::Gold { item: (window, item.1), label, diff: 1 });
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use crate::drift::{
     ScopeInputs, Severity, Signal, SignalReport, SignalState, Timeline,
 };
 use crate::label::LabelId;
-use crate::source::{AnnotatorId, Catalog, Day, ItemId, ScopeId};
+use crate::source::{is_window, window_size_name, AnnotatorId, Catalog, Day, ItemId, ScopeId};
 use crate::stats::{self, Coincidences, GoldAccuracy, Level};
 
 /// Annotators re-evaluated per settle beyond those whose own inputs changed: bounds the work of an
@@ -156,6 +156,8 @@ pub struct Changes {
     /// Alerts that changed: the alert now, or `None` for an alert whose condition no longer
     /// follows from the data (its earlier record is withdrawn).
     pub alerts: Vec<(String, Option<Alert>)>,
+    /// Alerts that started firing (were not firing before): (project, severity).
+    pub fired: Vec<(String, Severity)>,
 }
 
 /// Drift state per project, for metrics with bounded labels.
@@ -241,6 +243,10 @@ pub struct QualityView {
     gates: BTreeMap<(String, AnnotatorId), Gate>,
     /// Annotators to re-evaluate because their scope's inputs changed, not yet done.
     pending_drift: std::collections::BTreeSet<(ScopeId, AnnotatorId)>,
+    /// Window scopes (scope-level numbers only), by id.
+    windows: BTreeMap<ScopeId, ScopeState>,
+    /// Alerts that started firing since the last settle: (project, severity).
+    fired: Vec<(String, Severity)>,
 }
 
 impl QualityView {
@@ -386,6 +392,9 @@ impl QualityView {
     }
 
     fn scope_mut(&mut self, scope: ScopeId) -> &mut ScopeState {
+        if is_window(scope) {
+            return self.windows.entry(scope).or_default();
+        }
         let index = scope as usize;
         if index >= self.scopes.len() {
             self.scopes.resize_with(index + 1, ScopeState::default);
@@ -399,6 +408,8 @@ impl QualityView {
     pub fn settle(&mut self, catalog: &Catalog) -> Changes {
         self.refresh_derived();
         let (gates, alerts) = self.refresh_drift(catalog, false);
+        // Windows are published as scope objects only.
+        self.dirty.annotators.retain(|&(scope, _)| !is_window(scope));
         Changes {
             scopes: sorted(&mut self.dirty.scopes),
             pairs: sorted(&mut self.dirty.pairs),
@@ -406,6 +417,7 @@ impl QualityView {
             items: sorted(&mut self.dirty.items),
             gates,
             alerts,
+            fired: std::mem::take(&mut self.fired),
         }
     }
 
@@ -529,7 +541,7 @@ impl QualityView {
             }
         }
         // Scope alerts depend on the scope's numbers too: re-derive them for every changed scope.
-        alert_scopes.extend(self.dirty.scopes.iter().copied());
+        alert_scopes.extend(self.dirty.scopes.iter().copied().filter(|&s| !is_window(s)));
         if all {
             alert_scopes.extend(0..self.scopes.len() as ScopeId);
         }
@@ -541,8 +553,13 @@ impl QualityView {
             let s = &mut self.scopes[scope as usize];
             let old = std::mem::take(&mut s.alerts);
             for (id, alert) in &new {
-                if old.get(id) != Some(alert) {
+                let was = old.get(id);
+                if was != Some(alert) {
                     alerts.push((id.clone(), Some(alert.clone())));
+                }
+                if alert.status == AlertStatus::Firing && was.is_none_or(|a| a.status != AlertStatus::Firing)
+                {
+                    self.fired.push((alert.project.clone(), alert.severity));
                 }
             }
             alerts.extend(old.into_keys().filter(|id| !new.contains_key(id)).map(|id| (id, None)));
@@ -806,16 +823,69 @@ impl QualityView {
             self.dirty.scopes.insert(scope);
         }
         for &(scope, annotator) in &self.dirty.annotators {
-            let s = &mut self.scopes[scope as usize];
+            let s = if is_window(scope) {
+                let Some(s) = self.windows.get_mut(&scope) else { continue };
+                s
+            } else {
+                &mut self.scopes[scope as usize]
+            };
             // An annotator with a drift timeline is dropped once its timeline is retracted.
             if s.annotators.get(&annotator).is_some_and(|a| a.is_empty() && a.timeline.is_none()) {
                 s.annotators.remove(&annotator);
             }
         }
+        // A window whose last label left is dropped.
+        for scope in self.dirty.scopes.iter().filter(|&&s| is_window(s)) {
+            if self.windows.get(scope).is_some_and(|w| w.items.is_empty() && w.annotators.is_empty()) {
+                self.windows.remove(scope);
+            }
+        }
     }
 
     fn scope(&self, scope: ScopeId) -> Option<&ScopeState> {
+        if is_window(scope) {
+            return self.windows.get(&scope).filter(|s| !s.items.is_empty());
+        }
         self.scopes.get(scope as usize).filter(|s| !s.items.is_empty())
+    }
+
+    /// The numbers of a window scope, if it has labels.
+    pub fn window_summary(&self, scope: ScopeId, catalog: &Catalog) -> Option<WindowSummary> {
+        let window = catalog.window(scope)?;
+        let summary = self.scope(scope)?.summary(scope, catalog);
+        Some(WindowSummary {
+            size: window_size_name(window.size_ms),
+            start: drift::rfc3339(window.start_ms),
+            end: drift::rfc3339(window.start_ms + window.size_ms),
+            summary,
+        })
+    }
+
+    /// The window scopes of `scope` that have labels, by (size, start).
+    pub fn windows_of(&self, scope: ScopeId, catalog: &Catalog) -> Vec<ScopeId> {
+        let mut windows: Vec<(i64, i64, ScopeId)> = self
+            .windows
+            .iter()
+            .filter(|(_, s)| !s.items.is_empty())
+            .filter_map(|(&id, _)| {
+                catalog.window(id).filter(|w| w.scope == scope).map(|w| (w.size_ms, w.start_ms, id))
+            })
+            .collect();
+        windows.sort_unstable();
+        windows.into_iter().map(|(_, _, id)| id).collect()
+    }
+
+    /// The newest window with labels of each (scope, window size): `(scope, size_ms, window)`.
+    pub fn latest_windows(&self, catalog: &Catalog) -> Vec<(ScopeId, i64, ScopeId)> {
+        let mut latest: BTreeMap<(ScopeId, i64), (i64, ScopeId)> = BTreeMap::new();
+        for (&id, s) in &self.windows {
+            let Some(w) = catalog.window(id).filter(|_| !s.items.is_empty()) else { continue };
+            let entry = latest.entry((w.scope, w.size_ms)).or_insert((w.start_ms, id));
+            if w.start_ms > entry.0 {
+                *entry = (w.start_ms, id);
+            }
+        }
+        latest.into_iter().map(|((scope, size), (_, id))| (scope, size, id)).collect()
     }
 
     /// The scope object (spec section 4: no pairs, annotators or items), if the scope has labels.
@@ -909,7 +979,13 @@ impl QualityView {
                 .collect()
         });
         let alerts = s.alerts.values().cloned().collect();
-        Some(ScopeReport { summary: s.summary(scope, catalog), pairs, annotators, items, alerts })
+        let windows: Vec<WindowSummary> = self
+            .windows_of(scope, catalog)
+            .into_iter()
+            .filter_map(|w| self.window_summary(w, catalog))
+            .collect();
+        let windows = (!windows.is_empty()).then_some(windows);
+        Some(ScopeReport { summary: s.summary(scope, catalog), pairs, annotators, items, alerts, windows })
     }
 }
 
@@ -1149,6 +1225,21 @@ pub struct ScopeReport {
     pub items: Option<BTreeMap<String, ItemConsensus>>,
     /// The scope's alerts, firing and resolved, by id.
     pub alerts: Vec<Alert>,
+    /// The scope's numbers per tumbling event-time window, by (size, start), when windows are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<WindowSummary>>,
+}
+
+/// The scope object of one tumbling event-time window: `[start, end)` of the labels' `ts`.
+/// Windows have no pairs, so `mean_cohen_kappa` is null.
+#[derive(Clone, Debug, Serialize)]
+pub struct WindowSummary {
+    /// `1h`, `1d`, ...
+    pub size: String,
+    pub start: String,
+    pub end: String,
+    #[serde(flatten)]
+    pub summary: ScopeSummary,
 }
 /// Scope-level agreement.
 #[derive(Clone, Debug, Serialize)]

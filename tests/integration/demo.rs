@@ -25,6 +25,11 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
     crate::http::samples(metrics, series).next()
 }
 
+/// Scopes with all-time label counts in an exposition.
+fn all_time_scopes(metrics: &str) -> usize {
+    metrics.lines().filter(|l| l.starts_with("labelqc_scope_labels{") && l.contains("window=\"all\"")).count()
+}
+
 #[test]
 fn demo_serves_live_metrics_and_stops_by_itself() {
     let child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
@@ -44,12 +49,16 @@ fn demo_serves_live_metrics_and_stops_by_itself() {
     let metrics = loop {
         let (status, body) = get(&addr, "/metrics");
         assert_eq!(status, 200);
-        if body.matches("labelqc_scope_labels{").count() == 4 || Instant::now() > deadline {
+        if all_time_scopes(&body) == 4 || Instant::now() > deadline {
             break body;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(metrics.matches("labelqc_scope_labels{").count(), 4, "{metrics}");
+    assert_eq!(all_time_scopes(&metrics), 4, "{metrics}");
+    // The newest hour and day of each scope have their own series.
+    let windowed =
+        |w: &str| metrics.lines().filter(|l| l.starts_with("labelqc_scope_labels{") && l.contains(w)).count();
+    assert_eq!((windowed("window=\"1h\""), windowed("window=\"1d\"")), (4, 4), "{metrics}");
     assert!(sample(&metrics, "labelqc_events_total{result=\"ok\",topic=\"labels\"}").unwrap() > 0.0);
     let alpha = sample(&metrics, "labelqc_scope_krippendorff_alpha{level=\"nominal\",project=\"project-0\",task=\"task-0\",window=\"all\"}")
         .expect("alpha series");

@@ -60,6 +60,7 @@ fn report(labels: &[String], gold: &[String], drift: DriftConfig) -> Value {
         strict: true,
         engine: EngineSettings { workers: 1, epoch_events: 20_000, max_epochs_in_flight: 2 },
         drift: DriftSettings { defaults: drift, projects: BTreeMap::new() },
+        windows: Vec::new(),
         progress: false,
     };
     serde_json::to_value(report::run(&request, |l| panic!("bad line {l}")).unwrap().report).unwrap()

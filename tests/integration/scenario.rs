@@ -22,7 +22,7 @@ use crate::http::samples;
 
 pub const LABELS: &str = "labelqc.labels";
 pub const GOLD: &str = "labelqc.gold";
-pub const OUTPUTS: [&str; 7] = [
+pub const OUTPUTS: [&str; 8] = [
     "labelqc.scopes",
     "labelqc.annotators",
     "labelqc.pairs",
@@ -30,6 +30,7 @@ pub const OUTPUTS: [&str; 7] = [
     "labelqc.deadletter",
     "labelqc.gating",
     "labelqc.alerts",
+    "labelqc.scope_windows",
 ];
 pub const DEADLETTER: &str = OUTPUTS[4];
 pub const MALFORMED: [&str; 2] = ["this is not json", r#"{"item_id":"x","annotator_id":"a","label":"y"}"#];
@@ -163,7 +164,15 @@ pub fn report(labels: &[String], gold: &[String]) -> Value {
     std::fs::write(&l, labels.join("\n")).unwrap();
     std::fs::write(&g, gold.join("\n")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_labelqc"))
-        .args(["report", "--items", "--labels", l.to_str().unwrap(), "--gold", g.to_str().unwrap()])
+        .args([
+            "report",
+            "--items",
+            "--windows",
+            "--labels",
+            l.to_str().unwrap(),
+            "--gold",
+            g.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -177,8 +186,8 @@ pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
     };
     let (scopes, annotators, pairs, items) =
         (live(OUTPUTS[0]), live(OUTPUTS[1]), live(OUTPUTS[2]), live(OUTPUTS[3]));
-    let (gating, alerts) = (live(OUTPUTS[5]), live(OUTPUTS[6]));
-    let mut n_alerts = 0;
+    let (gating, alerts, windows) = (live(OUTPUTS[5]), live(OUTPUTS[6]), live(OUTPUTS[7]));
+    let (mut n_alerts, mut n_windows) = (0, 0);
     let report_scopes = expected["scopes"].as_array().unwrap();
     assert_eq!(scopes.len(), report_scopes.len());
     let (mut n_pairs, mut n_annotators, mut n_items) = (0, 0, 0);
@@ -186,8 +195,18 @@ pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
     for scope in report_scopes {
         let (project, task) = (scope["project"].as_str().unwrap(), scope["task"].as_str().unwrap());
         let mut summary = scope.clone();
-        for field in ["pairs", "annotators", "items", "alerts"] {
+        for field in ["pairs", "annotators", "items", "alerts", "windows"] {
             summary.as_object_mut().unwrap().remove(field);
+        }
+        for window in scope["windows"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let (size, start) = (window["size"].as_str().unwrap(), window["start"].as_str().unwrap());
+            let mut published =
+                windows.get(&format!("{project}/{task}/{size}/{start}")).cloned().unwrap_or_default();
+            if let Some(object) = published.as_object_mut() {
+                object.remove("updated_at");
+            }
+            problems.extend(mismatches(window, &published, 1e-9, true));
+            n_windows += 1;
         }
         let mut published = scopes[&format!("{project}/{task}")].clone();
         published.as_object_mut().unwrap().remove("updated_at");
@@ -226,6 +245,8 @@ pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
     assert!(problems.is_empty(), "{} mismatches: {:#?}", problems.len(), &problems[..problems.len().min(20)]);
     assert_eq!((pairs.len(), annotators.len(), items.len()), (n_pairs, n_annotators, n_items));
     assert_eq!(alerts.len(), n_alerts);
+    assert_eq!(windows.len(), n_windows);
+    assert!(n_windows > 0, "the scenario's events span windows");
     assert!(n_pairs > 100 && n_annotators > 20 && n_items > 100, "{n_pairs} {n_annotators} {n_items}");
 }
 
