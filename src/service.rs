@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -51,6 +52,13 @@ impl ProducerContext for DeliveryTracker {
 }
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consumer settings the service sets unless `[kafka.client]` says otherwise.
+const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    // A fetch that finds no new data waits at most this long at the broker. Brokers answer a
+    // fetch as soon as data arrives, but librdkafka's mock cluster waits the whole time; a short
+    // wait keeps freshness independent of that.
+    ("fetch.wait.max.ms", "10"),
+];
 /// How long one wait for output delivery lasts before it is logged and retried.
 const FLUSH_POLL: Duration = Duration::from_secs(5);
 /// How long a transaction step may take before it counts as failed.
@@ -147,11 +155,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
 
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.kafka.brokers);
+    let mut consumer_config = client.clone();
+    for (key, value) in CONSUMER_DEFAULTS {
+        consumer_config.set(*key, *value);
+    }
     for (key, value) in &config.kafka.client {
         client.set(key, value);
+        consumer_config.set(key, value);
     }
-    let consumer: BaseConsumer = client
-        .clone()
+    let consumer: BaseConsumer = consumer_config
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -206,7 +218,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let interval = Duration::from_millis(config.kafka.epoch_interval_ms);
     let mut updates = Vec::new();
     let mut dead_letters: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut last_lag = Instant::now();
+    let shared_positions = Arc::new(Mutex::new(HashMap::new()));
+    let lag = LagMonitor::start(
+        client.clone(),
+        caught_up_at.keys().cloned().collect(),
+        shared_positions.clone(),
+        telemetry.clone(),
+    )?;
 
     while !stop.load(Ordering::SeqCst) {
         let opened = Instant::now();
@@ -307,10 +325,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                 telemetry.observe_latency(Duration::from_millis((now - ts).max(0) as u64));
             }
         }
-        if last_lag.elapsed() >= LAG_INTERVAL {
-            last_lag = Instant::now();
-            report_lag(&consumer, &telemetry, &caught_up_at, &positions);
-        }
+        shared_positions.lock().expect("positions poisoned").clone_from(&positions);
         if !ready.load(Ordering::SeqCst)
             && caught_up_at.iter().all(|(tp, high)| positions.get(tp).copied().unwrap_or(0) >= *high)
         {
@@ -318,6 +333,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             tracing::info!("caught up with the input present at start");
         }
     }
+    lag.stop();
     engine.finish()?;
     drop(server);
     Ok(())
@@ -383,26 +399,59 @@ fn publish(
     Ok(())
 }
 
-/// Sets the consumer lag per input topic: high watermark minus the next offset to process,
-/// summed over the topic's partitions.
-fn report_lag(
-    consumer: &BaseConsumer,
-    telemetry: &Telemetry,
-    partitions: &HashMap<(String, i32), i64>,
-    positions: &HashMap<(String, i32), i64>,
-) {
-    let mut lag: HashMap<&str, i64> = HashMap::new();
-    for (topic, partition) in partitions.keys() {
-        match consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500)) {
-            Ok((low, high)) => {
-                let next = positions.get(&(topic.clone(), *partition)).copied().unwrap_or(low);
-                *lag.entry(topic).or_default() += (high - next.max(low)).max(0);
-            }
-            Err(error) => tracing::debug!(%error, topic, partition, "cannot read watermarks"),
-        }
+/// Measures consumer lag once a second on its own thread and client, so that the broker round
+/// trips never hold up the service: per input topic, the high watermark minus the next offset
+/// to read, summed over the topic's partitions.
+struct LagMonitor {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl LagMonitor {
+    fn start(
+        client: ClientConfig,
+        partitions: Vec<(String, i32)>,
+        positions: Arc<Mutex<HashMap<(String, i32), i64>>>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<LagMonitor> {
+        let consumer: BaseConsumer =
+            client.create().context("cannot create the Kafka client that measures consumer lag")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new().name("labelqc-lag".into()).spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    let mut lag: HashMap<&str, i64> = HashMap::new();
+                    for (topic, partition) in &partitions {
+                        match consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500)) {
+                            Ok((low, high)) => {
+                                let next = positions
+                                    .lock()
+                                    .expect("positions poisoned")
+                                    .get(&(topic.clone(), *partition))
+                                    .copied()
+                                    .unwrap_or(low);
+                                *lag.entry(topic).or_default() += (high - next.max(low)).max(0);
+                            }
+                            Err(error) => tracing::debug!(%error, topic, partition, "cannot read watermarks"),
+                        }
+                    }
+                    for (topic, messages) in lag {
+                        telemetry.consumer_lag.with_label_values(&[topic]).set(messages);
+                    }
+                    while started.elapsed() < LAG_INTERVAL && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })?
+        };
+        Ok(LagMonitor { stop, thread })
     }
-    for (topic, messages) in lag {
-        telemetry.consumer_lag.with_label_values(&[topic]).set(messages);
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.thread.join();
     }
 }
 
