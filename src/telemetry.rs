@@ -209,6 +209,19 @@ impl Telemetry {
         self.events.with_label_values(&[stream.name(), result]).inc();
     }
 
+    /// Counts input records of one stream: `[ok, deleted, invalid]`; refused records are also
+    /// dead letters.
+    pub fn count_records(&self, stream: Stream, [ok, deleted, invalid]: [u64; 3]) {
+        for (result, n) in [("ok", ok), ("deleted", deleted), ("invalid", invalid)] {
+            if n > 0 {
+                self.events.with_label_values(&[stream.name(), result]).inc_by(n);
+            }
+        }
+        if invalid > 0 {
+            self.dead_letters.with_label_values(&[stream.name()]).inc_by(invalid);
+        }
+    }
+
     /// Records one processing latency and republishes the quantiles.
     pub fn observe_latency(&self, latency: Duration) {
         let mut histogram = self.latency.lock().expect("latency histogram poisoned");

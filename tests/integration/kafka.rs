@@ -62,24 +62,24 @@ fn metrics(addr: &str) -> String {
     crate::http::get(addr, "/metrics").map(|(_, body)| body).unwrap_or_default()
 }
 
-fn events_seen(addr: &str, topic: &str) -> u64 {
-    let metrics = metrics(addr);
-    let topic = format!("topic=\"{topic}\"");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("labelqc_events_total{") && l.contains(&topic))
-        .flat_map(|l| samples(l, ""))
-        .sum::<f64>() as u64
+/// A metric's value, summed over the series whose line starts with `prefix`.
+fn metric(addr: &str, prefix: &str) -> f64 {
+    samples(&metrics(addr), prefix).sum()
 }
 
+/// Input messages of `topic` (`labels`, `gold`) whose outputs are delivered and offsets committed.
+fn committed(addr: &str, topic: &str) -> u64 {
+    metric(addr, &format!("labelqc_input_committed_total{{topic=\"{topic}\"}}")) as u64
+}
+
+/// Waits until the outputs of the first `labels` label and `gold` gold messages are delivered
+/// and their offsets committed.
 fn wait_for_events(service: &Service, labels: u64, gold: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while events_seen(&service.1, "labels") < labels || events_seen(&service.1, "gold") < gold {
-        assert!(Instant::now() < deadline, "the service did not consume all input in time");
-        std::thread::sleep(Duration::from_millis(200));
+    while committed(&service.1, "labels") < labels || committed(&service.1, "gold") < gold {
+        assert!(Instant::now() < deadline, "the service did not process all input in time");
+        std::thread::sleep(Duration::from_millis(100));
     }
-    // One more epoch interval for the outputs of the last epoch to be confirmed.
-    std::thread::sleep(Duration::from_millis(500));
 }
 
 fn produce(producer: &BaseProducer, topic: &str, lines: &[String]) {
@@ -260,11 +260,11 @@ fn exactly_once_mode_commits_outputs_and_offsets_together() {
     // the reader sees committed transactions only (librdkafka reads read_committed by default).
     let s = setup(31);
     let service = kill_and_restart(&s, 800, &["--exactly-once"]);
-    let metrics = metrics(&service.1);
-    let committed: f64 = samples(&metrics, "labelqc_input_committed_total{topic=\"labels\"}").sum();
-    assert_eq!(committed, s.labels.len() as f64);
-    let transactions: f64 = samples(&metrics, "labelqc_transactions_committed_total ").sum();
-    assert!(transactions > 0.0, "no transaction was committed");
+    assert_eq!(committed(&service.1, "labels"), s.labels.len() as u64);
+    assert!(
+        metric(&service.1, "labelqc_transactions_committed_total ") > 0.0,
+        "no transaction was committed"
+    );
 }
 
 #[test]
