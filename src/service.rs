@@ -18,7 +18,8 @@
 //! An epoch closes as soon as the pipeline can take it, so epochs stay small while the service
 //! keeps up and grow while it is behind. Epochs in flight (submitted, not yet committed) are
 //! bounded by `engine.max_epochs_in_flight` and an epoch by `engine.epoch_events` input messages;
-//! when both are reached the reader waits.
+//! when both are reached the input partitions are paused until the pipeline drains, so memory
+//! does not grow with the backlog.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -200,6 +201,14 @@ impl Partitions {
         }
         Ok(offsets)
     }
+
+    fn all(&self) -> TopicPartitionList {
+        let mut all = TopicPartitionList::new();
+        for (topic, partition) in &self.list {
+            all.add_partition(topic, *partition);
+        }
+        all
+    }
 }
 
 /// Input read since the last epoch was submitted.
@@ -319,6 +328,11 @@ struct Pipeline<'a> {
     next_group: usize,
     /// Epochs whose outputs are delivered and offsets committed: `0..retired`.
     retired: u64,
+    /// Since when the open epoch has been full and could not be submitted.
+    full_since: Option<Instant>,
+    paused: bool,
+    peak_in_flight: i64,
+    peak_epoch: i64,
 }
 
 impl Pipeline<'_> {
@@ -382,12 +396,53 @@ impl Pipeline<'_> {
             newest_ts: open.newest_ts,
             dead_letters: open.dead_letters,
         });
+        let in_flight = self.in_flight() as i64;
+        self.telemetry.epochs_in_flight.set(in_flight);
+        if in_flight > self.peak_in_flight {
+            self.peak_in_flight = in_flight;
+            self.telemetry.epochs_in_flight_max.set(in_flight);
+        }
+        if len as i64 > self.peak_epoch {
+            self.peak_epoch = len as i64;
+            self.telemetry.epoch_messages_max.set(self.peak_epoch);
+        }
         Ok(())
     }
 
     /// Whether the open epoch is full: nothing more is read until it is submitted.
     fn full(&self) -> bool {
         self.reader.open.len() >= self.config.engine.epoch_events as u64
+    }
+
+    /// Pauses the input partitions once the open epoch has been full (and could not be
+    /// submitted) for `kafka.pause_after_ms`, and resumes them as soon as it was submitted.
+    ///
+    /// Until then the reader only stops reading, and librdkafka's prefetch queue, which is
+    /// bounded by its own settings, stops filling. Pausing also drops that queue and stops
+    /// fetching; it is not done at once because librdkafka starts fetching again only up to a
+    /// second after a resume.
+    fn backpressure(&mut self) -> Result<()> {
+        let full = self.full();
+        if !full {
+            self.full_since = None;
+        }
+        let since = *self.full_since.get_or_insert_with(Instant::now);
+        let blocked = full && since.elapsed() >= Duration::from_millis(self.config.kafka.pause_after_ms);
+        if blocked != self.paused {
+            let partitions = self.reader.partitions.all();
+            if blocked {
+                self.consumer.pause(&partitions).context("cannot pause the input partitions")?;
+                self.telemetry.pauses.inc();
+                self.telemetry.partitions_paused.set(self.reader.partitions.list.len() as i64);
+                tracing::debug!(in_flight = self.in_flight(), "input paused: the pipeline is full");
+            } else {
+                self.consumer.resume(&partitions).context("cannot resume the input partitions")?;
+                self.telemetry.partitions_paused.set(0);
+                tracing::debug!(in_flight = self.in_flight(), "input resumed");
+            }
+            self.paused = blocked;
+        }
+        Ok(())
     }
 
     /// Publishes the outputs of every epoch the dataflows have completed and that is not yet
@@ -511,16 +566,18 @@ impl Pipeline<'_> {
             }
         }
         self.telemetry.output_updated.set(now as f64 / 1000.0);
+        self.telemetry.epochs_in_flight.set(self.in_flight() as i64);
         Ok(())
     }
 
-    /// Everything but reading: delivery reports, commits, publishing, submitting.
+    /// Everything but reading: delivery reports, commits, publishing, submitting, pausing.
     fn tend(&mut self) -> Result<()> {
         self.publisher.producer.poll(Duration::ZERO);
         self.retire_delivered()?;
         self.engine.check()?;
         self.publish_completed()?;
-        self.maybe_submit()
+        self.maybe_submit()?;
+        self.backpressure()
     }
 
     /// Whether anything is in the pipeline that the loop must keep an eye on.
@@ -665,6 +722,10 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         groups: VecDeque::new(),
         next_group: 0,
         retired: 0,
+        full_since: None,
+        paused: false,
+        peak_in_flight: 0,
+        peak_epoch: 0,
     };
     let result = (|| {
         while !stop.load(Ordering::SeqCst) {
