@@ -27,8 +27,15 @@ mod http;
 
 const LABELS: &str = "labelqc.labels";
 const GOLD: &str = "labelqc.gold";
-const OUTPUTS: [&str; 5] =
-    ["labelqc.scopes", "labelqc.annotators", "labelqc.pairs", "labelqc.items", "labelqc.deadletter"];
+const OUTPUTS: [&str; 7] = [
+    "labelqc.scopes",
+    "labelqc.annotators",
+    "labelqc.pairs",
+    "labelqc.items",
+    "labelqc.deadletter",
+    "labelqc.gating",
+    "labelqc.alerts",
+];
 /// The mock broker keeps about 5 MB per partition; 8 partitions hold 200,000 events whole.
 const PARTITIONS: i32 = 8;
 

@@ -179,7 +179,7 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
     }
     engine.submit(std::mem::take(&mut updates)).unwrap();
     engine.sync().unwrap();
-    engine.view().settle();
+    engine.view().settle(&source.catalog);
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let classes = ["\"positive\"", "\"negative\"", "\"neutral\"", "\"mixed\""];
@@ -204,7 +204,7 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
         engine.submit(one).unwrap();
         engine.sync().unwrap();
         let mut view = engine.view();
-        let changes = view.settle();
+        let changes = view.settle(&source.catalog);
         let catalog = &source.catalog;
         for &scope in &changes.scopes {
             formed += usize::from(view.scope_summary(scope, catalog).is_some());

@@ -162,6 +162,24 @@ pub struct GenArgs {
     pub numeric: bool,
     #[arg(long, default_value_t = GenSpec::default().seed)]
     pub seed: u64,
+    /// Accuracy of every careful annotator (drawn per annotator without it).
+    #[arg(long)]
+    pub careful_accuracy: Option<f64>,
+    /// Share of careful annotators who turn careless after `--careless-after-days` ...
+    #[arg(long, default_value_t = 0.0)]
+    pub careless: f64,
+    /// ... days of event time from the start ...
+    #[arg(long, default_value_t = 30)]
+    pub careless_after_days: u32,
+    /// ... when their error rate is multiplied by this.
+    #[arg(long, default_value_t = GenSpec::default().careless_factor)]
+    pub careless_factor: f64,
+    /// Share of gold items first published with a wrong answer and corrected at the end.
+    #[arg(long, default_value_t = 0.0)]
+    pub wrong_gold: f64,
+    /// Mean event-time gap between label events, milliseconds.
+    #[arg(long, default_value_t = GenSpec::default().mean_gap_ms)]
+    pub mean_gap_ms: f64,
 }
 
 impl GenArgs {
@@ -180,6 +198,12 @@ impl GenArgs {
             tasks: self.tasks,
             numeric_labels: self.numeric,
             seed: self.seed,
+            careful_accuracy: self.careful_accuracy,
+            careless_share: self.careless,
+            careless_from_ms: GenSpec::default().start_ms + i64::from(self.careless_after_days) * 86_400_000,
+            careless_factor: self.careless_factor,
+            wrong_gold_rate: self.wrong_gold,
+            mean_gap_ms: self.mean_gap_ms,
             ..GenSpec::default()
         }
     }
@@ -286,6 +310,7 @@ fn run_report(args: ReportArgs) -> Result<()> {
         gold: args.gold,
         with_items: args.items,
         strict: args.strict,
+        drift: config.drift_settings(),
         engine: config.engine,
         progress: true,
     };

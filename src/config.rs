@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use labelqc_dataflows::drift::{DriftConfig, DriftSettings};
 use serde::Deserialize;
 
 /// Why a configuration could not be used.
@@ -86,6 +87,8 @@ pub struct OutputTopics {
     pub annotators: String,
     pub pairs: String,
     pub items: String,
+    pub gating: String,
+    pub alerts: String,
     pub deadletter: String,
 }
 
@@ -96,6 +99,8 @@ impl Default for OutputTopics {
             annotators: "labelqc.annotators".into(),
             pairs: "labelqc.pairs".into(),
             items: "labelqc.items".into(),
+            gating: "labelqc.gating".into(),
+            alerts: "labelqc.alerts".into(),
             deadletter: "labelqc.deadletter".into(),
         }
     }
@@ -116,13 +121,18 @@ impl Default for HttpSettings {
 }
 
 /// The validated configuration.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub engine: EngineSettings,
     pub kafka: KafkaSettings,
     pub outputs: OutputTopics,
     pub http: HttpSettings,
+    /// Drift signals, gates and alerts of every project (`[drift]`) ...
+    pub drift: DriftConfig,
+    /// ... and of named projects (`[drift_projects.NAME]`), whose unset fields take the
+    /// built-in defaults.
+    pub drift_projects: BTreeMap<String, DriftConfig>,
 }
 
 impl Config {
@@ -165,6 +175,8 @@ impl Config {
             ("outputs.annotators", &self.outputs.annotators),
             ("outputs.pairs", &self.outputs.pairs),
             ("outputs.items", &self.outputs.items),
+            ("outputs.gating", &self.outputs.gating),
+            ("outputs.alerts", &self.outputs.alerts),
             ("outputs.deadletter", &self.outputs.deadletter),
         ] {
             if topic.trim().is_empty() {
@@ -183,7 +195,14 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        Ok(())
+        self.drift_settings()
+            .validate()
+            .map_err(|e| ConfigError::Value { field: "drift", message: e.to_string() })
+    }
+
+    /// The drift settings of every project.
+    pub fn drift_settings(&self) -> DriftSettings {
+        DriftSettings { defaults: self.drift.clone(), projects: self.drift_projects.clone() }
     }
 }
 
@@ -200,6 +219,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/labelqc.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.drift, DriftConfig::default());
+        assert_eq!(config.outputs, OutputTopics::default());
+        assert_eq!(config.engine, EngineSettings::default());
+    }
+
+    #[test]
     fn refuses_unknown_and_bad_fields() {
         let err = Config::parse("[engine]\nworkerz = 2\n").unwrap_err().to_string();
         assert!(err.contains("unknown field `workerz`"), "{err}");
@@ -207,5 +235,12 @@ mod tests {
         assert!(err.contains("unknown field `engin`"), "{err}");
         let err = Config::parse("[engine]\nworkers = 0\n").unwrap_err().to_string();
         assert!(err.contains("engine.workers"), "{err}");
+        let err = Config::parse("[drift]\ngate_treshold = 0.5\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `gate_treshold`"), "{err}");
+        let err = Config::parse("[drift_projects.rlhf]\ngate_threshold = 2.0\n").unwrap_err().to_string();
+        assert!(err.contains("gate_threshold"), "{err}");
+        let c = Config::parse("[drift_projects.rlhf]\ngate_threshold = 0.9\n").unwrap();
+        assert_eq!(c.drift_settings().for_project("rlhf").gate_threshold, 0.9);
+        assert_eq!(c.drift_settings().for_project("other").gate_threshold, 0.7);
     }
 }

@@ -1,8 +1,10 @@
 //! `labelqc demo`: the main job on an embedded default, with no Kafka. `labelqc gen`'s simulated
 //! workforce labels live (event time is now), the full dataflows keep every number current,
 //! `/metrics`, `/healthz` and `/readyz` are served, and a terminal view shows throughput, each
-//! scope's agreement and gold accuracy, and the annotators who agree least with their peers.
+//! scope's agreement and gold accuracy, the annotators who agree least with their peers with
+//! their gates, and the alerts fired so far.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use labelqc_dataflows::drift::{AlertStatus, GateState};
 use labelqc_dataflows::engine::{Engine, EngineConfig};
 use labelqc_dataflows::source::{Source, Stream};
 use labelqc_dataflows::view::QualityView;
@@ -36,6 +39,8 @@ pub struct DemoSettings {
 
 /// How often events are fed to the dataflows (one epoch per tick).
 const TICK: Duration = Duration::from_millis(100);
+/// Alerts listed in the terminal view.
+const RECENT_ALERTS: usize = 6;
 /// How often the terminal view is redrawn.
 const REFRESH: Duration = Duration::from_secs(1);
 
@@ -65,6 +70,8 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     let mut fed_at_refresh = 0u64;
     let (mut label_lines, mut gold_lines) = (Vec::new(), Vec::new());
     let mut updates = Vec::new();
+    let mut alerts_fired = 0u64;
+    let mut recent_alerts: VecDeque<String> = VecDeque::new();
     while !interrupted.load(Ordering::SeqCst) && settings.duration.is_none_or(|d| start.elapsed() < d) {
         let tick_start = Instant::now();
         let due = (start.elapsed().as_secs_f64() * settings.rate as f64) as u64;
@@ -85,12 +92,21 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         engine.sync()?;
         {
             let mut view = engine.view();
-            let changes = view.settle();
-            for scope in changes.scopes {
+            let changes = view.settle(&source.catalog);
+            for &scope in &changes.scopes {
                 if let Some(summary) = view.scope_summary(scope, &source.catalog) {
                     telemetry.set_scope(&summary, ALL_TIME);
                 }
             }
+            telemetry.count_changes(&changes);
+            for alert in changes.alerts.iter().filter_map(|(_, a)| a.as_ref()) {
+                if alert.status == AlertStatus::Firing {
+                    alerts_fired += 1;
+                    recent_alerts.push_front(alert.summary.clone());
+                    recent_alerts.truncate(RECENT_ALERTS);
+                }
+            }
+            telemetry.set_drift(&view.drift_summary(&source.catalog));
         }
         telemetry.epochs.inc();
         telemetry.output_event_time.set(created as f64 / 1000.0);
@@ -101,7 +117,8 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         if last_refresh.elapsed() >= REFRESH {
             let rate = (fed - fed_at_refresh) as f64 / last_refresh.elapsed().as_secs_f64();
             let view = engine.view();
-            let screen = render(&view, &source, start.elapsed(), fed, rate, &telemetry);
+            let alerts = Alerts { fired: alerts_fired, recent: &recent_alerts };
+            let screen = render(&view, &source, start.elapsed(), fed, rate, &telemetry, &alerts);
             drop(view);
             let mut out = std::io::stdout().lock();
             if full_screen {
@@ -134,6 +151,12 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     Ok(())
 }
 
+/// The alerts fired so far, for the terminal view.
+struct Alerts<'a> {
+    fired: u64,
+    recent: &'a VecDeque<String>,
+}
+
 fn fmt(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
 }
@@ -146,6 +169,7 @@ fn render(
     fed: u64,
     rate: f64,
     telemetry: &Telemetry,
+    alerts: &Alerts<'_>,
 ) -> String {
     let catalog = &source.catalog;
     let mut out = format!(
@@ -185,18 +209,29 @@ fn render(
     attention.sort_by(|x, y| x.0.total_cmp(&y.0));
     out.push_str("\nlowest agreement with peers (annotators with 20+ labels)\n");
     out.push_str(&format!(
-        "{:<12} {:<28} {:>7} {:>9} {:>24}\n",
-        "annotator", "scope", "labels", "agreement", "gold accuracy (95% CI)"
+        "{:<12} {:<28} {:>7} {:>9} {:>24} {:>10}\n",
+        "annotator", "scope", "labels", "agreement", "gold accuracy (95% CI)", "gate"
     ));
     for (agreement, scope, a) in attention.iter().take(8) {
         let gold = a.gold.as_ref().map_or_else(
             || "-".to_string(),
             |g| format!("{:.2} ({:.2}-{:.2}, n={})", g.accuracy, g.wilson_low, g.wilson_high, g.n),
         );
+        let gate = a.gate.as_ref().map_or("-", |g| g.state.name());
         out.push_str(&format!(
-            "{:<12} {:<28} {:>7} {:>9.3} {:>24}\n",
-            a.annotator_id, scope, a.n_labels, agreement, gold
+            "{:<12} {:<28} {:>7} {:>9.3} {:>24} {:>10}\n",
+            a.annotator_id, scope, a.n_labels, agreement, gold, gate
         ));
+    }
+    let summary = view.drift_summary(catalog);
+    let mut gates: BTreeMap<GateState, i64> = BTreeMap::new();
+    for ((_, state), n) in &summary.gates {
+        *gates.entry(*state).or_default() += n;
+    }
+    let gates: Vec<String> = gates.iter().map(|(state, n)| format!("{} {n}", state.name())).collect();
+    out.push_str(&format!("\ngates: {}\nalerts so far: {}\n", gates.join(", "), alerts.fired));
+    for summary in alerts.recent {
+        out.push_str(&format!("  {summary}\n"));
     }
     out
 }

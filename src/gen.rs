@@ -1,7 +1,9 @@
 //! `labelqc gen`: a seeded generator of realistic label traffic. A workforce of annotators with
 //! their own accuracies and speeds (and a few spammers and biased annotators) labels items of one
 //! or more (project, task) scopes; some items are gold questions; a share of events relabel or
-//! delete an earlier label. The same seed and settings always write the same bytes.
+//! delete an earlier label. For drift scenarios, some careful annotators can turn careless from a
+//! given event time (their error rate multiplied), and some gold answers can be published wrong
+//! and corrected at the end. The same seed and settings always write the same bytes.
 
 use std::io::{self, Write};
 
@@ -40,6 +42,16 @@ pub struct GenSpec {
     pub start_ms: i64,
     /// Mean event-time gap between events, milliseconds.
     pub mean_gap_ms: f64,
+    /// Accuracy of every careful annotator (drawn from Beta(9, 1.5) per annotator without it).
+    pub careful_accuracy: Option<f64>,
+    /// Share of careful annotators who turn careless at `careless_from_ms` ...
+    pub careless_share: f64,
+    /// ... (event time, epoch milliseconds) ...
+    pub careless_from_ms: i64,
+    /// ... when their error rate is multiplied by this.
+    pub careless_factor: f64,
+    /// Share of gold items first published with a wrong answer, corrected at the end.
+    pub wrong_gold_rate: f64,
 }
 
 impl Default for GenSpec {
@@ -60,6 +72,11 @@ impl Default for GenSpec {
             seed: 42,
             start_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
             mean_gap_ms: 500.0,
+            careful_accuracy: None,
+            careless_share: 0.0,
+            careless_from_ms: 1_767_225_600_000 + 30 * 86_400_000,
+            careless_factor: 2.0,
+            wrong_gold_rate: 0.0,
         }
     }
 }
@@ -85,9 +102,18 @@ pub struct GenSummary {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Behaviour {
-    Careful { accuracy: f64 },
+    /// Answers right with `accuracy`; from `careless_from_ms` on, errs `careless_factor` times as
+    /// often.
+    Careful {
+        accuracy: f64,
+        careless_from_ms: Option<i64>,
+    },
     Spammer,
-    Biased { accuracy: f64, favourite: u32, pull: f64 },
+    Biased {
+        accuracy: f64,
+        favourite: u32,
+        pull: f64,
+    },
 }
 
 struct Annotator {
@@ -120,6 +146,9 @@ impl GenSpec {
             ("delete_rate", self.delete_rate),
             ("spammer_share", self.spammer_share),
             ("biased_share", self.biased_share),
+            ("careless_share", self.careless_share),
+            ("wrong_gold_rate", self.wrong_gold_rate),
+            ("careful_accuracy", self.careful_accuracy.unwrap_or(0.5)),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return spec(field, "must be between 0 and 1");
@@ -127,6 +156,9 @@ impl GenSpec {
         }
         if self.relabel_rate + self.delete_rate >= 1.0 {
             return spec("relabel_rate", "relabel_rate + delete_rate must stay under 1");
+        }
+        if !(self.careless_factor >= 1.0 && self.careless_factor.is_finite()) {
+            return spec("careless_factor", "must be at least 1");
         }
         if !self.mean_gap_ms.is_finite() || self.mean_gap_ms <= 0.0 {
             return spec("mean_gap_ms", "must be positive");
@@ -175,6 +207,10 @@ pub struct Traffic {
     item_truth: u32,
     now_ms: f64,
     summary: GenSummary,
+    /// Draws for the drift scenarios, apart from the main stream so that they leave it as it was.
+    scenario_rng: ChaCha8Rng,
+    /// Gold items published wrong: `(item, scope, truth)`, to correct at the end.
+    wrong_gold: Vec<(u64, u32, u32)>,
 }
 
 /// How many recent labels a relabel or delete may target.
@@ -198,7 +234,11 @@ impl Traffic {
                         pull: rng.gen_range(0.3..0.6),
                     }
                 } else {
-                    Behaviour::Careful { accuracy: accuracy.sample(&mut rng) }
+                    let drawn = accuracy.sample(&mut rng);
+                    Behaviour::Careful {
+                        accuracy: spec.careful_accuracy.unwrap_or(drawn),
+                        careless_from_ms: None,
+                    }
                 };
                 let median_s: f64 = match behaviour {
                     Behaviour::Spammer => rng.gen_range(1.0..3.0),
@@ -211,6 +251,15 @@ impl Traffic {
                 }
             })
             .collect();
+        let mut scenario_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5ce7_a410);
+        let mut workforce = workforce;
+        for annotator in &mut workforce {
+            if let Behaviour::Careful { careless_from_ms, .. } = &mut annotator.behaviour {
+                if spec.careless_share > 0.0 && scenario_rng.gen_bool(spec.careless_share) {
+                    *careless_from_ms = Some(spec.careless_from_ms);
+                }
+            }
+        }
         let class_prior =
             WeightedIndex::new((0..spec.classes).map(|k| 1.0 / f64::from(k + 1))).expect("positive weights");
         let scopes = spec.projects * spec.tasks;
@@ -228,7 +277,38 @@ impl Traffic {
             item_truth: 0,
             now_ms: spec.start_ms as f64,
             summary: GenSummary::default(),
+            scenario_rng,
+            wrong_gold: Vec::new(),
         })
+    }
+
+    /// Every annotator's name and behaviour: `careful`, `careless` (turns careless), `spammer`
+    /// or `biased`.
+    pub fn roster(&self) -> Vec<(String, &'static str)> {
+        self.workforce
+            .iter()
+            .map(|a| {
+                let kind = match a.behaviour {
+                    Behaviour::Careful { careless_from_ms: None, .. } => "careful",
+                    Behaviour::Careful { .. } => "careless",
+                    Behaviour::Spammer => "spammer",
+                    Behaviour::Biased { .. } => "biased",
+                };
+                (a.name.clone(), kind)
+            })
+            .collect()
+    }
+
+    /// Appends the corrections of the gold answers published wrong so far to `gold`.
+    pub fn correct_gold(&mut self, gold: &mut Vec<u8>) {
+        use std::io::Write as _;
+        for (item, scope, truth) in self.wrong_gold.drain(..) {
+            let _ = writeln!(
+                gold,
+                "{{\"item_id\":\"item-{item:08}\",\"label\":{}{}}}",
+                self.labels_text[truth as usize], self.scope_fields[scope as usize]
+            );
+        }
     }
 
     /// What was generated so far.
@@ -249,7 +329,13 @@ impl Traffic {
         };
         match self.workforce[who as usize].behaviour {
             Behaviour::Spammer => rng.gen_range(0..classes),
-            Behaviour::Careful { accuracy } => {
+            Behaviour::Careful { accuracy, careless_from_ms } => {
+                let accuracy = match careless_from_ms {
+                    Some(from) if self.now_ms as i64 >= from => {
+                        (1.0 - self.spec.careless_factor * (1.0 - accuracy)).max(0.0)
+                    }
+                    _ => accuracy,
+                };
                 if rng.gen_bool(accuracy) {
                     truth
                 } else {
@@ -315,11 +401,17 @@ impl Traffic {
             }
             if self.rng.gen_bool(self.spec.gold_rate) {
                 self.summary.gold_items += 1;
+                let mut published = self.item_truth;
+                if self.spec.wrong_gold_rate > 0.0 && self.scenario_rng.gen_bool(self.spec.wrong_gold_rate) {
+                    published = (self.item_truth + 1 + self.scenario_rng.gen_range(0..self.spec.classes - 1))
+                        % self.spec.classes;
+                    self.wrong_gold.push((self.item, self.item_scope, self.item_truth));
+                }
                 let _ = writeln!(
                     gold,
                     "{{\"item_id\":\"item-{:08}\",\"label\":{}{}}}",
                     self.item,
-                    self.labels_text[self.item_truth as usize],
+                    self.labels_text[published as usize],
                     self.scope_fields[self.item_scope as usize]
                 );
             }
@@ -360,6 +452,9 @@ pub fn generate(
         if label_buf.len() >= 1 << 16 || written + 1 == spec.events {
             labels.write_all(&label_buf)?;
             label_buf.clear();
+        }
+        if written + 1 == spec.events {
+            traffic.correct_gold(&mut gold_buf);
         }
         if let Some(out) = gold.as_deref_mut() {
             out.write_all(&gold_buf)?;

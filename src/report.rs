@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use labelqc_dataflows::drift::DriftSettings;
 use labelqc_dataflows::engine::{Engine, EngineConfig};
 use labelqc_dataflows::source::{Source, Stream, Update};
 use labelqc_dataflows::view::{QualityView, Report};
@@ -23,6 +24,8 @@ pub struct ReportRequest {
     pub with_items: bool,
     pub strict: bool,
     pub engine: EngineSettings,
+    /// Drift, gate and alert settings.
+    pub drift: DriftSettings,
     /// Show a progress bar (only honoured when stderr is a terminal).
     pub progress: bool,
 }
@@ -44,7 +47,7 @@ pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter))
             workers: request.engine.workers,
             max_epochs_in_flight: request.engine.max_epochs_in_flight,
         },
-        QualityView::default(),
+        QualityView::default().with_drift(request.drift.clone()),
     )?;
     let mut source = Source::default();
     let mut feeder =

@@ -328,6 +328,9 @@ struct Pipeline<'a> {
     next_group: usize,
     /// Epochs whose outputs are delivered and offsets committed: `0..retired`.
     retired: u64,
+    /// Whether the view has drift re-evaluations queued, which take another epoch (empty if no
+    /// input came) to drain.
+    drift_pending: bool,
     /// Since when the open epoch has been full and could not be submitted.
     full_since: Option<Instant>,
     paused: bool,
@@ -374,10 +377,11 @@ impl Pipeline<'_> {
     /// Submits the open epoch to the dataflows if the pipeline can take it: fewer than
     /// `max_epochs_in_flight` epochs in flight, and either the dataflows have nothing
     /// unpublished (so epochs stay small while the service keeps up), or the epoch is full or
-    /// has been open for `epoch_interval_ms` (so it grows while the service is behind).
+    /// has been open for `epoch_interval_ms` (so it grows while the service is behind). An empty
+    /// epoch is submitted when the view has drift re-evaluations queued, to drain them.
     fn maybe_submit(&mut self) -> Result<()> {
         let len = self.reader.open.len();
-        if len == 0 || self.in_flight() >= self.config.engine.max_epochs_in_flight {
+        if (len == 0 && !self.drift_pending) || self.in_flight() >= self.config.engine.max_epochs_in_flight {
             return Ok(());
         }
         let full = len >= self.config.engine.epoch_events as u64;
@@ -387,6 +391,7 @@ impl Pipeline<'_> {
             return Ok(());
         }
         let open = std::mem::take(&mut self.reader.open);
+        self.drift_pending = false;
         let number = self.engine.submit_nowait(open.updates)?;
         self.unpublished.push_back(Epoch {
             number,
@@ -466,7 +471,9 @@ impl Pipeline<'_> {
         if epochs.is_empty() {
             return Ok(());
         }
-        let changes = view.settle();
+        let catalog = &self.reader.source.catalog;
+        let changes = view.settle(catalog);
+        self.drift_pending = view.drift_pending();
         let id = self.next_group;
         self.next_group += 1;
         if exactly_once {
@@ -481,10 +488,12 @@ impl Pipeline<'_> {
         }
         sent += publish(&self.publisher, id, self.config, &view, &self.reader.source, &changes)?;
         for &scope in &changes.scopes {
-            if let Some(summary) = view.scope_summary(scope, &self.reader.source.catalog) {
+            if let Some(summary) = view.scope_summary(scope, catalog) {
                 self.telemetry.set_scope(&summary, ALL_TIME);
             }
         }
+        self.telemetry.count_changes(&changes);
+        self.telemetry.set_drift(&view.drift_summary(catalog));
         drop(view);
         tracing::debug!(
             group = id,
@@ -580,9 +589,14 @@ impl Pipeline<'_> {
         self.backpressure()
     }
 
-    /// Whether anything is in the pipeline that the loop must keep an eye on.
-    fn busy(&self) -> bool {
+    /// Whether epochs are in flight.
+    fn in_pipeline(&self) -> bool {
         !self.unpublished.is_empty() || !self.groups.is_empty()
+    }
+
+    /// Whether the loop must come back soon: epochs in flight, or drift re-evaluations to drain.
+    fn busy(&self) -> bool {
+        self.in_pipeline() || self.drift_pending
     }
 
     /// One turn of the loop: tend the pipeline, then read.
@@ -609,7 +623,7 @@ impl Pipeline<'_> {
     /// the next start.
     fn drain(&mut self) -> Result<()> {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.busy() {
+        while self.in_pipeline() {
             if Instant::now() >= deadline {
                 bail!("stopped while output messages were undelivered; their input offsets stay uncommitted");
             }
@@ -701,7 +715,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             workers: config.engine.workers,
             max_epochs_in_flight: config.engine.max_epochs_in_flight,
         },
-        QualityView::with_change_tracking(),
+        QualityView::with_change_tracking().with_drift(config.drift_settings()),
     )?;
     let mut pipeline = Pipeline {
         config,
@@ -722,6 +736,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         groups: VecDeque::new(),
         next_group: 0,
         retired: 0,
+        drift_pending: false,
         full_since: None,
         paused: false,
         peak_in_flight: 0,
@@ -811,7 +826,19 @@ fn publish(
             value.as_deref(),
         )?;
     }
-    Ok((changes.scopes.len() + changes.annotators.len() + changes.pairs.len() + changes.items.len()) as u64)
+    for record in &changes.gates {
+        let key = format!("{}/{}", record.project, record.annotator_id);
+        publisher.send_json(group, &config.outputs.gating, &key, Some(record))?;
+    }
+    for (id, alert) in &changes.alerts {
+        publisher.send_json(group, &config.outputs.alerts, id, alert.as_ref())?;
+    }
+    Ok((changes.scopes.len()
+        + changes.annotators.len()
+        + changes.pairs.len()
+        + changes.items.len()
+        + changes.gates.len()
+        + changes.alerts.len()) as u64)
 }
 
 /// Measures consumer lag once a second on its own thread and client, so that the broker round

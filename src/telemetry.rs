@@ -1,6 +1,7 @@
 //! Every metric labelqc exports, declared in one place. Names carry the `labelqc_` prefix and base
-//! units; labels are bounded (project, task, window, topic, result, level, quantile): never an
-//! annotator or item id. An undefined number (null in the report) has no series rather than NaN.
+//! units; labels are bounded (project, task, window, topic, result, level, quantile, signal,
+//! state, severity): never an annotator or item id, except on the watchlist series, which hold at
+//! most `watchlist_size` annotators per project and signal. An undefined number (null in the report) has no series rather than NaN.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,9 +11,10 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::event::Op;
 use labelqc_dataflows::source::Stream;
-use labelqc_dataflows::view::ScopeSummary;
+use labelqc_dataflows::view::{Changes, DriftSummary, ScopeSummary};
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,20 @@ pub struct Telemetry {
     scope_mean_cohen: GaugeVec,
     scope_gold_accuracy: GaugeVec,
     scope_gold_answers: IntGaugeVec,
+    /// Annotators per (project, gate state).
+    annotators_gate: IntGaugeVec,
+    /// Annotators per (project, signal, state).
+    annotators_signal_state: IntGaugeVec,
+    /// Gate changes per (project, from, to).
+    gate_transitions: IntCounterVec,
+    /// Alerts fired per (project, severity).
+    alerts_fired: IntCounterVec,
+    /// Alerts firing now per (project, severity).
+    alerts_firing: IntGaugeVec,
+    /// The watchlist: score per (project, signal, annotator) ...
+    watchlist_score: GaugeVec,
+    /// ... and the recent gold accuracy of each annotator on it.
+    watchlist_gold: GaugeVec,
 }
 
 const SCOPE: &[&str] = &["project", "task", "window"];
@@ -153,6 +169,41 @@ impl Telemetry {
             epoch_messages_max,
             partitions_paused,
             pauses,
+            annotators_gate: int_gauge_vec(
+                "labelqc_annotators_gate",
+                "Annotators per gate state (allow, warmup, probation, block), per project.",
+                &["project", "state"],
+            )?,
+            annotators_signal_state: int_gauge_vec(
+                "labelqc_annotators_signal_state",
+                "Annotators per drift signal and state (ok, watch, alarm), per project.",
+                &["project", "signal", "state"],
+            )?,
+            gate_transitions: counter_vec(
+                "labelqc_gate_transitions_total",
+                "Gate changes, per project, from and to state.",
+                &["project", "from", "to"],
+            )?,
+            alerts_fired: counter_vec(
+                "labelqc_alerts_total",
+                "Alerts that started firing, per project and severity.",
+                &["project", "severity"],
+            )?,
+            alerts_firing: int_gauge_vec(
+                "labelqc_alerts_firing",
+                "Alerts firing now, per project and severity.",
+                &["project", "severity"],
+            )?,
+            watchlist_score: gauge_vec(
+                "labelqc_watchlist_score",
+                "Drift evidence relative to the alarm threshold (1: alarm, 0.5: watch) of the most flagged annotators per project and signal.",
+                &["project", "signal", "annotator"],
+            )?,
+            watchlist_gold: gauge_vec(
+                "labelqc_watchlist_gold_accuracy_ratio",
+                "Recent gold accuracy (the gate's evidence) of the annotators on the watchlist.",
+                &["project", "annotator"],
+            )?,
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
             ),
@@ -230,6 +281,61 @@ impl Telemetry {
         }
         set_or_remove(&self.scope_gold_accuracy, &labels, scope.gold.as_ref().map(|g| g.accuracy));
         self.scope_gold_answers.with_label_values(&labels).set(scope.gold.as_ref().map_or(0, |g| g.n));
+    }
+
+    /// Sets the drift gauges from the current summary: every known state is set (zero included),
+    /// and the watchlist is replaced.
+    pub fn set_drift(&self, summary: &DriftSummary) {
+        let projects: std::collections::BTreeSet<&str> = summary
+            .gates
+            .keys()
+            .map(|(p, _)| p.as_str())
+            .chain(summary.signals.keys().map(|(p, _, _)| p.as_str()))
+            .collect();
+        for project in projects {
+            for state in GateState::ALL {
+                let n = summary.gates.get(&(project.to_string(), state)).copied().unwrap_or(0);
+                self.annotators_gate.with_label_values(&[project, state.name()]).set(n);
+            }
+            for signal in Signal::ALL {
+                for state in SignalState::ALL {
+                    let n = summary.signals.get(&(project.to_string(), signal, state)).copied().unwrap_or(0);
+                    self.annotators_signal_state
+                        .with_label_values(&[project, signal.name(), state.name()])
+                        .set(n);
+                }
+            }
+            for severity in Severity::ALL {
+                let n = summary.firing.get(&(project.to_string(), severity)).copied().unwrap_or(0);
+                self.alerts_firing.with_label_values(&[project, severity.name()]).set(n);
+            }
+        }
+        self.watchlist_score.reset();
+        self.watchlist_gold.reset();
+        for entry in &summary.watchlist {
+            let (project, annotator) = (entry.project.as_str(), entry.annotator_id.as_str());
+            self.watchlist_score
+                .with_label_values(&[project, entry.signal.name(), annotator])
+                .set(entry.score);
+            if let Some(accuracy) = entry.gold_accuracy {
+                self.watchlist_gold.with_label_values(&[project, annotator]).set(accuracy);
+            }
+        }
+    }
+
+    /// Counts the gate transitions and newly firing alerts among published changes.
+    pub fn count_changes(&self, changes: &Changes) {
+        for record in &changes.gates {
+            if record.from != Some(record.state) {
+                let from = record.from.map_or("none", GateState::name);
+                self.gate_transitions.with_label_values(&[&record.project, from, record.state.name()]).inc();
+            }
+        }
+        for alert in changes.alerts.iter().filter_map(|(_, a)| a.as_ref()) {
+            if alert.status == labelqc_dataflows::drift::AlertStatus::Firing {
+                self.alerts_fired.with_label_values(&[&alert.project, alert.severity.name()]).inc();
+            }
+        }
     }
 
     /// Counts one input record by stream and result (`ok`, `deleted`, `invalid`); a refused

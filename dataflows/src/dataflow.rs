@@ -15,14 +15,35 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::label::LabelId;
-use crate::source::{AnnotatorId, ItemId, ItemKey, ScopeId};
+use crate::source::{AnnotatorId, Day, ItemId, ItemKey, ScopeId, Stamp};
 
 /// Logical time: a totally ordered epoch.
 pub type Time = u64;
 /// Difference type of every collection: an integer multiplicity.
 pub type Diff = i64;
-/// A live label: `((scope, item), (annotator, label))`.
-pub type LabelRow = (ItemKey, (AnnotatorId, LabelId));
+/// A live label: `((scope, item), (annotator, label, stamp))`.
+pub type LabelRow = (ItemKey, (AnnotatorId, LabelId, Stamp));
+
+/// Scale of fixed-point shares in drift facts: a share `x` in `[-1, 1]` is carried as
+/// `round(x * FIXED_POINT)`. Each item's contribution is computed from the item alone, so sums
+/// of contributions cancel exactly on retraction.
+pub const FIXED_POINT: i64 = 1_000_000;
+
+/// Width of the logarithmic duration buckets: bucket `b` holds durations `d` (ms) with
+/// `floor(ln(d) * DURATION_BUCKETS_PER_E) == b`.
+pub const DURATION_BUCKETS_PER_E: f64 = 8.0;
+
+/// The duration bucket of `ms` milliseconds.
+pub fn duration_bucket(ms: u32) -> u16 {
+    ((f64::from(ms.max(1))).ln() * DURATION_BUCKETS_PER_E).floor() as u16
+}
+
+fn fixed(numerator: i64, denominator: i64) -> i64 {
+    // Round half away from zero, in integers.
+    let twice = 2 * numerator * FIXED_POINT;
+    let sign = if twice < 0 { -1 } else { 1 };
+    sign * ((twice.abs() + denominator) / (2 * denominator))
+}
 /// A live gold answer: `((scope, item), label)`.
 pub type GoldRow = (ItemKey, LabelId);
 
@@ -41,6 +62,15 @@ pub enum ItemFact {
     Annotator { annotator: AnnotatorId, raters: u32, same: u32 },
     /// One of the most frequent labels (one fact per label when tied) and their count.
     Consensus { top: u32, label: LabelId },
+    /// Agreement gap of one label on an item with at least two other labels, on the label's
+    /// day: `d = x - p` in fixed point, `x` the share of the others who gave the same label and
+    /// `p` the pairwise agreement among the others.
+    Gap { annotator: AnnotatorId, day: Day, gap: i64 },
+    /// Label mix of one label on an item with at least one other label, on its day: `own` is 1
+    /// for the annotator's label, `peer` the share (fixed point) of the others who gave `label`.
+    Mix { annotator: AnnotatorId, day: Day, label: LabelId, own: u32, peer: i64 },
+    /// One label's duration bucket, on its day.
+    Speed { annotator: AnnotatorId, day: Day, bucket: u16 },
 }
 
 /// Everything one item contributes, as one value.
@@ -76,12 +106,23 @@ pub enum Fact {
     /// One of an item's most frequent labels, with its count (not a sum: an item has one such
     /// fact per tied label).
     Consensus { scope: ScopeId, item: ItemId, top: u32, label: LabelId },
+    /// An annotator's agreement gaps on one day: items, and the sums of `d` and `d^2` (fixed
+    /// point, `d^2` at `FIXED_POINT^2`).
+    GapDay { scope: ScopeId, annotator: AnnotatorId, day: Day, items: i64, sum: i64, sum_sq: i64 },
+    /// An annotator's label mix on one day: own labels `label`, and the summed peer share of
+    /// `label` (fixed point) over the same items.
+    MixDay { scope: ScopeId, annotator: AnnotatorId, day: Day, label: LabelId, own: i64, peer: i64 },
+    /// An annotator's labels on one day whose duration fell in `bucket`.
+    SpeedDay { scope: ScopeId, annotator: AnnotatorId, day: Day, bucket: u16, count: i64 },
+    /// One gold answer: the annotator's label on a gold item, when it was given, and whether it
+    /// matched (not a sum: one fact per gold answer).
+    GoldAnswer { scope: ScopeId, annotator: AnnotatorId, item: ItemId, ts_ms: i64, correct: bool },
 }
 
-/// Summarises one item from its current `(annotator, label)` rows, sorted by annotator; `None`
-/// for an item without labels. `counts` is scratch space.
+/// Summarises one item from its current `(annotator, label, stamp)` rows, sorted by annotator;
+/// `None` for an item without labels. `counts` is scratch space.
 pub fn summarize_item(
-    rows: &[(AnnotatorId, LabelId)],
+    rows: &[(AnnotatorId, LabelId, Stamp)],
     counts: &mut Vec<(LabelId, u32)>,
 ) -> Option<ItemSummary> {
     let raters = rows.len() as u32;
@@ -90,7 +131,7 @@ pub fn summarize_item(
     }
     let mut out = Vec::with_capacity(3 * rows.len());
     counts.clear();
-    for &(_, label) in rows {
+    for &(_, label, _) in rows {
         match counts.iter_mut().find(|(l, _)| *l == label) {
             Some((_, n)) => *n += 1,
             None => counts.push((label, 1)),
@@ -105,8 +146,32 @@ pub fn summarize_item(
     for &(label, count) in counts {
         out.push(ItemFact::Share { raters, label, count });
     }
-    for &(annotator, label) in rows {
-        out.push(ItemFact::Annotator { annotator, raters, same: count_of(label) - 1 });
+    let all_pairs = counts.iter().map(|&(_, n)| i64::from(n) * i64::from(n) - i64::from(n)).sum::<i64>();
+    for &(annotator, label, stamp) in rows {
+        let same = count_of(label) - 1;
+        out.push(ItemFact::Annotator { annotator, raters, same });
+        let day = stamp.day();
+        if let Some(ms) = stamp.duration_ms {
+            out.push(ItemFact::Speed { annotator, day, bucket: duration_bucket(ms) });
+        }
+        if raters >= 2 {
+            let others = i64::from(raters - 1);
+            // Removing this label from the item: its label's count drops by one.
+            let n = i64::from(same + 1);
+            let others_pairs = all_pairs - (n * (n - 1)) + ((n - 1) * (n - 2));
+            if raters >= 3 {
+                // d = same/(r-1) - others_pairs/((r-1)(r-2)), over the common denominator.
+                let numerator = i64::from(same) * (others - 1) - others_pairs;
+                out.push(ItemFact::Gap { annotator, day, gap: fixed(numerator, others * (others - 1)) });
+            }
+            for &(k, n_k) in counts {
+                let m_k = i64::from(n_k) - i64::from(k == label);
+                let own = u32::from(k == label);
+                if m_k > 0 || own > 0 {
+                    out.push(ItemFact::Mix { annotator, day, label: k, own, peer: fixed(m_k, others) });
+                }
+            }
+        }
     }
     if raters >= 2 {
         for (i, &(c, n_c)) in counts.iter().enumerate() {
@@ -163,63 +228,41 @@ pub fn quality_facts<'s>(
             summary.0.iter().map(move |fact| (item, *fact)).collect::<Vec<_>>()
         });
 
-    let scope_items = item_facts
+    // Every summed fact goes through one `count_total`, keyed by what it sums: one pass over
+    // the item facts instead of one per kind.
+    let gold_by_item = gold.arrange_by_key_named("GoldByItem");
+    type Row = (AnnotatorId, LabelId, Stamp);
+    let gold_answers = labels_by_item.clone().join_core(
+        gold_by_item,
+        |item: &ItemKey, &(annotator, label, stamp): &Row, gold: &LabelId| {
+            Some(Fact::GoldAnswer {
+                scope: item.0,
+                annotator,
+                item: item.1,
+                ts_ms: stamp.ts_ms,
+                correct: label == *gold,
+            })
+        },
+    );
+    let gold_sums = gold_answers.clone().explode(|fact| match fact {
+        Fact::GoldAnswer { scope, annotator, correct, .. } => {
+            Some((SumKey::Gold { scope, annotator }, (1i64, i64::from(correct), 0i64)))
+        }
+        _ => None,
+    });
+    let totals = item_facts
         .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Stats { raters, agreeing_pairs } => {
-                Some(((scope, raters), (1i64, agreeing_pairs as i64)))
-            }
-            _ => None,
-        })
+        .explode(|((scope, _), fact)| sum_of(scope, fact))
+        .concat(gold_sums)
         .count_total_core::<Diff>()
-        .map(|((scope, raters), (items, agreeing_pairs))| Fact::ScopeItems {
-            scope,
-            raters,
-            items,
-            agreeing_pairs,
-        });
-
-    let shares = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Share { raters, label, count } => Some(((scope, raters, label), i64::from(count))),
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, raters, label), count)| Fact::CategoryShare { scope, raters, label, count });
-
-    let coincidences = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Coincidence { raters, c, k, weight } => Some(((scope, raters, c, k), weight as i64)),
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, raters, c, k), weight)| Fact::Coincidence { scope, raters, c, k, weight });
-
-    let annotators = item_facts
-        .clone()
-        .explode(|((scope, _), fact)| match fact {
-            ItemFact::Annotator { annotator, raters, same } => {
-                Some(((scope, annotator, raters), (1i64, i64::from(same))))
-            }
-            _ => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|((scope, annotator, raters), (items, same))| Fact::AnnotatorItems {
-            scope,
-            annotator,
-            raters,
-            items,
-            same,
-        });
+        .map(|(key, (x, y, z))| key.fact(x, y, z));
 
     // Pair cells are many (up to pairs x categories^2) and each changes rarely, so they are not
     // counted here: every co-labelled item contributes a delta of one, and the consumer sums
     // them. Arranging them would cost more than it saves.
     let pairs = labels_by_item.clone().join_core(
-        labels_by_item.clone(),
-        |item: &ItemKey, &(a, label_a): &(AnnotatorId, LabelId), &(b, label_b): &(AnnotatorId, LabelId)| {
+        labels_by_item,
+        |item: &ItemKey, &(a, label_a, _): &Row, &(b, label_b, _): &Row| {
             (a < b).then_some(Fact::PairCell { scope: item.0, a, b, label_a, label_b, count: 1 })
         },
     );
@@ -229,30 +272,76 @@ pub fn quality_facts<'s>(
         _ => None,
     });
 
-    let gold_by_item = gold.arrange_by_key_named("GoldByItem");
-    let gold_answers = labels_by_item
-        .join_core(
-            gold_by_item,
-            |item: &ItemKey, &(annotator, label): &(AnnotatorId, LabelId), gold: &LabelId| {
-                Some(((item.0, annotator), label == *gold))
-            },
-        )
-        .explode(|(key, correct)| Some((key, (1i64, i64::from(correct)))))
-        .count_total_core::<Diff>()
-        .map(|((scope, annotator), (answers, correct))| Fact::AnnotatorGold {
-            scope,
-            annotator,
-            answers,
-            correct,
-        });
+    totals.concat(pairs).concat(consensus).concat(gold_answers)
+}
 
-    scope_items
-        .concat(shares)
-        .concat(coincidences)
-        .concat(annotators)
-        .concat(pairs)
-        .concat(consensus)
-        .concat(gold_answers)
+/// What a summed fact sums over: the key of its total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum SumKey {
+    Items { scope: ScopeId, raters: u32 },
+    Share { scope: ScopeId, raters: u32, label: LabelId },
+    Coincidence { scope: ScopeId, raters: u32, c: LabelId, k: LabelId },
+    Annotator { scope: ScopeId, annotator: AnnotatorId, raters: u32 },
+    Gold { scope: ScopeId, annotator: AnnotatorId },
+    Gap { scope: ScopeId, annotator: AnnotatorId, day: Day },
+    Mix { scope: ScopeId, annotator: AnnotatorId, day: Day, label: LabelId },
+    Speed { scope: ScopeId, annotator: AnnotatorId, day: Day, bucket: u16 },
+}
+
+/// The total an item fact adds to, and what it adds (up to three sums).
+fn sum_of(scope: ScopeId, fact: ItemFact) -> Option<(SumKey, (i64, i64, i64))> {
+    Some(match fact {
+        ItemFact::Stats { raters, agreeing_pairs } => {
+            (SumKey::Items { scope, raters }, (1, agreeing_pairs as i64, 0))
+        }
+        ItemFact::Share { raters, label, count } => {
+            (SumKey::Share { scope, raters, label }, (i64::from(count), 0, 0))
+        }
+        ItemFact::Coincidence { raters, c, k, weight } => {
+            (SumKey::Coincidence { scope, raters, c, k }, (weight as i64, 0, 0))
+        }
+        ItemFact::Annotator { annotator, raters, same } => {
+            (SumKey::Annotator { scope, annotator, raters }, (1, i64::from(same), 0))
+        }
+        ItemFact::Gap { annotator, day, gap } => (SumKey::Gap { scope, annotator, day }, (1, gap, gap * gap)),
+        ItemFact::Mix { annotator, day, label, own, peer } => {
+            (SumKey::Mix { scope, annotator, day, label }, (i64::from(own), peer, 0))
+        }
+        ItemFact::Speed { annotator, day, bucket } => {
+            (SumKey::Speed { scope, annotator, day, bucket }, (1, 0, 0))
+        }
+        ItemFact::Consensus { .. } => return None,
+    })
+}
+
+impl SumKey {
+    /// The fact that carries this key's totals.
+    fn fact(self, x: i64, y: i64, z: i64) -> Fact {
+        match self {
+            SumKey::Items { scope, raters } => {
+                Fact::ScopeItems { scope, raters, items: x, agreeing_pairs: y }
+            }
+            SumKey::Share { scope, raters, label } => Fact::CategoryShare { scope, raters, label, count: x },
+            SumKey::Coincidence { scope, raters, c, k } => {
+                Fact::Coincidence { scope, raters, c, k, weight: x }
+            }
+            SumKey::Annotator { scope, annotator, raters } => {
+                Fact::AnnotatorItems { scope, annotator, raters, items: x, same: y }
+            }
+            SumKey::Gold { scope, annotator } => {
+                Fact::AnnotatorGold { scope, annotator, answers: x, correct: y }
+            }
+            SumKey::Gap { scope, annotator, day } => {
+                Fact::GapDay { scope, annotator, day, items: x, sum: y, sum_sq: z }
+            }
+            SumKey::Mix { scope, annotator, day, label } => {
+                Fact::MixDay { scope, annotator, day, label, own: x, peer: y }
+            }
+            SumKey::Speed { scope, annotator, day, bucket } => {
+                Fact::SpeedDay { scope, annotator, day, bucket, count: x }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -294,7 +383,23 @@ mod tests {
     const S: ScopeId = 0;
 
     fn label(item: ItemId, annotator: AnnotatorId, label: LabelId) -> LabelRow {
-        ((S, item), (annotator, label))
+        ((S, item), (annotator, label, Stamp::default()))
+    }
+
+    /// The facts of the original quality dataflow, without drift inputs.
+    fn quality_only(captured: Captured) -> Captured {
+        captured
+            .into_iter()
+            .filter(|(f, _, _)| {
+                !matches!(
+                    f,
+                    Fact::GapDay { .. }
+                        | Fact::MixDay { .. }
+                        | Fact::SpeedDay { .. }
+                        | Fact::GoldAnswer { .. }
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -323,7 +428,7 @@ mod tests {
         ];
         let mut expected = expected;
         differential_dataflow::consolidation::consolidate_updates(&mut expected);
-        assert_eq!(out, expected);
+        assert_eq!(quality_only(out), expected);
     }
 
     #[test]
@@ -340,7 +445,7 @@ mod tests {
             ],
             vec![],
         );
-        let at_one: Vec<_> = out.iter().filter(|(_, t, _)| *t == 1).cloned().collect();
+        let at_one: Vec<_> = quality_only(out).into_iter().filter(|(_, t, _)| *t == 1).collect();
         let mut expected: Captured = vec![
             // Scope totals for r = 2: two items with 2 agreeing pairs each, then only one agreeing.
             (Fact::ScopeItems { scope: S, raters: 2, items: 2, agreeing_pairs: 4 }, 1, -1),
@@ -364,6 +469,58 @@ mod tests {
         ];
         differential_dataflow::consolidation::consolidate_updates(&mut expected);
         assert_eq!(at_one, expected);
+    }
+
+    #[test]
+    fn drift_inputs_of_one_item() {
+        // Item 7 on day 2: annotators 1, 2 say 10, 3 says 11; annotator 1 took 1 s. Gold 10.
+        let at = |annotator, label, duration_ms| {
+            let stamp = Stamp { ts_ms: 2 * crate::source::DAY_MS + 5, duration_ms };
+            ((S, 7), (annotator, label, stamp))
+        };
+        let out = run(
+            vec![(0, at(1, 10, Some(1000)), 1), (0, at(2, 10, None), 1), (0, at(3, 11, None), 1)],
+            vec![((S, 7), 10)],
+        );
+        let drift: Vec<Fact> = out
+            .into_iter()
+            .filter(|(f, _, _)| !matches!(quality_only(vec![(*f, 0, 1)]).as_slice(), [_]))
+            .map(|(f, _, d)| {
+                assert_eq!(d, 1);
+                f
+            })
+            .collect();
+        let ts_ms = 2 * crate::source::DAY_MS + 5;
+        let half = FIXED_POINT / 2;
+        let mut expected = vec![
+            // Annotator 1: the others (2: 10, 3: 11) agree with it half the time and with each
+            // other never: d = 1/2 - 0.
+            Fact::GapDay { scope: S, annotator: 1, day: 2, items: 1, sum: half, sum_sq: half * half },
+            Fact::GapDay { scope: S, annotator: 2, day: 2, items: 1, sum: half, sum_sq: half * half },
+            // Annotator 3: the others agree with each other (p = 1) and not with it: d = -1.
+            Fact::GapDay {
+                scope: S,
+                annotator: 3,
+                day: 2,
+                items: 1,
+                sum: -FIXED_POINT,
+                sum_sq: FIXED_POINT * FIXED_POINT,
+            },
+            Fact::MixDay { scope: S, annotator: 1, day: 2, label: 10, own: 1, peer: half },
+            Fact::MixDay { scope: S, annotator: 1, day: 2, label: 11, own: 0, peer: half },
+            Fact::MixDay { scope: S, annotator: 2, day: 2, label: 10, own: 1, peer: half },
+            Fact::MixDay { scope: S, annotator: 2, day: 2, label: 11, own: 0, peer: half },
+            Fact::MixDay { scope: S, annotator: 3, day: 2, label: 10, own: 0, peer: FIXED_POINT },
+            Fact::MixDay { scope: S, annotator: 3, day: 2, label: 11, own: 1, peer: 0 },
+            Fact::SpeedDay { scope: S, annotator: 1, day: 2, bucket: duration_bucket(1000), count: 1 },
+            Fact::GoldAnswer { scope: S, annotator: 1, item: 7, ts_ms, correct: true },
+            Fact::GoldAnswer { scope: S, annotator: 2, item: 7, ts_ms, correct: true },
+            Fact::GoldAnswer { scope: S, annotator: 3, item: 7, ts_ms, correct: false },
+        ];
+        expected.sort();
+        let mut drift = drift;
+        drift.sort();
+        assert_eq!(drift, expected);
     }
 
     #[test]

@@ -351,8 +351,8 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
             Some(Command::Epoch { epoch, updates }) => {
                 for update in updates {
                     match update {
-                        Update::Label { item, annotator, label, diff } => {
-                            labels.update((item, (annotator, label)), diff)
+                        Update::Label { item, annotator, label, stamp, diff } => {
+                            labels.update((item, (annotator, label, stamp)), diff)
                         }
                         Update::Gold { item, label, diff } => gold.update((item, label), diff),
                     }
@@ -427,9 +427,10 @@ mod tests {
     #[test]
     fn settle_names_exactly_what_a_relabel_touched() {
         let (mut source, mut engine) = load(2, 3);
-        engine.view().settle();
+        engine.view().settle(&source.catalog);
         // Annotator c changes its label on i1: the default scope, item i1, its three annotators
-        // and the pairs (a, c) and (b, c) change; the pair (a, b) and the other scope do not.
+        // and the pairs (a, c) and (b, c) change; the pair (a, b) and the other scope do not,
+        // except c's object there, which carries c's project-wide gate (its gold answer changed).
         let mut updates = Vec::new();
         source.apply_label(
             &parse_label_event(r#"{"item_id":"i1","annotator_id":"c","label":"x","ts":9}"#).unwrap(),
@@ -438,14 +439,14 @@ mod tests {
         engine.submit(updates).unwrap();
         engine.sync().unwrap();
         let mut view = engine.view();
-        let changes = view.settle();
         let catalog = &source.catalog;
+        let changes = view.settle(catalog);
         let id = |name: &str| catalog.annotators.lookup(name).unwrap();
         let scope = 0;
         let item = catalog.items.lookup("i1").unwrap();
         assert_eq!(changes.scopes, vec![scope]);
         assert_eq!(changes.items, vec![(scope, item)]);
-        let mut annotators = vec![(scope, id("a")), (scope, id("b")), (scope, id("c"))];
+        let mut annotators = vec![(scope, id("a")), (scope, id("b")), (scope, id("c")), (1, id("c"))];
         annotators.sort();
         assert_eq!(changes.annotators, annotators);
         let pair = |x: &str, y: &str| (scope, id(x).min(id(y)), id(x).max(id(y)));
@@ -455,13 +456,40 @@ mod tests {
         // The renderers agree with the full report.
         let c = view.annotator(scope, id("c"), catalog).unwrap();
         assert_eq!(c.gold.unwrap().correct, 1);
+        assert_eq!(c.gate.unwrap().evidence.correct, 1);
+        assert_eq!(changes.gates, vec![], "evidence alone is no gate decision");
         let consensus = view.item(scope, item, catalog).unwrap();
         assert_eq!(consensus.consensus, serde_json::json!("x"));
         assert!(!consensus.tied);
         let summary = view.scope_summary(scope, catalog).unwrap();
         assert_eq!(summary.gold.unwrap().correct, 3);
         assert_eq!(view.pair(scope, id("c"), id("b"), catalog).unwrap().n_shared, 1);
-        assert_eq!(view.settle(), Changes::default(), "nothing changed since");
+        assert_eq!(view.settle(catalog), Changes::default(), "nothing changed since");
+    }
+
+    #[test]
+    fn deleting_every_label_leaves_no_drift_state() {
+        let (mut source, mut engine) = load(2, 3);
+        assert!(!engine.view().settle(&source.catalog).gates.is_empty());
+        assert!(!engine.view().drift_summary(&source.catalog).gates.is_empty());
+        let mut updates = Vec::new();
+        for line in LABELS {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            let mut delete = event.as_object().unwrap().clone();
+            delete.remove("label");
+            delete.insert("op".into(), "delete".into());
+            let delete = serde_json::Value::Object(delete).to_string();
+            source.apply_label(&parse_label_event(&delete).unwrap(), &mut updates);
+        }
+        engine.submit(updates).unwrap();
+        engine.sync().unwrap();
+        let mut view = engine.view();
+        let changes = view.settle(&source.catalog);
+        // Every gate goes back to warm-up, saying why.
+        assert!(!changes.gates.is_empty());
+        assert!(changes.gates.iter().all(|r| r.state == crate::drift::GateState::Warmup && r.revised));
+        assert_eq!(view.drift_summary(&source.catalog), crate::view::DriftSummary::default());
+        assert!(view.report(&source.catalog, true).scopes.is_empty());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! labelqc's dataflows: the input model, the exact incremental quality computations of the spec
-//! (agreement, gold accuracy, consensus) as differential dataflows, and the view that forms the
+//! (agreement, gold accuracy, consensus), annotator drift, gating and alerts, as differential dataflows, and the view that forms the
 //! final numbers. No I/O happens here.
 
 pub mod dataflow;
+pub mod drift;
 pub mod engine;
 pub mod event;
 pub mod label;

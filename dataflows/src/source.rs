@@ -18,6 +18,30 @@ pub type AnnotatorId = u32;
 /// An item within its scope.
 pub type ItemKey = (ScopeId, ItemId);
 
+/// When a label was given (event time, epoch milliseconds) and how long it took: the inputs of
+/// the drift signals, carried with every live label.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Stamp {
+    pub ts_ms: i64,
+    /// Time spent, if reported (milliseconds, saturated at `u32::MAX`).
+    pub duration_ms: Option<u32>,
+}
+
+/// Milliseconds in an event-time day.
+pub const DAY_MS: i64 = 86_400_000;
+
+impl Stamp {
+    /// The UTC event-time day of the label, counted from 1970-01-01.
+    pub fn day(&self) -> Day {
+        self.ts_ms.div_euclid(DAY_MS) as Day
+    }
+}
+
+/// An event-time day number (days since 1970-01-01, UTC).
+pub type Day = i32;
+
 /// Assigns dense ids to strings, in order of first appearance.
 #[derive(Debug, Default)]
 pub struct Interner {
@@ -97,8 +121,8 @@ impl Catalog {
 /// A change to the dataflows' inputs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Update {
-    /// A label row `(item, annotator, label)` added (`diff` 1) or removed (`diff` -1).
-    Label { item: ItemKey, annotator: AnnotatorId, label: LabelId, diff: i64 },
+    /// A label row `(item, annotator, label, stamp)` added (`diff` 1) or removed (`diff` -1).
+    Label { item: ItemKey, annotator: AnnotatorId, label: LabelId, stamp: Stamp, diff: i64 },
     /// A gold answer `(item, label)` added or removed.
     Gold { item: ItemKey, label: LabelId, diff: i64 },
 }
@@ -124,7 +148,7 @@ impl Stream {
 #[derive(Debug, Default)]
 pub struct Source {
     pub catalog: Catalog,
-    labels: HashMap<(ItemKey, AnnotatorId), LabelId, RandomState>,
+    labels: HashMap<(ItemKey, AnnotatorId), (LabelId, Stamp), RandomState>,
     gold: HashMap<ItemKey, LabelId, RandomState>,
 }
 
@@ -134,19 +158,23 @@ impl Source {
         let scope = self.catalog.scope(&event.project, &event.task);
         let item = (scope, self.catalog.items.intern(&event.item_id));
         let annotator = self.catalog.annotators.intern(&event.annotator_id);
-        let new = event.label.as_ref().map(|l| self.catalog.labels.intern(l));
+        let stamp = Stamp {
+            ts_ms: event.ts_ms,
+            duration_ms: event.duration_ms.map(|d| u32::try_from(d).unwrap_or(u32::MAX)),
+        };
+        let new = event.label.as_ref().map(|l| (self.catalog.labels.intern(l), stamp));
         let old = match new {
-            Some(label) => self.labels.insert((item, annotator), label),
+            Some(row) => self.labels.insert((item, annotator), row),
             None => self.labels.remove(&(item, annotator)),
         };
         if old == new {
             return;
         }
-        if let Some(label) = old {
-            out.push(Update::Label { item, annotator, label, diff: -1 });
+        if let Some((label, stamp)) = old {
+            out.push(Update::Label { item, annotator, label, stamp, diff: -1 });
         }
-        if let Some(label) = new {
-            out.push(Update::Label { item, annotator, label, diff: 1 });
+        if let Some((label, stamp)) = new {
+            out.push(Update::Label { item, annotator, label, stamp, diff: 1 });
         }
     }
 
@@ -202,13 +230,17 @@ mod tests {
     use super::*;
     use crate::event::{parse_gold_event, parse_label_event};
 
+    fn at(ts_ms: i64) -> Stamp {
+        Stamp { ts_ms, duration_ms: None }
+    }
+
     #[test]
     fn latest_event_wins() {
         let mut source = Source::default();
         let mut out = Vec::new();
         for line in [
             r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
-            r#"{"item_id":"i","annotator_id":"a","label":"x","ts":2}"#,
+            r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
             r#"{"item_id":"i","annotator_id":"a","label":"y","ts":3}"#,
             r#"{"item_id":"i","annotator_id":"a","ts":4,"op":"delete"}"#,
             r#"{"item_id":"i","annotator_id":"a","ts":5,"op":"delete"}"#,
@@ -219,10 +251,10 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Update::Label { item, annotator: 0, label: 0, diff: 1 },
-                Update::Label { item, annotator: 0, label: 0, diff: -1 },
-                Update::Label { item, annotator: 0, label: 1, diff: 1 },
-                Update::Label { item, annotator: 0, label: 1, diff: -1 },
+                Update::Label { item, annotator: 0, label: 0, stamp: at(1), diff: 1 },
+                Update::Label { item, annotator: 0, label: 0, stamp: at(1), diff: -1 },
+                Update::Label { item, annotator: 0, label: 1, stamp: at(3), diff: 1 },
+                Update::Label { item, annotator: 0, label: 1, stamp: at(3), diff: -1 },
             ]
         );
         assert_eq!(source.live_labels(), 0);

@@ -18,22 +18,23 @@ pub struct GoldAccuracy {
 
 /// Accuracy and Wilson interval of `correct` out of `n`; `None` when `n` is 0.
 pub fn gold_accuracy(n: i64, correct: i64) -> Option<GoldAccuracy> {
+    let (wilson_low, wilson_high) = wilson(n, correct as f64, WILSON_Z)?;
+    Some(GoldAccuracy { n, correct, accuracy: correct as f64 / n as f64, wilson_low, wilson_high })
+}
+
+/// The Wilson score interval `(low, high)` of `successes` out of `n` at normal quantile `z`, no
+/// continuity correction; `None` when `n` is not positive.
+pub fn wilson(n: i64, successes: f64, z: f64) -> Option<(f64, f64)> {
     if n <= 0 {
         return None;
     }
     let nf = n as f64;
-    let p = correct as f64 / nf;
-    let z2 = WILSON_Z * WILSON_Z;
+    let p = successes / nf;
+    let z2 = z * z;
     let denom = 1.0 + z2 / nf;
     let center = (p + z2 / (2.0 * nf)) / denom;
-    let half = WILSON_Z * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt() / denom;
-    Some(GoldAccuracy {
-        n,
-        correct,
-        accuracy: p,
-        wilson_low: (center - half).max(0.0),
-        wilson_high: (center + half).min(1.0),
-    })
+    let half = z * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt() / denom;
+    Some(((center - half).max(0.0), (center + half).min(1.0)))
 }
 
 /// Agreement statistics of one annotator pair, from its confusion table.

@@ -10,9 +10,17 @@ use foldhash::fast::RandomState;
 use serde::Serialize;
 
 use crate::dataflow::{Diff, Fact};
+use crate::drift::{
+    self, Alert, AlertStatus, AnnotatorInputs, Decision, DriftSettings, Gate, GateState, PopulationCounts,
+    ScopeInputs, Severity, Signal, SignalReport, SignalState, Timeline,
+};
 use crate::label::LabelId;
-use crate::source::{AnnotatorId, Catalog, ItemId, ScopeId};
+use crate::source::{AnnotatorId, Catalog, Day, ItemId, ScopeId};
 use crate::stats::{self, Coincidences, GoldAccuracy, Level};
+
+/// Annotators re-evaluated per settle beyond those whose own inputs changed: bounds the work of an
+/// epoch after a late gold answer, which touches every annotator of its scope with later readings.
+const DRIFT_BUDGET: usize = 16;
 
 /// Fixed-point scale of summed kappas: sums of integers cancel exactly on retraction, so the
 /// scope's mean does not depend on the order in which pairs changed. The rounding (1e-18 a pair)
@@ -85,12 +93,16 @@ struct AnnotatorState {
     by_raters: Vec<(u32, [i64; 2])>,
     /// `[answers, correct]` on gold items.
     gold: [i64; 2],
+    /// Event-time sums of the drift signals.
+    drift: AnnotatorInputs,
+    /// The drift signals as of the last evaluation.
+    timeline: Option<Timeline>,
 }
 
 impl AnnotatorState {
     /// No labels and no gold answers: the annotator has left the scope.
     fn is_empty(&self) -> bool {
-        self.by_raters.is_empty() && self.gold == [0, 0]
+        self.by_raters.is_empty() && self.gold == [0, 0] && self.drift.is_empty()
     }
 }
 
@@ -124,15 +136,73 @@ struct ScopeState {
     /// Sum (fixed point) and count of the defined pair kappas, as of the last settle.
     kappa_sum: i128,
     kappa_count: i64,
+    /// Scope-wide sums the drift signals compare against.
+    drift: ScopeInputs,
+    /// Annotators evaluated and in alarm, per (signal, day), as of the last evaluation.
+    population: PopulationCounts,
+    /// The scope's alerts as of the last evaluation, by id.
+    alerts: BTreeMap<String, Alert>,
 }
 
 /// Entities whose published objects changed since the last settle, each list sorted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Changes {
     pub scopes: Vec<ScopeId>,
     pub pairs: Vec<(ScopeId, AnnotatorId, AnnotatorId)>,
     pub annotators: Vec<(ScopeId, AnnotatorId)>,
     pub items: Vec<(ScopeId, ItemId)>,
+    /// Gate records to publish, in order.
+    pub gates: Vec<GateRecord>,
+    /// Alerts that changed: the alert now, or `None` for an alert whose condition no longer
+    /// follows from the data (its earlier record is withdrawn).
+    pub alerts: Vec<(String, Option<Alert>)>,
+}
+
+/// Drift state per project, for metrics with bounded labels.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DriftSummary {
+    /// Annotators per (project, gate state).
+    pub gates: BTreeMap<(String, GateState), i64>,
+    /// Annotators per (project, signal, state): each annotator at its worst state over the
+    /// project's scopes.
+    pub signals: BTreeMap<(String, Signal, SignalState), i64>,
+    /// Firing alerts per (project, severity).
+    pub firing: BTreeMap<(String, Severity), i64>,
+    /// The most flagged annotators per (project, signal), at watch level or worse.
+    pub watchlist: Vec<WatchEntry>,
+}
+
+/// One annotator on the watchlist.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchEntry {
+    pub project: String,
+    pub signal: Signal,
+    pub annotator_id: String,
+    /// The signal's evidence relative to its alarm threshold.
+    pub score: f64,
+    /// Recent gold accuracy behind the annotator's gate.
+    pub gold_accuracy: Option<f64>,
+}
+
+/// A gate decision as published to the gating topic (spec section 4): one per change.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GateRecord {
+    pub project: String,
+    pub annotator_id: String,
+    /// The gate now.
+    pub state: GateState,
+    /// The state published before this record (none for an annotator's first record).
+    pub from: Option<GateState>,
+    /// Why the gate is in its state now.
+    pub reason: String,
+    /// The recent gold accuracy the decision rested on.
+    pub evidence: Option<drift::Evidence>,
+    /// Event time of the decision (absent while in warm-up).
+    pub at: Option<String>,
+    /// Set when earlier decisions were re-evaluated because gold answers they rested on were
+    /// corrected or deleted: `from` no longer follows from the data.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub revised: bool,
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +211,11 @@ struct Dirty {
     pairs: Set<(ScopeId, AnnotatorId, AnnotatorId)>,
     annotators: Set<(ScopeId, AnnotatorId)>,
     items: Set<(ScopeId, ItemId)>,
+    /// Annotators whose drift inputs changed.
+    drift: Set<(ScopeId, AnnotatorId)>,
+    /// Scopes whose scope-wide drift inputs changed, with the earliest day that changed: their
+    /// annotators with readings after that day are re-evaluated.
+    drift_scopes: Map<ScopeId, Day>,
 }
 
 fn sorted<T: Ord>(set: &mut Set<T>) -> Vec<T> {
@@ -160,12 +235,24 @@ pub struct QualityView {
     dirty: Dirty,
     /// Without change tracking: whether any pair changed since derived state was refreshed.
     untracked_pairs_changed: bool,
+    /// Drift, gate and alert settings.
+    drift: DriftSettings,
+    /// Gates per (project, annotator) as of the last evaluation.
+    gates: BTreeMap<(String, AnnotatorId), Gate>,
+    /// Annotators to re-evaluate because their scope's inputs changed, not yet done.
+    pending_drift: std::collections::BTreeSet<(ScopeId, AnnotatorId)>,
 }
 
 impl QualityView {
     /// A view that records which entities change, for [`QualityView::settle`] to report.
     pub fn with_change_tracking() -> QualityView {
         QualityView { track_changes: true, ..QualityView::default() }
+    }
+
+    /// Uses `settings` for drift signals, gates and alerts (the built-in defaults otherwise).
+    pub fn with_drift(mut self, settings: DriftSettings) -> QualityView {
+        self.drift = settings;
+        self
     }
 
     /// Applies one update of the dataflow's output.
@@ -205,6 +292,40 @@ impl QualityView {
                 add_cell(&mut pair.cells, (label_a, label_b), count * diff);
                 self.mark_pairs((scope, a, b));
             }
+            Fact::GapDay { scope, annotator, day, items, sum, sum_sq } => {
+                let a = self.scope_mut(scope).annotators.entry(annotator).or_default();
+                add_sum(&mut a.drift.gap, day, [items * diff, sum * diff, sum_sq * diff]);
+                self.mark_drift((scope, annotator));
+            }
+            Fact::MixDay { scope, annotator, day, label, own, peer } => {
+                let a = self.scope_mut(scope).annotators.entry(annotator).or_default();
+                add_sum(&mut a.drift.mix, (day, label), [own * diff, peer * diff]);
+                self.mark_drift((scope, annotator));
+            }
+            Fact::SpeedDay { scope, annotator, day, bucket, count } => {
+                let s = self.scope_mut(scope);
+                add_sum(
+                    &mut s.annotators.entry(annotator).or_default().drift.speed,
+                    (day, bucket),
+                    [count * diff],
+                );
+                add_sum(&mut s.drift.speed, (day, bucket), [count * diff]);
+                self.mark_drift((scope, annotator));
+                self.mark_drift_scope(scope, day);
+            }
+            Fact::GoldAnswer { scope, annotator, item, ts_ms, correct } => {
+                let s = self.scope_mut(scope);
+                let day = ts_ms.div_euclid(crate::source::DAY_MS) as Day;
+                add_sum(&mut s.drift.gold_days, day, [diff, if correct { 0 } else { diff }]);
+                let gold = &mut s.annotators.entry(annotator).or_default().drift.gold;
+                let m = gold.entry((ts_ms, item, correct)).or_default();
+                *m += diff;
+                if *m == 0 {
+                    gold.remove(&(ts_ms, item, correct));
+                }
+                self.mark_drift((scope, annotator));
+                self.mark_drift_scope(scope, day);
+            }
             Fact::Consensus { scope, item, top, label } => {
                 let s = self.scope_mut(scope);
                 let values = s.consensus.entry(item).or_default();
@@ -237,6 +358,19 @@ impl QualityView {
         }
     }
 
+    fn mark_drift(&mut self, key: (ScopeId, AnnotatorId)) {
+        if self.track_changes {
+            self.dirty.drift.insert(key);
+        }
+    }
+
+    fn mark_drift_scope(&mut self, scope: ScopeId, day: Day) {
+        if self.track_changes {
+            let earliest = self.dirty.drift_scopes.entry(scope).or_insert(day);
+            *earliest = (*earliest).min(day);
+        }
+    }
+
     fn mark_pairs(&mut self, key: (ScopeId, AnnotatorId, AnnotatorId)) {
         if self.track_changes {
             self.dirty.pairs.insert(key);
@@ -262,14 +396,381 @@ impl QualityView {
     /// Brings derived state up to date with the facts applied so far and returns the entities
     /// whose objects changed since the last settle. Call it once the facts of an epoch are all
     /// applied; readers see settled state.
-    pub fn settle(&mut self) -> Changes {
+    pub fn settle(&mut self, catalog: &Catalog) -> Changes {
         self.refresh_derived();
+        let (gates, alerts) = self.refresh_drift(catalog, false);
         Changes {
             scopes: sorted(&mut self.dirty.scopes),
             pairs: sorted(&mut self.dirty.pairs),
             annotators: sorted(&mut self.dirty.annotators),
             items: sorted(&mut self.dirty.items),
+            gates,
+            alerts,
         }
+    }
+
+    /// Re-evaluates drift, gates and alerts: for the annotators whose inputs changed (or all of
+    /// them), then the gates of their projects and the alerts of their scopes. Returns the gate
+    /// records and alert changes to publish, and marks the annotator objects that changed.
+    fn refresh_drift(
+        &mut self,
+        catalog: &Catalog,
+        all: bool,
+    ) -> (Vec<GateRecord>, Vec<(String, Option<Alert>)>) {
+        let mut targets: Vec<(ScopeId, AnnotatorId)> = if all {
+            self.scopes
+                .iter()
+                .enumerate()
+                .flat_map(|(s, state)| state.annotators.keys().map(move |&a| (s as ScopeId, a)))
+                .collect()
+        } else {
+            let mut t: Vec<_> = self.dirty.drift.drain().collect();
+            for (scope, changed) in self.dirty.drift_scopes.drain() {
+                if let Some(s) = self.scopes.get(scope as usize) {
+                    // Readings on a day use the scope's earlier days only.
+                    let affected = |a: &AnnotatorState| {
+                        a.timeline.as_ref().and_then(|t| t.days.last()).is_some_and(|&(day, _)| day > changed)
+                    };
+                    self.pending_drift
+                        .extend(s.annotators.iter().filter(|(_, a)| affected(a)).map(|(&a, _)| (scope, a)));
+                }
+            }
+            // Annotators whose own inputs changed go first; those touched only through their
+            // scope's inputs (a late gold answer) are re-evaluated a bounded number per settle.
+            for key in &t {
+                self.pending_drift.remove(key);
+            }
+            while t.len() < DRIFT_BUDGET {
+                let Some(key) = self.pending_drift.pop_first() else { break };
+                t.push(key);
+            }
+            t
+        };
+        targets.sort_unstable();
+        targets.dedup();
+        let label_name = |l: LabelId| catalog.labels.get(l).to_json().to_string();
+        let mut gate_keys: BTreeMap<(String, AnnotatorId), ()> = BTreeMap::new();
+        let mut alert_scopes: Vec<ScopeId> = Vec::new();
+        for &(scope, annotator) in &targets {
+            let project = catalog.scope_name(scope).0;
+            let config = self.drift.for_project(project);
+            let s = &mut self.scopes[scope as usize];
+            // Gold answers can change the gate without changing any signal.
+            gate_keys.insert((project.to_string(), annotator), ());
+            let Some(a) = s.annotators.get_mut(&annotator) else { continue };
+            let new = (!a.drift.is_empty()).then(|| drift::evaluate(&a.drift, &s.drift, config, &label_name));
+            if new == a.timeline {
+                continue;
+            }
+            let old = std::mem::replace(&mut a.timeline, new);
+            for (timeline, sign) in [(old.as_ref(), -1), (a.timeline.as_ref(), 1)] {
+                for (day, states) in timeline.map(|t| t.days.as_slice()).unwrap_or_default() {
+                    for signal in Signal::ALL {
+                        let alarm = i64::from(states[signal as usize] == SignalState::Alarm);
+                        add_sum(&mut s.population, (signal, *day), [sign, sign * alarm]);
+                    }
+                }
+            }
+            alert_scopes.push(scope);
+            if a.timeline.is_none() && a.is_empty() {
+                s.annotators.remove(&annotator);
+            }
+            if self.track_changes {
+                self.dirty.annotators.insert((scope, annotator));
+            }
+        }
+        let mut records = Vec::new();
+        if all {
+            self.pending_drift.clear();
+            self.gates.clear();
+            for (scope, state) in self.scopes.iter().enumerate() {
+                let project = catalog.scope_name(scope as ScopeId).0;
+                for &annotator in state.annotators.keys() {
+                    gate_keys.insert((project.to_string(), annotator), ());
+                }
+            }
+        }
+        let project_scopes = self.project_scopes(catalog);
+        for ((project, annotator), ()) in gate_keys {
+            let scopes = project_scopes.get(project.as_str()).map(Vec::as_slice).unwrap_or_default();
+            let new = self.decide_gate(&project, annotator, scopes);
+            let old = self.gates.remove(&(project.clone(), annotator));
+            if new.as_ref() != old.as_ref() {
+                if let Some(gate) = &new {
+                    records.extend(gate_records(
+                        &project,
+                        catalog.annotators.name(annotator),
+                        old.as_ref(),
+                        gate,
+                    ));
+                } else if let Some(old) = &old {
+                    // The annotator left the project: its gate goes back to warm-up.
+                    records.push(GateRecord {
+                        project: project.clone(),
+                        annotator_id: catalog.annotators.name(annotator).to_string(),
+                        state: GateState::Warmup,
+                        from: Some(old.state),
+                        reason: "no labels or gold answers left in the project".to_string(),
+                        evidence: None,
+                        at: None,
+                        revised: true,
+                    });
+                }
+                if self.track_changes {
+                    for &scope in scopes {
+                        if self.scopes[scope as usize].annotators.contains_key(&annotator) {
+                            self.dirty.annotators.insert((scope, annotator));
+                        }
+                    }
+                }
+            }
+            if let Some(gate) = new {
+                self.gates.insert((project, annotator), gate);
+            }
+        }
+        // Scope alerts depend on the scope's numbers too: re-derive them for every changed scope.
+        alert_scopes.extend(self.dirty.scopes.iter().copied());
+        if all {
+            alert_scopes.extend(0..self.scopes.len() as ScopeId);
+        }
+        alert_scopes.sort_unstable();
+        alert_scopes.dedup();
+        let mut alerts = Vec::new();
+        for scope in alert_scopes {
+            let new = self.derive_alerts(scope, catalog);
+            let s = &mut self.scopes[scope as usize];
+            let old = std::mem::take(&mut s.alerts);
+            for (id, alert) in &new {
+                if old.get(id) != Some(alert) {
+                    alerts.push((id.clone(), Some(alert.clone())));
+                }
+            }
+            alerts.extend(old.into_keys().filter(|id| !new.contains_key(id)).map(|id| (id, None)));
+            s.alerts = new;
+        }
+        alerts.sort_by(|a, b| a.0.cmp(&b.0));
+        (records, alerts)
+    }
+
+    /// The scopes of every project, by project name.
+    fn project_scopes<'c>(&self, catalog: &'c Catalog) -> BTreeMap<&'c str, Vec<ScopeId>> {
+        let mut map: BTreeMap<&str, Vec<ScopeId>> = BTreeMap::new();
+        for scope in 0..(self.scopes.len() as ScopeId).min(catalog.scope_count()) {
+            map.entry(catalog.scope_name(scope).0).or_default().push(scope);
+        }
+        map
+    }
+
+    /// The gate of `annotator` in `project` from its gold answers in the project's scopes, or
+    /// `None` when it has neither labels nor gold answers there.
+    fn decide_gate(&self, project: &str, annotator: AnnotatorId, scopes: &[ScopeId]) -> Option<Gate> {
+        let config = self.drift.for_project(project);
+        let mut answers: Vec<(i64, ScopeId, ItemId, bool)> = Vec::new();
+        let mut timelines: Vec<&Timeline> = Vec::new();
+        let mut present = false;
+        for &scope in scopes {
+            let Some(a) = self.scopes[scope as usize].annotators.get(&annotator) else { continue };
+            present = true;
+            for (&(ts, item, correct), &m) in &a.drift.gold {
+                for _ in 0..m.max(0) {
+                    answers.push((ts, scope, item, correct));
+                }
+            }
+            timelines.extend(a.timeline.as_ref());
+        }
+        if !present {
+            return None;
+        }
+        answers.sort_unstable();
+        let answers: Vec<(i64, bool)> = answers.into_iter().map(|(ts, _, _, c)| (ts, c)).collect();
+        let gated = |day| timelines.iter().any(|t| config.gate_on_alarm.iter().any(|&s| t.alarm_on(s, day)));
+        Some(drift::decide_gate(&answers, gated, config))
+    }
+
+    /// Every alert of a scope, derived from its numbers and its annotators' drift.
+    fn derive_alerts(&self, scope: ScopeId, catalog: &Catalog) -> BTreeMap<String, Alert> {
+        let mut alerts = BTreeMap::new();
+        let Some(s) = self.scope(scope) else { return alerts };
+        let (project, task) = catalog.scope_name(scope);
+        let config = self.drift.for_project(project);
+        let base = |id: String, severity, kind, summary: String| Alert {
+            id,
+            status: AlertStatus::Firing,
+            severity,
+            kind,
+            project: project.to_string(),
+            task: task.to_string(),
+            annotator_id: None,
+            signal: None,
+            summary,
+            started: None,
+            resolved: None,
+        };
+        let shifts = drift::population_shifts(&s.population, config);
+        for &(signal, day, [active, alarmed]) in &shifts {
+            let id = format!("{project}/{task}/population_shift/{}/{}", signal.name(), drift::date(day));
+            let mut alert = base(
+                id.clone(),
+                Severity::Warning,
+                "population_shift",
+                format!(
+                    "{alarmed} of {active} annotators in alarm on {} on {}: a shift in the data or the task, not in individuals",
+                    signal.name(),
+                    drift::date(day)
+                ),
+            );
+            alert.signal = Some(signal);
+            alert.started = Some(drift::date(day));
+            alerts.insert(id, alert);
+        }
+        if config.annotator_alerts {
+            for (&annotator, a) in &s.annotators {
+                let Some(timeline) = &a.timeline else { continue };
+                let name = catalog.annotators.name(annotator);
+                for episode in &timeline.episodes {
+                    if shifts.iter().any(|&(sig, day, _)| sig == episode.signal && day == episode.start) {
+                        continue;
+                    }
+                    let started = drift::date(episode.start);
+                    let id = format!("{project}/{task}/{name}/{}/{started}", episode.signal.name());
+                    let mut alert = base(
+                        id.clone(),
+                        Severity::Warning,
+                        "annotator_drift",
+                        format!("{name}, {}: {}", episode.signal.name(), episode.explanation),
+                    );
+                    alert.annotator_id = Some(name.to_string());
+                    alert.signal = Some(episode.signal);
+                    alert.started = Some(started);
+                    if let Some(end) = episode.end {
+                        alert.status = AlertStatus::Resolved;
+                        alert.resolved = Some(drift::date(end));
+                    }
+                    alerts.insert(id, alert);
+                }
+            }
+        }
+        let summary = s.summary(scope, catalog);
+        if summary.n_pairable_items >= config.alpha_min_items {
+            if let Some(alpha) = summary.agreement.krippendorff_alpha.nominal {
+                let id = drift::scope_alert_id(project, task, "alpha_below_floor");
+                let mut alert = base(
+                    id.clone(),
+                    Severity::Critical,
+                    "alpha_below_floor",
+                    format!(
+                        "Krippendorff's alpha (nominal) {alpha:.3} over {} pairable items, floor {}",
+                        summary.n_pairable_items, config.alpha_floor
+                    ),
+                );
+                if alpha >= config.alpha_floor {
+                    alert.status = AlertStatus::Resolved;
+                }
+                alerts.insert(id, alert);
+            }
+        }
+        if let Some(gold) = summary.gold.filter(|g| g.n >= config.gold_target_min_answers) {
+            let id = drift::scope_alert_id(project, task, "gold_below_target");
+            let mut alert = base(
+                id.clone(),
+                Severity::Critical,
+                "gold_below_target",
+                format!(
+                    "gold accuracy {:.1}% ({:.1}-{:.1}%, n={}), target {:.1}%",
+                    100.0 * gold.accuracy,
+                    100.0 * gold.wilson_low,
+                    100.0 * gold.wilson_high,
+                    gold.n,
+                    100.0 * config.gold_target
+                ),
+            );
+            if gold.accuracy >= config.gold_target {
+                alert.status = AlertStatus::Resolved;
+            }
+            alerts.insert(id, alert);
+        }
+        alerts
+    }
+
+    /// Whether drift re-evaluations are still queued: settle again (even without new input) until
+    /// this is false, and the drift outputs equal a full evaluation of the data.
+    pub fn drift_pending(&self) -> bool {
+        !self.pending_drift.is_empty()
+    }
+
+    /// The gate of `annotator` in `project`, as of the last evaluation.
+    pub fn gate(&self, project: &str, annotator: AnnotatorId) -> Option<&Gate> {
+        self.gates.get(&(project.to_string(), annotator))
+    }
+
+    /// The gates of every annotator, by (project, annotator id).
+    pub fn gates(&self) -> impl Iterator<Item = (&str, AnnotatorId, &Gate)> {
+        self.gates.iter().map(|((p, a), g)| (p.as_str(), *a, g))
+    }
+
+    /// The alerts of a scope as of the last evaluation, by id.
+    pub fn alerts(&self, scope: ScopeId) -> Vec<Alert> {
+        self.scopes.get(scope as usize).map(|s| s.alerts.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Counts of gates, signal states and firing alerts per project, and the watchlist (the
+    /// `watchlist_size` annotators with the highest score per project and signal), for metrics.
+    pub fn drift_summary(&self, catalog: &Catalog) -> DriftSummary {
+        let mut summary = DriftSummary::default();
+        for ((project, _), gate) in &self.gates {
+            *summary.gates.entry((project.clone(), gate.state)).or_default() += 1;
+        }
+        // Per project, each annotator's worst state and best score per signal over its scopes.
+        let mut worst: BTreeMap<(&str, AnnotatorId, Signal), (SignalState, Option<f64>)> = BTreeMap::new();
+        for (scope, s) in self.scopes.iter().enumerate() {
+            let project = catalog.scope_name(scope as ScopeId).0;
+            for (&annotator, a) in &s.annotators {
+                let Some(t) = &a.timeline else { continue };
+                for signal in Signal::ALL {
+                    let e = worst.entry((project, annotator, signal)).or_insert((SignalState::Ok, None));
+                    e.0 = e.0.max(t.state(signal));
+                    if let Some(score) = t.score(signal) {
+                        e.1 = Some(e.1.map_or(score, |b: f64| b.max(score)));
+                    }
+                }
+            }
+            for alert in s.alerts.values().filter(|a| a.status == AlertStatus::Firing) {
+                *summary.firing.entry((project.to_string(), alert.severity)).or_default() += 1;
+            }
+        }
+        let mut candidates: BTreeMap<(&str, Signal), Vec<(f64, &str)>> = BTreeMap::new();
+        for (&(project, annotator, signal), &(state, score)) in &worst {
+            *summary.signals.entry((project.to_string(), signal, state)).or_default() += 1;
+            if let Some(score) = score.filter(|s| *s >= 0.5) {
+                candidates
+                    .entry((project, signal))
+                    .or_default()
+                    .push((score, catalog.annotators.name(annotator)));
+            }
+        }
+        for ((project, signal), mut list) in candidates {
+            list.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+            list.truncate(self.drift.for_project(project).watchlist_size);
+            summary.watchlist.extend(list.into_iter().map(|(score, name)| WatchEntry {
+                project: project.to_string(),
+                signal,
+                annotator_id: name.to_string(),
+                score,
+                gold_accuracy: None,
+            }));
+        }
+        for entry in &mut summary.watchlist {
+            let Some(id) = catalog.annotators.lookup(&entry.annotator_id) else { continue };
+            if let Some(gate) = self.gate(&entry.project, id) {
+                entry.gold_accuracy = gate.evidence.accuracy;
+            }
+        }
+        summary
+    }
+
+    /// The drift timeline of an annotator in a scope, as of the last evaluation.
+    pub fn timeline(&self, scope: ScopeId, annotator: AnnotatorId) -> Option<&Timeline> {
+        self.scopes.get(scope as usize)?.annotators.get(&annotator)?.timeline.as_ref()
     }
 
     /// Recomputes what derives from many facts (pair kappas in their scope's mean) for the
@@ -306,7 +807,8 @@ impl QualityView {
         }
         for &(scope, annotator) in &self.dirty.annotators {
             let s = &mut self.scopes[scope as usize];
-            if s.annotators.get(&annotator).is_some_and(AnnotatorState::is_empty) {
+            // An annotator with a drift timeline is dropped once its timeline is retracted.
+            if s.annotators.get(&annotator).is_some_and(|a| a.is_empty() && a.timeline.is_none()) {
                 s.annotators.remove(&annotator);
             }
         }
@@ -342,14 +844,18 @@ impl QualityView {
         catalog: &Catalog,
     ) -> Option<AnnotatorReport> {
         let state = self.scope(scope)?.annotators.get(&annotator)?;
-        annotator_report(annotator, state, catalog)
+        annotator_report(annotator, state, catalog, self.gate(catalog.scope_name(scope).0, annotator))
     }
 
     /// The objects of every annotator with labels in the scope, by id.
     pub fn annotators(&self, scope: ScopeId, catalog: &Catalog) -> Vec<AnnotatorReport> {
         let Some(s) = self.scope(scope) else { return Vec::new() };
-        let mut annotators: Vec<AnnotatorReport> =
-            s.annotators.iter().filter_map(|(&id, a)| annotator_report(id, a, catalog)).collect();
+        let project = catalog.scope_name(scope).0;
+        let mut annotators: Vec<AnnotatorReport> = s
+            .annotators
+            .iter()
+            .filter_map(|(&id, a)| annotator_report(id, a, catalog, self.gate(project, id)))
+            .collect();
         annotators.sort_by(|x, y| x.annotator_id.cmp(&y.annotator_id));
         annotators
     }
@@ -362,6 +868,7 @@ impl QualityView {
     /// Forms the report of spec section 3 for every scope that has labels.
     pub fn report(&mut self, catalog: &Catalog, with_items: bool) -> Report {
         self.refresh_derived();
+        self.refresh_drift(catalog, true);
         self.dirty = Dirty::default();
         let mut scopes: Vec<ScopeReport> = (0..self.scopes.len() as ScopeId)
             .filter_map(|id| self.scope_report(id, catalog, with_items))
@@ -401,8 +908,40 @@ impl QualityView {
                 })
                 .collect()
         });
-        Some(ScopeReport { summary: s.summary(scope, catalog), pairs, annotators, items })
+        let alerts = s.alerts.values().cloned().collect();
+        Some(ScopeReport { summary: s.summary(scope, catalog), pairs, annotators, items, alerts })
     }
+}
+
+/// The gate records that take a published gate `old` to `new`: one per new decision, or one
+/// saying that earlier decisions were revised.
+fn gate_records(project: &str, annotator: &str, old: Option<&Gate>, new: &Gate) -> Vec<GateRecord> {
+    let record = |decision: Option<&Decision>, from: Option<GateState>, revised, reason: String| GateRecord {
+        project: project.to_string(),
+        annotator_id: annotator.to_string(),
+        state: decision.map_or(new.state, |d| d.to),
+        from,
+        reason,
+        evidence: Some(decision.map_or(&new.evidence, |d| &d.evidence).clone()),
+        at: decision.map(|d| d.at.clone()),
+        revised,
+    };
+    let published = old.map_or(&[][..], |g| g.history.as_slice());
+    if new.history.starts_with(published) {
+        let fresh = &new.history[published.len()..];
+        if fresh.is_empty() {
+            // First sight of an annotator in warm-up; later evidence alone is no new decision.
+            return if old.is_none() {
+                vec![record(None, None, false, new.reason.clone())]
+            } else {
+                Vec::new()
+            };
+        }
+        return fresh.iter().map(|d| record(Some(d), d.from, false, d.reason.clone())).collect();
+    }
+    let old_state = old.map(|g| g.state);
+    let why = format!("re-evaluated after gold answers it rested on changed: {}", new.reason);
+    vec![record(new.history.last(), old_state, true, why)]
 }
 
 fn pair_report(
@@ -425,7 +964,12 @@ fn pair_report(
     })
 }
 
-fn annotator_report(id: AnnotatorId, a: &AnnotatorState, catalog: &Catalog) -> Option<AnnotatorReport> {
+fn annotator_report(
+    id: AnnotatorId,
+    a: &AnnotatorState,
+    catalog: &Catalog,
+    gate: Option<&Gate>,
+) -> Option<AnnotatorReport> {
     if a.by_raters.is_empty() {
         return None;
     }
@@ -444,6 +988,8 @@ fn annotator_report(id: AnnotatorId, a: &AnnotatorState, catalog: &Catalog) -> O
         n_labels,
         agreement_with_others,
         gold: stats::gold_accuracy(a.gold[0], a.gold[1]),
+        drift: a.timeline.as_ref().map(|t| t.current.iter().map(|(s, r)| (s.name(), r.clone())).collect()),
+        gate: gate.cloned(),
     })
 }
 
@@ -601,6 +1147,8 @@ pub struct ScopeReport {
     pub annotators: Vec<AnnotatorReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<BTreeMap<String, ItemConsensus>>,
+    /// The scope's alerts, firing and resolved, by id.
+    pub alerts: Vec<Alert>,
 }
 /// Scope-level agreement.
 #[derive(Clone, Debug, Serialize)]
@@ -643,6 +1191,10 @@ pub struct AnnotatorReport {
     pub n_labels: i64,
     pub agreement_with_others: Option<f64>,
     pub gold: Option<GoldAccuracy>,
+    /// Every drift signal's state and latest reading, by signal name.
+    pub drift: Option<BTreeMap<&'static str, SignalReport>>,
+    /// The annotator's gate in the scope's project.
+    pub gate: Option<Gate>,
 }
 
 /// An item's consensus label.

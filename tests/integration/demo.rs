@@ -55,11 +55,28 @@ fn demo_serves_live_metrics_and_stops_by_itself() {
         .expect("alpha series");
     assert!((-1.0..=1.0).contains(&alpha), "{alpha}");
     assert!(sample(&metrics, "labelqc_processing_latency_seconds{quantile=\"0.99\"}").unwrap() > 0.0);
-    // Bounded labels only: no annotator or item ids on any series.
-    assert!(!metrics.contains("ann-") && !metrics.contains("item-"), "{metrics}");
+    // Bounded labels only: no item ids anywhere, annotator ids only on the watchlist, which
+    // holds at most 10 annotators per project and signal.
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
         assert!(line.starts_with("labelqc_"), "{line}");
+        assert!(!line.contains("item-"), "{line}");
+        assert!(line.starts_with("labelqc_watchlist_") || !line.contains("ann-"), "{line}");
     }
+    let watchlist = metrics.lines().filter(|l| l.starts_with("labelqc_watchlist_score{")).count();
+    assert!(watchlist <= 10 * 5 * 2, "{watchlist} watchlist series");
+    // Every annotator has a gate, counted per project and state.
+    let gated: f64 = ["allow", "warmup", "probation", "block"]
+        .iter()
+        .filter_map(|state| {
+            sample(&metrics, &format!("labelqc_annotators_gate{{project=\"project-0\",state=\"{state}\"}}"))
+        })
+        .sum();
+    assert!(gated > 0.0, "{metrics}");
+    assert!(sample(
+        &metrics,
+        "labelqc_annotators_signal_state{project=\"project-0\",signal=\"gold\",state=\"ok\"}"
+    )
+    .is_some());
     assert_eq!(get(&addr, "/healthz").0, 200);
     assert_eq!(get(&addr, "/readyz").0, 200);
 

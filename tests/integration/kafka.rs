@@ -23,8 +23,15 @@ use crate::http::samples;
 
 const LABELS: &str = "labelqc.labels";
 const GOLD: &str = "labelqc.gold";
-const OUTPUTS: [&str; 5] =
-    ["labelqc.scopes", "labelqc.annotators", "labelqc.pairs", "labelqc.items", "labelqc.deadletter"];
+const OUTPUTS: [&str; 7] = [
+    "labelqc.scopes",
+    "labelqc.annotators",
+    "labelqc.pairs",
+    "labelqc.items",
+    "labelqc.deadletter",
+    "labelqc.gating",
+    "labelqc.alerts",
+];
 const MALFORMED: [&str; 2] = ["this is not json", r#"{"item_id":"x","annotator_id":"a","label":"y"}"#];
 
 /// Kills the service when the test ends, however it ends.
@@ -147,6 +154,8 @@ fn assert_outputs_match_report(brokers: &str, expected: &Value) {
     };
     let (scopes, annotators, pairs, items) =
         (live(OUTPUTS[0]), live(OUTPUTS[1]), live(OUTPUTS[2]), live(OUTPUTS[3]));
+    let (gating, alerts) = (live(OUTPUTS[5]), live(OUTPUTS[6]));
+    let mut n_alerts = 0;
     let report_scopes = expected["scopes"].as_array().unwrap();
     assert_eq!(scopes.len(), report_scopes.len());
     let (mut n_pairs, mut n_annotators, mut n_items) = (0, 0, 0);
@@ -154,7 +163,7 @@ fn assert_outputs_match_report(brokers: &str, expected: &Value) {
     for scope in report_scopes {
         let (project, task) = (scope["project"].as_str().unwrap(), scope["task"].as_str().unwrap());
         let mut summary = scope.clone();
-        for field in ["pairs", "annotators", "items"] {
+        for field in ["pairs", "annotators", "items", "alerts"] {
             summary.as_object_mut().unwrap().remove(field);
         }
         let mut published = scopes[&format!("{project}/{task}")].clone();
@@ -171,6 +180,20 @@ fn assert_outputs_match_report(brokers: &str, expected: &Value) {
             problems.extend(mismatches(annotator, annotators.get(&key).unwrap_or(&Value::Null), 1e-9, false));
             n_annotators += 1;
         }
+        for alert in scope["alerts"].as_array().unwrap() {
+            let id = alert["id"].as_str().unwrap();
+            problems.extend(mismatches(alert, alerts.get(id).unwrap_or(&Value::Null), 1e-9, false));
+            n_alerts += 1;
+        }
+        for annotator in scope["annotators"].as_array().unwrap() {
+            // The gating topic's latest record per (project, annotator) is the report's gate.
+            let key = format!("{project}/{}", annotator["annotator_id"].as_str().unwrap());
+            let gate = &annotator["gate"];
+            let record = gating.get(&key).unwrap_or(&Value::Null);
+            if record["state"] != gate["state"] || record["at"] != gate["since"] {
+                problems.push(format!("gating {key}: {record}, expected state and time of {gate}"));
+            }
+        }
         for (item, consensus) in scope["items"].as_object().unwrap() {
             let key = format!("{project}/{task}/{item}");
             problems.extend(mismatches(consensus, items.get(&key).unwrap_or(&Value::Null), 1e-9, false));
@@ -179,6 +202,7 @@ fn assert_outputs_match_report(brokers: &str, expected: &Value) {
     }
     assert!(problems.is_empty(), "{} mismatches: {:#?}", problems.len(), &problems[..problems.len().min(20)]);
     assert_eq!((pairs.len(), annotators.len(), items.len()), (n_pairs, n_annotators, n_items));
+    assert_eq!(alerts.len(), n_alerts);
     assert!(n_pairs > 100 && n_annotators > 20 && n_items > 100, "{n_pairs} {n_annotators} {n_items}");
 }
 

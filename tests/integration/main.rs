@@ -4,6 +4,7 @@ mod cli;
 mod compare;
 mod conformance;
 mod demo;
+mod drift;
 mod http;
 mod kafka;
 mod property;

@@ -1,0 +1,364 @@
+//! Drift, gating and alert scenarios with `labelqc gen`'s simulated workforce, run through the
+//! real dataflows: spammers are blocked quickly, a doubled error rate is flagged within days,
+//! stable annotators are rarely flagged, the gate does not flap, and correcting wrong gold
+//! answers lifts the blocks they caused.
+
+use std::collections::BTreeMap;
+
+use labelqc::config::EngineSettings;
+use labelqc::gen::{GenSpec, Traffic};
+use labelqc::report::{self, ReportRequest};
+use labelqc_dataflows::drift::{DriftConfig, DriftSettings, GateState};
+use labelqc_dataflows::engine::{Engine, EngineConfig};
+use labelqc_dataflows::source::{Source, Stream};
+use labelqc_dataflows::view::{GateRecord, QualityView};
+use serde_json::Value;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A workforce of 10 annotators, 3 labels per item, 600 labels a day, of which about 20 a day
+/// per annotator are gold answers.
+fn daily_spec(seed: u64, days: i64) -> GenSpec {
+    GenSpec {
+        events: (600 * days) as u64,
+        annotators: 10,
+        labels_per_item: 3,
+        gold_rate: 0.35,
+        relabel_rate: 0.0,
+        delete_rate: 0.0,
+        spammer_share: 0.0,
+        biased_share: 0.0,
+        careful_accuracy: Some(0.9),
+        mean_gap_ms: DAY_MS as f64 / 600.0,
+        seed,
+        ..GenSpec::default()
+    }
+}
+
+/// Generates `spec`'s traffic and returns the label and gold lines and the roster.
+fn traffic(spec: &GenSpec) -> (Vec<String>, Vec<String>, Vec<(String, &'static str)>) {
+    let mut t = Traffic::new(spec).unwrap();
+    let (mut labels, mut gold) = (Vec::new(), Vec::new());
+    for _ in 0..spec.events {
+        t.next_event(None, &mut labels, &mut gold);
+    }
+    t.correct_gold(&mut gold);
+    let lines = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap().lines().map(String::from).collect();
+    (lines(labels), lines(gold), t.roster())
+}
+
+/// `labelqc report` over the lines, as JSON.
+fn report(labels: &[String], gold: &[String], drift: DriftConfig) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, g) = (dir.path().join("labels.jsonl"), dir.path().join("gold.jsonl"));
+    std::fs::write(&l, labels.join("\n")).unwrap();
+    std::fs::write(&g, gold.join("\n")).unwrap();
+    let request = ReportRequest {
+        labels: l,
+        gold: Some(g),
+        with_items: false,
+        strict: true,
+        engine: EngineSettings { workers: 1, epoch_events: 20_000, max_epochs_in_flight: 2 },
+        drift: DriftSettings { defaults: drift, projects: BTreeMap::new() },
+        progress: false,
+    };
+    serde_json::to_value(report::run(&request, |l| panic!("bad line {l}")).unwrap().report).unwrap()
+}
+
+/// The annotators of the report's only scope, by id.
+fn annotators(report: &Value) -> BTreeMap<String, Value> {
+    report["scopes"][0]["annotators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["annotator_id"].as_str().unwrap().to_string(), a.clone()))
+        .collect()
+}
+
+/// The annotator drift alerts of the report's only scope: `(annotator, signal, start day)`.
+fn drift_alerts(report: &Value) -> Vec<(String, String, i64)> {
+    report["scopes"][0]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "annotator_drift")
+        .map(|a| {
+            let started =
+                chrono::NaiveDate::parse_from_str(a["started"].as_str().unwrap(), "%Y-%m-%d").unwrap();
+            let day = started.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis() / DAY_MS;
+            (a["annotator_id"].as_str().unwrap().to_string(), a["signal"].as_str().unwrap().to_string(), day)
+        })
+        .collect()
+}
+
+fn start_day() -> i64 {
+    GenSpec::default().start_ms / DAY_MS
+}
+
+#[test]
+fn spammers_are_blocked_within_ten_gold_answers_past_the_minimum() {
+    let config = DriftConfig::default();
+    let mut spammers = 0;
+    for seed in 1..=3 {
+        let spec = GenSpec {
+            events: 20_000,
+            annotators: 20,
+            gold_rate: 0.3,
+            spammer_share: 0.15,
+            seed,
+            ..GenSpec::default()
+        };
+        let (labels, gold, roster) = traffic(&spec);
+        let report = report(&labels, &gold, config.clone());
+        let annotators = annotators(&report);
+        for (name, _) in roster.iter().filter(|(_, kind)| *kind == "spammer") {
+            spammers += 1;
+            let gate = &annotators[name]["gate"];
+            let block = gate["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["to"] == "block")
+                .unwrap_or_else(|| panic!("spammer {name} (seed {seed}) was never blocked: {gate}"));
+            let n = block["evidence"]["n"].as_i64().unwrap();
+            assert!(
+                n <= config.gate_min_answers + 10,
+                "spammer {name} (seed {seed}) blocked only after {n} gold answers: {block}"
+            );
+            assert!(block["reason"].as_str().unwrap().contains("upper bound under the threshold"), "{block}");
+        }
+    }
+    assert!(spammers >= 4, "the scenario needs spammers; got {spammers}");
+}
+
+#[test]
+fn a_doubled_error_rate_is_flagged_within_a_median_of_seven_days() {
+    let change_day = 30;
+    let mut delays = Vec::new();
+    for seed in 1..=8 {
+        let spec = GenSpec {
+            careless_share: 0.3,
+            careless_from_ms: GenSpec::default().start_ms + change_day * DAY_MS,
+            careless_factor: 2.0,
+            ..daily_spec(seed, 50)
+        };
+        let (labels, gold, roster) = traffic(&spec);
+        let report = report(&labels, &gold, DriftConfig::default());
+        let alerts = drift_alerts(&report);
+        for (name, _) in roster.iter().filter(|(_, kind)| *kind == "careless") {
+            let first = alerts
+                .iter()
+                .filter(|(a, _, day)| a == name && *day >= start_day() + change_day)
+                .map(|(_, _, day)| day - start_day() - change_day)
+                .min();
+            delays.push(first.unwrap_or(i64::MAX));
+        }
+    }
+    assert!(delays.len() >= 10, "too few careless annotators: {delays:?}");
+    delays.sort_unstable();
+    let median = delays[delays.len() / 2];
+    assert!(median <= 7, "median detection delay {median} days: {delays:?}");
+}
+
+#[test]
+fn stable_annotators_raise_at_most_half_a_false_alarm_a_year() {
+    let days = 365;
+    let mut alarms = Vec::new();
+    let mut annotator_years = 0.0;
+    for seed in 1..=2 {
+        let spec = daily_spec(seed, days);
+        let (labels, gold, _) = traffic(&spec);
+        let report = report(&labels, &gold, DriftConfig::default());
+        annotator_years += spec.annotators as f64 * days as f64 / 365.0;
+        alarms.extend(drift_alerts(&report));
+        // Nobody stable is blocked either.
+        for (name, a) in annotators(&report) {
+            let blocks =
+                a["gate"]["history"].as_array().unwrap().iter().filter(|d| d["to"] == "block").count();
+            assert_eq!(blocks, 0, "stable annotator {name} was blocked: {}", a["gate"]);
+        }
+    }
+    let rate = alarms.len() as f64 / annotator_years;
+    assert!(rate <= 0.5, "{} false alarms in {annotator_years} annotator-years: {alarms:?}", alarms.len());
+}
+
+#[test]
+fn a_biased_annotator_is_flagged_for_its_label_mix() {
+    let mut flagged = 0;
+    for seed in 1..=4 {
+        let spec = GenSpec { biased_share: 0.15, labels_per_item: 5, ..daily_spec(seed, 20) };
+        let (labels, gold, roster) = traffic(&spec);
+        let report = report(&labels, &gold, DriftConfig::default());
+        let annotators = annotators(&report);
+        for (name, kind) in &roster {
+            let mix = &annotators[name]["drift"]["label_mix"];
+            if *kind == "biased" {
+                // Pulled toward one class 30-60% of the time: flagged, naming the over-used label.
+                assert_eq!(mix["state"], "alarm", "{name} (seed {seed}): {mix}");
+                assert!(mix["explanation"].as_str().unwrap().contains("points more"), "{mix}");
+                flagged += 1;
+            } else {
+                assert_ne!(mix["state"], "alarm", "careful {name} (seed {seed}): {mix}");
+            }
+        }
+    }
+    assert!(flagged >= 2, "the scenario needs biased annotators; got {flagged}");
+}
+
+#[test]
+fn an_annotator_near_the_threshold_does_not_flap() {
+    let config = DriftConfig::default();
+    let cooldown = i64::from(config.gate_block_days) * DAY_MS;
+    let mut decisions = 0;
+    for seed in 1..=3 {
+        let spec = GenSpec { careful_accuracy: Some(config.gate_threshold), ..daily_spec(seed, 60) };
+        let (labels, gold, _) = traffic(&spec);
+        let report = report(&labels, &gold, config.clone());
+        for (name, a) in annotators(&report) {
+            let history = a["gate"]["history"].as_array().unwrap();
+            decisions += history.len();
+            let at = |d: &Value| {
+                chrono::DateTime::parse_from_rfc3339(d["at"].as_str().unwrap()).unwrap().timestamp_millis()
+            };
+            // Every block -> probation -> block cycle spans at least the cool-down.
+            let mut cycles_within_cooldown = 0;
+            for w in history.windows(3) {
+                let cycle = w[0]["to"] == "block" && w[1]["to"] == "probation" && w[2]["to"] == "block";
+                if cycle && at(&w[2]) - at(&w[0]) < cooldown {
+                    cycles_within_cooldown += 1;
+                }
+            }
+            assert!(cycles_within_cooldown <= 1, "{name} (seed {seed}) flapped: {history:#?}");
+            // A block is never lifted sooner than the cool-down.
+            for w in history.windows(2) {
+                if w[0]["to"] == "block" {
+                    assert!(at(&w[1]) - at(&w[0]) >= cooldown, "{name} (seed {seed}): {w:#?}");
+                }
+            }
+        }
+    }
+    assert!(decisions > 0, "annotators at the threshold should be judged");
+}
+
+/// Feeds lines through the live engine, settling after each batch, and returns the gate records
+/// it published.
+fn feed(engine: &mut Engine, source: &mut Source, stream: Stream, lines: &[String]) -> Vec<GateRecord> {
+    let mut records = Vec::new();
+    for chunk in lines.chunks(5_000) {
+        let mut updates = Vec::new();
+        for line in chunk {
+            source.apply_record(stream, line, &mut updates).unwrap();
+        }
+        engine.submit(updates).unwrap();
+        engine.sync().unwrap();
+        records.extend(engine.view().settle(&source.catalog).gates);
+        while engine.view().drift_pending() {
+            records.extend(engine.view().settle(&source.catalog).gates);
+        }
+    }
+    records
+}
+
+#[test]
+fn correcting_wrong_gold_answers_lifts_the_blocks_they_caused() {
+    let spec = GenSpec {
+        events: 20_000,
+        annotators: 10,
+        gold_rate: 0.3,
+        spammer_share: 0.0,
+        biased_share: 0.0,
+        careful_accuracy: Some(0.95),
+        wrong_gold_rate: 0.6,
+        seed: 5,
+        ..GenSpec::default()
+    };
+    let (labels, gold, roster) = traffic(&spec);
+    let gold_items = spec_gold_items(&gold);
+    let (wrong, corrections) = gold.split_at(gold_items);
+    let mut engine = Engine::start(
+        &EngineConfig { workers: 2, max_epochs_in_flight: 2 },
+        QualityView::with_change_tracking(),
+    )
+    .unwrap();
+    let mut source = Source::default();
+    let mut records = feed(&mut engine, &mut source, Stream::Gold, wrong);
+    records.extend(feed(&mut engine, &mut source, Stream::Labels, &labels));
+    let blocked: Vec<String> = records
+        .iter()
+        .filter(|r| r.state == GateState::Block)
+        .map(|r| r.annotator_id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(
+        blocked.len() >= roster.len() / 2,
+        "wrong gold answers should block careful annotators: {blocked:?}"
+    );
+
+    let revisions = feed(&mut engine, &mut source, Stream::Gold, corrections);
+    for name in &blocked {
+        let last = revisions
+            .iter()
+            .rfind(|r| &r.annotator_id == name)
+            .unwrap_or_else(|| panic!("no gate record for {name} after the corrections"));
+        assert_ne!(last.state, GateState::Block, "{name} stays blocked: {last:?}");
+        assert_eq!(last.from, Some(GateState::Block), "{last:?}");
+        assert!(last.revised, "{last:?}");
+        assert!(last.reason.starts_with("re-evaluated after gold answers"), "{}", last.reason);
+    }
+    // The live gates now equal the report over the corrected gold.
+    let view = engine.finish().unwrap();
+    let expected = report(&labels, &gold, DriftConfig::default());
+    for (name, a) in annotators(&expected) {
+        let id = source.catalog.annotators.lookup(&name).unwrap();
+        let live = serde_json::to_value(view.gate("default", id).unwrap()).unwrap();
+        assert_eq!(live, a["gate"], "{name}");
+    }
+}
+
+/// The number of gold lines before the corrections (each gold item appears once before them).
+fn spec_gold_items(gold: &[String]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    gold.iter()
+        .position(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            !seen.insert(v["item_id"].as_str().unwrap().to_string())
+        })
+        .unwrap_or(gold.len())
+}
+
+#[test]
+fn live_drift_with_late_events_equals_a_full_evaluation() {
+    // Careless annotators and a biased one, fed newest chunk first so that most events are late.
+    let spec = GenSpec { careless_share: 0.3, biased_share: 0.1, ..daily_spec(11, 40) };
+    let (labels, gold, _) = traffic(&spec);
+    let mut engine = Engine::start(
+        &EngineConfig { workers: 2, max_epochs_in_flight: 2 },
+        QualityView::with_change_tracking(),
+    )
+    .unwrap();
+    let mut source = Source::default();
+    feed(&mut engine, &mut source, Stream::Gold, &gold);
+    let chunks: Vec<&[String]> = labels.chunks(3_000).rev().collect();
+    for chunk in chunks {
+        feed(&mut engine, &mut source, Stream::Labels, chunk);
+    }
+    // Then an early gold answer is withdrawn: its three labellers change directly, everyone else in
+    // the scope through the scope's usual error rate.
+    let deletes: Vec<String> = gold[..1]
+        .iter()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            format!(r#"{{"item_id":{},"op":"delete"}}"#, v["item_id"])
+        })
+        .collect();
+    feed(&mut engine, &mut source, Stream::Gold, &deletes);
+    let mut view = engine.finish().unwrap();
+    let catalog = &source.catalog;
+    let live = serde_json::to_value((view.annotators(0, catalog), view.alerts(0))).unwrap();
+    let alerts = view.alerts(0).len();
+    let full = view.report(catalog, false);
+    let full = serde_json::to_value((&full.scopes[0].annotators, &full.scopes[0].alerts)).unwrap();
+    assert_eq!(live, full);
+    assert!(alerts > 0, "the scenario should raise alerts");
+}
