@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use labelqc_dataflows::engine::{Engine, EngineConfig};
 use labelqc_dataflows::event::Op;
-use labelqc_dataflows::source::{Source, Stream, Update};
+use labelqc_dataflows::source::{Catalog, Source, Stream, Update};
 use labelqc_dataflows::view::{Changes, QualityView};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -58,6 +58,8 @@ const BURST_TIME: Duration = Duration::from_millis(5);
 /// How long a read waits for input while earlier epochs are in the pipeline (their progress
 /// does not wake the reader; this bounds how late it notices).
 const TEND_INTERVAL: Duration = Duration::from_millis(1);
+/// How often at most the drift gauges are recomputed.
+const DRIFT_METRICS_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the service waits on stop for the epochs in flight to be delivered and committed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -258,6 +260,30 @@ struct RecordCounts {
     counts: [[u64; 3]; 2],
 }
 
+/// When the drift gauges are set: from a summary over every annotator, so not after every small
+/// epoch, but at most every `DRIFT_METRICS_INTERVAL` while published state changes.
+struct DriftMetrics {
+    /// The gauges lag the published state.
+    due: bool,
+    /// When they were last set.
+    set: Instant,
+}
+
+impl DriftMetrics {
+    fn ready(&self) -> bool {
+        self.due && self.set.elapsed() >= DRIFT_METRICS_INTERVAL
+    }
+
+    /// Sets the gauges from `view` if they lag and were not set recently.
+    fn refresh(&mut self, telemetry: &Telemetry, view: &QualityView, catalog: &Catalog) {
+        if self.ready() {
+            telemetry.set_drift(&view.drift_summary(catalog));
+            self.due = false;
+            self.set = Instant::now();
+        }
+    }
+}
+
 /// Turns input messages into the open epoch's updates.
 struct Reader<'a> {
     gold_topic: &'a str,
@@ -328,6 +354,7 @@ struct Pipeline<'a> {
     next_group: usize,
     /// Epochs whose outputs are delivered and offsets committed: `0..retired`.
     retired: u64,
+    drift_metrics: DriftMetrics,
     /// Whether the view has drift re-evaluations queued, which take another epoch (empty if no
     /// input came) to drain.
     drift_pending: bool,
@@ -493,7 +520,8 @@ impl Pipeline<'_> {
             }
         }
         self.telemetry.count_changes(&changes);
-        self.telemetry.set_drift(&view.drift_summary(catalog));
+        self.drift_metrics.due = true;
+        self.drift_metrics.refresh(self.telemetry, &view, catalog);
         drop(view);
         tracing::debug!(
             group = id,
@@ -581,6 +609,10 @@ impl Pipeline<'_> {
 
     /// Everything but reading: delivery reports, commits, publishing, submitting, pausing.
     fn tend(&mut self) -> Result<()> {
+        if self.drift_metrics.ready() {
+            let (view, _) = self.engine.snapshot();
+            self.drift_metrics.refresh(self.telemetry, &view, &self.reader.source.catalog);
+        }
         self.publisher.producer.poll(Duration::ZERO);
         self.retire_delivered()?;
         self.engine.check()?;
@@ -736,6 +768,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         groups: VecDeque::new(),
         next_group: 0,
         retired: 0,
+        drift_metrics: DriftMetrics { due: false, set: Instant::now() },
         drift_pending: false,
         full_since: None,
         paused: false,
