@@ -18,8 +18,8 @@
 //! An epoch closes as soon as the pipeline can take it, so epochs stay small while the service
 //! keeps up and grow while it is behind. Epochs in flight (submitted, not yet committed) are
 //! bounded by `engine.max_epochs_in_flight` and an epoch by `engine.epoch_events` input messages;
-//! when both are reached the input partitions are paused until the pipeline drains, so memory
-//! does not grow with the backlog.
+//! when both are reached the reader stops reading, and after `kafka.pause_after_ms` pauses the
+//! input partitions until the pipeline drains, so memory does not grow with the backlog.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
