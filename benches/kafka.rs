@@ -211,7 +211,10 @@ fn main() {
     let (_cluster, brokers, producer) = cluster(external.as_deref());
     produce(&producer, GOLD, &gold);
     produce(&producer, LABELS, &labels);
-    let ceiling = ceiling(&brokers, labels.len());
+    // The median of three: one run now and then reads everything prefetched at memory speed.
+    let mut ceilings: Vec<f64> = (0..3).map(|_| ceiling(&brokers, labels.len())).collect();
+    ceilings.sort_by(f64::total_cmp);
+    let ceiling = ceilings[1];
     let service = start_service(&brokers, "bench-backlog");
     // Time from the first message seen, as for the ceiling: process start-up is not throughput.
     let start = loop {
@@ -223,12 +226,14 @@ fn main() {
     let done = wait_for(&service, labels.len());
     let throughput = labels.len() as f64 / (done - start).as_secs_f64();
     eprintln!("backlog of {} processed in {:?}", labels.len(), done - start);
+    let pipeline = pipeline_stats(&metrics(&service.1));
     drop(service);
     println!("| measure | events/s |");
     println!("|---|---|");
     println!("| bare consumer parsing JSON (ceiling) | {ceiling:.0} |");
     println!("| labelqc run, Kafka to Kafka, 2 workers | {throughput:.0} |");
     println!("| ratio | {:.0}% |\n", 100.0 * throughput / ceiling);
+    println!("{pipeline}\n");
     if external.is_some() {
         return;
     }
@@ -264,5 +269,17 @@ fn main() {
     println!("# freshness at a fixed input rate ({offered:.0} events/s offered for {seconds} s)\n");
     println!("| p50 (ms) | p99 (ms) |");
     println!("|---|---|");
-    println!("| {:.1} | {:.1} |", p50 * 1e3, p99 * 1e3);
+    println!("| {:.1} | {:.1} |\n", p50 * 1e3, p99 * 1e3);
+    println!("{}", pipeline_stats(&m));
+}
+
+/// How the service's pipeline ran: epochs, their largest size, epochs in flight, pauses.
+fn pipeline_stats(m: &str) -> String {
+    format!(
+        "pipeline: {} epochs, largest {} messages, at most {} in flight, input paused {} times",
+        sample(m, "labelqc_epochs_completed_total "),
+        sample(m, "labelqc_epoch_messages_max "),
+        sample(m, "labelqc_epochs_in_flight_max "),
+        sample(m, "labelqc_input_pauses_total "),
+    )
 }

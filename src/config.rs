@@ -51,6 +51,9 @@ pub struct KafkaSettings {
     pub gold_topic: String,
     /// Longest time an epoch stays open while input flows, in milliseconds.
     pub epoch_interval_ms: u64,
+    /// How long the pipeline may stay full (`engine.max_epochs_in_flight` epochs in flight and
+    /// an open epoch of `engine.epoch_events` messages) before the input partitions are paused.
+    pub pause_after_ms: u64,
     /// Publish each epoch's outputs and commit its input offsets in one Kafka transaction.
     pub exactly_once: bool,
     /// The producer's `transactional.id` in exactly-once mode; one per running process.
@@ -68,6 +71,7 @@ impl Default for KafkaSettings {
             labels_topic: "labelqc.labels".into(),
             gold_topic: "labelqc.gold".into(),
             epoch_interval_ms: 100,
+            pause_after_ms: 500,
             exactly_once: false,
             transactional_id: "labelqc".into(),
             client: BTreeMap::new(),

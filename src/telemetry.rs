@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
@@ -48,6 +48,16 @@ pub struct Telemetry {
     pub committed: IntCounterVec,
     /// Kafka transactions committed (exactly-once mode).
     pub transactions: IntCounter,
+    /// Epochs submitted to the dataflows whose outputs are not yet delivered and committed.
+    pub epochs_in_flight: IntGauge,
+    /// The most epochs that were ever in flight at once.
+    pub epochs_in_flight_max: IntGauge,
+    /// The most input messages in one epoch.
+    pub epoch_messages_max: IntGauge,
+    /// Input partitions paused because the pipeline is full (backpressure).
+    pub partitions_paused: IntGauge,
+    /// Times the input was paused because the pipeline was full.
+    pub pauses: IntCounter,
     scope_labels: IntGaugeVec,
     scope_items: IntGaugeVec,
     scope_annotators: IntGaugeVec,
@@ -132,7 +142,34 @@ impl Telemetry {
             "Kafka transactions committed, each an epoch's outputs with its input offsets.",
         )?;
         registry.register(Box::new(transactions.clone()))?;
+        let int_gauge = |name: &str, help: &str| -> Result<IntGauge, TelemetryError> {
+            let metric = IntGauge::new(name, help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let epochs_in_flight = int_gauge(
+            "labelqc_epochs_in_flight",
+            "Epochs submitted to the dataflows whose outputs are not yet delivered and committed.",
+        )?;
+        let epochs_in_flight_max =
+            int_gauge("labelqc_epochs_in_flight_max", "The most epochs in flight at once since start.")?;
+        let epoch_messages_max =
+            int_gauge("labelqc_epoch_messages_max", "The most input messages in one epoch since start.")?;
+        let partitions_paused = int_gauge(
+            "labelqc_partitions_paused",
+            "Input partitions paused because the pipeline is full (backpressure).",
+        )?;
+        let pauses = IntCounter::new(
+            "labelqc_input_pauses_total",
+            "Times the input partitions were paused because the pipeline was full.",
+        )?;
+        registry.register(Box::new(pauses.clone()))?;
         Ok(Telemetry {
+            epochs_in_flight,
+            epochs_in_flight_max,
+            epoch_messages_max,
+            partitions_paused,
+            pauses,
             annotators_gate: int_gauge_vec(
                 "labelqc_annotators_gate",
                 "Annotators per gate state (allow, warmup, probation, block), per project.",
@@ -329,6 +366,19 @@ impl Telemetry {
             }
         };
         self.events.with_label_values(&[stream.name(), result]).inc();
+    }
+
+    /// Counts input records of one stream: `[ok, deleted, invalid]`; refused records are also
+    /// dead letters.
+    pub fn count_records(&self, stream: Stream, [ok, deleted, invalid]: [u64; 3]) {
+        for (result, n) in [("ok", ok), ("deleted", deleted), ("invalid", invalid)] {
+            if n > 0 {
+                self.events.with_label_values(&[stream.name(), result]).inc_by(n);
+            }
+        }
+        if invalid > 0 {
+            self.dead_letters.with_label_values(&[stream.name()]).inc_by(invalid);
+        }
     }
 
     /// Records one processing latency and republishes the quantiles.

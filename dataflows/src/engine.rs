@@ -3,7 +3,14 @@
 //! thread applies the workers' output to the view and tracks which epochs are complete, so a
 //! caller can wait until an epoch's effects are in the view, and the number of epochs in flight
 //! is bounded.
+//!
+//! The view only ever holds whole epochs: the sink keeps the output of an epoch aside until every
+//! worker has finished it, then applies it, so a reader of the view (see [`Engine::snapshot`])
+//! sees the state after some epoch, never part of one, even while later epochs are in the
+//! dataflows.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -48,12 +55,10 @@ enum Command {
 }
 
 enum WorkerEvent {
-    Facts(Vec<(Fact, Diff)>),
+    /// Output of one epoch from one worker.
+    Facts(Time, Vec<(Fact, Diff)>),
     /// Every epoch below `frontier` is complete (`None`: all are).
-    Frontier {
-        worker: usize,
-        frontier: Option<Time>,
-    },
+    Frontier { worker: usize, frontier: Option<Time> },
 }
 
 /// Progress as the sink thread sees it.
@@ -72,6 +77,9 @@ impl Progress {
 
 struct Shared {
     view: Mutex<QualityView>,
+    /// Epochs below this number are applied to the view, and no later one is. Changed only
+    /// while `view` is locked, so a holder of the lock reads a value that matches the view.
+    applied: AtomicU64,
     progress: Mutex<Progress>,
     advanced: Condvar,
 }
@@ -103,6 +111,7 @@ impl Engine {
         }
         let shared = Arc::new(Shared {
             view: Mutex::new(view),
+            applied: AtomicU64::new(0),
             progress: Mutex::new(Progress { frontiers: vec![Some(0); workers], disconnected: false }),
             advanced: Condvar::new(),
         });
@@ -134,7 +143,17 @@ impl Engine {
 
     /// Submits one epoch of updates and returns its number. Waits while more than
     /// `max_epochs_in_flight` epochs are incomplete.
-    pub fn submit(&mut self, mut updates: Vec<Update>) -> Result<Time, EngineError> {
+    pub fn submit(&mut self, updates: Vec<Update>) -> Result<Time, EngineError> {
+        let epoch = self.submit_nowait(updates)?;
+        let target = self.next_epoch.saturating_sub(self.max_in_flight);
+        self.wait_for(target)?;
+        Ok(epoch)
+    }
+
+    /// Submits one epoch of updates and returns its number, without waiting for earlier epochs:
+    /// the caller bounds the epochs in flight itself (see [`Engine::submitted`] and
+    /// [`Engine::completed`]).
+    pub fn submit_nowait(&mut self, mut updates: Vec<Update>) -> Result<Time, EngineError> {
         let epoch = self.next_epoch;
         let workers = self.commands.len();
         let share = updates.len().div_ceil(workers);
@@ -145,9 +164,21 @@ impl Engine {
                 .map_err(|_| EngineError::WorkerFailed("a worker stopped taking input".into()))?;
         }
         self.next_epoch += 1;
-        let target = self.next_epoch.saturating_sub(self.max_in_flight);
-        self.wait_for(target)?;
         Ok(epoch)
+    }
+
+    /// Number of epochs submitted so far; they are numbered `0..submitted()`.
+    pub fn submitted(&self) -> Time {
+        self.next_epoch
+    }
+
+    /// Fails if the workers stopped (only a failure stops them while the engine runs).
+    pub fn check(&mut self) -> Result<(), EngineError> {
+        let disconnected = self.shared.progress.lock().expect("progress poisoned").disconnected;
+        if disconnected {
+            return Err(self.failure());
+        }
+        Ok(())
     }
 
     /// Waits until every submitted epoch is complete and its output is in the view.
@@ -164,6 +195,15 @@ impl Engine {
     /// [`QualityView::settle`] before reading derived numbers.
     pub fn view(&self) -> MutexGuard<'_, QualityView> {
         self.shared.view.lock().expect("view poisoned")
+    }
+
+    /// The view and the number of epochs it reflects: every epoch below that number is applied,
+    /// no later one. While the guard is held the view does not change; later epochs keep running
+    /// in the dataflows meanwhile and are applied after it is dropped.
+    pub fn snapshot(&self) -> (MutexGuard<'_, QualityView>, Time) {
+        let view = self.shared.view.lock().expect("view poisoned");
+        let applied = self.shared.applied.load(Ordering::SeqCst);
+        (view, applied)
     }
 
     /// Closes the inputs, waits for the workers and the sink to finish, and returns the view.
@@ -213,20 +253,42 @@ impl Engine {
     }
 }
 
-/// Applies the workers' output to the view and publishes progress, until the workers are gone.
-/// Returns the number of facts applied.
+/// Applies the workers' output to the view, whole epochs at a time, and publishes progress,
+/// until the workers are gone. Returns the number of facts applied.
 fn run_sink(events: Receiver<WorkerEvent>, shared: &Shared) -> u64 {
     let mut applied = 0u64;
-    while let Ok(event) = events.recv() {
-        match event {
-            WorkerEvent::Facts(facts) => {
+    // Output of epochs not yet complete, kept aside so that the view holds whole epochs only.
+    type Pending = BTreeMap<Time, Vec<Vec<(Fact, Diff)>>>;
+    let mut pending = Pending::new();
+    let mut frontiers = shared.progress.lock().expect("progress poisoned").frontiers.clone();
+    let mut complete_before = 0;
+    let mut apply_complete = |frontiers: &[Option<Time>], pending: &mut Pending| {
+        let complete = frontiers.iter().map(|f| f.unwrap_or(Time::MAX)).min().unwrap_or(Time::MAX);
+        if complete == complete_before {
+            return;
+        }
+        complete_before = complete;
+        let mut view = shared.view.lock().expect("view poisoned");
+        while let Some(entry) = pending.first_entry() {
+            if *entry.key() >= complete {
+                break;
+            }
+            for facts in entry.remove() {
                 applied += facts.len() as u64;
-                let mut view = shared.view.lock().expect("view poisoned");
                 for (fact, diff) in &facts {
                     view.apply(fact, *diff);
                 }
             }
+        }
+        shared.applied.store(complete, Ordering::SeqCst);
+    };
+    while let Ok(event) = events.recv() {
+        match event {
+            WorkerEvent::Facts(time, facts) => pending.entry(time).or_default().push(facts),
             WorkerEvent::Frontier { worker, frontier } => {
+                frontiers[worker] = frontier;
+                // The view first, then the progress that promises it.
+                apply_complete(&frontiers, &mut pending);
                 shared.progress.lock().expect("progress poisoned").frontiers[worker] = frontier;
                 shared.advanced.notify_all();
             }
@@ -246,9 +308,16 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
         let facts = quality_facts(labels.to_collection(scope), gold.to_collection(scope));
         let (probe, _) = facts
             .inspect_batch(move |_time, batch| {
-                let facts = batch.iter().map(|(fact, _, diff)| (*fact, *diff)).collect();
-                // The engine may be gone (dropped without finishing); nothing then needs the output.
-                let _ = sink.send(WorkerEvent::Facts(facts));
+                // A batch holds one epoch in practice; split it by time all the same.
+                let mut rest = batch;
+                while let Some((_, time, _)) = rest.first() {
+                    let len = rest.iter().take_while(|(_, t, _)| t == time).count();
+                    let facts = rest[..len].iter().map(|(fact, _, diff)| (*fact, *diff)).collect();
+                    // The engine may be gone (dropped without finishing); nothing then needs the
+                    // output.
+                    let _ = sink.send(WorkerEvent::Facts(*time, facts));
+                    rest = &rest[len..];
+                }
             })
             .probe();
         probe
@@ -421,6 +490,55 @@ mod tests {
         assert!(changes.gates.iter().all(|r| r.state == crate::drift::GateState::Warmup && r.revised));
         assert_eq!(view.drift_summary(&source.catalog), crate::view::DriftSummary::default());
         assert!(view.report(&source.catalog, true).scopes.is_empty());
+    }
+
+    #[test]
+    fn snapshots_hold_whole_epochs_while_later_ones_run() {
+        // The report after each prefix of epochs (one label per epoch), from a separate run.
+        let expected: Vec<String> = (0..=LABELS.len())
+            .map(|n| {
+                let mut engine =
+                    Engine::start(&EngineConfig::default(), QualityView::with_change_tracking()).unwrap();
+                let mut source = Source::default();
+                let mut updates = Vec::new();
+                for line in &LABELS[..n] {
+                    source.apply_label(&parse_label_event(line).unwrap(), &mut updates);
+                }
+                engine.submit(updates).unwrap();
+                let mut view = engine.finish().unwrap();
+                serde_json::to_string(&view.report(&source.catalog, true)).unwrap()
+            })
+            .collect();
+        let mut engine = Engine::start(
+            &EngineConfig { workers: 2, max_epochs_in_flight: 1 },
+            QualityView::with_change_tracking(),
+        )
+        .unwrap();
+        let mut source = Source::default();
+        for line in LABELS {
+            let mut updates = Vec::new();
+            source.apply_label(&parse_label_event(line).unwrap(), &mut updates);
+            engine.submit_nowait(updates).unwrap();
+        }
+        assert_eq!(engine.submitted(), LABELS.len() as Time);
+        // Whenever it is read, the view is the state after some number of whole epochs.
+        let mut seen = Vec::new();
+        loop {
+            let (mut view, applied) = engine.snapshot();
+            let applied = applied.min(LABELS.len() as Time) as usize;
+            let report = serde_json::to_string(&view.report(&source.catalog, true)).unwrap();
+            assert_eq!(report, expected[applied], "after {applied} epochs");
+            seen.push(applied);
+            if applied == LABELS.len() {
+                break;
+            }
+            drop(view);
+            std::thread::yield_now();
+        }
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        engine.sync().unwrap();
+        assert_eq!(engine.completed(), LABELS.len() as Time);
+        engine.check().unwrap();
     }
 
     #[test]

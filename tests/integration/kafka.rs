@@ -1,8 +1,9 @@
 //! `labelqc run` against librdkafka's mock cluster (an in-process Kafka broker listening on
 //! 127.0.0.1): the compacted view of every output topic equals `labelqc report` over the same
-//! input, malformed messages land in the dead-letter topic while processing goes on, and a
-//! service killed with SIGKILL and restarted converges to the same outputs, in both delivery
-//! modes. The scenario itself is in `scenario`, shared with the tests on tansu.
+//! input, malformed messages land in the dead-letter topic while processing goes on, a service
+//! killed with SIGKILL and restarted converges to the same outputs, in both delivery modes, and a
+//! backlog read with a small pipeline pauses the input instead of holding more than the configured
+//! epochs. The scenario itself is in `scenario`, shared with the tests on tansu.
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,42 @@ fn exactly_once_mode_commits_outputs_and_offsets_together() {
     assert_eq!(committed, (s.labels.len() + MALFORMED.len()) as f64);
     let transactions: f64 = samples(&metrics, "labelqc_transactions_committed_total ").sum();
     assert!(transactions > 0.0, "no transaction was committed");
+}
+
+/// The sum of the samples of a metric on the service's /metrics.
+fn metric(addr: &str, prefix: &str) -> f64 {
+    samples(&metrics(addr), prefix).sum()
+}
+
+/// A backlog read through a pipeline of one epoch in flight of at most 250 messages: the service
+/// pauses its input rather than read ahead (so what it holds does not grow with the backlog), and
+/// the outputs are still those of the report. Both modes.
+#[test]
+fn backpressure_bounds_the_epochs_in_flight() {
+    for (seed, extra) in [(41, &[][..]), (43, &["--exactly-once"][..])] {
+        let s = setup(seed);
+        produce(&s.producer, GOLD, &s.gold);
+        produce(&s.producer, LABELS, &s.labels);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("labelqc.toml");
+        let settings =
+            "[engine]\nepoch_events = 250\nmax_epochs_in_flight = 1\n[kafka]\npause_after_ms = 0\n";
+        std::fs::write(&config, settings).unwrap();
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend(extra);
+        let service = start_service(&s.brokers, &args);
+        wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
+        assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+
+        let value = |prefix: &str| metric(&service.1, prefix);
+        assert_eq!(value("labelqc_epochs_in_flight_max "), 1.0, "{extra:?}");
+        assert!(value("labelqc_epoch_messages_max ") <= 250.0, "{extra:?}");
+        let messages = (s.labels.len() + s.gold.len()) as f64;
+        assert!(value("labelqc_epochs_completed_total ") >= messages / 250.0, "{extra:?}");
+        assert!(value("labelqc_input_pauses_total ") > 0.0, "the input was never paused {extra:?}");
+        // Resumed once the last epoch was taken.
+        assert_eq!(value("labelqc_partitions_paused "), 0.0, "{extra:?}");
+    }
 }
 
 #[test]
