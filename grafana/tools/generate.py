@@ -212,7 +212,7 @@ def datasource_variable():
         "label": "Data source",
         "description": "The Prometheus that scrapes labelqc (and evaluates grafana/prometheus/rules).",
         "query": "prometheus",
-        "current": {"text": "labelqc-prometheus", "value": "labelqc-prometheus"},
+        "current": {"text": "Prometheus (labelqc)", "value": "labelqc-prometheus"},
         "hide": 0,
         "multi": False,
         "includeAll": False,
