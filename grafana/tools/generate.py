@@ -666,13 +666,13 @@ def overview():
                       "gold accuracy", ref="C", instant=True, table=True)],
               (0, y, 24, 10), decimals=2,
               transformations=[
-                  {"id": "joinByField", "options": {"byField": "annotator", "mode": "outer"}},
+                  # One row per (project, annotator), a column per query.
+                  {"id": "merge", "options": {}},
                   {"id": "organize", "options": {
-                      "excludeByName": {"Time": True, "Time 1": True, "Time 2": True, "Time 3": True,
-                                        "project 2": True, "project 3": True},
-                      "indexByName": {"project 1": 0, "annotator": 1, "Value #A": 2, "Value #B": 3, "Value #C": 4},
-                      "renameByName": {"project 1": "project", "Value #A": "worst score",
-                                       "Value #B": "signals at watch or alarm", "Value #C": "gold accuracy"},
+                      "excludeByName": {"Time": True},
+                      "indexByName": {"project": 0, "annotator": 1, "Value #A": 2, "Value #B": 3, "Value #C": 4},
+                      "renameByName": {"Value #A": "worst score", "Value #B": "signals at watch or alarm",
+                                       "Value #C": "gold accuracy"},
                   }},
               ],
               overrides=[
