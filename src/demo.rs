@@ -111,6 +111,10 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         telemetry.output_event_time.set(created as f64 / 1000.0);
         telemetry.output_updated.set(now_ms() as f64 / 1000.0);
         telemetry.observe_latency(Duration::from_millis((now_ms() - created).max(0) as u64));
+        // The demo's input backlog: events the simulated workforce has given by now and the
+        // dataflows have not yet taken (it grows when the demo cannot keep up with --rate).
+        let given = (start.elapsed().as_secs_f64() * settings.rate as f64) as u64;
+        telemetry.consumer_lag.with_label_values(&["labels"]).set(given.saturating_sub(fed) as i64);
         ready.store(true, Ordering::SeqCst);
 
         if last_refresh.elapsed() >= REFRESH {

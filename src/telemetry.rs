@@ -3,10 +3,12 @@
 //! state, severity): never an annotator or item id, except on the watchlist series, which hold at
 //! most `watchlist_size` annotators per project and signal. An undefined number (null in the report) has no series rather than NaN.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -38,10 +40,8 @@ pub struct Telemetry {
     pub output_event_time: Gauge,
     /// Wall-clock time at which output was last brought up to date.
     pub output_updated: Gauge,
-    /// Time from an event's creation to its effects in the published state, by quantile.
-    processing_latency: GaugeVec,
-    /// The distribution behind `processing_latency`, in microseconds.
-    latency: Mutex<Histogram<u64>>,
+    /// Time from an event's creation to its effects in the published state: a summary.
+    latency: LatencySummary,
     /// Messages not yet processed, by input topic.
     pub consumer_lag: IntGaugeVec,
     /// Input messages whose outputs are delivered and whose offsets are committed, by topic.
@@ -122,11 +122,16 @@ impl Telemetry {
             "Wall-clock time at which the output was last brought up to date.",
         )?;
         registry.register(Box::new(output_updated.clone()))?;
-        let processing_latency = gauge_vec(
+        let latency = LatencySummary::new(
             "labelqc_processing_latency_seconds",
-            "Time from an event's creation to its effects in the published state, by quantile.",
-            &["quantile"],
+            "Time from an event's creation to its effects in the published state.",
         )?;
+        registry.register(Box::new(latency.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(
+            std::process::id() as i32,
+            "labelqc",
+        )))?;
         let consumer_lag = int_gauge_vec(
             "labelqc_consumer_lag_messages",
             "Input messages not yet processed (high watermark minus position), by topic.",
@@ -205,9 +210,7 @@ impl Telemetry {
                 "Recent gold accuracy (the gate's evidence) of the annotators on the watchlist.",
                 &["project", "annotator"],
             )?,
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
-            ),
+            latency,
             consumer_lag,
             committed,
             transactions,
@@ -255,8 +258,19 @@ impl Telemetry {
             epochs,
             output_event_time,
             output_updated,
-            processing_latency,
         })
+        .inspect(Telemetry::initialise_counters)
+    }
+
+    /// Gives the input counters their series at zero before the first record, so that a rate or
+    /// an increase is defined from the start and the first dead letter counts as an increase.
+    fn initialise_counters(&self) {
+        for stream in [Stream::Labels, Stream::Gold] {
+            self.dead_letters.with_label_values(&[stream.name()]);
+            for result in ["ok", "deleted", "invalid"] {
+                self.events.with_label_values(&[stream.name(), result]);
+            }
+        }
     }
 
     /// Sets the quality gauges of every changed scope (`window="all"`) and of each scope's newest
@@ -381,20 +395,14 @@ impl Telemetry {
         }
     }
 
-    /// Records one processing latency and republishes the quantiles.
+    /// Records one processing latency.
     pub fn observe_latency(&self, latency: Duration) {
-        let mut histogram = self.latency.lock().expect("latency histogram poisoned");
-        let _ = histogram.record((latency.as_micros() as u64).max(1));
-        for (name, q) in [("0.5", 0.5), ("0.99", 0.99), ("0.999", 0.999)] {
-            self.processing_latency
-                .with_label_values(&[name])
-                .set(histogram.value_at_quantile(q) as f64 / 1e6);
-        }
+        self.latency.observe(latency);
     }
 
     /// A quantile of the processing latencies recorded so far.
     pub fn latency_quantile(&self, q: f64) -> Duration {
-        Duration::from_micros(self.latency.lock().expect("latency histogram poisoned").value_at_quantile(q))
+        self.latency.quantile(q)
     }
 
     /// The exposition in the Prometheus text format.
@@ -411,5 +419,73 @@ fn set_or_remove(gauge: &GaugeVec, labels: &[&str], value: Option<f64>) {
         None => {
             let _ = gauge.remove_label_values(labels);
         }
+    }
+}
+
+/// The quantiles published for the processing latency.
+const LATENCY_QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
+
+/// A Prometheus summary (quantiles, `_sum`, `_count`) over an HDR histogram of every latency
+/// recorded since start. Quantiles appear once there is an observation. Clones share the data.
+#[derive(Clone)]
+struct LatencySummary {
+    desc: Desc,
+    /// The distribution in microseconds, and the exact sum in seconds.
+    state: Arc<Mutex<(Histogram<u64>, f64)>>,
+}
+
+impl LatencySummary {
+    fn new(name: &str, help: &str) -> Result<LatencySummary, TelemetryError> {
+        Ok(LatencySummary {
+            desc: Desc::new(name.into(), help.into(), Vec::new(), Default::default())?,
+            state: Arc::new(Mutex::new((
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+                0.0,
+            ))),
+        })
+    }
+
+    fn observe(&self, latency: Duration) {
+        let mut state = self.state.lock().expect("latency histogram poisoned");
+        let _ = state.0.record((latency.as_micros() as u64).max(1));
+        state.1 += latency.as_secs_f64();
+    }
+
+    fn quantile(&self, q: f64) -> Duration {
+        Duration::from_micros(self.state.lock().expect("latency histogram poisoned").0.value_at_quantile(q))
+    }
+}
+
+impl Collector for LatencySummary {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let state = self.state.lock().expect("latency histogram poisoned");
+        let mut summary = prometheus::proto::Summary::default();
+        summary.set_sample_count(state.0.len());
+        summary.set_sample_sum(state.1);
+        if !state.0.is_empty() {
+            summary.set_quantile(
+                LATENCY_QUANTILES
+                    .iter()
+                    .map(|&q| {
+                        let mut quantile = prometheus::proto::Quantile::default();
+                        quantile.set_quantile(q);
+                        quantile.set_value(state.0.value_at_quantile(q) as f64 / 1e6);
+                        quantile
+                    })
+                    .collect(),
+            );
+        }
+        let mut metric = prometheus::proto::Metric::default();
+        metric.set_summary(summary);
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::SUMMARY);
+        family.set_metric(vec![metric]);
+        vec![family]
     }
 }
