@@ -62,6 +62,7 @@ pub struct Telemetry {
     scope_items: IntGaugeVec,
     scope_annotators: IntGaugeVec,
     scope_percent_agreement: GaugeVec,
+    scope_consensus: GaugeVec,
     scope_alpha: GaugeVec,
     scope_fleiss: GaugeVec,
     scope_gwet: GaugeVec,
@@ -221,6 +222,11 @@ impl Telemetry {
                 "Annotators with labels in the scope.",
                 SCOPE,
             )?,
+            scope_consensus: gauge_vec(
+                "labelqc_scope_consensus_ratio",
+                "Share of the scope's items with at least two labels on which one label has more than half of them.",
+                SCOPE,
+            )?,
             scope_percent_agreement: gauge_vec(
                 "labelqc_scope_percent_agreement_ratio",
                 "Percent agreement over pairable items.",
@@ -298,6 +304,7 @@ impl Telemetry {
         self.scope_annotators.with_label_values(&labels).set(scope.n_annotators as i64);
         let a = &scope.agreement;
         set_or_remove(&self.scope_percent_agreement, &labels, a.percent_agreement);
+        set_or_remove(&self.scope_consensus, &labels, scope.consensus_rate);
         set_or_remove(&self.scope_fleiss, &labels, a.fleiss_kappa);
         set_or_remove(&self.scope_gwet, &labels, a.gwet_ac1);
         set_or_remove(&self.scope_mean_cohen, &labels, a.mean_cohen_kappa);

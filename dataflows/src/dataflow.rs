@@ -53,7 +53,8 @@ pub type GoldRow = (ItemKey, LabelId);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ItemFact {
     /// The item itself and `sum_k n_k (n_k - 1)`, the number of ordered agreeing label pairs.
-    Stats { raters: u32, agreeing_pairs: u64 },
+    /// `majority`: one label has more than half of the item's labels (pairable items only).
+    Stats { raters: u32, agreeing_pairs: u64, majority: bool },
     /// `n_k` labels `label` on the item.
     Share { raters: u32, label: LabelId, count: u32 },
     /// Krippendorff coincidence weight before division by `r - 1`, for `c <= k`:
@@ -84,8 +85,10 @@ pub struct ItemSummary(pub Vec<ItemFact>);
 /// `count * diff` per key holds the exact totals, whatever the order of updates in an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Fact {
-    /// Items of the scope with `raters` labels, and their summed agreeing pairs.
-    ScopeItems { scope: ScopeId, raters: u32, items: i64, agreeing_pairs: i64 },
+    /// Items of the scope with `raters` labels, their summed agreeing pairs, and how many have a
+    /// majority label.
+    /// `majority` counts the items where one label has more than half of the labels.
+    ScopeItems { scope: ScopeId, raters: u32, items: i64, agreeing_pairs: i64, majority: i64 },
     /// Summed labels `label` over the scope's items with `raters` labels.
     CategoryShare { scope: ScopeId, raters: u32, label: LabelId, count: i64 },
     /// Summed coincidence weights (`c <= k`) over the scope's items with `raters` labels.
@@ -147,7 +150,8 @@ pub fn summarize_item(
     let count_of = |label: LabelId| counts.iter().find(|(l, _)| *l == label).map_or(0, |(_, n)| *n);
 
     let agreeing_pairs = counts.iter().map(|&(_, n)| u64::from(n) * u64::from(n - 1)).sum();
-    out.push(ItemFact::Stats { raters, agreeing_pairs });
+    let majority = raters >= 2 && counts.iter().any(|&(_, n)| 2 * n > raters);
+    out.push(ItemFact::Stats { raters, agreeing_pairs, majority });
     for &(label, count) in counts {
         out.push(ItemFact::Share { raters, label, count });
     }
@@ -323,8 +327,8 @@ enum SumKey {
 /// The total an item fact adds to, and what it adds (up to three sums).
 fn sum_of(scope: ScopeId, fact: ItemFact) -> Option<(SumKey, (i64, i64, i64))> {
     Some(match fact {
-        ItemFact::Stats { raters, agreeing_pairs } => {
-            (SumKey::Items { scope, raters }, (1, agreeing_pairs as i64, 0))
+        ItemFact::Stats { raters, agreeing_pairs, majority } => {
+            (SumKey::Items { scope, raters }, (1, agreeing_pairs as i64, i64::from(majority)))
         }
         ItemFact::Share { raters, label, count } => {
             (SumKey::Share { scope, raters, label }, (i64::from(count), 0, 0))
@@ -351,7 +355,7 @@ impl SumKey {
     fn fact(self, x: i64, y: i64, z: i64) -> Fact {
         match self {
             SumKey::Items { scope, raters } => {
-                Fact::ScopeItems { scope, raters, items: x, agreeing_pairs: y }
+                Fact::ScopeItems { scope, raters, items: x, agreeing_pairs: y, majority: z }
             }
             SumKey::Share { scope, raters, label } => Fact::CategoryShare { scope, raters, label, count: x },
             SumKey::Coincidence { scope, raters, c, k } => {
@@ -442,7 +446,7 @@ mod tests {
             vec![((S, 7), 10)],
         );
         let expected: Captured = vec![
-            (Fact::ScopeItems { scope: S, raters: 3, items: 1, agreeing_pairs: 2 }, 0, 1),
+            (Fact::ScopeItems { scope: S, raters: 3, items: 1, agreeing_pairs: 2, majority: 1 }, 0, 1),
             (Fact::CategoryShare { scope: S, raters: 3, label: 10, count: 2 }, 0, 1),
             (Fact::CategoryShare { scope: S, raters: 3, label: 11, count: 1 }, 0, 1),
             (Fact::Coincidence { scope: S, raters: 3, c: 10, k: 10, weight: 2 }, 0, 1),
@@ -480,8 +484,8 @@ mod tests {
         let at_one: Vec<_> = quality_only(out).into_iter().filter(|(_, t, _)| *t == 1).collect();
         let mut expected: Captured = vec![
             // Scope totals for r = 2: two items with 2 agreeing pairs each, then only one agreeing.
-            (Fact::ScopeItems { scope: S, raters: 2, items: 2, agreeing_pairs: 4 }, 1, -1),
-            (Fact::ScopeItems { scope: S, raters: 2, items: 2, agreeing_pairs: 2 }, 1, 1),
+            (Fact::ScopeItems { scope: S, raters: 2, items: 2, agreeing_pairs: 4, majority: 2 }, 1, -1),
+            (Fact::ScopeItems { scope: S, raters: 2, items: 2, agreeing_pairs: 2, majority: 1 }, 1, 1),
             (Fact::CategoryShare { scope: S, raters: 2, label: 10, count: 4 }, 1, -1),
             (Fact::CategoryShare { scope: S, raters: 2, label: 10, count: 3 }, 1, 1),
             (Fact::CategoryShare { scope: S, raters: 2, label: 11, count: 1 }, 1, 1),

@@ -121,8 +121,8 @@ struct PairState {
 /// The consolidated aggregates of one scope.
 #[derive(Debug, Default)]
 struct ScopeState {
-    /// `raters -> [items, agreeing_pairs]`.
-    items: BTreeMap<u32, [i64; 2]>,
+    /// `raters -> [items, agreeing_pairs, items with a majority label]`.
+    items: BTreeMap<u32, [i64; 3]>,
     /// `(raters, label) -> [count]`.
     shares: BTreeMap<(u32, LabelId), [i64; 1]>,
     /// `(raters, c, k) -> [weight]`, `c <= k`.
@@ -264,8 +264,9 @@ impl QualityView {
     /// Applies one update of the dataflow's output.
     pub fn apply(&mut self, fact: &Fact, diff: Diff) {
         match *fact {
-            Fact::ScopeItems { scope, raters, items, agreeing_pairs } => {
-                add_sum(&mut self.scope_mut(scope).items, raters, [items * diff, agreeing_pairs * diff]);
+            Fact::ScopeItems { scope, raters, items, agreeing_pairs, majority } => {
+                let sums = [items * diff, agreeing_pairs * diff, majority * diff];
+                add_sum(&mut self.scope_mut(scope).items, raters, sums);
                 self.mark_scopes(scope);
             }
             Fact::CategoryShare { scope, raters, label, count } => {
@@ -1049,8 +1050,8 @@ fn annotator_report(
     if a.by_raters.is_empty() {
         return None;
     }
-    let n_labels: i64 = a.by_raters.iter().map(|(_, [items, _])| items).sum();
-    let pairable: i64 = a.by_raters.iter().filter(|(r, _)| *r >= 2).map(|(_, [items, _])| items).sum();
+    let n_labels: i64 = a.by_raters.iter().map(|(_, [items, ..])| items).sum();
+    let pairable: i64 = a.by_raters.iter().filter(|(r, _)| *r >= 2).map(|(_, [items, ..])| items).sum();
     let agreement_with_others = (pairable > 0).then(|| {
         a.by_raters
             .iter()
@@ -1105,21 +1106,21 @@ impl ScopeState {
     }
 
     fn percent_agreement(&self) -> (i64, Option<f64>) {
-        let pairable: i64 = self.items.range(2..).map(|(_, [items, _])| items).sum();
+        let pairable: i64 = self.items.range(2..).map(|(_, [items, ..])| items).sum();
         if pairable == 0 {
             return (0, None);
         }
         let sum: f64 = self
             .items
             .range(2..)
-            .map(|(&r, [_, agreeing])| *agreeing as f64 / (f64::from(r) * f64::from(r - 1)))
+            .map(|(&r, [_, agreeing, _])| *agreeing as f64 / (f64::from(r) * f64::from(r - 1)))
             .sum();
         (pairable, Some(sum / pairable as f64))
     }
 
     /// Category shares `pi_k` over all rated items, by label id.
     fn category_shares(&self) -> BTreeMap<LabelId, f64> {
-        let rated: i64 = self.items.values().map(|[items, _]| items).sum();
+        let rated: i64 = self.items.values().map(|[items, ..]| items).sum();
         let mut shares: BTreeMap<LabelId, f64> = BTreeMap::new();
         for (&(r, label), [count]) in &self.shares {
             *shares.entry(label).or_default() += *count as f64 / f64::from(r);
@@ -1163,9 +1164,10 @@ impl ScopeState {
 
     fn summary(&self, scope: ScopeId, catalog: &Catalog) -> ScopeSummary {
         let (project, task) = catalog.scope_name(scope);
-        let n_items: i64 = self.items.values().map(|[items, _]| items).sum();
-        let n_labels: i64 = self.items.iter().map(|(&r, [items, _])| i64::from(r) * items).sum();
+        let n_items: i64 = self.items.values().map(|[items, ..]| items).sum();
+        let n_labels: i64 = self.items.iter().map(|(&r, [items, ..])| i64::from(r) * items).sum();
         let (n_pairable_items, percent_agreement) = self.percent_agreement();
+        let majority: i64 = self.items.range(2..).map(|(_, [.., majority])| majority).sum();
         let shares: Vec<f64> = self.category_shares().into_values().collect();
         let numeric = self.shares.keys().all(|(_, label)| catalog.labels.get(*label).as_number().is_some());
         let coincidences = self.coincidences(catalog, numeric);
@@ -1177,6 +1179,7 @@ impl ScopeState {
             n_items,
             n_annotators: self.annotators.values().filter(|a| !a.by_raters.is_empty()).count(),
             n_pairable_items,
+            consensus_rate: (n_pairable_items > 0).then(|| majority as f64 / n_pairable_items as f64),
             agreement: Agreement {
                 percent_agreement,
                 krippendorff_alpha: KrippendorffAlpha {
@@ -1210,6 +1213,8 @@ pub struct ScopeSummary {
     pub n_items: i64,
     pub n_annotators: usize,
     pub n_pairable_items: i64,
+    /// Share of pairable items on which one label has more than half of the labels.
+    pub consensus_rate: Option<f64>,
     pub agreement: Agreement,
     pub gold: Option<GoldAccuracy>,
 }

@@ -502,10 +502,11 @@ def overview():
              [target(f"labelqc_scope_gold_accuracy_ratio{{{SCOPE}}}", "{{project}}/{{task}}", instant=True)],
              (12, y, 5, 5), decimals=1, minimum=0, maximum=1),
         stat("Consensus rate",
-             "Percent agreement per scope: the chance that two labels on the same item agree, "
-             "over items with at least two labels. No chance correction: read it next to alpha.",
+             "Share of items with at least two labels on which one label has more than half of "
+             "them: the items whose consensus label is clear. No chance correction: read it next "
+             "to alpha.",
              "percentunit", steps("red", (0.7, "orange"), (0.8, "green")),
-             [target(f"labelqc_scope_percent_agreement_ratio{{{SCOPE}}}", "{{project}}/{{task}}", instant=True)],
+             [target(f"labelqc_scope_consensus_ratio{{{SCOPE}}}", "{{project}}/{{task}}", instant=True)],
              (17, y, 4, 5), decimals=1, minimum=0, maximum=1),
         stat("Alerts firing",
              "labelqc's own alerts firing now (labelqc.alerts topic), by severity: critical for a "
@@ -595,9 +596,10 @@ def overview():
     y += 8
     panels.append(
         timeseries("Consensus rate",
-                   "Percent agreement per scope: the chance that two labels on an item agree.",
+                   "Share of items with at least two labels on which one label has more than half "
+                   "of them, per scope.",
                    "percentunit", steps("red", (0.7, "orange"), (0.8, "green")),
-                   [target(f"labelqc_scope_percent_agreement_ratio{{{SCOPE}}}", "{{project}}/{{task}}")],
+                   [target(f"labelqc_scope_consensus_ratio{{{SCOPE}}}", "{{project}}/{{task}}")],
                    (0, y, 24, 6), lines="dashed", minimum=0, maximum=1))
     y += 6
 

@@ -131,6 +131,12 @@ fn scope_report(
         values.entry(identity(l)).or_insert(shown);
     }
 
+    // Consensus rate: pairable items whose most frequent label has more than half of the labels.
+    let consensus_rate = (!pairable.is_empty()).then(|| {
+        let clear = pairable.iter().filter(|l| counts(l).values().any(|&n| 2 * n > l.len())).count();
+        clear as f64 / pairable.len() as f64
+    });
+
     // Percent agreement.
     let pa = (!pairable.is_empty()).then(|| {
         pairable
@@ -301,6 +307,7 @@ fn scope_report(
         "project": scope.0, "task": scope.1,
         "n_labels": n_labels, "n_items": items.len(), "n_annotators": annotators.len(),
         "n_pairable_items": pairable.len(),
+        "consensus_rate": consensus_rate,
         "agreement": {
             "percent_agreement": pa,
             "krippendorff_alpha": Value::Object(kalpha),
