@@ -25,9 +25,14 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
     crate::http::samples(metrics, series).next()
 }
 
+/// Scopes with label counts for windows `window` (a label matcher) in an exposition.
+fn windowed(metrics: &str, window: &str) -> usize {
+    metrics.lines().filter(|l| l.starts_with("labelqc_scope_labels{") && l.contains(window)).count()
+}
+
 /// Scopes with all-time label counts in an exposition.
 fn all_time_scopes(metrics: &str) -> usize {
-    metrics.lines().filter(|l| l.starts_with("labelqc_scope_labels{") && l.contains("window=\"all\"")).count()
+    windowed(metrics, "window=\"all\"")
 }
 
 #[test]
@@ -49,7 +54,10 @@ fn demo_serves_live_metrics_and_stops_by_itself() {
     let metrics = loop {
         let (status, body) = get(&addr, "/metrics");
         assert_eq!(status, 200);
-        if all_time_scopes(&body) == 4 || Instant::now() > deadline {
+        // Each epoch sets the scopes' gauges, then their windows', then the gates': wait for all.
+        let gated = body.contains("labelqc_annotators_gate{");
+        let windows = windowed(&body, "window=\"1h\"") == 4 && windowed(&body, "window=\"1d\"") == 4;
+        if (all_time_scopes(&body) == 4 && windows && gated) || Instant::now() > deadline {
             break body;
         }
         std::thread::sleep(Duration::from_millis(200));
