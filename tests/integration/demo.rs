@@ -4,11 +4,11 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kills the demo if the test fails before it exits.
-struct Running(Child);
+/// A child process, killed and reaped when dropped (if the test fails before it exits).
+pub struct Running(pub Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -35,10 +35,12 @@ fn all_time_scopes(metrics: &str) -> usize {
     windowed(metrics, "window=\"all\"")
 }
 
-#[test]
-fn demo_serves_live_metrics_and_stops_by_itself() {
+/// Starts `labelqc demo --lines` on a free port of 127.0.0.1 with `args`: the process, its address
+/// and its stderr (past the line announcing the address).
+pub fn start_demo(args: &[&str]) -> (Running, String, BufReader<ChildStderr>) {
     let child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
-        .args(["demo", "--http", "127.0.0.1:0", "--duration", "8", "--rate", "3000", "--lines"])
+        .args(["demo", "--http", "127.0.0.1:0", "--lines"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -48,6 +50,12 @@ fn demo_serves_live_metrics_and_stops_by_itself() {
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
     let addr = crate::http::announced_address(&first);
+    (demo, addr, stderr)
+}
+
+#[test]
+fn demo_serves_live_metrics_and_stops_by_itself() {
+    let (mut demo, addr, mut stderr) = start_demo(&["--duration", "8", "--rate", "3000"]);
 
     // Wait for data to flow: every scope gets its gauges.
     let deadline = Instant::now() + Duration::from_secs(6);

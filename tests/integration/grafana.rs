@@ -13,14 +13,17 @@
 //! and fail instead when `CI` is set (.ci/run installs them).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::demo::{start_demo, Running};
+use crate::http::get;
 
 /// The tests here that run a demo take one at a time: each keeps a core busy.
 static ONE_DEMO_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -283,44 +286,6 @@ fn prometheus_tools() -> Option<(PathBuf, PathBuf)> {
             None
         }
     }
-}
-
-/// A child process killed and reaped when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `labelqc demo` on a free port of 127.0.0.1: the process, its address and its stderr.
-fn start_demo(args: &[&str]) -> (Running, String, BufReader<ChildStderr>) {
-    let child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
-        .args(["demo", "--http", "127.0.0.1:0", "--lines"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start labelqc demo");
-    let mut demo = Running(child);
-    let mut stderr = BufReader::new(demo.0.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    let addr = crate::http::announced_address(&first);
-    (demo, addr, stderr)
-}
-
-/// `GET path` over HTTP/1.0 (so that the body is never chunked): status and body.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
 fn url_encode(s: &str) -> String {
