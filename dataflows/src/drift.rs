@@ -12,7 +12,7 @@ use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 use crate::dataflow::{DURATION_BUCKETS_PER_E, FIXED_POINT};
 use crate::label::LabelId;
-use crate::source::{Day, ItemId, ScopeId, DAY_MS};
+use crate::source::{Day, ItemId, DAY_MS};
 use crate::stats;
 
 /// The drift signals, in report order.
@@ -263,11 +263,13 @@ impl DriftConfig {
             ("gate_threshold", self.gate_threshold),
             ("gold_target", self.gold_target),
             ("population_share", self.population_share),
-            ("alpha_floor", self.alpha_floor + 1.0),
         ] {
-            if !(0.0..=if field == "alpha_floor" { 2.0 } else { 1.0 }).contains(&value) {
-                return fail(field, &value, "a number from 0 to 1 (alpha_floor: -1 to 1)");
+            if !(0.0..=1.0).contains(&value) {
+                return fail(field, &value, "a number from 0 to 1");
             }
+        }
+        if !(-1.0..=1.0).contains(&self.alpha_floor) {
+            return fail("alpha_floor", &self.alpha_floor, "a number from -1 to 1");
         }
         if !(0.0..1.0).contains(&(self.gate_threshold + self.gate_margin)) || self.gate_margin < 0.0 {
             return fail(
@@ -564,28 +566,24 @@ impl DayContext<'_> {
         let mean = sum as f64 / fp / nf;
         let variance = ((sum_sq as f64 / (fp * fp)) - nf * mean * mean) / (nf - 1.0);
         let se = (variance.max(0.0) / nf).sqrt();
-        let z = if se > 0.0 {
-            mean / se
-        } else if mean < 0.0 {
-            f64::NEG_INFINITY
-        } else {
-            0.0
-        };
-        let score = (mean / c.agreement_gap).min(z / c.agreement_z).max(0.0);
+        // Without spread (every item the same gap) the mean alone decides.
+        let z = (se > 0.0).then(|| mean / se);
+        let size = mean / c.agreement_gap;
+        let score = z.map_or(size, |z| size.min(z / c.agreement_z)).max(0.0);
         let half = stats::WILSON_Z * se;
         Some(Reading {
-            score: if score.is_finite() { score } else { mean / c.agreement_gap },
+            score,
             value: mean,
             n,
             baseline: Some(0.0),
             interval: Some([mean - half, mean + half]),
             explanation: format!(
-                "agrees with peers {:+.0} points less than they agree with each other ({:+.0} to {:+.0}, n={n} items) over {} days; z {:.1}",
+                "agrees with peers {:+.0} points less than they agree with each other ({:+.0} to {:+.0}, n={n} items) over {} days; {}",
                 -100.0 * mean,
                 -100.0 * (mean + half),
                 -100.0 * (mean - half),
                 c.peer_window_days,
-                if z.is_finite() { z } else { -99.0 }
+                z.map_or_else(|| "no spread".to_string(), |z| format!("z {z:.1}"))
             ),
         })
     }
@@ -1157,9 +1155,6 @@ pub fn population_shifts(counts: &PopulationCounts, config: &DriftConfig) -> Vec
 pub fn scope_alert_id(project: &str, task: &str, kind: &str) -> String {
     format!("{project}/{task}/{kind}")
 }
-
-/// Which scope ids belong to which project: used to pool a project's gold answers for its gate.
-pub type ProjectScopes = BTreeMap<String, Vec<ScopeId>>;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 //! kappa of a scope) and says which entities changed, so that only those need to be published.
 //! Reading forms the final (float) numbers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use foldhash::fast::RandomState;
 use serde::Serialize;
@@ -242,7 +242,7 @@ pub struct QualityView {
     /// Gates per (project, annotator) as of the last evaluation.
     gates: BTreeMap<(String, AnnotatorId), Gate>,
     /// Annotators to re-evaluate because their scope's inputs changed, not yet done.
-    pending_drift: std::collections::BTreeSet<(ScopeId, AnnotatorId)>,
+    pending_drift: BTreeSet<(ScopeId, AnnotatorId)>,
     /// Window scopes (scope-level numbers only), by id.
     windows: BTreeMap<ScopeId, ScopeState>,
     /// Alerts that started firing since the last settle: (project, severity).
@@ -462,14 +462,14 @@ impl QualityView {
         targets.sort_unstable();
         targets.dedup();
         let label_name = |l: LabelId| catalog.labels.get(l).to_json().to_string();
-        let mut gate_keys: BTreeMap<(String, AnnotatorId), ()> = BTreeMap::new();
+        let mut gate_keys: BTreeSet<(String, AnnotatorId)> = BTreeSet::new();
         let mut alert_scopes: Vec<ScopeId> = Vec::new();
         for &(scope, annotator) in &targets {
             let project = catalog.scope_name(scope).0;
             let config = self.drift.for_project(project);
             let s = &mut self.scopes[scope as usize];
             // Gold answers can change the gate without changing any signal.
-            gate_keys.insert((project.to_string(), annotator), ());
+            gate_keys.insert((project.to_string(), annotator));
             let Some(a) = s.annotators.get_mut(&annotator) else { continue };
             let new = (!a.drift.is_empty()).then(|| drift::evaluate(&a.drift, &s.drift, config, &label_name));
             if new == a.timeline {
@@ -499,12 +499,12 @@ impl QualityView {
             for (scope, state) in self.scopes.iter().enumerate() {
                 let project = catalog.scope_name(scope as ScopeId).0;
                 for &annotator in state.annotators.keys() {
-                    gate_keys.insert((project.to_string(), annotator), ());
+                    gate_keys.insert((project.to_string(), annotator));
                 }
             }
         }
         let project_scopes = self.project_scopes(catalog);
-        for ((project, annotator), ()) in gate_keys {
+        for (project, annotator) in gate_keys {
             let scopes = project_scopes.get(project.as_str()).map(Vec::as_slice).unwrap_or_default();
             let new = self.decide_gate(&project, annotator, scopes);
             let old = self.gates.remove(&(project.clone(), annotator));
