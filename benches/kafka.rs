@@ -31,18 +31,11 @@ mod admin;
 #[path = "../tests/integration/http.rs"]
 mod http;
 
-const LABELS: &str = "labelqc.labels";
-const GOLD: &str = "labelqc.gold";
-const OUTPUTS: [&str; 8] = [
-    "labelqc.scopes",
-    "labelqc.annotators",
-    "labelqc.pairs",
-    "labelqc.items",
-    "labelqc.deadletter",
-    "labelqc.gating",
-    "labelqc.alerts",
-    "labelqc.scope_windows",
-];
+/// The default topic names, as the Kafka tests use them.
+#[path = "../tests/integration/topics.rs"]
+mod topics;
+use topics::{GOLD, LABELS, OUTPUTS};
+
 /// The mock broker keeps about 5 MB per partition; 8 partitions hold 200,000 events whole.
 const PARTITIONS: i32 = 8;
 

@@ -13,3 +13,4 @@ mod property;
 mod reference;
 mod scenario;
 mod tansu;
+mod topics;

@@ -20,18 +20,7 @@ use serde_json::Value;
 use crate::compare::mismatches;
 use crate::http::samples;
 
-pub const LABELS: &str = "labelqc.labels";
-pub const GOLD: &str = "labelqc.gold";
-pub const OUTPUTS: [&str; 8] = [
-    "labelqc.scopes",
-    "labelqc.annotators",
-    "labelqc.pairs",
-    "labelqc.items",
-    "labelqc.deadletter",
-    "labelqc.gating",
-    "labelqc.alerts",
-    "labelqc.scope_windows",
-];
+pub use crate::topics::{GOLD, LABELS, OUTPUTS};
 pub const DEADLETTER: &str = OUTPUTS[4];
 pub const MALFORMED: [&str; 2] = ["this is not json", r#"{"item_id":"x","annotator_id":"a","label":"y"}"#];
 const TIMEOUT: Duration = Duration::from_secs(10);
