@@ -503,7 +503,7 @@ impl QualityView {
                 }
             }
         }
-        // Most epochs change no gold answer of anyone: skip the scan of scopes then.
+        // An epoch that touched no annotator's drift inputs re-decides no gate: skip the scan.
         let project_scopes =
             if gate_keys.is_empty() { BTreeMap::new() } else { self.project_scopes(catalog) };
         for (project, annotator) in gate_keys {
