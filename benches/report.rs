@@ -166,12 +166,12 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
     let mut source = Source::default();
     let mut updates = Vec::new();
     for line in BufReader::new(std::fs::File::open(gold).unwrap()).lines() {
-        source.apply_gold(&parse_gold_event(&line.unwrap()).unwrap(), &mut updates);
+        source.apply_gold(&parse_gold_event(&line.unwrap()).unwrap(), &mut updates).unwrap();
     }
     let mut lines = Vec::new();
     for line in BufReader::new(std::fs::File::open(labels).unwrap()).lines() {
         let line = line.unwrap();
-        source.apply_label(&parse_label_event(&line).unwrap(), &mut updates);
+        source.apply_label(&parse_label_event(&line).unwrap(), &mut updates).unwrap();
         if updates.len() >= 100_000 {
             engine.submit(std::mem::take(&mut updates)).unwrap();
         }
@@ -200,7 +200,7 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
             .replace("\"@\"", classes[3]);
         let mut one: Vec<Update> = Vec::new();
         let start = Instant::now();
-        source.apply_label(&parse_label_event(&relabel).unwrap(), &mut one);
+        source.apply_label(&parse_label_event(&relabel).unwrap(), &mut one).unwrap();
         engine.submit(one).unwrap();
         engine.sync().unwrap();
         let mut view = engine.view();

@@ -146,9 +146,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         summary.relabels,
         summary.deletes,
         summary.gold_items,
-        (0..source.catalog.scope_count())
-            .filter(|&s| view.scope_summary(s, &source.catalog).is_some())
-            .count()
+        source.catalog.scope_ids().filter(|&s| view.scope_summary(s, &source.catalog).is_some()).count()
     );
     drop(server);
     Ok(())
@@ -187,7 +185,7 @@ fn render(
         "scope", "labels", "agree", "alpha", "fleiss", "ac1", "kappa", "gold acc"
     ));
     let mut attention = Vec::new();
-    let mut scopes: Vec<_> = (0..catalog.scope_count()).collect();
+    let mut scopes: Vec<_> = catalog.scope_ids().collect();
     scopes.sort_by_key(|&s| catalog.scope_name(s));
     for scope in scopes {
         // The summary and the annotators only: forming every pair each second is not needed here.

@@ -10,7 +10,7 @@
 //! [`crate::view`], when a final number is formed.
 
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::operators::CountTotal;
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,8 @@ fn fixed(numerator: i64, denominator: i64) -> i64 {
 }
 /// A live gold answer: `((scope, item), label)`.
 pub type GoldRow = (ItemKey, LabelId);
+/// An item of a scope that has labels in a window scope: `((scope, item), window)`.
+pub type MemberRow = (ItemKey, ScopeId);
 
 /// What one item contributes, given all of its current labels. `raters` is the item's label
 /// count `r`.
@@ -216,6 +218,7 @@ pub fn summarize_item(
 pub fn quality_facts<'s>(
     labels: VecCollection<'s, Time, LabelRow, Diff>,
     gold: VecCollection<'s, Time, GoldRow, Diff>,
+    members: VecCollection<'s, Time, MemberRow, Diff>,
 ) -> VecCollection<'s, Time, Fact, Diff> {
     // Window scopes get scope-level numbers only: no pairs, drift inputs or consensus.
     let window_labels = labels.clone().filter(|((scope, _), _)| is_window(*scope));
@@ -247,8 +250,18 @@ pub fn quality_facts<'s>(
         }
         _ => None,
     });
+    // A window's items have the gold answers of the scope's items. Membership is distinct: with
+    // input keyed as the spec asks, one source reports an item's windows, but the numbers must
+    // not depend on that.
+    let window_gold = members
+        .distinct_total_core::<Diff>()
+        .arrange_by_key_named("WindowsByItem")
+        .join_core(gold_by_item.clone(), |&(_, item): &ItemKey, &window: &ScopeId, &gold: &LabelId| {
+            Some(((window, item), gold))
+        })
+        .arrange_by_key_named("WindowGoldByItem");
     let window_gold_sums = windows_by_item.join_core(
-        gold_by_item,
+        window_gold,
         |item: &ItemKey, &(annotator, label, _): &Row, gold: &LabelId| {
             Some((SumKey::Gold { scope: item.0, annotator }, (1i64, i64::from(label == *gold), 0i64)))
         },
@@ -396,7 +409,9 @@ mod tests {
             let (mut labels_in, mut gold_in, captured) = worker.dataflow::<Time, _, _>(|scope| {
                 let (labels_in, labels) = scope.new_collection::<LabelRow, Diff>();
                 let (gold_in, gold) = scope.new_collection::<GoldRow, Diff>();
-                (labels_in, gold_in, quality_facts(labels, gold).inner.capture())
+                // No windows here: the members input closes empty.
+                let (_, members) = scope.new_collection::<MemberRow, Diff>();
+                (labels_in, gold_in, quality_facts(labels, gold, members).inner.capture())
             });
             for row in gold_rows {
                 gold_in.update(row, 1);
@@ -583,7 +598,9 @@ mod tests {
             let (mut labels_in, mut gold_in, captured) = worker.dataflow::<Time, _, _>(|scope| {
                 let (labels_in, labels) = scope.new_collection::<LabelRow, Diff>();
                 let (gold_in, gold) = scope.new_collection::<GoldRow, Diff>();
-                (labels_in, gold_in, quality_facts(labels, gold).inner.capture())
+                // No windows here: the members input closes empty.
+                let (_, members) = scope.new_collection::<MemberRow, Diff>();
+                (labels_in, gold_in, quality_facts(labels, gold, members).inner.capture())
             });
             labels_in.update(label(1, 1, 11), 1);
             gold_in.update(((S, 1), 10), 1);

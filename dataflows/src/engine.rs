@@ -20,7 +20,7 @@ use differential_dataflow::input::InputSession;
 use timely::communication::WorkerGuards;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
-use crate::dataflow::{quality_facts, Diff, Fact, GoldRow, LabelRow, Time};
+use crate::dataflow::{quality_facts, Diff, Fact, GoldRow, LabelRow, MemberRow, Time};
 use crate::source::Update;
 use crate::view::QualityView;
 
@@ -303,9 +303,14 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
     let index = worker.index();
     let mut labels: InputSession<Time, LabelRow, Diff> = InputSession::new();
     let mut gold: InputSession<Time, GoldRow, Diff> = InputSession::new();
+    let mut members: InputSession<Time, MemberRow, Diff> = InputSession::new();
     let sink = events.clone();
     let probe: ProbeHandle<Time> = worker.dataflow::<Time, _, _>(|scope| {
-        let facts = quality_facts(labels.to_collection(scope), gold.to_collection(scope));
+        let facts = quality_facts(
+            labels.to_collection(scope),
+            gold.to_collection(scope),
+            members.to_collection(scope),
+        );
         let (probe, _) = facts
             .inspect_batch(move |_time, batch| {
                 // A batch holds one epoch in practice; split it by time all the same.
@@ -355,18 +360,22 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
                             labels.update((item, (annotator, label, stamp)), diff)
                         }
                         Update::Gold { item, label, diff } => gold.update((item, label), diff),
+                        Update::Member { item, window, diff } => members.update((item, window), diff),
                     }
                 }
                 labels.advance_to(epoch + 1);
                 gold.advance_to(epoch + 1);
+                members.advance_to(epoch + 1);
                 labels.flush();
                 gold.flush();
+                members.flush();
             }
             None => break,
         }
     }
     drop(labels);
     drop(gold);
+    drop(members);
     while worker.step_or_park(None) {
         report(&probe);
     }
@@ -398,10 +407,12 @@ mod tests {
         .unwrap();
         let mut source = Source::default();
         let mut updates = Vec::new();
-        source.apply_gold(&parse_gold_event(r#"{"item_id":"i1","label":"x"}"#).unwrap(), &mut updates);
+        source
+            .apply_gold(&parse_gold_event(r#"{"item_id":"i1","label":"x"}"#).unwrap(), &mut updates)
+            .unwrap();
         for chunk in LABELS.chunks(epoch) {
             for line in chunk {
-                source.apply_label(&parse_label_event(line).unwrap(), &mut updates);
+                source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
             }
             engine.submit(std::mem::take(&mut updates)).unwrap();
         }
@@ -432,21 +443,24 @@ mod tests {
         // and the pairs (a, c) and (b, c) change; the pair (a, b) and the other scope do not,
         // except c's object there, which carries c's project-wide gate (its gold answer changed).
         let mut updates = Vec::new();
-        source.apply_label(
-            &parse_label_event(r#"{"item_id":"i1","annotator_id":"c","label":"x","ts":9}"#).unwrap(),
-            &mut updates,
-        );
+        source
+            .apply_label(
+                &parse_label_event(r#"{"item_id":"i1","annotator_id":"c","label":"x","ts":9}"#).unwrap(),
+                &mut updates,
+            )
+            .unwrap();
         engine.submit(updates).unwrap();
         engine.sync().unwrap();
         let mut view = engine.view();
         let catalog = &source.catalog;
         let changes = view.settle(catalog);
         let id = |name: &str| catalog.annotators.lookup(name).unwrap();
-        let scope = 0;
+        let scope = crate::source::scope_id("default", "default");
+        let other = crate::source::scope_id("default", "other");
         let item = catalog.items.lookup("i1").unwrap();
         assert_eq!(changes.scopes, vec![scope]);
         assert_eq!(changes.items, vec![(scope, item)]);
-        let mut annotators = vec![(scope, id("a")), (scope, id("b")), (scope, id("c")), (1, id("c"))];
+        let mut annotators = vec![(scope, id("a")), (scope, id("b")), (scope, id("c")), (other, id("c"))];
         annotators.sort();
         assert_eq!(changes.annotators, annotators);
         let pair = |x: &str, y: &str| (scope, id(x).min(id(y)), id(x).max(id(y)));
@@ -479,7 +493,7 @@ mod tests {
             delete.remove("label");
             delete.insert("op".into(), "delete".into());
             let delete = serde_json::Value::Object(delete).to_string();
-            source.apply_label(&parse_label_event(&delete).unwrap(), &mut updates);
+            source.apply_label(&parse_label_event(&delete).unwrap(), &mut updates).unwrap();
         }
         engine.submit(updates).unwrap();
         engine.sync().unwrap();
@@ -502,7 +516,7 @@ mod tests {
                 let mut source = Source::default();
                 let mut updates = Vec::new();
                 for line in &LABELS[..n] {
-                    source.apply_label(&parse_label_event(line).unwrap(), &mut updates);
+                    source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
                 }
                 engine.submit(updates).unwrap();
                 let mut view = engine.finish().unwrap();
@@ -517,7 +531,7 @@ mod tests {
         let mut source = Source::default();
         for line in LABELS {
             let mut updates = Vec::new();
-            source.apply_label(&parse_label_event(line).unwrap(), &mut updates);
+            source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
             engine.submit_nowait(updates).unwrap();
         }
         assert_eq!(engine.submitted(), LABELS.len() as Time);

@@ -28,6 +28,8 @@ pub enum ParseError {
     MissingLabel,
     #[error("`op` must be \"upsert\" or \"delete\", not {0:?}")]
     BadOp(String),
+    #[error(transparent)]
+    IdCollision(#[from] crate::label::IdCollision),
 }
 
 /// What an event does to the label (or gold answer) with its identity.

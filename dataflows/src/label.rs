@@ -1,6 +1,7 @@
 //! Label values: the answers annotators give, with the spec's equality (by JSON value, sets as
 //! sets, `1` equal to `1.0`) and its total order for consensus tie-breaks (numbers, then strings,
-//! then `false`, `true`, then sets). Also the table that gives each distinct label a compact id.
+//! then `false`, `true`, then sets). Also the table that gives each distinct label its id: a
+//! 64-bit hash of the label's canonical bytes, the same in every process that reads the label.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -8,11 +9,11 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-/// Compact id of a distinct label value, assigned by a [`LabelTable`].
-pub type LabelId = u32;
+/// Id of a distinct label value: the stable hash of its canonical bytes (see [`LabelTable`]).
+pub type LabelId = u64;
 
 /// A label value as the spec defines it. Equality and hashing follow the spec's comparison.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Label {
     /// A JSON number. `1` and `1.0` are one label, shown as `1`.
     Number(f64),
@@ -51,6 +52,16 @@ impl Label {
             (Label::Bool(a), Label::Bool(b)) => a.cmp(b),
             (Label::Set(a), Label::Set(b)) => a.cmp(b),
             _ => self.rank().cmp(&other.rank()),
+        }
+    }
+
+    /// The label as a [`RawLabel`] borrowing from it.
+    pub fn to_raw(&self) -> RawLabel<'_> {
+        match self {
+            Label::Number(value) => RawLabel::Number(*value),
+            Label::String(s) => RawLabel::String(Cow::Borrowed(s)),
+            Label::Bool(b) => RawLabel::Bool(*b),
+            Label::Set(items) => RawLabel::Set(items.iter().map(|s| Cow::Borrowed(&**s)).collect()),
         }
     }
 
@@ -125,30 +136,58 @@ impl RawLabel<'_> {
     }
 }
 
-/// Assigns each distinct label value (under the spec's equality) a [`LabelId`].
+/// Gives each distinct label value (under the spec's equality) its [`LabelId`], the stable hash of
+/// its canonical bytes, and keeps the value behind every id it gave. Two values with one id are
+/// refused (see [`IdCollision`]), never merged.
 #[derive(Debug, Default)]
 pub struct LabelTable {
-    ids: HashMap<Box<[u8]>, LabelId, RandomState>,
-    labels: Vec<Label>,
+    labels: HashMap<LabelId, (Box<[u8]>, Label), RandomState>,
     scratch: Vec<u8>,
 }
 
 impl LabelTable {
-    /// The id of `raw`, assigning a new one if this value was not seen before.
-    pub fn intern(&mut self, raw: &RawLabel<'_>) -> LabelId {
+    /// The id of `raw`; remembers the value if it was not seen before.
+    pub fn intern(&mut self, raw: &RawLabel<'_>) -> Result<LabelId, IdCollision> {
         raw.canonical_key(&mut self.scratch);
-        if let Some(id) = self.ids.get(self.scratch.as_slice()) {
-            return *id;
+        let id = stable_id(&self.scratch);
+        match self.labels.get(&id) {
+            Some((key, _)) if **key == *self.scratch => Ok(id),
+            Some((_, label)) => Err(IdCollision {
+                id,
+                kind: "label",
+                first: label.to_json().to_string(),
+                second: raw.to_label().to_json().to_string(),
+            }),
+            None => {
+                self.labels.insert(id, (self.scratch.as_slice().into(), raw.to_label()));
+                Ok(id)
+            }
         }
-        let id = LabelId::try_from(self.labels.len()).expect("more than 2^32 distinct labels");
-        self.ids.insert(self.scratch.as_slice().into(), id);
-        self.labels.push(raw.to_label());
-        id
     }
 
-    /// The label with id `id`. Panics on an id this table did not assign.
+    /// Remembers `label` under `id` (learnt from another process); fails if `id` stands for another
+    /// value here.
+    pub fn insert(&mut self, id: LabelId, label: &Label) -> Result<(), IdCollision> {
+        let raw = label.to_raw();
+        raw.canonical_key(&mut self.scratch);
+        match self.labels.get(&id) {
+            Some((key, _)) if **key == *self.scratch => Ok(()),
+            Some((_, known)) => Err(IdCollision {
+                id,
+                kind: "label",
+                first: known.to_json().to_string(),
+                second: label.to_json().to_string(),
+            }),
+            None => {
+                self.labels.insert(id, (self.scratch.as_slice().into(), label.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    /// The label with id `id`. Panics on an id this table does not know.
     pub fn get(&self, id: LabelId) -> &Label {
-        &self.labels[id as usize]
+        &self.labels[&id].1
     }
 
     /// Number of distinct labels seen.
@@ -162,6 +201,27 @@ impl LabelTable {
     }
 }
 
+/// The id of a name or label from its bytes: XXH3-64, a fixed, documented hash, so that every
+/// process (and every version of labelqc) gives a name the same id without coordination.
+pub fn stable_id(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// Two different names (or labels) whose ids are equal. With 64-bit ids this is vanishingly rare
+/// (about one chance in 10^5 among ten million names); it is refused rather than let the two be
+/// counted as one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the {kind}s {first} and {second} have the same 64-bit id {id:#018x}; labelqc cannot tell them \
+     apart: rename one of them"
+)]
+pub struct IdCollision {
+    pub id: u64,
+    pub kind: &'static str,
+    pub first: String,
+    pub second: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,15 +233,21 @@ mod tests {
     #[test]
     fn numbers_compare_by_value() {
         let mut table = LabelTable::default();
-        let a = table.intern(&num(1.0));
-        let b = table.intern(&num(1.0));
-        let c = table.intern(&RawLabel::String("1".into()));
-        let d = table.intern(&RawLabel::Bool(true));
+        let a = table.intern(&num(1.0)).unwrap();
+        let b = table.intern(&num(1.0)).unwrap();
+        let c = table.intern(&RawLabel::String("1".into())).unwrap();
+        let d = table.intern(&RawLabel::Bool(true)).unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(c, d);
         assert_eq!(table.get(a).to_json(), serde_json::json!(1));
         assert_eq!(table.intern(&num(-0.0)), table.intern(&num(0.0)));
+        // Ids are the same in any table, whatever it saw first.
+        let mut other = LabelTable::default();
+        assert_eq!(other.intern(&RawLabel::Bool(true)).unwrap(), d);
+        other.insert(a, table.get(a)).unwrap();
+        assert_eq!(other.get(a).to_json(), serde_json::json!(1));
+        assert!(other.insert(a, table.get(c)).is_err(), "one id, two values");
     }
 
     #[test]

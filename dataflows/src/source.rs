@@ -1,25 +1,29 @@
-//! The source side of the dataflows: names interned to compact ids (the [`Catalog`]) and the
+//! The source side of the dataflows: names turned into ids (the [`Catalog`]) and the
 //! upsert state that turns "latest event per identity wins" into differential updates: an upsert
 //! that replaces a label emits `(-old, +new)`, a delete emits `-old`, a repeat emits nothing.
 //!
 //! Tumbling event-time windows are scopes of their own: a label whose `ts` falls in the hour
 //! starting 18:00 is also a label of the window scope (scope, 1h, 18:00), so a late event lands
 //! in (and corrects) its own window. Window scope ids carry [`WINDOW_BIT`]; the dataflow forms
-//! only scope-level numbers for them. A gold answer reaches every window in which its item has
-//! labels.
+//! only scope-level numbers for them. The source also reports when an item enters or leaves a
+//! window ([`Update::Member`]), from which the dataflow gives the window the item's gold answer.
+//!
+//! Every id is a stable hash of the name it stands for ([`stable_id`]), so that processes reading
+//! different partitions give one name one id without coordinating, and a catalog can learn the
+//! names behind ids from another process's catalog ([`Catalog::take_new`], [`Catalog::learn`]).
 
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
 use crate::event::{parse_gold_event, parse_label_event, GoldEvent, LabelEvent, Op, ParseError};
-use crate::label::{LabelId, LabelTable};
+use crate::label::{stable_id, IdCollision, Label, LabelId, LabelTable};
 
-/// Compact id of a (project, task) scope, or of a window of one (with [`WINDOW_BIT`] set).
-pub type ScopeId = u32;
+/// Id of a (project, task) scope, or of a window of one (with [`WINDOW_BIT`] set).
+pub type ScopeId = u64;
 
-/// Set in the ids of window scopes.
-pub const WINDOW_BIT: ScopeId = 1 << 31;
+/// Set in the ids of window scopes, and only in theirs.
+pub const WINDOW_BIT: ScopeId = 1 << 63;
 
 /// Whether `scope` is a window of a scope.
 pub fn is_window(scope: ScopeId) -> bool {
@@ -37,16 +41,16 @@ pub fn window_size_name(size_ms: i64) -> String {
 }
 
 /// A tumbling event-time window of a scope: `[start_ms, start_ms + size_ms)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     pub scope: ScopeId,
     pub size_ms: i64,
     pub start_ms: i64,
 }
-/// Compact id of an item name (shared across scopes; an item is identified by `(scope, item)`).
-pub type ItemId = u32;
-/// Compact id of an annotator name.
-pub type AnnotatorId = u32;
+/// Id of an item name (shared across scopes; an item is identified by `(scope, item)`).
+pub type ItemId = u64;
+/// Id of an annotator name.
+pub type AnnotatorId = u64;
 /// An item within its scope.
 pub type ItemKey = (ScopeId, ItemId);
 
@@ -74,33 +78,49 @@ impl Stamp {
 /// An event-time day number (days since 1970-01-01, UTC).
 pub type Day = i32;
 
-/// Assigns dense ids to strings, in order of first appearance.
-#[derive(Debug, Default)]
+/// The names behind ids of one kind (items or annotators); a name's id is [`stable_id`] of it.
+#[derive(Debug)]
 pub struct Interner {
-    ids: HashMap<Box<str>, u32, RandomState>,
-    names: Vec<Box<str>>,
+    kind: &'static str,
+    names: HashMap<u64, Box<str>, RandomState>,
 }
 
 impl Interner {
-    /// The id of `name`, assigned on first sight.
-    pub fn intern(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.ids.get(name) {
-            return *id;
+    fn new(kind: &'static str) -> Interner {
+        Interner { kind, names: HashMap::default() }
+    }
+
+    fn insert(&mut self, id: u64, name: &str) -> Result<bool, IdCollision> {
+        match self.names.get(&id) {
+            Some(known) if **known == *name => Ok(false),
+            Some(known) => Err(IdCollision {
+                id,
+                kind: self.kind,
+                first: format!("{known:?}"),
+                second: format!("{name:?}"),
+            }),
+            None => {
+                self.names.insert(id, name.into());
+                Ok(true)
+            }
         }
-        let id = u32::try_from(self.names.len()).expect("more than 2^32 distinct names");
-        self.ids.insert(name.into(), id);
-        self.names.push(name.into());
-        id
+    }
+
+    /// The id of `name`; remembers the name if it was not seen before (then `.1` is true).
+    fn intern_new(&mut self, name: &str) -> Result<(u64, bool), IdCollision> {
+        let id = stable_id(name.as_bytes());
+        Ok((id, self.insert(id, name)?))
     }
 
     /// The id of `name`, if it was seen.
-    pub fn lookup(&self, name: &str) -> Option<u32> {
-        self.ids.get(name).copied()
+    pub fn lookup(&self, name: &str) -> Option<u64> {
+        let id = stable_id(name.as_bytes());
+        (self.names.get(&id).map(|n| &**n) == Some(name)).then_some(id)
     }
 
-    /// The name with id `id`. Panics on an id this interner did not assign.
-    pub fn name(&self, id: u32) -> &str {
-        &self.names[id as usize]
+    /// The name with id `id`. Panics on an id whose name this catalog has not seen.
+    pub fn name(&self, id: u64) -> &str {
+        &self.names[&id]
     }
 
     /// Number of names seen.
@@ -114,57 +134,191 @@ impl Interner {
     }
 }
 
-/// The names behind every id in the dataflows: scopes, items, annotators and labels.
-#[derive(Debug, Default)]
+/// One name a catalog learnt, as passed from the catalogs of the processes that read the input
+/// to the catalog of the process that publishes.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum Name {
+    Scope { id: ScopeId, project: Box<str>, task: Box<str> },
+    Window { id: ScopeId, window: Window },
+    Item { id: ItemId, name: Box<str> },
+    Annotator { id: AnnotatorId, name: Box<str> },
+    Label { id: LabelId, label: Label },
+}
+
+/// The names behind every id in the dataflows: scopes, windows, items, annotators and labels.
+#[derive(Debug)]
 pub struct Catalog {
-    projects: Interner,
-    tasks: Interner,
-    scopes: HashMap<(u32, u32), ScopeId, RandomState>,
-    scope_names: Vec<(u32, u32)>,
-    window_ids: HashMap<Window, ScopeId, RandomState>,
-    windows: Vec<Window>,
+    scopes: HashMap<ScopeId, (Box<str>, Box<str>), RandomState>,
+    windows: HashMap<ScopeId, Window, RandomState>,
     pub items: Interner,
     pub annotators: Interner,
     pub labels: LabelTable,
+    /// Whether to keep the names learnt since the last [`Catalog::take_new`].
+    record: bool,
+    new: Vec<Name>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            scopes: HashMap::default(),
+            windows: HashMap::default(),
+            items: Interner::new("item id"),
+            annotators: Interner::new("annotator id"),
+            labels: LabelTable::default(),
+            record: false,
+            new: Vec::new(),
+        }
+    }
+}
+
+/// The id of the scope `(project, task)`.
+pub fn scope_id(project: &str, task: &str) -> ScopeId {
+    let mut bytes = Vec::with_capacity(project.len() + task.len() + 8);
+    bytes.extend_from_slice(&(project.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(project.as_bytes());
+    bytes.extend_from_slice(task.as_bytes());
+    stable_id(&bytes) & !WINDOW_BIT
+}
+
+/// The id of a window scope.
+pub fn window_id(window: &Window) -> ScopeId {
+    let mut bytes = [0u8; 24];
+    bytes[..8].copy_from_slice(&window.scope.to_le_bytes());
+    bytes[8..16].copy_from_slice(&window.size_ms.to_le_bytes());
+    bytes[16..].copy_from_slice(&window.start_ms.to_le_bytes());
+    stable_id(&bytes) | WINDOW_BIT
 }
 
 impl Catalog {
-    /// The id of the scope `(project, task)`.
-    pub fn scope(&mut self, project: &str, task: &str) -> ScopeId {
-        let key = (self.projects.intern(project), self.tasks.intern(task));
-        let next = ScopeId::try_from(self.scope_names.len()).expect("more than 2^32 scopes");
-        let id = *self.scopes.entry(key).or_insert(next);
-        if id == next {
-            self.scope_names.push(key);
-        }
-        id
+    /// A catalog that keeps every name it learns for [`Catalog::take_new`].
+    pub fn recording() -> Catalog {
+        Catalog { record: true, ..Catalog::default() }
     }
 
-    /// Number of scopes seen (windows apart); their ids are `0..scope_count()`.
-    pub fn scope_count(&self) -> ScopeId {
-        self.scope_names.len() as ScopeId
+    /// The names learnt since the last call (only for a [`Catalog::recording`] catalog).
+    pub fn take_new(&mut self) -> Vec<Name> {
+        std::mem::take(&mut self.new)
+    }
+
+    fn keep(&mut self, name: impl FnOnce() -> Name) {
+        if self.record {
+            self.new.push(name());
+        }
+    }
+
+    /// Learns a name from another catalog; fails if its id stands for another name here.
+    pub fn learn(&mut self, name: &Name) -> Result<(), IdCollision> {
+        match name {
+            Name::Scope { id, project, task } => self.insert_scope(*id, project, task).map(drop),
+            Name::Window { id, window } => self.insert_window(*id, *window).map(drop),
+            Name::Item { id, name } => self.items.insert(*id, name).map(drop),
+            Name::Annotator { id, name } => self.annotators.insert(*id, name).map(drop),
+            Name::Label { id, label } => self.labels.insert(*id, label),
+        }
+    }
+
+    fn insert_scope(&mut self, id: ScopeId, project: &str, task: &str) -> Result<bool, IdCollision> {
+        match self.scopes.get(&id) {
+            Some((p, t)) if **p == *project && **t == *task => Ok(false),
+            Some((p, t)) => Err(IdCollision {
+                id,
+                kind: "scope",
+                first: format!("{p:?}/{t:?}"),
+                second: format!("{project:?}/{task:?}"),
+            }),
+            None => {
+                self.scopes.insert(id, (project.into(), task.into()));
+                Ok(true)
+            }
+        }
+    }
+
+    fn insert_window(&mut self, id: ScopeId, window: Window) -> Result<bool, IdCollision> {
+        match self.windows.get(&id) {
+            Some(known) if *known == window => Ok(false),
+            Some(known) => Err(IdCollision {
+                id,
+                kind: "window",
+                first: format!("{known:?}"),
+                second: format!("{window:?}"),
+            }),
+            None => {
+                self.windows.insert(id, window);
+                Ok(true)
+            }
+        }
+    }
+
+    /// The id of the scope `(project, task)`.
+    pub fn scope(&mut self, project: &str, task: &str) -> Result<ScopeId, IdCollision> {
+        let id = scope_id(project, task);
+        if self.insert_scope(id, project, task)? {
+            self.keep(|| Name::Scope { id, project: project.into(), task: task.into() });
+        }
+        Ok(id)
+    }
+
+    /// The id of an item name.
+    pub fn item(&mut self, name: &str) -> Result<ItemId, IdCollision> {
+        let (id, new) = self.items.intern_new(name)?;
+        if new {
+            self.keep(|| Name::Item { id, name: name.into() });
+        }
+        Ok(id)
+    }
+
+    /// The id of an annotator name.
+    pub fn annotator(&mut self, name: &str) -> Result<AnnotatorId, IdCollision> {
+        let (id, new) = self.annotators.intern_new(name)?;
+        if new {
+            self.keep(|| Name::Annotator { id, name: name.into() });
+        }
+        Ok(id)
+    }
+
+    /// The id of a label value.
+    pub fn label(&mut self, raw: &crate::label::RawLabel<'_>) -> Result<LabelId, IdCollision> {
+        let known = self.labels.len();
+        let id = self.labels.intern(raw)?;
+        if self.labels.len() > known {
+            self.keep(|| Name::Label { id, label: raw.to_label() });
+        }
+        Ok(id)
+    }
+
+    /// The ids of the scopes seen (windows apart), in no particular order.
+    pub fn scope_ids(&self) -> impl Iterator<Item = ScopeId> + '_ {
+        self.scopes.keys().copied()
+    }
+
+    /// Number of scopes seen (windows apart).
+    pub fn scope_count(&self) -> usize {
+        self.scopes.len()
     }
 
     /// The `(project, task)` names of a scope (of its scope, for a window).
     pub fn scope_name(&self, scope: ScopeId) -> (&str, &str) {
         let base = self.window(scope).map_or(scope, |w| w.scope);
-        let (p, t) = self.scope_names[base as usize];
-        (self.projects.name(p), self.tasks.name(t))
+        let (p, t) = &self.scopes[&base];
+        (p, t)
     }
 
     /// The id of a window scope.
-    pub fn window_scope(&mut self, window: Window) -> ScopeId {
-        let next = WINDOW_BIT | ScopeId::try_from(self.windows.len()).expect("more than 2^31 windows");
-        let id = *self.window_ids.entry(window).or_insert(next);
-        if id == next {
-            self.windows.push(window);
+    pub fn window_scope(&mut self, window: Window) -> Result<ScopeId, IdCollision> {
+        let id = window_id(&window);
+        if self.insert_window(id, window)? {
+            self.keep(|| Name::Window { id, window });
         }
-        id
+        Ok(id)
     }
 
     /// The window a window scope stands for; `None` for an ordinary scope.
     pub fn window(&self, scope: ScopeId) -> Option<Window> {
-        is_window(scope).then(|| self.windows[(scope & !WINDOW_BIT) as usize])
+        if !is_window(scope) {
+            return None;
+        }
+        Some(*self.windows.get(&scope).expect("a window scope's window is in the catalog"))
     }
 }
 
@@ -175,6 +329,9 @@ pub enum Update {
     Label { item: ItemKey, annotator: AnnotatorId, label: LabelId, stamp: Stamp, diff: i64 },
     /// A gold answer `(item, label)` added or removed.
     Gold { item: ItemKey, label: LabelId, diff: i64 },
+    /// The item (of a scope) entered (`diff` 1) or left (-1) the window scope `window`: its first
+    /// label in the window came or its last one went.
+    Member { item: ItemKey, window: ScopeId, diff: i64 },
 }
 
 /// The input a record belongs to.
@@ -218,86 +375,109 @@ impl Source {
         &self.window_sizes
     }
 
-    /// Adds (`diff` 1) or removes (-1) a label in each of its windows, and the item's gold answer
-    /// in a window the item enters or leaves.
-    fn window_label(
+    /// The window scopes of a label given at `stamp` on an item of `scope`.
+    fn windows_of(
         &mut self,
-        item: ItemKey,
-        annotator: AnnotatorId,
-        label: LabelId,
+        scope: ScopeId,
         stamp: Stamp,
-        diff: i64,
-        out: &mut Vec<Update>,
-    ) {
+    ) -> Result<smallvec::SmallVec<[ScopeId; 2]>, IdCollision> {
+        let mut windows = smallvec::SmallVec::new();
         for i in 0..self.window_sizes.len() {
             let size_ms = self.window_sizes[i];
             let start_ms = stamp.ts_ms - stamp.ts_ms.rem_euclid(size_ms);
-            let scope = self.catalog.window_scope(Window { scope: item.0, size_ms, start_ms });
-            out.push(Update::Label { item: (scope, item.1), annotator, label, stamp, diff });
-            let windows = self.item_windows.entry(item).or_default();
-            let index = match windows.iter().position(|(w, _)| *w == scope) {
+            windows.push(self.catalog.window_scope(Window { scope, size_ms, start_ms })?);
+        }
+        Ok(windows)
+    }
+
+    /// Adds (`diff` 1) or removes (-1) a label in each of its windows, and reports the item
+    /// entering or leaving a window.
+    fn window_label(
+        &mut self,
+        item: ItemKey,
+        windows: &[ScopeId],
+        (annotator, label, stamp): (AnnotatorId, LabelId, Stamp),
+        diff: i64,
+        out: &mut Vec<Update>,
+    ) {
+        for &window in windows {
+            out.push(Update::Label { item: (window, item.1), annotator, label, stamp, diff });
+            let members = self.item_windows.entry(item).or_default();
+            let index = match members.iter().position(|(w, _)| *w == window) {
                 Some(i) => i,
                 None => {
-                    windows.push((scope, 0));
-                    windows.len() - 1
+                    members.push((window, 0));
+                    members.len() - 1
                 }
             };
-            let count = &mut windows[index].1;
+            let count = &mut members[index].1;
             let entered = *count == 0 && diff > 0;
             *count = count.checked_add_signed(diff as i32).expect("window label counts stay non-negative");
             let left = *count == 0;
             if left {
-                windows.swap_remove(index);
-                if windows.is_empty() {
+                members.swap_remove(index);
+                if members.is_empty() {
                     self.item_windows.remove(&item);
                 }
             }
             if entered || left {
-                if let Some(&gold) = self.gold.get(&item) {
-                    out.push(Update::Gold { item: (scope, item.1), label: gold, diff });
-                }
+                out.push(Update::Member { item, window, diff });
             }
         }
     }
 
-    /// Applies one label event; appends the updates it causes (none, one or two) to `out`.
-    pub fn apply_label(&mut self, event: &LabelEvent<'_>, out: &mut Vec<Update>) {
-        let scope = self.catalog.scope(&event.project, &event.task);
-        let item = (scope, self.catalog.items.intern(&event.item_id));
-        let annotator = self.catalog.annotators.intern(&event.annotator_id);
+    /// Applies one label event; appends the updates it causes (none, one or two, and their
+    /// windows') to `out`. Fails, changing nothing, if a name's id collides with another name's.
+    pub fn apply_label(&mut self, event: &LabelEvent<'_>, out: &mut Vec<Update>) -> Result<(), IdCollision> {
+        let scope = self.catalog.scope(&event.project, &event.task)?;
+        let item = (scope, self.catalog.item(&event.item_id)?);
+        let annotator = self.catalog.annotator(&event.annotator_id)?;
         let stamp = Stamp {
             ts_ms: event.ts_ms,
             duration_ms: event.duration_ms.map(|d| u32::try_from(d).unwrap_or(u32::MAX)),
         };
-        let new = event.label.as_ref().map(|l| (self.catalog.labels.intern(l), stamp));
+        let new = match &event.label {
+            Some(label) => Some((self.catalog.label(label)?, stamp)),
+            None => None,
+        };
+        let new_windows = match new {
+            Some(_) => self.windows_of(scope, stamp)?,
+            None => smallvec::SmallVec::new(),
+        };
         let old = match new {
             Some(row) => self.labels.insert((item, annotator), row),
             None => self.labels.remove(&(item, annotator)),
         };
         if old == new {
-            return;
+            return Ok(());
         }
         if let Some((label, stamp)) = old {
             out.push(Update::Label { item, annotator, label, stamp, diff: -1 });
-            self.window_label(item, annotator, label, stamp, -1, out);
+            let old_windows = self.windows_of(scope, stamp).expect("the windows of a live label are known");
+            self.window_label(item, &old_windows, (annotator, label, stamp), -1, out);
         }
         if let Some((label, stamp)) = new {
             out.push(Update::Label { item, annotator, label, stamp, diff: 1 });
-            self.window_label(item, annotator, label, stamp, 1, out);
+            self.window_label(item, &new_windows, (annotator, label, stamp), 1, out);
         }
+        Ok(())
     }
 
-    /// Applies one gold answer; appends the updates it causes to `out`.
-    pub fn apply_gold(&mut self, event: &GoldEvent<'_>, out: &mut Vec<Update>) {
-        let scope = self.catalog.scope(&event.project, &event.task);
-        let item = (scope, self.catalog.items.intern(&event.item_id));
-        let new = event.label.as_ref().map(|l| self.catalog.labels.intern(l));
+    /// Applies one gold answer; appends the updates it causes to `out`. Fails, changing nothing,
+    /// if a name's id collides with another name's.
+    pub fn apply_gold(&mut self, event: &GoldEvent<'_>, out: &mut Vec<Update>) -> Result<(), IdCollision> {
+        let scope = self.catalog.scope(&event.project, &event.task)?;
+        let item = (scope, self.catalog.item(&event.item_id)?);
+        let new = match &event.label {
+            Some(label) => Some(self.catalog.label(label)?),
+            None => None,
+        };
         let old = match new {
             Some(label) => self.gold.insert(item, label),
             None => self.gold.remove(&item),
         };
         if old == new {
-            return;
+            return Ok(());
         }
         if let Some(label) = old {
             out.push(Update::Gold { item, label, diff: -1 });
@@ -305,15 +485,7 @@ impl Source {
         if let Some(label) = new {
             out.push(Update::Gold { item, label, diff: 1 });
         }
-        // The item's windows see the same gold answer.
-        for &(window, _) in self.item_windows.get(&item).map(|w| w.as_slice()).unwrap_or_default() {
-            if let Some(label) = old {
-                out.push(Update::Gold { item: (window, item.1), label, diff: -1 });
-            }
-            if let Some(label) = new {
-                out.push(Update::Gold { item: (window, item.1), label, diff: 1 });
-            }
-        }
+        Ok(())
     }
 
     /// Parses one record of `stream` and applies it; returns its operation, or why it was refused.
@@ -326,12 +498,12 @@ impl Source {
         match stream {
             Stream::Labels => {
                 let event = parse_label_event(record)?;
-                self.apply_label(&event, out);
+                self.apply_label(&event, out)?;
                 Ok(event.op)
             }
             Stream::Gold => {
                 let event = parse_gold_event(record)?;
-                self.apply_gold(&event, out);
+                self.apply_gold(&event, out)?;
                 Ok(event.op)
             }
         }
@@ -347,6 +519,7 @@ impl Source {
 mod tests {
     use super::*;
     use crate::event::{parse_gold_event, parse_label_event};
+    use crate::label::RawLabel;
 
     fn at(ts_ms: i64) -> Stamp {
         Stamp { ts_ms, duration_ms: None }
@@ -363,16 +536,18 @@ mod tests {
             r#"{"item_id":"i","annotator_id":"a","ts":4,"op":"delete"}"#,
             r#"{"item_id":"i","annotator_id":"a","ts":5,"op":"delete"}"#,
         ] {
-            source.apply_label(&parse_label_event(line).unwrap(), &mut out);
+            source.apply_label(&parse_label_event(line).unwrap(), &mut out).unwrap();
         }
-        let item = (0, 0);
+        let item = (scope_id("default", "default"), stable_id(b"i"));
+        let annotator = stable_id(b"a");
+        let [x, y] = ["x", "y"].map(|l| source.catalog.label(&RawLabel::String(l.into())).unwrap());
         assert_eq!(
             out,
             vec![
-                Update::Label { item, annotator: 0, label: 0, stamp: at(1), diff: 1 },
-                Update::Label { item, annotator: 0, label: 0, stamp: at(1), diff: -1 },
-                Update::Label { item, annotator: 0, label: 1, stamp: at(3), diff: 1 },
-                Update::Label { item, annotator: 0, label: 1, stamp: at(3), diff: -1 },
+                Update::Label { item, annotator, label: x, stamp: at(1), diff: 1 },
+                Update::Label { item, annotator, label: x, stamp: at(1), diff: -1 },
+                Update::Label { item, annotator, label: y, stamp: at(3), diff: 1 },
+                Update::Label { item, annotator, label: y, stamp: at(3), diff: -1 },
             ]
         );
         assert_eq!(source.live_labels(), 0);
@@ -383,16 +558,69 @@ mod tests {
         let mut source = Source::default();
         let mut out = Vec::new();
         for line in [r#"{"item_id":"g","label":"x"}"#, r#"{"item_id":"g","label":"y"}"#] {
-            source.apply_gold(&parse_gold_event(line).unwrap(), &mut out);
+            source.apply_gold(&parse_gold_event(line).unwrap(), &mut out).unwrap();
         }
+        let scope = scope_id("default", "default");
+        let item = (scope, stable_id(b"g"));
+        let [x, y] = ["x", "y"].map(|l| source.catalog.label(&RawLabel::String(l.into())).unwrap());
         assert_eq!(
             out,
             vec![
-                Update::Gold { item: (0, 0), label: 0, diff: 1 },
-                Update::Gold { item: (0, 0), label: 0, diff: -1 },
-                Update::Gold { item: (0, 0), label: 1, diff: 1 },
+                Update::Gold { item, label: x, diff: 1 },
+                Update::Gold { item, label: x, diff: -1 },
+                Update::Gold { item, label: y, diff: 1 },
             ]
         );
-        assert_eq!(source.catalog.scope_name(0), ("default", "default"));
+        assert_eq!(source.catalog.scope_name(scope), ("default", "default"));
+    }
+
+    #[test]
+    fn windows_report_membership() {
+        let mut source = Source::with_windows(&[3_600_000]);
+        let mut out = Vec::new();
+        for line in [
+            r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
+            r#"{"item_id":"i","annotator_id":"b","label":"x","ts":2}"#,
+            r#"{"item_id":"i","annotator_id":"a","ts":4,"op":"delete"}"#,
+            r#"{"item_id":"i","annotator_id":"b","ts":5,"op":"delete"}"#,
+        ] {
+            source.apply_label(&parse_label_event(line).unwrap(), &mut out).unwrap();
+        }
+        let scope = scope_id("default", "default");
+        let window = window_id(&Window { scope, size_ms: 3_600_000, start_ms: 0 });
+        let item = (scope, stable_id(b"i"));
+        let members: Vec<_> = out.iter().filter(|u| matches!(u, Update::Member { .. })).cloned().collect();
+        // In with the first label, out with the last.
+        assert_eq!(
+            members,
+            vec![Update::Member { item, window, diff: 1 }, Update::Member { item, window, diff: -1 }]
+        );
+        assert_eq!(source.catalog.window(window).unwrap().scope, scope);
+        assert_eq!(source.catalog.scope_name(window), ("default", "default"));
+    }
+
+    #[test]
+    fn catalogs_learn_names_from_each_other() {
+        let mut reader = Source { catalog: Catalog::recording(), ..Source::with_windows(&[DAY_MS]) };
+        let mut out = Vec::new();
+        let line = r#"{"item_id":"i","annotator_id":"a","label":["p","q"],"ts":1,"project":"p"}"#;
+        reader.apply_label(&parse_label_event(line).unwrap(), &mut out).unwrap();
+        let names = reader.catalog.take_new();
+        assert_eq!(names.len(), 5, "scope, item, annotator, label, window: {names:?}");
+        assert!(reader.catalog.take_new().is_empty());
+        let mut publisher = Catalog::default();
+        for name in &names {
+            publisher.learn(name).unwrap();
+            publisher.learn(name).unwrap();
+        }
+        let Update::Label { item, annotator, label, .. } = out[0] else { panic!("{out:?}") };
+        assert_eq!(publisher.scope_name(item.0), ("p", "default"));
+        assert_eq!(publisher.items.name(item.1), "i");
+        assert_eq!(publisher.annotators.name(annotator), "a");
+        assert_eq!(publisher.labels.get(label).to_json(), serde_json::json!(["p", "q"]));
+        // An id already standing for another name is refused.
+        let clash = Name::Item { id: item.1, name: "j".into() };
+        let error = publisher.learn(&clash).unwrap_err();
+        assert!(error.to_string().contains("\"i\" and \"j\""), "{error}");
     }
 }

@@ -1,6 +1,7 @@
 //! The formulas of spec section 2, applied to exact integer aggregates. This is the only place
 //! where floats are formed. Every function returns `None` where the spec's value is undefined.
 
+use crate::label::LabelId;
 use smallvec::SmallVec;
 
 /// z for a two-sided 95% interval, as the spec fixes it.
@@ -48,14 +49,14 @@ pub struct PairAgreement {
 
 /// Percent agreement, Cohen's kappa (each annotator's own marginals) and Scott's pi (pooled
 /// marginals) of a confusion table given as `((label_a, label_b), count)` cells.
-pub fn pair_agreement(cells: &[((u32, u32), i64)]) -> Option<PairAgreement> {
+pub fn pair_agreement(cells: &[((LabelId, LabelId), i64)]) -> Option<PairAgreement> {
     let n: i64 = cells.iter().map(|(_, c)| c).sum();
     if n <= 0 {
         return None;
     }
     let agree: i64 = cells.iter().filter(|((a, b), _)| a == b).map(|(_, c)| c).sum();
     // Marginals per label: (row = a's count, col = b's count).
-    let mut marginals: SmallVec<[(u32, i64, i64); 8]> = SmallVec::new();
+    let mut marginals: SmallVec<[(LabelId, i64, i64); 8]> = SmallVec::new();
     for &((la, lb), count) in cells {
         for (label, is_row) in [(la, true), (lb, false)] {
             let entry = match marginals.iter_mut().position(|(l, _, _)| *l == label) {

@@ -229,8 +229,8 @@ fn sorted<T: Ord>(set: &mut Set<T>) -> Vec<T> {
 /// The live quality state: what the dataflow's output says now.
 #[derive(Debug, Default)]
 pub struct QualityView {
-    /// Indexed by scope id.
-    scopes: Vec<ScopeState>,
+    /// Scopes (windows apart), by id.
+    scopes: BTreeMap<ScopeId, ScopeState>,
     /// Whether to record which entities changed (for live publishing); a one-shot report
     /// does not need it and runs faster without.
     track_changes: bool,
@@ -396,11 +396,7 @@ impl QualityView {
         if is_window(scope) {
             return self.windows.entry(scope).or_default();
         }
-        let index = scope as usize;
-        if index >= self.scopes.len() {
-            self.scopes.resize_with(index + 1, ScopeState::default);
-        }
-        &mut self.scopes[index]
+        self.scopes.entry(scope).or_default()
     }
 
     /// Brings derived state up to date with the facts applied so far and returns the entities
@@ -431,15 +427,11 @@ impl QualityView {
         all: bool,
     ) -> (Vec<GateRecord>, Vec<(String, Option<Alert>)>) {
         let mut targets: Vec<(ScopeId, AnnotatorId)> = if all {
-            self.scopes
-                .iter()
-                .enumerate()
-                .flat_map(|(s, state)| state.annotators.keys().map(move |&a| (s as ScopeId, a)))
-                .collect()
+            self.scopes.iter().flat_map(|(&s, state)| state.annotators.keys().map(move |&a| (s, a))).collect()
         } else {
             let mut t: Vec<_> = self.dirty.drift.drain().collect();
             for (scope, changed) in self.dirty.drift_scopes.drain() {
-                if let Some(s) = self.scopes.get(scope as usize) {
+                if let Some(s) = self.scopes.get(&scope) {
                     // Readings on a day use the scope's earlier days only.
                     let affected = |a: &AnnotatorState| {
                         a.timeline.as_ref().and_then(|t| t.days.last()).is_some_and(|&(day, _)| day > changed)
@@ -467,7 +459,7 @@ impl QualityView {
         for &(scope, annotator) in &targets {
             let project = catalog.scope_name(scope).0;
             let config = self.drift.for_project(project);
-            let s = &mut self.scopes[scope as usize];
+            let s = self.scopes.get_mut(&scope).expect("the scope has state");
             // Gold answers can change the gate without changing any signal.
             gate_keys.insert((project.to_string(), annotator));
             let Some(a) = s.annotators.get_mut(&annotator) else { continue };
@@ -496,8 +488,8 @@ impl QualityView {
         if all {
             self.pending_drift.clear();
             self.gates.clear();
-            for (scope, state) in self.scopes.iter().enumerate() {
-                let project = catalog.scope_name(scope as ScopeId).0;
+            for (&scope, state) in &self.scopes {
+                let project = catalog.scope_name(scope).0;
                 for &annotator in state.annotators.keys() {
                     gate_keys.insert((project.to_string(), annotator));
                 }
@@ -533,7 +525,7 @@ impl QualityView {
                 }
                 if self.track_changes {
                     for &scope in scopes {
-                        if self.scopes[scope as usize].annotators.contains_key(&annotator) {
+                        if self.scopes[&scope].annotators.contains_key(&annotator) {
                             self.dirty.annotators.insert((scope, annotator));
                         }
                     }
@@ -546,14 +538,14 @@ impl QualityView {
         // Scope alerts depend on the scope's numbers too: re-derive them for every changed scope.
         alert_scopes.extend(self.dirty.scopes.iter().copied().filter(|&s| !is_window(s)));
         if all {
-            alert_scopes.extend(0..self.scopes.len() as ScopeId);
+            alert_scopes.extend(self.scopes.keys().copied());
         }
         alert_scopes.sort_unstable();
         alert_scopes.dedup();
         let mut alerts = Vec::new();
         for scope in alert_scopes {
             let new = self.derive_alerts(scope, catalog);
-            let s = &mut self.scopes[scope as usize];
+            let s = self.scopes.get_mut(&scope).expect("the scope has state");
             let old = std::mem::take(&mut s.alerts);
             for (id, alert) in &new {
                 let was = old.get(id);
@@ -575,7 +567,7 @@ impl QualityView {
     /// The scopes of every project, by project name.
     fn project_scopes<'c>(&self, catalog: &'c Catalog) -> BTreeMap<&'c str, Vec<ScopeId>> {
         let mut map: BTreeMap<&str, Vec<ScopeId>> = BTreeMap::new();
-        for scope in 0..(self.scopes.len() as ScopeId).min(catalog.scope_count()) {
+        for &scope in self.scopes.keys() {
             map.entry(catalog.scope_name(scope).0).or_default().push(scope);
         }
         map
@@ -589,7 +581,7 @@ impl QualityView {
         let mut timelines: Vec<&Timeline> = Vec::new();
         let mut present = false;
         for &scope in scopes {
-            let Some(a) = self.scopes[scope as usize].annotators.get(&annotator) else { continue };
+            let Some(a) = self.scopes[&scope].annotators.get(&annotator) else { continue };
             present = true;
             for (&(ts, item, correct), &m) in &a.drift.gold {
                 for _ in 0..m.max(0) {
@@ -730,7 +722,7 @@ impl QualityView {
 
     /// The alerts of a scope as of the last evaluation, by id.
     pub fn alerts(&self, scope: ScopeId) -> Vec<Alert> {
-        self.scopes.get(scope as usize).map(|s| s.alerts.values().cloned().collect()).unwrap_or_default()
+        self.scopes.get(&scope).map(|s| s.alerts.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Counts of gates, signal states and firing alerts per project, and the watchlist (the
@@ -742,8 +734,8 @@ impl QualityView {
         }
         // Per project, each annotator's worst state and best score per signal over its scopes.
         let mut worst: BTreeMap<(&str, AnnotatorId, Signal), (SignalState, Option<f64>)> = BTreeMap::new();
-        for (scope, s) in self.scopes.iter().enumerate() {
-            let project = catalog.scope_name(scope as ScopeId).0;
+        for (&scope, s) in &self.scopes {
+            let project = catalog.scope_name(scope).0;
             for (&annotator, a) in &s.annotators {
                 let Some(t) = &a.timeline else { continue };
                 for signal in Signal::ALL {
@@ -790,7 +782,7 @@ impl QualityView {
 
     /// The drift timeline of an annotator in a scope, as of the last evaluation.
     pub fn timeline(&self, scope: ScopeId, annotator: AnnotatorId) -> Option<&Timeline> {
-        self.scopes.get(scope as usize)?.annotators.get(&annotator)?.timeline.as_ref()
+        self.scopes.get(&scope)?.annotators.get(&annotator)?.timeline.as_ref()
     }
 
     /// Recomputes what derives from many facts (pair kappas in their scope's mean) for the
@@ -798,14 +790,14 @@ impl QualityView {
     fn refresh_derived(&mut self) {
         if !self.track_changes {
             if std::mem::take(&mut self.untracked_pairs_changed) {
-                for s in &mut self.scopes {
+                for s in self.scopes.values_mut() {
                     s.recount_kappas();
                 }
             }
             return;
         }
         for &(scope, a, b) in &self.dirty.pairs {
-            let s = &mut self.scopes[scope as usize];
+            let s = self.scopes.get_mut(&scope).expect("the scope has state");
             let Some(pair) = s.pairs.get_mut(&(a, b)) else {
                 continue;
             };
@@ -830,7 +822,7 @@ impl QualityView {
                 let Some(s) = self.windows.get_mut(&scope) else { continue };
                 s
             } else {
-                &mut self.scopes[scope as usize]
+                self.scopes.get_mut(&scope).expect("the scope has state")
             };
             // An annotator with a drift timeline is dropped once its timeline is retracted.
             if s.annotators.get(&annotator).is_some_and(|a| a.is_empty() && a.timeline.is_none()) {
@@ -849,7 +841,7 @@ impl QualityView {
         if is_window(scope) {
             return self.windows.get(&scope).filter(|s| !s.items.is_empty());
         }
-        self.scopes.get(scope as usize).filter(|s| !s.items.is_empty())
+        self.scopes.get(&scope).filter(|s| !s.items.is_empty())
     }
 
     /// The numbers of a window scope, if it has labels.
@@ -943,9 +935,8 @@ impl QualityView {
         self.refresh_derived();
         self.refresh_drift(catalog, true);
         self.dirty = Dirty::default();
-        let mut scopes: Vec<ScopeReport> = (0..self.scopes.len() as ScopeId)
-            .filter_map(|id| self.scope_report(id, catalog, with_items))
-            .collect();
+        let mut scopes: Vec<ScopeReport> =
+            self.scopes.keys().filter_map(|&id| self.scope_report(id, catalog, with_items)).collect();
         scopes.sort_by(|a, b| {
             (&a.summary.project, &a.summary.task).cmp(&(&b.summary.project, &b.summary.task))
         });

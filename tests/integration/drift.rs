@@ -356,8 +356,9 @@ fn live_drift_with_late_events_equals_a_full_evaluation() {
     feed(&mut engine, &mut source, Stream::Gold, &deletes);
     let mut view = engine.finish().unwrap();
     let catalog = &source.catalog;
-    let live = serde_json::to_value((view.annotators(0, catalog), view.alerts(0))).unwrap();
-    let alerts = view.alerts(0).len();
+    let scope = labelqc_dataflows::source::scope_id("default", "default");
+    let live = serde_json::to_value((view.annotators(scope, catalog), view.alerts(scope))).unwrap();
+    let alerts = view.alerts(scope).len();
     let full = view.report(catalog, false);
     let full = serde_json::to_value((&full.scopes[0].annotators, &full.scopes[0].alerts)).unwrap();
     assert_eq!(live, full);
