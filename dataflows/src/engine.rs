@@ -4,6 +4,13 @@
 //! caller can wait until an epoch's effects are in the view, and the number of epochs in flight
 //! is bounded.
 //!
+//! In a fed engine ([`Engine::start_fed`]) the workers read their input themselves, each from its
+//! own [`Feed`] (its share of the input partitions), and the workers may span several processes
+//! (a timely cluster). The caller on the first process closes epochs ([`Engine::close_epoch`]); the
+//! close is broadcast to every worker, which puts what it read since its last close into that
+//! epoch and reports the epoch's input positions and new names. All output and reports are
+//! exchanged to the first worker, whose process keeps the one view and the one catalog of names.
+//!
 //! The view only ever holds whole epochs: the sink keeps the output of an epoch aside until every
 //! worker has finished it, then applies it, so a reader of the view (see [`Engine::snapshot`])
 //! sees the state after some epoch, never part of one, even while later epochs are in the
@@ -20,9 +27,44 @@ use differential_dataflow::input::InputSession;
 use timely::communication::WorkerGuards;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
+use timely::dataflow::InputHandle;
+
 use crate::dataflow::{quality_facts, Diff, Fact, GoldRow, LabelRow, MemberRow, Time};
-use crate::source::Update;
+use crate::source::{Catalog, Name, Update};
 use crate::view::QualityView;
+
+/// One worker's share of the input in a fed engine: the worker reads it itself.
+pub trait Feed {
+    /// Reads input that is ready, without waiting long, into `out`; returns the number of records
+    /// read (0 when nothing was ready, or when the open epoch is full and must be closed first).
+    fn read(&mut self, out: &mut Vec<Update>) -> Result<usize, String>;
+
+    /// Closes the open epoch: what was read since the last close belongs to it. Returns the names
+    /// learnt in it and what the publisher needs to know of it.
+    fn close(&mut self) -> EpochReport;
+}
+
+/// What one worker says of one epoch: the names it learnt, and opaque bytes for the publisher
+/// (such as input positions and refused records).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct EpochReport {
+    pub names: Vec<Name>,
+    pub meta: Vec<u8>,
+}
+
+/// Makes the feed of worker `index` among `peers` workers (of all processes).
+pub type FeedFactory = Arc<dyn Fn(usize, usize) -> Result<Box<dyn Feed>, String> + Send + Sync>;
+
+/// Several processes as one timely cluster: this process's index and every process's address
+/// (`host:port`), the same list in every process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub process: usize,
+    pub addresses: Vec<String>,
+}
 
 /// How the engine runs.
 #[derive(Clone, Debug)]
@@ -51,12 +93,21 @@ pub enum EngineError {
 }
 
 enum Command {
-    Epoch { epoch: Time, updates: Vec<Update> },
+    Epoch {
+        epoch: Time,
+        updates: Vec<Update>,
+    },
+    /// Fed engines: close this epoch on every worker.
+    Close {
+        epoch: Time,
+    },
 }
 
 enum WorkerEvent {
     /// Output of one epoch from one worker.
     Facts(Time, Vec<(Fact, Diff)>),
+    /// Fed engines: the workers' reports of one epoch.
+    Reports(Time, Vec<EpochReport>),
     /// Every epoch below `frontier` is complete (`None`: all are).
     Frontier { worker: usize, frontier: Option<Time> },
 }
@@ -77,6 +128,13 @@ impl Progress {
 
 struct Shared {
     view: Mutex<QualityView>,
+    /// Fed engines: the names behind the view's ids, learnt from the workers' reports.
+    catalog: Mutex<Catalog>,
+    /// Fed engines: the `meta` of every worker's report of the epochs applied to the view and not
+    /// yet taken, in epoch order. Added to only while `view` is locked.
+    reports: Mutex<Vec<(Time, Vec<u8>)>>,
+    /// Why the sink stopped applying output, if it failed.
+    failed: Mutex<Option<String>>,
     /// Epochs below this number are applied to the view, and no later one is. Changed only
     /// while `view` is locked, so a holder of the lock reads a value that matches the view.
     applied: AtomicU64,
@@ -111,6 +169,9 @@ impl Engine {
         }
         let shared = Arc::new(Shared {
             view: Mutex::new(view),
+            catalog: Mutex::new(Catalog::default()),
+            reports: Mutex::new(Vec::new()),
+            failed: Mutex::new(None),
             applied: AtomicU64::new(0),
             progress: Mutex::new(Progress { frontiers: vec![Some(0); workers], disconnected: false }),
             advanced: Condvar::new(),
@@ -139,6 +200,95 @@ impl Engine {
             next_epoch: 0,
             max_in_flight: config.max_epochs_in_flight.max(1),
         })
+    }
+
+    /// Starts a fed engine: `workers` threads in this process (in every process of `cluster`),
+    /// each reading from the feed `feed` makes for it. On the cluster's first process (or without
+    /// a cluster) the caller closes epochs with [`Engine::close_epoch`] and reads the view, the
+    /// catalog and the reports; on the others the engine only runs the workers, until the first
+    /// process finishes.
+    pub fn start_fed(
+        config: &EngineConfig,
+        cluster: Option<&ClusterConfig>,
+        view: QualityView,
+        feed: FeedFactory,
+    ) -> Result<Engine, EngineError> {
+        let workers = config.workers;
+        if workers == 0 {
+            return Err(EngineError::NoWorkers);
+        }
+        let (event_tx, events) = mpsc::channel();
+        let (command_tx, command_rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            view: Mutex::new(view),
+            catalog: Mutex::new(Catalog::default()),
+            reports: Mutex::new(Vec::new()),
+            failed: Mutex::new(None),
+            applied: AtomicU64::new(0),
+            // Only the first worker reports progress: every output goes to it.
+            progress: Mutex::new(Progress { frontiers: vec![Some(0)], disconnected: false }),
+            advanced: Condvar::new(),
+        });
+        let sink = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("labelqc-sink".into())
+                .spawn(move || run_sink(events, &shared))
+                .map_err(|e| EngineError::Start { workers, reason: e.to_string() })?
+        };
+        let communication = match cluster {
+            None => timely::CommunicationConfig::Process(workers),
+            Some(cluster) => timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: cluster.process,
+                addresses: cluster.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+        };
+        let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
+        let commands = Arc::new(Mutex::new(Some(command_rx)));
+        let guards = timely::execute(timely_config, move |worker| {
+            let commands = if worker.index() == 0 {
+                commands.lock().expect("command table poisoned").take()
+            } else {
+                None
+            };
+            let feed = feed(worker.index(), worker.peers())
+                .unwrap_or_else(|reason| panic!("worker {} cannot start reading: {reason}", worker.index()));
+            run_fed_worker(worker, commands, feed, event_tx.clone());
+        })
+        .map_err(|reason| EngineError::Start { workers, reason })?;
+        Ok(Engine {
+            commands: vec![command_tx],
+            shared,
+            guards: Some(guards),
+            sink: Some(sink),
+            next_epoch: 0,
+            max_in_flight: config.max_epochs_in_flight.max(1),
+        })
+    }
+
+    /// Fed engines: closes the open epoch on every worker and returns its number.
+    pub fn close_epoch(&mut self) -> Result<Time, EngineError> {
+        let epoch = self.next_epoch;
+        self.commands[0]
+            .send(Command::Close { epoch })
+            .map_err(|_| EngineError::WorkerFailed("the first worker stopped taking commands".into()))?;
+        self.next_epoch += 1;
+        Ok(epoch)
+    }
+
+    /// Fed engines: the names behind the view's ids. Lock the view first when holding both.
+    pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        self.shared.catalog.lock().expect("catalog poisoned")
+    }
+
+    /// Fed engines: takes the workers' reports (their `meta`) of every epoch applied to the view
+    /// so far and not taken before, in epoch order. While a [`Engine::snapshot`] guard is held,
+    /// these are exactly the reports of the epochs below the snapshot's number.
+    pub fn take_reports(&self) -> Vec<(Time, Vec<u8>)> {
+        std::mem::take(&mut *self.shared.reports.lock().expect("reports poisoned"))
     }
 
     /// Submits one epoch of updates and returns its number. Waits while more than
@@ -172,13 +322,23 @@ impl Engine {
         self.next_epoch
     }
 
-    /// Fails if the workers stopped (only a failure stops them while the engine runs).
+    /// Fails if the workers stopped (only a failure stops them while the engine runs), or the
+    /// output could not be applied.
     pub fn check(&mut self) -> Result<(), EngineError> {
+        if let Some(reason) = self.shared.failed.lock().expect("failure poisoned").clone() {
+            return Err(EngineError::WorkerFailed(reason));
+        }
         let disconnected = self.shared.progress.lock().expect("progress poisoned").disconnected;
         if disconnected {
             return Err(self.failure());
         }
         Ok(())
+    }
+
+    /// Whether the workers have stopped: after a failure, or on a cluster's later processes once
+    /// the first process finished.
+    pub fn stopped(&self) -> bool {
+        self.shared.progress.lock().expect("progress poisoned").disconnected
     }
 
     /// Waits until every submitted epoch is complete and its output is in the view.
@@ -260,35 +420,59 @@ fn run_sink(events: Receiver<WorkerEvent>, shared: &Shared) -> u64 {
     // Output of epochs not yet complete, kept aside so that the view holds whole epochs only.
     type Pending = BTreeMap<Time, Vec<Vec<(Fact, Diff)>>>;
     let mut pending = Pending::new();
+    let mut pending_reports: BTreeMap<Time, Vec<Vec<u8>>> = BTreeMap::new();
     let mut frontiers = shared.progress.lock().expect("progress poisoned").frontiers.clone();
     let mut complete_before = 0;
-    let mut apply_complete = |frontiers: &[Option<Time>], pending: &mut Pending| {
-        let complete = frontiers.iter().map(|f| f.unwrap_or(Time::MAX)).min().unwrap_or(Time::MAX);
-        if complete == complete_before {
-            return;
-        }
-        complete_before = complete;
-        let mut view = shared.view.lock().expect("view poisoned");
-        while let Some(entry) = pending.first_entry() {
-            if *entry.key() >= complete {
-                break;
+    let mut apply_complete =
+        |frontiers: &[Option<Time>],
+         pending: &mut Pending,
+         pending_reports: &mut BTreeMap<Time, Vec<Vec<u8>>>| {
+            let complete = frontiers.iter().map(|f| f.unwrap_or(Time::MAX)).min().unwrap_or(Time::MAX);
+            if complete == complete_before {
+                return;
             }
-            for facts in entry.remove() {
-                applied += facts.len() as u64;
-                for (fact, diff) in &facts {
-                    view.apply(fact, *diff);
+            complete_before = complete;
+            let mut view = shared.view.lock().expect("view poisoned");
+            while let Some(entry) = pending.first_entry() {
+                if *entry.key() >= complete {
+                    break;
+                }
+                for facts in entry.remove() {
+                    applied += facts.len() as u64;
+                    for (fact, diff) in &facts {
+                        view.apply(fact, *diff);
+                    }
                 }
             }
-        }
-        shared.applied.store(complete, Ordering::SeqCst);
-    };
+            let mut reports = shared.reports.lock().expect("reports poisoned");
+            while let Some(entry) = pending_reports.first_entry() {
+                if *entry.key() >= complete {
+                    break;
+                }
+                let (time, metas) = entry.remove_entry();
+                reports.extend(metas.into_iter().map(|meta| (time, meta)));
+            }
+            drop(reports);
+            shared.applied.store(complete, Ordering::SeqCst);
+        };
     while let Ok(event) = events.recv() {
         match event {
             WorkerEvent::Facts(time, facts) => pending.entry(time).or_default().push(facts),
+            WorkerEvent::Reports(time, reports) => {
+                let mut catalog = shared.catalog.lock().expect("catalog poisoned");
+                for report in reports {
+                    for name in &report.names {
+                        if let Err(error) = catalog.learn(name) {
+                            *shared.failed.lock().expect("failure poisoned") = Some(error.to_string());
+                        }
+                    }
+                    pending_reports.entry(time).or_default().push(report.meta);
+                }
+            }
             WorkerEvent::Frontier { worker, frontier } => {
                 frontiers[worker] = frontier;
                 // The view first, then the progress that promises it.
-                apply_complete(&frontiers, &mut pending);
+                apply_complete(&frontiers, &mut pending, &mut pending_reports);
                 shared.progress.lock().expect("progress poisoned").frontiers[worker] = frontier;
                 shared.advanced.notify_all();
             }
@@ -353,6 +537,7 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
             commands.recv().ok()
         };
         match command {
+            Some(Command::Close { .. }) => unreachable!("only fed engines close epochs"),
             Some(Command::Epoch { epoch, updates }) => {
                 for update in updates {
                     match update {
@@ -380,6 +565,159 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
         report(&probe);
     }
     report(&probe);
+}
+
+/// Sent as a close by the first worker when it stops: no more closes come.
+const FINISH: Time = Time::MAX;
+
+/// The loop of a worker of a fed engine: reads its feed into the open epoch, closes the epoch when
+/// the close reaches it, and ships the dataflow's output and its reports to the first worker,
+/// which passes them on to the sink. Ends once the first worker stops issuing closes.
+fn run_fed_worker(
+    worker: &mut timely::worker::Worker,
+    commands: Option<Receiver<Command>>,
+    mut feed: Box<dyn Feed>,
+    events: Sender<WorkerEvent>,
+) {
+    let index = worker.index();
+    let mut labels: InputSession<Time, LabelRow, Diff> = InputSession::new();
+    let mut gold: InputSession<Time, GoldRow, Diff> = InputSession::new();
+    let mut members: InputSession<Time, MemberRow, Diff> = InputSession::new();
+    let mut reports: InputHandle<Time, CapacityContainerBuilder<Vec<(Time, EpochReport)>>> =
+        InputHandle::new();
+    let mut closes: InputHandle<Time, CapacityContainerBuilder<Vec<Time>>> = InputHandle::new();
+    // The newest close seen by this worker.
+    let latest_close = std::rc::Rc::new(std::cell::Cell::new(None::<Time>));
+    // Whether the first worker said that no more closes come.
+    let finished = std::rc::Rc::new(std::cell::Cell::new(false));
+    let probe = {
+        let facts_sink = events.clone();
+        let reports_sink = events.clone();
+        let latest = latest_close.clone();
+        let finish = finished.clone();
+        let probe = worker.dataflow::<Time, _, _>(|scope| {
+            let facts = quality_facts(
+                labels.to_collection(scope),
+                gold.to_collection(scope),
+                members.to_collection(scope),
+            );
+            let (probe, _) = facts
+                .inner
+                .exchange(|_| 0)
+                .inspect_core(move |event| {
+                    let Ok((_, batch)) = event else { return };
+                    let mut rest = batch.as_slice();
+                    while let Some((_, time, _)) = rest.first() {
+                        let len = rest.iter().take_while(|(_, t, _)| t == time).count();
+                        let facts = rest[..len].iter().map(|(fact, _, diff)| (*fact, *diff)).collect();
+                        let _ = facts_sink.send(WorkerEvent::Facts(*time, facts));
+                        rest = &rest[len..];
+                    }
+                })
+                .probe();
+            reports
+                .to_stream(scope)
+                .exchange(|_| 0)
+                .inspect_core(move |event| {
+                    let Ok((_, batch)) = event else { return };
+                    for (time, report) in batch {
+                        let _ = reports_sink.send(WorkerEvent::Reports(*time, vec![report.clone()]));
+                    }
+                })
+                .probe_with(&probe);
+            probe
+        });
+        // The closes flow in a dataflow of their own: their progress has nothing to do with the
+        // epochs'.
+        worker.dataflow::<Time, _, _>(|scope| {
+            closes.to_stream(scope).broadcast().inspect(move |&epoch| {
+                if epoch == FINISH {
+                    finish.set(true);
+                } else {
+                    latest.set(Some(latest.get().map_or(epoch, |e: Time| e.max(epoch))));
+                }
+            });
+        });
+        probe
+    };
+    // Only the first worker issues closes, and at the end `FINISH`; every worker keeps its input
+    // of closes open until it sees `FINISH`. (Dropping it early does not work: in timely 0.32 an
+    // input handle dropped before the other workers built the dataflow may never release its
+    // initial capability.)
+    let mut closes = Some(closes);
+
+    let mut reported: Option<Option<Time>> = None;
+    let mut report_progress = |probe: &ProbeHandle<Time>| {
+        if index != 0 {
+            return;
+        }
+        let frontier = probe.with_frontier(|f| f.first().copied());
+        if reported != Some(frontier) {
+            reported = Some(frontier);
+            let _ = events.send(WorkerEvent::Frontier { worker: 0, frontier });
+        }
+    };
+
+    let mut open: Time = 0;
+    let mut finish_sent = false;
+    let mut updates = Vec::new();
+    loop {
+        if let (Some(commands), Some(input)) = (commands.as_ref().filter(|_| !finish_sent), &mut closes) {
+            // Closes are issued by the first worker only.
+            loop {
+                match commands.try_recv() {
+                    Ok(Command::Close { epoch }) => {
+                        input.send(epoch);
+                        input.advance_to(epoch + 1);
+                    }
+                    Ok(Command::Epoch { .. }) => unreachable!("fed engines take no updates"),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        let next = input.time() + 1;
+                        input.send(FINISH);
+                        input.advance_to(next);
+                        finish_sent = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let read = feed.read(&mut updates).unwrap_or_else(|reason| panic!("worker {index}: {reason}"));
+        for update in updates.drain(..) {
+            match update {
+                Update::Label { item, annotator, label, stamp, diff } => {
+                    labels.update((item, (annotator, label, stamp)), diff)
+                }
+                Update::Gold { item, label, diff } => gold.update((item, label), diff),
+                Update::Member { item, window, diff } => members.update((item, window), diff),
+            }
+        }
+        if let Some(close) = latest_close.get().filter(|&e| e >= open) {
+            reports.send((open, feed.close()));
+            open = close + 1;
+            labels.advance_to(open);
+            gold.advance_to(open);
+            members.advance_to(open);
+            reports.advance_to(open);
+            labels.flush();
+            gold.flush();
+            members.flush();
+        }
+        if finished.get() {
+            break;
+        }
+        worker.step_or_park((read == 0).then_some(Duration::from_millis(1)).or(Some(Duration::ZERO)));
+        report_progress(&probe);
+    }
+    drop(labels);
+    drop(gold);
+    drop(members);
+    drop(reports);
+    drop(closes);
+    while worker.step_or_park(None) {
+        report_progress(&probe);
+    }
+    report_progress(&probe);
 }
 
 #[cfg(test)]
@@ -553,6 +891,108 @@ mod tests {
         engine.sync().unwrap();
         assert_eq!(engine.completed(), LABELS.len() as Time);
         engine.check().unwrap();
+    }
+
+    /// A feed over a share of the label lines: worker `w` of `peers` reads lines `w, w + peers, ...`,
+    /// a few per read; its report's meta is the number of lines it read in the epoch.
+    struct LinesFeed {
+        lines: Vec<&'static str>,
+        next: usize,
+        read: u8,
+        source: Source,
+    }
+
+    impl Feed for LinesFeed {
+        fn read(&mut self, out: &mut Vec<Update>) -> Result<usize, String> {
+            let mut n = 0;
+            while n < 2 && self.next < self.lines.len() {
+                let event = parse_label_event(self.lines[self.next]).map_err(|e| e.to_string())?;
+                self.source.apply_label(&event, out).map_err(|e| e.to_string())?;
+                self.next += 1;
+                self.read += 1;
+                n += 1;
+            }
+            Ok(n)
+        }
+
+        fn close(&mut self) -> EpochReport {
+            let meta = vec![std::mem::take(&mut self.read)];
+            EpochReport { names: self.source.catalog.take_new(), meta }
+        }
+    }
+
+    fn lines_feed() -> FeedFactory {
+        Arc::new(|worker, peers| {
+            let lines = LABELS.iter().copied().skip(worker).step_by(peers).collect();
+            let mut source = Source::default();
+            source.catalog = crate::source::Catalog::recording();
+            Ok(Box::new(LinesFeed { lines, next: 0, read: 0, source }) as Box<dyn Feed>)
+        })
+    }
+
+    /// Closes epochs on a fed engine until its workers have reported every line; returns the
+    /// report formed from the engine's own view and catalog.
+    fn run_fed(mut engine: Engine) -> String {
+        let mut lines = 0;
+        while lines < LABELS.len() {
+            let epoch = engine.close_epoch().unwrap();
+            engine.wait_for(epoch + 1).unwrap();
+            let (_view, applied) = engine.snapshot();
+            assert!(applied > epoch);
+            lines += engine.take_reports().iter().map(|(_, meta)| usize::from(meta[0])).sum::<usize>();
+        }
+        assert_eq!(lines, LABELS.len(), "every line read once");
+        let catalog = std::mem::take(&mut *engine.catalog());
+        let mut view = engine.finish().unwrap();
+        serde_json::to_string(&view.report(&catalog, true)).unwrap()
+    }
+
+    #[test]
+    fn fed_workers_and_clusters_equal_the_submitted_input() {
+        let mut engine = Engine::start(&EngineConfig::default(), QualityView::default()).unwrap();
+        let mut source = Source::default();
+        let mut updates = Vec::new();
+        for line in LABELS {
+            source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
+        }
+        engine.submit(updates).unwrap();
+        let mut view = engine.finish().unwrap();
+        let expected = serde_json::to_string(&view.report(&source.catalog, true)).unwrap();
+
+        for workers in [1, 3] {
+            let config = EngineConfig { workers, max_epochs_in_flight: 1 };
+            let engine = Engine::start_fed(&config, None, QualityView::default(), lines_feed()).unwrap();
+            assert_eq!(run_fed(engine), expected, "{workers} workers");
+        }
+
+        // Two processes of two workers each, on 127.0.0.1, here as two engines in one process.
+        let ports: Vec<u16> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let config = EngineConfig { workers: 2, max_epochs_in_flight: 1 };
+        let later = {
+            let (config, addresses) = (config.clone(), addresses.clone());
+            std::thread::spawn(move || {
+                let cluster = ClusterConfig { process: 1, addresses };
+                let engine =
+                    Engine::start_fed(&config, Some(&cluster), QualityView::default(), lines_feed()).unwrap();
+                // It runs until the first process finishes.
+                while !engine.stopped() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let mut view = engine.finish().unwrap();
+                view.report(&crate::source::Catalog::default(), true).scopes.len()
+            })
+        };
+        let cluster = ClusterConfig { process: 0, addresses };
+        let engine =
+            Engine::start_fed(&config, Some(&cluster), QualityView::default(), lines_feed()).unwrap();
+        assert_eq!(run_fed(engine), expected, "two processes");
+        assert_eq!(later.join().unwrap(), 0, "the later process keeps no results");
     }
 
     #[test]
