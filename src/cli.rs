@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Publish outputs and commit offsets in one transaction per epoch (`kafka.exactly_once`).
     #[arg(long)]
     pub exactly_once: bool,
+    /// This process's index in `cluster.addresses` (`cluster.process`).
+    #[arg(long, value_name = "INDEX")]
+    pub process: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +259,9 @@ fn run_service(args: RunArgs) -> Result<()> {
     }
     if args.exactly_once {
         config.kafka.exactly_once = true;
+    }
+    if let Some(process) = args.process {
+        config.cluster.process = process;
     }
     config.validate()?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -179,6 +179,19 @@ impl Default for HttpSettings {
     }
 }
 
+/// Several `labelqc run` processes as one timely cluster (`[cluster]`). Each process reads its
+/// share of the input partitions; the first process (index 0) keeps the view, publishes every
+/// output and commits every input offset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `host:port` of every process, where the processes connect to each other: the same list,
+    /// in the same order, in every process. Empty: this process runs alone.
+    pub addresses: Vec<String>,
+    /// This process's index in `addresses` (flag `--process`).
+    pub process: usize,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -188,6 +201,7 @@ pub struct Config {
     pub outputs: OutputTopics,
     pub http: HttpSettings,
     pub windows: WindowSettings,
+    pub cluster: ClusterSettings,
     /// Drift signals, gates and alerts of every project (`[drift]`) ...
     pub drift: DriftConfig,
     /// ... and of named projects (`[drift_projects.NAME]`), whose unset fields take the
@@ -257,6 +271,33 @@ impl Config {
             });
         }
         self.windows.sizes_ms()?;
+        let cluster = &self.cluster;
+        if !cluster.addresses.is_empty() && cluster.process >= cluster.addresses.len() {
+            return Err(ConfigError::Value {
+                field: "cluster.process",
+                message: format!(
+                    "{} is not an index into cluster.addresses ({} addresses): use 0 to {}",
+                    cluster.process,
+                    cluster.addresses.len(),
+                    cluster.addresses.len() - 1
+                ),
+            });
+        }
+        if cluster.addresses.is_empty() && cluster.process != 0 {
+            return Err(ConfigError::Value {
+                field: "cluster.process",
+                message: "a process index needs cluster.addresses, the address of every process".into(),
+            });
+        }
+        for address in &cluster.addresses {
+            let port = address.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port));
+            if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                return Err(ConfigError::Value {
+                    field: "cluster.addresses",
+                    message: format!("{address:?} is not host:port"),
+                });
+            }
+        }
         self.drift_settings()
             .validate()
             .map_err(|e| ConfigError::Value { field: "drift", message: e.to_string() })
@@ -288,6 +329,7 @@ mod tests {
         assert_eq!(config.outputs, OutputTopics::default());
         assert_eq!(config.engine, EngineSettings::default());
         assert_eq!(config.windows, WindowSettings::default());
+        assert_eq!(config.cluster, ClusterSettings::default());
     }
 
     #[test]
@@ -307,6 +349,12 @@ mod tests {
         assert_eq!(c.drift_settings().for_project("other").gate_threshold, 0.7);
         let err = Config::parse("[windows]\nsizes = [\"1hour\"]\n").unwrap_err().to_string();
         assert!(err.contains("windows.sizes") && err.contains("1hour"), "{err}");
+        let err = Config::parse("[cluster]\naddresses = [\"127.0.0.1:7000\"]\nprocess = 1\n").unwrap_err();
+        assert!(err.to_string().contains("cluster.process"), "{err}");
+        let err = Config::parse("[cluster]\naddresses = [\"127.0.0.1\"]\n").unwrap_err();
+        assert!(err.to_string().contains("cluster.addresses"), "{err}");
+        let c = Config::parse("[cluster]\naddresses = [\"a:1\", \"b:2\"]\nprocess = 1\n").unwrap();
+        assert_eq!(c.cluster.process, 1);
         let c = Config::parse("[windows]\nsizes = [\"15m\", \"2d\"]\n").unwrap();
         assert_eq!(c.windows.sizes_ms().unwrap(), vec![900_000, 172_800_000]);
     }

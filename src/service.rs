@@ -21,14 +21,14 @@
 //! when both are reached the reader stops reading, and after `kafka.pause_after_ms` pauses the
 //! input partitions until the pipeline drains, so memory does not grow with the backlog.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use labelqc_dataflows::engine::{Engine, EngineConfig};
+use labelqc_dataflows::engine::{ClusterConfig, Engine, EngineConfig, EpochReport, Feed, FeedFactory};
 use labelqc_dataflows::event::Op;
 use labelqc_dataflows::source::{window_size_name, Catalog, Source, Stream, Update};
 use labelqc_dataflows::view::{Changes, QualityView};
@@ -51,13 +51,15 @@ const DELIVERY_WARN: Duration = Duration::from_secs(5);
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often consumer lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
-/// At most this many messages are read before the pipeline is tended again.
+/// At most this many messages are read by a worker before it tends its dataflow again.
 const BURST_MESSAGES: usize = 5_000;
-/// At most this long is spent reading before the pipeline is tended again.
+/// At most this long is spent reading before a worker tends its dataflow again.
 const BURST_TIME: Duration = Duration::from_millis(5);
-/// How long a read waits for input while earlier epochs are in the pipeline (their progress
-/// does not wake the reader; this bounds how late it notices).
+/// How long the main thread waits between turns while epochs are in the pipeline (their progress
+/// does not wake it; this bounds how late it notices).
 const TEND_INTERVAL: Duration = Duration::from_millis(1);
+/// How long it waits between turns while idle: this bounds how late it notices new input.
+const IDLE_INTERVAL: Duration = Duration::from_millis(5);
 /// How often at most the drift gauges are recomputed.
 const DRIFT_METRICS_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the service waits on stop for the epochs in flight to be delivered and committed.
@@ -175,7 +177,8 @@ struct DeadLetter<'a> {
     raw: String,
 }
 
-/// The input partitions, numbered densely: the labels topic's first, then the gold topic's.
+/// The input partitions, numbered densely: the labels topic's first, then the gold topic's, each
+/// by partition number. Every process of a cluster lists them alike.
 struct Partitions {
     /// `(topic, partition)` by index.
     list: Vec<(String, i32)>,
@@ -184,6 +187,29 @@ struct Partitions {
 }
 
 impl Partitions {
+    /// Lists the input partitions from the brokers' metadata; fails if a topic does not exist.
+    fn fetch(consumer: &BaseConsumer, config: &Config) -> Result<Partitions> {
+        let mut list = Vec::new();
+        let mut first = [0; 2];
+        for (s, topic) in [&config.kafka.labels_topic, &config.kafka.gold_topic].into_iter().enumerate() {
+            first[s] = list.len();
+            let metadata = consumer
+                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                .with_context(|| format!("cannot read metadata of {topic} from {}", config.kafka.brokers))?;
+            let mut ids: Vec<i32> = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+                .unwrap_or_default();
+            if ids.is_empty() {
+                bail!("input topic {topic} does not exist on {}; create it first", config.kafka.brokers);
+            }
+            ids.sort_unstable();
+            list.extend(ids.into_iter().map(|id| (topic.clone(), id)));
+        }
+        Ok(Partitions { list, first })
+    }
+
     fn index(&self, stream: Stream, partition: i32) -> Option<usize> {
         let (from, to) = match stream {
             Stream::Labels => (self.first[0], self.first[1]),
@@ -204,49 +230,227 @@ impl Partitions {
         Ok(offsets)
     }
 
-    fn all(&self) -> TopicPartitionList {
-        let mut all = TopicPartitionList::new();
-        for (topic, partition) in &self.list {
-            all.add_partition(topic, *partition);
+    /// The partitions `indexes`, from their beginning.
+    fn assignment(&self, indexes: &[usize]) -> Result<TopicPartitionList> {
+        let mut list = TopicPartitionList::new();
+        for &index in indexes {
+            let (topic, partition) = &self.list[index];
+            list.add_partition_offset(topic, *partition, Offset::Beginning)?;
         }
-        all
+        Ok(list)
+    }
+
+    /// The indexes of the partitions worker `worker` of `peers` reads: the partitions are dealt
+    /// out over the workers in turn.
+    fn of_worker(&self, worker: usize, peers: usize) -> Vec<usize> {
+        (0..self.list.len()).filter(|index| index % peers == worker).collect()
     }
 }
 
-/// Input read since the last epoch was submitted.
-#[derive(Default)]
-struct OpenEpoch {
-    updates: Vec<Update>,
-    dead_letters: Vec<(String, Vec<u8>)>,
+/// What a worker tells the publishing process of one epoch (the `meta` of its report), as JSON.
+#[derive(Default, Serialize, serde::Deserialize)]
+struct EpochMeta {
+    /// Next offset to read of each partition the worker read from in the epoch, by index.
+    positions: Vec<(usize, i64)>,
     /// Input messages by stream (labels, gold).
     messages: [u64; 2],
     oldest_ts: Option<i64>,
     newest_ts: Option<i64>,
-    /// When its first message was read.
-    opened: Option<Instant>,
+    /// Refused records: key and JSON value for the dead-letter topic.
+    dead_letters: Vec<(String, String)>,
 }
 
-impl OpenEpoch {
-    fn len(&self) -> u64 {
-        self.messages[0] + self.messages[1]
+/// What the main thread of a process sees of its workers' feeds.
+struct FeedState {
+    /// Next offset to read per partition (`-1`: none read yet, or not read by this process).
+    positions: Vec<AtomicI64>,
+    /// Messages in each local worker's open epoch.
+    open: Vec<AtomicU64>,
+    /// Messages an open epoch of one worker may hold before it must be closed.
+    capacity: u64,
+}
+
+impl FeedState {
+    fn open_messages(&self) -> u64 {
+        self.open.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Whether some local worker's open epoch is full.
+    fn full(&self) -> bool {
+        self.open.iter().any(|n| n.load(Ordering::Relaxed) >= self.capacity)
     }
 }
 
-/// An epoch submitted to the dataflows.
+/// One worker's share of the input: a consumer of its partitions, read from the beginning, and the
+/// upsert state of what it read.
+struct KafkaFeed {
+    consumer: BaseConsumer,
+    /// This worker's partitions, from the beginning (for pausing and resuming them).
+    assignment: TopicPartitionList,
+    pause_after: Duration,
+    full_since: Option<Instant>,
+    paused: bool,
+    epoch: OpenEpoch,
+}
+
+/// What a worker read since it last closed an epoch, and the upsert state of all it read.
+struct OpenEpoch {
+    gold_topic: String,
+    source: Source,
+    partitions: Arc<Partitions>,
+    /// Index of this worker in `state.open`.
+    local: usize,
+    state: Arc<FeedState>,
+    telemetry: Arc<Telemetry>,
+    /// The open epoch.
+    meta: EpochMeta,
+    positions: BTreeMap<usize, i64>,
+    messages: u64,
+    records: RecordCounts,
+}
+
+impl OpenEpoch {
+    /// Reads one message into the open epoch.
+    fn read_message(&mut self, message: &BorrowedMessage<'_>, out: &mut Vec<Update>) -> Result<(), String> {
+        let topic = message.topic();
+        let stream = if topic == self.gold_topic { Stream::Gold } else { Stream::Labels };
+        let s = usize::from(stream == Stream::Gold);
+        self.messages += 1;
+        self.meta.messages[s] += 1;
+        if let Some(index) = self.partitions.index(stream, message.partition()) {
+            self.positions.insert(index, message.offset() + 1);
+            self.state.positions[index].store(message.offset() + 1, Ordering::Relaxed);
+        }
+        if let Some(ts) = message.timestamp().to_millis() {
+            self.meta.oldest_ts = Some(self.meta.oldest_ts.map_or(ts, |o| o.min(ts)));
+            self.meta.newest_ts = Some(self.meta.newest_ts.map_or(ts, |n| n.max(ts)));
+        }
+        let payload = message.payload().unwrap_or_default();
+        let outcome = match std::str::from_utf8(payload) {
+            Err(_) => Err("message is not valid UTF-8".to_string()),
+            Ok(text) => self.source.apply_record(stream, text, out).map_err(|e| e.to_string()),
+        };
+        let result = match &outcome {
+            Ok(Op::Upsert) => 0,
+            Ok(Op::Delete) => 1,
+            Err(_) => 2,
+        };
+        self.records.counts[s][result] += 1;
+        if let Err(reason) = outcome {
+            let letter = DeadLetter {
+                topic,
+                partition: message.partition(),
+                offset: message.offset(),
+                reason,
+                raw: String::from_utf8_lossy(payload).into_owned(),
+            };
+            let key = format!("{topic}/{}/{}", message.partition(), message.offset());
+            let value = serde_json::to_string(&letter).map_err(|e| e.to_string())?;
+            self.meta.dead_letters.push((key, value));
+        }
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.messages >= self.state.capacity
+    }
+}
+
+impl KafkaFeed {
+    /// Pauses this worker's partitions once its open epoch has been full for `pause_after`.
+    ///
+    /// Until then the worker only stops reading, and librdkafka's prefetch queue, which is bounded
+    /// by its own settings, stops filling. Pausing also drops that queue and stops fetching; it is
+    /// not done at once because librdkafka starts fetching again only up to a second after a
+    /// resume.
+    fn backpressure(&mut self) -> Result<(), String> {
+        let since = *self.full_since.get_or_insert_with(Instant::now);
+        if !self.paused && since.elapsed() >= self.pause_after {
+            self.consumer
+                .pause(&self.assignment)
+                .map_err(|e| format!("cannot pause the input partitions: {e}"))?;
+            self.paused = true;
+            self.epoch.telemetry.pauses.inc();
+            self.epoch.telemetry.partitions_paused.add(self.assignment.count() as i64);
+            tracing::debug!(worker = self.epoch.local, "input paused: the pipeline is full");
+        }
+        Ok(())
+    }
+}
+
+impl Feed for KafkaFeed {
+    fn read(&mut self, out: &mut Vec<Update>) -> Result<usize, String> {
+        if self.epoch.full() {
+            self.backpressure()?;
+            return Ok(0);
+        }
+        let epoch = &mut self.epoch;
+        let started = Instant::now();
+        let mut read = 0;
+        while read < BURST_MESSAGES && !epoch.full() {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => epoch.read_message(&message, out)?,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "Kafka consumer error; retrying");
+                    break;
+                }
+            }
+            read += 1;
+            if read % 64 == 0 && started.elapsed() >= BURST_TIME {
+                break;
+            }
+        }
+        for (stream, counts) in [Stream::Labels, Stream::Gold].into_iter().zip(&mut epoch.records.counts) {
+            if counts.iter().any(|&n| n > 0) {
+                epoch.telemetry.count_records(stream, *counts);
+                *counts = [0; 3];
+            }
+        }
+        epoch.state.open[epoch.local].store(epoch.messages, Ordering::Relaxed);
+        Ok(read)
+    }
+
+    fn close(&mut self) -> EpochReport {
+        let epoch = &mut self.epoch;
+        let mut meta = std::mem::take(&mut epoch.meta);
+        meta.positions = std::mem::take(&mut epoch.positions).into_iter().collect();
+        epoch.messages = 0;
+        epoch.state.open[epoch.local].store(0, Ordering::Relaxed);
+        self.full_since = None;
+        if self.paused {
+            match self.consumer.resume(&self.assignment) {
+                Ok(()) => {
+                    self.paused = false;
+                    epoch.telemetry.partitions_paused.sub(self.assignment.count() as i64);
+                    tracing::debug!(worker = epoch.local, "input resumed");
+                }
+                Err(error) => tracing::warn!(%error, "cannot resume the input partitions; retrying"),
+            }
+        }
+        EpochReport {
+            names: epoch.source.catalog.take_new(),
+            meta: serde_json::to_vec(&meta).expect("epoch metadata is JSON"),
+        }
+    }
+}
+
+/// An epoch closed on the workers, not yet published.
 struct Epoch {
     number: u64,
-    /// Next offset to read per partition once this epoch is processed (`-1`: none read yet).
-    positions: Vec<i64>,
-    messages: [u64; 2],
-    oldest_ts: Option<i64>,
-    newest_ts: Option<i64>,
-    dead_letters: Vec<(String, Vec<u8>)>,
 }
 
 /// The published outputs of one or more consecutive epochs, awaiting delivery.
 struct Group {
     id: usize,
-    epochs: Vec<Epoch>,
+    /// The last epoch published in it.
+    last_epoch: u64,
+    epochs: u64,
+    /// Next offset to read per partition once its epochs are processed (`-1`: none read yet).
+    positions: Vec<i64>,
+    messages: [u64; 2],
+    oldest_ts: Option<i64>,
+    newest_ts: Option<i64>,
     /// Output messages sent.
     sent: u64,
     published: Instant,
@@ -284,71 +488,25 @@ impl DriftMetrics {
     }
 }
 
-/// Turns input messages into the open epoch's updates.
-struct Reader<'a> {
-    gold_topic: &'a str,
-    source: Source,
-    partitions: Partitions,
-    /// Next offset to read per partition (`-1`: none read yet).
-    positions: Vec<i64>,
-    open: OpenEpoch,
-    records: RecordCounts,
-}
-
-impl Reader<'_> {
-    /// Reads one message into the open epoch.
-    fn read(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
-        let topic = message.topic();
-        let stream = if topic == self.gold_topic { Stream::Gold } else { Stream::Labels };
-        let s = usize::from(stream == Stream::Gold);
-        let open = &mut self.open;
-        open.opened.get_or_insert_with(Instant::now);
-        open.messages[s] += 1;
-        if let Some(index) = self.partitions.index(stream, message.partition()) {
-            self.positions[index] = message.offset() + 1;
-        }
-        if let Some(ts) = message.timestamp().to_millis() {
-            open.oldest_ts = Some(open.oldest_ts.map_or(ts, |o| o.min(ts)));
-            open.newest_ts = Some(open.newest_ts.map_or(ts, |n| n.max(ts)));
-        }
-        let payload = message.payload().unwrap_or_default();
-        let outcome = match std::str::from_utf8(payload) {
-            Err(_) => Err("message is not valid UTF-8".to_string()),
-            Ok(text) => self.source.apply_record(stream, text, &mut open.updates).map_err(|e| e.to_string()),
-        };
-        let result = match &outcome {
-            Ok(Op::Upsert) => 0,
-            Ok(Op::Delete) => 1,
-            Err(_) => 2,
-        };
-        self.records.counts[s][result] += 1;
-        if let Err(reason) = outcome {
-            let letter = DeadLetter {
-                topic,
-                partition: message.partition(),
-                offset: message.offset(),
-                reason,
-                raw: String::from_utf8_lossy(payload).into_owned(),
-            };
-            let key = format!("{topic}/{}/{}", message.partition(), message.offset());
-            open.dead_letters.push((key, serde_json::to_vec(&letter)?));
-        }
-        Ok(())
-    }
-}
-
-/// The reading, processing, publishing and committing pipeline of `labelqc run`.
+/// The closing, publishing and committing pipeline of `labelqc run`'s first process.
 struct Pipeline<'a> {
     config: &'a Config,
     telemetry: &'a Telemetry,
+    /// Commits input offsets (it reads nothing itself).
     consumer: BaseConsumer,
     publisher: Publisher,
     engine: Engine,
-    reader: Reader<'a>,
-    /// Next offset to read per partition, for the lag thread.
-    shared_positions: Arc<Vec<AtomicI64>>,
-    /// Epochs in the dataflows, or complete there but not yet published, in order.
+    partitions: Arc<Partitions>,
+    feeds: Arc<FeedState>,
+    /// Whether other processes read input too (their open epochs are not visible here).
+    cluster: bool,
+    /// Next offset to read per partition after the epochs published so far.
+    positions: Vec<i64>,
+    /// The offsets committed last (`-1`: none), not committed again.
+    committed: Vec<i64>,
+    /// Epochs closed, not yet published, in order.
     unpublished: VecDeque<Epoch>,
+    last_close: Instant,
     /// Published groups awaiting delivery and commit, in order.
     groups: VecDeque<Group>,
     next_group: usize,
@@ -358,121 +516,46 @@ struct Pipeline<'a> {
     /// Whether the view has drift re-evaluations queued, which take another epoch (empty if no
     /// input came) to drain.
     drift_pending: bool,
-    /// Since when the open epoch has been full and could not be submitted.
-    full_since: Option<Instant>,
-    paused: bool,
     peak_in_flight: i64,
     peak_epoch: i64,
 }
 
 impl Pipeline<'_> {
-    /// Epochs submitted whose offsets are not committed yet.
+    /// Epochs closed whose offsets are not committed yet.
     fn in_flight(&self) -> u64 {
         self.engine.submitted() - self.retired
     }
 
-    /// Reads input for a while: until no message is waiting, or a burst's worth is read, or
-    /// the open epoch is full. Waits up to `wait` for the first message.
-    fn read_burst(&mut self, wait: Duration) -> Result<()> {
-        let started = Instant::now();
-        let mut timeout = wait;
-        for n in 0..BURST_MESSAGES {
-            let Some(message) = self.consumer.poll(timeout) else { break };
-            match message {
-                Ok(message) => self.reader.read(&message)?,
-                Err(error) => tracing::warn!(%error, "Kafka consumer error; retrying"),
-            }
-            timeout = Duration::ZERO;
-            if self.full() || (n % 64 == 63 && started.elapsed() >= BURST_TIME) {
-                break;
-            }
-        }
-        for (stream, counts) in
-            [Stream::Labels, Stream::Gold].into_iter().zip(&mut self.reader.records.counts)
-        {
-            if counts.iter().any(|&n| n > 0) {
-                self.telemetry.count_records(stream, *counts);
-                *counts = [0; 3];
-            }
-        }
-        for (shared, &position) in self.shared_positions.iter().zip(&self.reader.positions) {
-            shared.store(position, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// Submits the open epoch to the dataflows if the pipeline can take it: fewer than
-    /// `max_epochs_in_flight` epochs in flight, and either the dataflows have nothing
-    /// unpublished (so epochs stay small while the service keeps up), or the epoch is full or
-    /// has been open for `epoch_interval_ms` (so it grows while the service is behind). An empty
-    /// epoch is submitted when the view has drift re-evaluations queued, to drain them.
-    fn maybe_submit(&mut self) -> Result<()> {
-        let len = self.reader.open.len();
-        if (len == 0 && !self.drift_pending) || self.in_flight() >= self.config.engine.max_epochs_in_flight {
+    /// Closes the open epoch on every worker if the pipeline can take it: fewer than
+    /// `max_epochs_in_flight` epochs in flight, some input read (or drift re-evaluations
+    /// queued), and either nothing unpublished (so epochs stay small while the service keeps up),
+    /// or a worker's open epoch full, or `epoch_interval_ms` since the last close (so epochs grow
+    /// while the service is behind). In a cluster the other processes' input is not visible
+    /// here, so an epoch is also closed every `epoch_interval_ms`.
+    fn maybe_close(&mut self) -> Result<()> {
+        if self.in_flight() >= self.config.engine.max_epochs_in_flight {
             return Ok(());
         }
-        let full = len >= self.config.engine.epoch_events as u64;
-        let interval = Duration::from_millis(self.config.kafka.epoch_interval_ms);
-        let old = self.reader.open.opened.is_some_and(|t| t.elapsed() >= interval);
-        if !(self.unpublished.is_empty() || full || old) {
+        let open = self.feeds.open_messages();
+        let full = self.feeds.full();
+        let old = self.last_close.elapsed() >= Duration::from_millis(self.config.kafka.epoch_interval_ms);
+        let input = open > 0 || self.drift_pending || (self.cluster && old);
+        if !input || !(self.unpublished.is_empty() || full || old) {
             return Ok(());
         }
-        let open = std::mem::take(&mut self.reader.open);
+        let number = self.engine.close_epoch()?;
+        self.last_close = Instant::now();
         self.drift_pending = false;
-        let number = self.engine.submit_nowait(open.updates)?;
-        self.unpublished.push_back(Epoch {
-            number,
-            positions: self.reader.positions.clone(),
-            messages: open.messages,
-            oldest_ts: open.oldest_ts,
-            newest_ts: open.newest_ts,
-            dead_letters: open.dead_letters,
-        });
+        self.unpublished.push_back(Epoch { number });
         let in_flight = self.in_flight() as i64;
         self.telemetry.epochs_in_flight.set(in_flight);
         if in_flight > self.peak_in_flight {
             self.peak_in_flight = in_flight;
             self.telemetry.epochs_in_flight_max.set(in_flight);
         }
-        if len as i64 > self.peak_epoch {
-            self.peak_epoch = len as i64;
+        if open as i64 > self.peak_epoch {
+            self.peak_epoch = open as i64;
             self.telemetry.epoch_messages_max.set(self.peak_epoch);
-        }
-        Ok(())
-    }
-
-    /// Whether the open epoch is full: nothing more is read until it is submitted.
-    fn full(&self) -> bool {
-        self.reader.open.len() >= self.config.engine.epoch_events as u64
-    }
-
-    /// Pauses the input partitions once the open epoch has been full (and could not be
-    /// submitted) for `kafka.pause_after_ms`, and resumes them as soon as it was submitted.
-    ///
-    /// Until then the reader only stops reading, and librdkafka's prefetch queue, which is
-    /// bounded by its own settings, stops filling. Pausing also drops that queue and stops
-    /// fetching; it is not done at once because librdkafka starts fetching again only up to a
-    /// second after a resume.
-    fn backpressure(&mut self) -> Result<()> {
-        let full = self.full();
-        if !full {
-            self.full_since = None;
-        }
-        let since = *self.full_since.get_or_insert_with(Instant::now);
-        let blocked = full && since.elapsed() >= Duration::from_millis(self.config.kafka.pause_after_ms);
-        if blocked != self.paused {
-            let partitions = self.reader.partitions.all();
-            if blocked {
-                self.consumer.pause(&partitions).context("cannot pause the input partitions")?;
-                self.telemetry.pauses.inc();
-                self.telemetry.partitions_paused.set(self.reader.partitions.list.len() as i64);
-                tracing::debug!(in_flight = self.in_flight(), "input paused: the pipeline is full");
-            } else {
-                self.consumer.resume(&partitions).context("cannot resume the input partitions")?;
-                self.telemetry.partitions_paused.set(0);
-                tracing::debug!(in_flight = self.in_flight(), "input resumed");
-            }
-            self.paused = blocked;
         }
         Ok(())
     }
@@ -491,43 +574,70 @@ impl Pipeline<'_> {
         }
         let started = Instant::now();
         let (mut view, applied) = self.engine.snapshot();
-        let mut epochs = Vec::new();
-        while self.unpublished.front().is_some_and(|e| e.number < applied) {
-            epochs.extend(self.unpublished.pop_front());
+        let reports = self.engine.take_reports();
+        let mut epochs = 0u64;
+        let mut last_epoch = 0;
+        while let Some(epoch) = self.unpublished.front().filter(|e| e.number < applied) {
+            last_epoch = epoch.number;
+            epochs += 1;
+            self.unpublished.pop_front();
         }
-        if epochs.is_empty() {
+        if epochs == 0 {
             return Ok(());
         }
-        let catalog = &self.reader.source.catalog;
-        let changes = view.settle(catalog);
+        let catalog = self.engine.catalog();
+        let changes = view.settle(&catalog);
         self.drift_pending = view.drift_pending();
         let id = self.next_group;
         self.next_group += 1;
         if exactly_once {
             self.publisher.producer.begin_transaction().context("cannot begin a Kafka transaction")?;
         }
-        let mut sent = 0u64;
-        for epoch in &mut epochs {
-            for (key, value) in epoch.dead_letters.drain(..) {
-                self.publisher.send(id, &self.config.outputs.deadletter, &key, Some(&value))?;
-                sent += 1;
+        let mut group = Group {
+            id,
+            last_epoch,
+            epochs,
+            positions: Vec::new(),
+            messages: [0; 2],
+            oldest_ts: None,
+            newest_ts: None,
+            sent: 0,
+            published: Instant::now(),
+            warned: Duration::ZERO,
+        };
+        for (_, meta) in &reports {
+            let meta: EpochMeta =
+                serde_json::from_slice(meta).context("a worker's epoch report is not valid")?;
+            for (index, next) in meta.positions {
+                self.positions[index] = self.positions[index].max(next);
+            }
+            group.messages[0] += meta.messages[0];
+            group.messages[1] += meta.messages[1];
+            group.oldest_ts = group.oldest_ts.min(meta.oldest_ts).or(group.oldest_ts).or(meta.oldest_ts);
+            group.newest_ts = group.newest_ts.max(meta.newest_ts);
+            for (key, value) in &meta.dead_letters {
+                self.publisher.send(id, &self.config.outputs.deadletter, key, Some(value.as_bytes()))?;
+                group.sent += 1;
             }
         }
-        sent += publish(&self.publisher, id, self.config, &view, &self.reader.source, &changes)?;
-        self.telemetry.set_scopes(&view, catalog, &changes);
+        group.positions = self.positions.clone();
+        group.sent += publish(&self.publisher, id, self.config, &view, &catalog, &changes)?;
+        self.telemetry.set_scopes(&view, &catalog, &changes);
         self.telemetry.count_changes(&changes);
         self.drift_metrics.due = true;
-        self.drift_metrics.refresh(self.telemetry, &view, catalog);
+        self.drift_metrics.refresh(self.telemetry, &view, &catalog);
+        drop(catalog);
         drop(view);
         tracing::debug!(
             group = id,
-            epochs = epochs.len(),
-            messages = epochs.iter().map(|e| e.messages[0] + e.messages[1]).sum::<u64>(),
-            outputs = sent,
+            epochs,
+            messages = group.messages[0] + group.messages[1],
+            outputs = group.sent,
             publish_ms = started.elapsed().as_millis() as u64,
             "outputs published"
         );
-        self.groups.push_back(Group { id, epochs, sent, published: Instant::now(), warned: Duration::ZERO });
+        group.published = Instant::now();
+        self.groups.push_back(group);
         Ok(())
     }
 
@@ -561,13 +671,12 @@ impl Pipeline<'_> {
             }
             let group = self.groups.pop_front().expect("the front group exists");
             self.publisher.forget(group.id);
-            let positions = &group.epochs.last().expect("a group has an epoch").positions;
             if self.config.kafka.exactly_once {
-                let offsets = self.reader.partitions.offsets(positions)?;
+                let offsets = self.partitions.offsets(&group.positions)?;
                 commit_transaction(&self.publisher, &self.consumer, &offsets)?;
                 self.telemetry.transactions.inc();
             } else {
-                commit = Some(positions.clone());
+                commit = Some(group.positions.clone());
             }
             tracing::debug!(
                 group = group.id,
@@ -577,24 +686,25 @@ impl Pipeline<'_> {
             );
             retired.push(group);
         }
-        if let Some(positions) = commit {
+        if let Some(positions) = commit.filter(|p| *p != self.committed) {
             self.consumer
-                .commit(&self.reader.partitions.offsets(&positions)?, CommitMode::Sync)
+                .commit(&self.partitions.offsets(&positions)?, CommitMode::Sync)
                 .context("cannot commit input offsets")?;
+            self.committed = positions;
         }
         if retired.is_empty() {
             return Ok(());
         }
         let now = now_ms();
-        for epoch in retired.iter().flat_map(|g| &g.epochs) {
-            self.retired = epoch.number + 1;
-            self.telemetry.committed.with_label_values(&["labels"]).inc_by(epoch.messages[0]);
-            self.telemetry.committed.with_label_values(&["gold"]).inc_by(epoch.messages[1]);
-            self.telemetry.epochs.inc();
-            if let Some(ts) = epoch.newest_ts {
+        for group in &retired {
+            self.retired = group.last_epoch + 1;
+            self.telemetry.committed.with_label_values(&["labels"]).inc_by(group.messages[0]);
+            self.telemetry.committed.with_label_values(&["gold"]).inc_by(group.messages[1]);
+            self.telemetry.epochs.inc_by(group.epochs);
+            if let Some(ts) = group.newest_ts {
                 self.telemetry.output_event_time.set(ts as f64 / 1000.0);
             }
-            if let Some(ts) = epoch.oldest_ts {
+            if let Some(ts) = group.oldest_ts {
                 self.telemetry.observe_latency(Duration::from_millis((now - ts).max(0) as u64));
             }
         }
@@ -603,18 +713,24 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// Everything but reading: delivery reports, commits, publishing, submitting, pausing.
-    fn tend(&mut self) -> Result<()> {
+    /// One turn of the loop: delivery reports, commits, publishing, closing epochs.
+    fn turn(&mut self) -> Result<()> {
         if self.drift_metrics.ready() {
             let (view, _) = self.engine.snapshot();
-            self.drift_metrics.refresh(self.telemetry, &view, &self.reader.source.catalog);
+            let catalog = self.engine.catalog();
+            self.drift_metrics.refresh(self.telemetry, &view, &catalog);
         }
         self.publisher.producer.poll(Duration::ZERO);
         self.retire_delivered()?;
         self.engine.check()?;
         self.publish_completed()?;
-        self.maybe_submit()?;
-        self.backpressure()
+        self.maybe_close()?;
+        // Wait for delivery reports (which the poll serves) or input, briefly: the workers'
+        // progress does not wake this thread, and this bounds how late it notices.
+        let busy = self.in_pipeline() || self.drift_pending || self.feeds.open_messages() > 0;
+        let wait = if busy { TEND_INTERVAL } else { IDLE_INTERVAL };
+        self.publisher.producer.poll(wait);
+        Ok(())
     }
 
     /// Whether epochs are in flight.
@@ -622,33 +738,9 @@ impl Pipeline<'_> {
         !self.unpublished.is_empty() || !self.groups.is_empty()
     }
 
-    /// Whether the loop must come back soon: epochs in flight, or drift re-evaluations to drain.
-    fn busy(&self) -> bool {
-        self.in_pipeline() || self.drift_pending
-    }
-
-    /// One turn of the loop: tend the pipeline, then read.
-    fn turn(&mut self) -> Result<()> {
-        self.tend()?;
-        if self.full() {
-            // Read nothing until the pipeline takes the open epoch; meanwhile serve the delivery
-            // reports that will let it.
-            self.publisher.producer.poll(TEND_INTERVAL);
-            return Ok(());
-        }
-        // Idle, wait for input (up to an epoch interval, to notice a stop); otherwise come back
-        // soon to see to the pipeline.
-        let wait = if self.busy() || self.reader.open.len() > 0 {
-            TEND_INTERVAL
-        } else {
-            Duration::from_millis(self.config.kafka.epoch_interval_ms)
-        };
-        self.read_burst(wait)
-    }
-
-    /// On stop: reads no more, and waits (up to `DRAIN_TIMEOUT`) for the epochs in flight to be
-    /// published, delivered and committed. The open epoch is dropped; its input is read again on
-    /// the next start.
+    /// On stop: closes no more epochs, and waits (up to `DRAIN_TIMEOUT`) for the epochs in flight
+    /// to be published, delivered and committed. Input read since the last close is dropped; it
+    /// is read again on the next start.
     fn drain(&mut self) -> Result<()> {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while self.in_pipeline() {
@@ -682,12 +774,122 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         }
         client
     };
-    let consumer: BaseConsumer = client(CONSUMER_DEFAULTS)
-        .set("group.id", &config.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .context("cannot create the Kafka consumer; check [kafka] settings")?;
+    let consumer_config = {
+        let mut c = client(CONSUMER_DEFAULTS);
+        c.set("group.id", &config.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest");
+        c
+    };
+    let consumer: BaseConsumer =
+        consumer_config.create().context("cannot create the Kafka consumer; check [kafka] settings")?;
+    let partitions = Arc::new(Partitions::fetch(&consumer, config)?);
+
+    // Which partitions this process reads: those of its workers.
+    let workers = config.engine.workers;
+    let cluster = &config.cluster;
+    let processes = cluster.addresses.len().max(1);
+    let peers = workers * processes;
+    let first_worker = cluster.process * workers;
+    let mine: Vec<usize> =
+        (first_worker..first_worker + workers).flat_map(|w| partitions.of_worker(w, peers)).collect();
+    let mut caught_up_at = Vec::new();
+    for &index in &mine {
+        let (topic, partition) = &partitions.list[index];
+        let (_, high) = consumer.fetch_watermarks(topic, *partition, METADATA_TIMEOUT)?;
+        caught_up_at.push((index, high));
+    }
+    tracing::info!(
+        process = cluster.process,
+        processes,
+        partitions = mine.len(),
+        "consuming from the beginning to rebuild state"
+    );
+    let feeds = Arc::new(FeedState {
+        positions: partitions.list.iter().map(|_| AtomicI64::new(-1)).collect(),
+        open: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+        capacity: (config.engine.epoch_events / peers).max(1) as u64,
+    });
+    let lag = LagMonitor::start(
+        client(&[]),
+        mine.iter().map(|&i| (partitions.list[i].clone(), i)).collect(),
+        feeds.clone(),
+        telemetry.clone(),
+    )?;
+
+    let factory: FeedFactory = {
+        let partitions = partitions.clone();
+        let feeds = feeds.clone();
+        let telemetry = telemetry.clone();
+        let gold_topic = config.kafka.gold_topic.clone();
+        let window_sizes = config.windows.sizes_ms()?;
+        let pause_after = Duration::from_millis(config.kafka.pause_after_ms);
+        Arc::new(move |worker, peers| {
+            let consumer: BaseConsumer =
+                consumer_config.create().map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
+            let assignment =
+                partitions.assignment(&partitions.of_worker(worker, peers)).map_err(|e| e.to_string())?;
+            consumer.assign(&assignment).map_err(|e| format!("cannot assign the input partitions: {e}"))?;
+            let mut source = Source::with_windows(&window_sizes);
+            source.catalog = Catalog::recording();
+            let feed = KafkaFeed {
+                consumer,
+                assignment,
+                pause_after,
+                full_since: None,
+                paused: false,
+                epoch: OpenEpoch {
+                    gold_topic: gold_topic.clone(),
+                    source,
+                    partitions: partitions.clone(),
+                    local: worker - first_worker,
+                    state: feeds.clone(),
+                    telemetry: telemetry.clone(),
+                    meta: EpochMeta::default(),
+                    positions: BTreeMap::new(),
+                    messages: 0,
+                    records: RecordCounts::default(),
+                },
+            };
+            Ok(Box::new(feed) as Box<dyn Feed>)
+        })
+    };
+    let engine_config = EngineConfig { workers, max_epochs_in_flight: config.engine.max_epochs_in_flight };
+    let cluster_config = (!cluster.addresses.is_empty())
+        .then(|| ClusterConfig { process: cluster.process, addresses: cluster.addresses.clone() });
+    let view = QualityView::with_change_tracking().with_drift(config.drift_settings());
+    let engine = Engine::start_fed(&engine_config, cluster_config.as_ref(), view, factory)?;
+
+    let check_ready = || {
+        if !ready.load(Ordering::SeqCst)
+            && caught_up_at.iter().all(|&(i, high)| feeds.positions[i].load(Ordering::Relaxed).max(0) >= high)
+        {
+            ready.store(true, Ordering::SeqCst);
+            tracing::info!("caught up with the input present at start");
+        }
+    };
+
+    if cluster.process != 0 {
+        // A later process of a cluster: its workers read and compute; the first process
+        // publishes and commits.
+        while !stop.load(Ordering::SeqCst) && !engine.stopped() {
+            check_ready();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lag.stop();
+        drop(server);
+        if engine.stopped() {
+            // The first process finished (or a worker failed): the workers are done.
+            engine.finish()?;
+            return Ok(());
+        }
+        // Stopped on its own: the cluster cannot go on without this process, and its workers
+        // stop only with the first process. Leave them; the process exits.
+        tracing::warn!("stopping one process of a cluster stops the cluster; restart all processes");
+        std::mem::forget(engine);
+        return Ok(());
+    }
+
     let mut producer_config = client(PRODUCER_DEFAULTS);
     if config.kafka.exactly_once {
         producer_config.set("transactional.id", &config.kafka.transactional_id);
@@ -703,86 +905,31 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             .init_transactions(TRANSACTION_TIMEOUT)
             .context("cannot initialise Kafka transactions; the brokers must support them")?;
     }
-
-    // Rebuild state from the beginning of every input partition.
-    let mut list = Vec::new();
-    let mut first = [0; 2];
-    let mut assignment = TopicPartitionList::new();
-    let mut caught_up_at = Vec::new();
-    for (s, topic) in [&config.kafka.labels_topic, &config.kafka.gold_topic].into_iter().enumerate() {
-        first[s] = list.len();
-        let metadata = consumer
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-            .with_context(|| format!("cannot read metadata of {topic} from {}", config.kafka.brokers))?;
-        let mut ids: Vec<i32> = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if ids.is_empty() {
-            bail!("input topic {topic} does not exist on {}; create it first", config.kafka.brokers);
-        }
-        ids.sort_unstable();
-        for id in ids {
-            assignment.add_partition_offset(topic, id, Offset::Beginning)?;
-            let (_, high) = consumer.fetch_watermarks(topic, id, METADATA_TIMEOUT)?;
-            caught_up_at.push(high);
-            list.push((topic.clone(), id));
-        }
-    }
-    consumer.assign(&assignment)?;
-    tracing::info!(partitions = assignment.count(), "consuming from the beginning to rebuild state");
-    let partitions = Partitions { list, first };
-    let shared_positions: Arc<Vec<AtomicI64>> =
-        Arc::new(partitions.list.iter().map(|_| AtomicI64::new(-1)).collect());
-    let lag =
-        LagMonitor::start(client(&[]), partitions.list.clone(), shared_positions.clone(), telemetry.clone())?;
-
-    let engine = Engine::start(
-        &EngineConfig {
-            workers: config.engine.workers,
-            max_epochs_in_flight: config.engine.max_epochs_in_flight,
-        },
-        QualityView::with_change_tracking().with_drift(config.drift_settings()),
-    )?;
     let mut pipeline = Pipeline {
         config,
         telemetry: &telemetry,
         consumer,
         publisher,
         engine,
-        reader: Reader {
-            gold_topic: &config.kafka.gold_topic,
-            source: Source::with_windows(&config.windows.sizes_ms()?),
-            positions: vec![-1; partitions.list.len()],
-            partitions,
-            open: OpenEpoch::default(),
-            records: RecordCounts::default(),
-        },
-        shared_positions,
+        positions: vec![-1; partitions.list.len()],
+        committed: vec![-1; partitions.list.len()],
+        partitions,
+        feeds: feeds.clone(),
+        cluster: cluster_config.is_some(),
         unpublished: VecDeque::new(),
+        last_close: Instant::now(),
         groups: VecDeque::new(),
         next_group: 0,
         retired: 0,
         drift_metrics: DriftMetrics { due: false, set: Instant::now() },
         drift_pending: false,
-        full_since: None,
-        paused: false,
         peak_in_flight: 0,
         peak_epoch: 0,
     };
     let result = (|| {
         while !stop.load(Ordering::SeqCst) {
             pipeline.turn()?;
-            if !ready.load(Ordering::SeqCst)
-                && caught_up_at
-                    .iter()
-                    .zip(&pipeline.reader.positions)
-                    .all(|(&high, &next)| next.max(0) >= high)
-            {
-                ready.store(true, Ordering::SeqCst);
-                tracing::info!("caught up with the input present at start");
-            }
+            check_ready();
         }
         pipeline.drain()
     })();
@@ -801,10 +948,9 @@ fn publish(
     group: usize,
     config: &Config,
     view: &QualityView,
-    source: &Source,
+    catalog: &Catalog,
     changes: &Changes,
 ) -> Result<u64> {
-    let catalog = &source.catalog;
     let updated_at = chrono::DateTime::from_timestamp_millis(now_ms())
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
@@ -890,10 +1036,11 @@ struct LagMonitor {
 }
 
 impl LagMonitor {
+    /// Measures the partitions given with their indexes into `feeds.positions`.
     fn start(
         client: ClientConfig,
-        partitions: Vec<(String, i32)>,
-        positions: Arc<Vec<AtomicI64>>,
+        partitions: Vec<((String, i32), usize)>,
+        feeds: Arc<FeedState>,
         telemetry: Arc<Telemetry>,
     ) -> Result<LagMonitor> {
         let consumer: BaseConsumer =
@@ -905,11 +1052,12 @@ impl LagMonitor {
                 while !stop.load(Ordering::SeqCst) {
                     let started = Instant::now();
                     let mut lag: HashMap<&str, i64> = HashMap::new();
-                    for ((topic, partition), position) in partitions.iter().zip(positions.iter()) {
+                    for ((topic, partition), index) in &partitions {
+                        let position = &feeds.positions[*index];
                         match consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500)) {
                             Ok((low, high)) => {
                                 let next = position.load(Ordering::Relaxed).max(low);
-                                *lag.entry(topic).or_default() += (high - next).max(0);
+                                *lag.entry(topic.as_str()).or_default() += (high - next).max(0);
                             }
                             Err(error) => tracing::debug!(%error, topic, partition, "cannot read watermarks"),
                         }
@@ -941,8 +1089,11 @@ fn commit_transaction(
 ) -> Result<()> {
     let producer = &publisher.producer;
     let result = (|| -> Result<()> {
-        let group = consumer.group_metadata().context("the consumer has no group metadata")?;
-        producer.send_offsets_to_transaction(offsets, &group, TRANSACTION_TIMEOUT)?;
+        // An epoch closed before any input was read has no offsets to commit.
+        if offsets.count() > 0 {
+            let group = consumer.group_metadata().context("the consumer has no group metadata")?;
+            producer.send_offsets_to_transaction(offsets, &group, TRANSACTION_TIMEOUT)?;
+        }
         producer.commit_transaction(TRANSACTION_TIMEOUT)?;
         Ok(())
     })();

@@ -119,3 +119,69 @@ fn survives_a_broker_outage() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Two `labelqc run` processes on 127.0.0.1 as one timely cluster of 2 x 2 workers: the 4 input
+/// partitions are dealt out over the 4 workers, each process reads only its share, the first
+/// process publishes and commits, and the outputs equal the report, as with one process. Stopping
+/// the first process stops the second.
+#[test]
+fn two_processes_as_one_cluster_equal_the_report() {
+    let s = setup(47);
+    produce(&s.producer, GOLD, &s.gold);
+    let (first, second) = s.labels.split_at(1000);
+    produce(&s.producer, LABELS, first);
+    produce(&s.producer, LABELS, &MALFORMED.map(String::from));
+    produce(&s.producer, LABELS, second);
+
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let settings = format!(
+        "[engine]\nworkers = 2\n[cluster]\naddresses = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
+        ports[0], ports[1]
+    );
+    std::fs::write(&config, settings).unwrap();
+    let config = config.to_str().unwrap();
+    let mut later = start_service(&s.brokers, &["--config", config, "--process", "1"]);
+    let leader = start_service(&s.brokers, &["--config", config, "--process", "0"]);
+    let labels = (s.labels.len() + MALFORMED.len()) as u64;
+    wait_for_events(&leader, labels, s.gold.len() as u64);
+    assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+    assert_dead_letters(&s.brokers);
+
+    // Each process read its own partitions, and together all of them, once.
+    let read = |service: &crate::scenario::Service, topic: &str| {
+        let label = format!("topic=\"{topic}\"");
+        metrics(&service.1)
+            .lines()
+            .filter(|line| line.starts_with("labelqc_events_total{") && line.contains(&label))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
+    let (leader_read, later_read) = (read(&leader, "labels"), read(&later, "labels"));
+    assert!(leader_read > 0.0 && later_read > 0.0, "{leader_read} + {later_read}");
+    assert_eq!(leader_read + later_read, labels as f64);
+    assert_eq!(read(&leader, "gold") + read(&later, "gold"), s.gold.len() as f64);
+    // Both report ready.
+    for service in [&leader, &later] {
+        let (status, _) = crate::http::get(&service.1, "/readyz").unwrap();
+        assert_eq!(status, 200);
+    }
+
+    // SIGINT to the first process: it drains and finishes, and the second follows.
+    unsafe { libc::kill(leader.0.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = later.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the second process did not stop with the first");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+}

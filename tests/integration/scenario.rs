@@ -5,7 +5,7 @@
 //! the malformed messages must be in the dead-letter topic with their source position.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,10 +47,17 @@ pub fn start_service(brokers: &str, extra: &[&str]) -> Service {
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
     let addr = crate::http::announced_address(&first);
-    // Keep draining stderr so that the service never blocks on a full pipe.
+    // Keep draining stderr so that the service never blocks on a full pipe (and show it, with
+    // LABELQC_TEST_STDERR set, to debug a test).
+    let show = std::env::var_os("LABELQC_TEST_STDERR").is_some();
     std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = stderr.read_to_string(&mut sink);
+        let mut line = String::new();
+        while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if show {
+                eprint!("{line}");
+            }
+            line.clear();
+        }
     });
     Service(child, addr)
 }
