@@ -11,15 +11,18 @@
 //! repeats values, and a consumer of a compacted output topic sees what `labelqc report` says of
 //! the same input.
 //!
-//! The work is pipelined. One thread (this module's loop) reads and parses input into an open
-//! epoch, hands closed epochs to the dataflow workers without waiting for them, publishes the
-//! outputs of the epochs the dataflows have completed, and commits each published group's input
-//! offsets once the delivery reports say that all its outputs are acknowledged, in epoch order.
-//! An epoch closes as soon as the pipeline can take it, so epochs stay small while the service
-//! keeps up and grow while it is behind. Epochs in flight (submitted, not yet committed) are
-//! bounded by `engine.max_epochs_in_flight` and an epoch by `engine.epoch_events` input messages;
-//! when both are reached the reader stops reading, and after `kafka.pause_after_ms` pauses the
-//! input partitions until the pipeline drains, so memory does not grow with the backlog.
+//! The work is pipelined and spread over the timely workers. Each worker consumes its share of the
+//! input partitions itself ([`KafkaFeed`]) into its open epoch. This module's loop (on the first
+//! process of a cluster) closes epochs without waiting for earlier ones, publishes the outputs of
+//! the epochs the dataflows have completed, with the refused records the workers reported, and
+//! commits each published group's input offsets (of every partition, as the workers reported
+//! them) once the delivery reports say that all its outputs are acknowledged, in epoch order. An
+//! epoch closes as soon as the pipeline can take it, so epochs stay small while the service keeps
+//! up and grow while it is behind. Epochs in flight (closed, not yet committed) are bounded by
+//! `engine.max_epochs_in_flight` and a worker's open epoch by its share of `engine.epoch_events`
+//! input messages; a worker whose open epoch is full stops reading, and after
+//! `kafka.pause_after_ms` pauses its partitions until the epoch is closed, so memory does not grow
+//! with the backlog. The later processes of a cluster only run their workers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};

@@ -133,19 +133,8 @@ fn two_processes_as_one_cluster_equal_the_report() {
     produce(&s.producer, LABELS, &MALFORMED.map(String::from));
     produce(&s.producer, LABELS, second);
 
-    let ports: Vec<u16> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
-    let settings = format!(
-        "[engine]\nworkers = 2\n[cluster]\naddresses = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
-        ports[0], ports[1]
-    );
-    std::fs::write(&config, settings).unwrap();
+    let config = cluster_config(dir.path());
     let config = config.to_str().unwrap();
     let mut later = start_service(&s.brokers, &["--config", config, "--process", "1"]);
     let leader = start_service(&s.brokers, &["--config", config, "--process", "0"]);
@@ -184,4 +173,55 @@ fn two_processes_as_one_cluster_equal_the_report() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// A cluster whose second process is killed with SIGKILL mid-stream: the first process cannot go
+/// on without it and exits with an error rather than hang; both restarted, the outputs converge
+/// to the report.
+#[test]
+fn cluster_restarted_after_a_process_dies_converges() {
+    let s = setup(53);
+    produce(&s.producer, GOLD, &s.gold);
+    let (first, rest) = s.labels.split_at(900);
+    produce(&s.producer, LABELS, first);
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path());
+    let config = config.to_str().unwrap();
+    let start = || {
+        let later = start_service(&s.brokers, &["--config", config, "--process", "1"]);
+        let leader = start_service(&s.brokers, &["--config", config, "--process", "0"]);
+        (leader, later)
+    };
+    let (mut leader, mut later) = start();
+    wait_for_events(&leader, first.len() as u64, s.gold.len() as u64);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    produce(&s.producer, LABELS, second);
+    std::thread::sleep(Duration::from_millis(150));
+    later.0.kill().unwrap();
+    later.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = leader.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the first process did not stop when the second died");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "the first process must fail, not finish: {status:?}");
+    produce(&s.producer, LABELS, third);
+
+    let (leader, _later) = start();
+    wait_for_events(&leader, s.labels.len() as u64, s.gold.len() as u64);
+    assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+}
+
+/// A cluster configuration of two processes of two workers each on free ports of 127.0.0.1.
+fn cluster_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addresses: Vec<String> =
+        listeners.iter().map(|l| format!("\"{}\"", l.local_addr().unwrap())).collect();
+    let config = dir.join("cluster.toml");
+    let settings = format!("[engine]\nworkers = 2\n[cluster]\naddresses = [{}]\n", addresses.join(", "));
+    std::fs::write(&config, settings).unwrap();
+    config
 }
