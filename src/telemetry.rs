@@ -3,6 +3,7 @@
 //! state, severity): never an annotator or item id, except on the watchlist series, which hold at
 //! most `watchlist_size` annotators per project and signal. An undefined number (null in the report) has no series rather than NaN.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use prometheus::{
 use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::event::Op;
 use labelqc_dataflows::source::Stream;
-use labelqc_dataflows::source::{is_window, window_size_name, Catalog};
+use labelqc_dataflows::source::{is_window, window_size_name, Catalog, ScopeId};
 use labelqc_dataflows::view::{Changes, DriftSummary, QualityView, ScopeSummary};
 
 /// Why telemetry could not be set up.
@@ -287,11 +288,17 @@ impl Telemetry {
                 self.set_scope(&summary, ALL_TIME);
             }
         }
-        for (_, size_ms, window) in view.latest_windows(catalog) {
-            if changes.scopes.binary_search(&window).is_ok() {
-                if let Some(summary) = view.scope_summary(window, catalog) {
-                    self.set_scope(&summary, &window_size_name(size_ms));
-                }
+        // Each (scope, size) with a changed window shows its newest window, which may be an older
+        // one when the newest lost its last label. Work is per changed window, not per window.
+        let mut newest: BTreeMap<(ScopeId, i64), Option<ScopeId>> = BTreeMap::new();
+        for window in changes.scopes.iter().filter_map(|&s| catalog.window(s)) {
+            newest
+                .entry((window.scope, window.size_ms))
+                .or_insert_with(|| view.newest_window(window.scope, window.size_ms));
+        }
+        for ((_, size_ms), window) in newest {
+            if let Some(summary) = window.and_then(|w| view.scope_summary(w, catalog)) {
+                self.set_scope(&summary, &window_size_name(size_ms));
             }
         }
     }

@@ -996,6 +996,45 @@ mod tests {
     }
 
     #[test]
+    fn newest_window_follows_the_labels() {
+        use crate::source::{scope_id, window_id, Window};
+        const HOUR: i64 = 3_600_000;
+        let mut engine =
+            Engine::start(&EngineConfig::default(), QualityView::with_change_tracking()).unwrap();
+        let mut source = Source::with_windows(&[HOUR]);
+        fn apply(engine: &mut Engine, source: &mut Source, lines: &[&str]) {
+            let mut updates = Vec::new();
+            for line in lines {
+                source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
+            }
+            engine.submit(updates).unwrap();
+            engine.sync().unwrap();
+            engine.view().settle(&source.catalog);
+        }
+        apply(
+            &mut engine,
+            &mut source,
+            &[
+                r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
+                r#"{"item_id":"j","annotator_id":"a","label":"x","ts":3600001}"#,
+            ],
+        );
+        let scope = scope_id("default", "default");
+        let hour = |start_ms| window_id(&Window { scope, size_ms: HOUR, start_ms });
+        assert_eq!(engine.view().windows_of(scope), vec![hour(0), hour(HOUR)]);
+        assert_eq!(engine.view().newest_window(scope, HOUR), Some(hour(HOUR)));
+        // The newest window loses its only label: the one before is the newest again.
+        apply(
+            &mut engine,
+            &mut source,
+            &[r#"{"item_id":"j","annotator_id":"a","ts":3600002,"op":"delete"}"#],
+        );
+        assert_eq!(engine.view().windows_of(scope), vec![hour(0)]);
+        assert_eq!(engine.view().newest_window(scope, HOUR), Some(hour(0)));
+        assert_eq!(engine.view().newest_window(scope, 2 * HOUR), None);
+    }
+
+    #[test]
     fn refuses_zero_workers() {
         assert!(matches!(
             Engine::start(&EngineConfig { workers: 0, max_epochs_in_flight: 1 }, QualityView::default()),

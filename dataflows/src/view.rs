@@ -245,6 +245,10 @@ pub struct QualityView {
     pending_drift: BTreeSet<(ScopeId, AnnotatorId)>,
     /// Window scopes (scope-level numbers only), by id.
     windows: BTreeMap<ScopeId, ScopeState>,
+    /// The window scopes with labels, as `(scope, size_ms, start_ms, window)`: a scope's windows,
+    /// and the newest of each size, without a scan of every window. Kept up to date by `settle`
+    /// (for the windows that changed) and `report` (for all).
+    window_index: BTreeSet<(ScopeId, i64, i64, ScopeId)>,
     /// Alerts that started firing since the last settle: (project, severity).
     fired: Vec<(String, Severity)>,
 }
@@ -407,8 +411,12 @@ impl QualityView {
         let (gates, alerts) = self.refresh_drift(catalog, false);
         // Windows are published as scope objects only.
         self.dirty.annotators.retain(|&(scope, _)| !is_window(scope));
+        let scopes = sorted(&mut self.dirty.scopes);
+        for &scope in scopes.iter().filter(|&&s| is_window(s)) {
+            self.index_window(scope, catalog);
+        }
         Changes {
-            scopes: sorted(&mut self.dirty.scopes),
+            scopes,
             pairs: sorted(&mut self.dirty.pairs),
             annotators: sorted(&mut self.dirty.annotators),
             items: sorted(&mut self.dirty.items),
@@ -856,31 +864,34 @@ impl QualityView {
         })
     }
 
-    /// The window scopes of `scope` that have labels, by (size, start).
-    pub fn windows_of(&self, scope: ScopeId, catalog: &Catalog) -> Vec<ScopeId> {
-        let mut windows: Vec<(i64, i64, ScopeId)> = self
-            .windows
-            .iter()
-            .filter(|(_, s)| !s.items.is_empty())
-            .filter_map(|(&id, _)| {
-                catalog.window(id).filter(|w| w.scope == scope).map(|w| (w.size_ms, w.start_ms, id))
-            })
-            .collect();
-        windows.sort_unstable();
-        windows.into_iter().map(|(_, _, id)| id).collect()
-    }
-
-    /// The newest window with labels of each (scope, window size): `(scope, size_ms, window)`.
-    pub fn latest_windows(&self, catalog: &Catalog) -> Vec<(ScopeId, i64, ScopeId)> {
-        let mut latest: BTreeMap<(ScopeId, i64), (i64, ScopeId)> = BTreeMap::new();
-        for (&id, s) in &self.windows {
-            let Some(w) = catalog.window(id).filter(|_| !s.items.is_empty()) else { continue };
-            let entry = latest.entry((w.scope, w.size_ms)).or_insert((w.start_ms, id));
-            if w.start_ms > entry.0 {
-                *entry = (w.start_ms, id);
+    /// Records whether the window scope `window` has labels, in `window_index`.
+    fn index_window(&mut self, window: ScopeId, catalog: &Catalog) {
+        let Some(w) = catalog.window(window) else { return };
+        let key = (w.scope, w.size_ms, w.start_ms, window);
+        if self.windows.get(&window).is_some_and(|s| !s.items.is_empty()) {
+            self.window_index.insert(key);
+        } else {
+            self.window_index.remove(&key);
+            if self.windows.get(&window).is_some_and(|s| s.items.is_empty()) {
+                self.windows.remove(&window);
             }
         }
-        latest.into_iter().map(|((scope, size), (_, id))| (scope, size, id)).collect()
+    }
+
+    /// The window scopes of `scope` that have labels, by (size, start), as of the last settle.
+    pub fn windows_of(&self, scope: ScopeId) -> Vec<ScopeId> {
+        self.window_index
+            .range((scope, i64::MIN, i64::MIN, 0)..=(scope, i64::MAX, i64::MAX, ScopeId::MAX))
+            .map(|&(_, _, _, window)| window)
+            .collect()
+    }
+
+    /// The newest window with labels of `scope` of size `size_ms`, as of the last settle.
+    pub fn newest_window(&self, scope: ScopeId, size_ms: i64) -> Option<ScopeId> {
+        self.window_index
+            .range((scope, size_ms, i64::MIN, 0)..=(scope, size_ms, i64::MAX, ScopeId::MAX))
+            .next_back()
+            .map(|&(_, _, _, window)| window)
     }
 
     /// The scope object (spec section 4: no pairs, annotators or items), if the scope has labels.
@@ -935,6 +946,10 @@ impl QualityView {
         self.refresh_derived();
         self.refresh_drift(catalog, true);
         self.dirty = Dirty::default();
+        let windows: Vec<ScopeId> = self.windows.keys().copied().collect();
+        for window in windows {
+            self.index_window(window, catalog);
+        }
         let mut scopes: Vec<ScopeReport> =
             self.scopes.keys().filter_map(|&id| self.scope_report(id, catalog, with_items)).collect();
         scopes.sort_by(|a, b| {
@@ -973,11 +988,8 @@ impl QualityView {
                 .collect()
         });
         let alerts = s.alerts.values().cloned().collect();
-        let windows: Vec<WindowSummary> = self
-            .windows_of(scope, catalog)
-            .into_iter()
-            .filter_map(|w| self.window_summary(w, catalog))
-            .collect();
+        let windows: Vec<WindowSummary> =
+            self.windows_of(scope).into_iter().filter_map(|w| self.window_summary(w, catalog)).collect();
         let windows = (!windows.is_empty()).then_some(windows);
         Some(ScopeReport { summary: s.summary(scope, catalog), pairs, annotators, items, alerts, windows })
     }
