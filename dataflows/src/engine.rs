@@ -167,22 +167,7 @@ impl Engine {
             commands.push(tx);
             receivers.push(Some(rx));
         }
-        let shared = Arc::new(Shared {
-            view: Mutex::new(view),
-            catalog: Mutex::new(Catalog::default()),
-            reports: Mutex::new(Vec::new()),
-            failed: Mutex::new(None),
-            applied: AtomicU64::new(0),
-            progress: Mutex::new(Progress { frontiers: vec![Some(0); workers], disconnected: false }),
-            advanced: Condvar::new(),
-        });
-        let sink = {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("labelqc-sink".into())
-                .spawn(move || run_sink(events, &shared))
-                .map_err(|e| EngineError::Start { workers, reason: e.to_string() })?
-        };
+        let (shared, sink) = start_sink(view, workers, workers, events)?;
         let receivers = Arc::new(Mutex::new(receivers));
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
@@ -219,23 +204,8 @@ impl Engine {
         }
         let (event_tx, events) = mpsc::channel();
         let (command_tx, command_rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            view: Mutex::new(view),
-            catalog: Mutex::new(Catalog::default()),
-            reports: Mutex::new(Vec::new()),
-            failed: Mutex::new(None),
-            applied: AtomicU64::new(0),
-            // Only the first worker reports progress: every output goes to it.
-            progress: Mutex::new(Progress { frontiers: vec![Some(0)], disconnected: false }),
-            advanced: Condvar::new(),
-        });
-        let sink = {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("labelqc-sink".into())
-                .spawn(move || run_sink(events, &shared))
-                .map_err(|e| EngineError::Start { workers, reason: e.to_string() })?
-        };
+        // Only the first worker reports progress: every output goes to it.
+        let (shared, sink) = start_sink(view, workers, 1, events)?;
         let communication = match cluster {
             None => timely::CommunicationConfig::Process(workers),
             Some(cluster) => timely::CommunicationConfig::Cluster {
@@ -413,6 +383,33 @@ impl Engine {
     }
 }
 
+/// Starts the sink thread that applies output to `view`, with progress reported by `reporters`
+/// of the engine's `workers`.
+fn start_sink(
+    view: QualityView,
+    workers: usize,
+    reporters: usize,
+    events: Receiver<WorkerEvent>,
+) -> Result<(Arc<Shared>, JoinHandle<u64>), EngineError> {
+    let shared = Arc::new(Shared {
+        view: Mutex::new(view),
+        catalog: Mutex::new(Catalog::default()),
+        reports: Mutex::new(Vec::new()),
+        failed: Mutex::new(None),
+        applied: AtomicU64::new(0),
+        progress: Mutex::new(Progress { frontiers: vec![Some(0); reporters], disconnected: false }),
+        advanced: Condvar::new(),
+    });
+    let sink = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("labelqc-sink".into())
+            .spawn(move || run_sink(events, &shared))
+            .map_err(|e| EngineError::Start { workers, reason: e.to_string() })?
+    };
+    Ok((shared, sink))
+}
+
 /// Applies the workers' output to the view, whole epochs at a time, and publishes progress,
 /// until the workers are gone. Returns the number of facts applied.
 fn run_sink(events: Receiver<WorkerEvent>, shared: &Shared) -> u64 {
@@ -483,32 +480,74 @@ fn run_sink(events: Receiver<WorkerEvent>, shared: &Shared) -> u64 {
     applied
 }
 
+/// The dataflow's inputs on one worker.
+struct Inputs {
+    labels: InputSession<Time, LabelRow, Diff>,
+    gold: InputSession<Time, GoldRow, Diff>,
+    members: InputSession<Time, MemberRow, Diff>,
+}
+
+impl Inputs {
+    fn new() -> Inputs {
+        Inputs { labels: InputSession::new(), gold: InputSession::new(), members: InputSession::new() }
+    }
+
+    /// The quality dataflow over these inputs.
+    fn facts<'s>(
+        &mut self,
+        scope: timely::dataflow::Scope<'s, Time>,
+    ) -> differential_dataflow::VecCollection<'s, Time, Fact, Diff> {
+        quality_facts(
+            self.labels.to_collection(scope),
+            self.gold.to_collection(scope),
+            self.members.to_collection(scope),
+        )
+    }
+
+    fn apply(&mut self, updates: impl IntoIterator<Item = Update>) {
+        for update in updates {
+            match update {
+                Update::Label { item, annotator, label, stamp, diff } => {
+                    self.labels.update((item, (annotator, label, stamp)), diff)
+                }
+                Update::Gold { item, label, diff } => self.gold.update((item, label), diff),
+                Update::Member { item, window, diff } => self.members.update((item, window), diff),
+            }
+        }
+    }
+
+    /// Ends every epoch before `time`: what was applied so far belongs to the epoch it was
+    /// applied in.
+    fn advance_to(&mut self, time: Time) {
+        self.labels.advance_to(time);
+        self.gold.advance_to(time);
+        self.members.advance_to(time);
+        self.labels.flush();
+        self.gold.flush();
+        self.members.flush();
+    }
+}
+
+/// Sends a batch of the dataflow's output to the sink, one message per epoch in it.
+fn send_facts(sink: &Sender<WorkerEvent>, batch: &[(Fact, Time, Diff)]) {
+    // A batch holds one epoch in practice; split it by time all the same.
+    let mut rest = batch;
+    while let Some((_, time, _)) = rest.first() {
+        let len = rest.iter().take_while(|(_, t, _)| t == time).count();
+        let facts = rest[..len].iter().map(|(fact, _, diff)| (*fact, *diff)).collect();
+        // The engine may be gone (dropped without finishing); nothing then needs the output.
+        let _ = sink.send(WorkerEvent::Facts(*time, facts));
+        rest = &rest[len..];
+    }
+}
+
 fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, events: Sender<WorkerEvent>) {
     let index = worker.index();
-    let mut labels: InputSession<Time, LabelRow, Diff> = InputSession::new();
-    let mut gold: InputSession<Time, GoldRow, Diff> = InputSession::new();
-    let mut members: InputSession<Time, MemberRow, Diff> = InputSession::new();
+    let mut inputs = Inputs::new();
     let sink = events.clone();
     let probe: ProbeHandle<Time> = worker.dataflow::<Time, _, _>(|scope| {
-        let facts = quality_facts(
-            labels.to_collection(scope),
-            gold.to_collection(scope),
-            members.to_collection(scope),
-        );
-        let (probe, _) = facts
-            .inspect_batch(move |_time, batch| {
-                // A batch holds one epoch in practice; split it by time all the same.
-                let mut rest = batch;
-                while let Some((_, time, _)) = rest.first() {
-                    let len = rest.iter().take_while(|(_, t, _)| t == time).count();
-                    let facts = rest[..len].iter().map(|(fact, _, diff)| (*fact, *diff)).collect();
-                    // The engine may be gone (dropped without finishing); nothing then needs the
-                    // output.
-                    let _ = sink.send(WorkerEvent::Facts(*time, facts));
-                    rest = &rest[len..];
-                }
-            })
-            .probe();
+        let (probe, _) =
+            inputs.facts(scope).inspect_batch(move |_time, batch| send_facts(&sink, batch)).probe();
         probe
     });
 
@@ -522,7 +561,7 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
     };
 
     loop {
-        let busy = probe.less_than(labels.time());
+        let busy = probe.less_than(inputs.labels.time());
         let command = if busy {
             match commands.try_recv() {
                 Ok(command) => Some(command),
@@ -539,28 +578,13 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
         match command {
             Some(Command::Close { .. }) => unreachable!("only fed engines close epochs"),
             Some(Command::Epoch { epoch, updates }) => {
-                for update in updates {
-                    match update {
-                        Update::Label { item, annotator, label, stamp, diff } => {
-                            labels.update((item, (annotator, label, stamp)), diff)
-                        }
-                        Update::Gold { item, label, diff } => gold.update((item, label), diff),
-                        Update::Member { item, window, diff } => members.update((item, window), diff),
-                    }
-                }
-                labels.advance_to(epoch + 1);
-                gold.advance_to(epoch + 1);
-                members.advance_to(epoch + 1);
-                labels.flush();
-                gold.flush();
-                members.flush();
+                inputs.apply(updates);
+                inputs.advance_to(epoch + 1);
             }
             None => break,
         }
     }
-    drop(labels);
-    drop(gold);
-    drop(members);
+    drop(inputs);
     while worker.step_or_park(None) {
         report(&probe);
     }
@@ -580,9 +604,7 @@ fn run_fed_worker(
     events: Sender<WorkerEvent>,
 ) {
     let index = worker.index();
-    let mut labels: InputSession<Time, LabelRow, Diff> = InputSession::new();
-    let mut gold: InputSession<Time, GoldRow, Diff> = InputSession::new();
-    let mut members: InputSession<Time, MemberRow, Diff> = InputSession::new();
+    let mut inputs = Inputs::new();
     let mut reports: InputHandle<Time, CapacityContainerBuilder<Vec<(Time, EpochReport)>>> =
         InputHandle::new();
     let mut closes: InputHandle<Time, CapacityContainerBuilder<Vec<Time>>> = InputHandle::new();
@@ -596,22 +618,13 @@ fn run_fed_worker(
         let latest = latest_close.clone();
         let finish = finished.clone();
         let probe = worker.dataflow::<Time, _, _>(|scope| {
-            let facts = quality_facts(
-                labels.to_collection(scope),
-                gold.to_collection(scope),
-                members.to_collection(scope),
-            );
-            let (probe, _) = facts
+            let (probe, _) = inputs
+                .facts(scope)
                 .inner
                 .exchange(|_| 0)
                 .inspect_core(move |event| {
-                    let Ok((_, batch)) = event else { return };
-                    let mut rest = batch.as_slice();
-                    while let Some((_, time, _)) = rest.first() {
-                        let len = rest.iter().take_while(|(_, t, _)| t == time).count();
-                        let facts = rest[..len].iter().map(|(fact, _, diff)| (*fact, *diff)).collect();
-                        let _ = facts_sink.send(WorkerEvent::Facts(*time, facts));
-                        rest = &rest[len..];
+                    if let Ok((_, batch)) = event {
+                        send_facts(&facts_sink, batch);
                     }
                 })
                 .probe();
@@ -683,25 +696,12 @@ fn run_fed_worker(
             }
         }
         let read = feed.read(&mut updates).unwrap_or_else(|reason| panic!("worker {index}: {reason}"));
-        for update in updates.drain(..) {
-            match update {
-                Update::Label { item, annotator, label, stamp, diff } => {
-                    labels.update((item, (annotator, label, stamp)), diff)
-                }
-                Update::Gold { item, label, diff } => gold.update((item, label), diff),
-                Update::Member { item, window, diff } => members.update((item, window), diff),
-            }
-        }
+        inputs.apply(updates.drain(..));
         if let Some(close) = latest_close.get().filter(|&e| e >= open) {
             reports.send((open, feed.close()));
             open = close + 1;
-            labels.advance_to(open);
-            gold.advance_to(open);
-            members.advance_to(open);
+            inputs.advance_to(open);
             reports.advance_to(open);
-            labels.flush();
-            gold.flush();
-            members.flush();
         }
         if finished.get() {
             break;
@@ -709,9 +709,7 @@ fn run_fed_worker(
         worker.step_or_park((read == 0).then_some(Duration::from_millis(1)).or(Some(Duration::ZERO)));
         report_progress(&probe);
     }
-    drop(labels);
-    drop(gold);
-    drop(members);
+    drop(inputs);
     drop(reports);
     drop(closes);
     while worker.step_or_park(None) {
