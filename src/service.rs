@@ -861,7 +861,19 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let cluster_config = (!cluster.addresses.is_empty())
         .then(|| ClusterConfig { process: cluster.process, addresses: cluster.addresses.clone() });
     let view = QualityView::with_change_tracking().with_drift(config.drift_settings());
+    if let Some(cluster) = &cluster_config {
+        // Starting the workers waits until every process of the cluster is connected.
+        eprintln!(
+            "labelqc run: process {} of a cluster of {} ({}); waiting until every process is up",
+            cluster.process,
+            cluster.addresses.len(),
+            cluster.addresses.join(", ")
+        );
+    }
     let engine = Engine::start_fed(&engine_config, cluster_config.as_ref(), view, factory)?;
+    if cluster_config.is_some() {
+        tracing::info!("all processes of the cluster are connected");
+    }
 
     let check_ready = || {
         if !ready.load(Ordering::SeqCst)
