@@ -7,7 +7,8 @@
 //! 3. freshness at a fixed input rate of 20,000 events/s: the service's own p50/p99 of the time
 //!    from a message's Kafka timestamp to the delivery of the outputs it changed.
 //!
-//! Run with `cargo bench --bench kafka` (`-- --events N --seconds S` to change the defaults).
+//! Run with `cargo bench --bench kafka` (`-- --events N --seconds S` to change the defaults;
+//! `-- --processes N [--workers W]` runs the service as a cluster of N processes on 127.0.0.1).
 //! `-- --brokers HOST:PORT` runs 1 and 2 on that broker instead (tansu, say): the benchmark
 //! creates its topics there through the admin API, so the broker must not have them yet; 3 is
 //! skipped, as it needs a second, fresh set of topics.
@@ -149,9 +150,34 @@ fn ceiling(brokers: &str, expected: usize) -> f64 {
     expected as f64 / start.elapsed().as_secs_f64()
 }
 
-fn start_service(brokers: &str, group: &str) -> Service {
+/// Starts `labelqc run`: `--processes` processes as one timely cluster on 127.0.0.1 (default 1),
+/// with `--workers` workers each (default 2 in all). Returns the processes, the first first: it
+/// publishes and commits for all.
+fn start_service(brokers: &str, group: &str, config_dir: &std::path::Path) -> Vec<Service> {
+    let processes = arg("--processes", 1) as usize;
+    let workers = arg("--workers", (2 / processes).max(1) as u64);
+    let config = config_dir.join(format!("{group}.toml"));
+    let listeners: Vec<_> =
+        (0..processes).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addresses: Vec<String> = if processes > 1 {
+        listeners.iter().map(|l| format!("\"{}\"", l.local_addr().unwrap())).collect()
+    } else {
+        Vec::new()
+    };
+    drop(listeners);
+    let settings =
+        format!("[engine]\nworkers = {workers}\n[cluster]\naddresses = [{}]\n", addresses.join(", "));
+    std::fs::write(&config, settings).unwrap();
+    // The later processes first: the first one's start-up then measures as for a single process.
+    (0..processes).rev().map(|process| start_process(brokers, group, &config, process)).rev().collect()
+}
+
+fn start_process(brokers: &str, group: &str, config: &std::path::Path, process: usize) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
-        .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0", "--group-id", group, "--workers", "2"])
+        .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0", "--group-id", group])
+        .arg("--config")
+        .arg(config)
+        .args(["--process", &process.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .env("LABELQC_LOG", std::env::var("LABELQC_LOG").unwrap_or_else(|_| "warn".into()))
@@ -208,23 +234,29 @@ fn main() {
     let mut ceilings: Vec<f64> = (0..3).map(|_| ceiling(&brokers, labels.len())).collect();
     ceilings.sort_by(f64::total_cmp);
     let ceiling = ceilings[1];
-    let service = start_service(&brokers, "bench-backlog");
+    let config_dir = tempfile::tempdir().unwrap();
+    let processes = start_service(&brokers, "bench-backlog", config_dir.path());
+    let service = &processes[0];
     // Time from the first message seen, as for the ceiling: process start-up is not throughput.
     let start = loop {
-        if sample(&metrics(&service.1), "labelqc_events_total{") > 0.0 {
+        if processes.iter().any(|p| sample(&metrics(&p.1), "labelqc_events_total{") > 0.0) {
             break Instant::now();
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let done = wait_for(&service, labels.len());
+    let done = wait_for(service, labels.len());
     let throughput = labels.len() as f64 / (done - start).as_secs_f64();
     eprintln!("backlog of {} processed in {:?}", labels.len(), done - start);
     let pipeline = pipeline_stats(&metrics(&service.1));
-    drop(service);
+    drop(processes);
+    let shape = match arg("--processes", 1) {
+        1 => format!("{} workers", arg("--workers", 2)),
+        n => format!("{n} processes x {} workers", arg("--workers", (2 / n).max(1))),
+    };
     println!("| measure | events/s |");
     println!("|---|---|");
     println!("| bare consumer parsing JSON (ceiling) | {ceiling:.0} |");
-    println!("| labelqc run, Kafka to Kafka, 2 workers | {throughput:.0} |");
+    println!("| labelqc run, Kafka to Kafka, {shape} | {throughput:.0} |");
     println!("| ratio | {:.0}% |\n", 100.0 * throughput / ceiling);
     println!("{pipeline}\n");
     if external.is_some() {
@@ -237,7 +269,8 @@ fn main() {
     let stream_spec = GenSpec { events: (rate as u64) * seconds, seed: 99, ..spec };
     let (labels, gold) = lines(&stream_spec);
     produce(&producer, GOLD, &gold);
-    let service = start_service(&brokers, "bench-fresh");
+    let processes = start_service(&brokers, "bench-fresh", config_dir.path());
+    let service = &processes[0];
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     for (i, chunk) in labels.chunks(rate / 100).enumerate() {
@@ -255,7 +288,7 @@ fn main() {
     }
     producer.flush(Duration::from_secs(60)).unwrap();
     let offered = labels.len() as f64 / start.elapsed().as_secs_f64();
-    wait_for(&service, labels.len());
+    wait_for(service, labels.len());
     let m = metrics(&service.1);
     let p50 = sample(&m, "labelqc_processing_latency_seconds{quantile=\"0.5\"}");
     let p99 = sample(&m, "labelqc_processing_latency_seconds{quantile=\"0.99\"}");

@@ -63,6 +63,9 @@ const BURST_TIME: Duration = Duration::from_millis(5);
 const TEND_INTERVAL: Duration = Duration::from_millis(1);
 /// How long it waits between turns while idle: this bounds how late it notices new input.
 const IDLE_INTERVAL: Duration = Duration::from_millis(5);
+/// In a cluster, the other processes' input is not visible to the first process: it closes an
+/// epoch at least this often, so that their input waits no longer for a close.
+const CLUSTER_TICK: Duration = Duration::from_millis(10);
 /// How often at most the drift gauges are recomputed.
 const DRIFT_METRICS_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the service waits on stop for the epochs in flight to be delivered and committed.
@@ -534,15 +537,17 @@ impl Pipeline<'_> {
     /// queued), and either nothing unpublished (so epochs stay small while the service keeps up),
     /// or a worker's open epoch full, or `epoch_interval_ms` since the last close (so epochs grow
     /// while the service is behind). In a cluster the other processes' input is not visible
-    /// here, so an epoch is also closed every `epoch_interval_ms`.
+    /// here, so an epoch is also closed every `CLUSTER_TICK` (an empty epoch costs a round of
+    /// progress messages).
     fn maybe_close(&mut self) -> Result<()> {
         if self.in_flight() >= self.config.engine.max_epochs_in_flight {
             return Ok(());
         }
         let open = self.feeds.open_messages();
         let full = self.feeds.full();
-        let old = self.last_close.elapsed() >= Duration::from_millis(self.config.kafka.epoch_interval_ms);
-        let input = open > 0 || self.drift_pending || (self.cluster && old);
+        let since = self.last_close.elapsed();
+        let old = since >= Duration::from_millis(self.config.kafka.epoch_interval_ms);
+        let input = open > 0 || self.drift_pending || (self.cluster && since >= CLUSTER_TICK);
         if !input || !(self.unpublished.is_empty() || full || old) {
             return Ok(());
         }
