@@ -441,11 +441,6 @@ impl Feed for KafkaFeed {
     }
 }
 
-/// An epoch closed on the workers, not yet published.
-struct Epoch {
-    number: u64,
-}
-
 /// The published outputs of one or more consecutive epochs, awaiting delivery.
 struct Group {
     id: usize,
@@ -511,7 +506,7 @@ struct Pipeline<'a> {
     /// The offsets committed last (`-1`: none), not committed again.
     committed: Vec<i64>,
     /// Epochs closed, not yet published, in order.
-    unpublished: VecDeque<Epoch>,
+    unpublished: VecDeque<u64>,
     last_close: Instant,
     /// Published groups awaiting delivery and commit, in order.
     groups: VecDeque<Group>,
@@ -554,7 +549,7 @@ impl Pipeline<'_> {
         let number = self.engine.close_epoch()?;
         self.last_close = Instant::now();
         self.drift_pending = false;
-        self.unpublished.push_back(Epoch { number });
+        self.unpublished.push_back(number);
         let in_flight = self.in_flight() as i64;
         self.telemetry.epochs_in_flight.set(in_flight);
         if in_flight > self.peak_in_flight {
@@ -572,8 +567,8 @@ impl Pipeline<'_> {
     /// published, as one group. In exactly-once mode a group is one transaction, and waits until
     /// the previous group's transaction is committed.
     fn publish_completed(&mut self) -> Result<()> {
-        let Some(first) = self.unpublished.front() else { return Ok(()) };
-        if self.engine.completed() <= first.number {
+        let Some(&first) = self.unpublished.front() else { return Ok(()) };
+        if self.engine.completed() <= first {
             return Ok(());
         }
         let exactly_once = self.config.kafka.exactly_once;
@@ -585,8 +580,8 @@ impl Pipeline<'_> {
         let reports = self.engine.take_reports();
         let mut epochs = 0u64;
         let mut last_epoch = 0;
-        while let Some(epoch) = self.unpublished.front().filter(|e| e.number < applied) {
-            last_epoch = epoch.number;
+        while let Some(&epoch) = self.unpublished.front().filter(|&&e| e < applied) {
+            last_epoch = epoch;
             epochs += 1;
             self.unpublished.pop_front();
         }
@@ -621,7 +616,10 @@ impl Pipeline<'_> {
             }
             group.messages[0] += meta.messages[0];
             group.messages[1] += meta.messages[1];
-            group.oldest_ts = group.oldest_ts.min(meta.oldest_ts).or(group.oldest_ts).or(meta.oldest_ts);
+            group.oldest_ts = match (group.oldest_ts, meta.oldest_ts) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             group.newest_ts = group.newest_ts.max(meta.newest_ts);
             for (key, value) in &meta.dead_letters {
                 self.publisher.send(id, &self.config.outputs.deadletter, key, Some(value.as_bytes()))?;

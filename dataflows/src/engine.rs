@@ -106,8 +106,8 @@ enum Command {
 enum WorkerEvent {
     /// Output of one epoch from one worker.
     Facts(Time, Vec<(Fact, Diff)>),
-    /// Fed engines: the workers' reports of one epoch.
-    Reports(Time, Vec<EpochReport>),
+    /// Fed engines: one worker's report of one epoch.
+    Report(Time, EpochReport),
     /// Every epoch below `frontier` is complete (`None`: all are).
     Frontier { worker: usize, frontier: Option<Time> },
 }
@@ -455,16 +455,14 @@ fn run_sink(events: Receiver<WorkerEvent>, shared: &Shared) -> u64 {
     while let Ok(event) = events.recv() {
         match event {
             WorkerEvent::Facts(time, facts) => pending.entry(time).or_default().push(facts),
-            WorkerEvent::Reports(time, reports) => {
+            WorkerEvent::Report(time, report) => {
                 let mut catalog = shared.catalog.lock().expect("catalog poisoned");
-                for report in reports {
-                    for name in &report.names {
-                        if let Err(error) = catalog.learn(name) {
-                            *shared.failed.lock().expect("failure poisoned") = Some(error.to_string());
-                        }
+                for name in &report.names {
+                    if let Err(error) = catalog.learn(name) {
+                        *shared.failed.lock().expect("failure poisoned") = Some(error.to_string());
                     }
-                    pending_reports.entry(time).or_default().push(report.meta);
                 }
+                pending_reports.entry(time).or_default().push(report.meta);
             }
             WorkerEvent::Frontier { worker, frontier } => {
                 frontiers[worker] = frontier;
@@ -634,7 +632,7 @@ fn run_fed_worker(
                 .inspect_core(move |event| {
                     let Ok((_, batch)) = event else { return };
                     for (time, report) in batch {
-                        let _ = reports_sink.send(WorkerEvent::Reports(*time, vec![report.clone()]));
+                        let _ = reports_sink.send(WorkerEvent::Report(*time, report.clone()));
                     }
                 })
                 .probe_with(&probe);
@@ -991,6 +989,31 @@ mod tests {
             Engine::start_fed(&config, Some(&cluster), QualityView::default(), lines_feed()).unwrap();
         assert_eq!(run_fed(engine), expected, "two processes");
         assert_eq!(later.join().unwrap(), 0, "the later process keeps no results");
+    }
+
+    /// Worker `w` claims id 7 for the item name `w{w}`.
+    struct ClashingFeed(usize);
+
+    impl Feed for ClashingFeed {
+        fn read(&mut self, _: &mut Vec<Update>) -> Result<usize, String> {
+            Ok(0)
+        }
+
+        fn close(&mut self) -> EpochReport {
+            let names = vec![crate::source::Name::Item { id: 7, name: format!("w{}", self.0).into() }];
+            EpochReport { names, meta: Vec::new() }
+        }
+    }
+
+    #[test]
+    fn names_that_clash_across_workers_stop_the_engine() {
+        let feed: FeedFactory = Arc::new(|worker, _| Ok(Box::new(ClashingFeed(worker)) as Box<dyn Feed>));
+        let config = EngineConfig { workers: 2, max_epochs_in_flight: 1 };
+        let mut engine = Engine::start_fed(&config, None, QualityView::default(), feed).unwrap();
+        let epoch = engine.close_epoch().unwrap();
+        engine.wait_for(epoch + 1).unwrap();
+        let error = engine.check().unwrap_err().to_string();
+        assert!(error.contains(r#""w0" and "w1""#) || error.contains(r#""w1" and "w0""#), "{error}");
     }
 
     #[test]
