@@ -872,9 +872,6 @@ impl QualityView {
             self.window_index.insert(key);
         } else {
             self.window_index.remove(&key);
-            if self.windows.get(&window).is_some_and(|s| s.items.is_empty()) {
-                self.windows.remove(&window);
-            }
         }
     }
 
