@@ -257,7 +257,7 @@ impl Partitions {
 #[derive(Default, Serialize, serde::Deserialize)]
 struct EpochMeta {
     /// Next offset to read of each partition the worker read from in the epoch, by index.
-    positions: Vec<(usize, i64)>,
+    positions: BTreeMap<usize, i64>,
     /// Input messages by stream (labels, gold).
     messages: [u64; 2],
     oldest_ts: Option<i64>,
@@ -310,8 +310,6 @@ struct OpenEpoch {
     telemetry: Arc<Telemetry>,
     /// The open epoch.
     meta: EpochMeta,
-    positions: BTreeMap<usize, i64>,
-    messages: u64,
     records: RecordCounts,
 }
 
@@ -321,10 +319,9 @@ impl OpenEpoch {
         let topic = message.topic();
         let stream = if topic == self.gold_topic { Stream::Gold } else { Stream::Labels };
         let s = usize::from(stream == Stream::Gold);
-        self.messages += 1;
         self.meta.messages[s] += 1;
         if let Some(index) = self.partitions.index(stream, message.partition()) {
-            self.positions.insert(index, message.offset() + 1);
+            self.meta.positions.insert(index, message.offset() + 1);
             self.state.positions[index].store(message.offset() + 1, Ordering::Relaxed);
         }
         if let Some(ts) = message.timestamp().to_millis() {
@@ -357,8 +354,13 @@ impl OpenEpoch {
         Ok(())
     }
 
+    /// Messages in the open epoch.
+    fn messages(&self) -> u64 {
+        self.meta.messages[0] + self.meta.messages[1]
+    }
+
     fn full(&self) -> bool {
-        self.messages >= self.state.capacity
+        self.messages() >= self.state.capacity
     }
 }
 
@@ -413,15 +415,13 @@ impl Feed for KafkaFeed {
                 *counts = [0; 3];
             }
         }
-        epoch.state.open[epoch.local].store(epoch.messages, Ordering::Relaxed);
+        epoch.state.open[epoch.local].store(epoch.messages(), Ordering::Relaxed);
         Ok(read)
     }
 
     fn close(&mut self) -> EpochReport {
         let epoch = &mut self.epoch;
-        let mut meta = std::mem::take(&mut epoch.meta);
-        meta.positions = std::mem::take(&mut epoch.positions).into_iter().collect();
-        epoch.messages = 0;
+        let meta = std::mem::take(&mut epoch.meta);
         epoch.state.open[epoch.local].store(0, Ordering::Relaxed);
         self.full_since = None;
         if self.paused {
@@ -852,8 +852,6 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                     state: feeds.clone(),
                     telemetry: telemetry.clone(),
                     meta: EpochMeta::default(),
-                    positions: BTreeMap::new(),
-                    messages: 0,
                     records: RecordCounts::default(),
                 },
             };
