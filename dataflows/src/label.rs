@@ -150,36 +150,29 @@ impl LabelTable {
     pub fn intern(&mut self, raw: &RawLabel<'_>) -> Result<LabelId, IdCollision> {
         raw.canonical_key(&mut self.scratch);
         let id = stable_id(&self.scratch);
-        match self.labels.get(&id) {
-            Some((key, _)) if **key == *self.scratch => Ok(id),
-            Some((_, label)) => Err(IdCollision {
-                id,
-                kind: "label",
-                first: label.to_json().to_string(),
-                second: raw.to_label().to_json().to_string(),
-            }),
-            None => {
-                self.labels.insert(id, (self.scratch.as_slice().into(), raw.to_label()));
-                Ok(id)
-            }
-        }
+        self.remember(id, || raw.to_label()).map(|()| id)
     }
 
     /// Remembers `label` under `id` (learnt from another process); fails if `id` stands for another
     /// value here.
     pub fn insert(&mut self, id: LabelId, label: &Label) -> Result<(), IdCollision> {
-        let raw = label.to_raw();
-        raw.canonical_key(&mut self.scratch);
+        label.to_raw().canonical_key(&mut self.scratch);
+        self.remember(id, || label.clone())
+    }
+
+    /// Remembers the label whose canonical bytes are in `scratch` under `id`, unless `id` already
+    /// stands for it; fails if `id` stands for another label.
+    fn remember(&mut self, id: LabelId, label: impl FnOnce() -> Label) -> Result<(), IdCollision> {
         match self.labels.get(&id) {
             Some((key, _)) if **key == *self.scratch => Ok(()),
             Some((_, known)) => Err(IdCollision {
                 id,
                 kind: "label",
                 first: known.to_json().to_string(),
-                second: label.to_json().to_string(),
+                second: label().to_json().to_string(),
             }),
             None => {
-                self.labels.insert(id, (self.scratch.as_slice().into(), label.clone()));
+                self.labels.insert(id, (self.scratch.as_slice().into(), label()));
                 Ok(())
             }
         }
