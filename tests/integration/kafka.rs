@@ -122,11 +122,17 @@ fn survives_a_broker_outage() {
 
 /// Two `labelqc run` processes on 127.0.0.1 as one timely cluster of 2 x 2 workers: the 4 input
 /// partitions are dealt out over the 4 workers, each process reads only its share, the first
-/// process publishes and commits, and the outputs equal the report, as with one process. Stopping
-/// the first process stops the second.
+/// process publishes and commits, and the outputs equal the report, as with one process, in both
+/// delivery modes. Stopping the first process stops the second.
 #[test]
 fn two_processes_as_one_cluster_equal_the_report() {
-    let s = setup(47);
+    for (seed, extra) in [(47, &[][..]), (59, &["--exactly-once"][..])] {
+        two_processes(seed, extra);
+    }
+}
+
+fn two_processes(seed: u64, extra: &[&str]) {
+    let s = setup(seed);
     produce(&s.producer, GOLD, &s.gold);
     let (first, second) = s.labels.split_at(1000);
     produce(&s.producer, LABELS, first);
@@ -136,8 +142,9 @@ fn two_processes_as_one_cluster_equal_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let config = cluster_config(dir.path());
     let config = config.to_str().unwrap();
-    let mut later = start_service(&s.brokers, &["--config", config, "--process", "1"]);
-    let leader = start_service(&s.brokers, &["--config", config, "--process", "0"]);
+    let args = |process| [&["--config", config, "--process", process][..], extra].concat();
+    let mut later = start_service(&s.brokers, &args("1"));
+    let leader = start_service(&s.brokers, &args("0"));
     let labels = (s.labels.len() + MALFORMED.len()) as u64;
     wait_for_events(&leader, labels, s.gold.len() as u64);
     assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
@@ -156,6 +163,10 @@ fn two_processes_as_one_cluster_equal_the_report() {
     assert!(leader_read > 0.0 && later_read > 0.0, "{leader_read} + {later_read}");
     assert_eq!(leader_read + later_read, labels as f64);
     assert_eq!(read(&leader, "gold") + read(&later, "gold"), s.gold.len() as f64);
+    if !extra.is_empty() {
+        // Exactly once: the first process committed every partition's offsets in transactions.
+        assert!(metric(&leader.1, "labelqc_transactions_committed_total ") > 0.0);
+    }
     // Both report ready.
     for service in [&leader, &later] {
         let (status, _) = crate::http::get(&service.1, "/readyz").unwrap();
@@ -172,7 +183,7 @@ fn two_processes_as_one_cluster_equal_the_report() {
         assert!(Instant::now() < deadline, "the second process did not stop with the first");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(status.success(), "{status:?}");
+    assert!(status.success(), "{extra:?}: {status:?}");
 }
 
 /// A cluster whose second process is killed with SIGKILL mid-stream: the first process cannot go
