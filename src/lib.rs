@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod deadletter;
 pub mod demo;
 pub mod gen;
 pub mod http;
