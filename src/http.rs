@@ -42,7 +42,11 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `addr` (port 0 picks a free port) and serves until dropped; `/readyz` answers 200
     /// while `ready` is set.
-    pub fn start(addr: SocketAddr, telemetry: Arc<Telemetry>, ready: Arc<AtomicBool>) -> Result<HttpServer, HttpError> {
+    pub fn start(
+        addr: SocketAddr,
+        telemetry: Arc<Telemetry>,
+        ready: Arc<AtomicBool>,
+    ) -> Result<HttpServer, HttpError> {
         let listener = TcpListener::bind(addr).map_err(|source| HttpError::Bind { addr, source })?;
         listener.set_nonblocking(true).map_err(|source| HttpError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| HttpError::Bind { addr, source })?;

@@ -55,8 +55,9 @@ impl Partitions {
         for (s, topic) in [&config.kafka.labels_topic, &config.kafka.gold_topic].into_iter().enumerate() {
             first[s] = list.len();
             let what = format!("reading the metadata of {topic} from {}", config.kafka.brokers);
-            let metadata =
-                super::retry(stop, connectivity, &what, || consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT))?;
+            let metadata = super::retry(stop, connectivity, &what, || {
+                consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            })?;
             let mut ids: Vec<i32> = metadata
                 .topics()
                 .first()
@@ -232,7 +233,9 @@ impl OpenEpoch {
             self.meta.newest_ts = Some(self.meta.newest_ts.map_or(ts, |n| n.max(ts)));
         }
         let outcome = match message.payload() {
-            None => Err("the message has no value (a Kafka tombstone); send a delete event instead".to_string()),
+            None => {
+                Err("the message has no value (a Kafka tombstone); send a delete event instead".to_string())
+            }
             Some(payload) => match std::str::from_utf8(payload) {
                 Err(_) => Err("the message is not valid UTF-8".to_string()),
                 Ok(text) => self.source.apply_record(stream, text, out).map_err(|e| e.to_string()),
@@ -255,7 +258,12 @@ impl OpenEpoch {
             };
             let value = serde_json::to_string(&letter).map_err(|e| e.to_string())?;
             let key = serde_json::json!([topic, partition, offset]).to_string();
-            self.meta.dead_letters.push(InputDeadLetter { index: index.unwrap_or(usize::MAX), offset, key, value });
+            self.meta.dead_letters.push(InputDeadLetter {
+                index: index.unwrap_or(usize::MAX),
+                offset,
+                key,
+                value,
+            });
         }
         Ok(())
     }

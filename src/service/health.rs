@@ -33,7 +33,11 @@ pub struct Connectivity {
 impl Connectivity {
     /// Brokers `brokers`, taken to be reachable until a client says otherwise.
     pub fn new(brokers: &str) -> Arc<Connectivity> {
-        Arc::new(Connectivity { brokers: brokers.to_string(), up: AtomicBool::new(true), down_since: Mutex::new(None) })
+        Arc::new(Connectivity {
+            brokers: brokers.to_string(),
+            up: AtomicBool::new(true),
+            down_since: Mutex::new(None),
+        })
     }
 
     /// Whether the brokers are reachable.
@@ -111,7 +115,10 @@ impl ConsumerContext for HealthContext {}
 pub type HealthConsumer = BaseConsumer<HealthContext>;
 
 /// Creates a consumer from `config` with the health context.
-pub fn consumer(config: &ClientConfig, connectivity: &Arc<Connectivity>) -> Result<HealthConsumer, KafkaError> {
+pub fn consumer(
+    config: &ClientConfig,
+    connectivity: &Arc<Connectivity>,
+) -> Result<HealthConsumer, KafkaError> {
     config.create_with_context(HealthContext { connectivity: connectivity.clone() })
 }
 
@@ -144,8 +151,8 @@ impl LagMonitor {
         positions: Arc<[AtomicI64]>,
         telemetry: Arc<Telemetry>,
     ) -> Result<LagMonitor> {
-        let consumer =
-            consumer(client, &connectivity).context("cannot create the Kafka client that measures consumer lag")?;
+        let consumer = consumer(client, &connectivity)
+            .context("cannot create the Kafka client that measures consumer lag")?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();

@@ -167,9 +167,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let mut starts = Vec::with_capacity(partitions.list.len());
     for (topic, partition) in &partitions.list {
         let what = format!("reading the watermarks of {topic} partition {partition}");
-        starts.push(retry(&stop, &connectivity, &what, || {
-            consumer.fetch_watermarks(topic, *partition, METADATA_TIMEOUT).map(|(_, high)| high)
-        })?);
+        let (low, high) = retry(&stop, &connectivity, &what, || {
+            consumer.fetch_watermarks(topic, *partition, METADATA_TIMEOUT)
+        })?;
+        // An empty partition (or one whose records were all deleted) has nothing to read.
+        starts.push(if high > low { high } else { -1 });
     }
     tracing::info!(
         process = cluster.process,
@@ -188,7 +190,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         mine.iter()
             .map(|&index| {
                 let (topic, partition) = partitions.list[index].clone();
-                LagPartition { topic, partition, index, start_high: starts[index] }
+                LagPartition { topic, partition, index, start_high: starts[index].max(0) }
             })
             .collect(),
         feeds.positions.clone(),

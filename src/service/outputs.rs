@@ -158,7 +158,11 @@ impl Renderer<'_> {
             Some(window) => {
                 let start = rfc3339(window.start_ms);
                 let key = key(&[project, task, &window_size_name(window.size_ms), &start]);
-                self.record(OutputTopic::ScopeWindows, key, self.view.window_summary(scope, self.catalog).as_ref())
+                self.record(
+                    OutputTopic::ScopeWindows,
+                    key,
+                    self.view.window_summary(scope, self.catalog).as_ref(),
+                )
             }
             None => {
                 let summary = self.view.scope_summary(scope, self.catalog);
@@ -229,13 +233,18 @@ impl Renderer<'_> {
     pub fn scope_all(&self, scope: ScopeId) -> Result<Vec<Record>> {
         let Some(report) = self.view.scope_report(scope, self.catalog, true) else { return Ok(Vec::new()) };
         let (project, task) = (report.summary.project.as_str(), report.summary.task.as_str());
-        let mut records = vec![self.record(OutputTopic::Scopes, key(&[project, task]), Some(&report.summary))?];
+        let mut records =
+            vec![self.record(OutputTopic::Scopes, key(&[project, task]), Some(&report.summary))?];
         for window in self.view.windows_of(scope) {
             records.push(self.scope(window)?);
         }
         for object in &report.annotators {
             let key = key(&[project, task, &object.annotator_id]);
-            records.push(self.record(OutputTopic::Annotators, key, Some(&Keyed { project, task, object }))?);
+            records.push(self.record(
+                OutputTopic::Annotators,
+                key,
+                Some(&Keyed { project, task, object }),
+            )?);
         }
         for object in &report.pairs {
             let key = key(&[project, task, &object.a, &object.b]);
@@ -244,7 +253,11 @@ impl Renderer<'_> {
         for (item_id, consensus) in report.items.iter().flatten() {
             let object = ItemObject { item_id, consensus };
             let key = key(&[project, task, item_id]);
-            records.push(self.record(OutputTopic::Items, key, Some(&Keyed { project, task, object: &object }))?);
+            records.push(self.record(
+                OutputTopic::Items,
+                key,
+                Some(&Keyed { project, task, object: &object }),
+            )?);
         }
         for alert in &report.alerts {
             records.push(self.alert(&alert.id, Some(alert))?);
@@ -254,6 +267,9 @@ impl Renderer<'_> {
 }
 
 type Map<K, V> = HashMap<K, V, RandomState>;
+
+/// Gate records with their keys on the gating topic.
+pub type GateRecords = Vec<(String, GateRecord)>;
 
 /// What the output topics hold: per keyed topic the hash of each key's current value, and per
 /// annotator the last gate decision on the gating topic.
@@ -343,7 +359,8 @@ impl Published {
     ) -> Vec<(String, GateRecord)> {
         let name = catalog.annotators.name(annotator);
         let gate_key = key(&[project, name]);
-        let records = gate_records_since(project, name, self.gates.get(&gate_key), view.gate(project, annotator));
+        let records =
+            gate_records_since(project, name, self.gates.get(&gate_key), view.gate(project, annotator));
         if let Some(last) = records.last() {
             self.gates.insert(gate_key.clone(), PublishedGate::of(last));
         }
@@ -383,6 +400,46 @@ struct GateRecordRead {
 /// The hash set key of a record, as [`Published::vanished`] takes it.
 pub fn record_key(record: &Record) -> (OutputTopic, u64) {
     (record.topic, stable_id(record.key.as_bytes()))
+}
+
+/// Every scope and window scope with labels.
+pub fn all_scopes(view: &QualityView) -> Vec<labelqc_dataflows::source::ScopeId> {
+    let mut scopes: Vec<_> = view.scope_ids().collect();
+    let windows: Vec<_> = scopes.iter().flat_map(|&s| view.windows_of(s)).collect();
+    scopes.extend(windows);
+    scopes
+}
+
+/// The whole state as its difference from what the topics hold: the records that change what
+/// their topic holds, the tombstones of entities the topics hold and the state lacks, and the
+/// gate records of every decision the gating topic has not seen.
+pub fn reconcile(published: &mut Published, renderer: &Renderer<'_>) -> Result<(Vec<Record>, GateRecords)> {
+    let (view, catalog) = (renderer.view, renderer.catalog);
+    let mut changed = Vec::new();
+    let mut current: HashSet<(OutputTopic, u64), RandomState> = HashSet::default();
+    for scope in view.scope_ids() {
+        for record in renderer.scope_all(scope)? {
+            current.insert(record_key(&record));
+            if published.observe(&record) {
+                changed.push(record);
+            }
+        }
+    }
+    changed.extend(published.vanished(&current));
+    let mut gates = Vec::new();
+    let mut decided: HashSet<(String, String), RandomState> = HashSet::default();
+    for (project, annotator, _) in view.gates() {
+        decided.insert((project.to_string(), catalog.annotators.name(annotator).to_string()));
+        gates.extend(published.gate_records(view, catalog, project, annotator));
+    }
+    // Annotators the gating topic knows who have left their project while the service was down.
+    for (project, name) in published.gate_keys() {
+        if decided.contains(&(project.clone(), name.clone())) {
+            continue;
+        }
+        gates.extend(published.gate_records_gone(&project, &name));
+    }
+    Ok((changed, gates))
 }
 
 #[cfg(test)]

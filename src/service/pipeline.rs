@@ -12,26 +12,26 @@
 //! holds. A reader of the output topics therefore never sees a state older than the one it has
 //! seen, nor a gate record that is no new decision.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use foldhash::fast::RandomState;
 use labelqc_dataflows::engine::Engine;
 use labelqc_dataflows::source::Catalog;
-use labelqc_dataflows::view::{Changes, GateRecord, QualityView};
+use labelqc_dataflows::view::{Changes, QualityView};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::Producer;
-use serde::Serialize;
 
 use super::feed::{EpochMeta, FeedState, InputDeadLetter, Partitions};
 use super::health::{Connectivity, HealthConsumer};
-use super::outputs::{record_key, OutputTopic, Published, Record, Renderer};
-use super::producer::{FailedOutput, Publisher, Sent, TRANSACTION_TIMEOUT};
+use super::outputs::{all_scopes, reconcile, OutputTopic, Published, Renderer};
+use super::producer::{
+    excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
+    TRANSACTION_TIMEOUT,
+};
 use crate::config::Config;
-use crate::deadletter::{RawExcerpt, KAFKA_EXCERPT_BYTES};
 use crate::telemetry::Telemetry;
 
 /// How long output delivery may be outstanding before it is logged (and logged again).
@@ -82,7 +82,7 @@ impl Input {
 
 /// The state of a start: rebuilding until every input partition is read up to its end at start.
 pub struct Rebuild {
-    /// High watermark per input partition at start.
+    /// High watermark per input partition at start (`-1` for a partition with nothing to read).
     pub targets: Vec<i64>,
     /// Committed offset per input partition at start (`-1`: none): refused records before it
     /// were dead-lettered by an earlier run.
@@ -155,28 +155,6 @@ impl DriftMetrics {
             self.set = Instant::now();
         }
     }
-}
-
-/// A position of an input partition, in an output's dead letter.
-#[derive(Serialize)]
-struct InputPosition<'a> {
-    topic: &'a str,
-    partition: i32,
-    /// The next offset to read: the output came from records before it.
-    offset: i64,
-}
-
-/// The dead letter of an output record that could not be published.
-#[derive(Serialize)]
-struct OutputDeadLetter<'a> {
-    output_topic: &'a str,
-    /// The record's key.
-    key: serde_json::Value,
-    reason: String,
-    #[serde(flatten)]
-    raw: RawExcerpt,
-    /// The input positions of the epochs that produced it.
-    input: Vec<InputPosition<'a>>,
 }
 
 /// The closing, publishing and committing pipeline of `labelqc run`'s first process.
@@ -339,7 +317,8 @@ impl<'a> Pipeline<'a> {
         let catalog = self.engine.catalog();
         let mut input = Input::default();
         for (_, meta) in &reports {
-            let meta: EpochMeta = serde_json::from_slice(meta).context("a worker's epoch report is not valid")?;
+            let meta: EpochMeta =
+                serde_json::from_slice(meta).context("a worker's epoch report is not valid")?;
             for (&index, &next) in &meta.positions {
                 self.positions[index] = self.positions[index].max(next);
             }
@@ -413,7 +392,12 @@ impl<'a> Pipeline<'a> {
         };
         let outputs = &self.config.outputs;
         for letter in &input.dead_letters {
-            self.send(&mut group, OutputTopic::DeadLetter.name(outputs), &letter.key, Some(letter.value.as_bytes()))?;
+            self.send(
+                &mut group,
+                OutputTopic::DeadLetter.name(outputs),
+                &letter.key,
+                Some(letter.value.as_bytes()),
+            )?;
         }
         for record in &records {
             self.send(&mut group, record.topic.name(outputs), &record.key, record.value.as_deref())?;
@@ -456,11 +440,13 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Publishes the dead letter of an output that cannot be published, naming the input
-    /// positions of the group it belongs to.
+    /// positions of the group it belongs to. Its key is the output topic and a hash of the
+    /// output's key, so that it stays small whatever the output's key holds.
     fn dead_letter_output(&self, group: &mut Group, failed: &FailedOutput, value: &[u8]) -> Result<()> {
+        let key = excerpt(&failed.key, KEY_EXCERPT_BYTES);
         tracing::error!(
             output_topic = %failed.topic,
-            key = %failed.key,
+            key,
             bytes = failed.bytes,
             error = %failed.error,
             "an output record cannot be published; it goes to the dead-letter topic instead"
@@ -473,20 +459,13 @@ impl<'a> Pipeline<'a> {
             .filter(|(_, &next)| next >= 0)
             .map(|((topic, partition), &offset)| InputPosition { topic, partition: *partition, offset })
             .collect();
-        let key = serde_json::from_str(&failed.key).unwrap_or_else(|_| serde_json::Value::String(failed.key.clone()));
-        let letter = OutputDeadLetter {
-            output_topic: &failed.topic,
-            reason: format!("output of {} bytes not published: {}", failed.bytes, failed.error),
-            raw: RawExcerpt::new(value, KAFKA_EXCERPT_BYTES),
-            input,
-            key: key.clone(),
-        };
-        let letter_key = serde_json::json!([failed.topic, key]).to_string();
-        let value = serde_json::to_vec(&letter)?;
+        let (letter_key, value) = output_dead_letter(failed, value, input)?;
         let topic = OutputTopic::DeadLetter.name(&self.config.outputs);
         match self.publisher.send(group.id, topic, &letter_key, Some(&value))? {
             Sent::Queued => group.sent += 1,
-            Sent::TooLarge { .. } => bail!("the dead letter of output {} (key {}) is too large to publish", failed.topic, failed.key),
+            Sent::TooLarge { .. } => {
+                bail!("the dead letter of an output of {} is too large to publish", failed.topic)
+            }
         }
         Ok(())
     }
@@ -509,7 +488,7 @@ impl<'a> Pipeline<'a> {
                          offsets of their epochs stay uncommitted and are read again on the next start",
                         failed.len(),
                         f.topic,
-                        f.key,
+                        excerpt(&f.key, KEY_EXCERPT_BYTES),
                         f.error
                     );
                 }
@@ -572,7 +551,9 @@ impl<'a> Pipeline<'a> {
             }
             if group.first {
                 self.caught_up = true;
-                tracing::info!("caught up: the outputs of the input present at start are published and committed");
+                tracing::info!(
+                    "caught up: the outputs of the input present at start are published and committed"
+                );
             }
         }
         self.telemetry.output_updated.set(now as f64 / 1000.0);
@@ -638,44 +619,4 @@ impl<'a> Pipeline<'a> {
         }
         Ok(())
     }
-}
-
-/// Every scope and window scope with labels.
-fn all_scopes(view: &QualityView) -> Vec<labelqc_dataflows::source::ScopeId> {
-    let mut scopes: Vec<_> = view.scope_ids().collect();
-    let windows: Vec<_> = scopes.iter().flat_map(|&s| view.windows_of(s)).collect();
-    scopes.extend(windows);
-    scopes
-}
-
-/// The whole state as its difference from what the topics hold: the records that change what
-/// their topic holds, the tombstones of entities the topics hold and the state lacks, and the
-/// gate records of every decision the gating topic has not seen.
-fn reconcile(published: &mut Published, renderer: &Renderer<'_>) -> Result<(Vec<Record>, Vec<(String, GateRecord)>)> {
-    let (view, catalog) = (renderer.view, renderer.catalog);
-    let mut changed = Vec::new();
-    let mut current: HashSet<(OutputTopic, u64), RandomState> = HashSet::default();
-    for scope in view.scope_ids() {
-        for record in renderer.scope_all(scope)? {
-            current.insert(record_key(&record));
-            if published.observe(&record) {
-                changed.push(record);
-            }
-        }
-    }
-    changed.extend(published.vanished(&current));
-    let mut gates = Vec::new();
-    let mut decided: HashSet<(String, String), RandomState> = HashSet::default();
-    for (project, annotator, _) in view.gates() {
-        decided.insert((project.to_string(), catalog.annotators.name(annotator).to_string()));
-        gates.extend(published.gate_records(view, catalog, project, annotator));
-    }
-    // Annotators the gating topic knows who have left their project while the service was down.
-    for (project, name) in published.gate_keys() {
-        if decided.contains(&(project.clone(), name.clone())) {
-            continue;
-        }
-        gates.extend(published.gate_records_gone(&project, &name));
-    }
-    Ok((changed, gates))
 }

@@ -18,7 +18,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use serde::Serialize;
+
 use super::health::{client_log, Connectivity, HealthConsumer};
+use crate::deadletter::{RawExcerpt, KAFKA_EXCERPT_BYTES};
 
 /// How long a transaction step may take before it counts as failed.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,7 +99,7 @@ impl ProducerContext for DeliveryTracker {
                     error: error.to_string(),
                     permanent: permanent(error.rdkafka_error_code()),
                 };
-                tracing::warn!(%error, topic = %failed.topic, key = %failed.key, group, "output message not delivered");
+                tracing::warn!(%error, topic = %failed.topic, group, "output message not delivered");
                 counts.failed.push(failed);
             }
         }
@@ -154,9 +157,7 @@ impl Publisher {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
                     return Ok(Sent::TooLarge { limit: self.max_bytes });
                 }
-                Err((error, _)) => {
-                    return Err(error).with_context(|| format!("cannot publish to {topic} (key {key})"))
-                }
+                Err((error, _)) => return Err(error).with_context(|| format!("cannot publish to {topic}")),
             }
         }
     }
@@ -196,4 +197,60 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// A position of an input partition, in an output's dead letter.
+#[derive(Serialize)]
+pub struct InputPosition<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    /// The next offset to read: the output came from records before it.
+    pub offset: i64,
+}
+
+/// The dead letter of an output record that could not be published.
+#[derive(Serialize)]
+struct OutputDeadLetter<'a> {
+    output_topic: &'a str,
+    /// The record's key (its first [`KEY_EXCERPT_BYTES`] bytes when longer).
+    key: &'a str,
+    key_bytes: usize,
+    reason: String,
+    /// An excerpt of the record's value.
+    #[serde(flatten)]
+    raw: RawExcerpt,
+    /// The input positions of the epochs that produced it.
+    input: Vec<InputPosition<'a>>,
+}
+
+/// The most of an output's key that its dead letter and the logs carry.
+pub const KEY_EXCERPT_BYTES: usize = 1024;
+
+/// The first `n` bytes of `text` at most, cut on a character boundary.
+pub fn excerpt(text: &str, n: usize) -> &str {
+    let mut end = text.len().min(n);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The dead letter of an output that cannot be published: its key on the dead-letter topic (the
+/// output topic and a hash of the output's key, so that it stays small whatever that key holds)
+/// and its value.
+pub fn output_dead_letter(
+    failed: &FailedOutput,
+    value: &[u8],
+    input: Vec<InputPosition<'_>>,
+) -> Result<(String, Vec<u8>)> {
+    let letter = OutputDeadLetter {
+        output_topic: &failed.topic,
+        key: excerpt(&failed.key, KEY_EXCERPT_BYTES),
+        key_bytes: failed.key.len(),
+        reason: format!("output of {} bytes not published: {}", failed.bytes, failed.error),
+        raw: RawExcerpt::new(value, KAFKA_EXCERPT_BYTES),
+        input,
+    };
+    let hash = format!("{:016x}", labelqc_dataflows::label::stable_id(failed.key.as_bytes()));
+    Ok((serde_json::json!([failed.topic, hash]).to_string(), serde_json::to_vec(&letter)?))
 }

@@ -39,7 +39,8 @@ pub fn read_back(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
-    let reader = consumer(&config, connectivity).context("cannot create the Kafka consumer that reads the outputs back")?;
+    let reader = consumer(&config, connectivity)
+        .context("cannot create the Kafka consumer that reads the outputs back")?;
     let mut published = Published::default();
     let mut messages = 0u64;
     // One topic at a time: end-of-partition events name the partition only.

@@ -11,6 +11,7 @@ mod http;
 mod kafka;
 mod property;
 mod reference;
+mod restart;
 mod scenario;
 mod tansu;
 mod topics;
