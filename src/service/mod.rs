@@ -197,9 +197,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         telemetry.clone(),
     )?;
 
-    // Process 0 publishes: it learns what the output topics hold before it starts reading.
+    // Process 0 publishes: it learns what the output topics hold while the state is rebuilt.
     let published = if cluster.process == 0 {
-        Some(readback::read_back(&client(&[]), &config.outputs, &connectivity, &stop)?)
+        let (client, outputs, connectivity, stop) =
+            (client(&[]), config.outputs.clone(), connectivity.clone(), stop.clone());
+        Some(
+            std::thread::Builder::new()
+                .name("labelqc-read-back".into())
+                .spawn(move || readback::read_back(&client, &outputs, &connectivity, &stop))?,
+        )
     } else {
         None
     };

@@ -315,6 +315,13 @@ impl Published {
         }
     }
 
+    /// Adds what another reader read back (of other topics).
+    pub fn merge(&mut self, other: Published) {
+        self.values.extend(other.values);
+        self.read_back.extend(other.read_back);
+        self.gates.extend(other.gates);
+    }
+
     /// Number of keys (values and gates) known to be held by the topics.
     pub fn len(&self) -> usize {
         self.values.len() + self.gates.len()

@@ -172,6 +172,8 @@ pub struct Pipeline<'a> {
     pub cluster: bool,
     /// What the output topics hold.
     pub published: Published,
+    /// Reading the output topics back, until the rebuild has caught up.
+    read_back: Option<std::thread::JoinHandle<Result<Published>>>,
     /// `Some` until the first publish after the start.
     pub rebuild: Option<Rebuild>,
     /// Whether the outputs of the input present at start are published and committed.
@@ -210,7 +212,7 @@ impl<'a> Pipeline<'a> {
         partitions: Arc<Partitions>,
         feeds: Arc<FeedState>,
         connectivity: Arc<Connectivity>,
-        published: Published,
+        read_back: std::thread::JoinHandle<Result<Published>>,
         rebuild: Rebuild,
         ready: Arc<AtomicBool>,
     ) -> Pipeline<'a> {
@@ -225,7 +227,8 @@ impl<'a> Pipeline<'a> {
             feeds,
             connectivity,
             cluster: !config.cluster.addresses.is_empty(),
-            published,
+            published: Published::default(),
+            read_back: Some(read_back),
             rebuild: Some(rebuild),
             caught_up: false,
             ready,
@@ -340,14 +343,23 @@ impl<'a> Pipeline<'a> {
             }
             let rebuild = self.rebuild.take().expect("rebuilding");
             input = rebuild.input;
+            if let Some(read_back) = self.read_back.take() {
+                self.published = read_back.join().expect("the read-back thread panicked")?;
+            }
             view.settle_all(&catalog);
             let renderer = Renderer { view: &view, catalog: &catalog, updated_at: updated_at() };
             let (records, gates) = reconcile(&mut self.published, &renderer)?;
             let changes = Changes { scopes: all_scopes(&view), ..Changes::default() };
             self.telemetry.set_scopes(&view, &catalog, &changes);
+            let count = |topic| records.iter().filter(|r| r.topic == topic && r.value.is_some()).count();
             tracing::info!(
                 rebuild_ms = rebuild.started.elapsed().as_millis() as u64,
-                changed = records.len(),
+                scopes = count(OutputTopic::Scopes) + count(OutputTopic::ScopeWindows),
+                annotators = count(OutputTopic::Annotators),
+                pairs = count(OutputTopic::Pairs),
+                items = count(OutputTopic::Items),
+                alerts = count(OutputTopic::Alerts),
+                tombstones = records.iter().filter(|r| r.value.is_none()).count(),
                 gate_records = gates.len(),
                 "state rebuilt; publishing what changed while the service was down"
             );

@@ -24,8 +24,9 @@ use crate::config::OutputTopics;
 /// How long reading back may make no progress before it is logged (and logged again).
 const STALL_WARN: Duration = Duration::from_secs(10);
 
-/// Reads every keyed output topic and the gating topic to its end. `client` holds the brokers and
-/// the client settings; stops early (with an error) when `stop` is set.
+/// Reads every keyed output topic and the gating topic to its end, each on its own consumer and
+/// thread. `client` holds the brokers and the client settings; stops early (with an error) when
+/// `stop` is set.
 pub fn read_back(
     client: &ClientConfig,
     outputs: &OutputTopics,
@@ -39,13 +40,30 @@ pub fn read_back(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
-    let reader = consumer(&config, connectivity)
-        .context("cannot create the Kafka consumer that reads the outputs back")?;
+    // One consumer per topic: end-of-partition events name the partition only.
+    let read: Vec<Result<(Published, u64)>> = std::thread::scope(|scope| {
+        let readers: Vec<_> = OutputTopic::KEYED
+            .into_iter()
+            .chain([OutputTopic::Gating])
+            .map(|topic| {
+                let config = &config;
+                scope.spawn(move || {
+                    let reader = consumer(config, connectivity)
+                        .context("cannot create the Kafka consumer that reads the outputs back")?;
+                    let mut published = Published::default();
+                    let messages = read_topic(&reader, topic, topic.name(outputs), &mut published, stop)?;
+                    Ok((published, messages))
+                })
+            })
+            .collect();
+        readers.into_iter().map(|r| r.join().expect("a read-back thread panicked")).collect()
+    });
     let mut published = Published::default();
-    let mut messages = 0u64;
-    // One topic at a time: end-of-partition events name the partition only.
-    for topic in OutputTopic::KEYED.into_iter().chain([OutputTopic::Gating]) {
-        messages += read_topic(&reader, topic, topic.name(outputs), &mut published, stop)?;
+    let mut messages = 0;
+    for part in read {
+        let (part, n) = part?;
+        published.merge(part);
+        messages += n;
     }
     tracing::info!(
         messages,

@@ -92,6 +92,13 @@ fn committed_prefix(brokers: &str, topic: &str, partitions: i32) -> Vec<String> 
 #[test]
 fn what_vanished_while_down_is_tombstoned() {
     let (_cluster, brokers) = cluster();
+    vanished_while_down(&brokers);
+}
+
+/// The scenario of [`what_vanished_while_down_is_tombstoned`] on the broker at `brokers`, whose
+/// topics exist and are empty.
+pub fn vanished_while_down(brokers: &str) {
+    let brokers = brokers.to_string();
     let producer = producer(&brokers);
     let a = label("i1", "A", "x", 1_764_460_800_000);
     let b = label("i1", "B", "y", 1_764_460_800_001);
@@ -124,8 +131,15 @@ fn what_vanished_while_down_is_tombstoned() {
 #[test]
 fn kills_at_random_moments_are_invisible_to_readers() {
     let (cluster, brokers) = cluster();
+    kills_invisible_to_readers(cluster, brokers, 4);
+}
+
+/// Insert-only input for `rounds` SIGKILLs of the scenario of
+/// [`kills_at_random_moments_are_invisible_to_readers`], on the broker at `brokers` (kept alive by
+/// `broker`), whose topics exist and are empty.
+pub fn kills_invisible_to_readers<B>(broker: B, brokers: String, rounds: usize) {
     let spec = labelqc::gen::GenSpec {
-        events: 2400,
+        events: 600 * rounds as u64,
         annotators: 25,
         tasks: 2,
         gold_rate: 0.1,
@@ -134,7 +148,7 @@ fn kills_at_random_moments_are_invisible_to_readers() {
         seed: 61,
         ..labelqc::gen::GenSpec::default()
     };
-    let s = Setup::with_spec(cluster, brokers, &spec);
+    let s = Setup::with_spec(broker, brokers, &spec);
     produce(&s.producer, GOLD, &s.gold);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(67);
     let mut service = start_service(&s.brokers, &[]);
