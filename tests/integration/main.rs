@@ -14,5 +14,6 @@ mod property;
 mod reference;
 mod restart;
 mod scenario;
+mod skip;
 mod tansu;
 mod topics;
