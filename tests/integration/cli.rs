@@ -55,8 +55,11 @@ fn bad_lines_are_reported_and_skipped() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = json(&out);
     let p = path.display();
-    assert!(stderr.contains(&format!("{p}:2: not a valid record")), "{stderr}");
-    assert!(stderr.contains(&format!("{p}:4: not a valid record: missing field `ts`")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{p}:2: not JSON: expected a JSON value, at `this is not json`")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{p}:4: `ts` is missing or null")), "{stderr}");
     assert!(stderr.contains(&format!("{p}:5: line is not valid UTF-8")), "{stderr}");
     assert!(stderr.contains("3 bad line(s) skipped"), "{stderr}");
     // The good lines around the bad ones all count.
@@ -72,7 +75,8 @@ fn strict_stops_at_the_first_bad_line() {
     let out = labelqc(&["report", "--labels", "-", "--strict"], Some(input.as_bytes()));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("-:5: not a valid record: `label` must be a string"), "{stderr}");
+    assert!(stderr.contains("-:5: `label` is an object ({}); a label is a string, number"), "{stderr}");
+    assert!(stderr.contains("--strict stops at the first bad line"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
 

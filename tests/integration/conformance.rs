@@ -1,7 +1,8 @@
 //! The conformance suite: every dataset of `tests/conformance` (a copy of the project's shared
 //! conformance data, kept equal to it by `.ci/run`) through the real CLI, whose report must match
 //! the expected file within 1e-9 (null where null), with one worker and with two workers and tiny
-//! epochs.
+//! epochs; and the inputs as real producers write them (`cases/`), whose integers must also be
+//! equal exactly.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -88,4 +89,51 @@ fn conformance_one_worker() {
 #[test]
 fn conformance_two_workers_tiny_epochs() {
     check_all(&["--workers", "2", "--epoch-events", "3"]);
+}
+
+/// The inputs as real producers write them (`cases/NAME/`): the whole report must match, and
+/// its integers exactly (`18446744073709551614` is not `18446744073709551615`).
+fn check_cases(extra: &[&str]) {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(conformance_dir().join("cases"))
+        .expect("readable cases/")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 3, "expected the producer cases, found {cases:?}");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy();
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(case.join("expected.json")).unwrap()).unwrap();
+        let text = report_text(&name, &case.join("events.jsonl"), &case.join("gold.jsonl"), extra);
+        let report: Value = serde_json::from_str(&text).expect("report is JSON");
+        for problem in mismatches(&expected, &report, 1e-9, false) {
+            failures.push(format!("{name}: {problem}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn producer_cases_one_worker() {
+    check_cases(&[]);
+}
+
+#[test]
+fn producer_cases_two_workers_one_event_epochs() {
+    check_cases(&["--workers", "2", "--epoch-events", "1"]);
+}
+
+/// Labels above 2^53 are printed back as they were sent, digit for digit.
+#[test]
+fn big_integer_labels_are_printed_exactly() {
+    let case = conformance_dir().join("cases/uint64-segment-labels");
+    let text = report_text("uint64", &case.join("events.jsonl"), &case.join("gold.jsonl"), &[]);
+    for consensus in [
+        r#""syn-08":{"consensus":18446744073709551614,"tied":true}"#,
+        r#""syn-05":{"consensus":9007199254740992,"tied":true}"#,
+        r#""syn-02":{"consensus":720575940621039146,"tied":true}"#,
+    ] {
+        assert!(text.contains(consensus), "{consensus} not in {text}");
+    }
 }
