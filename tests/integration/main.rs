@@ -8,6 +8,7 @@ mod demo;
 mod drift;
 mod grafana;
 mod http;
+mod input;
 mod kafka;
 mod logs;
 mod property;
