@@ -296,8 +296,13 @@ fn likely_mistakes_are_counted_as_input_warnings() {
     ];
     produce(&s.producer, GOLD, &gold.map(String::from));
     produce(&s.producer, LABELS, &labels.map(String::from));
+    // Good events on more items, so that every partition of the labels topic has some.
+    let good: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"item_id":"g{i}","annotator_id":"a","label":"x","ts":1764460800000}}"#))
+        .collect();
+    produce(&s.producer, LABELS, &good);
     let service = start_service(&s.brokers, &[]);
-    wait_for_events(&service, labels.len() as u64, gold.len() as u64);
+    wait_for_events(&service, (labels.len() + good.len()) as u64, gold.len() as u64);
     let metrics = metrics(&service.1);
     let warnings = |topic: &str, kind: &str| -> f64 {
         let (topic, kind) = (format!("topic=\"{topic}\""), format!("kind=\"{kind}\""));
