@@ -214,6 +214,13 @@ fn id_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Cow<'a
 
 /// A number field (`ts`, `duration_ms`) floored to an integer.
 fn floored(field: &'static str, text: &str, unit: &str) -> Result<i64, ParseError> {
+    // The common case, a plain integer, without the exact decimal.
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(value) = text.parse::<i64>() {
+            return Ok(value);
+        }
+    }
     let number = RawNumber::parse(text).map_err(|error| match error {
         NumberError::Syntax => invalid(field, format!("{} is not a JSON number", excerpt(text))),
         NumberError::OutOfRange => invalid(field, format!("{} is out of range for {unit}", excerpt(text))),

@@ -49,7 +49,10 @@ impl<'a> RawNumber<'a> {
             i += 1;
         }
         let int_start = i;
+        // The integer part's value while it is exact in a float (up to 15 digits).
+        let mut small: u64 = 0;
         while i < bytes.len() && bytes[i].is_ascii_digit() {
+            small = small.wrapping_mul(10).wrapping_add(u64::from(bytes[i] - b'0'));
             i += 1;
         }
         let mut int = &text[int_start..i];
@@ -102,10 +105,21 @@ impl<'a> RawNumber<'a> {
         if exponent.abs() > MAX_EXPONENT {
             return Err(NumberError::OutOfRange);
         }
-        let value: f64 = text.parse().map_err(|_| NumberError::Syntax)?;
-        if !value.is_finite() {
-            return Err(NumberError::OutOfRange);
-        }
+        let value = if frac.is_empty() && exponent == 0 && int.len() <= 15 {
+            // An integer below 10^15 is exactly a float: no need for the general parser.
+            let value = small as f64;
+            if negative {
+                -value
+            } else {
+                value
+            }
+        } else {
+            let value: f64 = text.parse().map_err(|_| NumberError::Syntax)?;
+            if !value.is_finite() {
+                return Err(NumberError::OutOfRange);
+            }
+            value
+        };
         // value = (int ++ frac) × 10^(exponent − len(frac)); strip trailing zeros, then leading.
         frac = frac.trim_end_matches('0');
         if frac.is_empty() {
