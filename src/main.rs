@@ -7,6 +7,7 @@ use labelqc::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    // clap exits with 2 (`cli::EXIT_USAGE`) on a command line it does not understand.
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("LABELQC_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -18,7 +19,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("labelqc: {error:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(labelqc::cli::exit_code(&error))
         }
     }
 }

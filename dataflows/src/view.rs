@@ -14,7 +14,7 @@ use crate::drift::{
     self, Alert, AlertStatus, AnnotatorInputs, Decision, DriftSettings, Gate, GateState, PopulationCounts,
     ScopeInputs, Severity, Signal, SignalReport, SignalState, Timeline,
 };
-use crate::label::LabelId;
+use crate::label::{Label, LabelId};
 use crate::source::{is_window, window_size_name, AnnotatorId, Catalog, Day, ItemId, ScopeId};
 use crate::stats::{self, Coincidences, GoldAccuracy, Level};
 
@@ -461,7 +461,7 @@ impl QualityView {
         };
         targets.sort_unstable();
         targets.dedup();
-        let label_name = |l: LabelId| catalog.labels.get(l).to_json().to_string();
+        let label_name = |l: LabelId| catalog.labels.get(l).to_json_text();
         let mut gate_keys: BTreeSet<(String, AnnotatorId)> = BTreeSet::new();
         let mut alert_scopes: Vec<ScopeId> = Vec::new();
         for &(scope, annotator) in &targets {
@@ -1128,7 +1128,7 @@ fn annotator_report(
 fn item_consensus(values: &[((u32, LabelId), Diff)], catalog: &Catalog) -> Option<ItemConsensus> {
     let live = values.iter().filter(|(_, d)| *d > 0);
     let best = live.clone().map(|((_, label), _)| catalog.labels.get(*label)).min_by(|x, y| x.spec_cmp(y))?;
-    Some(ItemConsensus { consensus: best.to_json(), tied: live.count() > 1 })
+    Some(ItemConsensus { consensus: best.clone(), tied: live.count() > 1 })
 }
 
 impl PairState {
@@ -1351,7 +1351,9 @@ pub struct AnnotatorReport {
 /// An item's consensus label.
 #[derive(Clone, Debug, Serialize)]
 pub struct ItemConsensus {
-    pub consensus: serde_json::Value,
+    /// The consensus label, as JSON (a number exactly as its value).
+    #[serde(serialize_with = "crate::label::serialize_json")]
+    pub consensus: Label,
     pub tied: bool,
 }
 

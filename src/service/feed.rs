@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use labelqc_dataflows::engine::{EpochReport, Feed};
 use labelqc_dataflows::event::Op;
-use labelqc_dataflows::source::{Source, Stream, Update};
+use labelqc_dataflows::source::{Applied, Source, Stream, Update};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -232,28 +232,29 @@ impl OpenEpoch {
             self.meta.oldest_ts = Some(self.meta.oldest_ts.map_or(ts, |o| o.min(ts)));
             self.meta.newest_ts = Some(self.meta.newest_ts.map_or(ts, |n| n.max(ts)));
         }
-        let outcome = match message.payload() {
-            None => {
-                Err("the message has no value (a Kafka tombstone); send a delete event instead".to_string())
-            }
-            Some(payload) => match std::str::from_utf8(payload) {
-                Err(_) => Err("the message is not valid UTF-8".to_string()),
-                Ok(text) => self.source.apply_record(stream, text, out).map_err(|e| e.to_string()),
-            },
+        // The parser of `labelqc report`: tombstones, empty and non-UTF-8 messages refused too.
+        let outcome = self.source.apply_message(stream, message.payload(), out);
+        let warnings = match &outcome {
+            Ok(applied) => applied.warnings,
+            Err(error) => error.warning().into_iter().collect(),
         };
+        for warning in warnings.iter() {
+            let position = format_args!("{topic}/{}/{}", message.partition(), message.offset());
+            self.telemetry.input_warning(stream, warning, &position);
+        }
         let result = match &outcome {
-            Ok(Op::Upsert) => 0,
-            Ok(Op::Delete) => 1,
+            Ok(Applied { op: Op::Upsert, .. }) => 0,
+            Ok(Applied { op: Op::Delete, .. }) => 1,
             Err(_) => 2,
         };
         self.records.counts[s][result] += 1;
-        if let Err(reason) = outcome {
+        if let Err(error) = outcome {
             let (partition, offset) = (message.partition(), message.offset());
             let letter = DeadLetterValue {
                 topic,
                 partition,
                 offset,
-                reason,
+                reason: error.to_string(),
                 raw: RawExcerpt::new(message.payload().unwrap_or_default(), KAFKA_EXCERPT_BYTES),
             };
             let value = serde_json::to_string(&letter).map_err(|e| e.to_string())?;

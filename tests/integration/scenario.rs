@@ -23,7 +23,15 @@ use crate::http::samples;
 
 pub use crate::topics::{GOLD, LABELS, OUTPUTS};
 pub const DEADLETTER: &str = OUTPUTS[4];
-pub const MALFORMED: [&str; 2] = ["this is not json", r#"{"item_id":"x","annotator_id":"a","label":"y"}"#];
+/// Messages the service must refuse, each with a word of the reason it must give: text that is not
+/// JSON, a record without `ts`, binary bytes (a PNG header sent to the wrong topic, kept intact
+/// as base64 in the dead letter) and a tombstone (no value at all).
+pub const MALFORMED: [(Option<&[u8]>, &str); 4] = [
+    (Some(b"this is not json"), "not JSON"),
+    (Some(br#"{"item_id":"x","annotator_id":"a","label":"y"}"#), "`ts` is missing"),
+    (Some(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), "not UTF-8 text: byte 0x89"),
+    (None, "a Kafka tombstone"),
+];
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Kills the service when the test ends, however it ends. Holds the process, the address of its
@@ -149,6 +157,19 @@ pub fn produce(producer: &BaseProducer, topic: &str, lines: &[String]) {
     for line in lines {
         let key = identity_key(line);
         producer.send(BaseRecord::to(topic).key(&key).payload(line)).expect("enqueue input");
+    }
+    producer.flush(TIMEOUT).expect("input delivered");
+}
+
+/// Produces the [`MALFORMED`] messages to `topic`.
+pub fn produce_malformed(producer: &BaseProducer, topic: &str) {
+    for (payload, _) in MALFORMED {
+        let record = BaseRecord::<str, [u8]>::to(topic).key("malformed");
+        let record = match payload {
+            Some(bytes) => record.payload(bytes),
+            None => record,
+        };
+        producer.send(record).expect("enqueue input");
     }
     producer.flush(TIMEOUT).expect("input delivered");
 }
@@ -298,24 +319,32 @@ pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
 }
 
 /// Checks that each malformed message of the labels topic is in the dead-letter topic, under the
-/// key `["topic",partition,offset]`, with its position, the reason it was refused and its raw text.
+/// key `["topic",partition,offset]`, with its position, the reason it was refused and its bytes
+/// intact (text as text, binary as base64).
 pub fn assert_dead_letters(brokers: &str) {
-    let malformed: Vec<Record> = read_all(brokers, LABELS)
+    let malformed: Vec<(Record, &str)> = read_all(brokers, LABELS)
         .into_iter()
-        .filter(|r| MALFORMED.iter().any(|m| r.payload.as_deref() == Some(m.as_bytes())))
+        .filter(|r| r.key == "malformed")
+        .map(|r| {
+            let (_, reason) =
+                MALFORMED.iter().find(|(m, _)| r.payload.as_deref() == *m).expect("a malformed message");
+            (r, *reason)
+        })
         .collect();
     assert_eq!(malformed.len(), MALFORMED.len(), "each malformed message is in {LABELS} once");
     let letters = compacted(brokers, DEADLETTER);
     assert_eq!(letters.len(), malformed.len(), "{letters:#?}");
-    for record in &malformed {
+    for (record, reason) in &malformed {
         let key = serde_json::json!([LABELS, record.partition, record.offset]).to_string();
         let Some(Some(letter)) = letters.get(&key) else { panic!("no dead letter {key} in {letters:#?}") };
         assert_eq!(letter["topic"], LABELS, "{letter}");
         assert_eq!(letter["partition"], record.partition, "{letter}");
         assert_eq!(letter["offset"], record.offset, "{letter}");
-        assert_eq!(letter["raw"].as_str().map(str::as_bytes), record.payload.as_deref(), "{letter}");
-        assert_eq!(letter["raw_bytes"], record.payload.as_ref().unwrap().len(), "{letter}");
-        assert!(!letter["reason"].as_str().unwrap().is_empty(), "{letter}");
+        let raw: labelqc::deadletter::RawExcerpt = serde_json::from_value(letter.clone()).unwrap();
+        assert_eq!(raw.bytes().unwrap(), record.payload.clone().unwrap_or_default(), "{letter}");
+        assert_eq!(raw.raw_bytes, record.payload.as_ref().map_or(0, Vec::len) as u64, "{letter}");
+        assert!(!raw.truncated, "{letter}");
+        assert!(letter["reason"].as_str().unwrap().starts_with(reason), "{letter}");
     }
 }
 
@@ -355,7 +384,7 @@ pub fn kill_and_restart<B>(s: &Setup<B>, split: usize, extra: &[&str]) -> Servic
     produce(&s.producer, GOLD, &s.gold);
     let (first, rest) = s.labels.split_at(split);
     produce(&s.producer, LABELS, first);
-    produce(&s.producer, LABELS, &MALFORMED.map(String::from));
+    produce_malformed(&s.producer, LABELS);
     let mut service = start_service(&s.brokers, extra);
     wait_for_events(&service, (first.len() + MALFORMED.len()) as u64, s.gold.len() as u64);
     let (second, third) = rest.split_at(rest.len() / 2);

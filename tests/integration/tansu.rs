@@ -43,7 +43,7 @@ impl Tansu {
     /// (the test is skipped) when `LABELQC_SKIP_TANSU=1`, or when tansu is not installed outside CI.
     fn start() -> Option<(Tansu, String)> {
         if std::env::var("LABELQC_SKIP_TANSU").is_ok_and(|v| v == "1") {
-            eprintln!("LABELQC_SKIP_TANSU=1: the tansu test is skipped");
+            crate::skip::skipped("the tansu test: LABELQC_SKIP_TANSU=1");
             return None;
         }
         let Some(binary) = binary() else {
@@ -54,7 +54,7 @@ impl Tansu {
             if std::env::var_os("CI").is_some() {
                 panic!("{missing}; CI runs every test");
             }
-            eprintln!("skipped: {missing}");
+            crate::skip::skipped(&format!("the tansu test: {missing}"));
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
