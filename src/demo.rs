@@ -59,7 +59,14 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     eprintln!("labelqc demo: metrics on http://{}/metrics (Ctrl-C stops)", server.local_addr());
 
     let mut engine = Engine::start(
-        &EngineConfig { workers: settings.workers, max_epochs_in_flight: 2 },
+        &EngineConfig {
+            workers: settings.workers,
+            max_epochs_in_flight: 2,
+            items: labelqc_dataflows::items::ItemsConfig {
+                window_sizes: settings.windows.clone(),
+                out_of_order: false,
+            },
+        },
         QualityView::with_change_tracking(),
     )?;
     let mut traffic = Traffic::new(&settings.traffic)?;
@@ -176,7 +183,7 @@ fn render(
     let mut out = format!(
         "labelqc demo  t={:.0}s  events={fed}  {rate:.0} events/s  live labels={}  latency p50={:.1}ms p99={:.1}ms\n\n",
         elapsed.as_secs_f64(),
-        source.live_labels(),
+        view.live_labels(),
         telemetry.latency_quantile(0.5).as_secs_f64() * 1e3,
         telemetry.latency_quantile(0.99).as_secs_f64() * 1e3,
     );
