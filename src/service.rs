@@ -768,6 +768,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let server = HttpServer::start(config.http.listen, telemetry.clone(), ready.clone(), stop.clone())?;
     eprintln!("labelqc run: metrics on http://{}/metrics", server.local_addr());
+    crate::topics::check_at_start(config)?;
 
     let client = |defaults: &[(&str, &str)]| {
         let mut client = ClientConfig::new();

@@ -14,3 +14,4 @@ mod reference;
 mod scenario;
 mod tansu;
 mod topics;
+mod topics_admin;
