@@ -9,6 +9,7 @@ mod drift;
 mod grafana;
 mod http;
 mod kafka;
+mod kubernetes;
 mod property;
 mod reference;
 mod scenario;
