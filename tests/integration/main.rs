@@ -11,6 +11,7 @@ mod http;
 mod kafka;
 mod kubernetes;
 mod property;
+mod read_topics;
 mod reference;
 mod scenario;
 mod tansu;
