@@ -18,6 +18,18 @@ use crate::topics;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Format of the log lines on stderr (their level is set by LABELQC_LOG, default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line, with the event's fields, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -331,7 +343,7 @@ fn run_service(args: RunArgs) -> Result<()> {
         config.cluster.process = process;
     }
     config.validate()?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = crate::signals::install().context("cannot install the SIGTERM and SIGINT handlers")?;
     crate::service::run(&config, stop)
 }
 

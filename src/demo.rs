@@ -54,8 +54,8 @@ fn now_ms() -> i64 {
 pub fn run(settings: &DemoSettings) -> Result<()> {
     let telemetry = Arc::new(Telemetry::new()?);
     let ready = Arc::new(AtomicBool::new(false));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let server = HttpServer::start(settings.http, telemetry.clone(), ready.clone(), interrupted.clone())?;
+    let interrupted = crate::signals::install()?;
+    let server = HttpServer::start(settings.http, telemetry.clone(), ready.clone())?;
     eprintln!("labelqc demo: metrics on http://{}/metrics (Ctrl-C stops)", server.local_addr());
 
     let mut engine = Engine::start(

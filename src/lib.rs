@@ -11,5 +11,6 @@ pub mod http;
 pub mod input;
 pub mod report;
 pub mod service;
+pub mod signals;
 pub mod telemetry;
 pub mod topics;

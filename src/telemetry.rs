@@ -18,7 +18,7 @@ use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::event::Op;
 use labelqc_dataflows::source::Stream;
 use labelqc_dataflows::source::{is_window, window_size_name, Catalog, ScopeId};
-use labelqc_dataflows::view::{Changes, DriftSummary, QualityView, ScopeSummary};
+use labelqc_dataflows::view::{Changes, DriftSummary, GateRecord, QualityView, ScopeSummary};
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -371,13 +371,23 @@ impl Telemetry {
 
     /// Counts the gate transitions and newly firing alerts among published changes.
     pub fn count_changes(&self, changes: &Changes) {
-        for record in &changes.gates {
+        self.count_gate_records(&changes.gates);
+        self.count_fired(&changes.fired);
+    }
+
+    /// Counts the gate transitions among published gate records.
+    pub fn count_gate_records<'r>(&self, records: impl IntoIterator<Item = &'r GateRecord>) {
+        for record in records {
             if record.from != Some(record.state) {
                 let from = record.from.map_or("none", GateState::name);
                 self.gate_transitions.with_label_values(&[&record.project, from, record.state.name()]).inc();
             }
         }
-        for (project, severity) in &changes.fired {
+    }
+
+    /// Counts alerts that started firing: (project, severity).
+    pub fn count_fired(&self, fired: &[(String, Severity)]) {
+        for (project, severity) in fired {
             self.alerts_fired.with_label_values(&[project, severity.name()]).inc();
         }
     }

@@ -463,16 +463,27 @@ pub fn describe_spec(spec: &TopicSpec) -> String {
 /// topic, input and output, so that none is found missing only when the first output is
 /// published; logs a warning for each topic config that differs (an input topic that is not
 /// compacted loses labels). Partition counts are not compared: the service reads any number.
-pub fn check_at_start(config: &Config) -> Result<(), TopicsError> {
-    let admin = Admin::new(config)?;
-    let check = check(&admin, &plan(config))?;
+///
+/// The outer error is a broker that cannot be reached (the service waits that out and calls
+/// again); the inner one is a topic problem or a client that cannot be made, which waiting does
+/// not mend.
+pub fn check_at_start(config: &Config) -> Result<Result<(), TopicsError>, KafkaError> {
+    let admin = match Admin::new(config) {
+        Ok(admin) => admin,
+        Err(error) => return Ok(Err(error)),
+    };
+    let check = match check(&admin, &plan(config)) {
+        Ok(check) => check,
+        Err(TopicsError::Metadata { source, .. }) => return Err(source),
+        Err(error) => return Ok(Err(error)),
+    };
     let missing: Vec<Problem> = check.missing().cloned().collect();
     if !missing.is_empty() {
-        return Err(TopicsError::Problems {
+        return Ok(Err(TopicsError::Problems {
             brokers: check.brokers,
             problems: missing,
             hint: "create them with `labelqc topics create` (same --config), or with your Kafka tools",
-        });
+        }));
     }
     for problem in &check.problems {
         if let ProblemKind::Config { .. } = problem.kind {
@@ -482,5 +493,5 @@ pub fn check_at_start(config: &Config) -> Result<(), TopicsError> {
     if let Some(reason) = &check.unverified {
         tracing::info!(%reason, "topic configs not verified");
     }
-    Ok(())
+    Ok(Ok(()))
 }

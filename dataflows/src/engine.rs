@@ -833,9 +833,8 @@ mod tests {
         engine.sync().unwrap();
         let mut view = engine.view();
         let changes = view.settle(&source.catalog);
-        // Every gate goes back to warm-up, saying why.
-        assert!(!changes.gates.is_empty());
-        assert!(changes.gates.iter().all(|r| r.state == crate::drift::GateState::Warmup && r.revised));
+        // Every annotator was still in warm-up, where it stays: leaving is no new decision.
+        assert_eq!(changes.gates, vec![]);
         assert_eq!(view.drift_summary(&source.catalog), crate::view::DriftSummary::default());
         assert!(view.report(&source.catalog, true).scopes.is_empty());
     }

@@ -219,11 +219,31 @@ fn cluster_restarted_after_a_process_dies_converges() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!status.success(), "the first process must fail, not finish: {status:?}");
+    assert_lost_peer(&leader, 1);
     produce(&s.producer, LABELS, third);
 
-    let (leader, _later) = start();
+    let (mut leader, mut later) = start();
     wait_for_events(&leader, s.labels.len() as u64, s.gold.len() as u64);
     assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+
+    // The first process dies: the second fails the same way, naming it.
+    leader.0.kill().unwrap();
+    leader.0.wait().unwrap();
+    let status =
+        later.wait_exit(Duration::from_secs(30)).expect("the second process stops when the first dies");
+    assert!(!status.success(), "{status:?}");
+    assert_lost_peer(&later, 0);
+}
+
+/// A process that lost a peer exits with one error line naming it, and no panic.
+fn assert_lost_peer(service: &crate::scenario::Service, peer: usize) {
+    // The line is the last the process wrote; give the reader thread a moment to take it.
+    std::thread::sleep(Duration::from_millis(200));
+    let stderr = service.stderr();
+    let lost: Vec<&str> = stderr.lines().filter(|l| l.contains("lost cluster process")).collect();
+    assert_eq!(lost.len(), 1, "{stderr}");
+    assert!(lost[0].contains(&format!("lost cluster process {peer} (127.0.0.1:")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// A cluster configuration of two processes of two workers each on free ports of 127.0.0.1.
@@ -235,4 +255,30 @@ fn cluster_config(dir: &std::path::Path) -> std::path::PathBuf {
     let settings = format!("[engine]\nworkers = 2\n[cluster]\naddresses = [{}]\n", addresses.join(", "));
     std::fs::write(&config, settings).unwrap();
     config
+}
+
+/// Input keyed by label identity, as spec section 1 asks: one item's labels land on different
+/// partitions, read by different workers, and its gold answer on another topic's partition; the
+/// outputs (windows included) equal the report all the same, with 2 and 3 workers.
+#[test]
+fn results_do_not_depend_on_how_identities_are_partitioned() {
+    for (seed, workers) in [(103, "2"), (107, "3")] {
+        let s = setup(seed);
+        produce(&s.producer, GOLD, &s.gold);
+        produce(&s.producer, LABELS, &s.labels);
+        // Some item's labels are spread over partitions.
+        let mut partitions: std::collections::BTreeMap<String, std::collections::BTreeSet<i32>> =
+            Default::default();
+        for record in crate::scenario::read_all(&s.brokers, LABELS) {
+            let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.payload.unwrap()) else {
+                continue;
+            };
+            let Some(item) = event["item_id"].as_str() else { continue };
+            partitions.entry(item.to_string()).or_default().insert(record.partition);
+        }
+        assert!(partitions.values().any(|p| p.len() > 1), "no item spread over partitions");
+        let service = start_service(&s.brokers, &["--workers", workers]);
+        wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
+        assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+    }
 }

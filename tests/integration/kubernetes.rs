@@ -16,9 +16,6 @@ use labelqc::config::Config;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-/// The service's shutdown timeout when the configuration does not set one (spec section 4).
-const DEFAULT_SHUTDOWN_TIMEOUT_MS: i64 = 30_000;
-
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
 }
@@ -191,7 +188,7 @@ fn the_kubernetes_example_is_consistent_with_itself_and_with_labelqc() {
     // SIGTERM: the grace period outlasts the shutdown timeout.
     let grace_ms =
         1000 * statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap();
-    let shutdown_ms = shutdown_timeout_ms(&text);
+    let shutdown_ms = config.kafka.shutdown_timeout_ms as i64;
     assert!(
         grace_ms > shutdown_ms,
         "terminationGracePeriodSeconds {grace_ms} ms <= shutdown_timeout_ms {shutdown_ms}"
@@ -211,16 +208,4 @@ fn the_kubernetes_example_is_consistent_with_itself_and_with_labelqc() {
     // The Job's pods are not the Service's.
     let job_labels = &job["spec"]["template"]["metadata"]["labels"];
     assert!(selector.iter().any(|(k, v)| &job_labels[k.as_str().unwrap()] != v));
-}
-
-/// `shutdown_timeout_ms` wherever the configuration sets it, else the default.
-fn shutdown_timeout_ms(text: &str) -> i64 {
-    fn search(table: &toml::Table) -> Option<i64> {
-        table.iter().find_map(|(key, value)| match value {
-            toml::Value::Integer(ms) if key == "shutdown_timeout_ms" => Some(*ms),
-            toml::Value::Table(table) => search(table),
-            _ => None,
-        })
-    }
-    search(&toml::from_str(text).unwrap()).unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS)
 }
