@@ -155,6 +155,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     };
     let consumer = health::consumer(&consumer_config, &connectivity)
         .context("cannot create the Kafka consumer; check the [kafka] settings")?;
+    retry(&stop, &connectivity, "checking the topics", || crate::topics::check_at_start(config))??;
     let partitions = Arc::new(Partitions::fetch(&consumer, config, &stop, &connectivity)?);
 
     // Which partitions this process reads: those of its workers.
