@@ -15,7 +15,8 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::scenario::{
-    compacted, produce, start_service, wait_for_events, Setup, GOLD, LABELS, MALFORMED, OUTPUTS,
+    compacted, produce, produce_malformed, start_service, wait_for_events, Setup, GOLD, LABELS, MALFORMED,
+    OUTPUTS,
 };
 use crate::tansu::Tansu;
 
@@ -101,7 +102,7 @@ fn read_topics_py_reads_the_compacted_topics_into_dataframes() {
     let s = Setup::new(tansu, brokers.clone(), 53);
     produce(&s.producer, GOLD, &s.gold);
     produce(&s.producer, LABELS, &s.labels);
-    produce(&s.producer, LABELS, &MALFORMED.map(String::from));
+    produce_malformed(&s.producer, LABELS);
     // Two labels of a scope of their own, deleted once published: that scope's objects get
     // tombstones.
     let event = |annotator: &str, op: &str| {
