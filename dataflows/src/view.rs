@@ -634,8 +634,8 @@ impl QualityView {
                 Severity::Warning,
                 "population_shift",
                 format!(
-                    "{alarmed} of {active} annotators in alarm on {} on {}: a shift in the data or the task, not in individuals",
-                    signal.name(),
+                    "{alarmed} of {active} annotators raised an alarm on {} on {}: more likely a change in the data or the task than in the people",
+                    signal.title(),
                     drift::date(day)
                 ),
             );
@@ -657,7 +657,7 @@ impl QualityView {
                         id.clone(),
                         Severity::Warning,
                         "annotator_drift",
-                        format!("{name}, {}: {}", episode.signal.name(), episode.explanation),
+                        format!("{name}: {}", episode.explanation),
                     );
                     alert.annotator_id = Some(name.to_string());
                     alert.signal = Some(episode.signal);
@@ -679,8 +679,10 @@ impl QualityView {
                     Severity::Critical,
                     "alpha_below_floor",
                     format!(
-                        "Krippendorff's alpha (nominal) {alpha:.3} over {} pairable items, floor {}",
-                        summary.n_pairable_items, config.alpha_floor
+                        "agreement beyond chance (Krippendorff's alpha) {alpha:.3} on {} items with two or more labels, {} the floor {}",
+                        summary.n_pairable_items,
+                        if alpha < config.alpha_floor { "under" } else { "at or above" },
+                        config.alpha_floor
                     ),
                 );
                 if alpha >= config.alpha_floor {
@@ -696,11 +698,12 @@ impl QualityView {
                 Severity::Critical,
                 "gold_below_target",
                 format!(
-                    "gold accuracy {:.1}% ({:.1}-{:.1}%, n={}), target {:.1}%",
+                    "gold accuracy {:.1}% on {} gold answers (likely {:.1}-{:.1}%), {} the target {:.1}%",
                     100.0 * gold.accuracy,
+                    gold.n,
                     100.0 * gold.wilson_low,
                     100.0 * gold.wilson_high,
-                    gold.n,
+                    if gold.accuracy < config.gold_target { "under" } else { "at or above" },
                     100.0 * config.gold_target
                 ),
             );
@@ -747,7 +750,9 @@ impl QualityView {
             for (&annotator, a) in &s.annotators {
                 let Some(t) = &a.timeline else { continue };
                 for signal in Signal::ALL {
-                    let e = worst.entry((project, annotator, signal)).or_insert((SignalState::Ok, None));
+                    let e = worst
+                        .entry((project, annotator, signal))
+                        .or_insert((SignalState::Insufficient, None));
                     e.0 = e.0.max(t.state(signal));
                     if let Some(score) = t.score(signal) {
                         e.1 = Some(e.1.map_or(score, |b: f64| b.max(score)));

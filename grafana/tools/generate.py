@@ -29,7 +29,6 @@ ANNOTATOR_UID = "labelqc-annotator"
 PIPELINE_UID = "labelqc-pipeline"
 
 GATE_COLOURS = {"allow": "green", "warmup": "blue", "probation": "orange", "block": "red"}
-SEVERITY_COLOURS = {"info": "blue", "warning": "orange", "critical": "red"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,7 +526,7 @@ def overview():
                   "work). Red as soon as one is blocked.",
                   "short", COUNT_STEPS,
                   [target('sum by (state) (labelqc_annotators_gate{project=~"$project"})', "{{state}}", instant=True)],
-                  (0, y, 8, 6), minimum=0,
+                  (0, y, 6, 6), minimum=0,
                   overrides=[
                       {"matcher": {"id": "byName", "options": "block"},
                        "properties": [{"id": "thresholds", "value": steps("green", (1, "red"))}]},
@@ -543,13 +542,22 @@ def overview():
                   "short", steps("green", (1, "orange"), (5, "red")),
                   [target('sum by (signal, state) (labelqc_annotators_signal_state{project=~"$project", state=~"watch|alarm"})',
                           "{{signal}} {{state}}", instant=True)],
-                  (8, y, 8, 6), minimum=0),
+                  (6, y, 6, 6), minimum=0),
+        bar_gauge("Annotators not judged yet (too little data)",
+                  "Annotators whose drift signal lacks its minimum data (state insufficient), per "
+                  "signal: they are neither ok nor flagged on it. speed and too_fast compare the "
+                  "last 7 days with the 28 before, so they stay here for five weeks; gold needs "
+                  "earlier gold answers to compare with. Blue: information, not a problem.",
+                  "short", steps("blue"),
+                  [target('sum by (signal) (labelqc_annotators_signal_state{project=~"$project", state="insufficient"})',
+                          "{{signal}}", instant=True)],
+                  (12, y, 6, 6), minimum=0),
         bar_gauge("Gold answers (evidence)",
                   "Labels on gold items per scope: the n behind the gold accuracy. Under 50 the "
                   "accuracy is too uncertain to alert on (red).",
                   "short", steps("red", (50, "green")),
                   [target(f"labelqc_scope_gold_answers{{{SCOPE}}}", "{{project}}/{{task}}", instant=True)],
-                  (16, y, 8, 6), minimum=0),
+                  (18, y, 6, 6), minimum=0),
     ]
     y += 6
 
