@@ -498,16 +498,16 @@ fn points_more_or_less(diff: f64, what: &str) -> String {
     }
 }
 
-/// The range `[low, high]` of a difference of shares in plain words: `9-32 points less`,
-/// `2-7 points more`, or `from 4 points less to 3 more` when it spans zero.
+/// The range `[low, high]` of a difference of shares in plain words, after a sentence that
+/// already said `points less` or `more`: `9-32`, or `from 4 less to 3 more` when it spans zero.
 fn points_range(low: f64, high: f64) -> String {
     let (low, high) = ((100.0 * low).round(), (100.0 * high).round());
     if high <= 0.0 {
-        format!("{:.0}-{:.0} points less", -high, -low)
+        format!("{:.0}-{:.0}", -high, -low)
     } else if low >= 0.0 {
-        format!("{low:.0}-{high:.0} points more")
+        format!("{low:.0}-{high:.0}")
     } else {
-        format!("from {:.0} points less to {high:.0} more", -low)
+        format!("from {:.0} less to {high:.0} more", -low)
     }
 }
 
@@ -597,7 +597,7 @@ impl DayContext<'_> {
             baseline: Some(1.0 - e0),
             interval: Some([low, high]),
             explanation: format!(
-                "gold accuracy {} on {n} gold questions over the last {} (likely {}-{}), usually {}; evidence {llr:.1}, alarm at {}",
+                "gold accuracy {} on {n} gold questions, last {} (likely {}-{}), usually {}; evidence {llr:.1}, alarm at {}",
                 percent(correct as f64 / n as f64),
                 days(w),
                 percent(low),
@@ -631,7 +631,7 @@ impl DayContext<'_> {
             baseline: Some(0.0),
             interval: Some([mean - half, mean + half]),
             explanation: format!(
-                "agrees with the others on the same items {} than they agree with each other (likely {}; {n} items over the last {})",
+                "agrees with the others on the same items {} than they agree with each other (likely {}; {n} items, last {})",
                 points_more_or_less(mean, "often"),
                 points_range(mean - half, mean + half),
                 days(c.peer_window_days)
@@ -702,8 +702,8 @@ impl DayContext<'_> {
         // Significance as a score: p at the threshold scores 1, p at 100x the threshold 0.5.
         let p_score =
             if p_value <= 0.0 { f64::INFINITY } else { (p_value.log10() / c.label_mix_p.log10()).max(0.0) };
-        let (over_diff, over_label, over_own, over_peer) = over?;
-        let (under_diff, under_label, under_own, under_peer) = under?;
+        let (_, over_label, over_own, over_peer) = over?;
+        let (_, under_label, under_own, under_peer) = under?;
         Some(Reading {
             score: distance_score.min(p_score),
             value: distance,
@@ -711,13 +711,11 @@ impl DayContext<'_> {
             baseline: None,
             interval: None,
             explanation: format!(
-                "gives {} {} than the others on the same items ({} against {}) and {} {} ({} against {}); {n} labels over the last {}",
+                "gives {} to {} of items, the others to {} of the same items; {} to {}, the others to {} ({n} labels, last {})",
                 (self.label_name)(over_label),
-                points_more_or_less(over_diff, "often"),
                 percent(over_own),
                 percent(over_peer),
                 (self.label_name)(under_label),
-                points_more_or_less(under_diff, "often"),
                 percent(under_own),
                 percent(under_peer),
                 days(c.peer_window_days)
@@ -765,7 +763,7 @@ impl DayContext<'_> {
             baseline: Some(usual_ms),
             interval: None,
             explanation: format!(
-                "takes a typical {:.1} s a label over the last {} ({n} labels), usually {:.1} s: {:.0}% of the usual time",
+                "takes a typical {:.1} s a label ({n} labels, last {}), usually {:.1} s: {:.0}% of the usual time",
                 recent_ms / 1000.0,
                 days(c.speed_window_days),
                 usual_ms / 1000.0,
@@ -800,7 +798,7 @@ impl DayContext<'_> {
             baseline: Some(base),
             interval: stats::wilson(n, fast as f64, stats::WILSON_Z).map(|(l, h)| [l, h]),
             explanation: format!(
-                "{} of {n} labels over the last {} took under {:.1} s, usually {}",
+                "{} of {n} labels in the last {} took under {:.1} s, usually {}",
                 percent(share),
                 days(c.speed_window_days),
                 limit / 1000.0,
@@ -1315,7 +1313,7 @@ mod tests {
         let explanation = &report.reading.as_ref().unwrap().explanation;
         assert!(
             explanation.starts_with(
-                "gives #2 33 points more often than the others on the same items (33% against 0%) and #1 33 points less often (67% against 100%)"
+                "gives #2 to 33% of items, the others to 0% of the same items; #1 to 67%, the others to 100%"
             ),
             "{explanation}"
         );

@@ -793,6 +793,13 @@ impl QualityView {
         summary
     }
 
+    /// Every annotator's drift timeline, by (scope, annotator), as of the last evaluation.
+    pub fn timelines(&self) -> impl Iterator<Item = (ScopeId, AnnotatorId, &Timeline)> {
+        self.scopes.iter().flat_map(|(&scope, s)| {
+            s.annotators.iter().filter_map(move |(&a, state)| Some((scope, a, state.timeline.as_ref()?)))
+        })
+    }
+
     /// The drift timeline of an annotator in a scope, as of the last evaluation.
     pub fn timeline(&self, scope: ScopeId, annotator: AnnotatorId) -> Option<&Timeline> {
         self.scopes.get(&scope)?.annotators.get(&annotator)?.timeline.as_ref()

@@ -196,7 +196,7 @@ fn a_biased_annotator_is_flagged_for_its_label_mix() {
             if *kind == "biased" {
                 // Pulled toward one class 30-60% of the time: flagged, naming the over-used label.
                 assert_eq!(mix["state"], "alarm", "{name} (seed {seed}): {mix}");
-                assert!(mix["explanation"].as_str().unwrap().contains("points more"), "{mix}");
+                assert!(mix["explanation"].as_str().unwrap().contains("the others to"), "{mix}");
                 flagged += 1;
             } else {
                 assert_ne!(mix["state"], "alarm", "careful {name} (seed {seed}): {mix}");
