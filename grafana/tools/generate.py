@@ -13,6 +13,7 @@ import pathlib
 import sys
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "dashboards"
+SCRAPE_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "prometheus" / "prometheus.yml"
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -23,6 +24,18 @@ GOLD_TARGET = 0.8  # labelqc's drift.gold_target
 GATE_THRESHOLD = 0.7  # labelqc's drift.gate_threshold
 
 SCOPE = 'project=~"$project", task=~"$task", window="$window"'
+
+
+def sample_limit():
+    """The scrape's sample_limit in prometheus/prometheus.yml (the dashboards show it)."""
+    for line in SCRAPE_CONFIG.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "sample_limit":
+            return int(value.split("#")[0].strip())
+    raise SystemExit(f"no sample_limit in {SCRAPE_CONFIG}")
+
+
+SAMPLE_LIMIT = sample_limit()
 
 OVERVIEW_UID = "labelqc-overview"
 ANNOTATOR_UID = "labelqc-annotator"
@@ -890,10 +903,11 @@ def pipeline():
                    [target(f"rate(labelqc_process_cpu_seconds_total{{{INSTANCE}}}[$__rate_interval])", "{{instance}}")],
                    (8, y, 8, 8), minimum=0, decimals=2),
         timeseries("Series per scrape",
-                   "Samples in each scrape of labelqc's /metrics. Bounded by design (no annotator "
-                   "or item ids but the watchlist); the scrape config's sample_limit (2000) fails a "
-                   "scrape above it, and Up drops to 0.",
-                   "short", steps("green", (1500, "orange"), (2000, "red")),
+                   "Samples in each scrape of labelqc's /metrics. They grow with scopes and "
+                   "projects, never with annotators or items (docs/metrics.md has the formula); the "
+                   f"scrape config's sample_limit ({SAMPLE_LIMIT:,}) fails a scrape above it, and Up "
+                   "drops to 0. Orange from 75% of it: raise the limit before adding scopes.",
+                   "short", steps("green", (SAMPLE_LIMIT * 3 // 4, "orange"), (SAMPLE_LIMIT, "red")),
                    [target(f'scrape_samples_scraped{{job="labelqc", {INSTANCE}}}', "{{instance}}")],
                    (16, y, 8, 8), lines="dashed", minimum=0),
     ]

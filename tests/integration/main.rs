@@ -12,5 +12,6 @@ mod kafka;
 mod property;
 mod reference;
 mod scenario;
+mod sizing;
 mod tansu;
 mod topics;
