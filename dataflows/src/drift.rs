@@ -1205,9 +1205,12 @@ pub struct Alert {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<Signal>,
     pub summary: String,
-    /// Event-time day the condition began, for conditions that have one.
+    /// The event-time day (`YYYY-MM-DD`) the condition began: an annotator's alarm, the first
+    /// day of a population shift, or the first day as of whose end a scope was under its floor
+    /// or target (in the latest run of such days). Every alert has it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
+    /// The event-time day the condition stopped holding, when `status` is `resolved`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved: Option<String>,
 }
@@ -1215,17 +1218,11 @@ pub struct Alert {
 /// Per-day population counts of one scope and signal: `[annotators evaluated, in alarm]`.
 pub type PopulationCounts = BTreeMap<(Signal, Day), [i64; 2]>;
 
-/// The days on which more than `population_share` of at least `population_min_annotators`
-/// annotators were in alarm on the same signal.
-pub fn population_shifts(counts: &PopulationCounts, config: &DriftConfig) -> Vec<(Signal, Day, [i64; 2])> {
-    counts
-        .iter()
-        .filter(|(_, &[active, alarmed])| {
-            active >= config.population_min_annotators
-                && alarmed as f64 > config.population_share * active as f64
-        })
-        .map(|(&(signal, day), &counts)| (signal, day, counts))
-        .collect()
+/// Whether a day's population counts `[annotators evaluated, in alarm]` of one signal are a
+/// population shift: more than `population_share` of at least `population_min_annotators`
+/// annotators in alarm.
+pub fn population_shift([active, alarmed]: [i64; 2], config: &DriftConfig) -> bool {
+    active >= config.population_min_annotators && alarmed as f64 > config.population_share * active as f64
 }
 
 /// Alert id of a scope-level condition.

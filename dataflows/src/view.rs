@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use foldhash::fast::RandomState;
 use serde::Serialize;
 
+use crate::alerts;
 use crate::dataflow::{Diff, Fact};
 use crate::drift::{
     self, Alert, AlertStatus, AnnotatorInputs, Decision, DriftSettings, Gate, GateState, PopulationCounts,
@@ -127,6 +128,11 @@ struct ScopeState {
     shares: BTreeMap<(u32, LabelId), [i64; 1]>,
     /// `(raters, c, k) -> [weight]`, `c <= k`.
     coincidences: BTreeMap<(u32, LabelId, LabelId), [i64; 1]>,
+    /// The pairable items, marginals and coincidence weights again, by the day of the items'
+    /// newest label (scopes, not windows): the alpha alert's history.
+    day_items: BTreeMap<(Day, u32), [i64; 1]>,
+    day_shares: BTreeMap<(Day, u32, LabelId), [i64; 1]>,
+    day_coincidences: BTreeMap<(Day, u32, LabelId, LabelId), [i64; 1]>,
     annotators: Map<AnnotatorId, AnnotatorState>,
     pairs: Map<(AnnotatorId, AnnotatorId), PairState>,
     /// Consensus facts `((top, label), multiplicity)` per item; at rest one per tied label.
@@ -268,17 +274,29 @@ impl QualityView {
     /// Applies one update of the dataflow's output.
     pub fn apply(&mut self, fact: &Fact, diff: Diff) {
         match *fact {
-            Fact::ScopeItems { scope, raters, items, agreeing_pairs, majority } => {
+            Fact::ScopeItems { scope, day, raters, items, agreeing_pairs, majority } => {
                 let sums = [items * diff, agreeing_pairs * diff, majority * diff];
-                add_sum(&mut self.scope_mut(scope).items, raters, sums);
+                let s = self.scope_mut(scope);
+                add_sum(&mut s.items, raters, sums);
+                if raters >= 2 && !is_window(scope) {
+                    add_sum(&mut s.day_items, (day, raters), [items * diff]);
+                }
                 self.mark_scopes(scope);
             }
-            Fact::CategoryShare { scope, raters, label, count } => {
-                add_sum(&mut self.scope_mut(scope).shares, (raters, label), [count * diff]);
+            Fact::CategoryShare { scope, day, raters, label, count } => {
+                let s = self.scope_mut(scope);
+                add_sum(&mut s.shares, (raters, label), [count * diff]);
+                if raters >= 2 && !is_window(scope) {
+                    add_sum(&mut s.day_shares, (day, raters, label), [count * diff]);
+                }
                 self.mark_scopes(scope);
             }
-            Fact::Coincidence { scope, raters, c, k, weight } => {
-                add_sum(&mut self.scope_mut(scope).coincidences, (raters, c, k), [weight * diff]);
+            Fact::Coincidence { scope, day, raters, c, k, weight } => {
+                let s = self.scope_mut(scope);
+                add_sum(&mut s.coincidences, (raters, c, k), [weight * diff]);
+                if !is_window(scope) {
+                    add_sum(&mut s.day_coincidences, (day, raters, c, k), [weight * diff]);
+                }
                 self.mark_scopes(scope);
             }
             Fact::AnnotatorItems { scope, annotator, raters, items, same } => {
@@ -626,29 +644,50 @@ impl QualityView {
             started: None,
             resolved: None,
         };
-        let shifts = drift::population_shifts(&s.population, config);
-        for &(signal, day, [active, alarmed]) in &shifts {
-            let id = format!("{project}/{task}/population_shift/{}/{}", signal.name(), drift::date(day));
-            let mut alert = base(
-                id.clone(),
-                Severity::Warning,
-                "population_shift",
-                format!(
-                    "{alarmed} of {active} annotators raised an alarm on {} on {}: more likely a change in the data or the task than in the people",
-                    signal.title(),
-                    drift::date(day)
-                ),
-            );
-            alert.signal = Some(signal);
-            alert.started = Some(drift::date(day));
-            alerts.insert(id, alert);
+        // Population shifts: each run of days on which one held, as one alert.
+        let mut shifts: Vec<(Signal, Day, Option<Day>)> = Vec::new();
+        for signal in Signal::ALL {
+            let days = s
+                .population
+                .range((signal, Day::MIN)..=(signal, Day::MAX))
+                .map(|(&(_, day), &counts)| (day, drift::population_shift(counts, config)));
+            for (start, end) in alerts::runs(days) {
+                let [active, alarmed] = s.population[&(signal, start)];
+                let id =
+                    format!("{project}/{task}/population_shift/{}/{}", signal.name(), drift::date(start));
+                let mut alert = base(
+                    id.clone(),
+                    Severity::Warning,
+                    "population_shift",
+                    format!(
+                        "{alarmed} of {active} annotators raised an alarm on {} on {}: more likely a change in the data or the task than in the people",
+                        signal.title(),
+                        drift::date(start)
+                    ),
+                );
+                alert.signal = Some(signal);
+                alert.started = Some(drift::date(start));
+                if let Some(end) = end {
+                    alert.status = AlertStatus::Resolved;
+                    alert.resolved = Some(drift::date(end));
+                }
+                alerts.insert(id, alert);
+                shifts.push((signal, start, end));
+            }
         }
         if config.annotator_alerts {
             for (&annotator, a) in &s.annotators {
                 let Some(timeline) = &a.timeline else { continue };
                 let name = catalog.annotators.name(annotator);
                 for episode in &timeline.episodes {
-                    if shifts.iter().any(|&(sig, day, _)| sig == episode.signal && day == episode.start) {
+                    // An alarm that began during a population shift is the shift's, not the
+                    // annotator's.
+                    let during = |&&(signal, start, end): &&(Signal, Day, Option<Day>)| {
+                        signal == episode.signal
+                            && start <= episode.start
+                            && end.is_none_or(|e| episode.start < e)
+                    };
+                    if shifts.iter().any(|shift| during(&shift)) {
                         continue;
                     }
                     let started = drift::date(episode.start);
@@ -671,27 +710,58 @@ impl QualityView {
             }
         }
         let summary = s.summary(scope, catalog);
-        if summary.n_pairable_items >= config.alpha_min_items {
-            if let Some(alpha) = summary.agreement.krippendorff_alpha.nominal {
-                let id = drift::scope_alert_id(project, task, "alpha_below_floor");
-                let mut alert = base(
-                    id.clone(),
-                    Severity::Critical,
-                    "alpha_below_floor",
-                    format!(
-                        "agreement beyond chance (Krippendorff's alpha) {alpha:.3} on {} items with two or more labels, {} the floor {}",
-                        summary.n_pairable_items,
-                        if alpha < config.alpha_floor { "under" } else { "at or above" },
-                        config.alpha_floor
-                    ),
-                );
-                if alpha >= config.alpha_floor {
-                    alert.status = AlertStatus::Resolved;
-                }
-                alerts.insert(id, alert);
+        // Alpha under its floor: as of the end of each day, the last day being now.
+        let alpha_now = summary.agreement.krippendorff_alpha.nominal;
+        let below_floor = |n: i64, alpha: Option<f64>| {
+            n >= config.alpha_min_items && alpha.is_some_and(|a| a < config.alpha_floor)
+        };
+        let by_day = alerts::alpha_by_day(&s.day_items, &s.day_shares, &s.day_coincidences);
+        let last = by_day.len().saturating_sub(1);
+        let days = by_day.iter().enumerate().map(|(i, &(day, n, alpha))| {
+            (
+                day,
+                if i == last {
+                    below_floor(summary.n_pairable_items, alpha_now)
+                } else {
+                    below_floor(n, alpha)
+                },
+            )
+        });
+        if let (Some(&(start, end)), Some(alpha)) = (alerts::runs(days).last(), alpha_now) {
+            let id = drift::scope_alert_id(project, task, "alpha_below_floor");
+            let mut alert = base(
+                id.clone(),
+                Severity::Critical,
+                "alpha_below_floor",
+                format!(
+                    "agreement beyond chance (Krippendorff's alpha) {alpha:.3} on {} items with two or more labels, {} the floor {}",
+                    summary.n_pairable_items,
+                    if end.is_none() { "under" } else { "back at or above" },
+                    config.alpha_floor
+                ),
+            );
+            alert.started = Some(drift::date(start));
+            if let Some(end) = end {
+                alert.status = AlertStatus::Resolved;
+                alert.resolved = Some(drift::date(end));
             }
+            alerts.insert(id, alert);
         }
-        if let Some(gold) = summary.gold.filter(|g| g.n >= config.gold_target_min_answers) {
+        // Pooled gold accuracy under its target: as of the end of each day, the last being now.
+        let under_target =
+            |n: i64, accuracy: f64| n >= config.gold_target_min_answers && accuracy < config.gold_target;
+        let by_day = alerts::gold_by_day(&s.drift.gold_days);
+        let last = by_day.len().saturating_sub(1);
+        let gold_now = summary.gold.as_ref();
+        let days = by_day.iter().enumerate().map(|(i, &(day, n, accuracy))| {
+            let holds = if i == last {
+                gold_now.is_some_and(|g| under_target(g.n, g.accuracy))
+            } else {
+                under_target(n, accuracy)
+            };
+            (day, holds)
+        });
+        if let (Some(&(start, end)), Some(gold)) = (alerts::runs(days).last(), gold_now) {
             let id = drift::scope_alert_id(project, task, "gold_below_target");
             let mut alert = base(
                 id.clone(),
@@ -703,12 +773,14 @@ impl QualityView {
                     gold.n,
                     100.0 * gold.wilson_low,
                     100.0 * gold.wilson_high,
-                    if gold.accuracy < config.gold_target { "under" } else { "at or above" },
+                    if end.is_none() { "under" } else { "back at or above" },
                     100.0 * config.gold_target
                 ),
             );
-            if gold.accuracy >= config.gold_target {
+            alert.started = Some(drift::date(start));
+            if let Some(end) = end {
                 alert.status = AlertStatus::Resolved;
+                alert.resolved = Some(drift::date(end));
             }
             alerts.insert(id, alert);
         }
