@@ -6,6 +6,7 @@ mod compare;
 mod conformance;
 mod demo;
 mod drift;
+mod fields;
 mod grafana;
 mod http;
 mod kafka;
