@@ -146,7 +146,6 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         if last_refresh.elapsed() >= REFRESH {
             let snapshot = Snapshot {
                 elapsed: start.elapsed(),
-                events: fed,
                 rate: (fed - fed_at_refresh) as f64 / last_refresh.elapsed().as_secs_f64(),
                 live_labels: source.live_labels(),
                 latency_p99: telemetry.latency_quantile(0.99),

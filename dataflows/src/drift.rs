@@ -1207,7 +1207,8 @@ pub struct Alert {
     pub summary: String,
     /// The event-time day (`YYYY-MM-DD`) the condition began: an annotator's alarm, the first
     /// day of a population shift, or the first day as of whose end a scope was under its floor
-    /// or target (in the latest run of such days). Every alert has it.
+    /// or target (in the latest run of such days). Absent only on a scope alert whose condition
+    /// never held (listed, resolved, once the scope has the evidence to judge).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
     /// The event-time day the condition stopped holding, when `status` is `resolved`.

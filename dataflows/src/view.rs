@@ -727,25 +727,23 @@ impl QualityView {
                 },
             )
         });
-        if let (Some(&(start, end)), Some(alpha)) = (alerts::runs(days).last(), alpha_now) {
+        // Listed once the scope has the items to judge (so that the set of alerts only grows
+        // with the data), resolved while alpha is not under the floor.
+        let run = alerts::runs(days).last().copied();
+        if let Some(alpha) = alpha_now.filter(|_| summary.n_pairable_items >= config.alpha_min_items) {
             let id = drift::scope_alert_id(project, task, "alpha_below_floor");
-            let mut alert = base(
+            let alert = base(
                 id.clone(),
                 Severity::Critical,
                 "alpha_below_floor",
                 format!(
                     "agreement beyond chance (Krippendorff's alpha) {alpha:.3} on {} items with two or more labels, {} the floor {}",
                     summary.n_pairable_items,
-                    if end.is_none() { "under" } else { "back at or above" },
+                    condition_words(run),
                     config.alpha_floor
                 ),
             );
-            alert.started = Some(drift::date(start));
-            if let Some(end) = end {
-                alert.status = AlertStatus::Resolved;
-                alert.resolved = Some(drift::date(end));
-            }
-            alerts.insert(id, alert);
+            alerts.insert(id, with_run(alert, run));
         }
         // Pooled gold accuracy under its target: as of the end of each day, the last being now.
         let under_target =
@@ -761,9 +759,10 @@ impl QualityView {
             };
             (day, holds)
         });
-        if let (Some(&(start, end)), Some(gold)) = (alerts::runs(days).last(), gold_now) {
+        let run = alerts::runs(days).last().copied();
+        if let Some(gold) = gold_now.filter(|g| g.n >= config.gold_target_min_answers) {
             let id = drift::scope_alert_id(project, task, "gold_below_target");
-            let mut alert = base(
+            let alert = base(
                 id.clone(),
                 Severity::Critical,
                 "gold_below_target",
@@ -773,16 +772,11 @@ impl QualityView {
                     gold.n,
                     100.0 * gold.wilson_low,
                     100.0 * gold.wilson_high,
-                    if end.is_none() { "under" } else { "back at or above" },
+                    condition_words(run),
                     100.0 * config.gold_target
                 ),
             );
-            alert.started = Some(drift::date(start));
-            if let Some(end) = end {
-                alert.status = AlertStatus::Resolved;
-                alert.resolved = Some(drift::date(end));
-            }
-            alerts.insert(id, alert);
+            alerts.insert(id, with_run(alert, run));
         }
         alerts
     }
@@ -1074,6 +1068,30 @@ impl QualityView {
         let windows = (!windows.is_empty()).then_some(windows);
         Some(ScopeReport { summary: s.summary(scope, catalog), pairs, annotators, items, alerts, windows })
     }
+}
+
+/// How a scope alert's summary says where the scope stands, from the latest run of days on which
+/// it was under its floor or target.
+fn condition_words(run: Option<(Day, Option<Day>)>) -> &'static str {
+    match run {
+        Some((_, None)) => "under",
+        Some((_, Some(_))) => "back at or above",
+        None => "never under",
+    }
+}
+
+/// A scope alert with the latest run of days on which its condition held: firing since its
+/// start while it still holds, else resolved (on the day it ended, if it ever held).
+fn with_run(mut alert: Alert, run: Option<(Day, Option<Day>)>) -> Alert {
+    alert.status = AlertStatus::Resolved;
+    if let Some((start, end)) = run {
+        alert.started = Some(drift::date(start));
+        match end {
+            Some(end) => alert.resolved = Some(drift::date(end)),
+            None => alert.status = AlertStatus::Firing,
+        }
+    }
+    alert
 }
 
 /// The gate records that take a published gate `old` to `new`: one per new decision, or one

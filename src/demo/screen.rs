@@ -18,8 +18,6 @@ const MAX_BODY_LINES: usize = 3;
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub elapsed: Duration,
-    /// Label events fed so far.
-    pub events: u64,
     /// Label events per second over the last refresh.
     pub rate: f64,
     pub live_labels: usize,
@@ -385,7 +383,6 @@ mod tests {
         }
         Snapshot {
             elapsed: Duration::from_secs(3725),
-            events: 123_456_789,
             rate: 2003.7,
             live_labels: 7_654_321,
             latency_p99: Duration::from_micros(3100),

@@ -416,8 +416,15 @@ fn scope_alerts_start_and_resolve_on_event_time_days() {
         );
         assert!(alert["summary"].as_str().unwrap().contains("back at or above"), "{alert}");
     }
-    // Agreeing from the start: no scope alert at all.
+    // Agreeing from the start: both alerts are listed (the scope has the evidence to judge),
+    // resolved, never having started.
     let (mut labels, mut gold) = (Vec::new(), Vec::new());
     add(&mut labels, &mut gold, 0, 100, true);
-    assert!(scope_alerts(&labels, &gold).is_empty());
+    let never = scope_alerts(&labels, &gold);
+    for kind in ["alpha_below_floor", "gold_below_target"] {
+        let alert = &never[kind];
+        assert_eq!(alert["status"], "resolved", "{alert}");
+        assert!(alert.get("started").is_none() && alert.get("resolved").is_none(), "{alert}");
+        assert!(alert["summary"].as_str().unwrap().contains("never under"), "{alert}");
+    }
 }
