@@ -65,9 +65,15 @@ fn lines(spec: &GenSpec) -> (Vec<String>, Vec<String>) {
     (split(l), split(g))
 }
 
+/// The key spec section 1 asks for: the JSON array of the event's identity.
 fn key(line: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    format!("default/default/{}", v["item_id"].as_str().unwrap())
+    let part = |field: &str| v[field].as_str().unwrap_or("default").to_string();
+    let mut key = vec![part("project"), part("task"), part("item_id")];
+    if let Some(annotator) = v["annotator_id"].as_str() {
+        key.push(annotator.to_string());
+    }
+    serde_json::to_string(&key).unwrap()
 }
 
 fn produce(producer: &BaseProducer, topic: &str, lines: &[String]) {

@@ -6,6 +6,8 @@
 //! 2. Peak resident memory of those runs per live label.
 //! 3. The time to apply one relabel after the 1,000,000 events: from submitting it to having
 //!    every affected output (scope, pairs, annotators, item) re-formed from the updated view.
+//! 4. The input side alone, in-process: parsing the 1,000,000 lines, and parsing and applying
+//!    them to a `Source` (ids, upserts), in nanoseconds per event (best of the runs).
 //!
 //! Run with `cargo bench --bench report` (`-- --runs N --events N --relabels N` to change the
 //! defaults).
@@ -141,6 +143,12 @@ fn main() {
     }
     println!("\nlive labels: {live_labels}\n");
 
+    let (parse, apply) = input_costs(&labels, &gold, o.runs);
+    println!("# input side, in-process (best of {} runs)\n", o.runs);
+    println!("| parse (ns/event) | parse and apply to the source (ns/event) |");
+    println!("|---|---|");
+    println!("| {:.0} | {:.0} |\n", parse * 1e9 / o.events as f64, apply * 1e9 / o.events as f64);
+
     println!("# one relabel after {} events of history ({} relabels)\n", o.events, o.relabels);
     println!("| workers | p50 (ms) | p99 (ms) | max (ms) |");
     println!("|---|---|---|---|");
@@ -153,6 +161,38 @@ fn main() {
             latencies.last().unwrap().as_secs_f64() * 1e3
         );
     }
+}
+
+/// The best times, in seconds, to parse every label line, and to parse and apply every line (gold
+/// first) to a fresh [`Source`].
+fn input_costs(labels: &Path, gold: &Path, runs: usize) -> (f64, f64) {
+    let text = std::fs::read_to_string(labels).unwrap();
+    let gold = std::fs::read_to_string(gold).unwrap();
+    let (mut parse, mut apply) = (f64::MAX, f64::MAX);
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        let mut ids = 0usize;
+        for line in text.lines() {
+            ids += parse_label_event(line).unwrap().item_id.len();
+        }
+        std::hint::black_box(ids);
+        parse = parse.min(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        let mut source = Source::default();
+        let mut updates = Vec::new();
+        for line in gold.lines() {
+            source.apply_gold(&parse_gold_event(line).unwrap(), &mut updates).unwrap();
+        }
+        for line in text.lines() {
+            source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
+            if updates.len() >= 100_000 {
+                updates.clear();
+            }
+        }
+        std::hint::black_box(&updates);
+        apply = apply.min(start.elapsed().as_secs_f64());
+    }
+    (parse, apply)
 }
 
 /// Loads the history, then applies single relabels one at a time, timing each from submission

@@ -1,4 +1,5 @@
-//! The command line: raw arguments parsed once into validated requests, then dispatched.
+//! The command line: raw arguments parsed once into validated requests, then dispatched; and the
+//! exit codes ([`exit_code`]).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -8,8 +9,31 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
+use crate::deadletter::RawExcerpt;
 use crate::gen::{self, GenSpec};
+use crate::input::{BadInput, Refused};
 use crate::report::{self, ReportRequest};
+
+/// Exit code of a run that failed: cannot open, read or write a file, a bad configuration, a
+/// failure of the engine or of Kafka.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code of a command line that is not understood (an unknown flag, a missing value): clap's.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code of input that cannot give a report: a file with records but no valid one (its likely
+/// cause named), or a bad line under `--strict`.
+pub const EXIT_BAD_INPUT: u8 = 3;
+
+/// The exit code for an error that ended a command.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<BadInput>().is_some() {
+        EXIT_BAD_INPUT
+    } else {
+        EXIT_ERROR
+    }
+}
+
+/// How many refused lines `labelqc report` shows on stderr before it only counts them.
+pub const SHOWN_BAD_LINES: u64 = 20;
 
 /// labelqc: live, exact label-quality numbers for human (and model) annotation.
 #[derive(Debug, Parser)]
@@ -17,6 +41,18 @@ use crate::report::{self, ReportRequest};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Format of the log lines on stderr (their level is set by LABELQC_LOG, default `warn`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only when stderr is a terminal.
+    Text,
+    /// One JSON object per line, with the event's fields, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +186,9 @@ pub struct ReportArgs {
     /// Stop at the first bad line instead of reporting it and going on.
     #[arg(long)]
     pub strict: bool,
+    /// Write every refused line here, as JSON Lines: file, line, reason, kind and the raw line.
+    #[arg(long, value_name = "FILE")]
+    pub dead_letters: Option<PathBuf>,
     /// Pretty-print the JSON.
     #[arg(long)]
     pub pretty: bool,
@@ -297,7 +336,7 @@ fn run_service(args: RunArgs) -> Result<()> {
         config.cluster.process = process;
     }
     config.validate()?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = crate::signals::install().context("cannot install the SIGTERM and SIGINT handlers")?;
     crate::service::run(&config, stop)
 }
 
@@ -347,6 +386,11 @@ fn run_report(args: ReportArgs) -> Result<()> {
     if args.labels.as_os_str() == "-" && args.gold.as_deref().is_some_and(|g| g.as_os_str() == "-") {
         anyhow::bail!("--labels and --gold cannot both read standard input; give one of them a file");
     }
+    warn_about_workers(config.engine.workers);
+    let mut dead_letters = match &args.dead_letters {
+        Some(path) => Some(DeadLetterFile::create(path)?),
+        None => None,
+    };
     let request = ReportRequest {
         labels: args.labels,
         gold: args.gold,
@@ -358,14 +402,52 @@ fn run_report(args: ReportArgs) -> Result<()> {
         progress: true,
     };
     let stderr = io::stderr();
-    let outcome = report::run(&request, |letter| {
-        let _ = writeln!(stderr.lock(), "bad line: {letter}");
-    })?;
-    if outcome.dead_letters > 0 {
-        eprintln!(
-            "{} bad line(s) skipped of {} read; the report covers the rest (use --strict to stop at the first)",
-            outcome.dead_letters, outcome.events
-        );
+    let mut shown = 0u64;
+    let mut write_error = None;
+    let outcome = report::run(&request, |refused| {
+        if shown < SHOWN_BAD_LINES {
+            let _ = writeln!(stderr.lock(), "bad line: {refused}");
+        }
+        shown += 1;
+        if let Some(file) = &mut dead_letters {
+            if let Err(error) = file.write(refused) {
+                write_error.get_or_insert(error);
+            }
+        }
+    });
+    let dead_letter_path = args.dead_letters.as_deref().map(|p| p.display().to_string());
+    if let Some(file) = dead_letters {
+        if let Some(error) = write_error {
+            return Err(error);
+        }
+        file.finish()?;
+    }
+    let outcome = outcome?;
+    for file in &outcome.files {
+        let refused = file.refused_total();
+        if file.records == 0 {
+            eprintln!("warning: {} holds no records", file.file);
+        } else if refused > 0 {
+            let more = if shown > SHOWN_BAD_LINES {
+                format!(", the first {SHOWN_BAD_LINES} shown above")
+            } else {
+                String::new()
+            };
+            let kept = match &dead_letter_path {
+                Some(path) => format!("all of them are in {path}"),
+                None => "--dead-letters FILE keeps them all".to_string(),
+            };
+            eprint!(
+                "{}: {refused} of {} line(s) refused{more}; the report covers the rest ({kept}; --strict stops \
+                 at the first):\n{}",
+                file.file,
+                file.records,
+                file.refusal_counts()
+            );
+        }
+        for line in file.warning_lines() {
+            eprintln!("warning: {line}");
+        }
     }
     tracing::info!(
         events = outcome.events,
@@ -386,6 +468,59 @@ fn run_report(args: ReportArgs) -> Result<()> {
     // The process ends next; freeing the report's many small allocations would only cost time.
     std::mem::forget(outcome);
     Ok(())
+}
+
+/// Warns on stderr when there are more dataflow workers than cores: the extra workers share the
+/// cores and slow the run down (the numbers do not change).
+fn warn_about_workers(workers: usize) {
+    if let Ok(cores) = std::thread::available_parallelism() {
+        if workers > cores.get() {
+            eprintln!(
+                "warning: {workers} workers on a machine with {cores} cores: workers beyond the cores share \
+                 them and slow the run down (the numbers do not change); use --workers {cores} or fewer"
+            );
+        }
+    }
+}
+
+/// `--dead-letters FILE`: every refused line as one JSON object a line.
+struct DeadLetterFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+/// One line of a dead-letter file.
+#[derive(serde::Serialize)]
+struct FileDeadLetter<'a> {
+    file: &'a str,
+    line: u64,
+    reason: String,
+    kind: &'static str,
+    #[serde(flatten)]
+    raw: RawExcerpt,
+}
+
+impl DeadLetterFile {
+    fn create(path: &std::path::Path) -> Result<DeadLetterFile> {
+        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(DeadLetterFile { path: path.to_path_buf(), out: BufWriter::new(file) })
+    }
+
+    fn write(&mut self, refused: &Refused<'_>) -> Result<()> {
+        let letter = FileDeadLetter {
+            file: refused.file,
+            line: refused.line,
+            reason: refused.error.to_string(),
+            kind: refused.error.kind().name(),
+            raw: RawExcerpt::new(refused.raw, usize::MAX),
+        };
+        serde_json::to_writer(&mut self.out, &letter)?;
+        self.out.write_all(b"\n").with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.out.flush().with_context(|| format!("cannot write {}", self.path.display()))
+    }
 }
 
 fn run_gen(args: GenArgs) -> Result<()> {

@@ -56,6 +56,10 @@ pub struct KafkaSettings {
     pub pause_after_ms: u64,
     /// Publish each epoch's outputs and commit its input offsets in one Kafka transaction.
     pub exactly_once: bool,
+    /// On SIGTERM or SIGINT, how long the service may take to publish and commit what it has read
+    /// before it gives up (the offsets of what it could not deliver stay uncommitted), in
+    /// milliseconds. A second signal stops it at once.
+    pub shutdown_timeout_ms: u64,
     /// The producer's `transactional.id` in exactly-once mode; one per running process.
     pub transactional_id: String,
     /// Settings passed to librdkafka as they are, for consumer and producer alike
@@ -73,6 +77,7 @@ impl Default for KafkaSettings {
             epoch_interval_ms: 100,
             pause_after_ms: 500,
             exactly_once: false,
+            shutdown_timeout_ms: 20_000,
             transactional_id: "labelqc".into(),
             client: BTreeMap::new(),
         }
@@ -261,6 +266,12 @@ impl Config {
         if self.kafka.epoch_interval_ms == 0 {
             return Err(ConfigError::Value {
                 field: "kafka.epoch_interval_ms",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.kafka.shutdown_timeout_ms == 0 {
+            return Err(ConfigError::Value {
+                field: "kafka.shutdown_timeout_ms",
                 message: "must be at least 1".into(),
             });
         }

@@ -66,8 +66,8 @@ fn now_ms() -> i64 {
 pub fn run(settings: &DemoSettings) -> Result<()> {
     let telemetry = Arc::new(Telemetry::new()?);
     let ready = Arc::new(AtomicBool::new(false));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let server = HttpServer::start(settings.http, telemetry.clone(), ready.clone(), interrupted.clone())?;
+    let interrupted = crate::signals::install()?;
+    let server = HttpServer::start(settings.http, telemetry.clone(), ready.clone())?;
     let metrics_url = format!("http://{}/metrics", server.local_addr());
     eprintln!("labelqc demo: metrics on {metrics_url} (Ctrl-C stops)");
 

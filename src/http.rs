@@ -1,5 +1,6 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (the process is up) and
-//! `/readyz` (the initial catch-up is done). Runs on its own thread with a small tokio runtime,
+//! `/readyz` (ready: for `labelqc run`, the outputs of the input present at start are published
+//! and committed and the brokers are reachable). Runs on its own thread with a small tokio runtime,
 //! so that no async code touches the dataflow threads.
 
 use std::net::{SocketAddr, TcpListener};
@@ -39,13 +40,12 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `addr` (port 0 picks a free port) and serves until dropped. `interrupted` is set when
-    /// the process receives Ctrl-C.
+    /// Binds `addr` (port 0 picks a free port) and serves until dropped; `/readyz` answers 200
+    /// while `ready` is set.
     pub fn start(
         addr: SocketAddr,
         telemetry: Arc<Telemetry>,
         ready: Arc<AtomicBool>,
-        interrupted: Arc<AtomicBool>,
     ) -> Result<HttpServer, HttpError> {
         let listener = TcpListener::bind(addr).map_err(|source| HttpError::Bind { addr, source })?;
         listener.set_nonblocking(true).map_err(|source| HttpError::Bind { addr, source })?;
@@ -71,11 +71,6 @@ impl HttpServer {
                             return;
                         }
                     };
-                    tokio::spawn(async move {
-                        if tokio::signal::ctrl_c().await.is_ok() {
-                            interrupted.store(true, Ordering::SeqCst);
-                        }
-                    });
                     let served = axum::serve(listener, app).with_graceful_shutdown(async move {
                         let _ = stop.await;
                     });

@@ -10,4 +10,5 @@ pub mod http;
 pub mod input;
 pub mod report;
 pub mod service;
+pub mod signals;
 pub mod telemetry;

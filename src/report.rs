@@ -1,6 +1,8 @@
 //! `labelqc report`: runs the quality dataflows over label and gold files and forms the report of
-//! spec section 3. Bad lines go to stderr with their line numbers (or stop the run with
-//! `--strict`); a progress bar shows on a terminal.
+//! spec section 3. Every refused line is passed on with its line number, reason and bytes (or
+//! stops the run with `--strict`); each file is summed up in a [`FileSummary`], and a file with
+//! records but no valid one stops the run with its likely cause; a progress bar shows on a
+//! terminal.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use labelqc_dataflows::source::{Source, Stream, Update};
 use labelqc_dataflows::view::{QualityView, Report};
 
 use crate::config::EngineSettings;
-use crate::input::{self, DeadLetter, Line, LineReader};
+use crate::input::{self, BadInput, FileSummary, Line, LineReader, Refused};
 
 /// What to report on.
 #[derive(Clone, Debug)]
@@ -35,14 +37,18 @@ pub struct ReportRequest {
 /// The report and what was refused on the way.
 pub struct ReportOutcome {
     pub report: Report,
+    /// The gold file's summary (when given), then the label file's.
+    pub files: Vec<FileSummary>,
     pub dead_letters: u64,
     pub events: u64,
     pub elapsed: Duration,
     pub live_labels: usize,
 }
 
-/// Runs the dataflows over the request's files. Every refused line is passed to `on_dead_letter`.
-pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter)) -> Result<ReportOutcome> {
+/// Runs the dataflows over the request's files. Every refused line is passed to `on_refused`.
+/// Fails with [`BadInput`] when a file has records but no valid one (naming the likely cause), or
+/// at the first refused line under `--strict`.
+pub fn run(request: &ReportRequest, mut on_refused: impl FnMut(&Refused<'_>)) -> Result<ReportOutcome> {
     let start = Instant::now();
     let mut engine = Engine::start(
         &EngineConfig {
@@ -55,10 +61,19 @@ pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter))
     let mut feeder =
         Feeder { engine: &mut engine, source: &mut source, pending: Vec::new(), events: 0, dead: 0 };
 
+    let mut files = Vec::new();
     if let Some(gold) = &request.gold {
-        feeder.feed_file(gold, Stream::Gold, request, &mut on_dead_letter)?;
+        let summary = feeder.feed_file(gold, Stream::Gold, request, &mut on_refused)?;
+        if let Some(error) = summary.no_valid_record(None) {
+            return Err(error.into());
+        }
+        files.push(summary);
     }
-    feeder.feed_file(&request.labels, Stream::Labels, request, &mut on_dead_letter)?;
+    let summary = feeder.feed_file(&request.labels, Stream::Labels, request, &mut on_refused)?;
+    if let Some(error) = summary.no_valid_record(files.first()) {
+        return Err(error.into());
+    }
+    files.push(summary);
     feeder.flush()?;
     let (events, dead_letters) = (feeder.events, feeder.dead);
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, events, "input read");
@@ -69,7 +84,7 @@ pub fn run(request: &ReportRequest, mut on_dead_letter: impl FnMut(&DeadLetter))
     let live_labels = source.live_labels();
     // Freeing millions of small allocations takes a while; let it overlap with writing the report.
     std::thread::spawn(move || drop((view, source)));
-    Ok(ReportOutcome { report, dead_letters, events, elapsed: start.elapsed(), live_labels })
+    Ok(ReportOutcome { report, files, dead_letters, events, elapsed: start.elapsed(), live_labels })
 }
 
 struct Feeder<'a> {
@@ -87,37 +102,46 @@ impl Feeder<'_> {
         Ok(())
     }
 
+    /// Feeds one file; returns what it held.
     fn feed_file(
         &mut self,
         path: &Path,
         stream: Stream,
         request: &ReportRequest,
-        on_dead_letter: &mut impl FnMut(&DeadLetter),
-    ) -> Result<()> {
+        on_refused: &mut impl FnMut(&Refused<'_>),
+    ) -> Result<FileSummary> {
         let (reader, len) = input::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut lines = LineReader::new(reader, path);
+        let file = lines.source.clone();
+        let mut summary = FileSummary::new(&file, stream);
         let progress = progress_bar(request.progress, len, path);
         let mut since_epoch = 0usize;
         loop {
-            let line = lines.next_line().with_context(|| format!("cannot read {}", path.display()))?;
-            let result = match line {
+            let next = lines.next_line().with_context(|| format!("cannot read {}", path.display()))?;
+            let (line, raw) = match next {
                 None => break,
-                Some(Line::Blank) => continue,
-                Some(Line::NotUtf8) => Err(input::NOT_UTF8.to_string()),
-                Some(Line::Record(text)) => self
-                    .source
-                    .apply_record(stream, text, &mut self.pending)
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
+                Some((_, Line::Blank)) => continue,
+                Some((line, Line::Record(raw))) => (line, raw),
             };
             self.events += 1;
-            if let Err(reason) = result {
-                let letter = lines.dead_letter(reason);
-                if request.strict {
-                    bail!("{letter} (--strict stops at the first bad line; drop it to skip bad lines)");
+            summary.records += 1;
+            match self.source.apply_message(stream, Some(raw), &mut self.pending) {
+                Ok(applied) => {
+                    for warning in applied.warnings.iter() {
+                        summary.warn(warning, line);
+                    }
                 }
-                self.dead += 1;
-                on_dead_letter(&letter);
+                Err(error) => {
+                    let refused = Refused { file: &file, line, error: &error, raw };
+                    if request.strict {
+                        bail!(BadInput(format!(
+                            "{refused} (--strict stops at the first bad line; drop it to skip bad lines)"
+                        )));
+                    }
+                    self.dead += 1;
+                    summary.refuse(&refused);
+                    on_refused(&refused);
+                }
             }
             since_epoch += 1;
             if since_epoch >= request.engine.epoch_events {
@@ -131,7 +155,7 @@ impl Feeder<'_> {
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
-        Ok(())
+        Ok(summary)
     }
 }
 

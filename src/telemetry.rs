@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use prometheus::core::{Collector, Desc};
@@ -15,10 +15,11 @@ use prometheus::{
 };
 
 use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
-use labelqc_dataflows::event::Op;
+use labelqc_dataflows::event::{InputWarning, Op};
+use labelqc_dataflows::source::Applied;
 use labelqc_dataflows::source::Stream;
 use labelqc_dataflows::source::{is_window, window_size_name, Catalog, ScopeId};
-use labelqc_dataflows::view::{Changes, DriftSummary, QualityView, ScopeSummary};
+use labelqc_dataflows::view::{Changes, DriftSummary, GateRecord, QualityView, ScopeSummary};
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,10 @@ pub struct Telemetry {
     pub events: IntCounterVec,
     /// Dead letters (refused records) by topic.
     pub dead_letters: IntCounterVec,
+    /// Likely mistakes in input records (spec section 1) by topic and kind.
+    pub input_warnings: IntCounterVec,
+    /// When each kind of input warning was last logged.
+    warning_log: Mutex<WarningLog>,
     /// Epochs whose output is complete.
     pub epochs: IntCounter,
     /// Event time of the newest event whose output is complete.
@@ -112,6 +117,12 @@ impl Telemetry {
             counter_vec("labelqc_events_total", "Input events by topic and result.", &["topic", "result"])?;
         let dead_letters =
             counter_vec("labelqc_dead_letters_total", "Refused input records by topic.", &["topic"])?;
+        let input_warnings = counter_vec(
+            "labelqc_input_warnings_total",
+            "Input records with a likely mistake (ts before 1973, one value as number and string, gold \
+             answers on the labels topic or label events on the gold topic), by topic and kind.",
+            &["topic", "kind"],
+        )?;
         let epochs = IntCounter::new("labelqc_epochs_completed_total", "Epochs whose output is complete.")?;
         registry.register(Box::new(epochs.clone()))?;
         let output_event_time = Gauge::new(
@@ -172,6 +183,8 @@ impl Telemetry {
         )?;
         registry.register(Box::new(pauses.clone()))?;
         Ok(Telemetry {
+            input_warnings,
+            warning_log: Mutex::new(WarningLog::default()),
             epochs_in_flight,
             epochs_in_flight_max,
             epoch_messages_max,
@@ -371,23 +384,40 @@ impl Telemetry {
 
     /// Counts the gate transitions and newly firing alerts among published changes.
     pub fn count_changes(&self, changes: &Changes) {
-        for record in &changes.gates {
+        self.count_gate_records(&changes.gates);
+        self.count_fired(&changes.fired);
+    }
+
+    /// Counts the gate transitions among published gate records.
+    pub fn count_gate_records<'r>(&self, records: impl IntoIterator<Item = &'r GateRecord>) {
+        for record in records {
             if record.from != Some(record.state) {
                 let from = record.from.map_or("none", GateState::name);
                 self.gate_transitions.with_label_values(&[&record.project, from, record.state.name()]).inc();
             }
         }
-        for (project, severity) in &changes.fired {
+    }
+
+    /// Counts alerts that started firing: (project, severity).
+    pub fn count_fired(&self, fired: &[(String, Severity)]) {
+        for (project, severity) in fired {
             self.alerts_fired.with_label_values(&[project, severity.name()]).inc();
         }
     }
 
     /// Counts one input record by stream and result (`ok`, `deleted`, `invalid`); a refused
-    /// record is also a dead letter.
-    pub fn count_record<E>(&self, stream: Stream, outcome: &Result<Op, E>) {
+    /// record is also a dead letter. Counts the record's warnings (not logged).
+    pub fn count_record<E>(&self, stream: Stream, outcome: &Result<Applied, E>) {
         let result = match outcome {
-            Ok(Op::Upsert) => "ok",
-            Ok(Op::Delete) => "deleted",
+            Ok(applied) => {
+                for warning in applied.warnings.iter() {
+                    self.input_warnings.with_label_values(&[stream.name(), warning.name()]).inc();
+                }
+                match applied.op {
+                    Op::Upsert => "ok",
+                    Op::Delete => "deleted",
+                }
+            }
             Err(_) => {
                 self.dead_letters.with_label_values(&[stream.name()]).inc();
                 "invalid"
@@ -406,6 +436,24 @@ impl Telemetry {
         }
         if invalid > 0 {
             self.dead_letters.with_label_values(&[stream.name()]).inc_by(invalid);
+        }
+    }
+
+    /// Counts an input record's warning, and logs it, at most once a minute per kind (with the
+    /// number of warnings of that kind since the last log line). `position` says where the
+    /// record is (`topic/partition/offset`).
+    pub fn input_warning(&self, stream: Stream, warning: InputWarning, position: &dyn std::fmt::Display) {
+        self.input_warnings.with_label_values(&[stream.name(), warning.name()]).inc();
+        let due = self.warning_log.lock().expect("warning log poisoned").note(warning, Instant::now());
+        if let Some(records) = due {
+            tracing::warn!(
+                topic = stream.name(),
+                kind = warning.name(),
+                records,
+                example = %position,
+                "input records {} (counted in labelqc_input_warnings_total; logged at most once a minute per kind)",
+                warning.describe()
+            );
         }
     }
 
@@ -501,5 +549,46 @@ impl Collector for LatencySummary {
         family.set_field_type(MetricType::SUMMARY);
         family.set_metric(vec![metric]);
         vec![family]
+    }
+}
+
+/// When each kind of input warning was last logged, and how many came since: one log line per
+/// kind a minute at most.
+#[derive(Default)]
+struct WarningLog {
+    kinds: [(Option<Instant>, u64); InputWarning::ALL.len()],
+}
+
+impl WarningLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// Notes one warning at `now`; returns the number of warnings of its kind to log (this one
+    /// and those not logged before it) when a log line is due.
+    fn note(&mut self, warning: InputWarning, now: Instant) -> Option<u64> {
+        let (last, since) = &mut self.kinds[warning as usize];
+        *since += 1;
+        if last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_logged_once_a_minute_per_kind() {
+        let mut log = WarningLog::default();
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(log.note(InputWarning::TsBefore1973, at(0)), Some(1));
+        assert_eq!(log.note(InputWarning::TsBefore1973, at(1)), None);
+        assert_eq!(log.note(InputWarning::NumberAndString, at(2)), Some(1), "kinds are apart");
+        assert_eq!(log.note(InputWarning::TsBefore1973, at(59)), None);
+        assert_eq!(log.note(InputWarning::TsBefore1973, at(61)), Some(3), "the two held back, and this one");
+        assert_eq!(log.note(InputWarning::TsBefore1973, at(62)), None);
     }
 }

@@ -989,7 +989,7 @@ fn not_enough(signal: Signal, c: &DriftConfig) -> String {
 }
 
 /// The gold accuracy a gate decision rested on.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Evidence {
     pub n: i64,
     pub correct: i64,
@@ -1226,9 +1226,16 @@ pub fn population_shift([active, alarmed]: [i64; 2], config: &DriftConfig) -> bo
     active >= config.population_min_annotators && alarmed as f64 > config.population_share * active as f64
 }
 
-/// Alert id of a scope-level condition.
+/// Alert id of a scope-level condition: `["project","task","kind"]` (see [`alert_id`]).
 pub fn scope_alert_id(project: &str, task: &str, kind: &str) -> String {
-    format!("{project}/{task}/{kind}")
+    alert_id(&[project, task, kind])
+}
+
+/// An alert id: the JSON array of the parts that identify the condition (its scope, its kind,
+/// the annotator and signal it concerns, the day it began), so that no name, whatever it
+/// contains, makes two conditions share an id. It is also the alert's key on the alerts topic.
+pub fn alert_id(parts: &[&str]) -> String {
+    serde_json::to_string(parts).expect("strings serialise")
 }
 
 #[cfg(test)]

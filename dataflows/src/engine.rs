@@ -807,7 +807,7 @@ mod tests {
         assert_eq!(c.gate.unwrap().evidence.correct, 1);
         assert_eq!(changes.gates, vec![], "evidence alone is no gate decision");
         let consensus = view.item(scope, item, catalog).unwrap();
-        assert_eq!(consensus.consensus, serde_json::json!("x"));
+        assert_eq!(consensus.consensus.to_json_text(), r#""x""#);
         assert!(!consensus.tied);
         let summary = view.scope_summary(scope, catalog).unwrap();
         assert_eq!(summary.gold.unwrap().correct, 3);
@@ -833,9 +833,8 @@ mod tests {
         engine.sync().unwrap();
         let mut view = engine.view();
         let changes = view.settle(&source.catalog);
-        // Every gate goes back to warm-up, saying why.
-        assert!(!changes.gates.is_empty());
-        assert!(changes.gates.iter().all(|r| r.state == crate::drift::GateState::Warmup && r.revised));
+        // Every annotator was still in warm-up, where it stays: leaving is no new decision.
+        assert_eq!(changes.gates, vec![]);
         assert_eq!(view.drift_summary(&source.catalog), crate::view::DriftSummary::default());
         assert!(view.report(&source.catalog, true).scopes.is_empty());
     }

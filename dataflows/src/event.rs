@@ -1,15 +1,23 @@
 //! The input model of spec section 1: label events and gold answers as JSON objects, parsed and
-//! validated one record at a time. A bad record yields a [`ParseError`] that says what is wrong;
-//! it never affects the records around it.
+//! validated one record at a time, as real producers write them (a byte-order mark, integer ids,
+//! fractional `ts`, number labels of any size). A bad record yields a [`ParseError`] that names
+//! the field, the value and the problem; it never affects the records around it. Likely mistakes
+//! in records that are accepted are named as [`InputWarning`]s.
+//!
+//! Each field is first taken as its raw JSON text (serde_json's `RawValue`, borrowed from the
+//! record), then read by the rules of its field, so that a number keeps its exact digits and a
+//! refusal is phrased here rather than by serde.
 
 use std::borrow::Cow;
 
-use std::fmt;
-
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::label::RawLabel;
+use crate::number::{NumberError, RawNumber};
+use crate::reason::{excerpt, syntax_error};
+
+pub use crate::reason::{InputWarning, ParseError, ReasonKind, Warnings};
 
 /// The largest record accepted, in bytes (spec: a message over 1 MiB is refused).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
@@ -17,20 +25,9 @@ pub const MAX_RECORD_BYTES: usize = 1 << 20;
 /// The project or task of an event that names none.
 pub const DEFAULT_SCOPE_NAME: &str = "default";
 
-/// Why a record was refused.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ParseError {
-    #[error("record is {bytes} bytes, over the {limit}-byte limit; split or shorten it")]
-    TooLarge { bytes: usize, limit: usize },
-    #[error("not a valid record: {0}")]
-    Json(String),
-    #[error("`label` is missing or null; it is required unless `op` is \"delete\"")]
-    MissingLabel,
-    #[error("`op` must be \"upsert\" or \"delete\", not {0:?}")]
-    BadOp(String),
-    #[error(transparent)]
-    IdCollision(#[from] crate::label::IdCollision),
-}
+/// 1973-01-01T00:00:00Z in epoch milliseconds: an event time before it is most likely epoch
+/// seconds sent as milliseconds (spec section 1), and is named in a warning.
+pub const TS_WARN_BEFORE_MS: i64 = 94_694_400_000;
 
 /// What an event does to the label (or gold answer) with its identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,14 +43,19 @@ pub enum Op {
 pub struct LabelEvent<'a> {
     pub project: Cow<'a, str>,
     pub task: Cow<'a, str>,
+    /// The item's id; an integer id as its decimal digits.
     pub item_id: Cow<'a, str>,
+    /// The annotator's id; an integer id as its decimal digits.
     pub annotator_id: Cow<'a, str>,
     /// `Some` for an upsert, `None` for a delete.
     pub label: Option<RawLabel<'a>>,
-    /// Event time, epoch milliseconds.
+    /// Event time, epoch milliseconds (a fractional number floored).
     pub ts_ms: i64,
+    /// Time spent, milliseconds (a fractional number floored).
     pub duration_ms: Option<u64>,
     pub op: Op,
+    /// Likely mistakes in the record (see [`InputWarning`]).
+    pub warnings: Warnings,
 }
 
 /// One gold answer (spec section 1), borrowing from its source line.
@@ -65,297 +67,336 @@ pub struct GoldEvent<'a> {
     /// `Some` for an upsert, `None` for a delete.
     pub label: Option<RawLabel<'a>>,
     pub op: Op,
+    /// Likely mistakes in the record (see [`InputWarning`]).
+    pub warnings: Warnings,
 }
 
+/// The fields of a record as raw JSON text; `None` where a field is absent or `null`. Other
+/// fields are ignored.
 #[derive(Deserialize)]
-struct RawLabelEvent<'a> {
-    #[serde(borrow)]
-    item_id: Cow<'a, str>,
-    #[serde(borrow)]
-    annotator_id: Cow<'a, str>,
+struct Fields<'a> {
     #[serde(borrow, default)]
-    label: Option<LabelValue<'a>>,
-    ts: Timestamp,
+    item_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    project: Option<Cow<'a, str>>,
+    annotator_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    task: Option<Cow<'a, str>>,
-    #[serde(default)]
-    duration_ms: Option<u64>,
+    label: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    op: Option<Cow<'a, str>>,
+    ts: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    project: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    task: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    duration_ms: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    op: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-struct RawGoldEvent<'a> {
-    #[serde(borrow)]
-    item_id: Cow<'a, str>,
-    #[serde(borrow, default)]
-    label: Option<LabelValue<'a>>,
-    #[serde(borrow, default)]
-    project: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    task: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    op: Option<Cow<'a, str>>,
+/// The text of a record as it arrived, a file's line or a Kafka message's value (`None`: a
+/// tombstone, a message with no value): refused when it is empty, over [`MAX_RECORD_BYTES`] or
+/// not UTF-8 (UTF-16 named as such).
+pub fn record_text(payload: Option<&[u8]>) -> Result<&str, ParseError> {
+    let bytes = payload.ok_or(ParseError::Tombstone)?;
+    if bytes.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(ParseError::TooLarge { bytes: bytes.len(), limit: MAX_RECORD_BYTES });
+    }
+    std::str::from_utf8(bytes).map_err(|error| crate::reason::not_utf8(bytes, &error))
 }
 
-/// A label value as it is deserialised: a string, a number, a boolean or an array of strings.
-struct LabelValue<'a>(RawLabel<'a>);
+/// JSON's whitespace.
+const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
-impl<'de: 'a, 'a> Deserialize<'de> for LabelValue<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(LabelVisitor(std::marker::PhantomData))
-    }
+/// The record without the UTF-8 byte-order mark it may start with.
+pub fn strip_bom(record: &str) -> &str {
+    record.strip_prefix('\u{feff}').unwrap_or(record)
 }
 
-struct LabelVisitor<'a>(std::marker::PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> Visitor<'de> for LabelVisitor<'a> {
-    type Value = LabelValue<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a `label` that is a string, number, boolean or array of strings")
-    }
-
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(LabelValue(RawLabel::String(Cow::Borrowed(v))))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(LabelValue(RawLabel::String(Cow::Owned(v.to_owned()))))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(LabelValue(RawLabel::String(Cow::Owned(v))))
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(LabelValue(RawLabel::Bool(v)))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(LabelValue(RawLabel::Number(v as f64)))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(LabelValue(RawLabel::Number(v as f64)))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(LabelValue(RawLabel::Number(v)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(SetElement(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        items.sort_unstable_by(|a: &Cow<'_, str>, b| a.as_bytes().cmp(b.as_bytes()));
-        items.dedup();
-        Ok(LabelValue(RawLabel::Set(items)))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Self::Value, A::Error> {
-        Err(de::Error::custom("`label` must be a string, number, boolean or array of strings, not an object"))
-    }
-}
-
-/// One element of a multi-label set: a string.
-struct SetElement<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for SetElement<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ElementVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for ElementVisitor<'a> {
-            type Value = SetElement<'a>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("only strings in a `label` array (a multi-label set)")
-            }
-
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(SetElement(Cow::Borrowed(v)))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(SetElement(Cow::Owned(v.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(ElementVisitor(std::marker::PhantomData))
-    }
-}
-
-/// `ts`: an RFC 3339 string or integer epoch milliseconds, as epoch milliseconds.
-struct Timestamp(i64);
-
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TimestampVisitor;
-        impl Visitor<'_> for TimestampVisitor {
-            type Value = Timestamp;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a `ts` that is an RFC 3339 string or integer epoch milliseconds")
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Timestamp(v))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                i64::try_from(v)
-                    .map(Timestamp)
-                    .map_err(|_| E::custom(format!("`ts` {v} is out of range for epoch milliseconds")))
-            }
-
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Err(E::custom(format!(
-                    "`ts` {v} is neither an RFC 3339 string nor integer epoch milliseconds"
-                )))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                chrono::DateTime::parse_from_rfc3339(v)
-                    .map(|t| Timestamp(t.timestamp_millis()))
-                    .map_err(|e| E::custom(format!("`ts` {v:?} is not an RFC 3339 time ({e})")))
-            }
-        }
-        deserializer.deserialize_any(TimestampVisitor)
-    }
-}
-
-fn check_size(record: &str) -> Result<(), ParseError> {
+/// Reads the fields of one record: a JSON object (after an optional byte-order mark).
+fn fields(record: &str) -> Result<Fields<'_>, ParseError> {
     if record.len() > MAX_RECORD_BYTES {
         return Err(ParseError::TooLarge { bytes: record.len(), limit: MAX_RECORD_BYTES });
     }
-    Ok(())
+    let body = strip_bom(record);
+    let start = body.trim_start_matches(WHITESPACE);
+    if start.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if !start.starts_with('{') {
+        // Some other JSON value, or not JSON at all.
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(body) {
+            Ok(_) => ParseError::NotObject(match start.as_bytes()[0] {
+                b'[' => "a JSON array",
+                b'"' => "a JSON string",
+                b't' | b'f' => "a JSON boolean",
+                b'n' => "JSON null",
+                _ => "a JSON number",
+            }),
+            Err(error) => syntax_error(body, &error),
+        });
+    }
+    serde_json::from_str(body).map_err(|error| syntax_error(body, &error))
 }
 
-fn parse_op(op: Option<Cow<'_, str>>) -> Result<Op, ParseError> {
-    match op.as_deref() {
-        None | Some("upsert") => Ok(Op::Upsert),
-        Some("delete") => Ok(Op::Delete),
-        Some(other) => Err(ParseError::BadOp(other.to_string())),
+/// The kind of JSON value `text` is, for reasons.
+fn json_kind(text: &str) -> &'static str {
+    match text.as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
     }
 }
 
-fn scope_name(name: Option<Cow<'_, str>>) -> Cow<'_, str> {
-    name.unwrap_or(Cow::Borrowed(DEFAULT_SCOPE_NAME))
+fn invalid(field: &'static str, detail: String) -> ParseError {
+    ParseError::Invalid { field, detail }
 }
 
-/// The label of an upsert (required) or a delete (ignored).
-fn label_for(op: Op, label: Option<LabelValue<'_>>) -> Result<Option<RawLabel<'_>>, ParseError> {
-    match (op, label) {
-        (Op::Delete, _) => Ok(None),
-        (Op::Upsert, None) => Err(ParseError::MissingLabel),
-        (Op::Upsert, Some(LabelValue(label))) => Ok(Some(label)),
+/// A JSON string's content, borrowed unless it has escapes.
+fn string_of<'a>(field: &'static str, text: &'a str) -> Result<Cow<'a, str>, ParseError> {
+    let inner = &text[1..text.len() - 1];
+    if !inner.contains('\\') {
+        return Ok(Cow::Borrowed(inner));
     }
-}
-
-/// Parses one label event.
-pub fn parse_label_event(record: &str) -> Result<LabelEvent<'_>, ParseError> {
-    check_size(record)?;
-    let raw: RawLabelEvent<'_> = serde_json::from_str(record).map_err(|e| ParseError::Json(e.to_string()))?;
-    let op = parse_op(raw.op)?;
-    let label = label_for(op, raw.label)?;
-    let ts_ms = raw.ts.0;
-    Ok(LabelEvent {
-        project: scope_name(raw.project),
-        task: scope_name(raw.task),
-        item_id: raw.item_id,
-        annotator_id: raw.annotator_id,
-        label,
-        ts_ms,
-        duration_ms: raw.duration_ms,
-        op,
+    serde_json::from_str::<String>(text).map(Cow::Owned).map_err(|error| {
+        let problem = error.to_string();
+        let problem = problem.split(" at line ").next().unwrap_or_default();
+        invalid(field, format!("{} has an invalid escape ({problem})", excerpt(text)))
     })
 }
 
-/// Parses one gold answer.
+/// A field that must be a string (`project`, `task`, `op`).
+fn string_field<'a>(field: &'static str, raw: &'a RawValue) -> Result<Cow<'a, str>, ParseError> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        string_of(field, text)
+    } else {
+        Err(invalid(field, format!("is {} ({}); it must be a string", json_kind(text), excerpt(text))))
+    }
+}
+
+/// `item_id` or `annotator_id`: a non-empty string, or an integer taken as its decimal digits.
+fn id_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, ParseError> {
+    let raw = raw.ok_or(ParseError::Missing { field })?;
+    let text = raw.get();
+    match text.as_bytes()[0] {
+        b'"' => {
+            let id = string_of(field, text)?;
+            if id.is_empty() {
+                return Err(invalid(field, "is empty (\"\"); an id has at least one character".into()));
+            }
+            Ok(id)
+        }
+        b'-' | b'0'..=b'9' => {
+            let digits = text.strip_prefix('-').unwrap_or(text);
+            if digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Ok(Cow::Borrowed(text));
+            }
+            let hint = match RawNumber::parse(text)
+                .ok()
+                .and_then(|n| n.floor_i64().filter(|f| *f as f64 == n.value()))
+            {
+                Some(whole) => format!(" (written as a float: send {whole} or \"{whole}\")"),
+                None => String::new(),
+            };
+            Err(invalid(field, format!("{text} is not an integer; an id is a string or an integer{hint}")))
+        }
+        _ => Err(invalid(
+            field,
+            format!("is {} ({}); an id is a string or an integer", json_kind(text), excerpt(text)),
+        )),
+    }
+}
+
+/// A number field (`ts`, `duration_ms`) floored to an integer.
+fn floored(field: &'static str, text: &str, unit: &str) -> Result<i64, ParseError> {
+    // The common case, a plain integer, without the exact decimal.
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(value) = text.parse::<i64>() {
+            return Ok(value);
+        }
+    }
+    let number = RawNumber::parse(text).map_err(|error| match error {
+        NumberError::Syntax => invalid(field, format!("{} is not a JSON number", excerpt(text))),
+        NumberError::OutOfRange => invalid(field, format!("{} is out of range for {unit}", excerpt(text))),
+    })?;
+    number.floor_i64().ok_or_else(|| invalid(field, format!("{} is out of range for {unit}", excerpt(text))))
+}
+
+/// `ts`: an RFC 3339 string or epoch milliseconds (a fraction floored).
+fn ts_field(raw: Option<&RawValue>) -> Result<i64, ParseError> {
+    let raw = raw.ok_or(ParseError::Missing { field: "ts" })?;
+    let text = raw.get();
+    match text.as_bytes()[0] {
+        b'"' => {
+            let value = string_of("ts", text)?;
+            chrono::DateTime::parse_from_rfc3339(&value).map(|t| t.timestamp_millis()).map_err(|error| {
+                let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+                let problem = if digits {
+                    format!(
+                        "is a string of digits; epoch milliseconds are a JSON number ({value}), not a string"
+                    )
+                } else {
+                    format!("is not an RFC 3339 time like \"2026-03-01T09:12:44Z\" ({error})")
+                };
+                invalid("ts", format!("{} {problem}", excerpt(text)))
+            })
+        }
+        b'-' | b'0'..=b'9' => floored("ts", text, "epoch milliseconds"),
+        _ => Err(invalid(
+            "ts",
+            format!(
+                "is {} ({}); it must be an RFC 3339 string or epoch milliseconds",
+                json_kind(text),
+                excerpt(text)
+            ),
+        )),
+    }
+}
+
+/// `duration_ms`: a non-negative number of milliseconds (a fraction floored).
+fn duration_field(raw: &RawValue) -> Result<u64, ParseError> {
+    let text = raw.get();
+    if !matches!(text.as_bytes()[0], b'-' | b'0'..=b'9') {
+        return Err(invalid(
+            "duration_ms",
+            format!("is {} ({}); it must be a number of milliseconds", json_kind(text), excerpt(text)),
+        ));
+    }
+    let ms = floored("duration_ms", text, "milliseconds")?;
+    u64::try_from(ms).map_err(|_| invalid("duration_ms", format!("{text} is negative")))
+}
+
+/// `op`: `"upsert"` (also when absent) or `"delete"`.
+fn op_field(raw: Option<&RawValue>) -> Result<Op, ParseError> {
+    let Some(raw) = raw else { return Ok(Op::Upsert) };
+    match &*string_field("op", raw)? {
+        "upsert" => Ok(Op::Upsert),
+        "delete" => Ok(Op::Delete),
+        _ => Err(invalid("op", format!("{} is neither \"upsert\" nor \"delete\"", excerpt(raw.get())))),
+    }
+}
+
+/// `project` or `task`: a string, [`DEFAULT_SCOPE_NAME`] when absent.
+fn scope_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, ParseError> {
+    match raw {
+        None => Ok(Cow::Borrowed(DEFAULT_SCOPE_NAME)),
+        Some(raw) => string_field(field, raw),
+    }
+}
+
+/// `label`: a string, a number (exact), a boolean, or an array of strings (a set).
+fn label_value(raw: &RawValue) -> Result<RawLabel<'_>, ParseError> {
+    let text = raw.get();
+    match text.as_bytes()[0] {
+        b'"' => Ok(RawLabel::String(string_of("label", text)?)),
+        b't' => Ok(RawLabel::Bool(true)),
+        b'f' => Ok(RawLabel::Bool(false)),
+        b'[' => {
+            let elements: Vec<&RawValue> =
+                serde_json::from_str(text).expect("an array checked by the parser");
+            let mut items = Vec::with_capacity(elements.len());
+            for element in elements {
+                let element = element.get();
+                if !element.starts_with('"') {
+                    return Err(invalid(
+                        "label",
+                        format!(
+                            "{} holds {} ({}); a multi-label set is an array of strings",
+                            excerpt(text),
+                            json_kind(element),
+                            excerpt(element)
+                        ),
+                    ));
+                }
+                items.push(string_of("label", element)?);
+            }
+            items.sort_unstable_by(|a: &Cow<'_, str>, b| a.as_bytes().cmp(b.as_bytes()));
+            items.dedup();
+            Ok(RawLabel::Set(items))
+        }
+        b'{' => Err(invalid(
+            "label",
+            format!(
+                "is an object ({}); a label is a string, number, boolean or array of strings",
+                excerpt(text)
+            ),
+        )),
+        _ => RawNumber::parse(text).map(RawLabel::Number).map_err(|error| match error {
+            NumberError::Syntax => invalid("label", format!("{} is not a JSON number", excerpt(text))),
+            NumberError::OutOfRange => invalid(
+                "label",
+                format!("{} is {error}; labelqc cannot measure distances to it", excerpt(text)),
+            ),
+        }),
+    }
+}
+
+/// The label of an upsert (required) or a delete (ignored).
+fn label_field(op: Op, raw: Option<&RawValue>) -> Result<Option<RawLabel<'_>>, ParseError> {
+    match (op, raw) {
+        (Op::Delete, _) => Ok(None),
+        (Op::Upsert, None) => Err(ParseError::MissingLabel),
+        (Op::Upsert, Some(raw)) => label_value(raw).map(Some),
+    }
+}
+
+/// Parses one label event. A record without `annotator_id` but with a `label` is refused as
+/// [`ParseError::LooksLikeGold`].
+pub fn parse_label_event(record: &str) -> Result<LabelEvent<'_>, ParseError> {
+    let fields = fields(record)?;
+    let item_id = id_field("item_id", fields.item_id)?;
+    let annotator_id = match fields.annotator_id {
+        Some(raw) => id_field("annotator_id", Some(raw))?,
+        None if fields.label.is_some() && fields.ts.is_none() => return Err(ParseError::LooksLikeGold),
+        None => return Err(ParseError::Missing { field: "annotator_id" }),
+    };
+    let op = op_field(fields.op)?;
+    let label = label_field(op, fields.label)?;
+    let ts_ms = ts_field(fields.ts)?;
+    let duration_ms = fields.duration_ms.map(duration_field).transpose()?;
+    let mut warnings = Warnings::default();
+    if ts_ms < TS_WARN_BEFORE_MS {
+        warnings.add(InputWarning::TsBefore1973);
+    }
+    Ok(LabelEvent {
+        project: scope_field("project", fields.project)?,
+        task: scope_field("task", fields.task)?,
+        item_id,
+        annotator_id,
+        label,
+        ts_ms,
+        duration_ms,
+        op,
+        warnings,
+    })
+}
+
+/// Parses one gold answer. An `annotator_id` is ignored but named in a warning
+/// ([`InputWarning::GoldWithAnnotator`]).
 pub fn parse_gold_event(record: &str) -> Result<GoldEvent<'_>, ParseError> {
-    check_size(record)?;
-    let raw: RawGoldEvent<'_> = serde_json::from_str(record).map_err(|e| ParseError::Json(e.to_string()))?;
-    let op = parse_op(raw.op)?;
-    let label = label_for(op, raw.label)?;
+    let fields = fields(record)?;
+    let item_id = id_field("item_id", fields.item_id)?;
+    let op = op_field(fields.op)?;
+    let label = label_field(op, fields.label)?;
+    let mut warnings = Warnings::default();
+    if fields.annotator_id.is_some() {
+        warnings.add(InputWarning::GoldWithAnnotator);
+    }
     Ok(GoldEvent {
-        project: scope_name(raw.project),
-        task: scope_name(raw.task),
-        item_id: raw.item_id,
+        project: scope_field("project", fields.project)?,
+        task: scope_field("task", fields.task)?,
+        item_id,
         label,
         op,
+        warnings,
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_full_event() {
-        let ev = parse_label_event(
-            r#"{"item_id":"i1","annotator_id":"a","label":["y","x","y"],"ts":"2025-01-06T08:00:00Z","project":"p","task":"t","duration_ms":1200}"#,
-        )
-        .unwrap();
-        assert_eq!(ev.project, "p");
-        assert_eq!(ev.task, "t");
-        assert_eq!(ev.label, Some(RawLabel::Set(vec!["x".into(), "y".into()])));
-        assert_eq!(ev.ts_ms, 1_736_150_400_000);
-        assert_eq!(ev.duration_ms, Some(1200));
-        assert_eq!(ev.op, Op::Upsert);
-    }
-
-    #[test]
-    fn defaults_and_epoch_ms() {
-        let ev = parse_label_event(r#"{"item_id":"i","annotator_id":"a","label":2.5,"ts":1700000000000}"#)
-            .unwrap();
-        assert_eq!(ev.project, DEFAULT_SCOPE_NAME);
-        assert_eq!(ev.task, DEFAULT_SCOPE_NAME);
-        assert_eq!(ev.label, Some(RawLabel::Number(2.5)));
-        assert_eq!(ev.ts_ms, 1_700_000_000_000);
-    }
-
-    #[test]
-    fn delete_needs_no_label() {
-        let ev = parse_label_event(r#"{"item_id":"i","annotator_id":"a","ts":1,"op":"delete"}"#).unwrap();
-        assert_eq!(ev.op, Op::Delete);
-        assert_eq!(ev.label, None);
-    }
-
-    #[test]
-    fn refuses_bad_records_with_reasons() {
-        let cases = [
-            ("not json", "not a valid record"),
-            (r#"{"annotator_id":"a","label":1,"ts":1}"#, "missing field `item_id`"),
-            (r#"{"item_id":1,"annotator_id":"a","label":1,"ts":1}"#, "invalid type"),
-            (r#"{"item_id":"i","annotator_id":"a","ts":1}"#, "`label` is missing"),
-            (r#"{"item_id":"i","annotator_id":"a","label":null,"ts":1}"#, "`label` is missing"),
-            (r#"{"item_id":"i","annotator_id":"a","label":{"x":1},"ts":1}"#, "not an object"),
-            (r#"{"item_id":"i","annotator_id":"a","label":[1,2],"ts":1}"#, "only strings"),
-            (r#"{"item_id":"i","annotator_id":"a","label":1,"ts":"yesterday"}"#, "RFC 3339"),
-            (r#"{"item_id":"i","annotator_id":"a","label":1,"ts":1.5}"#, "epoch milliseconds"),
-            (r#"{"item_id":"i","annotator_id":"a","label":1}"#, "missing field `ts`"),
-            (r#"{"item_id":"i","annotator_id":"a","label":1,"ts":1,"op":"remove"}"#, "`op` must be"),
-            (r#"{"item_id":"i","annotator_id":"a","label":1,"ts":1,"duration_ms":-4}"#, "invalid value"),
-        ];
-        for (record, reason) in cases {
-            let err = parse_label_event(record).expect_err(record).to_string();
-            assert!(err.contains(reason), "{record}: {err}");
-        }
-        let big = format!(
-            r#"{{"item_id":"{}","annotator_id":"a","label":1,"ts":1}}"#,
-            "x".repeat(MAX_RECORD_BYTES)
-        );
-        assert!(matches!(parse_label_event(&big), Err(ParseError::TooLarge { .. })));
-    }
-
-    #[test]
-    fn gold_answers() {
-        let g = parse_gold_event(r#"{"item_id":"g1","label":"x","task":"t"}"#).unwrap();
-        assert_eq!(g.label, Some(RawLabel::String("x".into())));
-        assert_eq!(g.task, "t");
-        assert_eq!(g.project, DEFAULT_SCOPE_NAME);
-        assert!(parse_gold_event(r#"{"item_id":"g1"}"#).is_err());
-        assert_eq!(parse_gold_event(r#"{"item_id":"g1","op":"delete"}"#).unwrap().op, Op::Delete);
-    }
-}
+mod tests;

@@ -1,13 +1,18 @@
 //! Label values: the answers annotators give, with the spec's equality (by JSON value, sets as
-//! sets, `1` equal to `1.0`) and its total order for consensus tie-breaks (numbers, then strings,
-//! then `false`, `true`, then sets). Also the table that gives each distinct label its id: a
-//! 64-bit hash of the label's canonical bytes, the same in every process that reads the label.
+//! sets, numbers by exact decimal value: `1` equal to `1.0`, `18446744073709551615` not equal to
+//! `18446744073709551614`) and its total order for consensus tie-breaks (numbers by value, then
+//! strings, then `false`, `true`, then sets). Also the table that gives each distinct label its
+//! id: a 64-bit hash of the label's canonical bytes, the same in every process that reads the
+//! label; and the label's JSON as the report prints it (numbers exactly as their value).
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
+use serde::ser::{SerializeSeq, Serializer};
+
+use crate::number::{Number, RawNumber};
 
 /// Id of a distinct label value: the stable hash of its canonical bytes (see [`LabelTable`]).
 pub type LabelId = u64;
@@ -15,8 +20,8 @@ pub type LabelId = u64;
 /// A label value as the spec defines it. Equality and hashing follow the spec's comparison.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Label {
-    /// A JSON number. `1` and `1.0` are one label, shown as `1`.
-    Number(f64),
+    /// A JSON number, as its exact decimal value: `1` and `1.0` are one label, shown as `1`.
+    Number(Number),
     /// A JSON string.
     String(Box<str>),
     /// A JSON boolean.
@@ -35,19 +40,20 @@ impl Label {
         }
     }
 
-    /// The numeric value, if this label is a number.
+    /// The nearest 64-bit float of the value, if this label is a number: what interval and ratio
+    /// distances use.
     pub fn as_number(&self) -> Option<f64> {
         match self {
-            Label::Number(value) => Some(*value),
+            Label::Number(number) => Some(number.value()),
             _ => None,
         }
     }
 
-    /// The spec's order: numbers numerically, then strings bytewise, then `false`, `true`, then
+    /// The spec's order: numbers by exact value, then strings bytewise, then `false`, `true`, then
     /// sets (compared element by element, bytewise).
     pub fn spec_cmp(&self, other: &Label) -> Ordering {
         match (self, other) {
-            (Label::Number(a), Label::Number(b)) => a.total_cmp(b),
+            (Label::Number(a), Label::Number(b)) => a.exact_cmp(b),
             (Label::String(a), Label::String(b)) => a.as_bytes().cmp(b.as_bytes()),
             (Label::Bool(a), Label::Bool(b)) => a.cmp(b),
             (Label::Set(a), Label::Set(b)) => a.cmp(b),
@@ -58,37 +64,58 @@ impl Label {
     /// The label as a [`RawLabel`] borrowing from it.
     pub fn to_raw(&self) -> RawLabel<'_> {
         match self {
-            Label::Number(value) => RawLabel::Number(*value),
+            Label::Number(number) => RawLabel::Number(number.to_raw()),
             Label::String(s) => RawLabel::String(Cow::Borrowed(s)),
             Label::Bool(b) => RawLabel::Bool(*b),
             Label::Set(items) => RawLabel::Set(items.iter().map(|s| Cow::Borrowed(&**s)).collect()),
         }
     }
 
-    /// The label as a JSON value, written as it was first seen.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The label as JSON text, a number exactly as its value (see [`Number::to_json_text`]).
+    pub fn to_json_text(&self) -> String {
         match self {
-            Label::Number(value) => {
-                // Integral values print as integers (`1`, not `1.0`), exactly while they fit.
-                if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 {
-                    serde_json::Value::from(*value as i64)
-                } else {
-                    serde_json::json!(*value)
-                }
-            }
-            Label::String(s) => serde_json::Value::String(s.to_string()),
-            Label::Bool(b) => serde_json::Value::Bool(*b),
-            Label::Set(items) => serde_json::Value::Array(
-                items.iter().map(|s| serde_json::Value::String(s.to_string())).collect(),
-            ),
+            Label::Number(number) => number.to_json_text(),
+            other => serde_json::to_string(&JsonLabel(other)).expect("a label is JSON"),
         }
     }
+}
+
+/// A label as the report's JSON shows it: a string, a boolean, an array of strings, or a number
+/// written exactly (`18446744073709551615`, not `1.8446744073709552e19`). Use it with serde_json:
+/// other serializers see a number as serde_json's raw-value token.
+pub struct JsonLabel<'a>(pub &'a Label);
+
+impl serde::Serialize for JsonLabel<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Label::Number(number) => {
+                let raw = serde_json::value::RawValue::from_string(number.to_json_text())
+                    .map_err(serde::ser::Error::custom)?;
+                raw.serialize(serializer)
+            }
+            Label::String(s) => serializer.serialize_str(s),
+            Label::Bool(b) => serializer.serialize_bool(*b),
+            Label::Set(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items.iter() {
+                    seq.serialize_element(&**item)?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+/// Serializes a label field as [`JsonLabel`] (for `#[serde(serialize_with = ...)]`).
+pub fn serialize_json<S: Serializer>(label: &Label, serializer: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&JsonLabel(label), serializer)
 }
 
 /// A label as parsed from one event, borrowing from the input line where it can.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RawLabel<'a> {
-    Number(f64),
+    /// A number, as its exact value.
+    Number(RawNumber<'a>),
     String(Cow<'a, str>),
     Bool(bool),
     /// Distinct elements, sorted bytewise.
@@ -101,11 +128,9 @@ impl RawLabel<'_> {
     pub fn canonical_key(&self, buf: &mut Vec<u8>) {
         buf.clear();
         match self {
-            RawLabel::Number(value) => {
+            RawLabel::Number(number) => {
                 buf.push(0);
-                // -0.0 and 0.0 are one value.
-                let v = if *value == 0.0 { 0.0f64 } else { *value };
-                buf.extend_from_slice(&v.to_bits().to_be_bytes());
+                number.canonical_key(buf);
             }
             RawLabel::String(s) => {
                 buf.push(1);
@@ -128,7 +153,7 @@ impl RawLabel<'_> {
     /// An owned [`Label`].
     pub fn to_label(&self) -> Label {
         match self {
-            RawLabel::Number(value) => Label::Number(if *value == 0.0 { 0.0 } else { *value }),
+            RawLabel::Number(number) => Label::Number(number.to_number()),
             RawLabel::String(s) => Label::String(s.as_ref().into()),
             RawLabel::Bool(b) => Label::Bool(*b),
             RawLabel::Set(items) => Label::Set(items.iter().map(|s| s.as_ref().into()).collect()),
@@ -168,8 +193,8 @@ impl LabelTable {
             Some((_, known)) => Err(IdCollision {
                 id,
                 kind: "label",
-                first: known.to_json().to_string(),
-                second: label().to_json().to_string(),
+                first: known.to_json_text(),
+                second: label().to_json_text(),
             }),
             None => {
                 self.labels.insert(id, (self.scratch.as_slice().into(), label()));
@@ -219,44 +244,67 @@ pub struct IdCollision {
 mod tests {
     use super::*;
 
-    fn num(v: f64) -> RawLabel<'static> {
-        RawLabel::Number(v)
+    fn num(text: &str) -> RawLabel<'_> {
+        RawLabel::Number(RawNumber::parse(text).unwrap())
+    }
+
+    fn json(label: &Label) -> String {
+        serde_json::to_string(&JsonLabel(label)).unwrap()
     }
 
     #[test]
     fn numbers_compare_by_value() {
         let mut table = LabelTable::default();
-        let a = table.intern(&num(1.0)).unwrap();
-        let b = table.intern(&num(1.0)).unwrap();
+        let a = table.intern(&num("1")).unwrap();
+        let b = table.intern(&num("1.0")).unwrap();
         let c = table.intern(&RawLabel::String("1".into())).unwrap();
         let d = table.intern(&RawLabel::Bool(true)).unwrap();
         assert_eq!(a, b);
+        assert_eq!(a, table.intern(&num("1e0")).unwrap());
         assert_ne!(a, c);
         assert_ne!(c, d);
-        assert_eq!(table.get(a).to_json(), serde_json::json!(1));
-        assert_eq!(table.intern(&num(-0.0)), table.intern(&num(0.0)));
+        assert_eq!(json(table.get(a)), "1");
+        assert_eq!(table.intern(&num("-0.0")), table.intern(&num("0")));
         // Ids are the same in any table, whatever it saw first.
         let mut other = LabelTable::default();
         assert_eq!(other.intern(&RawLabel::Bool(true)).unwrap(), d);
         other.insert(a, table.get(a)).unwrap();
-        assert_eq!(other.get(a).to_json(), serde_json::json!(1));
+        assert_eq!(json(other.get(a)), "1");
         assert!(other.insert(a, table.get(c)).is_err(), "one id, two values");
     }
 
     #[test]
+    fn big_integers_are_distinct_and_printed_exactly() {
+        let mut table = LabelTable::default();
+        let max = table.intern(&num("18446744073709551615")).unwrap();
+        let below = table.intern(&num("18446744073709551614")).unwrap();
+        assert_ne!(max, below);
+        assert_eq!(json(table.get(max)), "18446744073709551615");
+        assert_eq!(json(table.get(below)), "18446744073709551614");
+        assert_eq!(table.get(max).spec_cmp(table.get(below)), Ordering::Greater);
+        // Distances use the nearest float, which the two share.
+        assert_eq!(table.get(max).as_number(), table.get(below).as_number());
+        let huge = table.intern(&num("123456789012345678901234567890")).unwrap();
+        assert_eq!(table.get(huge).to_json_text(), "123456789012345678901234567890");
+    }
+
+    #[test]
     fn spec_order() {
+        let number = |t: &str| Label::Number(RawNumber::parse(t).unwrap().to_number());
         let labels = [
             Label::Set(vec!["a".into()].into()),
             Label::Bool(true),
             Label::Bool(false),
             Label::String("b".into()),
             Label::String("a".into()),
-            Label::Number(10.0),
-            Label::Number(2.0),
+            number("10"),
+            number("2"),
+            number("9007199254740993"),
+            number("9007199254740992"),
         ];
         let mut sorted = labels.to_vec();
         sorted.sort_by(|a, b| a.spec_cmp(b));
-        let json: Vec<_> = sorted.iter().map(Label::to_json).collect();
-        assert_eq!(serde_json::Value::Array(json), serde_json::json!([2, 10, "a", "b", false, true, ["a"]]));
+        let json: Vec<String> = sorted.iter().map(json).collect();
+        assert_eq!(json.join(","), r#"2,10,9007199254740992,9007199254740993,"a","b",false,true,["a"]"#);
     }
 }

@@ -8,6 +8,8 @@ pub mod drift;
 pub mod engine;
 pub mod event;
 pub mod label;
+pub mod number;
+pub mod reason;
 pub mod source;
 pub mod stats;
 pub mod view;

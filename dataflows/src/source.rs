@@ -16,8 +16,12 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use crate::event::{parse_gold_event, parse_label_event, GoldEvent, LabelEvent, Op, ParseError};
-use crate::label::{stable_id, IdCollision, Label, LabelId, LabelTable};
+use crate::event::{
+    parse_gold_event, parse_label_event, record_text, GoldEvent, InputWarning, LabelEvent, Op, ParseError,
+    Warnings,
+};
+use crate::label::{stable_id, IdCollision, Label, LabelId, LabelTable, RawLabel};
+use crate::number::RawNumber;
 
 /// Id of a (project, task) scope, or of a window of one (with [`WINDOW_BIT`] set).
 pub type ScopeId = u64;
@@ -351,6 +355,18 @@ impl Stream {
     }
 }
 
+/// What applying a record did: its operation and the likely mistakes it showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub op: Op,
+    pub warnings: Warnings,
+}
+
+/// A number label seen as a JSON number (in [`Source::number_forms`]).
+const AS_NUMBER: u8 = 1;
+/// A number label seen as a string holding that number.
+const AS_STRING: u8 = 2;
+
 /// Interns events and applies upsert/delete semantics, emitting the resulting [`Update`]s.
 #[derive(Debug, Default)]
 pub struct Source {
@@ -361,6 +377,10 @@ pub struct Source {
     window_sizes: Vec<i64>,
     /// Per item, the window scopes holding its labels, with their label counts.
     item_windows: HashMap<ItemKey, smallvec::SmallVec<[(ScopeId, u32); 2]>, RandomState>,
+    /// Per scope and number label (labels and gold answers alike), the forms it was sent in:
+    /// [`AS_NUMBER`], [`AS_STRING`] (`"1"` for `1`), or both, a likely mistake.
+    number_forms: HashMap<(ScopeId, LabelId), u8, RandomState>,
+    scratch: Vec<u8>,
 }
 
 impl Source {
@@ -426,9 +446,32 @@ impl Source {
         }
     }
 
+    /// Whether `label`, with id `id`, in `scope`, is a value also sent in the other form (a
+    /// number and a string holding it) in the scope; remembers the form it came in.
+    fn mixed_forms(&mut self, scope: ScopeId, label: &RawLabel<'_>, id: LabelId) -> bool {
+        let (number, form) = match label {
+            RawLabel::Number(_) => (id, AS_NUMBER),
+            RawLabel::String(text) if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+                let Ok(number) = RawNumber::parse(text) else { return false };
+                RawLabel::Number(number).canonical_key(&mut self.scratch);
+                (stable_id(&self.scratch), AS_STRING)
+            }
+            _ => return false,
+        };
+        let forms = self.number_forms.entry((scope, number)).or_default();
+        *forms |= form;
+        *forms == AS_NUMBER | AS_STRING
+    }
+
     /// Applies one label event; appends the updates it causes (none, one or two, and their
-    /// windows') to `out`. Fails, changing nothing, if a name's id collides with another name's.
-    pub fn apply_label(&mut self, event: &LabelEvent<'_>, out: &mut Vec<Update>) -> Result<(), IdCollision> {
+    /// windows') to `out`, and returns the event's warnings with those only the source can see
+    /// ([`InputWarning::NumberAndString`]). Fails, changing nothing, if a name's id collides with
+    /// another name's.
+    pub fn apply_label(
+        &mut self,
+        event: &LabelEvent<'_>,
+        out: &mut Vec<Update>,
+    ) -> Result<Warnings, IdCollision> {
         let scope = self.catalog.scope(&event.project, &event.task)?;
         let item = (scope, self.catalog.item(&event.item_id)?);
         let annotator = self.catalog.annotator(&event.annotator_id)?;
@@ -440,6 +483,12 @@ impl Source {
             Some(label) => Some((self.catalog.label(label)?, stamp)),
             None => None,
         };
+        let mut warnings = event.warnings;
+        if let (Some(label), Some((id, _))) = (&event.label, new) {
+            if self.mixed_forms(scope, label, id) {
+                warnings.add(InputWarning::NumberAndString);
+            }
+        }
         let new_windows = match new {
             Some(_) => self.windows_of(scope, stamp)?,
             None => smallvec::SmallVec::new(),
@@ -449,7 +498,7 @@ impl Source {
             None => self.labels.remove(&(item, annotator)),
         };
         if old == new {
-            return Ok(());
+            return Ok(warnings);
         }
         if let Some((label, stamp)) = old {
             out.push(Update::Label { item, annotator, label, stamp, diff: -1 });
@@ -460,24 +509,35 @@ impl Source {
             out.push(Update::Label { item, annotator, label, stamp, diff: 1 });
             self.window_label(item, &new_windows, (annotator, label, stamp), 1, out);
         }
-        Ok(())
+        Ok(warnings)
     }
 
-    /// Applies one gold answer; appends the updates it causes to `out`. Fails, changing nothing,
-    /// if a name's id collides with another name's.
-    pub fn apply_gold(&mut self, event: &GoldEvent<'_>, out: &mut Vec<Update>) -> Result<(), IdCollision> {
+    /// Applies one gold answer; appends the updates it causes to `out` and returns its warnings
+    /// (see [`Source::apply_label`]). Fails, changing nothing, if a name's id collides with
+    /// another name's.
+    pub fn apply_gold(
+        &mut self,
+        event: &GoldEvent<'_>,
+        out: &mut Vec<Update>,
+    ) -> Result<Warnings, IdCollision> {
         let scope = self.catalog.scope(&event.project, &event.task)?;
         let item = (scope, self.catalog.item(&event.item_id)?);
         let new = match &event.label {
             Some(label) => Some(self.catalog.label(label)?),
             None => None,
         };
+        let mut warnings = event.warnings;
+        if let (Some(label), Some(id)) = (&event.label, new) {
+            if self.mixed_forms(scope, label, id) {
+                warnings.add(InputWarning::NumberAndString);
+            }
+        }
         let old = match new {
             Some(label) => self.gold.insert(item, label),
             None => self.gold.remove(&item),
         };
         if old == new {
-            return Ok(());
+            return Ok(warnings);
         }
         if let Some(label) = old {
             out.push(Update::Gold { item, label, diff: -1 });
@@ -485,28 +545,40 @@ impl Source {
         if let Some(label) = new {
             out.push(Update::Gold { item, label, diff: 1 });
         }
-        Ok(())
+        Ok(warnings)
     }
 
-    /// Parses one record of `stream` and applies it; returns its operation, or why it was refused.
+    /// Parses one record of `stream` and applies it; returns its operation and warnings, or why
+    /// it was refused.
     pub fn apply_record(
         &mut self,
         stream: Stream,
         record: &str,
         out: &mut Vec<Update>,
-    ) -> Result<Op, ParseError> {
+    ) -> Result<Applied, ParseError> {
         match stream {
             Stream::Labels => {
                 let event = parse_label_event(record)?;
-                self.apply_label(&event, out)?;
-                Ok(event.op)
+                let warnings = self.apply_label(&event, out)?;
+                Ok(Applied { op: event.op, warnings })
             }
             Stream::Gold => {
                 let event = parse_gold_event(record)?;
-                self.apply_gold(&event, out)?;
-                Ok(event.op)
+                let warnings = self.apply_gold(&event, out)?;
+                Ok(Applied { op: event.op, warnings })
             }
         }
+    }
+
+    /// Applies one record as it arrived, a file's line or a Kafka message's value (`None` for a
+    /// tombstone): the same as [`Source::apply_record`] after [`record_text`].
+    pub fn apply_message(
+        &mut self,
+        stream: Stream,
+        payload: Option<&[u8]>,
+        out: &mut Vec<Update>,
+    ) -> Result<Applied, ParseError> {
+        self.apply_record(stream, record_text(payload)?, out)
     }
 
     /// Number of live labels (identities with a current label).
@@ -516,111 +588,4 @@ impl Source {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{parse_gold_event, parse_label_event};
-    use crate::label::RawLabel;
-
-    fn at(ts_ms: i64) -> Stamp {
-        Stamp { ts_ms, duration_ms: None }
-    }
-
-    #[test]
-    fn latest_event_wins() {
-        let mut source = Source::default();
-        let mut out = Vec::new();
-        for line in [
-            r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
-            r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
-            r#"{"item_id":"i","annotator_id":"a","label":"y","ts":3}"#,
-            r#"{"item_id":"i","annotator_id":"a","ts":4,"op":"delete"}"#,
-            r#"{"item_id":"i","annotator_id":"a","ts":5,"op":"delete"}"#,
-        ] {
-            source.apply_label(&parse_label_event(line).unwrap(), &mut out).unwrap();
-        }
-        let item = (scope_id("default", "default"), stable_id(b"i"));
-        let annotator = stable_id(b"a");
-        let [x, y] = ["x", "y"].map(|l| source.catalog.label(&RawLabel::String(l.into())).unwrap());
-        assert_eq!(
-            out,
-            vec![
-                Update::Label { item, annotator, label: x, stamp: at(1), diff: 1 },
-                Update::Label { item, annotator, label: x, stamp: at(1), diff: -1 },
-                Update::Label { item, annotator, label: y, stamp: at(3), diff: 1 },
-                Update::Label { item, annotator, label: y, stamp: at(3), diff: -1 },
-            ]
-        );
-        assert_eq!(source.live_labels(), 0);
-    }
-
-    #[test]
-    fn gold_corrections() {
-        let mut source = Source::default();
-        let mut out = Vec::new();
-        for line in [r#"{"item_id":"g","label":"x"}"#, r#"{"item_id":"g","label":"y"}"#] {
-            source.apply_gold(&parse_gold_event(line).unwrap(), &mut out).unwrap();
-        }
-        let scope = scope_id("default", "default");
-        let item = (scope, stable_id(b"g"));
-        let [x, y] = ["x", "y"].map(|l| source.catalog.label(&RawLabel::String(l.into())).unwrap());
-        assert_eq!(
-            out,
-            vec![
-                Update::Gold { item, label: x, diff: 1 },
-                Update::Gold { item, label: x, diff: -1 },
-                Update::Gold { item, label: y, diff: 1 },
-            ]
-        );
-        assert_eq!(source.catalog.scope_name(scope), ("default", "default"));
-    }
-
-    #[test]
-    fn windows_report_membership() {
-        let mut source = Source::with_windows(&[3_600_000]);
-        let mut out = Vec::new();
-        for line in [
-            r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
-            r#"{"item_id":"i","annotator_id":"b","label":"x","ts":2}"#,
-            r#"{"item_id":"i","annotator_id":"a","ts":4,"op":"delete"}"#,
-            r#"{"item_id":"i","annotator_id":"b","ts":5,"op":"delete"}"#,
-        ] {
-            source.apply_label(&parse_label_event(line).unwrap(), &mut out).unwrap();
-        }
-        let scope = scope_id("default", "default");
-        let window = window_id(&Window { scope, size_ms: 3_600_000, start_ms: 0 });
-        let item = (scope, stable_id(b"i"));
-        let members: Vec<_> = out.iter().filter(|u| matches!(u, Update::Member { .. })).cloned().collect();
-        // In with the first label, out with the last.
-        assert_eq!(
-            members,
-            vec![Update::Member { item, window, diff: 1 }, Update::Member { item, window, diff: -1 }]
-        );
-        assert_eq!(source.catalog.window(window).unwrap().scope, scope);
-        assert_eq!(source.catalog.scope_name(window), ("default", "default"));
-    }
-
-    #[test]
-    fn catalogs_learn_names_from_each_other() {
-        let mut reader = Source { catalog: Catalog::recording(), ..Source::with_windows(&[DAY_MS]) };
-        let mut out = Vec::new();
-        let line = r#"{"item_id":"i","annotator_id":"a","label":["p","q"],"ts":1,"project":"p"}"#;
-        reader.apply_label(&parse_label_event(line).unwrap(), &mut out).unwrap();
-        let names = reader.catalog.take_new();
-        assert_eq!(names.len(), 5, "scope, item, annotator, label, window: {names:?}");
-        assert!(reader.catalog.take_new().is_empty());
-        let mut publisher = Catalog::default();
-        for name in &names {
-            publisher.learn(name).unwrap();
-            publisher.learn(name).unwrap();
-        }
-        let Update::Label { item, annotator, label, .. } = out[0] else { panic!("{out:?}") };
-        assert_eq!(publisher.scope_name(item.0), ("p", "default"));
-        assert_eq!(publisher.items.name(item.1), "i");
-        assert_eq!(publisher.annotators.name(annotator), "a");
-        assert_eq!(publisher.labels.get(label).to_json(), serde_json::json!(["p", "q"]));
-        // An id already standing for another name is refused.
-        let clash = Name::Item { id: item.1, name: "j".into() };
-        let error = publisher.learn(&clash).unwrap_err();
-        assert!(error.to_string().contains("\"i\" and \"j\""), "{error}");
-    }
-}
+mod tests;

@@ -15,7 +15,7 @@ use crate::drift::{
     self, Alert, AlertStatus, AnnotatorInputs, Decision, DriftSettings, Gate, GateState, PopulationCounts,
     ScopeInputs, Severity, Signal, SignalReport, SignalState, Timeline,
 };
-use crate::label::LabelId;
+use crate::label::{Label, LabelId};
 use crate::source::{is_window, window_size_name, AnnotatorId, Catalog, Day, ItemId, ScopeId};
 use crate::stats::{self, Coincidences, GoldAccuracy, Level};
 
@@ -479,7 +479,7 @@ impl QualityView {
         };
         targets.sort_unstable();
         targets.dedup();
-        let label_name = |l: LabelId| catalog.labels.get(l).to_json().to_string();
+        let label_name = |l: LabelId| catalog.labels.get(l).to_json_text();
         let mut gate_keys: BTreeSet<(String, AnnotatorId)> = BTreeSet::new();
         let mut alert_scopes: Vec<ScopeId> = Vec::new();
         for &(scope, annotator) in &targets {
@@ -529,26 +529,12 @@ impl QualityView {
             let new = self.decide_gate(&project, annotator, scopes);
             let old = self.gates.remove(&(project.clone(), annotator));
             if new.as_ref() != old.as_ref() {
-                if let Some(gate) = &new {
-                    records.extend(gate_records(
-                        &project,
-                        catalog.annotators.name(annotator),
-                        old.as_ref(),
-                        gate,
-                    ));
-                } else if let Some(old) = &old {
-                    // The annotator left the project: its gate goes back to warm-up.
-                    records.push(GateRecord {
-                        project: project.clone(),
-                        annotator_id: catalog.annotators.name(annotator).to_string(),
-                        state: GateState::Warmup,
-                        from: Some(old.state),
-                        reason: "no labels or gold answers left in the project".to_string(),
-                        evidence: None,
-                        at: None,
-                        revised: true,
-                    });
-                }
+                records.extend(gate_records_since(
+                    &project,
+                    catalog.annotators.name(annotator),
+                    old.as_ref().map(PublishedGate::of_gate).as_ref(),
+                    new.as_ref(),
+                ));
                 if self.track_changes {
                     for &scope in scopes {
                         if self.scopes[&scope].annotators.contains_key(&annotator) {
@@ -654,7 +640,7 @@ impl QualityView {
             for (start, end) in alerts::runs(days) {
                 let [active, alarmed] = s.population[&(signal, start)];
                 let id =
-                    format!("{project}/{task}/population_shift/{}/{}", signal.name(), drift::date(start));
+                    drift::alert_id(&[project, task, "population_shift", signal.name(), &drift::date(start)]);
                 let mut alert = base(
                     id.clone(),
                     Severity::Warning,
@@ -691,7 +677,14 @@ impl QualityView {
                         continue;
                     }
                     let started = drift::date(episode.start);
-                    let id = format!("{project}/{task}/{name}/{}/{started}", episode.signal.name());
+                    let id = drift::alert_id(&[
+                        project,
+                        task,
+                        "annotator_drift",
+                        name,
+                        episode.signal.name(),
+                        &started,
+                    ]);
                     let mut alert = base(
                         id.clone(),
                         Severity::Warning,
@@ -1016,15 +1009,28 @@ impl QualityView {
         item_consensus(self.scope(scope)?.consensus.get(&item)?, catalog)
     }
 
-    /// Forms the report of spec section 3 for every scope that has labels.
-    pub fn report(&mut self, catalog: &Catalog, with_items: bool) -> Report {
+    /// Brings every derived number up to date, not only those of what changed: every annotator's
+    /// drift, every gate and alert, every window's place in the index (what [`QualityView::report`]
+    /// reads). The changes recorded so far are dropped: the caller reads the whole state instead.
+    pub fn settle_all(&mut self, catalog: &Catalog) {
         self.refresh_derived();
         self.refresh_drift(catalog, true);
         self.dirty = Dirty::default();
+        self.fired.clear();
         let windows: Vec<ScopeId> = self.windows.keys().copied().collect();
         for window in windows {
             self.index_window(window, catalog);
         }
+    }
+
+    /// The scopes (windows apart) that have labels, by id.
+    pub fn scope_ids(&self) -> impl Iterator<Item = ScopeId> + '_ {
+        self.scopes.iter().filter(|(_, s)| !s.items.is_empty()).map(|(&id, _)| id)
+    }
+
+    /// Forms the report of spec section 3 for every scope that has labels.
+    pub fn report(&mut self, catalog: &Catalog, with_items: bool) -> Report {
+        self.settle_all(catalog);
         let mut scopes: Vec<ScopeReport> =
             self.scopes.keys().filter_map(|&id| self.scope_report(id, catalog, with_items)).collect();
         scopes.sort_by(|a, b| {
@@ -1094,9 +1100,55 @@ fn with_run(mut alert: Alert, run: Option<(Day, Option<Day>)>) -> Alert {
     alert
 }
 
-/// The gate records that take a published gate `old` to `new`: one per new decision, or one
-/// saying that earlier decisions were revised.
-fn gate_records(project: &str, annotator: &str, old: Option<&Gate>, new: &Gate) -> Vec<GateRecord> {
+/// What the gating topic last said of an annotator in a project: the state and the time of the
+/// decision (absent for a record made in warm-up).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedGate {
+    pub state: GateState,
+    pub at: Option<String>,
+}
+
+impl PublishedGate {
+    /// What a gate record says.
+    pub fn of(record: &GateRecord) -> PublishedGate {
+        PublishedGate { state: record.state, at: record.at.clone() }
+    }
+
+    /// What the records of `gate` left the gating topic saying.
+    fn of_gate(gate: &Gate) -> PublishedGate {
+        PublishedGate { state: gate.state, at: gate.history.last().map(|d| d.at.clone()) }
+    }
+}
+
+/// The gate records that take what the gating topic last said of `annotator` in `project`
+/// (`published`; `None` when it said nothing) to the gate now (`new`; `None` once the annotator has
+/// neither labels nor gold answers in the project): one record per decision made since the
+/// published one, none when no decision was made (later evidence alone is no decision), or one
+/// record marked `revised` when the published decision is no longer in the gate's history (gold
+/// answers it rested on were corrected or deleted).
+pub fn gate_records_since(
+    project: &str,
+    annotator: &str,
+    published: Option<&PublishedGate>,
+    new: Option<&Gate>,
+) -> Vec<GateRecord> {
+    let warm_up = |p: &PublishedGate| p.state == GateState::Warmup && p.at.is_none();
+    let Some(new) = new else {
+        // The annotator left the project: its gate goes back to warm-up, once.
+        return match published {
+            Some(p) if !warm_up(p) => vec![GateRecord {
+                project: project.to_string(),
+                annotator_id: annotator.to_string(),
+                state: GateState::Warmup,
+                from: Some(p.state),
+                reason: "no labels or gold answers left in the project".to_string(),
+                evidence: None,
+                at: None,
+                revised: true,
+            }],
+            _ => Vec::new(),
+        };
+    };
     let record = |decision: Option<&Decision>, from: Option<GateState>, revised, reason: String| GateRecord {
         project: project.to_string(),
         annotator_id: annotator.to_string(),
@@ -1107,22 +1159,23 @@ fn gate_records(project: &str, annotator: &str, old: Option<&Gate>, new: &Gate) 
         at: decision.map(|d| d.at.clone()),
         revised,
     };
-    let published = old.map_or(&[][..], |g| g.history.as_slice());
-    if new.history.starts_with(published) {
-        let fresh = &new.history[published.len()..];
-        if fresh.is_empty() {
-            // First sight of an annotator in warm-up; later evidence alone is no new decision.
-            return if old.is_none() {
-                vec![record(None, None, false, new.reason.clone())]
-            } else {
-                Vec::new()
-            };
+    let fresh = match published {
+        // First sight of the annotator: every decision so far, or its warm-up.
+        None if new.history.is_empty() => return vec![record(None, None, false, new.reason.clone())],
+        None => &new.history[..],
+        Some(p) if warm_up(p) => &new.history[..],
+        Some(p) => {
+            let found = new.history.iter().rposition(|d| d.to == p.state && Some(&d.at) == p.at.as_ref());
+            match found {
+                Some(i) => &new.history[i + 1..],
+                None => {
+                    let why = format!("re-evaluated after gold answers it rested on changed: {}", new.reason);
+                    return vec![record(new.history.last(), Some(p.state), true, why)];
+                }
+            }
         }
-        return fresh.iter().map(|d| record(Some(d), d.from, false, d.reason.clone())).collect();
-    }
-    let old_state = old.map(|g| g.state);
-    let why = format!("re-evaluated after gold answers it rested on changed: {}", new.reason);
-    vec![record(new.history.last(), old_state, true, why)]
+    };
+    fresh.iter().map(|d| record(Some(d), d.from, false, d.reason.clone())).collect()
 }
 
 fn pair_report(
@@ -1177,7 +1230,7 @@ fn annotator_report(
 fn item_consensus(values: &[((u32, LabelId), Diff)], catalog: &Catalog) -> Option<ItemConsensus> {
     let live = values.iter().filter(|(_, d)| *d > 0);
     let best = live.clone().map(|((_, label), _)| catalog.labels.get(*label)).min_by(|x, y| x.spec_cmp(y))?;
-    Some(ItemConsensus { consensus: best.to_json(), tied: live.count() > 1 })
+    Some(ItemConsensus { consensus: best.clone(), tied: live.count() > 1 })
 }
 
 impl PairState {
@@ -1400,6 +1453,71 @@ pub struct AnnotatorReport {
 /// An item's consensus label.
 #[derive(Clone, Debug, Serialize)]
 pub struct ItemConsensus {
-    pub consensus: serde_json::Value,
+    /// The consensus label, as JSON (a number exactly as its value).
+    #[serde(serialize_with = "crate::label::serialize_json")]
+    pub consensus: Label,
     pub tied: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::Evidence;
+
+    fn decision(from: Option<GateState>, to: GateState, at: &str) -> Decision {
+        Decision {
+            from,
+            to,
+            reason: format!("to {}", to.name()),
+            evidence: Evidence::default(),
+            at: at.to_string(),
+            at_ms: 0,
+        }
+    }
+
+    fn gate(history: Vec<Decision>) -> Gate {
+        let state = history.last().map_or(GateState::Warmup, |d| d.to);
+        Gate {
+            state,
+            reason: "now".into(),
+            evidence: Evidence::default(),
+            since: history.last().map(|d| d.at.clone()),
+            history,
+        }
+    }
+
+    fn states(records: &[GateRecord]) -> Vec<(Option<GateState>, GateState, bool)> {
+        records.iter().map(|r| (r.from, r.state, r.revised)).collect()
+    }
+
+    #[test]
+    fn gate_records_are_the_decisions_since_the_published_one() {
+        use GateState::*;
+        let d1 = decision(Some(Warmup), Allow, "2026-01-01T00:00:00Z");
+        let d2 = decision(Some(Allow), Block, "2026-01-02T00:00:00Z");
+        let d3 = decision(Some(Block), Probation, "2026-01-03T00:00:00Z");
+        let now = gate(vec![d1.clone(), d2.clone(), d3.clone()]);
+        let since =
+            |p: Option<PublishedGate>, g: Option<&Gate>| states(&gate_records_since("p", "a", p.as_ref(), g));
+        // Nothing published: every decision, or the warm-up of a new annotator.
+        assert_eq!(
+            since(None, Some(&now)),
+            vec![(Some(Warmup), Allow, false), (Some(Allow), Block, false), (Some(Block), Probation, false)]
+        );
+        assert_eq!(since(None, Some(&gate(vec![]))), vec![(None, Warmup, false)]);
+        // The published decision is in the history: only those after it; none when it is the last.
+        let published = |d: &Decision| Some(PublishedGate { state: d.to, at: Some(d.at.clone()) });
+        assert_eq!(since(published(&d2), Some(&now)), vec![(Some(Block), Probation, false)]);
+        assert_eq!(since(published(&d3), Some(&now)), vec![]);
+        let warm = Some(PublishedGate { state: Warmup, at: None });
+        assert_eq!(since(warm.clone(), Some(&gate(vec![]))), vec![]);
+        assert_eq!(since(warm.clone(), Some(&gate(vec![d1.clone()]))), vec![(Some(Warmup), Allow, false)]);
+        // It is not: one revised record from what was published to the gate now.
+        let gone = decision(Some(Allow), Block, "2026-01-05T00:00:00Z");
+        assert_eq!(since(published(&gone), Some(&now)), vec![(Some(Block), Probation, true)]);
+        // The annotator left the project: back to warm-up once, unless already there.
+        assert_eq!(since(published(&d2), None), vec![(Some(Block), Warmup, true)]);
+        assert_eq!(since(warm, None), vec![]);
+        assert_eq!(since(None, None), vec![]);
+    }
 }

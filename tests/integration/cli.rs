@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-fn labelqc(args: &[&str], stdin: Option<&[u8]>) -> Output {
+pub fn labelqc(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -24,7 +24,7 @@ fn labelqc(args: &[&str], stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn json(output: &Output) -> Value {
+pub fn json(output: &Output) -> Value {
     assert!(output.status.success(), "labelqc failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).expect("JSON report")
 }
@@ -55,10 +55,13 @@ fn bad_lines_are_reported_and_skipped() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = json(&out);
     let p = path.display();
-    assert!(stderr.contains(&format!("{p}:2: not a valid record")), "{stderr}");
-    assert!(stderr.contains(&format!("{p}:4: not a valid record: missing field `ts`")), "{stderr}");
-    assert!(stderr.contains(&format!("{p}:5: line is not valid UTF-8")), "{stderr}");
-    assert!(stderr.contains("3 bad line(s) skipped"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{p}:2: not JSON: expected a JSON value, at `this is not json`")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{p}:4: `ts` is missing or null")), "{stderr}");
+    assert!(stderr.contains(&format!("{p}:5: not UTF-8 text: byte 0xFF after")), "{stderr}");
+    assert!(stderr.contains(&format!("{p}: 3 of 7 line(s) refused; the report covers the rest")), "{stderr}");
     // The good lines around the bad ones all count.
     let clean = json(&labelqc(&["report", "--labels", "-"], Some(GOOD.as_bytes())));
     assert_eq!(report, clean);
@@ -70,9 +73,10 @@ fn bad_lines_are_reported_and_skipped() {
 fn strict_stops_at_the_first_bad_line() {
     let input = format!("{GOOD}{{\"item_id\":\"i3\",\"annotator_id\":\"a\",\"label\":{{}},\"ts\":1}}\n");
     let out = labelqc(&["report", "--labels", "-", "--strict"], Some(input.as_bytes()));
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "bad input");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("-:5: not a valid record: `label` must be a string"), "{stderr}");
+    assert!(stderr.contains("-:5: `label` is an object ({}); a label is a string, number"), "{stderr}");
+    assert!(stderr.contains("--strict stops at the first bad line"), "{stderr}");
     assert!(out.stdout.is_empty());
 }
 

@@ -1,4 +1,5 @@
-//! Comparing JSON reports: numbers within a tolerance, `null` only where `null` is expected.
+//! Comparing JSON reports: numbers within a tolerance (integers exactly, where both are written as
+//! integers), `null` only where `null` is expected.
 
 use serde_json::Value;
 
@@ -41,7 +42,7 @@ fn walk(
                 walk(x, y, tolerance, exact_keys, &format!("{path}[{i}]"), out);
             }
         }
-        (Value::Number(e), Value::Number(a)) => {
+        (Value::Number(e), Value::Number(a)) if e.is_f64() || a.is_f64() => {
             let (x, y) = (e.as_f64().unwrap_or(f64::NAN), a.as_f64().unwrap_or(f64::NAN));
             if x.is_nan() || y.is_nan() || (x - y).abs() > tolerance {
                 out.push(format!("{path}: {a}, expected {e}"));

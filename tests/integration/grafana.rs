@@ -283,7 +283,9 @@ fn prometheus_tools() -> Option<(PathBuf, PathBuf)> {
             panic!("prometheus and promtool are needed (apt-get install prometheus)")
         }
         _ => {
-            eprintln!("skipped: prometheus/promtool not on PATH (apt-get install prometheus)");
+            crate::skip::skipped(
+                "a Grafana/Prometheus test: prometheus and promtool are not on PATH (apt-get install prometheus)",
+            );
             None
         }
     }

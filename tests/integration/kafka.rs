@@ -12,8 +12,8 @@ use rdkafka::producer::DefaultProducerContext;
 
 use crate::http::samples;
 use crate::scenario::{
-    assert_dead_letters, assert_outputs_match_report, kill_and_restart, metrics, produce, report,
-    start_service, wait_for_events, Setup, GOLD, LABELS, MALFORMED, OUTPUTS,
+    assert_dead_letters, assert_outputs_match_report, kill_and_restart, metrics, produce, produce_malformed,
+    report, start_service, wait_for_events, Setup, GOLD, LABELS, MALFORMED, OUTPUTS,
 };
 
 fn setup(seed: u64) -> Setup<MockCluster<'static, DefaultProducerContext>> {
@@ -33,7 +33,7 @@ fn outputs_equal_the_report_and_bad_messages_are_dead_lettered() {
     produce(&s.producer, GOLD, &s.gold);
     let (first, second) = s.labels.split_at(1200);
     produce(&s.producer, LABELS, first);
-    produce(&s.producer, LABELS, &MALFORMED.map(String::from));
+    produce_malformed(&s.producer, LABELS);
     produce(&s.producer, LABELS, second);
 
     let service = start_service(&s.brokers, &[]);
@@ -136,7 +136,7 @@ fn two_processes(seed: u64, extra: &[&str]) {
     produce(&s.producer, GOLD, &s.gold);
     let (first, second) = s.labels.split_at(1000);
     produce(&s.producer, LABELS, first);
-    produce(&s.producer, LABELS, &MALFORMED.map(String::from));
+    produce_malformed(&s.producer, LABELS);
     produce(&s.producer, LABELS, second);
 
     let dir = tempfile::tempdir().unwrap();
@@ -219,11 +219,31 @@ fn cluster_restarted_after_a_process_dies_converges() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!status.success(), "the first process must fail, not finish: {status:?}");
+    assert_lost_peer(&leader, 1);
     produce(&s.producer, LABELS, third);
 
-    let (leader, _later) = start();
+    let (mut leader, mut later) = start();
     wait_for_events(&leader, s.labels.len() as u64, s.gold.len() as u64);
     assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+
+    // The first process dies: the second fails the same way, naming it.
+    leader.0.kill().unwrap();
+    leader.0.wait().unwrap();
+    let status =
+        later.wait_exit(Duration::from_secs(30)).expect("the second process stops when the first dies");
+    assert!(!status.success(), "{status:?}");
+    assert_lost_peer(&later, 0);
+}
+
+/// A process that lost a peer exits with one error line naming it, and no panic.
+fn assert_lost_peer(service: &crate::scenario::Service, peer: usize) {
+    // The line is the last the process wrote; give the reader thread a moment to take it.
+    std::thread::sleep(Duration::from_millis(200));
+    let stderr = service.stderr();
+    let lost: Vec<&str> = stderr.lines().filter(|l| l.contains("lost cluster process")).collect();
+    assert_eq!(lost.len(), 1, "{stderr}");
+    assert!(lost[0].contains(&format!("lost cluster process {peer} (127.0.0.1:")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// A cluster configuration of two processes of two workers each on free ports of 127.0.0.1.
@@ -235,4 +255,73 @@ fn cluster_config(dir: &std::path::Path) -> std::path::PathBuf {
     let settings = format!("[engine]\nworkers = 2\n[cluster]\naddresses = [{}]\n", addresses.join(", "));
     std::fs::write(&config, settings).unwrap();
     config
+}
+
+/// Input keyed by label identity, as spec section 1 asks: one item's labels land on different
+/// partitions, read by different workers, and its gold answer on another topic's partition; the
+/// outputs (windows included) equal the report all the same, with 2 and 3 workers.
+#[test]
+fn results_do_not_depend_on_how_identities_are_partitioned() {
+    for (seed, workers) in [(103, "2"), (107, "3")] {
+        let s = setup(seed);
+        produce(&s.producer, GOLD, &s.gold);
+        produce(&s.producer, LABELS, &s.labels);
+        // Some item's labels are spread over partitions.
+        let mut partitions: std::collections::BTreeMap<String, std::collections::BTreeSet<i32>> =
+            Default::default();
+        for record in crate::scenario::read_all(&s.brokers, LABELS) {
+            let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.payload.unwrap()) else {
+                continue;
+            };
+            let Some(item) = event["item_id"].as_str() else { continue };
+            partitions.entry(item.to_string()).or_default().insert(record.partition);
+        }
+        assert!(partitions.values().any(|p| p.len() > 1), "no item spread over partitions");
+        let service = start_service(&s.brokers, &["--workers", workers]);
+        wait_for_events(&service, s.labels.len() as u64, s.gold.len() as u64);
+        assert_outputs_match_report(&s.brokers, &report(&s.labels, &s.gold));
+    }
+}
+
+/// Likely mistakes in the input are counted per topic and kind on /metrics
+/// (`labelqc_input_warnings_total`), the label event that looks like a gold answer also refused.
+#[test]
+fn likely_mistakes_are_counted_as_input_warnings() {
+    let s = setup(61);
+    let gold = [r#"{"item_id":"i1","annotator_id":"a","label":"1"}"#];
+    let labels = [
+        r#"{"item_id":"i1","annotator_id":"a","label":1,"ts":1764460800}"#,
+        r#"{"item_id":"i1","annotator_id":"b","label":2,"ts":1764460801}"#,
+        r#"{"item_id":"i2","label":"x"}"#,
+    ];
+    produce(&s.producer, GOLD, &gold.map(String::from));
+    produce(&s.producer, LABELS, &labels.map(String::from));
+    // Good events on more items, so that every partition of the labels topic has some.
+    let good: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"item_id":"g{i}","annotator_id":"a","label":"x","ts":1764460800000}}"#))
+        .collect();
+    produce(&s.producer, LABELS, &good);
+    let service = start_service(&s.brokers, &[]);
+    wait_for_events(&service, (labels.len() + good.len()) as u64, gold.len() as u64);
+    let metrics = metrics(&service.1);
+    let warnings = |topic: &str, kind: &str| -> f64 {
+        let (topic, kind) = (format!("topic=\"{topic}\""), format!("kind=\"{kind}\""));
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("labelqc_input_warnings_total{") && l.contains(&topic) && l.contains(&kind)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(warnings("labels", "ts_before_1973"), 2.0, "{metrics}");
+    // Whichever of the gold "1" and the label 1 is read second is the one named.
+    assert_eq!(
+        warnings("labels", "number_and_string") + warnings("gold", "number_and_string"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(warnings("labels", "label_looks_like_gold"), 1.0, "{metrics}");
+    assert_eq!(warnings("gold", "gold_with_annotator_id"), 1.0, "{metrics}");
+    assert_eq!(metric(&service.1, "labelqc_dead_letters_total{topic=\"labels\"}"), 1.0, "{metrics}");
 }

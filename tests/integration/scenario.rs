@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use labelqc::gen::{generate, GenSpec};
@@ -22,11 +23,46 @@ use crate::http::samples;
 
 pub use crate::topics::{GOLD, LABELS, OUTPUTS};
 pub const DEADLETTER: &str = OUTPUTS[4];
-pub const MALFORMED: [&str; 2] = ["this is not json", r#"{"item_id":"x","annotator_id":"a","label":"y"}"#];
+/// Messages the service must refuse, each with a word of the reason it must give: text that is not
+/// JSON, a record without `ts`, binary bytes (a PNG header sent to the wrong topic, kept intact
+/// as base64 in the dead letter) and a tombstone (no value at all).
+pub const MALFORMED: [(Option<&[u8]>, &str); 4] = [
+    (Some(b"this is not json"), "not JSON"),
+    (Some(br#"{"item_id":"x","annotator_id":"a","label":"y"}"#), "`ts` is missing"),
+    (Some(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), "not UTF-8 text: byte 0x89"),
+    (None, "a Kafka tombstone"),
+];
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Kills the service when the test ends, however it ends.
-pub struct Service(pub Child, pub String);
+/// Kills the service when the test ends, however it ends. Holds the process, the address of its
+/// HTTP endpoint, and what it has written to stderr so far.
+pub struct Service(pub Child, pub String, pub Arc<Mutex<String>>);
+
+impl Service {
+    /// What the service has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.2.lock().unwrap().clone()
+    }
+
+    /// Sends `signal` to the service.
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.0.id() as i32, signal) }, 0, "cannot signal the service");
+    }
+
+    /// Waits up to `timeout` for the service to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
 
 impl Drop for Service {
     fn drop(&mut self) {
@@ -36,9 +72,15 @@ impl Drop for Service {
 }
 
 pub fn start_service(brokers: &str, extra: &[&str]) -> Service {
+    start_service_with_env(brokers, extra, &[])
+}
+
+/// Starts the service with extra environment variables (such as `LABELQC_LOG`).
+pub fn start_service_with_env(brokers: &str, extra: &[&str], env: &[(&str, &str)]) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
         .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0", "--group-id", "labelqc-test"])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -47,19 +89,22 @@ pub fn start_service(brokers: &str, extra: &[&str]) -> Service {
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
     let addr = crate::http::announced_address(&first);
-    // Keep draining stderr so that the service never blocks on a full pipe (and show it, with
-    // LABELQC_TEST_STDERR set, to debug a test).
+    // Keep draining stderr so that the service never blocks on a full pipe, keeping it for the
+    // test (and showing it, with LABELQC_TEST_STDERR set, to debug a test).
     let show = std::env::var_os("LABELQC_TEST_STDERR").is_some();
+    let kept = Arc::new(Mutex::new(first));
+    let keep = kept.clone();
     std::thread::spawn(move || {
         let mut line = String::new();
         while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
             if show {
                 eprint!("{line}");
             }
+            keep.lock().unwrap().push_str(&line);
             line.clear();
         }
     });
-    Service(child, addr)
+    Service(child, addr, kept)
 }
 
 pub fn metrics(addr: &str) -> String {
@@ -86,16 +131,45 @@ pub fn wait_for_events(service: &Service, labels: u64, gold: u64) {
     }
 }
 
+/// The key spec section 1 asks producers to give an event: the JSON array of its identity,
+/// `["project","task","item_id","annotator_id"]` for a label event, `["project","task","item_id"]`
+/// for a gold answer.
+pub fn identity_key(line: &str) -> String {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| {
+            let scope = |f: &str| v.get(f).and_then(Value::as_str).unwrap_or("default").to_string();
+            let mut key = vec![scope("project"), scope("task"), v.get("item_id")?.as_str()?.to_string()];
+            if let Some(annotator) = v.get("annotator_id").and_then(Value::as_str) {
+                key.push(annotator.to_string());
+            }
+            Some(serde_json::to_string(&key).unwrap())
+        })
+        .unwrap_or_else(|| "malformed".into())
+}
+
+/// The key of an output record: the JSON array of `parts`.
+pub fn key(parts: &[&str]) -> String {
+    serde_json::to_string(parts).unwrap()
+}
+
 pub fn produce(producer: &BaseProducer, topic: &str, lines: &[String]) {
     for line in lines {
-        let key = serde_json::from_str::<Value>(line)
-            .ok()
-            .and_then(|v| {
-                let scope = |f: &str| v.get(f).and_then(Value::as_str).unwrap_or("default").to_string();
-                Some(format!("{}/{}/{}", scope("project"), scope("task"), v.get("item_id")?.as_str()?))
-            })
-            .unwrap_or_else(|| "malformed".into());
+        let key = identity_key(line);
         producer.send(BaseRecord::to(topic).key(&key).payload(line)).expect("enqueue input");
+    }
+    producer.flush(TIMEOUT).expect("input delivered");
+}
+
+/// Produces the [`MALFORMED`] messages to `topic`.
+pub fn produce_malformed(producer: &BaseProducer, topic: &str) {
+    for (payload, _) in MALFORMED {
+        let record = BaseRecord::<str, [u8]>::to(topic).key("malformed");
+        let record = match payload {
+            Some(bytes) => record.payload(bytes),
+            None => record,
+        };
+        producer.send(record).expect("enqueue input");
     }
     producer.flush(TIMEOUT).expect("input delivered");
 }
@@ -196,25 +270,23 @@ pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
         }
         for window in scope["windows"].as_array().map(Vec::as_slice).unwrap_or_default() {
             let (size, start) = (window["size"].as_str().unwrap(), window["start"].as_str().unwrap());
-            let mut published =
-                windows.get(&format!("{project}/{task}/{size}/{start}")).cloned().unwrap_or_default();
+            let mut published = windows.get(&key(&[project, task, size, start])).cloned().unwrap_or_default();
             if let Some(object) = published.as_object_mut() {
                 object.remove("updated_at");
             }
             problems.extend(mismatches(window, &published, 1e-9, true));
             n_windows += 1;
         }
-        let mut published = scopes[&format!("{project}/{task}")].clone();
+        let mut published = scopes[&key(&[project, task])].clone();
         published.as_object_mut().unwrap().remove("updated_at");
         problems.extend(mismatches(&summary, &published, 1e-9, true));
         for pair in scope["pairs"].as_array().unwrap() {
-            let key =
-                format!("{project}/{task}/{}/{}", pair["a"].as_str().unwrap(), pair["b"].as_str().unwrap());
+            let key = key(&[project, task, pair["a"].as_str().unwrap(), pair["b"].as_str().unwrap()]);
             problems.extend(mismatches(pair, pairs.get(&key).unwrap_or(&Value::Null), 1e-9, false));
             n_pairs += 1;
         }
         for annotator in scope["annotators"].as_array().unwrap() {
-            let key = format!("{project}/{task}/{}", annotator["annotator_id"].as_str().unwrap());
+            let key = key(&[project, task, annotator["annotator_id"].as_str().unwrap()]);
             problems.extend(mismatches(annotator, annotators.get(&key).unwrap_or(&Value::Null), 1e-9, false));
             n_annotators += 1;
         }
@@ -225,7 +297,7 @@ pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
         }
         for annotator in scope["annotators"].as_array().unwrap() {
             // The gating topic's latest record per (project, annotator) is the report's gate.
-            let key = format!("{project}/{}", annotator["annotator_id"].as_str().unwrap());
+            let key = key(&[project, annotator["annotator_id"].as_str().unwrap()]);
             let gate = &annotator["gate"];
             let record = gating.get(&key).unwrap_or(&Value::Null);
             if record["state"] != gate["state"] || record["at"] != gate["since"] {
@@ -233,7 +305,7 @@ pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
             }
         }
         for (item, consensus) in scope["items"].as_object().unwrap() {
-            let key = format!("{project}/{task}/{item}");
+            let key = key(&[project, task, item]);
             problems.extend(mismatches(consensus, items.get(&key).unwrap_or(&Value::Null), 1e-9, false));
             n_items += 1;
         }
@@ -247,23 +319,32 @@ pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
 }
 
 /// Checks that each malformed message of the labels topic is in the dead-letter topic, under the
-/// key `topic/partition/offset`, with its position, the reason it was refused and its raw text.
+/// key `["topic",partition,offset]`, with its position, the reason it was refused and its bytes
+/// intact (text as text, binary as base64).
 pub fn assert_dead_letters(brokers: &str) {
-    let malformed: Vec<Record> = read_all(brokers, LABELS)
+    let malformed: Vec<(Record, &str)> = read_all(brokers, LABELS)
         .into_iter()
-        .filter(|r| MALFORMED.iter().any(|m| r.payload.as_deref() == Some(m.as_bytes())))
+        .filter(|r| r.key == "malformed")
+        .map(|r| {
+            let (_, reason) =
+                MALFORMED.iter().find(|(m, _)| r.payload.as_deref() == *m).expect("a malformed message");
+            (r, *reason)
+        })
         .collect();
     assert_eq!(malformed.len(), MALFORMED.len(), "each malformed message is in {LABELS} once");
     let letters = compacted(brokers, DEADLETTER);
     assert_eq!(letters.len(), malformed.len(), "{letters:#?}");
-    for record in &malformed {
-        let key = format!("{LABELS}/{}/{}", record.partition, record.offset);
+    for (record, reason) in &malformed {
+        let key = serde_json::json!([LABELS, record.partition, record.offset]).to_string();
         let Some(Some(letter)) = letters.get(&key) else { panic!("no dead letter {key} in {letters:#?}") };
         assert_eq!(letter["topic"], LABELS, "{letter}");
         assert_eq!(letter["partition"], record.partition, "{letter}");
         assert_eq!(letter["offset"], record.offset, "{letter}");
-        assert_eq!(letter["raw"].as_str().map(str::as_bytes), record.payload.as_deref(), "{letter}");
-        assert!(letter["reason"].as_str().unwrap().contains("not a valid record"), "{letter}");
+        let raw: labelqc::deadletter::RawExcerpt = serde_json::from_value(letter.clone()).unwrap();
+        assert_eq!(raw.bytes().unwrap(), record.payload.clone().unwrap_or_default(), "{letter}");
+        assert_eq!(raw.raw_bytes, record.payload.as_ref().map_or(0, Vec::len) as u64, "{letter}");
+        assert!(!raw.truncated, "{letter}");
+        assert!(letter["reason"].as_str().unwrap().starts_with(reason), "{letter}");
     }
 }
 
@@ -280,8 +361,13 @@ impl<B> Setup<B> {
     pub fn new(broker: B, brokers: String, seed: u64) -> Self {
         let spec =
             GenSpec { events: 2000, annotators: 25, tasks: 2, gold_rate: 0.1, seed, ..GenSpec::default() };
+        Setup::with_spec(broker, brokers, &spec)
+    }
+
+    /// A setup whose input is generated by `spec`.
+    pub fn with_spec(broker: B, brokers: String, spec: &GenSpec) -> Self {
         let (mut l, mut g) = (Vec::new(), Vec::new());
-        generate(&spec, &mut l, Some(&mut g)).unwrap();
+        generate(spec, &mut l, Some(&mut g)).unwrap();
         let lines =
             |bytes: Vec<u8>| String::from_utf8(bytes).unwrap().lines().map(String::from).collect::<Vec<_>>();
         let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
@@ -298,7 +384,7 @@ pub fn kill_and_restart<B>(s: &Setup<B>, split: usize, extra: &[&str]) -> Servic
     produce(&s.producer, GOLD, &s.gold);
     let (first, rest) = s.labels.split_at(split);
     produce(&s.producer, LABELS, first);
-    produce(&s.producer, LABELS, &MALFORMED.map(String::from));
+    produce_malformed(&s.producer, LABELS);
     let mut service = start_service(&s.brokers, extra);
     wait_for_events(&service, (first.len() + MALFORMED.len()) as u64, s.gold.len() as u64);
     let (second, third) = rest.split_at(rest.len() / 2);

@@ -1,7 +1,9 @@
 //! `labelqc run` against tansu, a Kafka-compatible broker in Rust, run by the test as a separate
 //! process on 127.0.0.1 with its sqlite storage in a temporary directory: the kill-and-restart
 //! scenario of `scenario` (outputs equal `labelqc report`, malformed messages dead-lettered with
-//! their position), at least once only, as tansu refuses transactions.
+//! their position), and the restart scenarios of `restart` (an entity that vanished while the
+//! service was down is tombstoned; SIGKILLs at random moments are invisible to the topics'
+//! readers), at least once only, as tansu refuses transactions.
 //!
 //! The tansu binary is `$LABELQC_TANSU`, else `~/.cargo/bin/tansu`, else `tansu` on the PATH.
 //! Without it the test is skipped with a message saying how to install it, except when `CI` is
@@ -41,7 +43,7 @@ impl Tansu {
     /// (the test is skipped) when `LABELQC_SKIP_TANSU=1`, or when tansu is not installed outside CI.
     fn start() -> Option<(Tansu, String)> {
         if std::env::var("LABELQC_SKIP_TANSU").is_ok_and(|v| v == "1") {
-            eprintln!("LABELQC_SKIP_TANSU=1: the tansu test is skipped");
+            crate::skip::skipped("the tansu test: LABELQC_SKIP_TANSU=1");
             return None;
         }
         let Some(binary) = binary() else {
@@ -52,7 +54,7 @@ impl Tansu {
             if std::env::var_os("CI").is_some() {
                 panic!("{missing}; CI runs every test");
             }
-            eprintln!("skipped: {missing}");
+            crate::skip::skipped(&format!("the tansu test: {missing}"));
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
@@ -107,11 +109,32 @@ fn binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-#[test]
-fn killed_and_restarted_service_converges_on_tansu() {
-    let Some((tansu, brokers)) = Tansu::start() else { return };
+/// Starts tansu with the input and output topics made.
+fn tansu_with_topics() -> Option<(Tansu, String)> {
+    let (tansu, brokers) = Tansu::start()?;
     let mut topics = vec![(LABELS, 3), (GOLD, 1)];
     topics.extend(OUTPUTS.map(|topic| (topic, 1)));
     create_topics(&brokers, &topics);
+    Some((tansu, brokers))
+}
+
+#[test]
+fn killed_and_restarted_service_converges_on_tansu() {
+    let Some((tansu, brokers)) = tansu_with_topics() else { return };
     kill_and_restart(&Setup::new(tansu, brokers, 41), 900, &[]);
+}
+
+/// An entity that vanished while the service was down gets its tombstone (see `restart`).
+#[test]
+fn what_vanished_while_down_is_tombstoned_on_tansu() {
+    let Some((_tansu, brokers)) = tansu_with_topics() else { return };
+    crate::restart::vanished_while_down(&brokers);
+}
+
+/// SIGKILL at random moments: after each restart the topics equal the report, and no reader saw
+/// a count go back or a gate record repeat (see `restart`).
+#[test]
+fn kills_are_invisible_to_readers_on_tansu() {
+    let Some((tansu, brokers)) = tansu_with_topics() else { return };
+    crate::restart::kills_invisible_to_readers(tansu, brokers, 3);
 }

@@ -1,0 +1,634 @@
+//! The closing, publishing and committing pipeline of `labelqc run`'s first process.
+//!
+//! It closes epochs without waiting for earlier ones, publishes the outputs of the epochs the
+//! dataflows have completed (with the refused records the workers reported) as one output group,
+//! and commits each group's input offsets once the delivery reports say its outputs are all
+//! acknowledged, in epoch order (in exactly-once mode: commits the group's transaction with them).
+//!
+//! After a start it first rebuilds: the state is rebuilt from the input without publishing until
+//! every input partition is read up to its end as it was at start; then the whole state is
+//! published as its difference from what the output topics hold ([`Published`]), tombstones
+//! included, and from then on each group publishes only records that change what their topic
+//! holds. A reader of the output topics therefore never sees a state older than the one it has
+//! seen, nor a gate record that is no new decision.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use labelqc_dataflows::engine::Engine;
+use labelqc_dataflows::source::Catalog;
+use labelqc_dataflows::view::{Changes, QualityView};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::Producer;
+
+use super::feed::{EpochMeta, FeedState, InputDeadLetter, Partitions};
+use super::health::{Connectivity, HealthConsumer};
+use super::outputs::{all_scopes, reconcile, OutputTopic, Published, Renderer};
+use super::producer::{
+    excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
+    TRANSACTION_TIMEOUT,
+};
+use crate::config::Config;
+use crate::telemetry::Telemetry;
+
+/// How long output delivery may be outstanding before it is logged (and logged again).
+const DELIVERY_WARN: Duration = Duration::from_secs(5);
+/// How long the main thread waits between turns while epochs are in the pipeline (their progress
+/// does not wake it; this bounds how late it notices).
+const TEND_INTERVAL: Duration = Duration::from_millis(1);
+/// How long it waits between turns while idle: this bounds how late it notices new input.
+const IDLE_INTERVAL: Duration = Duration::from_millis(5);
+/// In a cluster, the other processes' input is not visible to the first process: it closes an
+/// epoch at least this often, so that their input waits no longer for a close.
+const CLUSTER_TICK: Duration = Duration::from_millis(10);
+/// How often at most the drift gauges are recomputed.
+const DRIFT_METRICS_INTERVAL: Duration = Duration::from_millis(250);
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn updated_at() -> String {
+    chrono::DateTime::from_timestamp_millis(now_ms())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// What the epochs of a group read: messages per stream, their oldest and newest timestamps,
+/// and the records refused.
+#[derive(Default)]
+struct Input {
+    messages: [u64; 2],
+    oldest_ts: Option<i64>,
+    newest_ts: Option<i64>,
+    dead_letters: Vec<InputDeadLetter>,
+}
+
+impl Input {
+    fn add(&mut self, meta: EpochMeta) {
+        self.messages[0] += meta.messages[0];
+        self.messages[1] += meta.messages[1];
+        self.oldest_ts = match (self.oldest_ts, meta.oldest_ts) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.newest_ts = self.newest_ts.max(meta.newest_ts);
+        self.dead_letters.extend(meta.dead_letters);
+    }
+}
+
+/// The state of a start: rebuilding until every input partition is read up to its end at start.
+pub struct Rebuild {
+    /// High watermark per input partition at start (`-1` for a partition with nothing to read).
+    pub targets: Vec<i64>,
+    /// Committed offset per input partition at start (`-1`: none): refused records before it
+    /// were dead-lettered by an earlier run.
+    pub committed: Vec<i64>,
+    /// What the rebuild read, published and committed with the first group.
+    input: Input,
+    pub started: Instant,
+}
+
+impl Rebuild {
+    pub fn new(targets: Vec<i64>, committed: Vec<i64>) -> Rebuild {
+        Rebuild { targets, committed, input: Input::default(), started: Instant::now() }
+    }
+
+    fn caught_up(&self, positions: &[i64]) -> bool {
+        self.targets.iter().zip(positions).all(|(&target, &position)| position >= target)
+    }
+
+    fn absorb(&mut self, mut input: Input) {
+        let committed = &self.committed;
+        input.dead_letters.retain(|l| committed.get(l.index).is_none_or(|&c| l.offset >= c));
+        self.input.add(EpochMeta {
+            messages: input.messages,
+            oldest_ts: input.oldest_ts,
+            newest_ts: input.newest_ts,
+            dead_letters: input.dead_letters,
+            ..EpochMeta::default()
+        });
+    }
+}
+
+/// The published outputs of one or more consecutive epochs, awaiting delivery.
+struct Group {
+    id: usize,
+    /// The last epoch published in it.
+    last_epoch: u64,
+    epochs: u64,
+    /// Next offset to read per partition once its epochs are processed (`-1`: none read yet).
+    positions: Vec<i64>,
+    input: Input,
+    /// Output messages queued.
+    sent: u64,
+    /// Messages whose delivery failed for good and were dead-lettered instead.
+    replaced: u64,
+    /// The group of the first publish after a start: once it is committed the service is ready.
+    first: bool,
+    published: Instant,
+    warned: Duration,
+}
+
+/// When the drift gauges are set: from a summary over every annotator, so not after every small
+/// epoch, but at most every `DRIFT_METRICS_INTERVAL` while published state changes.
+pub struct DriftMetrics {
+    /// The gauges lag the published state.
+    pub due: bool,
+    /// When they were last set.
+    pub set: Instant,
+}
+
+impl DriftMetrics {
+    fn ready(&self) -> bool {
+        self.due && self.set.elapsed() >= DRIFT_METRICS_INTERVAL
+    }
+
+    /// Sets the gauges from `view` if they lag and were not set recently.
+    fn refresh(&mut self, telemetry: &Telemetry, view: &QualityView, catalog: &Catalog) {
+        if self.ready() {
+            telemetry.set_drift(&view.drift_summary(catalog));
+            self.due = false;
+            self.set = Instant::now();
+        }
+    }
+}
+
+/// The closing, publishing and committing pipeline of `labelqc run`'s first process.
+pub struct Pipeline<'a> {
+    pub config: &'a Config,
+    pub telemetry: &'a Telemetry,
+    /// Commits input offsets (it reads nothing itself).
+    pub consumer: HealthConsumer,
+    pub publisher: Publisher,
+    pub engine: Engine,
+    pub partitions: Arc<Partitions>,
+    pub feeds: Arc<FeedState>,
+    pub connectivity: Arc<Connectivity>,
+    /// Whether other processes read input too (their open epochs are not visible here).
+    pub cluster: bool,
+    /// What the output topics hold.
+    pub published: Published,
+    /// Reading the output topics back, until the rebuild has caught up.
+    read_back: Option<std::thread::JoinHandle<Result<Published>>>,
+    /// `Some` until the first publish after the start.
+    pub rebuild: Option<Rebuild>,
+    /// Whether the outputs of the input present at start are published and committed.
+    pub caught_up: bool,
+    /// Set while caught up and the brokers are reachable (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+    /// Next offset to read per partition after the epochs published so far.
+    pub positions: Vec<i64>,
+    /// The offsets committed last (`-1`: none), not committed again.
+    pub committed: Vec<i64>,
+    /// Epochs closed, not yet published, in order.
+    pub unpublished: VecDeque<u64>,
+    pub last_close: Instant,
+    /// Published groups awaiting delivery and commit, in order.
+    groups: VecDeque<Group>,
+    next_group: usize,
+    /// Epochs whose outputs are delivered and offsets committed: `0..retired`.
+    retired: u64,
+    pub drift_metrics: DriftMetrics,
+    /// Whether the view has drift re-evaluations queued, which take another epoch (empty if no
+    /// input came) to drain.
+    drift_pending: bool,
+    peak_in_flight: i64,
+    peak_epoch: i64,
+}
+
+impl<'a> Pipeline<'a> {
+    /// A pipeline that rebuilds first (see [`Rebuild`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: &'a Config,
+        telemetry: &'a Telemetry,
+        consumer: HealthConsumer,
+        publisher: Publisher,
+        engine: Engine,
+        partitions: Arc<Partitions>,
+        feeds: Arc<FeedState>,
+        connectivity: Arc<Connectivity>,
+        read_back: std::thread::JoinHandle<Result<Published>>,
+        rebuild: Rebuild,
+        ready: Arc<AtomicBool>,
+    ) -> Pipeline<'a> {
+        let n = partitions.list.len();
+        Pipeline {
+            config,
+            telemetry,
+            consumer,
+            publisher,
+            engine,
+            partitions,
+            feeds,
+            connectivity,
+            cluster: !config.cluster.addresses.is_empty(),
+            published: Published::default(),
+            read_back: Some(read_back),
+            rebuild: Some(rebuild),
+            caught_up: false,
+            ready,
+            positions: vec![-1; n],
+            committed: vec![-1; n],
+            unpublished: VecDeque::new(),
+            last_close: Instant::now(),
+            groups: VecDeque::new(),
+            next_group: 0,
+            retired: 0,
+            drift_metrics: DriftMetrics { due: false, set: Instant::now() },
+            drift_pending: false,
+            peak_in_flight: 0,
+            peak_epoch: 0,
+        }
+    }
+
+    /// Epochs closed whose offsets are not committed yet.
+    fn in_flight(&self) -> u64 {
+        self.engine.submitted() - self.retired
+    }
+
+    /// Closes the open epoch on every worker if the pipeline can take it: fewer than
+    /// `max_epochs_in_flight` epochs in flight, some input read (or drift re-evaluations
+    /// queued), and either nothing unpublished (so epochs stay small while the service keeps up),
+    /// or a worker's open epoch full, or `epoch_interval_ms` since the last close (so epochs grow
+    /// while the service is behind). In a cluster the other processes' input is not visible
+    /// here, so an epoch is also closed every `CLUSTER_TICK` (an empty epoch costs a round of
+    /// progress messages).
+    fn maybe_close(&mut self) -> Result<()> {
+        if self.in_flight() >= self.config.engine.max_epochs_in_flight {
+            return Ok(());
+        }
+        let open = self.feeds.open_messages();
+        let full = self.feeds.full();
+        let since = self.last_close.elapsed();
+        let old = since >= Duration::from_millis(self.config.kafka.epoch_interval_ms);
+        let input = open > 0 || self.drift_pending || (self.cluster && since >= CLUSTER_TICK);
+        if !input || !(self.unpublished.is_empty() || full || old) {
+            return Ok(());
+        }
+        self.close(open)
+    }
+
+    fn close(&mut self, open: u64) -> Result<()> {
+        let number = self.engine.close_epoch()?;
+        self.last_close = Instant::now();
+        self.drift_pending = false;
+        self.unpublished.push_back(number);
+        let in_flight = self.in_flight() as i64;
+        self.telemetry.epochs_in_flight.set(in_flight);
+        if in_flight > self.peak_in_flight {
+            self.peak_in_flight = in_flight;
+            self.telemetry.epochs_in_flight_max.set(in_flight);
+        }
+        if open as i64 > self.peak_epoch {
+            self.peak_epoch = open as i64;
+            self.telemetry.epoch_messages_max.set(self.peak_epoch);
+        }
+        Ok(())
+    }
+
+    /// Takes the outputs of every epoch the dataflows have completed and that is not yet
+    /// published. While rebuilding, nothing is published: once the rebuild has caught up, the
+    /// whole state is published as its difference from what the topics hold. After that, the
+    /// records that changed are published as one group. In exactly-once mode a group is one
+    /// transaction, and waits until the previous group's transaction is committed.
+    fn publish_completed(&mut self) -> Result<()> {
+        let Some(&first) = self.unpublished.front() else { return Ok(()) };
+        if self.engine.completed() <= first {
+            return Ok(());
+        }
+        if self.config.kafka.exactly_once && !self.groups.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (mut view, applied) = self.engine.snapshot();
+        let reports = self.engine.take_reports();
+        let mut epochs = 0u64;
+        let mut last_epoch = 0;
+        while let Some(&epoch) = self.unpublished.front().filter(|&&e| e < applied) {
+            last_epoch = epoch;
+            epochs += 1;
+            self.unpublished.pop_front();
+        }
+        if epochs == 0 {
+            return Ok(());
+        }
+        let catalog = self.engine.catalog();
+        let mut input = Input::default();
+        for (_, meta) in &reports {
+            let meta: EpochMeta =
+                serde_json::from_slice(meta).context("a worker's epoch report is not valid")?;
+            for (&index, &next) in &meta.positions {
+                self.positions[index] = self.positions[index].max(next);
+            }
+            input.add(meta);
+        }
+        let (records, gates, first_group) = if self.rebuild.is_some() {
+            // Nothing is published while rebuilding; settling keeps the view's change tracking small.
+            view.settle(&catalog);
+            let caught_up = {
+                let rebuild = self.rebuild.as_mut().expect("rebuilding");
+                rebuild.absorb(std::mem::take(&mut input));
+                rebuild.caught_up(&self.positions)
+            };
+            self.retired = last_epoch + 1;
+            self.telemetry.epochs_in_flight.set(self.in_flight() as i64);
+            if !caught_up {
+                self.telemetry.epochs.inc_by(epochs);
+                return Ok(());
+            }
+            let rebuild = self.rebuild.take().expect("rebuilding");
+            input = rebuild.input;
+            if let Some(read_back) = self.read_back.take() {
+                self.published = read_back.join().expect("the read-back thread panicked")?;
+            }
+            view.settle_all(&catalog);
+            let renderer = Renderer { view: &view, catalog: &catalog, updated_at: updated_at() };
+            let (records, gates) = reconcile(&mut self.published, &renderer)?;
+            let changes = Changes { scopes: all_scopes(&view), ..Changes::default() };
+            self.telemetry.set_scopes(&view, &catalog, &changes);
+            let count = |topic| records.iter().filter(|r| r.topic == topic && r.value.is_some()).count();
+            tracing::info!(
+                rebuild_ms = rebuild.started.elapsed().as_millis() as u64,
+                scopes = count(OutputTopic::Scopes) + count(OutputTopic::ScopeWindows),
+                annotators = count(OutputTopic::Annotators),
+                pairs = count(OutputTopic::Pairs),
+                items = count(OutputTopic::Items),
+                alerts = count(OutputTopic::Alerts),
+                tombstones = records.iter().filter(|r| r.value.is_none()).count(),
+                gate_records = gates.len(),
+                "state rebuilt; publishing what changed while the service was down"
+            );
+            (records, gates, true)
+        } else {
+            let changes = view.settle(&catalog);
+            self.drift_pending = view.drift_pending();
+            let renderer = Renderer { view: &view, catalog: &catalog, updated_at: updated_at() };
+            let mut records = renderer.changes(&changes)?;
+            records.retain(|record| self.published.observe(record));
+            let mut gates = Vec::new();
+            for record in &changes.gates {
+                let Some(annotator) = catalog.annotators.lookup(&record.annotator_id) else { continue };
+                gates.extend(self.published.gate_records(&view, &catalog, &record.project, annotator));
+            }
+            self.telemetry.set_scopes(&view, &catalog, &changes);
+            self.telemetry.count_fired(&changes.fired);
+            (records, gates, false)
+        };
+        self.telemetry.count_gate_records(gates.iter().map(|(_, r)| r));
+        self.drift_metrics.due = true;
+        self.drift_metrics.refresh(self.telemetry, &view, &catalog);
+        drop(catalog);
+        drop(view);
+
+        let id = self.next_group;
+        self.next_group += 1;
+        if self.config.kafka.exactly_once {
+            self.publisher.producer.begin_transaction().context("cannot begin a Kafka transaction")?;
+        }
+        let mut group = Group {
+            id,
+            last_epoch,
+            epochs,
+            positions: self.positions.clone(),
+            input: Input::default(),
+            sent: 0,
+            replaced: 0,
+            first: first_group,
+            published: Instant::now(),
+            warned: Duration::ZERO,
+        };
+        let outputs = &self.config.outputs;
+        for letter in &input.dead_letters {
+            self.send(
+                &mut group,
+                OutputTopic::DeadLetter.name(outputs),
+                &letter.key,
+                Some(letter.value.as_bytes()),
+            )?;
+        }
+        for record in &records {
+            self.send(&mut group, record.topic.name(outputs), &record.key, record.value.as_deref())?;
+        }
+        for (key, record) in &gates {
+            let value = serde_json::to_vec(record)?;
+            self.send(&mut group, OutputTopic::Gating.name(outputs), key, Some(&value))?;
+        }
+        group.input = input;
+        tracing::debug!(
+            group = id,
+            epochs,
+            messages = group.input.messages[0] + group.input.messages[1],
+            outputs = group.sent,
+            publish_ms = started.elapsed().as_millis() as u64,
+            "outputs published"
+        );
+        group.published = Instant::now();
+        self.groups.push_back(group);
+        Ok(())
+    }
+
+    /// Queues one output message in `group`; an output the producer can never take is
+    /// dead-lettered instead.
+    fn send(&self, group: &mut Group, topic: &str, key: &str, value: Option<&[u8]>) -> Result<()> {
+        match self.publisher.send(group.id, topic, key, value)? {
+            Sent::Queued => group.sent += 1,
+            Sent::TooLarge { limit } => {
+                let failed = FailedOutput {
+                    topic: topic.to_string(),
+                    key: key.to_string(),
+                    bytes: value.map_or(0, <[u8]>::len),
+                    error: format!("key and value are over the producer's limit of {limit} bytes"),
+                    permanent: true,
+                };
+                self.dead_letter_output(group, &failed, value.unwrap_or_default())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the dead letter of an output that cannot be published, naming the input
+    /// positions of the group it belongs to. Its key is the output topic and a hash of the
+    /// output's key, so that it stays small whatever the output's key holds.
+    fn dead_letter_output(&self, group: &mut Group, failed: &FailedOutput, value: &[u8]) -> Result<()> {
+        let key = excerpt(&failed.key, KEY_EXCERPT_BYTES);
+        tracing::error!(
+            output_topic = %failed.topic,
+            key,
+            bytes = failed.bytes,
+            error = %failed.error,
+            "an output record cannot be published; it goes to the dead-letter topic instead"
+        );
+        let input = self
+            .partitions
+            .list
+            .iter()
+            .zip(&group.positions)
+            .filter(|(_, &next)| next >= 0)
+            .map(|((topic, partition), &offset)| InputPosition { topic, partition: *partition, offset })
+            .collect();
+        let (letter_key, value) = output_dead_letter(failed, value, input)?;
+        let topic = OutputTopic::DeadLetter.name(&self.config.outputs);
+        match self.publisher.send(group.id, topic, &letter_key, Some(&value))? {
+            Sent::Queued => group.sent += 1,
+            Sent::TooLarge { .. } => {
+                bail!("the dead letter of an output of {} is too large to publish", failed.topic)
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits, in order, the input offsets of every published group whose outputs are all
+    /// delivered (in exactly-once mode: commits its transaction with them). A delivery that
+    /// failed for good is dead-lettered; any other failure stops the service without committing.
+    fn retire_delivered(&mut self) -> Result<()> {
+        let mut commit: Option<Vec<i64>> = None;
+        let mut retired = Vec::new();
+        while let Some(mut group) = self.groups.pop_front() {
+            let failed = self.publisher.take_failed(group.id);
+            if !failed.is_empty() {
+                if let Some(f) = failed.iter().find(|f| !f.permanent || self.config.kafka.exactly_once) {
+                    if self.config.kafka.exactly_once {
+                        let _ = self.publisher.producer.abort_transaction(TRANSACTION_TIMEOUT);
+                    }
+                    bail!(
+                        "{} output message(s) were not delivered (first: topic {} key {}: {}); the input \
+                         offsets of their epochs stay uncommitted and are read again on the next start",
+                        failed.len(),
+                        f.topic,
+                        excerpt(&f.key, KEY_EXCERPT_BYTES),
+                        f.error
+                    );
+                }
+                for f in &failed {
+                    group.replaced += 1;
+                    self.dead_letter_output(&mut group, f, &[])?;
+                }
+            }
+            let delivered = self.publisher.delivered(group.id);
+            if delivered.ok + group.replaced < group.sent {
+                let waited = group.published.elapsed();
+                if waited >= group.warned + DELIVERY_WARN {
+                    group.warned = waited;
+                    tracing::warn!(
+                        waited_s = waited.as_secs(),
+                        outstanding = group.sent - delivered.ok - group.replaced,
+                        "waiting for output delivery"
+                    );
+                }
+                self.groups.push_front(group);
+                break;
+            }
+            self.publisher.forget(group.id);
+            if self.config.kafka.exactly_once {
+                let offsets = self.partitions.offsets(&group.positions)?;
+                self.publisher.commit_transaction(&self.consumer, &offsets)?;
+                self.telemetry.transactions.inc();
+            } else {
+                commit = Some(group.positions.clone());
+            }
+            tracing::debug!(
+                group = group.id,
+                outputs = group.sent,
+                deliver_ms = group.published.elapsed().as_millis() as u64,
+                "outputs delivered"
+            );
+            retired.push(group);
+        }
+        if let Some(positions) = commit.filter(|p| *p != self.committed) {
+            self.consumer
+                .commit(&self.partitions.offsets(&positions)?, CommitMode::Sync)
+                .context("cannot commit input offsets")?;
+            self.committed = positions;
+        }
+        if retired.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        for group in &retired {
+            self.retired = self.retired.max(group.last_epoch + 1);
+            let [labels, gold] = group.input.messages;
+            self.telemetry.committed.with_label_values(&["labels"]).inc_by(labels);
+            self.telemetry.committed.with_label_values(&["gold"]).inc_by(gold);
+            self.telemetry.epochs.inc_by(group.epochs);
+            if let Some(ts) = group.input.newest_ts {
+                self.telemetry.output_event_time.set(ts as f64 / 1000.0);
+            }
+            if let Some(ts) = group.input.oldest_ts {
+                self.telemetry.observe_latency(Duration::from_millis((now - ts).max(0) as u64));
+            }
+            if group.first {
+                self.caught_up = true;
+                tracing::info!(
+                    "caught up: the outputs of the input present at start are published and committed"
+                );
+            }
+        }
+        self.telemetry.output_updated.set(now as f64 / 1000.0);
+        self.telemetry.epochs_in_flight.set(self.in_flight() as i64);
+        Ok(())
+    }
+
+    /// One turn of the loop: delivery reports, commits, publishing, closing epochs.
+    pub fn turn(&mut self) -> Result<()> {
+        if self.drift_metrics.ready() {
+            let (view, _) = self.engine.snapshot();
+            let catalog = self.engine.catalog();
+            self.drift_metrics.refresh(self.telemetry, &view, &catalog);
+        }
+        self.publisher.producer.poll(Duration::ZERO);
+        self.retire_delivered()?;
+        self.engine.check()?;
+        self.publish_completed()?;
+        self.maybe_close()?;
+        self.ready.store(self.caught_up && self.connectivity.is_up(), Ordering::SeqCst);
+        // Wait for delivery reports (which the poll serves) or input, briefly: the workers'
+        // progress does not wake this thread, and this bounds how late it notices.
+        let busy = self.in_pipeline() || self.drift_pending || self.feeds.open_messages() > 0;
+        let wait = if busy { TEND_INTERVAL } else { IDLE_INTERVAL };
+        self.publisher.producer.poll(wait);
+        Ok(())
+    }
+
+    /// Whether epochs are in flight.
+    fn in_pipeline(&self) -> bool {
+        !self.unpublished.is_empty() || !self.groups.is_empty()
+    }
+
+    /// On stop: closes the open epoch, so that what was read is published too, and waits until
+    /// `deadline` for every epoch in flight to be published, delivered and committed. Fails (in
+    /// exactly-once mode after aborting the open transaction) if that does not happen in time:
+    /// the offsets of what was not delivered stay uncommitted, and it is read again on the next
+    /// start. While rebuilding nothing is published, so nothing waits.
+    pub fn drain(&mut self, deadline: Instant) -> Result<()> {
+        self.ready.store(false, Ordering::SeqCst);
+        if self.rebuild.is_some() {
+            return Ok(());
+        }
+        let open = self.feeds.open_messages();
+        if open > 0 || self.cluster {
+            self.close(open)?;
+        }
+        while self.in_pipeline() {
+            if Instant::now() >= deadline {
+                if self.config.kafka.exactly_once && !self.groups.is_empty() {
+                    let _ = self.publisher.producer.abort_transaction(TRANSACTION_TIMEOUT);
+                }
+                bail!(
+                    "stopped with output messages undelivered after kafka.shutdown_timeout_ms ({} ms); \
+                     their input offsets stay uncommitted and are read again on the next start",
+                    self.config.kafka.shutdown_timeout_ms
+                );
+            }
+            self.publisher.producer.poll(TEND_INTERVAL);
+            self.retire_delivered()?;
+            self.engine.check()?;
+            self.publish_completed()?;
+        }
+        Ok(())
+    }
+}
