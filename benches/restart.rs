@@ -18,6 +18,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 #[path = "../tests/integration/http.rs"]
+#[allow(dead_code)]
 mod http;
 #[path = "../tests/integration/topics.rs"]
 mod topics;

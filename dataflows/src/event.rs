@@ -22,6 +22,28 @@ pub use crate::reason::{InputWarning, ParseError, ReasonKind, Warnings};
 /// The largest record accepted, in bytes (spec: a message over 1 MiB is refused).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
+/// The longest id or scope name accepted (`item_id`, `annotator_id`, `project`, `task`), in
+/// bytes. Names travel in every output key and value that mentions them; a longer one is refused
+/// at input, so that no output can outgrow what a Kafka topic takes.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// The longest label accepted, in bytes of its text (a set: of all its strings).
+pub const MAX_LABEL_BYTES: usize = 4096;
+
+/// Refuses a name or label over its limit.
+fn check_length(field: &'static str, value: &str, length: usize, limit: usize) -> Result<(), ParseError> {
+    if length > limit {
+        return Err(invalid(
+            field,
+            format!(
+                "is {length} bytes (\"{}\"), over the {limit}-byte limit; it names something, it does not hold it",
+                excerpt(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The project or task of an event that names none.
 pub const DEFAULT_SCOPE_NAME: &str = "default";
 
@@ -189,6 +211,7 @@ fn id_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Cow<'a
             if id.is_empty() {
                 return Err(invalid(field, "is empty (\"\"); an id has at least one character".into()));
             }
+            check_length(field, &id, id.len(), MAX_NAME_BYTES)?;
             Ok(id)
         }
         b'-' | b'0'..=b'9' => {
@@ -286,7 +309,11 @@ fn op_field(raw: Option<&RawValue>) -> Result<Op, ParseError> {
 fn scope_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Cow<'a, str>, ParseError> {
     match raw {
         None => Ok(Cow::Borrowed(DEFAULT_SCOPE_NAME)),
-        Some(raw) => string_field(field, raw),
+        Some(raw) => {
+            let name = string_field(field, raw)?;
+            check_length(field, &name, name.len(), MAX_NAME_BYTES)?;
+            Ok(name)
+        }
     }
 }
 
@@ -294,7 +321,11 @@ fn scope_field<'a>(field: &'static str, raw: Option<&'a RawValue>) -> Result<Cow
 fn label_value(raw: &RawValue) -> Result<RawLabel<'_>, ParseError> {
     let text = raw.get();
     match text.as_bytes()[0] {
-        b'"' => Ok(RawLabel::String(string_of("label", text)?)),
+        b'"' => {
+            let label = string_of("label", text)?;
+            check_length("label", &label, label.len(), MAX_LABEL_BYTES)?;
+            Ok(RawLabel::String(label))
+        }
         b't' => Ok(RawLabel::Bool(true)),
         b'f' => Ok(RawLabel::Bool(false)),
         b'[' => {
@@ -316,6 +347,8 @@ fn label_value(raw: &RawValue) -> Result<RawLabel<'_>, ParseError> {
                 }
                 items.push(string_of("label", element)?);
             }
+            let length = items.iter().map(|i| i.len()).sum();
+            check_length("label", text, length, MAX_LABEL_BYTES)?;
             items.sort_unstable_by(|a: &Cow<'_, str>, b| a.as_bytes().cmp(b.as_bytes()));
             items.dedup();
             Ok(RawLabel::Set(items))

@@ -197,3 +197,24 @@ fn gold_answers() {
         .to_string()
         .contains("`item_id` is empty"));
 }
+
+#[test]
+fn names_and_labels_over_their_limits_are_refused() {
+    let long = "i".repeat(MAX_NAME_BYTES + 1);
+    let record = format!(r#"{{"item_id":"{long}","annotator_id":"a","label":"x","ts":1}}"#);
+    let error = parse_label_event(&record).unwrap_err().to_string();
+    assert!(error.starts_with("`item_id` is 1025 bytes"), "{error}");
+    assert!(error.len() < 300, "the reason stays short: {error}");
+    let record = format!(r#"{{"item_id":"i","annotator_id":"a","label":"x","ts":1,"project":"{long}"}}"#);
+    assert!(parse_label_event(&record).unwrap_err().to_string().starts_with("`project` is 1025 bytes"));
+    let label = "l".repeat(MAX_LABEL_BYTES + 1);
+    let record = format!(r#"{{"item_id":"i","annotator_id":"a","label":"{label}","ts":1}}"#);
+    assert!(parse_label_event(&record).unwrap_err().to_string().starts_with("`label` is 4097 bytes"));
+    let set = format!(r#"["{}","{}"]"#, "s".repeat(2048), "t".repeat(2049));
+    let record = format!(r#"{{"item_id":"i","annotator_id":"a","label":{set},"ts":1}}"#);
+    assert!(parse_label_event(&record).unwrap_err().to_string().starts_with("`label` is 4097 bytes"));
+    // At the limit, accepted.
+    let name = "n".repeat(MAX_NAME_BYTES);
+    let record = format!(r#"{{"item_id":"{name}","annotator_id":"a","label":"x","ts":1}}"#);
+    assert_eq!(parse_label_event(&record).unwrap().item_id.len(), MAX_NAME_BYTES);
+}
