@@ -18,7 +18,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::BaseProducer;
 use serde_json::Value;
 
-use crate::scenario::{compacted, metrics, produce, report, start_service, wait_for_events, MALFORMED};
+use crate::scenario::{
+    compacted, metrics, produce, produce_malformed, report, start_service, wait_for_events, MALFORMED,
+};
 use crate::topics::{GOLD, LABELS, OUTPUTS};
 
 const DAY_MS: f64 = 86_400_000.0;
@@ -163,7 +165,7 @@ fn every_report_field_topic_field_and_metric_is_documented() {
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     produce(&producer, GOLD, &gold);
     produce(&producer, LABELS, &labels);
-    produce(&producer, LABELS, &MALFORMED.map(String::from));
+    produce_malformed(&producer, LABELS);
     let service = start_service(&brokers, &[]);
     wait_for_events(&service, (labels.len() + MALFORMED.len()) as u64, gold.len() as u64);
     for topic in OUTPUTS {
