@@ -3,7 +3,8 @@
 //! 1. the ceiling: a bare rdkafka consumer that only parses each message's JSON, over the same
 //!    cluster and data;
 //! 2. sustained throughput of the real `labelqc run` binary, Kafka to Kafka (all outputs
-//!    delivered and offsets committed), over a backlog of the same events;
+//!    delivered and offsets committed), over a backlog of the same events (what a restart
+//!    rebuilds from), and the service's resident memory once it holds them all, per live label;
 //! 3. freshness at a fixed input rate of 20,000 events/s: the service's own p50/p99 of the time
 //!    from a message's Kafka timestamp to the delivery of the outputs it changed.
 //!
@@ -37,8 +38,11 @@ mod http;
 mod topics;
 use topics::{GOLD, LABELS, OUTPUTS};
 
-/// The mock broker keeps about 5 MB per partition; 8 partitions hold 200,000 events whole.
-const PARTITIONS: i32 = 8;
+/// The mock broker keeps about 5 MB per partition; 8 partitions hold 200,000 events whole, and
+/// larger runs get one more partition per 25,000 events.
+fn partitions() -> i32 {
+    (arg("--events", 200_000).div_ceil(25_000) as i32).max(8)
+}
 
 struct Service(Child, String);
 
@@ -93,7 +97,7 @@ type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
 
 /// A mock cluster, or the `external` broker, with the topics created.
 fn cluster(external: Option<&str>) -> (Option<Mock>, String, BaseProducer) {
-    let mut topics = vec![(LABELS, PARTITIONS), (GOLD, 1)];
+    let mut topics = vec![(LABELS, partitions()), (GOLD, 1)];
     topics.extend(OUTPUTS.map(|topic| (topic, 1)));
     let (cluster, brokers) = match external {
         Some(brokers) => {
@@ -127,7 +131,7 @@ fn ceiling(brokers: &str, expected: usize) -> f64 {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
+    for p in 0..partitions() {
         tpl.add_partition_offset(LABELS, p, Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).unwrap();
@@ -232,7 +236,7 @@ fn main() {
 
     let broker =
         external.as_ref().map_or("librdkafka's mock cluster".into(), |b| format!("the broker at {b}"));
-    println!("# labelqc run on {broker} ({events} events, {PARTITIONS} partitions)\n");
+    println!("# labelqc run on {broker} ({events} events, {} partitions)\n", partitions());
     let (_cluster, brokers, producer) = cluster(external.as_deref());
     produce(&producer, GOLD, &gold);
     produce(&producer, LABELS, &labels);
@@ -253,7 +257,11 @@ fn main() {
     let done = wait_for(service, labels.len());
     let throughput = labels.len() as f64 / (done - start).as_secs_f64();
     eprintln!("backlog of {} processed in {:?}", labels.len(), done - start);
-    let pipeline = pipeline_stats(&metrics(&service.1));
+    let m = metrics(&service.1);
+    let pipeline = pipeline_stats(&m);
+    // What the service holds once it has every label: resident memory over live labels.
+    let resident = sample(&m, "labelqc_process_resident_memory_bytes ");
+    let live = sample(&m, "labelqc_scope_labels{") - windowed_labels(&m);
     drop(processes);
     let shape = match arg("--processes", 1) {
         1 => format!("{} workers", arg("--workers", 2)),
@@ -265,6 +273,12 @@ fn main() {
     println!("| labelqc run, Kafka to Kafka, {shape} | {throughput:.0} |");
     println!("| ratio | {:.0}% |\n", 100.0 * throughput / ceiling);
     println!("{pipeline}\n");
+    println!(
+        "memory after the backlog: {:.0} MiB resident, {live:.0} live labels, {:.0} bytes per live label \
+         (process 0)\n",
+        resident / 1048576.0,
+        resident / live.max(1.0),
+    );
     if external.is_some() {
         return;
     }
@@ -303,6 +317,14 @@ fn main() {
     println!("|---|---|");
     println!("| {:.1} | {:.1} |\n", p50 * 1e3, p99 * 1e3);
     println!("{}", pipeline_stats(&m));
+}
+
+/// The `labelqc_scope_labels` samples of windows (every label also counts in each window size).
+fn windowed_labels(m: &str) -> f64 {
+    m.lines()
+        .filter(|l| l.starts_with("labelqc_scope_labels{") && !l.contains("window=\"all\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// How the service's pipeline ran: epochs, their largest size, epochs in flight, pauses.

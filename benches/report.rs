@@ -199,7 +199,7 @@ fn input_costs(labels: &Path, gold: &Path, runs: usize) -> (f64, f64) {
 /// to re-formed outputs.
 fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize) -> Vec<Duration> {
     let mut engine = Engine::start(
-        &EngineConfig { workers, max_epochs_in_flight: 2 },
+        &EngineConfig { workers, max_epochs_in_flight: 2, ..EngineConfig::default() },
         QualityView::with_change_tracking(),
     )
     .unwrap();

@@ -18,7 +18,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 #[path = "../tests/integration/http.rs"]
-#[allow(dead_code)]
+#[allow(dead_code)] // shared with the tests; this benchmark reads no samples
 mod http;
 #[path = "../tests/integration/topics.rs"]
 mod topics;

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -13,6 +13,7 @@ use crate::deadletter::RawExcerpt;
 use crate::gen::{self, GenSpec};
 use crate::input::{BadInput, Refused};
 use crate::report::{self, ReportRequest};
+use crate::topics;
 
 /// Exit code of a run that failed: cannot open, read or write a file, a bad configuration, a
 /// failure of the engine or of Kafka.
@@ -65,6 +66,34 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the live service: Kafka in, quality topics and /metrics out.
     Run(RunArgs),
+    /// Make or verify the Kafka topics of `labelqc run` (inputs and outputs) through the admin API.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create every missing topic with the partitions, replication and configs of `[topics]`
+    /// (cleanup.policy=compact on the inputs and keyed outputs); then check them all.
+    Create(TopicsArgs),
+    /// Report every missing topic and every setting that differs; exit non-zero if any.
+    Check(TopicsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    /// TOML configuration (see configs/labelqc.toml): topic names, `[topics]`, `[kafka.client]`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Bootstrap brokers (`kafka.brokers`).
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+    /// Topic of label events (`kafka.labels_topic`).
+    #[arg(long, value_name = "TOPIC")]
+    pub labels_topic: Option<String>,
+    /// Topic of gold answers (`kafka.gold_topic`).
+    #[arg(long, value_name = "TOPIC")]
+    pub gold_topic: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -303,23 +332,61 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gen(args) => run_gen(args),
         Command::Demo(args) => run_demo(args),
         Command::Run(args) => run_service(args),
+        Command::Topics(TopicsCommand::Create(args)) => run_topics(args, true),
+        Command::Topics(TopicsCommand::Check(args)) => run_topics(args, false),
     }
 }
 
-fn run_service(args: RunArgs) -> Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if let Some(brokers) = args.brokers {
+/// The configuration file (or the defaults), the environment, then the Kafka flags.
+fn kafka_config(
+    path: Option<&Path>,
+    brokers: Option<String>,
+    labels_topic: Option<String>,
+    gold_topic: Option<String>,
+) -> Result<Config> {
+    let mut config = Config::from_env(path)?;
+    if let Some(brokers) = brokers {
         config.kafka.brokers = brokers;
     }
-    if let Some(topic) = args.labels_topic {
+    if let Some(topic) = labels_topic {
         config.kafka.labels_topic = topic;
     }
-    if let Some(topic) = args.gold_topic {
+    if let Some(topic) = gold_topic {
         config.kafka.gold_topic = topic;
     }
+    Ok(config)
+}
+
+fn run_topics(args: TopicsArgs, create: bool) -> Result<()> {
+    let config = kafka_config(args.config.as_deref(), args.brokers, args.labels_topic, args.gold_topic)?;
+    config.validate()?;
+    let plan = topics::plan(&config);
+    let admin = topics::Admin::new(&config)?;
+    if create {
+        for name in topics::create(&admin, &plan)? {
+            let spec = plan.iter().find(|t| t.name == name).expect("created topics are planned");
+            println!("created {}", topics::describe_spec(spec));
+        }
+    }
+    let check = topics::check(&admin, &plan)?;
+    for line in check.lines() {
+        println!("{line}");
+    }
+    if check.problems.is_empty() {
+        return Ok(());
+    }
+    let hint = if create {
+        "create leaves existing topics as they are: change them with your Kafka tools (kafka-configs \
+         --alter), or [topics] to what they are"
+    } else {
+        "`labelqc topics create` makes the missing ones; change the others with your Kafka tools, or \
+         [topics] to what they are"
+    };
+    Err(topics::TopicsError::Problems { brokers: check.brokers, problems: check.problems, hint }.into())
+}
+
+fn run_service(args: RunArgs) -> Result<()> {
+    let mut config = kafka_config(args.config.as_deref(), args.brokers, args.labels_topic, args.gold_topic)?;
     if let Some(group) = args.group_id {
         config.kafka.group_id = group;
     }
@@ -372,10 +439,7 @@ fn run_demo(args: DemoArgs) -> Result<()> {
 
 fn run_report(args: ReportArgs) -> Result<()> {
     let start = std::time::Instant::now();
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let mut config = Config::from_env(args.config.as_deref())?;
     if let Some(workers) = args.workers {
         config.engine.workers = workers;
     }

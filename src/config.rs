@@ -1,5 +1,7 @@
 //! The validated configuration of labelqc, parsed once from a TOML file (every field documented
-//! in `configs/labelqc.toml`; unknown fields are refused) and then overridden by CLI flags.
+//! in `configs/labelqc.toml`; unknown fields are refused), with the environment's variables
+//! applied (`${VAR}` in string values, `LABELQC_KAFKA__CLIENT__*`: see [`crate::env`]), and then
+//! overridden by CLI flags.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +19,10 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("invalid setting `{field}`: {message}")]
     Value { field: &'static str, message: String },
+    #[error("config file {path}: {source}")]
+    Env { path: PathBuf, source: crate::env::EnvError },
+    #[error("cannot apply the environment: {0}")]
+    Overrides(crate::env::EnvError),
 }
 
 /// How the dataflow engine runs (`[engine]`).
@@ -114,6 +120,55 @@ impl Default for OutputTopics {
     }
 }
 
+impl OutputTopics {
+    /// Every output topic with the setting that names it (`outputs.scopes`, ...).
+    pub fn all(&self) -> [(&'static str, &str); 8] {
+        [
+            ("outputs.scopes", &self.scopes),
+            ("outputs.annotators", &self.annotators),
+            ("outputs.pairs", &self.pairs),
+            ("outputs.items", &self.items),
+            ("outputs.scope_windows", &self.scope_windows),
+            ("outputs.gating", &self.gating),
+            ("outputs.alerts", &self.alerts),
+            ("outputs.deadletter", &self.deadletter),
+        ]
+    }
+}
+
+/// How `labelqc topics create` makes the topics and what `labelqc topics check` expects of them
+/// (`[topics]`): partition counts, the replication factor, and topic configs for every topic.
+/// `cleanup.policy` is set by labelqc itself: `compact` on the input topics and the keyed
+/// outputs, `delete` on the dead-letter topic.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Partitions of the labels topic: the most timely workers (over all processes) that can read
+    /// it in parallel.
+    pub labels_partitions: i32,
+    /// Partitions of the gold topic.
+    pub gold_partitions: i32,
+    /// Partitions of each output topic.
+    pub output_partitions: i32,
+    /// Replicas of each partition; -1 takes the brokers' `default.replication.factor`.
+    pub replication_factor: i32,
+    /// Topic configs set on every topic on creation and verified by `check`
+    /// (`min.insync.replicas`, `min.compaction.lag.ms`, ...), as Kafka names them.
+    pub config: BTreeMap<String, String>,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        TopicSettings {
+            labels_partitions: 12,
+            gold_partitions: 3,
+            output_partitions: 6,
+            replication_factor: -1,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
 /// Tumbling event-time windows (`[windows]`): per-scope numbers over each window next to the
 /// all-time ones.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -207,6 +262,7 @@ pub struct Config {
     pub http: HttpSettings,
     pub windows: WindowSettings,
     pub cluster: ClusterSettings,
+    pub topics: TopicSettings,
     /// Drift signals, gates and alerts of every project (`[drift]`) ...
     pub drift: DriftConfig,
     /// ... and of named projects (`[drift_projects.NAME]`), whose unset fields take the
@@ -215,20 +271,55 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads and validates a TOML configuration file.
+    /// The configuration of a command: the TOML file at `path` (the defaults without one), with
+    /// this process's environment applied (see [`crate::env`]), validated.
+    pub fn from_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let overrides = crate::env::client_overrides(std::env::vars_os()).map_err(ConfigError::Overrides)?;
+        for (property, value) in overrides {
+            tracing::debug!(%property, variable = crate::env::client_variable(&property), "kafka client setting from the environment");
+            config.kafka.client.insert(property, value);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML configuration file, `${VAR}` taken from this process's
+    /// environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Config::parse(&text).map_err(|e| match e {
+        Config::parse_with(&text, &|name| std::env::var(name).ok()).map_err(|e| match e {
             ConfigError::Invalid { message, .. } => ConfigError::Invalid { path: path.into(), message },
+            ConfigError::Env { source, .. } => ConfigError::Env { path: path.into(), source },
             other => other,
         })
     }
 
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text, `${VAR}` taken from this process's environment.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Invalid { path: PathBuf::new(), message: e.to_string() })?;
+        Config::parse_with(text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates TOML text, `${VAR}` in string values replaced by `lookup(VAR)`.
+    pub fn parse_with(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let invalid =
+            |e: toml::de::Error| ConfigError::Invalid { path: PathBuf::new(), message: e.to_string() };
+        let expanded = match crate::env::expand(text, lookup) {
+            Ok(expanded) => expanded,
+            // Not TOML: the parser of the configuration says where.
+            Err(source @ crate::env::EnvError::Toml(_)) => {
+                return Err(match toml::from_str::<Config>(text) {
+                    Err(e) => invalid(e),
+                    Ok(_) => ConfigError::Env { path: PathBuf::new(), source },
+                })
+            }
+            Err(source) => return Err(ConfigError::Env { path: PathBuf::new(), source }),
+        };
+        let config: Config = toml::from_str(&expanded).map_err(invalid)?;
         config.validate()?;
         Ok(config)
     }
@@ -247,21 +338,42 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        for (field, topic) in [
-            ("kafka.labels_topic", &self.kafka.labels_topic),
+        let inputs = [
+            ("kafka.labels_topic", self.kafka.labels_topic.as_str()),
             ("kafka.gold_topic", &self.kafka.gold_topic),
-            ("outputs.scopes", &self.outputs.scopes),
-            ("outputs.annotators", &self.outputs.annotators),
-            ("outputs.pairs", &self.outputs.pairs),
-            ("outputs.items", &self.outputs.items),
-            ("outputs.scope_windows", &self.outputs.scope_windows),
-            ("outputs.gating", &self.outputs.gating),
-            ("outputs.alerts", &self.outputs.alerts),
-            ("outputs.deadletter", &self.outputs.deadletter),
-        ] {
+        ];
+        for (field, topic) in inputs.into_iter().chain(self.outputs.all()) {
             if topic.trim().is_empty() {
                 return Err(ConfigError::Value { field, message: "a topic name is required".into() });
             }
+        }
+        let topics = &self.topics;
+        for (field, partitions) in [
+            ("topics.labels_partitions", topics.labels_partitions),
+            ("topics.gold_partitions", topics.gold_partitions),
+            ("topics.output_partitions", topics.output_partitions),
+        ] {
+            if partitions < 1 {
+                return Err(ConfigError::Value {
+                    field,
+                    message: format!("{partitions} partitions; use at least 1"),
+                });
+            }
+        }
+        if topics.replication_factor == 0 || topics.replication_factor < -1 {
+            return Err(ConfigError::Value {
+                field: "topics.replication_factor",
+                message: format!(
+                    "{}; use at least 1 replica, or -1 for the brokers' default.replication.factor",
+                    topics.replication_factor
+                ),
+            });
+        }
+        if topics.config.contains_key("cleanup.policy") {
+            return Err(ConfigError::Value {
+                field: "topics.config",
+                message: "labelqc sets cleanup.policy itself (compact, or delete for the dead-letter topic); remove it".into(),
+            });
         }
         if self.kafka.epoch_interval_ms == 0 {
             return Err(ConfigError::Value {
@@ -341,6 +453,33 @@ mod tests {
         assert_eq!(config.engine, EngineSettings::default());
         assert_eq!(config.windows, WindowSettings::default());
         assert_eq!(config.cluster, ClusterSettings::default());
+        assert_eq!(config.topics, TopicSettings::default());
+    }
+
+    #[test]
+    fn variables_in_the_file_and_their_errors() {
+        let text = "[kafka]\nbrokers = \"${BROKER}:9092\"\n[kafka.client]\n\"sasl.password\" = \"${PW}\"\n";
+        let lookup = |name: &str| match name {
+            "BROKER" => Some("kafka".to_string()),
+            "PW" => Some("secret".to_string()),
+            _ => None,
+        };
+        let c = Config::parse_with(text, &lookup).unwrap();
+        assert_eq!(c.kafka.brokers, "kafka:9092");
+        assert_eq!(c.kafka.client["sasl.password"], "secret");
+        let err = Config::parse_with(text, &|_| None).unwrap_err().to_string();
+        assert!(
+            err.contains("${BROKER}") && err.contains("kafka.brokers") && err.contains("not set"),
+            "{err}"
+        );
+        // Unknown fields are still refused, with their line.
+        let err = Config::parse_with("[kafka]\nbrokers = \"${BROKER}\"\nbrokerz = 1\n", &lookup).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `brokerz`") && err.to_string().contains("line 3"),
+            "{err}"
+        );
+        let err = Config::parse_with("[kafka\nbrokers = \"${BROKER}\"\n", &lookup).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
     }
 
     #[test]
@@ -366,6 +505,12 @@ mod tests {
         assert!(err.to_string().contains("cluster.addresses"), "{err}");
         let c = Config::parse("[cluster]\naddresses = [\"a:1\", \"b:2\"]\nprocess = 1\n").unwrap();
         assert_eq!(c.cluster.process, 1);
+        let err = Config::parse("[topics]\nreplication_factor = 0\n").unwrap_err();
+        assert!(err.to_string().contains("topics.replication_factor"), "{err}");
+        let err = Config::parse("[topics]\nlabels_partitions = 0\n").unwrap_err();
+        assert!(err.to_string().contains("topics.labels_partitions"), "{err}");
+        let err = Config::parse("[topics.config]\n\"cleanup.policy\" = \"delete\"\n").unwrap_err();
+        assert!(err.to_string().contains("cleanup.policy"), "{err}");
         let c = Config::parse("[windows]\nsizes = [\"15m\", \"2d\"]\n").unwrap();
         assert_eq!(c.windows.sizes_ms().unwrap(), vec![900_000, 172_800_000]);
     }

@@ -72,7 +72,14 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     eprintln!("labelqc demo: metrics on {metrics_url} (Ctrl-C stops)");
 
     let mut engine = Engine::start(
-        &EngineConfig { workers: settings.workers, max_epochs_in_flight: 2 },
+        &EngineConfig {
+            workers: settings.workers,
+            max_epochs_in_flight: 2,
+            items: labelqc_dataflows::items::ItemsConfig {
+                window_sizes: settings.windows.clone(),
+                out_of_order: false,
+            },
+        },
         QualityView::with_change_tracking().with_drift(settings.drift.clone()),
     )?;
     let mut spec = settings.traffic.clone();
@@ -147,7 +154,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
             let snapshot = Snapshot {
                 elapsed: start.elapsed(),
                 rate: (fed - fed_at_refresh) as f64 / last_refresh.elapsed().as_secs_f64(),
-                live_labels: source.live_labels(),
+                live_labels: engine.view().live_labels().max(0) as usize,
                 latency_p99: telemetry.latency_quantile(0.99),
                 metrics_url: metrics_url.clone(),
                 planted: planted.clone(),

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use labelqc_dataflows::drift::DriftSettings;
 use labelqc_dataflows::engine::{Engine, EngineConfig};
+use labelqc_dataflows::items::ItemsConfig;
 use labelqc_dataflows::source::{Source, Stream, Update};
 use labelqc_dataflows::view::{QualityView, Report};
 
@@ -54,6 +55,7 @@ pub fn run(request: &ReportRequest, mut on_refused: impl FnMut(&Refused<'_>)) ->
         &EngineConfig {
             workers: request.engine.workers,
             max_epochs_in_flight: request.engine.max_epochs_in_flight,
+            items: ItemsConfig { window_sizes: request.windows.clone(), out_of_order: false },
         },
         QualityView::default().with_drift(request.drift.clone()),
     )?;
@@ -81,7 +83,7 @@ pub fn run(request: &ReportRequest, mut on_refused: impl FnMut(&Refused<'_>)) ->
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "dataflows finished");
     let report = view.report(&source.catalog, request.with_items);
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "report formed");
-    let live_labels = source.live_labels();
+    let live_labels = view.live_labels() as usize;
     // Freeing millions of small allocations takes a while; let it overlap with writing the report.
     std::thread::spawn(move || drop((view, source)));
     Ok(ReportOutcome { report, files, dead_letters, events, elapsed: start.elapsed(), live_labels })

@@ -1,29 +1,26 @@
-//! The quality dataflow: a function from the collection of live labels and the collection of gold
-//! answers to the collection of exact integer aggregates ([`Fact`]s) from which every number of
-//! spec section 2 is formed.
+//! The quality dataflow: a function from what the items contribute ([`crate::items`]) to the
+//! collection of exact integer aggregates ([`Fact`]s) from which every number of spec section 2 is
+//! formed.
 //!
-//! Per-item work happens in one `reduce` keyed by item: when an item's labels change, only that
-//! item is re-summarised (work proportional to its labels), and the summary's changes flow into
-//! `count_total`s that keep per-scope, per-annotator and per-pair sums. Weights such as
+//! Per-item work happens where the item is kept: when an item's labels change, only that item is
+//! re-summarised ([`summarize_item`], work proportional to its labels), and the summary's changes
+//! flow into a `count_total` that keeps per-scope, per-annotator and per-day sums. Weights such as
 //! `1/(r_i - 1)` are never applied here: sums are grouped by the item's label count `r`, so that
 //! every aggregate is an integer that cancels exactly on retraction. Floats appear only in
 //! [`crate::view`], when a final number is formed.
 
-use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::operators::{CountTotal, ThresholdTotal};
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::operators::CountTotal;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
+use crate::items::ItemOutput;
 use crate::label::LabelId;
-use crate::source::{is_window, AnnotatorId, Day, ItemId, ItemKey, ScopeId, Stamp};
+use crate::source::{is_window, AnnotatorId, Day, ItemId, ScopeId, Stamp};
 
 /// Logical time: a totally ordered epoch.
 pub type Time = u64;
 /// Difference type of every collection: an integer multiplicity.
 pub type Diff = i64;
-/// A live label: `((scope, item), (annotator, label, stamp))`.
-pub type LabelRow = (ItemKey, (AnnotatorId, LabelId, Stamp));
 
 /// Scale of fixed-point shares in drift facts: a share `x` in `[-1, 1]` is carried as
 /// `round(x * FIXED_POINT)`. Each item's contribution is computed from the item alone, so sums
@@ -45,10 +42,6 @@ fn fixed(numerator: i64, denominator: i64) -> i64 {
     let sign = if twice < 0 { -1 } else { 1 };
     sign * ((twice.abs() + denominator) / (2 * denominator))
 }
-/// A live gold answer: `((scope, item), label)`.
-pub type GoldRow = (ItemKey, LabelId);
-/// An item of a scope that has labels in a window scope: `((scope, item), window)`.
-pub type MemberRow = (ItemKey, ScopeId);
 
 /// What one item contributes, given all of its current labels. `raters` is the item's label
 /// count `r`; `day` on the scope-level facts is the day of the item's newest label (0 in window
@@ -214,117 +207,40 @@ pub fn summarize_item(
     Some(ItemSummary(out))
 }
 
-/// Builds the quality dataflow over live labels and gold answers.
-///
-/// Both inputs must hold at most one row per identity (`(item, annotator)` for labels, `item` for
-/// gold), as [`crate::source::Source`] guarantees.
+/// The quality dataflow: from what the items contribute ([`crate::items`]) to the exact integer
+/// aggregates every number is formed from. Summed facts go through one `count_total`, keyed by
+/// what they sum (one pass over the item facts instead of one per kind); pair cells, consensus
+/// facts and gold answers pass through.
 pub fn quality_facts<'s>(
-    labels: VecCollection<'s, Time, LabelRow, Diff>,
-    gold: VecCollection<'s, Time, GoldRow, Diff>,
-    members: VecCollection<'s, Time, MemberRow, Diff>,
+    items: VecCollection<'s, Time, ItemOutput, Diff>,
 ) -> VecCollection<'s, Time, Fact, Diff> {
-    // Window scopes get scope-level numbers only: no pairs, drift inputs or consensus.
-    let window_labels = labels.clone().filter(|((scope, _), _)| is_window(*scope));
-    let labels = labels.filter(|((scope, _), _)| !is_window(*scope));
-    let labels_by_item = labels.arrange_by_key_named("LabelsByItem");
-    let windows_by_item = window_labels.arrange_by_key_named("WindowLabelsByItem");
-    let item_facts = summarize(labels_by_item.clone(), true);
-    let window_facts = summarize(windows_by_item.clone(), false);
-
-    // Every summed fact goes through one `count_total`, keyed by what it sums: one pass over
-    // the item facts instead of one per kind.
-    let gold_by_item = gold.arrange_by_key_named("GoldByItem");
-    type Row = (AnnotatorId, LabelId, Stamp);
-    let gold_answers = labels_by_item.clone().join_core(
-        gold_by_item.clone(),
-        |item: &ItemKey, &(annotator, label, stamp): &Row, gold: &LabelId| {
-            Some(Fact::GoldAnswer {
-                scope: item.0,
-                annotator,
-                item: item.1,
-                ts_ms: stamp.ts_ms,
-                correct: label == *gold,
-            })
-        },
-    );
-    let gold_sums = gold_answers.clone().explode(|fact| match fact {
-        Fact::GoldAnswer { scope, annotator, correct, .. } => {
-            Some((SumKey::Gold { scope, annotator }, (1i64, i64::from(correct), 0i64)))
+    let totals = items
+        .clone()
+        .explode(|output| match output {
+            ItemOutput::Fact { scope, fact, .. } => sum_of(scope, fact),
+            ItemOutput::Gold { scope, annotator, correct, .. } => {
+                Some((SumKey::Gold { scope, annotator }, (1i64, i64::from(correct), 0i64)))
+            }
+            ItemOutput::Pair { .. } => None,
+        })
+        .count_total_core::<Diff>()
+        .map(|(key, (x, y, z))| key.fact(x, y, z));
+    // Pair cells are many (up to pairs x categories^2) and each changes rarely, so they are not
+    // counted here: every co-labelled item contributes a delta of one, and the consumer sums
+    // them. Consensus facts and gold answers are one per item or label, not sums.
+    let passed = items.flat_map(|output| match output {
+        ItemOutput::Pair { scope, a, b, label_a, label_b } => {
+            Some(Fact::PairCell { scope, a, b, label_a, label_b, count: 1 })
+        }
+        ItemOutput::Fact { scope, item, fact: ItemFact::Consensus { top, label } } => {
+            Some(Fact::Consensus { scope, item, top, label })
+        }
+        ItemOutput::Gold { scope, annotator, item, ts_ms, correct } if !is_window(scope) => {
+            Some(Fact::GoldAnswer { scope, annotator, item, ts_ms, correct })
         }
         _ => None,
     });
-    // A window's items have the gold answers of the scope's items. Membership is distinct: with
-    // input keyed as the spec asks, one source reports an item's windows, but the numbers must
-    // not depend on that.
-    let window_gold = members
-        .distinct_total_core::<Diff>()
-        .arrange_by_key_named("WindowsByItem")
-        .join_core(gold_by_item.clone(), |&(_, item): &ItemKey, &window: &ScopeId, &gold: &LabelId| {
-            Some(((window, item), gold))
-        })
-        .arrange_by_key_named("WindowGoldByItem");
-    let window_gold_sums = windows_by_item.join_core(
-        window_gold,
-        |item: &ItemKey, &(annotator, label, _): &Row, gold: &LabelId| {
-            Some((SumKey::Gold { scope: item.0, annotator }, (1i64, i64::from(label == *gold), 0i64)))
-        },
-    );
-    let totals = item_facts
-        .clone()
-        .concat(window_facts)
-        .explode(|((scope, _), fact)| sum_of(scope, fact))
-        .concat(gold_sums)
-        .concat(window_gold_sums.explode(|(key, sums)| Some((key, sums))))
-        .count_total_core::<Diff>()
-        .map(|(key, (x, y, z))| key.fact(x, y, z));
-
-    // Pair cells are many (up to pairs x categories^2) and each changes rarely, so they are not
-    // counted here: every co-labelled item contributes a delta of one, and the consumer sums
-    // them. Arranging them would cost more than it saves.
-    let pairs = labels_by_item.clone().join_core(
-        labels_by_item,
-        |item: &ItemKey, &(a, label_a, _): &Row, &(b, label_b, _): &Row| {
-            (a < b).then_some(Fact::PairCell { scope: item.0, a, b, label_a, label_b, count: 1 })
-        },
-    );
-
-    let consensus = item_facts.flat_map(|((scope, item), fact)| match fact {
-        ItemFact::Consensus { top, label } => Some(Fact::Consensus { scope, item, top, label }),
-        _ => None,
-    });
-
-    totals.concat(pairs).concat(consensus).concat(gold_answers)
-}
-
-type LabelsByItem<'s> =
-    Arranged<'s, TraceAgent<ValSpine<ItemKey, (AnnotatorId, LabelId, Stamp), Time, Diff>>>;
-
-/// One summary value per item keeps the reduce's own arrangement small; its facts are unpacked
-/// downstream, where nothing needs to be stored.
-fn summarize<'s>(
-    labels_by_item: LabelsByItem<'s>,
-    full: bool,
-) -> VecCollection<'s, Time, (ItemKey, ItemFact), Diff> {
-    labels_by_item
-        .reduce_abelian::<_, ValBuilder<ItemKey, ItemSummary, Time, Diff>, ValSpine<ItemKey, ItemSummary, Time, Diff>, _, _>(
-            if full { "SummarizeItem" } else { "SummarizeWindowItem" },
-            {
-                let (mut rows, mut counts) = (Vec::new(), Vec::new());
-                move |_item, input, output| {
-                    rows.clear();
-                    rows.extend(input.iter().filter(|(_, diff)| *diff > 0).map(|(row, _)| **row));
-                    output.extend(summarize_item(&rows, &mut counts, full).map(|summary| (summary, 1)));
-                }
-            },
-            |vec, key, upds| {
-                vec.clear();
-                vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-            },
-        )
-        .flat_map_ref(|item: &ItemKey, summary: &ItemSummary| {
-            let item = *item;
-            summary.0.iter().map(move |fact| (item, *fact)).collect::<Vec<_>>()
-        })
+    totals.concat(passed)
 }
 
 /// What a summed fact sums over: the key of its total.
@@ -401,32 +317,32 @@ impl SumKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use differential_dataflow::input::Input;
+    use crate::items::ItemEvent;
+    use crate::source::ItemKey;
     use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::Capture;
 
     type Captured = Vec<(Fact, Time, Diff)>;
+    /// A live label: `((scope, item), (annotator, label, stamp))`.
+    type LabelRow = (ItemKey, (AnnotatorId, LabelId, Stamp));
 
-    /// Runs the dataflow over label updates given as `(time, row, diff)` and gold rows at time 0,
-    /// returning every output update, consolidated per (fact, time).
-    fn run(label_updates: Vec<(Time, LabelRow, Diff)>, gold_rows: Vec<GoldRow>) -> Captured {
+    /// Runs the dataflow (items and facts) over events at times, returning every output update,
+    /// consolidated per (fact, time).
+    fn run_events(events: Vec<(Time, ItemKey, ItemEvent)>) -> Captured {
         let captured = timely::execute_directly(move |worker| {
-            let (mut labels_in, mut gold_in, captured) = worker.dataflow::<Time, _, _>(|scope| {
-                let (labels_in, labels) = scope.new_collection::<LabelRow, Diff>();
-                let (gold_in, gold) = scope.new_collection::<GoldRow, Diff>();
-                // No windows here: the members input closes empty.
-                let (_, members) = scope.new_collection::<MemberRow, Diff>();
-                (labels_in, gold_in, quality_facts(labels, gold, members).inner.capture())
+            let mut input = timely::dataflow::InputHandle::<
+                Time,
+                timely::container::CapacityContainerBuilder<Vec<(ItemKey, ItemEvent)>>,
+            >::new();
+            let captured = worker.dataflow::<Time, _, _>(|scope| {
+                let items = crate::items::items(input.to_stream(scope), crate::items::ItemsConfig::default());
+                quality_facts(items).inner.capture()
             });
-            for row in gold_rows {
-                gold_in.update(row, 1);
-            }
-            let last = label_updates.iter().map(|(t, _, _)| *t).max().unwrap_or(0);
+            let last = events.iter().map(|(t, ..)| *t).max().unwrap_or(0);
             for time in 0..=last {
-                labels_in.advance_to(time);
-                gold_in.advance_to(time);
-                for (_, row, diff) in label_updates.iter().filter(|(t, _, _)| *t == time) {
-                    labels_in.update(*row, *diff);
+                input.advance_to(time);
+                for &(_, item, event) in events.iter().filter(|(t, ..)| *t == time) {
+                    input.send((item, event));
                 }
             }
             captured
@@ -434,6 +350,28 @@ mod tests {
         let mut updates: Captured = captured.extract().into_iter().flat_map(|(_, batch)| batch).collect();
         differential_dataflow::consolidation::consolidate_updates(&mut updates);
         updates
+    }
+
+    /// Runs the dataflow over label updates given as `(time, row, diff)` (a row added, removed,
+    /// or both for a relabel) and gold rows at time 0.
+    fn run(label_updates: Vec<(Time, LabelRow, Diff)>, gold_rows: Vec<(ItemKey, LabelId)>) -> Captured {
+        let mut events: Vec<(Time, ItemKey, ItemEvent)> = gold_rows
+            .into_iter()
+            .map(|(item, label)| (0, item, ItemEvent::Gold { seq: 0, label: Some(label) }))
+            .collect();
+        for (seq, &(time, (item, (annotator, label, stamp)), diff)) in label_updates.iter().enumerate() {
+            // A removal replaced by an addition at the same time is that addition (a relabel).
+            let replaced = label_updates
+                .iter()
+                .any(|&(t, (i, (a, ..)), d)| t == time && i == item && a == annotator && d > 0);
+            let value = match diff {
+                1 => Some((label, stamp)),
+                _ if replaced => continue,
+                _ => None,
+            };
+            events.push((time, item, ItemEvent::Label { annotator, seq: seq as u64 + 1, value }));
+        }
+        run_events(events)
     }
 
     const S: ScopeId = 0;
@@ -611,30 +549,14 @@ mod tests {
     #[test]
     fn gold_correction_rescored() {
         // The gold answer changes from 10 to 11 at time 1: the annotator's correct count follows.
-        let captured = timely::execute_directly(move |worker| {
-            let (mut labels_in, mut gold_in, captured) = worker.dataflow::<Time, _, _>(|scope| {
-                let (labels_in, labels) = scope.new_collection::<LabelRow, Diff>();
-                let (gold_in, gold) = scope.new_collection::<GoldRow, Diff>();
-                // No windows here: the members input closes empty.
-                let (_, members) = scope.new_collection::<MemberRow, Diff>();
-                (labels_in, gold_in, quality_facts(labels, gold, members).inner.capture())
-            });
-            labels_in.update(label(1, 1, 11), 1);
-            gold_in.update(((S, 1), 10), 1);
-            labels_in.advance_to(1);
-            gold_in.advance_to(1);
-            gold_in.update(((S, 1), 10), -1);
-            gold_in.update(((S, 1), 11), 1);
-            captured
-        });
-        let gold: Vec<_> = captured
-            .extract()
-            .into_iter()
-            .flat_map(|(_, batch)| batch)
-            .filter(|(f, _, _)| matches!(f, Fact::AnnotatorGold { .. }))
-            .collect();
-        let mut gold = gold;
-        differential_dataflow::consolidation::consolidate_updates(&mut gold);
+        let (item, label_11) = ((S, 1), 11);
+        let out = run_events(vec![
+            (0, item, ItemEvent::Label { annotator: 1, seq: 0, value: Some((label_11, Stamp::default())) }),
+            (0, item, ItemEvent::Gold { seq: 1, label: Some(10) }),
+            (1, item, ItemEvent::Gold { seq: 2, label: Some(11) }),
+        ]);
+        let gold: Vec<_> =
+            out.into_iter().filter(|(f, _, _)| matches!(f, Fact::AnnotatorGold { .. })).collect();
         assert_eq!(
             gold,
             vec![

@@ -23,7 +23,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use differential_dataflow::input::InputSession;
 use timely::communication::WorkerGuards;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
@@ -32,7 +31,8 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::InputHandle;
 
-use crate::dataflow::{quality_facts, Diff, Fact, GoldRow, LabelRow, MemberRow, Time};
+use crate::dataflow::{quality_facts, Diff, Fact, Time};
+use crate::items::{items, ItemsConfig};
 use crate::source::{Catalog, Name, Update};
 use crate::view::QualityView;
 
@@ -73,11 +73,13 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Epochs submitted but not yet complete before `submit` waits.
     pub max_epochs_in_flight: u64,
+    /// How items are kept: the tumbling windows, and whether input may arrive out of order.
+    pub items: ItemsConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { workers: 1, max_epochs_in_flight: 2 }
+        EngineConfig { workers: 1, max_epochs_in_flight: 2, items: ItemsConfig::default() }
     }
 }
 
@@ -169,12 +171,13 @@ impl Engine {
         }
         let (shared, sink) = start_sink(view, workers, workers, events)?;
         let receivers = Arc::new(Mutex::new(receivers));
+        let items = config.items.clone();
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
             let commands = receivers.lock().expect("receiver table poisoned")[index]
                 .take()
                 .expect("each worker takes its command channel once");
-            run_worker(worker, commands, event_tx.clone());
+            run_worker(worker, &items, commands, event_tx.clone());
         })
         .map_err(|reason| EngineError::Start { workers, reason })?;
         Ok(Engine {
@@ -218,6 +221,7 @@ impl Engine {
         };
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
         let commands = Arc::new(Mutex::new(Some(command_rx)));
+        let items = config.items.clone();
         let guards = timely::execute(timely_config, move |worker| {
             let commands = if worker.index() == 0 {
                 commands.lock().expect("command table poisoned").take()
@@ -226,7 +230,7 @@ impl Engine {
             };
             let feed = feed(worker.index(), worker.peers())
                 .unwrap_or_else(|reason| panic!("worker {} cannot start reading: {reason}", worker.index()));
-            run_fed_worker(worker, commands, feed, event_tx.clone());
+            run_fed_worker(worker, &items, commands, feed, event_tx.clone());
         })
         .map_err(|reason| EngineError::Start { workers, reason })?;
         Ok(Engine {
@@ -478,16 +482,15 @@ fn run_sink(events: Receiver<WorkerEvent>, shared: &Shared) -> u64 {
     applied
 }
 
-/// The dataflow's inputs on one worker.
+/// The dataflow's input on one worker: item events (routed to their items' owners inside).
 struct Inputs {
-    labels: InputSession<Time, LabelRow, Diff>,
-    gold: InputSession<Time, GoldRow, Diff>,
-    members: InputSession<Time, MemberRow, Diff>,
+    events: InputHandle<Time, CapacityContainerBuilder<Vec<Update>>>,
+    items: ItemsConfig,
 }
 
 impl Inputs {
-    fn new() -> Inputs {
-        Inputs { labels: InputSession::new(), gold: InputSession::new(), members: InputSession::new() }
+    fn new(items: &ItemsConfig) -> Inputs {
+        Inputs { events: InputHandle::new(), items: items.clone() }
     }
 
     /// The quality dataflow over these inputs.
@@ -495,34 +498,25 @@ impl Inputs {
         &mut self,
         scope: timely::dataflow::Scope<'s, Time>,
     ) -> differential_dataflow::VecCollection<'s, Time, Fact, Diff> {
-        quality_facts(
-            self.labels.to_collection(scope),
-            self.gold.to_collection(scope),
-            self.members.to_collection(scope),
-        )
+        quality_facts(items(self.events.to_stream(scope), self.items.clone()))
     }
 
     fn apply(&mut self, updates: impl IntoIterator<Item = Update>) {
         for update in updates {
-            match update {
-                Update::Label { item, annotator, label, stamp, diff } => {
-                    self.labels.update((item, (annotator, label, stamp)), diff)
-                }
-                Update::Gold { item, label, diff } => self.gold.update((item, label), diff),
-                Update::Member { item, window, diff } => self.members.update((item, window), diff),
-            }
+            self.events.send(update);
         }
     }
 
     /// Ends every epoch before `time`: what was applied so far belongs to the epoch it was
     /// applied in.
     fn advance_to(&mut self, time: Time) {
-        self.labels.advance_to(time);
-        self.gold.advance_to(time);
-        self.members.advance_to(time);
-        self.labels.flush();
-        self.gold.flush();
-        self.members.flush();
+        self.events.advance_to(time);
+        self.events.flush();
+    }
+
+    /// The epoch being filled.
+    fn time(&self) -> Time {
+        *self.events.time()
     }
 }
 
@@ -539,9 +533,14 @@ fn send_facts(sink: &Sender<WorkerEvent>, batch: &[(Fact, Time, Diff)]) {
     }
 }
 
-fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, events: Sender<WorkerEvent>) {
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    items: &ItemsConfig,
+    commands: Receiver<Command>,
+    events: Sender<WorkerEvent>,
+) {
     let index = worker.index();
-    let mut inputs = Inputs::new();
+    let mut inputs = Inputs::new(items);
     let sink = events.clone();
     let probe: ProbeHandle<Time> = worker.dataflow::<Time, _, _>(|scope| {
         let (probe, _) =
@@ -559,7 +558,7 @@ fn run_worker(worker: &mut timely::worker::Worker, commands: Receiver<Command>, 
     };
 
     loop {
-        let busy = probe.less_than(inputs.labels.time());
+        let busy = probe.less_than(&inputs.time());
         let command = if busy {
             match commands.try_recv() {
                 Ok(command) => Some(command),
@@ -597,12 +596,13 @@ const FINISH: Time = Time::MAX;
 /// which passes them on to the sink. Ends once the first worker stops issuing closes.
 fn run_fed_worker(
     worker: &mut timely::worker::Worker,
+    items: &ItemsConfig,
     commands: Option<Receiver<Command>>,
     mut feed: Box<dyn Feed>,
     events: Sender<WorkerEvent>,
 ) {
     let index = worker.index();
-    let mut inputs = Inputs::new();
+    let mut inputs = Inputs::new(items);
     let mut reports: InputHandle<Time, CapacityContainerBuilder<Vec<(Time, EpochReport)>>> =
         InputHandle::new();
     let mut closes: InputHandle<Time, CapacityContainerBuilder<Vec<Time>>> = InputHandle::new();
@@ -735,7 +735,7 @@ mod tests {
     /// Feeds the labels in epochs of `epoch` events; returns the source and the settled engine.
     fn load(workers: usize, epoch: usize) -> (Source, Engine) {
         let mut engine = Engine::start(
-            &EngineConfig { workers, max_epochs_in_flight: 1 },
+            &EngineConfig { workers, max_epochs_in_flight: 1, ..EngineConfig::default() },
             QualityView::with_change_tracking(),
         )
         .unwrap();
@@ -857,7 +857,7 @@ mod tests {
             })
             .collect();
         let mut engine = Engine::start(
-            &EngineConfig { workers: 2, max_epochs_in_flight: 1 },
+            &EngineConfig { workers: 2, max_epochs_in_flight: 1, ..EngineConfig::default() },
             QualityView::with_change_tracking(),
         )
         .unwrap();
@@ -955,7 +955,7 @@ mod tests {
         let expected = serde_json::to_string(&view.report(&source.catalog, true)).unwrap();
 
         for workers in [1, 3] {
-            let config = EngineConfig { workers, max_epochs_in_flight: 1 };
+            let config = EngineConfig { workers, max_epochs_in_flight: 1, ..EngineConfig::default() };
             let engine = Engine::start_fed(&config, None, QualityView::default(), lines_feed()).unwrap();
             assert_eq!(run_fed(engine), expected, "{workers} workers");
         }
@@ -968,7 +968,7 @@ mod tests {
             .map(|l| l.local_addr().unwrap().port())
             .collect();
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let config = EngineConfig { workers: 2, max_epochs_in_flight: 1 };
+        let config = EngineConfig { workers: 2, max_epochs_in_flight: 1, ..EngineConfig::default() };
         let later = {
             let (config, addresses) = (config.clone(), addresses.clone());
             std::thread::spawn(move || {
@@ -1007,7 +1007,7 @@ mod tests {
     #[test]
     fn names_that_clash_across_workers_stop_the_engine() {
         let feed: FeedFactory = Arc::new(|worker, _| Ok(Box::new(ClashingFeed(worker)) as Box<dyn Feed>));
-        let config = EngineConfig { workers: 2, max_epochs_in_flight: 1 };
+        let config = EngineConfig { workers: 2, max_epochs_in_flight: 1, ..EngineConfig::default() };
         let mut engine = Engine::start_fed(&config, None, QualityView::default(), feed).unwrap();
         let epoch = engine.close_epoch().unwrap();
         engine.wait_for(epoch + 1).unwrap();
@@ -1019,8 +1019,9 @@ mod tests {
     fn newest_window_follows_the_labels() {
         use crate::source::{scope_id, window_id, Window};
         const HOUR: i64 = 3_600_000;
-        let mut engine =
-            Engine::start(&EngineConfig::default(), QualityView::with_change_tracking()).unwrap();
+        let items = ItemsConfig { window_sizes: vec![HOUR], ..ItemsConfig::default() };
+        let config = EngineConfig { items, ..EngineConfig::default() };
+        let mut engine = Engine::start(&config, QualityView::with_change_tracking()).unwrap();
         let mut source = Source::with_windows(&[HOUR]);
         fn apply(engine: &mut Engine, source: &mut Source, lines: &[&str]) {
             let mut updates = Vec::new();
@@ -1057,7 +1058,10 @@ mod tests {
     #[test]
     fn refuses_zero_workers() {
         assert!(matches!(
-            Engine::start(&EngineConfig { workers: 0, max_epochs_in_flight: 1 }, QualityView::default()),
+            Engine::start(
+                &EngineConfig { workers: 0, max_epochs_in_flight: 1, ..EngineConfig::default() },
+                QualityView::default()
+            ),
             Err(EngineError::NoWorkers)
         ));
     }

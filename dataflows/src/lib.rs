@@ -7,6 +7,7 @@ pub mod dataflow;
 pub mod drift;
 pub mod engine;
 pub mod event;
+pub mod items;
 pub mod label;
 pub mod number;
 pub mod reason;

@@ -1,12 +1,12 @@
-//! The source side of the dataflows: names turned into ids (the [`Catalog`]) and the
-//! upsert state that turns "latest event per identity wins" into differential updates: an upsert
-//! that replaces a label emits `(-old, +new)`, a delete emits `-old`, a repeat emits nothing.
+//! The source side of the dataflows: parsed events' names turned into ids (the [`Catalog`]), and
+//! each event turned into an [`Update`] of its item, stamped with a sequence number. The "latest
+//! event per identity wins" semantics are applied by the worker that owns the item
+//! ([`crate::items`]).
 //!
 //! Tumbling event-time windows are scopes of their own: a label whose `ts` falls in the hour
 //! starting 18:00 is also a label of the window scope (scope, 1h, 18:00), so a late event lands
 //! in (and corrects) its own window. Window scope ids carry [`WINDOW_BIT`]; the dataflow forms
-//! only scope-level numbers for them. The source also reports when an item enters or leaves a
-//! window ([`Update::Member`]), from which the dataflow gives the window the item's gold answer.
+//! only scope-level numbers for them. The source learns the windows' names.
 //!
 //! Every id is a stable hash of the name it stands for ([`stable_id`]), so that processes reading
 //! different partitions give one name one id without coordinating, and a catalog can learn the
@@ -20,6 +20,7 @@ use crate::event::{
     parse_gold_event, parse_label_event, record_text, GoldEvent, InputWarning, LabelEvent, Op, ParseError,
     Warnings,
 };
+use crate::items::ItemEvent;
 use crate::label::{stable_id, IdCollision, Label, LabelId, LabelTable, RawLabel};
 use crate::number::RawNumber;
 
@@ -326,17 +327,9 @@ impl Catalog {
     }
 }
 
-/// A change to the dataflows' inputs.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Update {
-    /// A label row `(item, annotator, label, stamp)` added (`diff` 1) or removed (`diff` -1).
-    Label { item: ItemKey, annotator: AnnotatorId, label: LabelId, stamp: Stamp, diff: i64 },
-    /// A gold answer `(item, label)` added or removed.
-    Gold { item: ItemKey, label: LabelId, diff: i64 },
-    /// The item (of a scope) entered (`diff` 1) or left (-1) the window scope `window`: its first
-    /// label in the window came or its last one went.
-    Member { item: ItemKey, window: ScopeId, diff: i64 },
-}
+/// A change to the dataflows' input: an event of one item, routed to the worker that owns it
+/// (see [`crate::items`]).
+pub type Update = (ItemKey, ItemEvent);
 
 /// The input a record belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,16 +360,16 @@ const AS_NUMBER: u8 = 1;
 /// A number label seen as a string holding that number.
 const AS_STRING: u8 = 2;
 
-/// Interns events and applies upsert/delete semantics, emitting the resulting [`Update`]s.
+/// Interns the names of parsed events and turns each into an [`Update`] for the item it concerns,
+/// stamped with a sequence number (see [`Source::set_seq`]); the items' owners apply the
+/// upsert/delete semantics ([`crate::items`]).
 #[derive(Debug, Default)]
 pub struct Source {
     pub catalog: Catalog,
-    labels: HashMap<(ItemKey, AnnotatorId), (LabelId, Stamp), RandomState>,
-    gold: HashMap<ItemKey, LabelId, RandomState>,
-    /// Window sizes (ms) whose window scopes receive every label.
+    /// Window sizes (ms) whose window scopes receive every label: their names are learnt here.
     window_sizes: Vec<i64>,
-    /// Per item, the window scopes holding its labels, with their label counts.
-    item_windows: HashMap<ItemKey, smallvec::SmallVec<[(ScopeId, u32); 2]>, RandomState>,
+    /// The sequence number of the next event.
+    seq: u64,
     /// Per scope and number label (labels and gold answers alike), the forms it was sent in:
     /// [`AS_NUMBER`], [`AS_STRING`] (`"1"` for `1`), or both, a likely mistake.
     number_forms: HashMap<(ScopeId, LabelId), u8, RandomState>,
@@ -395,55 +388,27 @@ impl Source {
         &self.window_sizes
     }
 
-    /// The window scopes of a label given at `stamp` on an item of `scope`.
-    fn windows_of(
-        &mut self,
-        scope: ScopeId,
-        stamp: Stamp,
-    ) -> Result<smallvec::SmallVec<[ScopeId; 2]>, IdCollision> {
-        let mut windows = smallvec::SmallVec::new();
+    /// Learns the window scopes of a label given at `stamp` on an item of `scope`.
+    fn windows_of(&mut self, scope: ScopeId, stamp: Stamp) -> Result<(), IdCollision> {
         for i in 0..self.window_sizes.len() {
             let size_ms = self.window_sizes[i];
             let start_ms = stamp.ts_ms - stamp.ts_ms.rem_euclid(size_ms);
-            windows.push(self.catalog.window_scope(Window { scope, size_ms, start_ms })?);
+            self.catalog.window_scope(Window { scope, size_ms, start_ms })?;
         }
-        Ok(windows)
+        Ok(())
     }
 
-    /// Adds (`diff` 1) or removes (-1) a label in each of its windows, and reports the item
-    /// entering or leaving a window.
-    fn window_label(
-        &mut self,
-        item: ItemKey,
-        windows: &[ScopeId],
-        (annotator, label, stamp): (AnnotatorId, LabelId, Stamp),
-        diff: i64,
-        out: &mut Vec<Update>,
-    ) {
-        for &window in windows {
-            out.push(Update::Label { item: (window, item.1), annotator, label, stamp, diff });
-            let members = self.item_windows.entry(item).or_default();
-            let index = match members.iter().position(|(w, _)| *w == window) {
-                Some(i) => i,
-                None => {
-                    members.push((window, 0));
-                    members.len() - 1
-                }
-            };
-            let count = &mut members[index].1;
-            let entered = *count == 0 && diff > 0;
-            *count = count.checked_add_signed(diff as i32).expect("window label counts stay non-negative");
-            let left = *count == 0;
-            if left {
-                members.swap_remove(index);
-                if members.is_empty() {
-                    self.item_windows.remove(&item);
-                }
-            }
-            if entered || left {
-                out.push(Update::Member { item, window, diff });
-            }
-        }
+    /// The sequence number of the next event: an identity's event with a greater number is the
+    /// later one. Each event takes the next number; readers of a file in parallel set it to the
+    /// event's byte offset, so that file order decides whichever reader saw it first.
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let seq = self.seq;
+        self.seq += 1;
+        seq
     }
 
     /// Whether `label`, with id `id`, in `scope`, is a value also sent in the other form (a
@@ -463,8 +428,7 @@ impl Source {
         *forms == AS_NUMBER | AS_STRING
     }
 
-    /// Applies one label event; appends the updates it causes (none, one or two, and their
-    /// windows') to `out`, and returns the event's warnings with those only the source can see
+    /// Applies one label event; appends its update to `out`, and returns the event's warnings with those only the source can see
     /// ([`InputWarning::NumberAndString`]). Fails, changing nothing, if a name's id collides with
     /// another name's.
     pub fn apply_label(
@@ -489,30 +453,15 @@ impl Source {
                 warnings.add(InputWarning::NumberAndString);
             }
         }
-        let new_windows = match new {
-            Some(_) => self.windows_of(scope, stamp)?,
-            None => smallvec::SmallVec::new(),
-        };
-        let old = match new {
-            Some(row) => self.labels.insert((item, annotator), row),
-            None => self.labels.remove(&(item, annotator)),
-        };
-        if old == new {
-            return Ok(warnings);
+        if new.is_some() {
+            // Learns the names of the label's windows.
+            self.windows_of(scope, stamp)?;
         }
-        if let Some((label, stamp)) = old {
-            out.push(Update::Label { item, annotator, label, stamp, diff: -1 });
-            let old_windows = self.windows_of(scope, stamp).expect("the windows of a live label are known");
-            self.window_label(item, &old_windows, (annotator, label, stamp), -1, out);
-        }
-        if let Some((label, stamp)) = new {
-            out.push(Update::Label { item, annotator, label, stamp, diff: 1 });
-            self.window_label(item, &new_windows, (annotator, label, stamp), 1, out);
-        }
+        out.push((item, ItemEvent::Label { annotator, seq: self.next_seq(), value: new }));
         Ok(warnings)
     }
 
-    /// Applies one gold answer; appends the updates it causes to `out` and returns its warnings
+    /// Applies one gold answer; appends its update to `out` and returns its warnings
     /// (see [`Source::apply_label`]). Fails, changing nothing, if a name's id collides with
     /// another name's.
     pub fn apply_gold(
@@ -532,19 +481,7 @@ impl Source {
                 warnings.add(InputWarning::NumberAndString);
             }
         }
-        let old = match new {
-            Some(label) => self.gold.insert(item, label),
-            None => self.gold.remove(&item),
-        };
-        if old == new {
-            return Ok(warnings);
-        }
-        if let Some(label) = old {
-            out.push(Update::Gold { item, label, diff: -1 });
-        }
-        if let Some(label) = new {
-            out.push(Update::Gold { item, label, diff: 1 });
-        }
+        out.push((item, ItemEvent::Gold { seq: self.next_seq(), label: new }));
         Ok(warnings)
     }
 
@@ -579,11 +516,6 @@ impl Source {
         out: &mut Vec<Update>,
     ) -> Result<Applied, ParseError> {
         self.apply_record(stream, record_text(payload)?, out)
-    }
-
-    /// Number of live labels (identities with a current label).
-    pub fn live_labels(&self) -> usize {
-        self.labels.len()
     }
 }
 

@@ -1023,6 +1023,15 @@ impl QualityView {
         }
     }
 
+    /// The live labels of every scope (windows apart).
+    pub fn live_labels(&self) -> i64 {
+        self.scopes
+            .values()
+            .flat_map(|s| &s.items)
+            .map(|(&raters, [items, ..])| i64::from(raters) * items)
+            .sum()
+    }
+
     /// The scopes (windows apart) that have labels, by id.
     pub fn scope_ids(&self) -> impl Iterator<Item = ScopeId> + '_ {
         self.scopes.iter().filter(|(_, s)| !s.items.is_empty()).map(|(&id, _)| id)

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use labelqc_dataflows::engine::{ClusterConfig, Engine, EngineConfig, Feed, FeedFactory};
+use labelqc_dataflows::items::ItemsConfig;
 use labelqc_dataflows::source::{Catalog, Source};
 use labelqc_dataflows::view::QualityView;
 use rdkafka::config::ClientConfig;
@@ -154,6 +155,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     };
     let consumer = health::consumer(&consumer_config, &connectivity)
         .context("cannot create the Kafka consumer; check the [kafka] settings")?;
+    retry(&stop, &connectivity, "checking the topics", || crate::topics::check_at_start(config))??;
     let partitions = Arc::new(Partitions::fetch(&consumer, config, &stop, &connectivity)?);
 
     // Which partitions this process reads: those of its workers.
@@ -248,7 +250,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             Ok(Box::new(feed) as Box<dyn Feed>)
         })
     };
-    let engine_config = EngineConfig { workers, max_epochs_in_flight: config.engine.max_epochs_in_flight };
+    let engine_config = EngineConfig {
+        workers,
+        max_epochs_in_flight: config.engine.max_epochs_in_flight,
+        items: ItemsConfig { window_sizes: config.windows.sizes_ms()?, out_of_order: false },
+    };
     let cluster_config = (!cluster.addresses.is_empty())
         .then(|| ClusterConfig { process: cluster.process, addresses: cluster.addresses.clone() });
     let view = QualityView::with_change_tracking().with_drift(config.drift_settings());

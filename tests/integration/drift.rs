@@ -277,7 +277,7 @@ fn correcting_wrong_gold_answers_lifts_the_blocks_they_caused() {
     let gold_items = spec_gold_items(&gold);
     let (wrong, corrections) = gold.split_at(gold_items);
     let mut engine = Engine::start(
-        &EngineConfig { workers: 2, max_epochs_in_flight: 2 },
+        &EngineConfig { workers: 2, max_epochs_in_flight: 2, ..EngineConfig::default() },
         QualityView::with_change_tracking(),
     )
     .unwrap();
@@ -334,7 +334,7 @@ fn live_drift_with_late_events_equals_a_full_evaluation() {
     let spec = GenSpec { careless_share: 0.3, biased_share: 0.1, ..daily_spec(11, 40) };
     let (labels, gold, _) = traffic(&spec);
     let mut engine = Engine::start(
-        &EngineConfig { workers: 2, max_epochs_in_flight: 2 },
+        &EngineConfig { workers: 2, max_epochs_in_flight: 2, ..EngineConfig::default() },
         QualityView::with_change_tracking(),
     )
     .unwrap();

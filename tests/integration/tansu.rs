@@ -22,7 +22,7 @@ use crate::scenario::{kill_and_restart, Setup, GOLD, LABELS, OUTPUTS};
 const INSTALL: &str = "cargo install tansu --locked --features libsql";
 
 /// A tansu broker, killed when the test ends, however it ends.
-struct Tansu {
+pub struct Tansu {
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -41,7 +41,7 @@ impl Drop for Tansu {
 impl Tansu {
     /// Starts tansu on a free port of 127.0.0.1 and waits until it accepts connections; `None`
     /// (the test is skipped) when `LABELQC_SKIP_TANSU=1`, or when tansu is not installed outside CI.
-    fn start() -> Option<(Tansu, String)> {
+    pub fn start() -> Option<(Tansu, String)> {
         if std::env::var("LABELQC_SKIP_TANSU").is_ok_and(|v| v == "1") {
             crate::skip::skipped("the tansu test: LABELQC_SKIP_TANSU=1");
             return None;

@@ -9,75 +9,39 @@ fn at(ts_ms: i64) -> Stamp {
 }
 
 #[test]
-fn latest_event_wins() {
+fn events_become_item_updates_in_sequence() {
     let mut source = Source::default();
     let mut out = Vec::new();
     for line in [
         r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
-        r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
-        r#"{"item_id":"i","annotator_id":"a","label":"y","ts":3}"#,
         r#"{"item_id":"i","annotator_id":"a","ts":4,"op":"delete"}"#,
-        r#"{"item_id":"i","annotator_id":"a","ts":5,"op":"delete"}"#,
     ] {
         source.apply_label(&parse_label_event(line).unwrap(), &mut out).unwrap();
     }
+    source.set_seq(100);
+    source.apply_gold(&parse_gold_event(r#"{"item_id":"i","label":"y"}"#).unwrap(), &mut out).unwrap();
     let item = (scope_id("default", "default"), stable_id(b"i"));
     let annotator = stable_id(b"a");
     let [x, y] = ["x", "y"].map(|l| source.catalog.label(&RawLabel::String(l.into())).unwrap());
     assert_eq!(
         out,
         vec![
-            Update::Label { item, annotator, label: x, stamp: at(1), diff: 1 },
-            Update::Label { item, annotator, label: x, stamp: at(1), diff: -1 },
-            Update::Label { item, annotator, label: y, stamp: at(3), diff: 1 },
-            Update::Label { item, annotator, label: y, stamp: at(3), diff: -1 },
+            (item, ItemEvent::Label { annotator, seq: 0, value: Some((x, at(1))) }),
+            (item, ItemEvent::Label { annotator, seq: 1, value: None }),
+            (item, ItemEvent::Gold { seq: 100, label: Some(y) }),
         ]
     );
-    assert_eq!(source.live_labels(), 0);
+    assert_eq!(source.catalog.scope_name(item.0), ("default", "default"));
 }
 
 #[test]
-fn gold_corrections() {
-    let mut source = Source::default();
-    let mut out = Vec::new();
-    for line in [r#"{"item_id":"g","label":"x"}"#, r#"{"item_id":"g","label":"y"}"#] {
-        source.apply_gold(&parse_gold_event(line).unwrap(), &mut out).unwrap();
-    }
-    let scope = scope_id("default", "default");
-    let item = (scope, stable_id(b"g"));
-    let [x, y] = ["x", "y"].map(|l| source.catalog.label(&RawLabel::String(l.into())).unwrap());
-    assert_eq!(
-        out,
-        vec![
-            Update::Gold { item, label: x, diff: 1 },
-            Update::Gold { item, label: x, diff: -1 },
-            Update::Gold { item, label: y, diff: 1 },
-        ]
-    );
-    assert_eq!(source.catalog.scope_name(scope), ("default", "default"));
-}
-
-#[test]
-fn windows_report_membership() {
+fn windows_are_named() {
     let mut source = Source::with_windows(&[3_600_000]);
     let mut out = Vec::new();
-    for line in [
-        r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
-        r#"{"item_id":"i","annotator_id":"b","label":"x","ts":2}"#,
-        r#"{"item_id":"i","annotator_id":"a","ts":4,"op":"delete"}"#,
-        r#"{"item_id":"i","annotator_id":"b","ts":5,"op":"delete"}"#,
-    ] {
-        source.apply_label(&parse_label_event(line).unwrap(), &mut out).unwrap();
-    }
+    let line = r#"{"item_id":"i","annotator_id":"a","label":"x","ts":7200001}"#;
+    source.apply_label(&parse_label_event(line).unwrap(), &mut out).unwrap();
     let scope = scope_id("default", "default");
-    let window = window_id(&Window { scope, size_ms: 3_600_000, start_ms: 0 });
-    let item = (scope, stable_id(b"i"));
-    let members: Vec<_> = out.iter().filter(|u| matches!(u, Update::Member { .. })).cloned().collect();
-    // In with the first label, out with the last.
-    assert_eq!(
-        members,
-        vec![Update::Member { item, window, diff: 1 }, Update::Member { item, window, diff: -1 }]
-    );
+    let window = window_id(&Window { scope, size_ms: 3_600_000, start_ms: 7_200_000 });
     assert_eq!(source.catalog.window(window).unwrap().scope, scope);
     assert_eq!(source.catalog.scope_name(window), ("default", "default"));
 }
@@ -113,7 +77,9 @@ fn catalogs_learn_names_from_each_other() {
         publisher.learn(name).unwrap();
         publisher.learn(name).unwrap();
     }
-    let Update::Label { item, annotator, label, .. } = out[0] else { panic!("{out:?}") };
+    let (item, ItemEvent::Label { annotator, value: Some((label, _)), .. }) = out[0] else {
+        panic!("{out:?}")
+    };
     assert_eq!(publisher.scope_name(item.0), ("p", "default"));
     assert_eq!(publisher.items.name(item.1), "i");
     assert_eq!(publisher.annotators.name(annotator), "a");
