@@ -13,6 +13,7 @@ use differential_dataflow::operators::CountTotal;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
+use crate::combine::combine;
 use crate::items::ItemOutput;
 use crate::label::LabelId;
 use crate::source::{is_window, AnnotatorId, Day, ItemId, ScopeId, Stamp};
@@ -214,17 +215,15 @@ pub fn summarize_item(
 pub fn quality_facts<'s>(
     items: VecCollection<'s, Time, ItemOutput, Diff>,
 ) -> VecCollection<'s, Time, Fact, Diff> {
-    let totals = items
-        .clone()
-        .explode(|output| match output {
-            ItemOutput::Fact { scope, fact, .. } => sum_of(scope, fact),
-            ItemOutput::Gold { scope, annotator, correct, .. } => {
-                Some((SumKey::Gold { scope, annotator }, (1i64, i64::from(correct), 0i64)))
-            }
-            ItemOutput::Pair { .. } => None,
-        })
-        .count_total_core::<Diff>()
-        .map(|(key, (x, y, z))| key.fact(x, y, z));
+    let sums = items.clone().explode(|output| match output {
+        ItemOutput::Fact { scope, fact, .. } => sum_of(scope, fact),
+        ItemOutput::Gold { scope, annotator, correct, .. } => {
+            Some((SumKey::Gold { scope, annotator }, (1i64, i64::from(correct), 0i64)))
+        }
+        ItemOutput::Pair { .. } => None,
+    });
+    let totals =
+        combine(sums, "CombineSums").count_total_core::<Diff>().map(|(key, (x, y, z))| key.fact(x, y, z));
     // Pair cells are many (up to pairs x categories^2) and each changes rarely, so they are not
     // counted here: every co-labelled item contributes a delta of one, and the consumer sums
     // them. Consensus facts and gold answers are one per item or label, not sums.
@@ -240,7 +239,7 @@ pub fn quality_facts<'s>(
         }
         _ => None,
     });
-    totals.concat(passed)
+    totals.concat(combine(passed, "CombineFacts"))
 }
 
 /// What a summed fact sums over: the key of its total.

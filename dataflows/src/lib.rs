@@ -3,6 +3,7 @@
 //! final numbers. No I/O happens here.
 
 pub mod alerts;
+pub mod combine;
 pub mod dataflow;
 pub mod drift;
 pub mod engine;
