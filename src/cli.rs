@@ -138,8 +138,9 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
-    /// Size of the simulated workforce.
-    #[arg(long, default_value_t = 200)]
+    /// Size of the simulated workforce: careful annotators (94-97% accurate) with two spammers,
+    /// one biased annotator and one who turns careless planted among them.
+    #[arg(long, default_value_t = 100)]
     pub annotators: u32,
     #[arg(long, default_value_t = 2)]
     pub projects: u32,
@@ -151,9 +152,41 @@ pub struct DemoArgs {
     pub workers: usize,
     #[arg(long, default_value_t = GenSpec::default().seed)]
     pub seed: u64,
-    /// Print one status line a second instead of redrawing the screen.
+    /// Seconds after the start at which the planted careless annotator turns careless.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub careless_after: f64,
+    /// Print one status line a second (and the last view at the end) instead of redrawing the
+    /// screen.
     #[arg(long)]
     pub lines: bool,
+}
+
+/// The demo's drift settings: the defaults, but the agreement signal waits for 100 items instead
+/// of 50. The demo re-reads the same (growing) day ten times a second, and that many looks at 50
+/// items would flag a careful annotator now and then by chance.
+pub fn demo_drift() -> labelqc_dataflows::drift::DriftSettings {
+    use labelqc_dataflows::drift::{DriftConfig, DriftSettings};
+    DriftSettings {
+        defaults: DriftConfig { agreement_min_items: 100, ..DriftConfig::default() },
+        projects: Default::default(),
+    }
+}
+
+/// The demo's workforce: healthy, with a few planted problems (see `labelqc demo --help`).
+pub fn demo_traffic(annotators: u32, projects: u32, tasks: u32, seed: u64) -> GenSpec {
+    GenSpec {
+        annotators,
+        projects,
+        tasks,
+        seed,
+        gold_rate: 0.1,
+        spammer_share: 0.0,
+        biased_share: 0.0,
+        careful_accuracy_range: Some((0.94, 0.97)),
+        planted: Some(gen::Planted { spammers: 2, biased: 1, careless: 1 }),
+        careless_factor: 8.0,
+        ..GenSpec::default()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -388,17 +421,16 @@ fn run_demo(args: DemoArgs) -> Result<()> {
         Some(seconds) => anyhow::bail!("--duration must be a positive number of seconds, not {seconds}"),
         None => None,
     };
+    if !(args.careless_after.is_finite() && args.careless_after >= 0.0) {
+        anyhow::bail!("--careless-after must be a number of seconds, 0 or more, not {}", args.careless_after);
+    }
     crate::demo::run(&crate::demo::DemoSettings {
         http: args.http,
         rate: args.rate,
         duration,
-        traffic: GenSpec {
-            annotators: args.annotators,
-            projects: args.projects,
-            tasks: args.tasks,
-            seed: args.seed,
-            ..GenSpec::default()
-        },
+        traffic: demo_traffic(args.annotators, args.projects, args.tasks, args.seed),
+        careless_after: std::time::Duration::from_secs_f64(args.careless_after),
+        drift: demo_drift(),
         workers: args.workers,
         windows: crate::config::WindowSettings::default().sizes_ms()?,
         full_screen: !args.lines,

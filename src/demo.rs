@@ -1,10 +1,14 @@
-//! `labelqc demo`: the main job on an embedded default, with no Kafka. `labelqc gen`'s simulated
-//! workforce labels live (event time is now), the full dataflows keep every number current,
-//! `/metrics`, `/healthz` and `/readyz` are served, and a terminal view shows throughput, each
-//! scope's agreement and gold accuracy, the annotators who agree least with their peers with
-//! their gates, and the alerts fired so far.
+//! `labelqc demo`: the main job on an embedded default, with no Kafka. A simulated workforce
+//! that a quality manager would call healthy labels live (event time is now), with a few planted
+//! problems: spammers, a biased annotator and one who turns careless part-way. The full dataflows
+//! keep every number current, `/metrics`, `/healthz` and `/readyz` are served, and a terminal
+//! view ([`screen`]) fitting 80x24 shows throughput, each scope's agreement and gold accuracy,
+//! gates and drift, and the alerts firing grouped per annotator, critical first. At the end it
+//! says which planted problems were caught and whether any healthy annotator was alerted.
 
-use std::collections::{BTreeMap, VecDeque};
+mod screen;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,14 +16,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use labelqc_dataflows::drift::{AlertStatus, GateState};
+use labelqc_dataflows::drift::{AlertStatus, DriftSettings, GateState, Severity, SignalState};
 use labelqc_dataflows::engine::{Engine, EngineConfig};
-use labelqc_dataflows::source::{Source, Stream};
+use labelqc_dataflows::source::{Catalog, Source, Stream};
 use labelqc_dataflows::view::QualityView;
 
 use crate::gen::{GenSpec, Traffic};
 use crate::http::HttpServer;
 use crate::telemetry::Telemetry;
+
+pub use screen::{render, ScopeRow, ScreenAlert, Snapshot};
 
 /// How the demo runs.
 #[derive(Clone, Debug)]
@@ -30,8 +36,13 @@ pub struct DemoSettings {
     pub rate: u64,
     /// Stop after this long (runs until Ctrl-C without it).
     pub duration: Option<Duration>,
-    /// The simulated workforce and traffic.
+    /// The simulated workforce and traffic (its `careless_from_ms` is set from
+    /// `careless_after` when the demo starts).
     pub traffic: GenSpec,
+    /// When the planted careless annotators turn careless, from the start.
+    pub careless_after: Duration,
+    /// Drift, gate and alert settings.
+    pub drift: DriftSettings,
     pub workers: usize,
     /// Window sizes (ms) of the windowed numbers (gauges with `window="1h"`, ...).
     pub windows: Vec<i64>,
@@ -41,10 +52,11 @@ pub struct DemoSettings {
 
 /// How often events are fed to the dataflows (one epoch per tick).
 const TICK: Duration = Duration::from_millis(100);
-/// Alerts listed in the terminal view.
-const RECENT_ALERTS: usize = 6;
 /// How often the terminal view is redrawn.
 const REFRESH: Duration = Duration::from_secs(1);
+/// The terminal the view is made for.
+pub const SCREEN_WIDTH: usize = 80;
+pub const SCREEN_HEIGHT: usize = 24;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -56,7 +68,8 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let interrupted = crate::signals::install()?;
     let server = HttpServer::start(settings.http, telemetry.clone(), ready.clone())?;
-    eprintln!("labelqc demo: metrics on http://{}/metrics (Ctrl-C stops)", server.local_addr());
+    let metrics_url = format!("http://{}/metrics", server.local_addr());
+    eprintln!("labelqc demo: metrics on {metrics_url} (Ctrl-C stops)");
 
     let mut engine = Engine::start(
         &EngineConfig {
@@ -67,11 +80,19 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
                 out_of_order: false,
             },
         },
-        QualityView::with_change_tracking(),
+        QualityView::with_change_tracking().with_drift(settings.drift.clone()),
     )?;
-    let mut traffic = Traffic::new(&settings.traffic)?;
+    let mut spec = settings.traffic.clone();
+    spec.careless_from_ms = now_ms() + settings.careless_after.as_millis() as i64;
+    let mut traffic = Traffic::new(&spec)?;
+    let planted: Vec<(String, &'static str)> =
+        traffic.roster().into_iter().filter(|(_, kind)| *kind != "careful").collect();
     let mut source = Source::with_windows(&settings.windows);
     let full_screen = settings.full_screen && std::io::stdout().is_terminal();
+    if full_screen {
+        // Hide the cursor while the view is redrawn in place.
+        print!("\x1b[?25l");
+    }
 
     let start = Instant::now();
     let mut fed = 0u64;
@@ -79,8 +100,11 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     let mut fed_at_refresh = 0u64;
     let (mut label_lines, mut gold_lines) = (Vec::new(), Vec::new());
     let mut updates = Vec::new();
-    let mut alerts_fired = 0u64;
-    let mut recent_alerts: VecDeque<String> = VecDeque::new();
+    let (mut raised, mut raised_critical) = (0u64, 0u64);
+    // Annotators with an alert that fired at some point, and those blocked at some point.
+    let mut alerted: BTreeSet<String> = BTreeSet::new();
+    let mut blocked: BTreeSet<String> = BTreeSet::new();
+    let mut screen = Vec::new();
     while !interrupted.load(Ordering::SeqCst) && settings.duration.is_none_or(|d| start.elapsed() < d) {
         let tick_start = Instant::now();
         let due = (start.elapsed().as_secs_f64() * settings.rate as f64) as u64;
@@ -104,13 +128,15 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
             let changes = view.settle(&source.catalog);
             telemetry.set_scopes(&view, &source.catalog, &changes);
             telemetry.count_changes(&changes);
-            alerts_fired += changes.fired.len() as u64;
+            raised += changes.fired.len() as u64;
+            raised_critical += changes.fired.iter().filter(|(_, s)| *s == Severity::Critical).count() as u64;
             for alert in changes.alerts.iter().filter_map(|(_, a)| a.as_ref()) {
-                if alert.status == AlertStatus::Firing && alert.kind == "annotator_drift" {
-                    recent_alerts.retain(|s| s != &alert.summary);
-                    recent_alerts.push_front(alert.summary.clone());
-                    recent_alerts.truncate(RECENT_ALERTS);
+                if alert.status == AlertStatus::Firing {
+                    alerted.extend(alert.annotator_id.clone());
                 }
+            }
+            for record in changes.gates.iter().filter(|r| r.state == GateState::Block) {
+                blocked.insert(record.annotator_id.clone());
             }
             telemetry.set_drift(&view.drift_summary(&source.catalog));
         }
@@ -125,16 +151,25 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         ready.store(true, Ordering::SeqCst);
 
         if last_refresh.elapsed() >= REFRESH {
-            let rate = (fed - fed_at_refresh) as f64 / last_refresh.elapsed().as_secs_f64();
-            let view = engine.view();
-            let alerts = Alerts { fired: alerts_fired, recent: &recent_alerts };
-            let screen = render(&view, &source, start.elapsed(), fed, rate, &telemetry, &alerts);
-            drop(view);
+            let snapshot = Snapshot {
+                elapsed: start.elapsed(),
+                rate: (fed - fed_at_refresh) as f64 / last_refresh.elapsed().as_secs_f64(),
+                live_labels: engine.view().live_labels().max(0) as usize,
+                latency_p99: telemetry.latency_quantile(0.99),
+                metrics_url: metrics_url.clone(),
+                planted: planted.clone(),
+                raised,
+                ..Snapshot::default()
+            };
+            screen = render(&observe(&engine.view(), &source.catalog, snapshot), SCREEN_WIDTH, SCREEN_HEIGHT);
             let mut out = std::io::stdout().lock();
             if full_screen {
-                let _ = write!(out, "\x1b[2J\x1b[H{screen}");
+                // Home, each line cleared to its end, and the rest of the screen cleared: no
+                // flicker, no scrolling (no newline after the last line).
+                let body: Vec<String> = screen.iter().map(|l| format!("{l}\x1b[K")).collect();
+                let _ = write!(out, "\x1b[H{}\x1b[J", body.join("\n"));
             } else {
-                let _ = writeln!(out, "{}", screen.lines().next().unwrap_or_default());
+                let _ = writeln!(out, "{}", screen.first().map_or("", String::as_str));
             }
             let _ = out.flush();
             last_refresh = Instant::now();
@@ -143,6 +178,16 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         if let Some(rest) = TICK.checked_sub(tick_start.elapsed()) {
             std::thread::sleep(rest);
         }
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        if full_screen {
+            let _ = writeln!(out, "\x1b[?25h");
+        } else if !screen.is_empty() {
+            // The last view, for whoever reads the lines.
+            let _ = writeln!(out, "\n{}", screen.join("\n"));
+        }
+        let _ = out.flush();
     }
     let view = engine.finish()?;
     let summary = traffic.summary();
@@ -155,91 +200,103 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         summary.gold_items,
         source.catalog.scope_ids().filter(|&s| view.scope_summary(s, &source.catalog).is_some()).count()
     );
+    let (caught, missed): (Vec<_>, Vec<_>) =
+        planted.iter().partition(|(name, _)| alerted.contains(name) || blocked.contains(name));
+    let named = |list: &[&(String, &str)]| -> String {
+        if list.is_empty() {
+            return "none".to_string();
+        }
+        list.iter().map(|(name, kind)| format!("{name} ({kind})")).collect::<Vec<_>>().join(", ")
+    };
+    eprintln!("labelqc demo: alerts raised: {raised} ({raised_critical} critical)");
+    eprintln!("labelqc demo: planted problems caught: {}; missed: {}", named(&caught), named(&missed));
+    let planted_names: BTreeSet<&String> = planted.iter().map(|(name, _)| name).collect();
+    let healthy: Vec<&String> = alerted
+        .iter()
+        .chain(&blocked)
+        .filter(|n| !planted_names.contains(n))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    eprintln!(
+        "labelqc demo: healthy annotators alerted or blocked: {}",
+        if healthy.is_empty() {
+            "none".to_string()
+        } else {
+            healthy.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    );
     drop(server);
     Ok(())
 }
 
-/// The alerts fired so far, for the terminal view.
-struct Alerts<'a> {
-    fired: u64,
-    recent: &'a VecDeque<String>,
-}
-
-fn fmt(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
-}
-
-/// The terminal view. Its first line is the one-line status.
-fn render(
-    view: &QualityView,
-    source: &Source,
-    elapsed: Duration,
-    fed: u64,
-    rate: f64,
-    telemetry: &Telemetry,
-    alerts: &Alerts<'_>,
-) -> String {
-    let catalog = &source.catalog;
-    let mut out = format!(
-        "labelqc demo  t={:.0}s  events={fed}  {rate:.0} events/s  live labels={}  latency p50={:.1}ms p99={:.1}ms\n\n",
-        elapsed.as_secs_f64(),
-        view.live_labels(),
-        telemetry.latency_quantile(0.5).as_secs_f64() * 1e3,
-        telemetry.latency_quantile(0.99).as_secs_f64() * 1e3,
-    );
-    out.push_str(&format!(
-        "{:<28} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}\n",
-        "scope", "labels", "agree", "alpha", "fleiss", "ac1", "kappa", "gold acc"
-    ));
-    let mut attention = Vec::new();
-    let mut scopes: Vec<_> = catalog.scope_ids().collect();
-    scopes.sort_by_key(|&s| catalog.scope_name(s));
-    for scope in scopes {
-        // The summary and the annotators only: forming every pair each second is not needed here.
-        let Some(s) = view.scope_summary(scope, catalog) else { continue };
-        out.push_str(&format!(
-            "{:<28} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}\n",
-            format!("{}/{}", s.project, s.task),
-            s.n_labels,
-            fmt(s.agreement.percent_agreement),
-            fmt(s.agreement.krippendorff_alpha.nominal),
-            fmt(s.agreement.fleiss_kappa),
-            fmt(s.agreement.gwet_ac1),
-            fmt(s.agreement.mean_cohen_kappa),
-            fmt(s.gold.as_ref().map(|g| g.accuracy)),
-        ));
-        for a in view.annotators(scope, catalog).into_iter().filter(|a| a.n_labels >= 20) {
-            if let Some(agreement) = a.agreement_with_others {
-                attention.push((agreement, format!("{}/{}", s.project, s.task), a));
-            }
+/// Fills `snapshot` with what the view says now: each scope's numbers and alerts, the gates and
+/// drift states of the annotators, and every alert firing.
+pub fn observe(view: &QualityView, catalog: &Catalog, mut snapshot: Snapshot) -> Snapshot {
+    let mut gates: BTreeMap<&str, GateState> = BTreeMap::new();
+    let mut project_gates: BTreeMap<(&str, &str), GateState> = BTreeMap::new();
+    for (project, annotator, gate) in view.gates() {
+        let name = catalog.annotators.name(annotator);
+        project_gates.insert((project, name), gate.state);
+        let worst = gates.entry(name).or_insert(gate.state);
+        if screen::gate_rank(gate.state) > screen::gate_rank(*worst) {
+            *worst = gate.state;
         }
     }
-    attention.sort_by(|x, y| x.0.total_cmp(&y.0));
-    out.push_str("\nlowest agreement with peers (annotators with 20+ labels)\n");
-    out.push_str(&format!(
-        "{:<12} {:<28} {:>7} {:>9} {:>24} {:>10}\n",
-        "annotator", "scope", "labels", "agreement", "gold accuracy (95% CI)", "gate"
-    ));
-    for (agreement, scope, a) in attention.iter().take(8) {
-        let gold = a.gold.as_ref().map_or_else(
-            || "-".to_string(),
-            |g| format!("{:.2} ({:.2}-{:.2}, n={})", g.accuracy, g.wilson_low, g.wilson_high, g.n),
-        );
-        let gate = a.gate.as_ref().map_or("-", |g| g.state.name());
-        out.push_str(&format!(
-            "{:<12} {:<28} {:>7} {:>9.3} {:>24} {:>10}\n",
-            a.annotator_id, scope, a.n_labels, agreement, gold, gate
-        ));
+    for state in gates.into_values() {
+        *snapshot.gates.entry(state).or_default() += 1;
     }
-    let summary = view.drift_summary(catalog);
-    let mut gates: BTreeMap<GateState, i64> = BTreeMap::new();
-    for ((_, state), n) in &summary.gates {
-        *gates.entry(*state).or_default() += n;
+    let mut drift: BTreeMap<u64, SignalState> = BTreeMap::new();
+    for (_, annotator, timeline) in view.timelines() {
+        let worst = timeline.current.iter().map(|(_, r)| r.state).max().unwrap_or_default();
+        let state = drift.entry(annotator).or_default();
+        *state = (*state).max(worst);
     }
-    let gates: Vec<String> = gates.iter().map(|(state, n)| format!("{} {n}", state.name())).collect();
-    out.push_str(&format!("\ngates: {}\nalerts so far: {}\n", gates.join(", "), alerts.fired));
-    for summary in alerts.recent {
-        out.push_str(&format!("  {summary}\n"));
+    snapshot.in_alarm = drift.values().filter(|s| **s == SignalState::Alarm).count();
+    snapshot.in_watch = drift.values().filter(|s| **s == SignalState::Watch).count();
+    for scope in catalog.scope_ids() {
+        let Some(summary) = view.scope_summary(scope, catalog) else { continue };
+        let name = format!("{}/{}", summary.project, summary.task);
+        let firing: Vec<_> =
+            view.alerts(scope).into_iter().filter(|a| a.status == AlertStatus::Firing).collect();
+        snapshot.scopes.push(ScopeRow {
+            name: name.clone(),
+            labels: summary.n_labels,
+            annotators: summary.n_annotators,
+            alpha: summary.agreement.krippendorff_alpha.nominal,
+            percent_agreement: summary.agreement.percent_agreement,
+            gold_accuracy: summary.gold.as_ref().map(|g| g.accuracy),
+            firing: firing.len(),
+            critical: firing.iter().any(|a| a.severity == Severity::Critical),
+        });
+        for alert in firing {
+            let explanation = match &alert.annotator_id {
+                Some(annotator) => alert
+                    .summary
+                    .strip_prefix(&format!("{annotator}: "))
+                    .unwrap_or(&alert.summary)
+                    .to_string(),
+                None => alert.summary.clone(),
+            };
+            let gate = alert
+                .annotator_id
+                .as_deref()
+                .and_then(|a| project_gates.get(&(summary.project.as_str(), a)).copied());
+            let score = alert.annotator_id.as_deref().zip(alert.signal).and_then(|(name, signal)| {
+                view.timeline(scope, catalog.annotators.lookup(name)?)?.score(signal)
+            });
+            snapshot.alerts.push(ScreenAlert {
+                severity: alert.severity,
+                annotator: alert.annotator_id,
+                scope: name.clone(),
+                kind: alert.kind,
+                signal: alert.signal,
+                explanation,
+                gate,
+                score,
+            });
+        }
     }
-    out
+    snapshot.scopes.sort_by(|a, b| a.name.cmp(&b.name));
+    snapshot
 }

@@ -3,7 +3,10 @@
 //! or more (project, task) scopes; some items are gold questions; a share of events relabel or
 //! delete an earlier label. For drift scenarios, some careful annotators can turn careless from a
 //! given event time (their error rate multiplied), and some gold answers can be published wrong
-//! and corrected at the end. The same seed and settings always write the same bytes.
+//! and corrected at the end. For a demonstration, the workforce can instead be a healthy one
+//! (careful annotators of accuracies in a range) with a given number of planted problems: spammers,
+//! biased annotators and annotators who turn careless. The same seed and settings always write
+//! the same bytes.
 
 use std::io::{self, Write};
 
@@ -44,6 +47,12 @@ pub struct GenSpec {
     pub mean_gap_ms: f64,
     /// Accuracy of every careful annotator (drawn from Beta(9, 1.5) per annotator without it).
     pub careful_accuracy: Option<f64>,
+    /// Accuracies of careful annotators drawn uniformly from `[low, high]` instead (when
+    /// `careful_accuracy` is not set).
+    pub careful_accuracy_range: Option<(f64, f64)>,
+    /// Exact numbers of planted problem annotators; with it, `spammer_share`, `biased_share` and
+    /// `careless_share` are ignored.
+    pub planted: Option<Planted>,
     /// Share of careful annotators who turn careless at `careless_from_ms` ...
     pub careless_share: f64,
     /// ... (event time, epoch milliseconds) ...
@@ -73,6 +82,8 @@ impl Default for GenSpec {
             start_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
             mean_gap_ms: 500.0,
             careful_accuracy: None,
+            careful_accuracy_range: None,
+            planted: None,
             careless_share: 0.0,
             careless_from_ms: 1_767_225_600_000 + 30 * 86_400_000,
             careless_factor: 2.0,
@@ -80,6 +91,30 @@ impl Default for GenSpec {
         }
     }
 }
+
+/// Exact numbers of problem annotators to plant in an otherwise careful workforce, at seeded
+/// places in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Planted {
+    /// Annotators who answer at random, fast.
+    pub spammers: u32,
+    /// Annotators who give the rarest class (the last) half of the time, whatever the item.
+    pub biased: u32,
+    /// Careful annotators who turn careless at `careless_from_ms`: right 93% of the time before,
+    /// and erring `careless_factor` times as often after.
+    pub careless: u32,
+}
+
+impl Planted {
+    fn total(&self) -> u32 {
+        self.spammers + self.biased + self.careless
+    }
+}
+
+/// Share of labels a planted biased annotator gives its favourite class.
+const PLANTED_PULL: f64 = 0.5;
+/// Accuracy of a planted careless annotator before it turns careless.
+const PLANTED_CARELESS_ACCURACY: f64 = 0.93;
 
 /// Why a spec cannot be generated.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +187,16 @@ impl GenSpec {
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return spec(field, "must be between 0 and 1");
+            }
+        }
+        if let Some((low, high)) = self.careful_accuracy_range {
+            if !(0.0..=1.0).contains(&low) || !(0.0..=1.0).contains(&high) || low > high {
+                return spec("careful_accuracy_range", "must be a range within 0 to 1, low first");
+            }
+        }
+        if let Some(planted) = self.planted {
+            if planted.total() > self.annotators / 2 {
+                return spec("planted", "at most half of the annotators can be planted problems");
             }
         }
         if self.relabel_rate + self.delete_rate >= 1.0 {
@@ -244,19 +289,29 @@ impl Traffic {
                     Behaviour::Spammer => rng.gen_range(1.0..3.0),
                     _ => rng.gen_range(6.0..30.0),
                 };
-                Annotator {
-                    name: format!("ann-{i:05}"),
-                    behaviour,
-                    speed: LogNormal::new((median_s * 1000.0).ln(), 0.5).expect("valid lognormal"),
-                }
+                Annotator { name: format!("ann-{i:05}"), behaviour, speed: speed(median_s) }
             })
             .collect();
         let mut scenario_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5ce7_a410);
         let mut workforce = workforce;
-        for annotator in &mut workforce {
-            if let Behaviour::Careful { careless_from_ms, .. } = &mut annotator.behaviour {
-                if spec.careless_share > 0.0 && scenario_rng.gen_bool(spec.careless_share) {
-                    *careless_from_ms = Some(spec.careless_from_ms);
+        if spec.careful_accuracy.is_none() {
+            if let Some((low, high)) = spec.careful_accuracy_range {
+                for annotator in &mut workforce {
+                    if let Behaviour::Careful { accuracy, .. } = &mut annotator.behaviour {
+                        *accuracy = low + (high - low) * scenario_rng.gen::<f64>();
+                    }
+                }
+            }
+        }
+        match spec.planted {
+            Some(planted) => plant(&mut workforce, planted, spec, &mut scenario_rng),
+            None => {
+                for annotator in &mut workforce {
+                    if let Behaviour::Careful { careless_from_ms, .. } = &mut annotator.behaviour {
+                        if spec.careless_share > 0.0 && scenario_rng.gen_bool(spec.careless_share) {
+                            *careless_from_ms = Some(spec.careless_from_ms);
+                        }
+                    }
                 }
             }
         }
@@ -356,10 +411,13 @@ impl Traffic {
 
     /// Appends the next label event, a JSON line, to `labels`, and the gold answer of a new gold
     /// item to `gold`. The event time advances by a random gap from the spec's start, unless
-    /// `ts_ms` gives it.
+    /// `ts_ms` gives it (annotators then turn careless by that time).
     pub fn next_event(&mut self, ts_ms: Option<i64>, labels: &mut Vec<u8>, gold: &mut Vec<u8>) {
         use std::io::Write as _;
         self.now_ms += self.rng.gen::<f64>() * 2.0 * self.spec.mean_gap_ms;
+        if let Some(ts) = ts_ms {
+            self.now_ms = ts as f64;
+        }
         let ts = DateTime::from_timestamp_millis(ts_ms.unwrap_or(self.now_ms as i64))
             .expect("time in range")
             .to_rfc3339_opts(SecondsFormat::Millis, true);
@@ -439,6 +497,48 @@ impl Traffic {
     }
 }
 
+/// Turns `planted` annotators of a careful workforce, at seeded places, into spammers, biased
+/// annotators (favouring the rarest class) and annotators who turn careless.
+fn plant(workforce: &mut [Annotator], planted: Planted, spec: &GenSpec, rng: &mut ChaCha8Rng) {
+    let places = sample(rng, workforce.len(), planted.total() as usize).into_vec();
+    let (spammers, rest) = places.split_at(planted.spammers as usize);
+    let (biased, careless) = rest.split_at(planted.biased as usize);
+    for annotator in workforce.iter_mut() {
+        if let Behaviour::Careful { careless_from_ms, .. } = &mut annotator.behaviour {
+            *careless_from_ms = None;
+        } else {
+            // Every annotator not planted is careful.
+            let accuracy = match spec.careful_accuracy_range {
+                Some((low, high)) => low + (high - low) * rng.gen::<f64>(),
+                None => spec.careful_accuracy.unwrap_or(0.9),
+            };
+            annotator.behaviour = Behaviour::Careful { accuracy, careless_from_ms: None };
+            annotator.speed = speed(rng.gen_range(6.0..30.0));
+        }
+    }
+    for &i in spammers {
+        workforce[i].behaviour = Behaviour::Spammer;
+        workforce[i].speed = speed(rng.gen_range(1.0..3.0));
+    }
+    for &i in biased {
+        if let Behaviour::Careful { accuracy, .. } = workforce[i].behaviour {
+            workforce[i].behaviour =
+                Behaviour::Biased { accuracy, favourite: spec.classes - 1, pull: PLANTED_PULL };
+        }
+    }
+    for &i in careless {
+        workforce[i].behaviour = Behaviour::Careful {
+            accuracy: PLANTED_CARELESS_ACCURACY,
+            careless_from_ms: Some(spec.careless_from_ms),
+        };
+    }
+}
+
+/// Label times around a median of `median_s` seconds.
+fn speed(median_s: f64) -> LogNormal<f64> {
+    LogNormal::new((median_s * 1000.0).ln(), 0.5).expect("valid lognormal")
+}
+
 /// Writes `spec.events` label events to `labels` and the gold answers to `gold`.
 pub fn generate(
     spec: &GenSpec,
@@ -492,6 +592,40 @@ mod tests {
         assert!(summary.relabels > 0 && summary.gold_items > 0);
         let (c, _, _) = run(&GenSpec { seed: 7, ..spec });
         assert_ne!(text.as_bytes(), c.as_slice());
+    }
+
+    #[test]
+    fn planted_problems_are_exact_and_the_careless_turn_at_the_given_time() {
+        let planted = Planted { spammers: 2, biased: 1, careless: 1 };
+        let spec = GenSpec {
+            annotators: 40,
+            careful_accuracy_range: Some((0.94, 0.97)),
+            planted: Some(planted),
+            spammer_share: 0.5,
+            careless_factor: 8.0,
+            ..GenSpec::default()
+        };
+        let traffic = Traffic::new(&spec).unwrap();
+        let roster = traffic.roster();
+        let count = |kind| roster.iter().filter(|(_, k)| *k == kind).count();
+        assert_eq!((count("spammer"), count("biased"), count("careless"), count("careful")), (2, 1, 1, 36));
+        for annotator in &traffic.workforce {
+            if let Behaviour::Careful { accuracy, careless_from_ms: None } = annotator.behaviour {
+                assert!((0.94..=0.97).contains(&accuracy), "{accuracy}");
+            }
+        }
+        // Given event times, the careless annotator errs from `careless_from_ms` on.
+        let careless = roster.iter().position(|(_, k)| *k == "careless").unwrap() as u32;
+        let mut traffic = Traffic::new(&spec).unwrap();
+        let errors = |traffic: &mut Traffic, ts: i64| {
+            traffic.next_event(Some(ts), &mut Vec::new(), &mut Vec::new());
+            (0..2000).filter(|_| traffic.answer(careless, 0) != 0).count()
+        };
+        let before = errors(&mut traffic, spec.careless_from_ms - 1);
+        let after = errors(&mut traffic, spec.careless_from_ms);
+        assert!(before < 250 && after > 800, "{before} {after} errors of 2000");
+        let too_many = GenSpec { planted: Some(Planted { spammers: 30, ..planted }), ..spec };
+        assert!(Traffic::new(&too_many).is_err());
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl Telemetry {
             )?,
             annotators_signal_state: int_gauge_vec(
                 "labelqc_annotators_signal_state",
-                "Annotators per drift signal and state (ok, watch, alarm), per project.",
+                "Annotators per drift signal and state (insufficient: too little data to judge, ok, watch, alarm), per project; each annotator at its most telling state over the project's scopes.",
                 &["project", "signal", "state"],
             )?,
             gate_transitions: counter_vec(

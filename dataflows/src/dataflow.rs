@@ -45,17 +45,18 @@ fn fixed(numerator: i64, denominator: i64) -> i64 {
 }
 
 /// What one item contributes, given all of its current labels. `raters` is the item's label
-/// count `r`.
+/// count `r`; `day` on the scope-level facts is the day of the item's newest label (0 in window
+/// scopes), so that the scope's numbers can be read as of the end of each day.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ItemFact {
     /// The item itself and `sum_k n_k (n_k - 1)`, the number of ordered agreeing label pairs.
     /// `majority`: one label has more than half of the item's labels (pairable items only).
-    Stats { raters: u32, agreeing_pairs: u64, majority: bool },
+    Stats { day: Day, raters: u32, agreeing_pairs: u64, majority: bool },
     /// `n_k` labels `label` on the item.
-    Share { raters: u32, label: LabelId, count: u32 },
+    Share { day: Day, raters: u32, label: LabelId, count: u32 },
     /// Krippendorff coincidence weight before division by `r - 1`, for `c <= k`:
     /// `n_c n_k` when `c != k`, `n_c (n_c - 1)` when `c == k`. Only for pairable items.
-    Coincidence { raters: u32, c: LabelId, k: LabelId, weight: u64 },
+    Coincidence { day: Day, raters: u32, c: LabelId, k: LabelId, weight: u64 },
     /// One annotator's label on the item and how many others gave the same label.
     Annotator { annotator: AnnotatorId, raters: u32, same: u32 },
     /// One of the most frequent labels (one fact per label when tied) and their count.
@@ -81,14 +82,15 @@ pub struct ItemSummary(pub Vec<ItemFact>);
 /// `count * diff` per key holds the exact totals, whatever the order of updates in an epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Fact {
-    /// Items of the scope with `raters` labels, their summed agreeing pairs, and how many have a
-    /// majority label.
+    /// Items of the scope with `raters` labels whose newest label is on `day` (0 in window
+    /// scopes), their summed agreeing pairs, and how many have a majority label.
     /// `majority` counts the items where one label has more than half of the labels.
-    ScopeItems { scope: ScopeId, raters: u32, items: i64, agreeing_pairs: i64, majority: i64 },
-    /// Summed labels `label` over the scope's items with `raters` labels.
-    CategoryShare { scope: ScopeId, raters: u32, label: LabelId, count: i64 },
-    /// Summed coincidence weights (`c <= k`) over the scope's items with `raters` labels.
-    Coincidence { scope: ScopeId, raters: u32, c: LabelId, k: LabelId, weight: i64 },
+    ScopeItems { scope: ScopeId, day: Day, raters: u32, items: i64, agreeing_pairs: i64, majority: i64 },
+    /// Summed labels `label` over the scope's items with `raters` labels, newest label on `day`.
+    CategoryShare { scope: ScopeId, day: Day, raters: u32, label: LabelId, count: i64 },
+    /// Summed coincidence weights (`c <= k`) over the scope's items with `raters` labels, newest
+    /// label on `day`.
+    Coincidence { scope: ScopeId, day: Day, raters: u32, c: LabelId, k: LabelId, weight: i64 },
     /// An annotator's labels on items with `raters` labels, and how many other labels agreed.
     AnnotatorItems { scope: ScopeId, annotator: AnnotatorId, raters: u32, items: i64, same: i64 },
     /// A cell of a pair's confusion table: items where `a` said `label_a` and `b` said `label_b`
@@ -147,9 +149,10 @@ pub fn summarize_item(
 
     let agreeing_pairs = counts.iter().map(|&(_, n)| u64::from(n) * u64::from(n - 1)).sum();
     let majority = raters >= 2 && counts.iter().any(|&(_, n)| 2 * n > raters);
-    out.push(ItemFact::Stats { raters, agreeing_pairs, majority });
+    let item_day = if full { rows.iter().map(|(_, _, stamp)| stamp.day()).max().unwrap_or(0) } else { 0 };
+    out.push(ItemFact::Stats { day: item_day, raters, agreeing_pairs, majority });
     for &(label, count) in counts {
-        out.push(ItemFact::Share { raters, label, count });
+        out.push(ItemFact::Share { day: item_day, raters, label, count });
     }
     let all_pairs = counts.iter().map(|&(_, n)| i64::from(n) * i64::from(n) - i64::from(n)).sum::<i64>();
     for &(annotator, label, stamp) in rows {
@@ -190,7 +193,7 @@ pub fn summarize_item(
                     u64::from(n_c) * u64::from(n_k)
                 };
                 if weight > 0 {
-                    out.push(ItemFact::Coincidence { raters, c, k, weight });
+                    out.push(ItemFact::Coincidence { day: item_day, raters, c, k, weight });
                 }
             }
         }
@@ -242,9 +245,9 @@ pub fn quality_facts<'s>(
 /// What a summed fact sums over: the key of its total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum SumKey {
-    Items { scope: ScopeId, raters: u32 },
-    Share { scope: ScopeId, raters: u32, label: LabelId },
-    Coincidence { scope: ScopeId, raters: u32, c: LabelId, k: LabelId },
+    Items { scope: ScopeId, day: Day, raters: u32 },
+    Share { scope: ScopeId, day: Day, raters: u32, label: LabelId },
+    Coincidence { scope: ScopeId, day: Day, raters: u32, c: LabelId, k: LabelId },
     Annotator { scope: ScopeId, annotator: AnnotatorId, raters: u32 },
     Gold { scope: ScopeId, annotator: AnnotatorId },
     Gap { scope: ScopeId, annotator: AnnotatorId, day: Day },
@@ -255,14 +258,14 @@ enum SumKey {
 /// The total an item fact adds to, and what it adds (up to three sums).
 fn sum_of(scope: ScopeId, fact: ItemFact) -> Option<(SumKey, (i64, i64, i64))> {
     Some(match fact {
-        ItemFact::Stats { raters, agreeing_pairs, majority } => {
-            (SumKey::Items { scope, raters }, (1, agreeing_pairs as i64, i64::from(majority)))
+        ItemFact::Stats { day, raters, agreeing_pairs, majority } => {
+            (SumKey::Items { scope, day, raters }, (1, agreeing_pairs as i64, i64::from(majority)))
         }
-        ItemFact::Share { raters, label, count } => {
-            (SumKey::Share { scope, raters, label }, (i64::from(count), 0, 0))
+        ItemFact::Share { day, raters, label, count } => {
+            (SumKey::Share { scope, day, raters, label }, (i64::from(count), 0, 0))
         }
-        ItemFact::Coincidence { raters, c, k, weight } => {
-            (SumKey::Coincidence { scope, raters, c, k }, (weight as i64, 0, 0))
+        ItemFact::Coincidence { day, raters, c, k, weight } => {
+            (SumKey::Coincidence { scope, day, raters, c, k }, (weight as i64, 0, 0))
         }
         ItemFact::Annotator { annotator, raters, same } => {
             (SumKey::Annotator { scope, annotator, raters }, (1, i64::from(same), 0))
@@ -282,12 +285,14 @@ impl SumKey {
     /// The fact that carries this key's totals.
     fn fact(self, x: i64, y: i64, z: i64) -> Fact {
         match self {
-            SumKey::Items { scope, raters } => {
-                Fact::ScopeItems { scope, raters, items: x, agreeing_pairs: y, majority: z }
+            SumKey::Items { scope, day, raters } => {
+                Fact::ScopeItems { scope, day, raters, items: x, agreeing_pairs: y, majority: z }
             }
-            SumKey::Share { scope, raters, label } => Fact::CategoryShare { scope, raters, label, count: x },
-            SumKey::Coincidence { scope, raters, c, k } => {
-                Fact::Coincidence { scope, raters, c, k, weight: x }
+            SumKey::Share { scope, day, raters, label } => {
+                Fact::CategoryShare { scope, day, raters, label, count: x }
+            }
+            SumKey::Coincidence { scope, day, raters, c, k } => {
+                Fact::Coincidence { scope, day, raters, c, k, weight: x }
             }
             SumKey::Annotator { scope, annotator, raters } => {
                 Fact::AnnotatorItems { scope, annotator, raters, items: x, same: y }
@@ -398,11 +403,15 @@ mod tests {
             vec![((S, 7), 10)],
         );
         let expected: Captured = vec![
-            (Fact::ScopeItems { scope: S, raters: 3, items: 1, agreeing_pairs: 2, majority: 1 }, 0, 1),
-            (Fact::CategoryShare { scope: S, raters: 3, label: 10, count: 2 }, 0, 1),
-            (Fact::CategoryShare { scope: S, raters: 3, label: 11, count: 1 }, 0, 1),
-            (Fact::Coincidence { scope: S, raters: 3, c: 10, k: 10, weight: 2 }, 0, 1),
-            (Fact::Coincidence { scope: S, raters: 3, c: 10, k: 11, weight: 2 }, 0, 1),
+            (
+                Fact::ScopeItems { scope: S, day: 0, raters: 3, items: 1, agreeing_pairs: 2, majority: 1 },
+                0,
+                1,
+            ),
+            (Fact::CategoryShare { scope: S, day: 0, raters: 3, label: 10, count: 2 }, 0, 1),
+            (Fact::CategoryShare { scope: S, day: 0, raters: 3, label: 11, count: 1 }, 0, 1),
+            (Fact::Coincidence { scope: S, day: 0, raters: 3, c: 10, k: 10, weight: 2 }, 0, 1),
+            (Fact::Coincidence { scope: S, day: 0, raters: 3, c: 10, k: 11, weight: 2 }, 0, 1),
             (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 3, items: 1, same: 1 }, 0, 1),
             (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 3, items: 1, same: 1 }, 0, 1),
             (Fact::AnnotatorItems { scope: S, annotator: 3, raters: 3, items: 1, same: 0 }, 0, 1),
@@ -436,14 +445,22 @@ mod tests {
         let at_one: Vec<_> = quality_only(out).into_iter().filter(|(_, t, _)| *t == 1).collect();
         let mut expected: Captured = vec![
             // Scope totals for r = 2: two items with 2 agreeing pairs each, then only one agreeing.
-            (Fact::ScopeItems { scope: S, raters: 2, items: 2, agreeing_pairs: 4, majority: 2 }, 1, -1),
-            (Fact::ScopeItems { scope: S, raters: 2, items: 2, agreeing_pairs: 2, majority: 1 }, 1, 1),
-            (Fact::CategoryShare { scope: S, raters: 2, label: 10, count: 4 }, 1, -1),
-            (Fact::CategoryShare { scope: S, raters: 2, label: 10, count: 3 }, 1, 1),
-            (Fact::CategoryShare { scope: S, raters: 2, label: 11, count: 1 }, 1, 1),
-            (Fact::Coincidence { scope: S, raters: 2, c: 10, k: 10, weight: 4 }, 1, -1),
-            (Fact::Coincidence { scope: S, raters: 2, c: 10, k: 10, weight: 2 }, 1, 1),
-            (Fact::Coincidence { scope: S, raters: 2, c: 10, k: 11, weight: 1 }, 1, 1),
+            (
+                Fact::ScopeItems { scope: S, day: 0, raters: 2, items: 2, agreeing_pairs: 4, majority: 2 },
+                1,
+                -1,
+            ),
+            (
+                Fact::ScopeItems { scope: S, day: 0, raters: 2, items: 2, agreeing_pairs: 2, majority: 1 },
+                1,
+                1,
+            ),
+            (Fact::CategoryShare { scope: S, day: 0, raters: 2, label: 10, count: 4 }, 1, -1),
+            (Fact::CategoryShare { scope: S, day: 0, raters: 2, label: 10, count: 3 }, 1, 1),
+            (Fact::CategoryShare { scope: S, day: 0, raters: 2, label: 11, count: 1 }, 1, 1),
+            (Fact::Coincidence { scope: S, day: 0, raters: 2, c: 10, k: 10, weight: 4 }, 1, -1),
+            (Fact::Coincidence { scope: S, day: 0, raters: 2, c: 10, k: 10, weight: 2 }, 1, 1),
+            (Fact::Coincidence { scope: S, day: 0, raters: 2, c: 10, k: 11, weight: 1 }, 1, 1),
             (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 2, items: 2, same: 2 }, 1, -1),
             (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 2, items: 2, same: 1 }, 1, 1),
             (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 2, items: 2, same: 2 }, 1, -1),

@@ -2,6 +2,7 @@
 //! (agreement, gold accuracy, consensus), annotator drift, gating and alerts, as differential dataflows, and the view that forms the
 //! final numbers. No I/O happens here.
 
+pub mod alerts;
 pub mod combine;
 pub mod dataflow;
 pub mod drift;

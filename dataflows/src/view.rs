@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use foldhash::fast::RandomState;
 use serde::Serialize;
 
+use crate::alerts;
 use crate::dataflow::{Diff, Fact};
 use crate::drift::{
     self, Alert, AlertStatus, AnnotatorInputs, Decision, DriftSettings, Gate, GateState, PopulationCounts,
@@ -127,6 +128,11 @@ struct ScopeState {
     shares: BTreeMap<(u32, LabelId), [i64; 1]>,
     /// `(raters, c, k) -> [weight]`, `c <= k`.
     coincidences: BTreeMap<(u32, LabelId, LabelId), [i64; 1]>,
+    /// The pairable items, marginals and coincidence weights again, by the day of the items'
+    /// newest label (scopes, not windows): the alpha alert's history.
+    day_items: BTreeMap<(Day, u32), [i64; 1]>,
+    day_shares: BTreeMap<(Day, u32, LabelId), [i64; 1]>,
+    day_coincidences: BTreeMap<(Day, u32, LabelId, LabelId), [i64; 1]>,
     annotators: Map<AnnotatorId, AnnotatorState>,
     pairs: Map<(AnnotatorId, AnnotatorId), PairState>,
     /// Consensus facts `((top, label), multiplicity)` per item; at rest one per tied label.
@@ -268,17 +274,29 @@ impl QualityView {
     /// Applies one update of the dataflow's output.
     pub fn apply(&mut self, fact: &Fact, diff: Diff) {
         match *fact {
-            Fact::ScopeItems { scope, raters, items, agreeing_pairs, majority } => {
+            Fact::ScopeItems { scope, day, raters, items, agreeing_pairs, majority } => {
                 let sums = [items * diff, agreeing_pairs * diff, majority * diff];
-                add_sum(&mut self.scope_mut(scope).items, raters, sums);
+                let s = self.scope_mut(scope);
+                add_sum(&mut s.items, raters, sums);
+                if raters >= 2 && !is_window(scope) {
+                    add_sum(&mut s.day_items, (day, raters), [items * diff]);
+                }
                 self.mark_scopes(scope);
             }
-            Fact::CategoryShare { scope, raters, label, count } => {
-                add_sum(&mut self.scope_mut(scope).shares, (raters, label), [count * diff]);
+            Fact::CategoryShare { scope, day, raters, label, count } => {
+                let s = self.scope_mut(scope);
+                add_sum(&mut s.shares, (raters, label), [count * diff]);
+                if raters >= 2 && !is_window(scope) {
+                    add_sum(&mut s.day_shares, (day, raters, label), [count * diff]);
+                }
                 self.mark_scopes(scope);
             }
-            Fact::Coincidence { scope, raters, c, k, weight } => {
-                add_sum(&mut self.scope_mut(scope).coincidences, (raters, c, k), [weight * diff]);
+            Fact::Coincidence { scope, day, raters, c, k, weight } => {
+                let s = self.scope_mut(scope);
+                add_sum(&mut s.coincidences, (raters, c, k), [weight * diff]);
+                if !is_window(scope) {
+                    add_sum(&mut s.day_coincidences, (day, raters, c, k), [weight * diff]);
+                }
                 self.mark_scopes(scope);
             }
             Fact::AnnotatorItems { scope, annotator, raters, items, same } => {
@@ -612,29 +630,50 @@ impl QualityView {
             started: None,
             resolved: None,
         };
-        let shifts = drift::population_shifts(&s.population, config);
-        for &(signal, day, [active, alarmed]) in &shifts {
-            let id = drift::alert_id(&[project, task, "population_shift", signal.name(), &drift::date(day)]);
-            let mut alert = base(
-                id.clone(),
-                Severity::Warning,
-                "population_shift",
-                format!(
-                    "{alarmed} of {active} annotators in alarm on {} on {}: a shift in the data or the task, not in individuals",
-                    signal.name(),
-                    drift::date(day)
-                ),
-            );
-            alert.signal = Some(signal);
-            alert.started = Some(drift::date(day));
-            alerts.insert(id, alert);
+        // Population shifts: each run of days on which one held, as one alert.
+        let mut shifts: Vec<(Signal, Day, Option<Day>)> = Vec::new();
+        for signal in Signal::ALL {
+            let days = s
+                .population
+                .range((signal, Day::MIN)..=(signal, Day::MAX))
+                .map(|(&(_, day), &counts)| (day, drift::population_shift(counts, config)));
+            for (start, end) in alerts::runs(days) {
+                let [active, alarmed] = s.population[&(signal, start)];
+                let id =
+                    drift::alert_id(&[project, task, "population_shift", signal.name(), &drift::date(start)]);
+                let mut alert = base(
+                    id.clone(),
+                    Severity::Warning,
+                    "population_shift",
+                    format!(
+                        "{alarmed} of {active} annotators raised an alarm on {} on {}: more likely a change in the data or the task than in the people",
+                        signal.title(),
+                        drift::date(start)
+                    ),
+                );
+                alert.signal = Some(signal);
+                alert.started = Some(drift::date(start));
+                if let Some(end) = end {
+                    alert.status = AlertStatus::Resolved;
+                    alert.resolved = Some(drift::date(end));
+                }
+                alerts.insert(id, alert);
+                shifts.push((signal, start, end));
+            }
         }
         if config.annotator_alerts {
             for (&annotator, a) in &s.annotators {
                 let Some(timeline) = &a.timeline else { continue };
                 let name = catalog.annotators.name(annotator);
                 for episode in &timeline.episodes {
-                    if shifts.iter().any(|&(sig, day, _)| sig == episode.signal && day == episode.start) {
+                    // An alarm that began during a population shift is the shift's, not the
+                    // annotator's.
+                    let during = |&&(signal, start, end): &&(Signal, Day, Option<Day>)| {
+                        signal == episode.signal
+                            && start <= episode.start
+                            && end.is_none_or(|e| episode.start < e)
+                    };
+                    if shifts.iter().any(|shift| during(&shift)) {
                         continue;
                     }
                     let started = drift::date(episode.start);
@@ -650,7 +689,7 @@ impl QualityView {
                         id.clone(),
                         Severity::Warning,
                         "annotator_drift",
-                        format!("{name}, {}: {}", episode.signal.name(), episode.explanation),
+                        format!("{name}: {}", episode.explanation),
                     );
                     alert.annotator_id = Some(name.to_string());
                     alert.signal = Some(episode.signal);
@@ -664,43 +703,73 @@ impl QualityView {
             }
         }
         let summary = s.summary(scope, catalog);
-        if summary.n_pairable_items >= config.alpha_min_items {
-            if let Some(alpha) = summary.agreement.krippendorff_alpha.nominal {
-                let id = drift::scope_alert_id(project, task, "alpha_below_floor");
-                let mut alert = base(
-                    id.clone(),
-                    Severity::Critical,
-                    "alpha_below_floor",
-                    format!(
-                        "Krippendorff's alpha (nominal) {alpha:.3} over {} pairable items, floor {}",
-                        summary.n_pairable_items, config.alpha_floor
-                    ),
-                );
-                if alpha >= config.alpha_floor {
-                    alert.status = AlertStatus::Resolved;
-                }
-                alerts.insert(id, alert);
-            }
+        // Alpha under its floor: as of the end of each day, the last day being now.
+        let alpha_now = summary.agreement.krippendorff_alpha.nominal;
+        let below_floor = |n: i64, alpha: Option<f64>| {
+            n >= config.alpha_min_items && alpha.is_some_and(|a| a < config.alpha_floor)
+        };
+        let by_day = alerts::alpha_by_day(&s.day_items, &s.day_shares, &s.day_coincidences);
+        let last = by_day.len().saturating_sub(1);
+        let days = by_day.iter().enumerate().map(|(i, &(day, n, alpha))| {
+            (
+                day,
+                if i == last {
+                    below_floor(summary.n_pairable_items, alpha_now)
+                } else {
+                    below_floor(n, alpha)
+                },
+            )
+        });
+        // Listed once the scope has the items to judge (so that the set of alerts only grows
+        // with the data), resolved while alpha is not under the floor.
+        let run = alerts::runs(days).last().copied();
+        if let Some(alpha) = alpha_now.filter(|_| summary.n_pairable_items >= config.alpha_min_items) {
+            let id = drift::scope_alert_id(project, task, "alpha_below_floor");
+            let alert = base(
+                id.clone(),
+                Severity::Critical,
+                "alpha_below_floor",
+                format!(
+                    "agreement beyond chance (Krippendorff's alpha) {alpha:.3} on {} items with two or more labels, {} the floor {}",
+                    summary.n_pairable_items,
+                    condition_words(run),
+                    config.alpha_floor
+                ),
+            );
+            alerts.insert(id, with_run(alert, run));
         }
-        if let Some(gold) = summary.gold.filter(|g| g.n >= config.gold_target_min_answers) {
+        // Pooled gold accuracy under its target: as of the end of each day, the last being now.
+        let under_target =
+            |n: i64, accuracy: f64| n >= config.gold_target_min_answers && accuracy < config.gold_target;
+        let by_day = alerts::gold_by_day(&s.drift.gold_days);
+        let last = by_day.len().saturating_sub(1);
+        let gold_now = summary.gold.as_ref();
+        let days = by_day.iter().enumerate().map(|(i, &(day, n, accuracy))| {
+            let holds = if i == last {
+                gold_now.is_some_and(|g| under_target(g.n, g.accuracy))
+            } else {
+                under_target(n, accuracy)
+            };
+            (day, holds)
+        });
+        let run = alerts::runs(days).last().copied();
+        if let Some(gold) = gold_now.filter(|g| g.n >= config.gold_target_min_answers) {
             let id = drift::scope_alert_id(project, task, "gold_below_target");
-            let mut alert = base(
+            let alert = base(
                 id.clone(),
                 Severity::Critical,
                 "gold_below_target",
                 format!(
-                    "gold accuracy {:.1}% ({:.1}-{:.1}%, n={}), target {:.1}%",
+                    "gold accuracy {:.1}% on {} gold answers (likely {:.1}-{:.1}%), {} the target {:.1}%",
                     100.0 * gold.accuracy,
+                    gold.n,
                     100.0 * gold.wilson_low,
                     100.0 * gold.wilson_high,
-                    gold.n,
+                    condition_words(run),
                     100.0 * config.gold_target
                 ),
             );
-            if gold.accuracy >= config.gold_target {
-                alert.status = AlertStatus::Resolved;
-            }
-            alerts.insert(id, alert);
+            alerts.insert(id, with_run(alert, run));
         }
         alerts
     }
@@ -740,7 +809,9 @@ impl QualityView {
             for (&annotator, a) in &s.annotators {
                 let Some(t) = &a.timeline else { continue };
                 for signal in Signal::ALL {
-                    let e = worst.entry((project, annotator, signal)).or_insert((SignalState::Ok, None));
+                    let e = worst
+                        .entry((project, annotator, signal))
+                        .or_insert((SignalState::Insufficient, None));
                     e.0 = e.0.max(t.state(signal));
                     if let Some(score) = t.score(signal) {
                         e.1 = Some(e.1.map_or(score, |b: f64| b.max(score)));
@@ -779,6 +850,13 @@ impl QualityView {
             }
         }
         summary
+    }
+
+    /// Every annotator's drift timeline, by (scope, annotator), as of the last evaluation.
+    pub fn timelines(&self) -> impl Iterator<Item = (ScopeId, AnnotatorId, &Timeline)> {
+        self.scopes.iter().flat_map(|(&scope, s)| {
+            s.annotators.iter().filter_map(move |(&a, state)| Some((scope, a, state.timeline.as_ref()?)))
+        })
     }
 
     /// The drift timeline of an annotator in a scope, as of the last evaluation.
@@ -1005,6 +1083,30 @@ impl QualityView {
         let windows = (!windows.is_empty()).then_some(windows);
         Some(ScopeReport { summary: s.summary(scope, catalog), pairs, annotators, items, alerts, windows })
     }
+}
+
+/// How a scope alert's summary says where the scope stands, from the latest run of days on which
+/// it was under its floor or target.
+fn condition_words(run: Option<(Day, Option<Day>)>) -> &'static str {
+    match run {
+        Some((_, None)) => "under",
+        Some((_, Some(_))) => "back at or above",
+        None => "never under",
+    }
+}
+
+/// A scope alert with the latest run of days on which its condition held: firing since its
+/// start while it still holds, else resolved (on the day it ended, if it ever held).
+fn with_run(mut alert: Alert, run: Option<(Day, Option<Day>)>) -> Alert {
+    alert.status = AlertStatus::Resolved;
+    if let Some((start, end)) = run {
+        alert.started = Some(drift::date(start));
+        match end {
+            Some(end) => alert.resolved = Some(drift::date(end)),
+            None => alert.status = AlertStatus::Firing,
+        }
+    }
+    alert
 }
 
 /// What the gating topic last said of an annotator in a project: the state and the time of the

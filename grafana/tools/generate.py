@@ -13,6 +13,7 @@ import pathlib
 import sys
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "dashboards"
+SCRAPE_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "prometheus" / "prometheus.yml"
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -24,12 +25,23 @@ GATE_THRESHOLD = 0.7  # labelqc's drift.gate_threshold
 
 SCOPE = 'project=~"$project", task=~"$task", window="$window"'
 
+
+def sample_limit():
+    """The scrape's sample_limit in prometheus/prometheus.yml (the dashboards show it)."""
+    for line in SCRAPE_CONFIG.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "sample_limit":
+            return int(value.split("#")[0].strip())
+    raise SystemExit(f"no sample_limit in {SCRAPE_CONFIG}")
+
+
+SAMPLE_LIMIT = sample_limit()
+
 OVERVIEW_UID = "labelqc-overview"
 ANNOTATOR_UID = "labelqc-annotator"
 PIPELINE_UID = "labelqc-pipeline"
 
 GATE_COLOURS = {"allow": "green", "warmup": "blue", "probation": "orange", "block": "red"}
-SEVERITY_COLOURS = {"info": "blue", "warning": "orange", "critical": "red"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,7 +539,7 @@ def overview():
                   "work). Red as soon as one is blocked.",
                   "short", COUNT_STEPS,
                   [target('sum by (state) (labelqc_annotators_gate{project=~"$project"})', "{{state}}", instant=True)],
-                  (0, y, 8, 6), minimum=0,
+                  (0, y, 6, 6), minimum=0,
                   overrides=[
                       {"matcher": {"id": "byName", "options": "block"},
                        "properties": [{"id": "thresholds", "value": steps("green", (1, "red"))}]},
@@ -543,13 +555,22 @@ def overview():
                   "short", steps("green", (1, "orange"), (5, "red")),
                   [target('sum by (signal, state) (labelqc_annotators_signal_state{project=~"$project", state=~"watch|alarm"})',
                           "{{signal}} {{state}}", instant=True)],
-                  (8, y, 8, 6), minimum=0),
+                  (6, y, 6, 6), minimum=0),
+        bar_gauge("Annotators not judged yet (too little data)",
+                  "Annotators whose drift signal lacks its minimum data (state insufficient), per "
+                  "signal: they are neither ok nor flagged on it. speed and too_fast compare the "
+                  "last 7 days with the 28 before, so they stay here for five weeks; gold needs "
+                  "earlier gold answers to compare with. Blue: information, not a problem.",
+                  "short", steps("blue"),
+                  [target('sum by (signal) (labelqc_annotators_signal_state{project=~"$project", state="insufficient"})',
+                          "{{signal}}", instant=True)],
+                  (12, y, 6, 6), minimum=0),
         bar_gauge("Gold answers (evidence)",
                   "Labels on gold items per scope: the n behind the gold accuracy. Under 50 the "
                   "accuracy is too uncertain to alert on (red).",
                   "short", steps("red", (50, "green")),
                   [target(f"labelqc_scope_gold_answers{{{SCOPE}}}", "{{project}}/{{task}}", instant=True)],
-                  (16, y, 8, 6), minimum=0),
+                  (18, y, 6, 6), minimum=0),
     ]
     y += 6
 
@@ -882,10 +903,11 @@ def pipeline():
                    [target(f"rate(labelqc_process_cpu_seconds_total{{{INSTANCE}}}[$__rate_interval])", "{{instance}}")],
                    (8, y, 8, 8), minimum=0, decimals=2),
         timeseries("Series per scrape",
-                   "Samples in each scrape of labelqc's /metrics. Bounded by design (no annotator "
-                   "or item ids but the watchlist); the scrape config's sample_limit (2000) fails a "
-                   "scrape above it, and Up drops to 0.",
-                   "short", steps("green", (1500, "orange"), (2000, "red")),
+                   "Samples in each scrape of labelqc's /metrics. They grow with scopes and "
+                   "projects, never with annotators or items (docs/metrics.md has the formula); the "
+                   f"scrape config's sample_limit ({SAMPLE_LIMIT:,}) fails a scrape above it, and Up "
+                   "drops to 0. Orange from 75% of it: raise the limit before adding scopes.",
+                   "short", steps("green", (SAMPLE_LIMIT * 3 // 4, "orange"), (SAMPLE_LIMIT, "red")),
                    [target(f'scrape_samples_scraped{{job="labelqc", {INSTANCE}}}', "{{instance}}")],
                    (16, y, 8, 8), lines="dashed", minimum=0),
     ]

@@ -1,7 +1,9 @@
 //! `labelqc demo` end to end: it serves /metrics, /healthz and /readyz on 127.0.0.1 while the
 //! simulated workforce labels, its quality gauges carry only bounded labels, and it stops by
-//! itself after `--duration`.
+//! itself after `--duration`; its planted problems, and only they, are alerted, and its view fits
+//! 80x24.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::process::{Child, ChildStderr, Command, Stdio};
@@ -97,11 +99,15 @@ fn demo_serves_live_metrics_and_stops_by_itself() {
         })
         .sum();
     assert!(gated > 0.0, "{metrics}");
-    assert!(sample(
-        &metrics,
-        "labelqc_annotators_signal_state{project=\"project-0\",signal=\"gold\",state=\"ok\"}"
-    )
-    .is_some());
+    // Every signal state has its series; speed and too_fast compare with weeks before: within
+    // one day, every annotator is insufficient on them.
+    for state in ["insufficient", "ok", "watch", "alarm"] {
+        let series = format!(
+            "labelqc_annotators_signal_state{{project=\"project-0\",signal=\"speed\",state=\"{state}\"}}"
+        );
+        let n = sample(&metrics, &series).unwrap_or_else(|| panic!("no {series}"));
+        assert!(if state == "insufficient" { n > 0.0 } else { n == 0.0 }, "{series} {n}");
+    }
     assert_eq!(get(&addr, "/healthz").0, 200);
     assert_eq!(get(&addr, "/readyz").0, 200);
 
@@ -112,4 +118,89 @@ fn demo_serves_live_metrics_and_stops_by_itself() {
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("stopped after") && rest.contains("4 scopes"), "{rest}");
     assert!(TcpStream::connect(&addr).is_err(), "the endpoint stops with the demo");
+}
+
+/// Runs `labelqc demo --lines` with `args` on a free port of 127.0.0.1 until it stops by itself;
+/// its standard output and standard error.
+fn run_demo(args: &[&str], limit: Duration) -> (String, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
+        .args(["demo", "--http", "127.0.0.1:0", "--lines"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start labelqc demo");
+    let mut demo = Running(child);
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).unwrap();
+            text
+        })
+    };
+    let stdout = read(Box::new(demo.0.stdout.take().unwrap()));
+    let stderr = read(Box::new(demo.0.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = demo.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop by itself");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(status.success(), "{stderr}");
+    (stdout, stderr)
+}
+
+/// The demo's default workforce is healthy but for its planted problems: within half a minute the
+/// two spammers, the biased annotator and the one who turns careless (here after 10 s) are the
+/// annotators alerted, no careful annotator is alerted or blocked, no critical alert fires (alpha
+/// stays above 0.667 everywhere), and the last view fits 80x24 and says where the metrics are.
+#[test]
+fn demo_alerts_the_planted_problems_and_only_them() {
+    let (stdout, stderr) =
+        run_demo(&["--duration", "35", "--careless-after", "10"], Duration::from_secs(120));
+    assert!(stderr.contains("missed: none"), "{stderr}");
+    assert!(stderr.contains("healthy annotators alerted or blocked: none"), "{stderr}");
+    assert!(stderr.contains("(0 critical)"), "{stderr}");
+
+    // The last view follows the status lines after an empty line.
+    let at = stdout.rfind("\n\nlabelqc demo ").expect("the last view");
+    let screen: Vec<&str> = stdout[at + 2..].trim_end().lines().collect();
+    let text = screen.join("\n");
+    assert!(screen.len() <= 24, "{} lines:\n{text}", screen.len());
+    for line in &screen {
+        assert!(line.chars().count() <= 80, "{} characters: {line}", line.chars().count());
+    }
+    assert!(screen[0].starts_with("labelqc demo  0:3"), "{text}");
+    assert!(screen[1].starts_with("metrics: http://127.0.0.1:") && screen[1].contains("/metrics"), "{text}");
+    // Four scopes, each with alpha comfortably above the 0.667 floor.
+    let header = screen.iter().position(|l| l.starts_with("scope ")).expect("the scope table");
+    let rows: Vec<&str> =
+        screen[header + 1..].iter().take_while(|l| l.starts_with("project-")).copied().collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for row in rows {
+        let alpha: f64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+        assert!(alpha > 0.75, "{row}");
+    }
+    // The planted annotators, and the annotators the alerts name: the same four.
+    let planted: BTreeSet<&str> = screen
+        .iter()
+        .find_map(|l| l.strip_prefix("planted: "))
+        .expect("the planted line")
+        .split([' ', ';'])
+        .filter(|w| w.starts_with("ann-"))
+        .collect();
+    assert_eq!(planted.len(), 4, "{text}");
+    let alerted: BTreeSet<&str> = screen
+        .iter()
+        .filter(|l| l.starts_with("WARNING ") || l.starts_with("CRITICAL"))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(alerted, planted, "{text}");
+    assert!(!text.contains("CRITICAL") && !text.contains("more:"), "{text}");
+    // Each block says in plain words what is wrong.
+    assert!(text.contains("agrees with the others on the same items"), "{text}");
+    assert!(!text.contains("p=") && !text.contains("z "), "{text}");
 }

@@ -7,7 +7,7 @@
 //!   variable query of every dashboard returns data; every rule evaluates without error, no
 //!   pipeline alert goes off on the healthy demo, and `promtool check metrics` accepts the
 //!   exposition.
-//! - Cardinality: with 5,000 simulated annotators, /metrics stays under 2,000 series.
+//! - Cardinality and the scrape's `sample_limit`: see `sizing`.
 //!
 //! The tests that need `prometheus` and `promtool` skip with a message when they are not on PATH,
 //! and fail instead when `CI` is set (.ci/run installs them).
@@ -25,8 +25,9 @@ use serde_json::Value;
 use crate::demo::{start_demo, Running};
 use crate::http::get;
 
-/// The tests here that run a demo take one at a time: each keeps a core busy.
-static ONE_DEMO_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// The tests that run a long demo (here and in `sizing`) take one at a time: each keeps a core
+/// busy.
+pub static ONE_DEMO_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -449,49 +450,4 @@ fn prometheus_scraping_the_demo_answers_every_dashboard_query() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Series (sample lines) of an exposition.
-fn series(metrics: &str) -> Vec<&str> {
-    metrics.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect()
-}
-
-#[test]
-fn five_thousand_annotators_stay_under_two_thousand_series() {
-    let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (annotators, projects) = (5000, 2);
-    let (_demo, addr, _stderr) =
-        start_demo(&["--duration", "600", "--rate", "5000", "--annotators", "5000", "--projects", "2"]);
-    // Until every annotator has labelled in both projects: each then has a gate.
-    let known = |metrics: &str, project: &str| -> f64 {
-        crate::http::samples(metrics, &format!("labelqc_annotators_gate{{project=\"{project}\"")).sum()
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let metrics = loop {
-        let (status, body) = get(&addr, "/metrics").expect("the demo answers");
-        assert_eq!(status, 200);
-        let everyone = (0..projects).all(|p| known(&body, &format!("project-{p}")) >= annotators as f64);
-        if everyone || Instant::now() > deadline {
-            break body;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    };
-    for p in 0..projects {
-        assert_eq!(known(&metrics, &format!("project-{p}")), annotators as f64, "{metrics}");
-    }
-    let lines = series(&metrics);
-    assert!(lines.len() < 2000, "{} series with {annotators} annotators", lines.len());
-
-    // Annotator ids only on the watchlist, at most watchlist_size (10) per project and signal.
-    let watchlist: Vec<&&str> = lines.iter().filter(|l| l.contains("annotator=")).collect();
-    assert!(watchlist.iter().all(|l| l.starts_with("labelqc_watchlist_")), "{watchlist:?}");
-    let (k, signals) = (10, 5);
-    let named: BTreeSet<&str> =
-        watchlist.iter().filter_map(|l| l.split("annotator=\"").nth(1)?.split('"').next()).collect();
-    assert!(named.len() <= k * projects * signals, "{} annotators named", named.len());
-    // Even with the watchlist full (a score per project, signal and entry, a gold accuracy per
-    // annotator on it), the exposition stays under the bound.
-    let worst = lines.len() - watchlist.len() + 2 * k * projects * signals;
-    assert!(worst < 2000, "a full watchlist would make {worst} series");
-    assert!(!metrics.contains("item-"), "no item id on any series");
 }
