@@ -9,6 +9,7 @@ pub mod drift;
 pub mod engine;
 pub mod event;
 pub mod items;
+pub mod keyed;
 pub mod label;
 pub mod number;
 pub mod reason;
