@@ -70,7 +70,7 @@ pub fn keyed<'s, L: Keyed>(
                     }
                     let time = *entry.key();
                     let (capability, mut batch) = entry.remove();
-                    batch.sort_by(|a, b| a.0.cmp(&b.0));
+                    batch.sort_by_key(|(key, ..)| *key);
                     let mut session = output.session(&capability);
                     let mut rest = &batch[..];
                     while let Some(&(key, ..)) = rest.first() {
