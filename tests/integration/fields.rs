@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use labelqc::gen::{generate, GenSpec, Planted};
 use rdkafka::config::ClientConfig;
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::BaseProducer;
 use serde_json::Value;
 
@@ -155,13 +154,7 @@ fn every_report_field_topic_field_and_metric_is_documented() {
         fields.iter().filter(|f| !reference.contains(*f)).map(|f| format!("report: {f}")).collect();
 
     // Every output topic of `labelqc run` over the same input.
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let brokers = cluster.bootstrap_servers();
-    cluster.create_topic(LABELS, 3, 1).unwrap();
-    cluster.create_topic(GOLD, 1, 1).unwrap();
-    for topic in OUTPUTS {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
+    let (_cluster, brokers) = crate::scenario::mock_cluster();
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     produce(&producer, GOLD, &gold);
     produce(&producer, LABELS, &labels);

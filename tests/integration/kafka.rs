@@ -13,17 +13,11 @@ use rdkafka::producer::DefaultProducerContext;
 use crate::http::samples;
 use crate::scenario::{
     assert_dead_letters, assert_outputs_match_report, kill_and_restart, metrics, produce, produce_malformed,
-    report, start_service, wait_for_events, Setup, GOLD, LABELS, MALFORMED, OUTPUTS,
+    report, start_service, wait_for_events, Setup, GOLD, LABELS, MALFORMED,
 };
 
 fn setup(seed: u64) -> Setup<MockCluster<'static, DefaultProducerContext>> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let brokers = cluster.bootstrap_servers();
-    cluster.create_topic(LABELS, 3, 1).unwrap();
-    cluster.create_topic(GOLD, 1, 1).unwrap();
-    for topic in OUTPUTS {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
+    let (cluster, brokers) = crate::scenario::mock_cluster();
     Setup::new(cluster, brokers, seed)
 }
 

@@ -27,14 +27,7 @@ use crate::scenario::{
 type Mock = MockCluster<'static, DefaultProducerContext>;
 
 fn cluster() -> (Mock, String) {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let brokers = cluster.bootstrap_servers();
-    cluster.create_topic(LABELS, 3, 1).unwrap();
-    cluster.create_topic(GOLD, 1, 1).unwrap();
-    for topic in OUTPUTS {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
-    (cluster, brokers)
+    crate::scenario::mock_cluster()
 }
 
 fn producer(brokers: &str) -> BaseProducer {

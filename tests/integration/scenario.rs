@@ -348,6 +348,20 @@ pub fn assert_dead_letters(brokers: &str) {
     }
 }
 
+/// librdkafka's in-process mock cluster (one broker on 127.0.0.1) with the input topics (3 label
+/// partitions, 1 gold) and every output topic made; the cluster lives as long as the value.
+pub fn mock_cluster(
+) -> (rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String) {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic(LABELS, 3, 1).unwrap();
+    cluster.create_topic(GOLD, 1, 1).unwrap();
+    for topic in OUTPUTS {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    (cluster, brokers)
+}
+
 /// A broker (kept alive by `broker`) with the topics created, a producer, and generated input.
 pub struct Setup<B> {
     pub broker: B,
