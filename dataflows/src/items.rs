@@ -13,6 +13,10 @@
 //! a gold item. Work per event is proportional to the labels of its item. Events are processed in
 //! epoch order; within an epoch, and across epochs for input read out of order (files read in
 //! parallel), an identity's latest event is the one with the greatest sequence number.
+//!
+//! The item records (spec section 2, per item: its consensus, the label with most votes, ties
+//! broken toward the smallest label in the spec's order, with `tied`) are rendered here too, from
+//! the item's labels, by the worker that owns the item ([`ItemsConfig::records`]).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -21,14 +25,20 @@ use differential_dataflow::{AsCollection, VecCollection};
 use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use crate::dataflow::{summarize_item, Diff, ItemFact, Time};
-use crate::label::LabelId;
-use crate::source::{window_id, AnnotatorId, ItemKey, ScopeId, Stamp, Update, Window};
+use crate::dataflow::{summarize_item, Changes, Diff, ItemFact, Time};
+use crate::keyed::{emit_difference, Emit};
+use crate::label::{JsonLabel, LabelId};
+use crate::names::Names;
+use crate::objects::ItemConsensus;
+use crate::records::{Entity, Record};
+use crate::source::{window_id, AnnotatorId, Catalog, ItemId, ItemKey, ScopeId, Stamp, Update, Window};
 
 /// A change to one item, as a reader parsed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -70,6 +80,8 @@ pub struct ItemsConfig {
     /// event arriving later is ignored. Otherwise (one reader per identity, in order) arrival
     /// order decides and deleted identities leave nothing behind.
     pub out_of_order: bool,
+    /// Whether the items' records (their consensus) are rendered, and when; `None` for none.
+    pub records: Option<Emit>,
 }
 
 /// One identity's latest event: its sequence number and label (`None`: deleted, kept only for
@@ -204,6 +216,34 @@ impl ItemState {
     }
 }
 
+impl ItemState {
+    /// The item's record: its consensus among its live labels (none without labels).
+    fn record(
+        &self,
+        (scope, item): ItemKey,
+        names: &Catalog,
+        counts: &mut Vec<(LabelId, u32)>,
+    ) -> Option<Record> {
+        counts.clear();
+        for slot in &self.labels {
+            let Some((label, _)) = slot.value else { continue };
+            match counts.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((label, 1)),
+            }
+        }
+        let top = counts.iter().map(|&(_, n)| n).max()?;
+        let mut tops = counts.iter().filter(|&&(_, n)| n == top).map(|&(label, _)| names.labels.get(label));
+        let first = tops.next()?;
+        let (best, tied) = tops.fold((first, false), |(best, _), label| {
+            (if label.spec_cmp(best).is_lt() { label } else { best }, true)
+        });
+        let (project, task) = names.scope_name(scope);
+        let object = ItemConsensus { consensus: JsonLabel(best), tied };
+        Some(Record::new(project, task, Entity::Item(names.items.name(item).into()), &object))
+    }
+}
+
 /// Reused allocations of [`ItemState::contributions`].
 #[derive(Default)]
 struct Scratch {
@@ -213,98 +253,133 @@ struct Scratch {
     counts: Vec<(LabelId, u32)>,
 }
 
-/// The worker that owns an item: a hash of its key.
-pub fn item_route(item: &ItemKey) -> u64 {
-    // Both halves are already uniform hashes; mix them so that neither alone decides.
-    item.0.rotate_left(32) ^ item.1
+/// The worker that owns an item of any scope: its id, already a uniform hash. An item's name
+/// goes to the same worker ([`crate::names`]), which renders the item's records.
+pub fn item_owner(item: ItemId) -> u64 {
+    item
 }
 
+/// The worker that owns an item: the owner of its id ([`item_owner`]).
+pub fn item_route(item: &ItemKey) -> u64 {
+    item_owner(item.1)
+}
+
+/// An epoch's events, kept until the epoch is complete.
+type Pending = BTreeMap<Time, (Capability<Time>, Capability<Time>, Vec<Update>)>;
+
 /// The items of a dataflow: routes `events` to the workers that own their items, keeps each item's
-/// state there, and returns what the items contribute, as a collection.
+/// state there, and returns what the items contribute, as a collection, and the items' records
+/// (when [`ItemsConfig::records`] asks for them; `names` has the names they need).
 pub fn items<'s>(
     events: Stream<'s, Time, Vec<(ItemKey, ItemEvent)>>,
+    names: &Names<'s>,
     config: ItemsConfig,
-) -> VecCollection<'s, Time, ItemOutput, Diff> {
+) -> (VecCollection<'s, Time, ItemOutput, Diff>, VecCollection<'s, Time, Record, Diff>) {
+    let mut builder = OperatorBuilder::new("Items".to_owned(), events.scope());
     let pact = Exchange::new(|(item, _): &(ItemKey, ItemEvent)| item_route(item));
-    events
-        .unary_frontier(pact, "Items", move |_capability, _info| {
-            let mut state: HashMap<ItemKey, ItemState, RandomState> = HashMap::default();
-            let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Update>)> = BTreeMap::new();
-            let mut scratch = Scratch::default();
-            let (mut before, mut after) = (Vec::new(), Vec::new());
-            move |(input, frontier), output| {
-                input.for_each(|capability, data| {
-                    let Some(capability) = capability.retain_least(0) else { return };
-                    let time = *capability.time();
-                    stash.entry(time).or_insert_with(|| (capability, Vec::new())).1.append(data);
-                });
-                while let Some(entry) = stash.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
+    let mut input = builder.new_input(events, pact);
+    let mut gate = builder.new_input(names.gate.clone(), Pipeline);
+    let (contributions, contributions_stream): (_, Changes<'s, ItemOutput>) = builder.new_output();
+    let (records, records_stream): (_, Changes<'s, Record>) = builder.new_output();
+    let mut contributions =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(ItemOutput, Time, Diff)>>>::from(contributions);
+    let mut records =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(Record, Time, Diff)>>>::from(records);
+    let catalog = names.catalog.clone();
+    builder.build(move |mut initial| {
+        // Emit::Final: a capability of the records' output kept at the inputs' frontier.
+        let mut held: Option<Capability<Time>> =
+            initial.pop().filter(|_| config.records == Some(Emit::Final));
+        let mut state: HashMap<ItemKey, ItemState, RandomState> = HashMap::default();
+        let mut stash: Pending = BTreeMap::new();
+        let mut scratch = Scratch::default();
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        move |frontiers| {
+            input.for_each(|capability, data| {
+                let (Some(facts), Some(rendered)) = (capability.retain_least(0), capability.retain_least(1))
+                else {
+                    return;
+                };
+                let time = *facts.time();
+                stash.entry(time).or_insert_with(|| (facts, rendered, Vec::new())).2.append(data);
+            });
+            gate.for_each(|_, _| {});
+            // Rendering waits for the epoch's names; the contributions need none.
+            let gated = config.records == Some(Emit::Changes);
+            let complete =
+                |time: &Time| !(frontiers[0].less_equal(time) || gated && frontiers[1].less_equal(time));
+            let names = catalog.borrow();
+            while let Some(entry) = stash.first_entry() {
+                if !complete(entry.key()) {
+                    break;
+                }
+                let time = *entry.key();
+                let (facts, rendered, mut events) = entry.remove();
+                // Each item once, its events in sequence order (stable: arrival order for ties).
+                events.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.seq().cmp(&y.seq())));
+                let mut contributions = contributions.activate();
+                let mut session = contributions.session(&facts);
+                let mut records = records.activate();
+                let mut record_session = records.session(&rendered);
+                let mut rest = &events[..];
+                while let Some(&(item, _)) = rest.first() {
+                    let len = rest.iter().take_while(|(i, _)| *i == item).count();
+                    let (changes, tail) = rest.split_at(len);
+                    rest = tail;
+                    let mut entry = match state.entry(item) {
+                        Entry::Occupied(entry) => entry,
+                        Entry::Vacant(entry) => entry.insert_entry(ItemState::default()),
+                    };
+                    before.clear();
+                    entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut before);
+                    let record_before =
+                        gated.then(|| entry.get().record(item, &names, &mut scratch.counts)).flatten();
+                    let mut changed = false;
+                    for (_, event) in changes {
+                        changed |= entry.get_mut().apply(event, config.out_of_order);
                     }
-                    let time = *entry.key();
-                    let (capability, mut events) = entry.remove();
-                    // Each item once, its events in sequence order (stable: arrival order for ties).
-                    events.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.seq().cmp(&y.seq())));
-                    let mut session = output.session(&capability);
-                    let mut rest = &events[..];
-                    while let Some(&(item, _)) = rest.first() {
-                        let len = rest.iter().take_while(|(i, _)| *i == item).count();
-                        let (changes, tail) = rest.split_at(len);
-                        rest = tail;
-                        let mut entry = match state.entry(item) {
-                            Entry::Occupied(entry) => entry,
-                            Entry::Vacant(entry) => entry.insert_entry(ItemState::default()),
-                        };
-                        before.clear();
-                        entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut before);
-                        let mut changed = false;
-                        for (_, event) in changes {
-                            changed |= entry.get_mut().apply(event, config.out_of_order);
-                        }
-                        if !changed {
-                            if entry.get().is_empty() {
-                                entry.remove();
-                            }
-                            continue;
-                        }
-                        after.clear();
-                        entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut after);
+                    if !changed {
                         if entry.get().is_empty() {
                             entry.remove();
                         }
-                        emit_difference(&mut before, &mut after, |output, diff| {
-                            session.give((output, time, diff))
-                        });
+                        continue;
                     }
+                    after.clear();
+                    entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut after);
+                    if gated {
+                        let record_after = entry.get().record(item, &names, &mut scratch.counts);
+                        if record_before != record_after {
+                            record_session.give_iterator(record_before.map(|r| (r, time, -1)).into_iter());
+                            record_session.give_iterator(record_after.map(|r| (r, time, 1)).into_iter());
+                        }
+                    }
+                    if entry.get().is_empty() {
+                        entry.remove();
+                    }
+                    emit_difference(&mut before, &mut after, |output, diff| {
+                        session.give((output, time, diff))
+                    });
+                }
+                drop(record_session);
+            }
+            crate::keyed::hold_at_frontier(&mut held, frontiers);
+            if config.records == Some(Emit::Final) && frontiers.iter().all(|f| f.is_empty()) {
+                if let Some(capability) = held.take() {
+                    let time = *capability.time();
+                    let mut records = records.activate();
+                    let mut session = records.session(&capability);
+                    for (&item, item_state) in &state {
+                        if let Some(record) = item_state.record(item, &names, &mut scratch.counts) {
+                            session.give((record, time, 1));
+                        }
+                    }
+                    // Nothing follows the final records: the items are no longer needed.
+                    state = HashMap::default();
                 }
             }
-        })
-        .as_collection()
-}
-
-/// Emits `after - before` (both consumed), consolidated: what stayed the same is not sent.
-fn emit_difference(
-    before: &mut Vec<ItemOutput>,
-    after: &mut Vec<ItemOutput>,
-    mut emit: impl FnMut(ItemOutput, Diff),
-) {
-    before.sort_unstable();
-    after.sort_unstable();
-    let (mut b, mut a) = (before.drain(..).peekable(), after.drain(..).peekable());
-    loop {
-        match (b.peek(), a.peek()) {
-            (Some(x), Some(y)) if x == y => {
-                b.next();
-                a.next();
-            }
-            (Some(x), Some(y)) if x < y => emit(b.next().expect("peeked"), -1),
-            (Some(_), Some(_)) => emit(a.next().expect("peeked"), 1),
-            (Some(_), None) => emit(b.next().expect("peeked"), -1),
-            (None, Some(_)) => emit(a.next().expect("peeked"), 1),
-            (None, None) => break,
         }
-    }
+    });
+    (contributions_stream.as_collection(), records_stream.as_collection())
 }
 
 #[cfg(test)]
@@ -313,13 +388,18 @@ mod tests {
     use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::Capture;
 
-    /// Runs the items over `(time, item, event)`s with `workers` workers; returns what the items
-    /// contribute at the end, accumulated over all times.
-    fn run(
+    /// What the items contribute and their records.
+    type Run = (Vec<(ItemOutput, Diff)>, Vec<(Record, Diff)>);
+
+    /// Runs the items over `(time, item, event)`s with `workers` workers, the names given at time
+    /// 0; returns what the items contribute and their records at the end, accumulated over all
+    /// times.
+    fn run_with_names(
         workers: usize,
         config: ItemsConfig,
         events: Vec<(Time, ItemKey, ItemEvent)>,
-    ) -> Vec<(ItemOutput, Diff)> {
+        names: Vec<crate::source::Name>,
+    ) -> Run {
         let (send, receive) = std::sync::mpsc::channel();
         let send = std::sync::Mutex::new(send);
         timely::execute(timely::Config::process(workers), move |worker| {
@@ -327,9 +407,22 @@ mod tests {
                 Time,
                 timely::container::CapacityContainerBuilder<Vec<Update>>,
             >::new();
-            let captured = worker.dataflow::<Time, _, _>(|scope| {
-                items(input.to_stream(scope), config.clone()).inner.capture()
+            let mut names_input = timely::dataflow::InputHandle::<
+                Time,
+                timely::container::CapacityContainerBuilder<Vec<crate::source::Name>>,
+            >::new();
+            let (contributions, records) = worker.dataflow::<Time, _, _>(|scope| {
+                let on_error: crate::names::OnError = std::sync::Arc::new(|e| panic!("{e}"));
+                let names = crate::names::names(names_input.to_stream(scope), on_error);
+                let (contributions, records) = items(input.to_stream(scope), &names, config.clone());
+                (contributions.inner.capture(), records.inner.capture())
             });
+            if worker.index() == 0 {
+                for name in &names {
+                    names_input.send(name.clone());
+                }
+            }
+            drop(names_input);
             // Worker w feeds events w, w + workers, ...: one identity's events come from several.
             let last = events.iter().map(|(t, ..)| *t).max().unwrap_or(0);
             for time in 0..=last {
@@ -342,13 +435,25 @@ mod tests {
             }
             drop(input);
             while worker.step() {}
-            send.lock().unwrap().send(captured.extract()).unwrap();
+            send.lock().unwrap().send((contributions.extract(), records.extract())).unwrap();
         })
         .unwrap();
-        let mut all: Vec<(ItemOutput, Diff)> =
-            receive.iter().flatten().flat_map(|(_, batch)| batch).map(|(o, _, d)| (o, d)).collect();
+        let (mut all, mut records) = (Vec::new(), Vec::new());
+        for (contributions, rendered) in receive.iter() {
+            all.extend(contributions.into_iter().flat_map(|(_, batch)| batch).map(|(o, _, d)| (o, d)));
+            records.extend(rendered.into_iter().flat_map(|(_, batch)| batch).map(|(r, _, d)| (r, d)));
+        }
         differential_dataflow::consolidation::consolidate(&mut all);
-        all
+        differential_dataflow::consolidation::consolidate(&mut records);
+        (all, records)
+    }
+
+    fn run(
+        workers: usize,
+        config: ItemsConfig,
+        events: Vec<(Time, ItemKey, ItemEvent)>,
+    ) -> Vec<(ItemOutput, Diff)> {
+        run_with_names(workers, config, events, Vec::new()).0
     }
 
     const ITEM: ItemKey = (0, 7);
@@ -443,5 +548,38 @@ mod tests {
         }
         // Windows carry no pairs, drift inputs or consensus.
         assert!(!out.iter().any(|(o, _)| matches!(o, ItemOutput::Pair { scope, .. } if *scope != 0)));
+    }
+
+    #[test]
+    fn the_record_is_the_consensus_of_the_live_labels() {
+        use crate::label::Label;
+        use crate::source::Name;
+        // Annotators 1 and 2 say "y" and "x": a tie, toward "x"; then 3 says "y"; then leaves.
+        let (x, y) = (crate::label::stable_id(b"x"), crate::label::stable_id(b"y"));
+        let names = vec![
+            Name::Scope { id: 0, project: "p".into(), task: "t".into() },
+            Name::Item { id: 7, name: "i7".into() },
+            Name::Label { id: x, label: Label::String("x".into()) },
+            Name::Label { id: y, label: Label::String("y".into()) },
+        ];
+        let events = vec![
+            (0, ITEM, label(1, 0, Some(y))),
+            (0, ITEM, label(2, 1, Some(x))),
+            (1, ITEM, label(3, 2, Some(y))),
+            (2, ITEM, label(3, 3, None)),
+        ];
+        for (emit, workers) in [(Emit::Changes, 1), (Emit::Changes, 2), (Emit::Final, 2)] {
+            let config = ItemsConfig { records: Some(emit), ..ItemsConfig::default() };
+            let value = |events: &[(Time, ItemKey, ItemEvent)]| {
+                let (_, records) = run_with_names(workers, config.clone(), events.to_vec(), names.clone());
+                assert_eq!(records.len(), 1, "{emit:?}: {records:?}");
+                assert_eq!(records[0].0.key.entity, Entity::Item("i7".into()));
+                assert_eq!(records[0].1, 1);
+                String::from_utf8(records[0].0.value.clone()).unwrap()
+            };
+            assert_eq!(value(&events[..2]), r#"{"consensus":"x","tied":true}"#, "{emit:?}");
+            assert_eq!(value(&events[..3]), r#"{"consensus":"y","tied":false}"#, "{emit:?}");
+            assert_eq!(value(&events), r#"{"consensus":"x","tied":true}"#, "{emit:?}");
+        }
     }
 }
