@@ -262,6 +262,24 @@ pub enum AlertOut {
     Metric(Metric),
 }
 
+impl AlertOut {
+    /// The record, if this is one.
+    pub fn record(self) -> Option<Record> {
+        match self {
+            AlertOut::Record(record) => Some(record),
+            AlertOut::Metric(_) => None,
+        }
+    }
+
+    /// The drift summary fact, if this is one.
+    pub fn metric(self) -> Option<Metric> {
+        match self {
+            AlertOut::Metric(metric) => Some(metric),
+            AlertOut::Record(_) => None,
+        }
+    }
+}
+
 /// The keyed logic of the drift alerts of each scope.
 pub struct AlertLogic {
     pub drift: DriftSettings,
@@ -368,6 +386,10 @@ impl Keyed for AlertLogic {
 
     fn is_empty(s: &AlertState) -> bool {
         s.population.is_empty() && s.episodes.is_empty()
+    }
+
+    fn is_record(out: &AlertOut) -> bool {
+        matches!(out, AlertOut::Record(_))
     }
 }
 

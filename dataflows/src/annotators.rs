@@ -283,4 +283,8 @@ impl Keyed for JoinLogic {
     fn is_empty(s: &JoinState) -> bool {
         s.own.is_empty() && s.gate.is_empty()
     }
+
+    fn is_record(_: &Record) -> bool {
+        true
+    }
 }

@@ -13,23 +13,22 @@
 
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::Stream;
 
 use crate::alerts::{AlertLogic, AlertOut};
-use crate::annotators::{AnnotatorKey, AnnotatorLogic, AnnotatorOut, AnnotatorSum, JoinInput, JoinLogic};
+use crate::annotators::{AnnotatorLogic, AnnotatorOut, JoinInput, JoinLogic};
 use crate::combine::combine;
 use crate::drift::DriftSettings;
 use crate::gates::{GateLogic, GateOut};
-use crate::items::{items, ItemOutput, ItemsConfig};
+use crate::items::{items, Items, ItemsConfig};
 use crate::keyed::{keyed, Emit};
 use crate::label::LabelId;
 use crate::names::OnError;
-use crate::pairs::{PairKey, PairLogic, PairOut};
+use crate::pairs::{PairLogic, PairOut};
 use crate::records::Record;
 use crate::scopes::{ScopeLogic, ScopeOut, ScopeSum};
-use crate::source::{is_window, AnnotatorId, Day, Name, ScopeId, Stamp, Update, DAY_MS};
+use crate::source::{AnnotatorId, Day, Name, Stamp, Update};
 use crate::summary::{Metric, WatchLogic};
 
 /// Logical time: a totally ordered epoch.
@@ -174,76 +173,6 @@ pub type Changes<'s, D> = Stream<'s, Time, Vec<(D, Time, Diff)>>;
 /// The sums an epoch adds to: `(x, y, z)`, whose meaning each update kind says.
 pub type Sums = (i64, i64, i64);
 
-/// A sum the items' contributions add to, and the keyed operator that keeps it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Sum {
-    Scope(ScopeId, ScopeSum),
-    Annotator(AnnotatorKey, AnnotatorSum),
-    /// A cell of a pair's confusion table: `(items, 0, 0)`.
-    Pair(PairKey, LabelId, LabelId),
-}
-
-/// The sums one contribution of an item adds to.
-fn sums_of(output: ItemOutput) -> SmallVec<[(Sum, Sums); 2]> {
-    let mut sums = SmallVec::new();
-    match output {
-        ItemOutput::Fact { scope, fact, .. } => {
-            let mut to_scope = |sum, values| sums.push((Sum::Scope(scope, sum), values));
-            match fact {
-                ItemFact::Stats { day, raters, agreeing_pairs, majority } => {
-                    to_scope(ScopeSum::Items { day, raters }, (1, agreeing_pairs as i64, i64::from(majority)))
-                }
-                ItemFact::Share { day, raters, label, count } => {
-                    to_scope(ScopeSum::Share { day, raters, label }, (i64::from(count), 0, 0))
-                }
-                ItemFact::Coincidence { day, raters, c, k, weight } => {
-                    to_scope(ScopeSum::Coincidence { day, raters, c, k }, (weight as i64, 0, 0))
-                }
-                ItemFact::Annotator { annotator, raters, same } => {
-                    to_scope(ScopeSum::Annotator { annotator }, (1, 0, 0));
-                    if !is_window(scope) {
-                        let sum = AnnotatorSum::Items { raters };
-                        sums.push((Sum::Annotator((scope, annotator), sum), (1, i64::from(same), 0)));
-                    }
-                }
-                ItemFact::Speed { annotator, day, bucket } => {
-                    to_scope(ScopeSum::Speed { day, bucket }, (1, 0, 0));
-                    let sum = AnnotatorSum::Speed { day, bucket };
-                    sums.push((Sum::Annotator((scope, annotator), sum), (1, 0, 0)));
-                }
-                ItemFact::Gap { annotator, day, gap } => sums.push((
-                    Sum::Annotator((scope, annotator), AnnotatorSum::Gap { day }),
-                    (1, gap, gap * gap),
-                )),
-                ItemFact::Mix { annotator, day, label, own, peer } => {
-                    let sum = AnnotatorSum::Mix { day, label };
-                    sums.push((Sum::Annotator((scope, annotator), sum), (i64::from(own), peer, 0)))
-                }
-            }
-        }
-        ItemOutput::Pair { scope, a, b, label_a, label_b } => {
-            sums.push((Sum::Pair((scope, a, b), label_a, label_b), (1, 0, 0)))
-        }
-        ItemOutput::Gold { scope, annotator, item, ts_ms, correct } => {
-            sums.push((Sum::Scope(scope, ScopeSum::Gold), (1, i64::from(correct), 0)));
-            if !is_window(scope) {
-                let day = ts_ms.div_euclid(DAY_MS) as Day;
-                sums.push((Sum::Scope(scope, ScopeSum::GoldDay { day }), (1, i64::from(!correct), 0)));
-                let key = (scope, annotator);
-                sums.push((Sum::Annotator(key, AnnotatorSum::Gold), (1, i64::from(correct), 0)));
-                sums.push((Sum::Annotator(key, AnnotatorSum::Answer { ts_ms, item, correct }), (1, 0, 0)));
-            }
-        }
-    }
-    sums
-}
-
-/// The sums the items' contributions add to, each epoch's summed per sum on the worker that made
-/// them (see [`crate::combine`]).
-pub fn sums<'s>(items: VecCollection<'s, Time, ItemOutput, Diff>) -> VecCollection<'s, Time, Sum, Sums> {
-    combine(items.explode(sums_of), "CombineSums")
-}
-
 /// How the quality dataflow runs.
 #[derive(Clone, Debug, Default)]
 pub struct QualityConfig {
@@ -266,15 +195,15 @@ pub struct Quality<'s> {
 /// sections 3 and 4, each formed by the worker that owns its entity:
 ///
 /// ```text
-/// events -> items -> sums -+-> pairs ------------------> pair records
-///            |             |     | kappas
-///            |             +-----+-> scopes -----------> scope, window and scope alert records
-///            |             |           | drift inputs (to every worker)
-///            |             +-----------+-> annotators -> (own records) --> join --> annotator records
-///            |                              |  |                            ^
-///            |                              |  +-> gates ---> gate records -+-> watchlists
-///            |                              +----> alerts --> drift alert records
-///            +-> item records
+/// events -> items -+-> pairs ------------------> pair records
+///                  |     | kappas
+///                  +-----+-> scopes -----------> scope, window and scope alert records
+///                  |           | drift inputs (to every worker)
+///                  +-----------+-> annotators -> (own records) --> join --> annotator records
+///                  |                |  |                            ^
+///                  |                |  +-> gates ---> gate records -+-> watchlists
+///                  |                +----> alerts --> drift alert records
+///                  +-> item records
 /// ```
 pub fn quality<'s>(
     events: Stream<'s, Time, Vec<Update>>,
@@ -285,38 +214,23 @@ pub fn quality<'s>(
     let names = crate::names::names(names, on_error);
     let emit = config.emit;
     let drift = &config.drift;
-    let (contributions, item_records) = items(events, &names, config.items.clone());
-    let sums = sums(contributions);
-    let scope_sums = sums.clone().flat_map(|sum| match sum {
-        Sum::Scope(scope, update) => Some((scope, update)),
-        _ => None,
-    });
-    let annotator_sums = sums.clone().flat_map(|sum| match sum {
-        Sum::Annotator(key, update) => Some((key, update)),
-        _ => None,
-    });
-    let pair_cells = sums.flat_map(|sum| match sum {
-        Sum::Pair(key, a, b) => Some((key, (a, b))),
-        _ => None,
-    });
+    let Items { scopes: scope_sums, annotators: annotator_sums, pairs: pair_cells, records: item_records } =
+        items(events, &names, config.items.clone());
 
     let pairs = keyed(pair_cells, None, &names, PairLogic, emit, "Pairs");
     let kappas = pairs
-        .clone()
+        .others
         .inner
         .flat_map(|(out, time, diff)| match out {
             PairOut::Kappa { scope, kappa } => Some(((scope, ScopeSum::Kappa { kappa }), time, (diff, 0, 0))),
             PairOut::Record(_) => None,
         })
         .as_collection();
-    let pair_records = pairs.flat_map(|out| match out {
-        PairOut::Record(record) => Some(record),
-        PairOut::Kappa { .. } => None,
-    });
 
     let scopes =
         keyed(scope_sums.concat(kappas), None, &names, ScopeLogic { drift: drift.clone() }, emit, "Scopes");
     let basis = scopes
+        .others
         .clone()
         .flat_map(|out| match out {
             ScopeOut::Basis(basis) => Some(basis),
@@ -328,25 +242,25 @@ pub fn quality<'s>(
 
     let annotators =
         keyed(annotator_sums, Some(basis), &names, AnnotatorLogic::new(drift.clone()), emit, "Annotators");
-    let gate_inputs = annotators.clone().flat_map(|out| match out {
+    let gate_inputs = annotators.others.clone().flat_map(|out| match out {
         AnnotatorOut::Gate(key, input) => Some((key, input)),
         _ => None,
     });
-    let alert_inputs = annotators.clone().flat_map(|out| match out {
+    let alert_inputs = annotators.others.clone().flat_map(|out| match out {
         AnnotatorOut::Alert(scope, input) => Some((scope, input)),
         _ => None,
     });
-    let own = annotators.flat_map(|out| match out {
+    let own = annotators.others.flat_map(|out| match out {
         AnnotatorOut::Own(key, record) => Some((key, JoinInput::Own(record))),
         _ => None,
     });
 
     let gates = keyed(gate_inputs, None, &names, GateLogic { drift: drift.clone() }, emit, "Gates");
-    let gate_for = gates.clone().flat_map(|out| match out {
+    let gate_for = gates.others.clone().flat_map(|out| match out {
         GateOut::For { scope, annotator, gate } => Some(((scope, annotator), JoinInput::Gate(gate))),
         _ => None,
     });
-    let candidates = gates.clone().flat_map(|out| match out {
+    let candidates = gates.others.clone().flat_map(|out| match out {
         GateOut::Watch { project, signal, candidate } => Some(((project, signal), candidate)),
         _ => None,
     });
@@ -355,37 +269,18 @@ pub fn quality<'s>(
     let alert_inputs = combine(alert_inputs, "CombineAlertInputs");
     let alerts = keyed(alert_inputs, None, &names, AlertLogic { drift: drift.clone() }, emit, "Alerts");
 
-    let scope_records = scopes.clone().flat_map(|out| match out {
-        ScopeOut::Record(record) => Some(record),
-        _ => None,
-    });
-    let scope_metrics = scopes.flat_map(|out| match out {
-        ScopeOut::Metric(metric) => Some(metric),
-        _ => None,
-    });
-    let gate_records = gates.clone().flat_map(|out| match out {
-        GateOut::Record(record) => Some(record),
-        _ => None,
-    });
-    let gate_metrics = gates.flat_map(|out| match out {
-        GateOut::Metric(metric) => Some(metric),
-        _ => None,
-    });
-    let alert_records = alerts.clone().flat_map(|out| match out {
-        AlertOut::Record(record) => Some(record),
-        AlertOut::Metric(_) => None,
-    });
-    let alert_metrics = alerts.flat_map(|out| match out {
-        AlertOut::Metric(metric) => Some(metric),
-        AlertOut::Record(_) => None,
-    });
     let records = item_records
-        .concat(pair_records)
-        .concat(scope_records)
-        .concat(annotator_records)
-        .concat(gate_records)
-        .concat(alert_records);
-    let metrics = scope_metrics.concat(gate_metrics).concat(alert_metrics).concat(watchlists);
+        .concat(pairs.records.flat_map(PairOut::record))
+        .concat(scopes.records.flat_map(ScopeOut::record))
+        .concat(annotator_records.records)
+        .concat(gates.records.flat_map(GateOut::record))
+        .concat(alerts.records.flat_map(AlertOut::record));
+    let metrics = scopes
+        .others
+        .flat_map(ScopeOut::metric)
+        .concat(gates.others.flat_map(GateOut::metric))
+        .concat(alerts.others.flat_map(AlertOut::metric))
+        .concat(watchlists.others);
     Quality { records, metrics }
 }
 
@@ -394,10 +289,25 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::annotators::{AnnotatorKey, AnnotatorSum};
     use crate::items::ItemEvent;
-    use crate::source::{ItemId, ItemKey};
+    use crate::label::LabelId;
+    use crate::pairs::PairKey;
+    use crate::scopes::ScopeSum;
+    use crate::source::{ItemId, ItemKey, ScopeId};
     use timely::dataflow::operators::capture::Extract;
-    use timely::dataflow::operators::Capture;
+    use timely::dataflow::operators::{Capture, Concat};
+
+    /// A sum the items contribute to, and the operator that keeps it.
+    #[derive(
+        Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    )]
+    enum Sum {
+        Scope(ScopeId, ScopeSum),
+        Annotator(AnnotatorKey, AnnotatorSum),
+        /// A cell of a pair's table: `(items, 0, 0)`.
+        Pair(PairKey, LabelId, LabelId),
+    }
 
     /// Changes of the sums: `(sum, time, change)`.
     type Captured = Vec<(Sum, Time, Sums)>;
@@ -419,8 +329,12 @@ mod tests {
             let captured = worker.dataflow::<Time, _, _>(|scope| {
                 let names =
                     crate::names::names(names.to_stream(scope), std::sync::Arc::new(|e| panic!("{e}")));
-                let (items, _) = crate::items::items(input.to_stream(scope), &names, ItemsConfig::default());
-                sums(items).inner.capture()
+                let items = crate::items::items(input.to_stream(scope), &names, ItemsConfig::default());
+                let scopes = items.scopes.map(|(scope, sum)| Sum::Scope(scope, sum)).inner;
+                let annotators = items.annotators.map(|(key, sum)| Sum::Annotator(key, sum)).inner;
+                let pairs =
+                    items.pairs.inner.map(|((key, (a, b)), t, d)| (Sum::Pair(key, a, b), t, (d, 0, 0)));
+                scopes.concat(annotators).concat(pairs).capture()
             });
             drop(names);
             let last = events.iter().map(|(t, ..)| *t).max().unwrap_or(0);

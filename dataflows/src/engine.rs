@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use timely::communication::WorkerGuards;
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
@@ -536,15 +538,16 @@ fn run_worker(
                 }
                 Emit::Final => {
                     let kept = kept.clone();
-                    output
-                        .records
-                        .inner
-                        .inspect_core(move |event| {
-                            if let Ok((_, batch)) = event {
-                                kept.borrow_mut().extend(batch.iter().map(|(r, _, d)| (r.clone(), *d)));
-                            }
-                        })
-                        .probe_with(&probe);
+                    output.records.inner.probe_with(&probe).sink(
+                        Pipeline,
+                        "KeepRecords",
+                        move |(input, _)| {
+                            input.for_each(|_, data| {
+                                kept.borrow_mut()
+                                    .extend(data.drain(..).map(|(record, _, diff)| (record, diff)));
+                            })
+                        },
+                    );
                 }
             }
             probe
@@ -638,8 +641,13 @@ fn run_worker(
     }
     report_progress(&probe);
     let mut records = std::mem::take(&mut *kept.borrow_mut());
-    crate::records::consolidate(&mut records);
-    records.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| r).collect()
+    // Final records come once each; otherwise what remains of the changes is the final state.
+    if records.iter().any(|(_, diff)| *diff != 1) {
+        crate::records::consolidate(&mut records);
+    }
+    let mut records: Vec<Record> = records.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| r).collect();
+    records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    records
 }
 
 #[cfg(test)]

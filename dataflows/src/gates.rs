@@ -69,6 +69,24 @@ pub enum GateOut {
     },
 }
 
+impl GateOut {
+    /// The record, if this is one.
+    pub fn record(self) -> Option<Record> {
+        match self {
+            GateOut::Record(record) => Some(record),
+            _ => None,
+        }
+    }
+
+    /// The drift summary fact, if this is one.
+    pub fn metric(self) -> Option<Metric> {
+        match self {
+            GateOut::Metric(metric) => Some(metric),
+            _ => None,
+        }
+    }
+}
+
 /// The keyed logic of gates.
 pub struct GateLogic {
     pub drift: DriftSettings,
@@ -165,6 +183,10 @@ impl Keyed for GateLogic {
 
     fn is_empty(s: &GateInputs) -> bool {
         s.inputs.is_empty()
+    }
+
+    fn is_record(out: &GateOut) -> bool {
+        matches!(out, GateOut::Record(_))
     }
 }
 

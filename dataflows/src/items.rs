@@ -20,11 +20,11 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -32,13 +32,18 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use crate::dataflow::{summarize_item, Changes, Diff, ItemFact, Time};
+use crate::annotators::{AnnotatorKey, AnnotatorSum};
+use crate::dataflow::{summarize_item, Changes, Diff, ItemFact, Sums, Time};
 use crate::keyed::{emit_difference, Emit};
 use crate::label::{JsonLabel, LabelId};
 use crate::names::Names;
 use crate::objects::ItemConsensus;
+use crate::pairs::PairKey;
 use crate::records::{Entity, Record};
-use crate::source::{window_id, AnnotatorId, Catalog, ItemId, ItemKey, ScopeId, Stamp, Update, Window};
+use crate::scopes::ScopeSum;
+use crate::source::{
+    is_window, window_id, AnnotatorId, Catalog, Day, ItemId, ItemKey, ScopeId, Stamp, Update, Window, DAY_MS,
+};
 
 /// A change to one item, as a reader parsed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,20 +89,54 @@ pub struct ItemsConfig {
     pub records: Option<Emit>,
 }
 
-/// One identity's latest event: its sequence number and label (`None`: deleted, kept only for
-/// out-of-order input).
+/// One identity's latest event, packed (40 bytes): its sequence number and label, with when it
+/// was given (a deleted identity is kept only for out-of-order input).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     annotator: AnnotatorId,
     seq: u64,
-    value: Option<(LabelId, Stamp)>,
+    label: LabelId,
+    ts_ms: i64,
+    duration_ms: u32,
+    /// [`LIVE`]: not deleted; [`TIMED`]: `duration_ms` is known.
+    flags: u8,
 }
 
-/// An item's state: its labels sorted by annotator, and its gold answer.
+const LIVE: u8 = 1;
+const TIMED: u8 = 2;
+
+impl Slot {
+    fn new(annotator: AnnotatorId, seq: u64, value: Option<(LabelId, Stamp)>) -> Slot {
+        let mut slot = Slot { annotator, seq, label: 0, ts_ms: 0, duration_ms: 0, flags: 0 };
+        slot.set(value);
+        slot
+    }
+
+    /// The label and when it was given; `None` when deleted.
+    fn value(&self) -> Option<(LabelId, Stamp)> {
+        let duration_ms = (self.flags & TIMED != 0).then_some(self.duration_ms);
+        (self.flags & LIVE != 0).then_some((self.label, Stamp { ts_ms: self.ts_ms, duration_ms }))
+    }
+
+    fn set(&mut self, value: Option<(LabelId, Stamp)>) {
+        match value {
+            Some((label, stamp)) => {
+                self.label = label;
+                self.ts_ms = stamp.ts_ms;
+                self.duration_ms = stamp.duration_ms.unwrap_or(0);
+                self.flags = LIVE | if stamp.duration_ms.is_some() { TIMED } else { 0 };
+            }
+            None => self.flags = 0,
+        }
+    }
+}
+
+/// An item's state: its labels sorted by annotator (exactly as many as it has), and its gold
+/// answer (few items have one) with the sequence number of the event that set it.
 #[derive(Debug, Default)]
 struct ItemState {
-    labels: SmallVec<[Slot; 4]>,
-    gold: Option<(u64, Option<LabelId>)>,
+    labels: Box<[Slot]>,
+    gold: Option<Box<(u64, Option<LabelId>)>>,
 }
 
 impl ItemState {
@@ -115,29 +154,29 @@ impl ItemState {
                         if out_of_order && seq < slot.seq {
                             return false;
                         }
-                        let changed = slot.value != value;
+                        let changed = slot.value() != value;
                         slot.seq = seq;
-                        slot.value = value;
+                        slot.set(value);
                         if value.is_none() && !out_of_order {
-                            self.labels.remove(i);
+                            crate::keyed::remove_at(&mut self.labels, i);
                         }
                         changed
                     }
                     Err(i) => {
                         if value.is_some() || out_of_order {
-                            self.labels.insert(i, Slot { annotator, seq, value });
+                            crate::keyed::insert_at(&mut self.labels, i, Slot::new(annotator, seq, value));
                         }
                         value.is_some()
                     }
                 }
             }
             ItemEvent::Gold { seq, label } => {
-                let old = match self.gold {
-                    Some((known, _)) if out_of_order && seq < known => return false,
-                    Some((_, old)) => old,
+                let old = match self.gold.as_deref() {
+                    Some(&(known, _)) if out_of_order && seq < known => return false,
+                    Some(&(_, old)) => old,
                     None => None,
                 };
-                self.gold = (label.is_some() || out_of_order).then_some((seq, label));
+                self.gold = (label.is_some() || out_of_order).then(|| Box::new((seq, label)));
                 old != label
             }
         }
@@ -153,7 +192,7 @@ impl ItemState {
     ) {
         let (scope, id) = item;
         scratch.rows.clear();
-        scratch.rows.extend(self.labels.iter().filter_map(|s| s.value.map(|(l, st)| (s.annotator, l, st))));
+        scratch.rows.extend(self.labels.iter().filter_map(|s| s.value().map(|(l, st)| (s.annotator, l, st))));
         let rows = &scratch.rows;
         if rows.is_empty() {
             return;
@@ -166,7 +205,7 @@ impl ItemState {
                 out.push(ItemOutput::Pair { scope, a, b, label_a, label_b });
             }
         }
-        let gold = self.gold.and_then(|(_, label)| label);
+        let gold = self.gold.as_deref().and_then(|&(_, label)| label);
         if let Some(gold) = gold {
             for &(annotator, label, stamp) in rows {
                 out.push(ItemOutput::Gold {
@@ -225,8 +264,8 @@ impl ItemState {
         counts: &mut Vec<(LabelId, u32)>,
     ) -> Option<Record> {
         counts.clear();
-        for slot in &self.labels {
-            let Some((label, _)) = slot.value else { continue };
+        for slot in self.labels.iter() {
+            let Some((label, _)) = slot.value() else { continue };
             match counts.iter_mut().find(|(l, _)| *l == label) {
                 Some((_, n)) => *n += 1,
                 None => counts.push((label, 1)),
@@ -264,44 +303,169 @@ pub fn item_route(item: &ItemKey) -> u64 {
     item_owner(item.1)
 }
 
-/// An epoch's events, kept until the epoch is complete.
-type Pending = BTreeMap<Time, (Capability<Time>, Capability<Time>, Vec<Update>)>;
+/// An epoch's events, with a capability of each output, kept until the epoch is complete.
+type Pending = BTreeMap<Time, (Vec<Capability<Time>>, Vec<Update>)>;
+
+/// A sum an item contributes to a scope (see [`crate::scopes`]).
+pub type ScopeUpdate = (ScopeId, ScopeSum);
+/// A sum an item contributes to an annotator within its scope (see [`crate::annotators`]).
+pub type AnnotatorUpdate = (AnnotatorKey, AnnotatorSum);
+/// A cell of a pair's confusion table: the labels of `a` and `b` on one item.
+pub type PairCell = (PairKey, (LabelId, LabelId));
+
+/// What the items contribute, each kind to the operator that keeps it, and their records.
+pub struct Items<'s> {
+    /// Changes of the scopes' sums, summed per epoch on the worker that owns the items.
+    pub scopes: VecCollection<'s, Time, ScopeUpdate, Sums>,
+    /// Changes of the annotators' sums, summed likewise.
+    pub annotators: VecCollection<'s, Time, AnnotatorUpdate, Sums>,
+    /// Pair cells: `+1` for each item on which `a` and `b` gave those labels (rarely the same
+    /// cell twice in an epoch, so not summed).
+    pub pairs: VecCollection<'s, Time, PairCell, Diff>,
+    /// The items' records (when asked for).
+    pub records: VecCollection<'s, Time, Record, Diff>,
+}
+
+/// One epoch's sums per key, reused from epoch to epoch.
+type Accumulator<K> = HashMap<K, Sums, RandomState>;
+
+/// An output of changes with multiplicity `R`.
+type Output<D, R> = OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, R)>>>;
+
+fn accumulate<K: Hash + Eq>(sums: &mut Accumulator<K>, key: K, (x, y, z): Sums, diff: Diff) {
+    let sum = sums.entry(key).or_insert((0, 0, 0));
+    *sum = (sum.0 + x * diff, sum.1 + y * diff, sum.2 + z * diff);
+}
+
+/// Where one contribution of an item goes: the sums of its scope, of its annotators, or a cell of
+/// a pair's table (passed to `pair`).
+fn distribute(
+    output: ItemOutput,
+    diff: Diff,
+    scopes: &mut Accumulator<ScopeUpdate>,
+    annotators: &mut Accumulator<AnnotatorUpdate>,
+    mut pair: impl FnMut(PairCell, Diff),
+) {
+    match output {
+        ItemOutput::Fact { scope, fact, .. } => match fact {
+            ItemFact::Stats { day, raters, agreeing_pairs, majority } => accumulate(
+                scopes,
+                (scope, ScopeSum::Items { day, raters }),
+                (1, agreeing_pairs as i64, i64::from(majority)),
+                diff,
+            ),
+            ItemFact::Share { day, raters, label, count } => accumulate(
+                scopes,
+                (scope, ScopeSum::Share { day, raters, label }),
+                (i64::from(count), 0, 0),
+                diff,
+            ),
+            ItemFact::Coincidence { day, raters, c, k, weight } => accumulate(
+                scopes,
+                (scope, ScopeSum::Coincidence { day, raters, c, k }),
+                (weight as i64, 0, 0),
+                diff,
+            ),
+            ItemFact::Annotator { annotator, raters, same } => {
+                accumulate(scopes, (scope, ScopeSum::Annotator { annotator }), (1, 0, 0), diff);
+                if !is_window(scope) {
+                    let key = ((scope, annotator), AnnotatorSum::Items { raters });
+                    accumulate(annotators, key, (1, i64::from(same), 0), diff);
+                }
+            }
+            ItemFact::Speed { annotator, day, bucket } => {
+                accumulate(scopes, (scope, ScopeSum::Speed { day, bucket }), (1, 0, 0), diff);
+                accumulate(
+                    annotators,
+                    ((scope, annotator), AnnotatorSum::Speed { day, bucket }),
+                    (1, 0, 0),
+                    diff,
+                );
+            }
+            ItemFact::Gap { annotator, day, gap } => accumulate(
+                annotators,
+                ((scope, annotator), AnnotatorSum::Gap { day }),
+                (1, gap, gap * gap),
+                diff,
+            ),
+            ItemFact::Mix { annotator, day, label, own, peer } => {
+                let key = ((scope, annotator), AnnotatorSum::Mix { day, label });
+                accumulate(annotators, key, (i64::from(own), peer, 0), diff)
+            }
+        },
+        ItemOutput::Pair { scope, a, b, label_a, label_b } => pair(((scope, a, b), (label_a, label_b)), diff),
+        ItemOutput::Gold { scope, annotator, item, ts_ms, correct } => {
+            accumulate(scopes, (scope, ScopeSum::Gold), (1, i64::from(correct), 0), diff);
+            if !is_window(scope) {
+                let day = ts_ms.div_euclid(DAY_MS) as Day;
+                accumulate(scopes, (scope, ScopeSum::GoldDay { day }), (1, i64::from(!correct), 0), diff);
+                let key = (scope, annotator);
+                accumulate(annotators, (key, AnnotatorSum::Gold), (1, i64::from(correct), 0), diff);
+                accumulate(annotators, (key, AnnotatorSum::Answer { ts_ms, item, correct }), (1, 0, 0), diff);
+            }
+        }
+    }
+}
+
+/// Emits an epoch's non-zero sums and empties the accumulator (keeping its capacity).
+fn flush<K: timely::ExchangeData>(
+    sums: &mut Accumulator<K>,
+    output: &mut Output<K, Sums>,
+    capability: &Capability<Time>,
+) {
+    let time = *capability.time();
+    let mut handle = output.activate();
+    let mut session = handle.session(capability);
+    session
+        .give_iterator(sums.drain().filter(|(_, sum)| *sum != (0, 0, 0)).map(|(key, sum)| (key, time, sum)));
+}
 
 /// The items of a dataflow: routes `events` to the workers that own their items, keeps each item's
-/// state there, and returns what the items contribute, as a collection, and the items' records
-/// (when [`ItemsConfig::records`] asks for them; `names` has the names they need).
+/// state there, and returns what the items contribute and the items' records (when
+/// [`ItemsConfig::records`] asks for them; `names` has the names they need).
 pub fn items<'s>(
     events: Stream<'s, Time, Vec<(ItemKey, ItemEvent)>>,
     names: &Names<'s>,
     config: ItemsConfig,
-) -> (VecCollection<'s, Time, ItemOutput, Diff>, VecCollection<'s, Time, Record, Diff>) {
+) -> Items<'s> {
     let mut builder = OperatorBuilder::new("Items".to_owned(), events.scope());
     let pact = Exchange::new(|(item, _): &(ItemKey, ItemEvent)| item_route(item));
     let mut input = builder.new_input(events, pact);
     let mut gate = builder.new_input(names.gate.clone(), Pipeline);
-    let (contributions, contributions_stream): (_, Changes<'s, ItemOutput>) = builder.new_output();
+    let (scope_sums, scope_stream) = builder.new_output();
+    let (annotator_sums, annotator_stream) = builder.new_output();
+    let (pair_cells, pair_stream): (_, Changes<'s, PairCell>) = builder.new_output();
     let (records, records_stream): (_, Changes<'s, Record>) = builder.new_output();
-    let mut contributions =
-        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(ItemOutput, Time, Diff)>>>::from(contributions);
+    let mut scope_sums =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(ScopeUpdate, Time, Sums)>>>::from(scope_sums);
+    let mut annotator_sums = OutputBuilder::<
+        Time,
+        CapacityContainerBuilder<Vec<(AnnotatorUpdate, Time, Sums)>>,
+    >::from(annotator_sums);
+    let mut pair_cells =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(PairCell, Time, Diff)>>>::from(pair_cells);
     let mut records =
         OutputBuilder::<Time, CapacityContainerBuilder<Vec<(Record, Time, Diff)>>>::from(records);
     let catalog = names.catalog.clone();
     builder.build(move |mut initial| {
-        // Emit::Final: a capability of the records' output kept at the inputs' frontier.
+        // Emit::Final: a capability of the records' output (the last) kept at the inputs' frontier.
         let mut held: Option<Capability<Time>> =
             initial.pop().filter(|_| config.records == Some(Emit::Final));
         let mut state: HashMap<ItemKey, ItemState, RandomState> = HashMap::default();
         let mut stash: Pending = BTreeMap::new();
         let mut scratch = Scratch::default();
         let (mut before, mut after) = (Vec::new(), Vec::new());
+        let mut scopes: Accumulator<ScopeUpdate> = HashMap::default();
+        let mut annotators: Accumulator<AnnotatorUpdate> = HashMap::default();
         move |frontiers| {
             input.for_each(|capability, data| {
-                let (Some(facts), Some(rendered)) = (capability.retain_least(0), capability.retain_least(1))
+                let Some(capabilities) = (0..4).map(|output| capability.retain_least(output)).collect()
                 else {
                     return;
                 };
-                let time = *facts.time();
-                stash.entry(time).or_insert_with(|| (facts, rendered, Vec::new())).2.append(data);
+                let capabilities: Vec<Capability<Time>> = capabilities;
+                let time = *capabilities[0].time();
+                stash.entry(time).or_insert_with(|| (capabilities, Vec::new())).1.append(data);
             });
             gate.for_each(|_, _| {});
             // Rendering waits for the epoch's names; the contributions need none.
@@ -314,13 +478,13 @@ pub fn items<'s>(
                     break;
                 }
                 let time = *entry.key();
-                let (facts, rendered, mut events) = entry.remove();
+                let (capabilities, mut events) = entry.remove();
                 // Each item once, its events in sequence order (stable: arrival order for ties).
                 events.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.seq().cmp(&y.seq())));
-                let mut contributions = contributions.activate();
-                let mut session = contributions.session(&facts);
-                let mut records = records.activate();
-                let mut record_session = records.session(&rendered);
+                let mut pair_handle = pair_cells.activate();
+                let mut pair_session = pair_handle.session(&capabilities[2]);
+                let mut record_handle = records.activate();
+                let mut record_session = record_handle.session(&capabilities[3]);
                 let mut rest = &events[..];
                 while let Some(&(item, _)) = rest.first() {
                     let len = rest.iter().take_while(|(i, _)| *i == item).count();
@@ -357,13 +521,19 @@ pub fn items<'s>(
                         entry.remove();
                     }
                     emit_difference(&mut before, &mut after, |output, diff| {
-                        session.give((output, time, diff))
+                        distribute(output, diff, &mut scopes, &mut annotators, |cell, diff| {
+                            pair_session.give((cell, time, diff))
+                        })
                     });
                 }
-                drop(record_session);
+                drop((pair_session, record_session));
+                flush(&mut scopes, &mut scope_sums, &capabilities[0]);
+                flush(&mut annotators, &mut annotator_sums, &capabilities[1]);
             }
-            crate::keyed::hold_at_frontier(&mut held, frontiers);
-            if config.records == Some(Emit::Final) && frontiers.iter().all(|f| f.is_empty()) {
+            if let Some(held) = held.as_mut() {
+                crate::keyed::hold_at_frontier(held, frontiers);
+            }
+            if frontiers.iter().all(|f| f.is_empty()) {
                 if let Some(capability) = held.take() {
                     let time = *capability.time();
                     let mut records = records.activate();
@@ -373,13 +543,18 @@ pub fn items<'s>(
                             session.give((record, time, 1));
                         }
                     }
-                    // Nothing follows the final records: the items are no longer needed.
-                    state = HashMap::default();
                 }
+                // Nothing follows: the items are no longer needed.
+                state = HashMap::default();
             }
         }
     });
-    (contributions_stream.as_collection(), records_stream.as_collection())
+    Items {
+        scopes: scope_stream.as_collection(),
+        annotators: annotator_stream.as_collection(),
+        pairs: pair_stream.as_collection(),
+        records: records_stream.as_collection(),
+    }
 }
 
 #[cfg(test)]
@@ -388,12 +563,23 @@ mod tests {
     use timely::dataflow::operators::capture::Extract;
     use timely::dataflow::operators::Capture;
 
-    /// What the items contribute and their records.
-    type Run = (Vec<(ItemOutput, Diff)>, Vec<(Record, Diff)>);
+    /// What the items contribute, accumulated over all times: the sums' totals (non-zero), the
+    /// pair cells, and the records.
+    #[derive(Default)]
+    struct Run {
+        scopes: BTreeMap<ScopeUpdate, Sums>,
+        annotators: BTreeMap<AnnotatorUpdate, Sums>,
+        pairs: Vec<(PairCell, Diff)>,
+        records: Vec<(Record, Diff)>,
+    }
+
+    fn total<K: Ord>(totals: &mut BTreeMap<K, Sums>, key: K, (x, y, z): Sums) {
+        let t = totals.entry(key).or_insert((0, 0, 0));
+        *t = (t.0 + x, t.1 + y, t.2 + z);
+    }
 
     /// Runs the items over `(time, item, event)`s with `workers` workers, the names given at time
-    /// 0; returns what the items contribute and their records at the end, accumulated over all
-    /// times.
+    /// 0.
     fn run_with_names(
         workers: usize,
         config: ItemsConfig,
@@ -411,11 +597,16 @@ mod tests {
                 Time,
                 timely::container::CapacityContainerBuilder<Vec<crate::source::Name>>,
             >::new();
-            let (contributions, records) = worker.dataflow::<Time, _, _>(|scope| {
+            let captured = worker.dataflow::<Time, _, _>(|scope| {
                 let on_error: crate::names::OnError = std::sync::Arc::new(|e| panic!("{e}"));
                 let names = crate::names::names(names_input.to_stream(scope), on_error);
-                let (contributions, records) = items(input.to_stream(scope), &names, config.clone());
-                (contributions.inner.capture(), records.inner.capture())
+                let items = items(input.to_stream(scope), &names, config.clone());
+                (
+                    items.scopes.inner.capture(),
+                    items.annotators.inner.capture(),
+                    items.pairs.inner.capture(),
+                    items.records.inner.capture(),
+                )
             });
             if worker.index() == 0 {
                 for name in &names {
@@ -435,25 +626,33 @@ mod tests {
             }
             drop(input);
             while worker.step() {}
-            send.lock().unwrap().send((contributions.extract(), records.extract())).unwrap();
+            let (scopes, annotators, pairs, records) = captured;
+            send.lock()
+                .unwrap()
+                .send((scopes.extract(), annotators.extract(), pairs.extract(), records.extract()))
+                .unwrap();
         })
         .unwrap();
-        let (mut all, mut records) = (Vec::new(), Vec::new());
-        for (contributions, rendered) in receive.iter() {
-            all.extend(contributions.into_iter().flat_map(|(_, batch)| batch).map(|(o, _, d)| (o, d)));
-            records.extend(rendered.into_iter().flat_map(|(_, batch)| batch).map(|(r, _, d)| (r, d)));
+        let mut run = Run::default();
+        for (scopes, annotators, pairs, records) in receive.iter() {
+            for (key, _, sums) in scopes.into_iter().flat_map(|(_, batch)| batch) {
+                total(&mut run.scopes, key, sums);
+            }
+            for (key, _, sums) in annotators.into_iter().flat_map(|(_, batch)| batch) {
+                total(&mut run.annotators, key, sums);
+            }
+            run.pairs.extend(pairs.into_iter().flat_map(|(_, batch)| batch).map(|(c, _, d)| (c, d)));
+            run.records.extend(records.into_iter().flat_map(|(_, batch)| batch).map(|(r, _, d)| (r, d)));
         }
-        differential_dataflow::consolidation::consolidate(&mut all);
-        differential_dataflow::consolidation::consolidate(&mut records);
-        (all, records)
+        run.scopes.retain(|_, t| *t != (0, 0, 0));
+        run.annotators.retain(|_, t| *t != (0, 0, 0));
+        differential_dataflow::consolidation::consolidate(&mut run.pairs);
+        differential_dataflow::consolidation::consolidate(&mut run.records);
+        run
     }
 
-    fn run(
-        workers: usize,
-        config: ItemsConfig,
-        events: Vec<(Time, ItemKey, ItemEvent)>,
-    ) -> Vec<(ItemOutput, Diff)> {
-        run_with_names(workers, config, events, Vec::new()).0
+    fn run(workers: usize, config: ItemsConfig, events: Vec<(Time, ItemKey, ItemEvent)>) -> Run {
+        run_with_names(workers, config, events, Vec::new())
     }
 
     const ITEM: ItemKey = (0, 7);
@@ -462,15 +661,12 @@ mod tests {
         ItemEvent::Label { annotator, seq, value: label.map(|l| (l, Stamp { ts_ms: 1, duration_ms: None })) }
     }
 
-    fn pairs(outputs: &[(ItemOutput, Diff)]) -> Vec<(AnnotatorId, AnnotatorId, LabelId, LabelId)> {
-        outputs
+    fn pairs(run: &Run) -> Vec<(AnnotatorId, AnnotatorId, LabelId, LabelId)> {
+        run.pairs
             .iter()
-            .filter_map(|(o, d)| match *o {
-                ItemOutput::Pair { a, b, label_a, label_b, .. } => {
-                    assert_eq!(*d, 1);
-                    Some((a, b, label_a, label_b))
-                }
-                _ => None,
+            .map(|&(((_, a, b), (label_a, label_b)), d)| {
+                assert_eq!(d, 1);
+                (a, b, label_a, label_b)
             })
             .collect()
     }
@@ -509,9 +705,10 @@ mod tests {
             let out = run(workers, config.clone(), events.clone());
             assert_eq!(pairs(&out), vec![(1, 3, 11, 12)], "{workers} workers");
             let gold: Vec<_> = out
-                .iter()
-                .filter_map(|(o, _)| match *o {
-                    ItemOutput::Gold { annotator, correct, .. } => Some((annotator, correct)),
+                .annotators
+                .keys()
+                .filter_map(|&((_, annotator), sum)| match sum {
+                    AnnotatorSum::Answer { correct, .. } => Some((annotator, correct)),
                     _ => None,
                 })
                 .collect();
@@ -537,17 +734,16 @@ mod tests {
         let windows: Vec<ScopeId> =
             [0, HOUR].map(|start_ms| window_id(&Window { scope: 0, size_ms: HOUR, start_ms })).to_vec();
         for (window, annotator) in windows.iter().zip([1, 2]) {
-            let stats = out.iter().any(|(o, _)| {
-                matches!(o, ItemOutput::Fact { scope, fact: ItemFact::Stats { raters: 1, .. }, .. } if scope == window)
-            });
-            assert!(stats, "window {window:#x} has the item with one label");
-            let gold = out.iter().any(|(o, _)| {
-                matches!(o, ItemOutput::Gold { scope, annotator: a, correct: true, .. } if scope == window && *a == annotator)
-            });
-            assert!(gold, "window {window:#x} scores annotator {annotator} against the gold answer");
+            let stats = out.scopes.get(&(*window, ScopeSum::Items { day: 0, raters: 1 }));
+            assert_eq!(stats, Some(&(1, 0, 0)), "window {window:#x} has the item with one label");
+            let labels = out.scopes.get(&(*window, ScopeSum::Annotator { annotator }));
+            assert_eq!(labels, Some(&(1, 0, 0)), "window {window:#x} has annotator {annotator}'s label");
+            let gold = out.scopes.get(&(*window, ScopeSum::Gold));
+            assert_eq!(gold, Some(&(1, 1, 0)), "window {window:#x} scores its label against the gold answer");
         }
-        // Windows carry no pairs, drift inputs or consensus.
-        assert!(!out.iter().any(|(o, _)| matches!(o, ItemOutput::Pair { scope, .. } if *scope != 0)));
+        // Windows carry no pairs and no annotators' sums (drift inputs).
+        assert!(out.pairs.iter().all(|(((scope, ..), _), _)| *scope == 0));
+        assert!(out.annotators.keys().all(|((scope, _), _)| *scope == 0));
     }
 
     #[test]
@@ -571,7 +767,7 @@ mod tests {
         for (emit, workers) in [(Emit::Changes, 1), (Emit::Changes, 2), (Emit::Final, 2)] {
             let config = ItemsConfig { records: Some(emit), ..ItemsConfig::default() };
             let value = |events: &[(Time, ItemKey, ItemEvent)]| {
-                let (_, records) = run_with_names(workers, config.clone(), events.to_vec(), names.clone());
+                let records = run_with_names(workers, config.clone(), events.to_vec(), names.clone()).records;
                 assert_eq!(records.len(), 1, "{emit:?}: {records:?}");
                 assert_eq!(records[0].0.key.entity, Entity::Item("i7".into()));
                 assert_eq!(records[0].1, 1);

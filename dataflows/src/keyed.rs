@@ -62,6 +62,12 @@ pub trait Keyed: 'static {
     /// Whether the state is back to nothing (then it is dropped).
     fn is_empty(state: &Self::State) -> bool;
 
+    /// Whether an output is one of the operator's records, which leave by its first output (the
+    /// others by its second, so that whoever reads one does not copy the other).
+    fn is_record(_out: &Self::Out) -> bool {
+        false
+    }
+
     /// Applies a side update with multiplicity `diff`.
     fn side(&mut self, _update: &Self::Side, _diff: Diff) {}
 
@@ -86,9 +92,16 @@ pub enum Emit {
 
 /// An epoch's input, kept until the epoch is complete.
 struct Pending<L: Keyed> {
-    capability: Capability<Time>,
+    /// A capability of each output: records, others.
+    capabilities: [Capability<Time>; 2],
     updates: Vec<(L::Key, L::Update, L::Diff)>,
     side: Vec<(L::Side, Diff)>,
+}
+
+/// What a keyed operator derives: its records ([`Keyed::is_record`]), and its other outputs.
+pub struct Derived<'s, D: 'static> {
+    pub records: VecCollection<'s, Time, D, Diff>,
+    pub others: VecCollection<'s, Time, D, Diff>,
 }
 
 /// Keeps the states of `logic`'s keys, changed by `updates` (and `side`, already broadcast), and
@@ -101,7 +114,7 @@ pub fn keyed<'s, L: Keyed>(
     mut logic: L,
     emit: Emit,
     name: &str,
-) -> VecCollection<'s, Time, L::Out, Diff> {
+) -> Derived<'s, L::Out> {
     let mut builder = OperatorBuilder::new(name.to_owned(), updates.inner.scope());
     type Input<K, U, R> = ((K, U), Time, R);
     let pact = Exchange::new(|((key, _), _, _): &Input<L::Key, L::Update, L::Diff>| L::route(key));
@@ -109,12 +122,15 @@ pub fn keyed<'s, L: Keyed>(
     let keep = L::KEEP_OUTPUTS || side.is_some();
     let mut side_input = side.map(|side| builder.new_input(side.inner, Pipeline));
     let mut gate = builder.new_input(names.gate.clone(), Pipeline);
-    let (output, stream): (_, Changes<'s, L::Out>) = builder.new_output();
-    let mut output = OutputBuilder::<Time, CapacityContainerBuilder<Vec<(L::Out, Time, Diff)>>>::from(output);
+    let (records, records_stream): (_, Changes<'s, L::Out>) = builder.new_output();
+    let (others, others_stream): (_, Changes<'s, L::Out>) = builder.new_output();
+    let mut records =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(L::Out, Time, Diff)>>>::from(records);
+    let mut others = OutputBuilder::<Time, CapacityContainerBuilder<Vec<(L::Out, Time, Diff)>>>::from(others);
     let catalog = names.catalog.clone();
-    builder.build(move |mut initial| {
+    builder.build(move |initial| {
         // Emit::Final: a capability kept at the inputs' frontier, to emit the final outputs with.
-        let mut held: Option<Capability<Time>> = initial.pop().filter(|_| emit == Emit::Final);
+        let mut held: Option<Vec<Capability<Time>>> = Some(initial).filter(|_| emit == Emit::Final);
         let mut states: HashMap<L::Key, L::State, RandomState> = HashMap::default();
         let mut kept: HashMap<L::Key, Vec<L::Out>, RandomState> = HashMap::default();
         let mut pending: BTreeMap<Time, Pending<L>> = BTreeMap::new();
@@ -137,7 +153,7 @@ pub fn keyed<'s, L: Keyed>(
                 if !complete(entry.key()) {
                     break;
                 }
-                let (time, Pending { capability, mut updates, side }) = entry.remove_entry();
+                let (time, Pending { capabilities, mut updates, side }) = entry.remove_entry();
                 updates.sort_by_key(|(key, ..)| *key);
                 if emit == Emit::Final {
                     for (update, diff) in &side {
@@ -155,12 +171,19 @@ pub fn keyed<'s, L: Keyed>(
                         }
                         rest = &rest[len..];
                     }
-                    drop(capability);
+                    drop(capabilities);
                     continue;
                 }
-                let mut handle = output.activate();
-                let mut session = handle.session(&capability);
-                let mut emit = |out, diff| session.give((out, time, diff));
+                let (mut record_handle, mut other_handle) = (records.activate(), others.activate());
+                let mut record_session = record_handle.session(&capabilities[0]);
+                let mut other_session = other_handle.session(&capabilities[1]);
+                let mut emit = |out, diff| {
+                    if L::is_record(&out) {
+                        record_session.give((out, time, diff))
+                    } else {
+                        other_session.give((out, time, diff))
+                    }
+                };
                 if !keep {
                     let mut rest = &updates[..];
                     while let Some(&(key, ..)) = rest.first() {
@@ -236,43 +259,64 @@ pub fn keyed<'s, L: Keyed>(
                     }
                 }
             }
-            if emit == Emit::Final {
-                hold_at_frontier(&mut held, frontiers);
+            for capability in held.iter_mut().flatten() {
+                hold_at_frontier(capability, frontiers);
             }
-            if emit == Emit::Final && frontiers.iter().all(|f| f.is_empty()) {
-                if let Some(capability) = held.take() {
-                    let mut handle = output.activate();
-                    let mut session = handle.session(&capability);
-                    let time = *capability.time();
-                    let mut keys: Vec<L::Key> = states.keys().copied().collect();
-                    keys.sort_unstable();
-                    for key in keys {
+            if frontiers.iter().all(|f| f.is_empty()) {
+                if let Some(capabilities) = held.take() {
+                    let (mut record_handle, mut other_handle) = (records.activate(), others.activate());
+                    let mut record_session = record_handle.session(&capabilities[0]);
+                    let mut other_session = other_handle.session(&capabilities[1]);
+                    let time = *capabilities[0].time();
+                    // Each state is dropped once derived: nothing follows the final outputs.
+                    for (key, mut state) in states.drain() {
                         after.clear();
-                        let state = states.get_mut(&key).expect("a key of the states");
-                        logic.derive(&key, state, &names, &mut after);
-                        session.give_iterator(after.drain(..).map(|out| (out, time, 1)));
+                        logic.derive(&key, &mut state, &names, &mut after);
+                        for out in after.drain(..) {
+                            if L::is_record(&out) {
+                                record_session.give((out, time, 1));
+                            } else {
+                                other_session.give((out, time, 1));
+                            }
+                        }
                     }
-                    // Nothing follows the final outputs: the states are no longer needed.
-                    states = HashMap::default();
                 }
+                states = HashMap::default();
+                kept = HashMap::default();
             }
         }
     });
-    stream.as_collection()
+    Derived { records: records_stream.as_collection(), others: others_stream.as_collection() }
 }
 
 /// Keeps `held` at the least time of the inputs' `frontiers`, so that what follows is not held
 /// back by it.
 pub fn hold_at_frontier(
-    held: &mut Option<Capability<Time>>,
+    held: &mut Capability<Time>,
     frontiers: &[timely::progress::frontier::MutableAntichain<Time>],
 ) {
     let least = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
-    if let (Some(capability), Some(least)) = (held.as_mut(), least) {
-        if *capability.time() < least {
-            capability.downgrade(&least);
-        }
+    if let Some(least) = least.filter(|least| held.time() < least) {
+        held.downgrade(&least);
     }
+}
+
+/// Inserts `value` at `i` of an exactly sized slice (one allocation: states of many keys keep
+/// no spare capacity).
+pub fn insert_at<T: Copy>(slice: &mut Box<[T]>, i: usize, value: T) {
+    let mut grown = Vec::with_capacity(slice.len() + 1);
+    grown.extend_from_slice(&slice[..i]);
+    grown.push(value);
+    grown.extend_from_slice(&slice[i..]);
+    *slice = grown.into_boxed_slice();
+}
+
+/// Removes the element at `i` of an exactly sized slice (see [`insert_at`]).
+pub fn remove_at<T: Copy>(slice: &mut Box<[T]>, i: usize) {
+    let mut shrunk = Vec::with_capacity(slice.len() - 1);
+    shrunk.extend_from_slice(&slice[..i]);
+    shrunk.extend_from_slice(&slice[i + 1..]);
+    *slice = shrunk.into_boxed_slice();
 }
 
 /// The input of the epoch of `capability`, created on its first update.
@@ -280,9 +324,13 @@ fn pending_at<L: Keyed>(
     pending: &mut BTreeMap<Time, Pending<L>>,
     capability: timely::dataflow::operators::InputCapability<Time>,
 ) -> Option<&mut Pending<L>> {
-    let capability = capability.retain_least(0)?;
-    let time = *capability.time();
-    Some(pending.entry(time).or_insert_with(|| Pending { capability, updates: Vec::new(), side: Vec::new() }))
+    let capabilities = [capability.retain_least(0)?, capability.retain_least(1)?];
+    let time = *capabilities[0].time();
+    Some(pending.entry(time).or_insert_with(|| Pending {
+        capabilities,
+        updates: Vec::new(),
+        side: Vec::new(),
+    }))
 }
 
 /// Emits `after - before` (both consumed): what stayed the same is not sent.

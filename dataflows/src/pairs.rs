@@ -8,9 +8,8 @@
 //! fixed point, to its scope's mean ([`crate::scopes`]).
 
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
-use crate::dataflow::Sums;
+use crate::dataflow::Diff;
 use crate::keyed::Keyed;
 use crate::label::LabelId;
 use crate::objects::PairReport;
@@ -26,10 +25,11 @@ pub const KAPPA_SCALE: f64 = 1e18;
 /// A pair within its scope: `(scope, a, b)`, `a < b` by id.
 pub type PairKey = (ScopeId, AnnotatorId, AnnotatorId);
 
-/// A pair's confusion table: `((label of a, label of b), items)`.
+/// A pair's confusion table: `((label of a, label of b), items)`, exactly as many cells as it
+/// has (pairs are many).
 #[derive(Debug, Default)]
 pub struct PairState {
-    cells: SmallVec<[((LabelId, LabelId), i64); 4]>,
+    cells: Box<[((LabelId, LabelId), i64)]>,
 }
 
 /// What a pair derives: its record, and its kappa for its scope's mean.
@@ -43,13 +43,23 @@ pub enum PairOut {
     },
 }
 
+impl PairOut {
+    /// The record, if this is one.
+    pub fn record(self) -> Option<Record> {
+        match self {
+            PairOut::Record(record) => Some(record),
+            PairOut::Kappa { .. } => None,
+        }
+    }
+}
+
 /// The keyed logic of annotator pairs.
 pub struct PairLogic;
 
 impl Keyed for PairLogic {
     type Key = PairKey;
     type Update = (LabelId, LabelId);
-    type Diff = Sums;
+    type Diff = Diff;
     type State = PairState;
     type Out = PairOut;
     type Side = ();
@@ -58,15 +68,18 @@ impl Keyed for PairLogic {
         scope.rotate_left(21) ^ a.rotate_left(42) ^ b
     }
 
-    fn apply(&mut self, _: &PairKey, pair: &mut PairState, &cell: &(LabelId, LabelId), &(diff, _, _): &Sums) {
+    fn apply(&mut self, _: &PairKey, pair: &mut PairState, &cell: &(LabelId, LabelId), &diff: &Diff) {
         match pair.cells.iter().position(|(k, _)| *k == cell) {
             Some(i) => {
                 pair.cells[i].1 += diff;
                 if pair.cells[i].1 == 0 {
-                    pair.cells.swap_remove(i);
+                    crate::keyed::remove_at(&mut pair.cells, i);
                 }
             }
-            None if diff != 0 => pair.cells.push((cell, diff)),
+            None if diff != 0 => {
+                let at = pair.cells.len();
+                crate::keyed::insert_at(&mut pair.cells, at, (cell, diff));
+            }
             None => {}
         }
     }
@@ -100,5 +113,9 @@ impl Keyed for PairLogic {
 
     fn is_empty(pair: &PairState) -> bool {
         pair.cells.is_empty()
+    }
+
+    fn is_record(out: &PairOut) -> bool {
+        matches!(out, PairOut::Record(_))
     }
 }

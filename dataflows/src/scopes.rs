@@ -99,6 +99,24 @@ pub enum ScopeOut {
     Basis(Basis),
 }
 
+impl ScopeOut {
+    /// The record, if this is one.
+    pub fn record(self) -> Option<Record> {
+        match self {
+            ScopeOut::Record(record) => Some(record),
+            _ => None,
+        }
+    }
+
+    /// The drift summary fact, if this is one.
+    pub fn metric(self) -> Option<Metric> {
+        match self {
+            ScopeOut::Metric(metric) => Some(metric),
+            _ => None,
+        }
+    }
+}
+
 /// Adds `delta` into the sums under `key`, removing the entry when it returns to zero.
 pub fn add<K: Ord, const N: usize>(map: &mut BTreeMap<K, [i64; N]>, key: K, delta: [i64; N]) {
     use std::collections::btree_map::Entry;
@@ -361,5 +379,9 @@ impl Keyed for ScopeLogic {
             && s.speed.is_empty()
             && s.kappa_count == 0
             && s.kappa_sum == 0
+    }
+
+    fn is_record(out: &ScopeOut) -> bool {
+        matches!(out, ScopeOut::Record(_))
     }
 }
