@@ -12,6 +12,7 @@ pub mod items;
 pub mod keyed;
 pub mod label;
 pub mod number;
+pub mod preferences;
 pub mod reason;
 pub mod source;
 pub mod stats;
