@@ -26,11 +26,12 @@ use rdkafka::producer::Producer;
 
 use super::feed::{EpochMeta, FeedState, InputDeadLetter, Partitions};
 use super::health::{Connectivity, HealthConsumer};
-use super::outputs::{all_scopes, reconcile, OutputTopic, Published, Renderer};
+use super::outputs::{all_scopes, reconcile, OutputTopic, Published, Record, Renderer};
 use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
     TRANSACTION_TIMEOUT,
 };
+use crate::api::{Kind, Store};
 use crate::config::Config;
 use crate::telemetry::Telemetry;
 
@@ -157,6 +158,17 @@ impl DriftMetrics {
     }
 }
 
+/// Tells the query API's store what a record makes its topic hold.
+fn remember(store: &Store, record: &Record) {
+    let kind = match record.topic {
+        OutputTopic::Scopes => Kind::Scopes,
+        OutputTopic::Annotators => Kind::Annotators,
+        OutputTopic::Items => Kind::Items,
+        _ => return,
+    };
+    store.apply(kind, &record.key, record.value.as_deref());
+}
+
 /// The closing, publishing and committing pipeline of `labelqc run`'s first process.
 pub struct Pipeline<'a> {
     pub config: &'a Config,
@@ -180,6 +192,8 @@ pub struct Pipeline<'a> {
     pub caught_up: bool,
     /// Set while caught up and the brokers are reachable (`/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// What the topics hold of what the query API answers.
+    pub store: Arc<Store>,
     /// Next offset to read per partition after the epochs published so far.
     pub positions: Vec<i64>,
     /// The offsets committed last (`-1`: none), not committed again.
@@ -215,6 +229,7 @@ impl<'a> Pipeline<'a> {
         read_back: std::thread::JoinHandle<Result<Published>>,
         rebuild: Rebuild,
         ready: Arc<AtomicBool>,
+        store: Arc<Store>,
     ) -> Pipeline<'a> {
         let n = partitions.list.len();
         Pipeline {
@@ -232,6 +247,7 @@ impl<'a> Pipeline<'a> {
             rebuild: Some(rebuild),
             caught_up: false,
             ready,
+            store,
             positions: vec![-1; n],
             committed: vec![-1; n],
             unpublished: VecDeque::new(),
@@ -348,7 +364,12 @@ impl<'a> Pipeline<'a> {
             }
             view.settle_all(&catalog);
             let renderer = Renderer { view: &view, catalog: &catalog, updated_at: updated_at() };
-            let (records, gates) = reconcile(&mut self.published, &renderer)?;
+            let store = &self.store;
+            let (records, gates) =
+                reconcile(&mut self.published, &renderer, |record| remember(store, record))?;
+            for (key, value) in self.published.gate_values() {
+                store.apply(Kind::Gates, key, Some(value));
+            }
             let changes = Changes { scopes: all_scopes(&view), ..Changes::default() };
             self.telemetry.set_scopes(&view, &catalog, &changes);
             let count = |topic| records.iter().filter(|r| r.topic == topic && r.value.is_some()).count();
@@ -370,6 +391,9 @@ impl<'a> Pipeline<'a> {
             let renderer = Renderer { view: &view, catalog: &catalog, updated_at: updated_at() };
             let mut records = renderer.changes(&changes)?;
             records.retain(|record| self.published.observe(record));
+            for record in &records {
+                remember(&self.store, record);
+            }
             let mut gates = Vec::new();
             for record in &changes.gates {
                 let Some(annotator) = catalog.annotators.lookup(&record.annotator_id) else { continue };
@@ -416,6 +440,7 @@ impl<'a> Pipeline<'a> {
         }
         for (key, record) in &gates {
             let value = serde_json::to_vec(record)?;
+            self.store.apply(Kind::Gates, key, Some(&value));
             self.send(&mut group, OutputTopic::Gating.name(outputs), key, Some(&value))?;
         }
         group.input = input;
