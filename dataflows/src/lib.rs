@@ -15,4 +15,5 @@ pub mod number;
 pub mod reason;
 pub mod source;
 pub mod stats;
+pub mod truth;
 pub mod view;
