@@ -90,18 +90,31 @@ fn load(labels: &Path, gold: &Path) -> (Scopes, LabelTable) {
     (scopes, table)
 }
 
-/// Runs `f` `runs` times; the best and the median wall time, and the last result.
-fn timed(runs: usize, mut f: impl FnMut() -> TruthFit) -> (Duration, Duration, TruthFit) {
+/// CPU time of the calling thread: unlike wall time, barely changed by other processes on a
+/// shared machine.
+fn thread_cpu_time() -> Duration {
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Runs `f` `runs` times; the best and the median wall time, the best thread CPU time, and the
+/// last result.
+fn timed(runs: usize, mut f: impl FnMut() -> TruthFit) -> (Duration, Duration, Duration, TruthFit) {
     let mut times = Vec::new();
+    let mut cpu = Duration::MAX;
     let mut last = None;
     for _ in 0..runs.max(1) {
-        let start = Instant::now();
+        let (start, start_cpu) = (Instant::now(), thread_cpu_time());
         let fit = f();
         times.push(start.elapsed());
+        cpu = cpu.min(thread_cpu_time() - start_cpu);
         last = Some(fit);
     }
     times.sort();
-    (times[0], times[times.len() / 2], last.unwrap())
+    (times[0], times[times.len() / 2], cpu, last.unwrap())
 }
 
 fn main() {
@@ -111,15 +124,17 @@ fn main() {
     let (scopes, table) = load(&labels_path, &gold_path);
     let order = |a: &LabelId, b: &LabelId| table.get(*a).spec_cmp(table.get(*b));
     println!("# Dawid–Skene truth inference ({events} events, {runs} runs each, one thread)\n");
-    println!("| scope | fit | labels | items | annotators | iterations | best (s) | median (s) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| scope | fit | labels | items | annotators | iterations | best (s) | median (s) | CPU, best (s) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut names: Vec<_> = scopes.keys().cloned().collect();
     names.sort();
     for name in names {
         let (labels, gold) = &scopes[&name];
-        let row = |what: &str, best: Duration, median: Duration, fit: &TruthFit| {
+        let row = |what: &str, (best, median, cpu): (Duration, Duration, Duration), fit: &TruthFit| {
             println!(
-                "| {}/{} | {what} | {} | {} | {} | {} | {:.3} | {:.3} |",
+                "| {}/{} | {what} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} |",
                 name.0,
                 name.1,
                 labels.len(),
@@ -127,18 +142,20 @@ fn main() {
                 fit.annotators().len(),
                 fit.iterations(),
                 best.as_secs_f64(),
-                median.as_secs_f64()
+                median.as_secs_f64(),
+                cpu.as_secs_f64()
             );
         };
         let setup = FitOptions { max_iterations: 0, ..FitOptions::default() };
-        let (best, median, prepared) = timed(runs, || fit(labels, gold, order, &setup, None).unwrap());
-        row("layout and first M-step only", best, median, &prepared);
+        let (best, median, cpu, prepared) = timed(runs, || fit(labels, gold, order, &setup, None).unwrap());
+        row("layout and first M-step only", (best, median, cpu), &prepared);
         let cold_options = FitOptions::default();
-        let (best, median, cold) = timed(runs, || fit(labels, gold, order, &cold_options, None).unwrap());
-        row("cold start (report)", best, median, &cold);
+        let (best, median, cpu, cold) =
+            timed(runs, || fit(labels, gold, order, &cold_options, None).unwrap());
+        row("cold start (report)", (best, median, cpu), &cold);
         let clamp = FitOptions { clamp_gold: true, ..FitOptions::default() };
-        let (best, median, clamped) = timed(runs, || fit(labels, gold, order, &clamp, None).unwrap());
-        row("cold start, gold clamped", best, median, &clamped);
+        let (best, median, cpu, clamped) = timed(runs, || fit(labels, gold, order, &clamp, None).unwrap());
+        row("cold start, gold clamped", (best, median, cpu), &clamped);
         // A live refresh: 20 labels changed to the next category, warm-started from the fit before.
         let warm: WarmStart = cold.warm_start();
         let categories = cold.labels().to_vec();
@@ -147,11 +164,12 @@ fn main() {
             let at = categories.iter().position(|c| *c == l.2).unwrap();
             l.2 = categories[(at + 1) % categories.len()];
         }
-        let (best, median, refreshed) =
+        let (best, median, cpu, refreshed) =
             timed(runs, || fit(&changed, gold, order, &cold_options, Some(&warm)).unwrap());
-        row("warm start after 20 relabels", best, median, &refreshed);
-        let (best, median, exact) = timed(runs, || fit(&changed, gold, order, &cold_options, None).unwrap());
-        row("cold start after 20 relabels", best, median, &exact);
+        row("warm start after 20 relabels", (best, median, cpu), &refreshed);
+        let (best, median, cpu, exact) =
+            timed(runs, || fit(&changed, gold, order, &cold_options, None).unwrap());
+        row("cold start after 20 relabels", (best, median, cpu), &exact);
         let (mut max_diff, mut disagree) = (0.0f64, 0);
         for (w, c) in refreshed.items().zip(exact.items()) {
             disagree += usize::from(w.label != c.label);
