@@ -13,6 +13,7 @@ pub mod keyed;
 pub mod label;
 pub mod number;
 pub mod reason;
+pub mod routing;
 pub mod source;
 pub mod stats;
 pub mod truth;

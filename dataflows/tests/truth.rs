@@ -287,11 +287,17 @@ fn warm_start_after_relabels_approaches_the_cold_fit() {
 /// crowd-kit 1.4.2's `DawidSkene(n_iter=1000, tol=1e-10).fit(df, true_labels=gold)` with the
 /// gold answers whose items have labels, on three datasets: iterations, priors, and a few
 /// posteriors and confusion cells (`label` printed as crowd-kit prints it).
+/// One dataset's reference values with gold clamped: name, iterations, `(label, prior)`,
+/// `(item, [(label, posterior)])`, `(annotator, observed, true, p)`.
+type Clamped = (&'static str, u32, Priors, Posteriors, Cells);
+type Priors = &'static [(&'static str, f64)];
+type Posteriors = &'static [(&'static str, Priors)];
+type Cells = &'static [(&'static str, &'static str, &'static str, f64)];
+
 #[test]
 fn clamping_gold_equals_crowd_kit_true_labels() {
     let options = FitOptions { clamp_gold: true, ..FitOptions::default() };
-    type Cells<'a> = &'a [(&'a str, &'a [(&'a str, f64)])];
-    let cases: [(&str, u32, &[(&str, f64)], Cells, &[(&str, &str, &str, f64)]); 3] = [
+    let cases: [Clamped; 3] = [
         (
             "crowdkit_toy_ysda",
             5,

@@ -245,6 +245,8 @@ const BLOCK: usize = 256;
 /// call amid each item's work), then normalisation and the M-step's sums. Fusing the E-step with
 /// the M-step's sums leaves every sum in the order of separate passes (the bitwise result is the
 /// same) and reads each item's labels once.
+// Index loops over `0..k` with `k` a constant let the compiler unroll them across several arrays.
+#[allow(clippy::needless_range_loop)]
 fn pass<const K: usize>(
     problem: &Problem,
     model: Option<&Model<'_>>,
