@@ -4,8 +4,10 @@
 //!
 //! Prints, per fit: the live labels, items, annotators, iterations, and the wall time of the fit
 //! alone (the labels already gathered as ids, as the dataflow holds them): the best and the median
-//! of the runs. Fits: a cold start (what the report computes), the same with gold clamped, and a
-//! warm start from the cold fit's posteriors after a handful of relabels (a live refresh).
+//! of the runs, and the best CPU time of the calling thread (for one thread, the least disturbed
+//! by other processes on a shared machine). Fits: a cold start (what the report computes), on one
+//! thread and on two, the same with gold clamped, and after 20 relabels a warm start from the
+//! cold fit's posteriors (a live refresh) next to a cold refit.
 //!
 //! Run with `cargo bench --bench truth` (`-- --runs N --events N` to change the defaults).
 
@@ -123,7 +125,7 @@ fn main() {
     let (labels_path, gold_path) = dataset(events);
     let (scopes, table) = load(&labels_path, &gold_path);
     let order = |a: &LabelId, b: &LabelId| table.get(*a).spec_cmp(table.get(*b));
-    println!("# Dawid–Skene truth inference ({events} events, {runs} runs each, one thread)\n");
+    println!("# Dawid–Skene truth inference ({events} events, {runs} runs each)\n");
     println!(
         "| scope | fit | labels | items | annotators | iterations | best (s) | median (s) | CPU, best (s) |"
     );
@@ -153,6 +155,10 @@ fn main() {
         let (best, median, cpu, cold) =
             timed(runs, || fit(labels, gold, order, &cold_options, None).unwrap());
         row("cold start (report)", (best, median, cpu), &cold);
+        let two = FitOptions { threads: 2, ..FitOptions::default() };
+        let (best, median, cpu, both) = timed(runs, || fit(labels, gold, order, &two, None).unwrap());
+        row("cold start, 2 threads", (best, median, cpu), &both);
+        assert!(both.items().eq(cold.items()), "threads change nothing");
         let clamp = FitOptions { clamp_gold: true, ..FitOptions::default() };
         let (best, median, cpu, clamped) = timed(runs, || fit(labels, gold, order, &clamp, None).unwrap());
         row("cold start, gold clamped", (best, median, cpu), &clamped);

@@ -49,6 +49,7 @@
 //! sum is formed in that order, so the input's order does not change the result.
 
 mod em;
+mod pass;
 
 use std::cmp::Ordering;
 
@@ -93,11 +94,15 @@ pub struct FitOptions {
     pub tolerance: f64,
     /// Clamp gold items' posteriors to their gold answers (`truth.clamp_gold`).
     pub clamp_gold: bool,
+    /// Threads a pass over the items may use (at least 1). The result does not depend on it:
+    /// large scopes are cut into a fixed number of stripes of items whatever the threads, and
+    /// their sums added in one order.
+    pub threads: usize,
 }
 
 impl Default for FitOptions {
     fn default() -> Self {
-        FitOptions { max_iterations: MAX_ITERATIONS, tolerance: TOLERANCE, clamp_gold: false }
+        FitOptions { max_iterations: MAX_ITERATIONS, tolerance: TOLERANCE, clamp_gold: false, threads: 1 }
     }
 }
 
@@ -225,7 +230,7 @@ pub fn fit(
     options: &FitOptions,
     warm: Option<&WarmStart>,
 ) -> Result<TruthFit, TruthError> {
-    let problem = em::Problem::new(labels, gold, order, options.clamp_gold)?;
+    let mut problem = em::Problem::new(labels, gold, order, options.clamp_gold)?;
     let start = problem.initial_posteriors(warm);
     let em = em::run(&problem, start, options);
     Ok(TruthFit { problem, em })

@@ -12,6 +12,7 @@
 
 use std::cmp::Ordering;
 
+use super::pass::{pass_all, Model, StripeSums};
 use super::{FitOptions, TruthError, WarmStart, EPS};
 use crate::label::LabelId;
 
@@ -34,7 +35,8 @@ pub(super) struct Problem {
     pub annotator_rows: Vec<u32>,
     /// Per row: the observed label's index (ascending within an annotator).
     pub row_label: Vec<u32>,
-    /// Majority-vote shares per item (`items x K`): the cold start.
+    /// Majority-vote shares per item (`items x K`): the cold start (taken by
+    /// [`Problem::initial_posteriors`]).
     pub counts: Vec<f64>,
     /// Items clamped to a gold answer: (item index, label index), ascending by item.
     pub clamped: Vec<(u32, u32)>,
@@ -161,9 +163,10 @@ impl Problem {
     }
 
     /// The starting posteriors: the warm start's for the items it knows (mapped to this scope's
-    /// categories and renormalised), majority-vote shares for the others.
-    pub fn initial_posteriors(&self, warm: Option<&WarmStart>) -> Vec<f64> {
-        let mut post = self.counts.clone();
+    /// categories and renormalised), majority-vote shares for the others. Takes the shares (they
+    /// serve only as the start).
+    pub fn initial_posteriors(&mut self, warm: Option<&WarmStart>) -> Vec<f64> {
+        let mut post = std::mem::take(&mut self.counts);
         let Some(warm) = warm else { return post };
         let k = self.k;
         // Index in the warm start's labels of each category, if it had it.
@@ -220,179 +223,6 @@ fn clamp(problem: &Problem, post: &mut [f64]) {
         let row = &mut post[i as usize * k..(i as usize + 1) * k];
         row.fill(0.0);
         row[y as usize] = 1.0;
-    }
-}
-
-/// The E-step's inputs: `log2 max(prior, EPS)` and `log2 err`.
-struct Model<'a> {
-    log2_prior: &'a [f64],
-    log2_err: &'a [f64],
-}
-
-/// Items per block of [`pass`]: a block's logits and posteriors stay in the L1 cache.
-const BLOCK: usize = 256;
-
-/// One pass over the items, in item order. With a model, the E-step: each item's posterior
-/// `post[i][c]` = `2^(L[i][c] - max_c L[i][c])` normalised, `L[i][c]` = the sum over its labels'
-/// rows of `log2 err[row][c]`, plus `log2 prior[c]` (crowd-kit sums the labels first); clamped
-/// items set to their gold answer. Then, for every item, the first half of the M-step: its
-/// posterior added to `prior_sum` and to `sums` of each of its labels' rows. Returns the E-step's
-/// `sum over items and c of q ln q`, `q = max(post, EPS)` (0 without a model).
-///
-/// `K` is the number of categories, or 0 for any number (`problem.k`): the common small `K` get
-/// their own unrolled copy. The E-step runs by blocks of [`BLOCK`] items: their shifted logits,
-/// then `exp2` over the whole block (a tight loop of C library calls, three times faster than a
-/// call amid each item's work), then normalisation and the M-step's sums. Fusing the E-step with
-/// the M-step's sums leaves every sum in the order of separate passes (the bitwise result is the
-/// same) and reads each item's labels once.
-// Index loops over `0..k` with `k` a constant let the compiler unroll them across several arrays.
-#[allow(clippy::needless_range_loop)]
-fn pass<const K: usize>(
-    problem: &Problem,
-    model: Option<&Model<'_>>,
-    post: &mut [f64],
-    prior_sum: &mut [f64],
-    sums: &mut [f64],
-) -> f64 {
-    let k = if K == 0 { problem.k } else { K };
-    assert_eq!(k, problem.k);
-    let n_items = problem.items.len();
-    let prior_sum = &mut prior_sum[..k];
-    let mut logits = vec![0.0; BLOCK * k];
-    // The entropy term `sum q ln q` (q clipped at EPS), with ln q = (L - max) ln 2 - ln z for an
-    // item's normaliser z, in parts: `linear`, the sum of q (L - max) over entries q >= EPS (times
-    // ln 2 at the end); `small`, the count of entries q < EPS (each EPS ln EPS); the sum of ln z
-    // over items, as the logarithm of their product (no logarithm per item); and `correction`,
-    // (1 - the item's entries q >= EPS) ln z for the items with an entry under EPS, whose kept
-    // entries do not sum to 1.
-    let (mut linear, mut small, mut correction) = (0.0, 0usize, 0.0);
-    let mut log_product = LogProduct::default();
-    let mut clamped = problem.clamped.iter().peekable();
-    for first in (0..n_items).step_by(BLOCK) {
-        let last = (first + BLOCK).min(n_items);
-        let block = &mut post[first * k..last * k];
-        let logits = &mut logits[..(last - first) * k];
-        let labels_of =
-            |i: usize| &problem.label_row[problem.item_start[i] as usize..problem.item_start[i + 1] as usize];
-        if let Some(model) = model {
-            for (i, shifted) in (first..last).zip(logits.chunks_exact_mut(k)) {
-                let acc = &mut shifted[..k];
-                acc.fill(0.0);
-                for &row in labels_of(i) {
-                    let l = &model.log2_err[row as usize * k..row as usize * k + k];
-                    for c in 0..k {
-                        acc[c] += l[c];
-                    }
-                }
-                let mut max = f64::NEG_INFINITY;
-                for c in 0..k {
-                    acc[c] += model.log2_prior[c];
-                    max = max.max(acc[c]);
-                }
-                for a in acc.iter_mut() {
-                    *a -= max;
-                }
-            }
-            for (out, l) in block.iter_mut().zip(logits.iter()) {
-                *out = l.exp2();
-            }
-        }
-        for (i, (out, shifted)) in (first..last).zip(block.chunks_exact_mut(k).zip(logits.chunks_exact(k))) {
-            let out = &mut out[..k];
-            if let Some(&&(_, y)) = clamped.peek().filter(|c| c.0 as usize == i) {
-                clamped.next();
-                if model.is_some() {
-                    out.fill(0.0);
-                    out[y as usize] = 1.0;
-                    // The clipped one-hot posterior: k - 1 entries at EPS, and 1 ln 1 = 0.
-                    small += k - 1;
-                }
-            } else if model.is_some() {
-                let mut z = 0.0;
-                for o in out.iter() {
-                    z += o;
-                }
-                let (mut kept, mut under) = (0.0, 0);
-                for c in 0..k {
-                    out[c] /= z;
-                    // Branch-free: which entries fall under EPS is unpredictable.
-                    let below = out[c] < EPS;
-                    let q = if below { 0.0 } else { out[c] };
-                    linear += q * shifted[c];
-                    kept += q;
-                    under += usize::from(below);
-                }
-                log_product.push(z);
-                if under > 0 {
-                    small += under;
-                    correction += (1.0 - kept) * z.ln();
-                }
-            }
-            for c in 0..k {
-                prior_sum[c] += out[c];
-            }
-            for &row in labels_of(i) {
-                let s = &mut sums[row as usize * k..row as usize * k + k];
-                for c in 0..k {
-                    s[c] += out[c];
-                }
-            }
-        }
-    }
-    if model.is_none() {
-        return 0.0;
-    }
-    linear * std::f64::consts::LN_2 - (log_product.ln() - correction) + small as f64 * (EPS * EPS.ln())
-}
-
-/// The logarithm of a product of many numbers of at least 1 (the E-step's normalisers, each
-/// between 1 and K) without a logarithm per factor and without overflow: the product is kept as a
-/// mantissa and a power of two, rescaled exactly when it grows large.
-#[derive(Debug)]
-struct LogProduct {
-    mantissa: f64,
-    exponent: i64,
-}
-
-impl Default for LogProduct {
-    fn default() -> Self {
-        LogProduct { mantissa: 1.0, exponent: 0 }
-    }
-}
-
-impl LogProduct {
-    fn push(&mut self, factor: f64) {
-        self.mantissa *= factor;
-        if self.mantissa > 1e300 {
-            // Split off the binary exponent; the mantissa becomes [1, 2), exactly.
-            let bits = self.mantissa.to_bits();
-            self.exponent += ((bits >> 52) & 0x7ff) as i64 - 1023;
-            self.mantissa = f64::from_bits((bits & !(0x7ff << 52)) | (1023 << 52));
-        }
-    }
-
-    fn ln(&self) -> f64 {
-        self.mantissa.ln() + self.exponent as f64 * std::f64::consts::LN_2
-    }
-}
-
-/// [`pass`] with the copy for the problem's number of categories.
-fn pass_any(
-    problem: &Problem,
-    model: Option<&Model<'_>>,
-    post: &mut [f64],
-    prior_sum: &mut [f64],
-    sums: &mut [f64],
-) -> f64 {
-    prior_sum.fill(0.0);
-    sums.fill(0.0);
-    match problem.k {
-        2 => pass::<2>(problem, model, post, prior_sum, sums),
-        3 => pass::<3>(problem, model, post, prior_sum, sums),
-        4 => pass::<4>(problem, model, post, prior_sum, sums),
-        5 => pass::<5>(problem, model, post, prior_sum, sums),
-        6 => pass::<6>(problem, model, post, prior_sum, sums),
-        _ => pass::<0>(problem, model, post, prior_sum, sums),
     }
 }
 
@@ -454,6 +284,8 @@ struct State {
     sums: Vec<f64>,
     err: Vec<f64>,
     log2_err: Vec<f64>,
+    /// The sums of the stripes after the first (see [`super::pass`]).
+    buffers: Vec<StripeSums>,
 }
 
 /// Runs EM from `post` (the starting posteriors): clamping, priors and M-step, then up to
@@ -468,6 +300,7 @@ pub(super) fn run(problem: &Problem, mut post: Vec<f64>, options: &FitOptions) -
         sums: vec![0.0; rows * k],
         err: vec![0.0; rows * k],
         log2_err: vec![0.0; rows * k],
+        buffers: Vec::new(),
     };
     if problem.items.is_empty() {
         return Em {
@@ -480,7 +313,8 @@ pub(super) fn run(problem: &Problem, mut post: Vec<f64>, options: &FitOptions) -
         };
     }
     clamp(problem, &mut post);
-    pass_any(problem, None, &mut post, &mut state.prior_sum, &mut state.sums);
+    let threads = options.threads;
+    pass_all(problem, None, &mut post, &mut state.prior_sum, &mut state.sums, &mut state.buffers, threads);
     finish(problem, &mut state);
     let n_labels = problem.label_row.len() as f64;
     let mut loss = f64::NEG_INFINITY;
@@ -488,7 +322,8 @@ pub(super) fn run(problem: &Problem, mut post: Vec<f64>, options: &FitOptions) -
     let mut converged = false;
     while iterations < options.max_iterations {
         let model = Model { log2_prior: &state.log2_prior, log2_err: &state.log2_err };
-        let neg_entropy = pass_any(problem, Some(&model), &mut post, &mut state.prior_sum, &mut state.sums);
+        let (prior_sum, sums, buffers) = (&mut state.prior_sum, &mut state.sums, &mut state.buffers);
+        let neg_entropy = pass_all(problem, Some(&model), &mut post, prior_sum, sums, buffers, threads);
         finish(problem, &mut state);
         let elbo = (joint_expectation(problem, &state) - neg_entropy) / n_labels;
         iterations += 1;

@@ -146,3 +146,18 @@ fn settings_defaults_and_validation() {
     }
     TruthSettings { refresh_ms: 1, clamp_gold: true }.validate().unwrap();
 }
+
+#[test]
+fn threads_do_not_change_the_fit() {
+    let labels = super::pass::tests::generated(20_000);
+    let base = fit(&labels, &[], by_id, &FitOptions::default(), None).unwrap();
+    assert!(super::pass::stripes(&base.problem) > 1, "the striped path");
+    assert!(base.converged());
+    for threads in [2, 3, 4] {
+        let other = fit(&labels, &[], by_id, &FitOptions { threads, ..FitOptions::default() }, None).unwrap();
+        assert_eq!(other.iterations(), base.iterations());
+        assert_eq!(other.priors().collect::<Vec<_>>(), base.priors().collect::<Vec<_>>());
+        assert!(other.items().eq(base.items()), "{threads} threads: items");
+        assert!(other.annotators().eq(base.annotators()), "{threads} threads: confusion");
+    }
+}
