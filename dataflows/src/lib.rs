@@ -14,6 +14,8 @@ pub mod label;
 pub mod number;
 pub mod preferences;
 pub mod reason;
+pub mod routing;
 pub mod source;
 pub mod stats;
+pub mod truth;
 pub mod view;
