@@ -287,6 +287,8 @@ pub struct GenArgs {
     /// Mean event-time gap between label events, milliseconds.
     #[arg(long, default_value_t = GenSpec::default().mean_gap_ms)]
     pub mean_gap_ms: f64,
+    #[command(flatten)]
+    pub preference: gen::preferences::PreferenceArgs,
 }
 
 impl GenArgs {
@@ -584,6 +586,15 @@ impl DeadLetterFile {
 }
 
 fn run_gen(args: GenArgs) -> Result<()> {
+    if args.preference.preferences {
+        let (a, spec) = (&args, &args.preference);
+        let spec = spec.spec(a.events, a.annotators, a.labels_per_item, a.seed, a.mean_gap_ms);
+        let mut out = create(&args.out)?;
+        let written = gen::preferences::generate(&spec, &mut out)?;
+        out.flush().context("cannot write preference events")?;
+        tracing::info!(preferences = written, systems = spec.systems, "generated");
+        return Ok(());
+    }
     let spec = args.spec();
     let mut labels = create(&args.out)?;
     let mut gold = args.gold_out.as_ref().map(create).transpose()?;

@@ -229,13 +229,17 @@ impl WindowSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
-    /// Address of /metrics, /healthz and /readyz.
+    /// Address of /metrics, /healthz, /readyz and the query API.
     pub listen: SocketAddr,
+    /// The bearer token every query API request (`/v1/...`) must carry; none: the API is open
+    /// (it answers only on `listen`, loopback by default). Put it in the environment with
+    /// `${VAR}`.
+    pub api_token: Option<String>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 9898)) }
+        HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 9898)), api_token: None }
     }
 }
 
@@ -379,6 +383,12 @@ impl Config {
             return Err(ConfigError::Value {
                 field: "kafka.epoch_interval_ms",
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.http.api_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::Value {
+                field: "http.api_token",
+                message: "is empty; leave it out to serve the API without a token".into(),
             });
         }
         if self.kafka.shutdown_timeout_ms == 0 {

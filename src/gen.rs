@@ -6,7 +6,7 @@
 //! and corrected at the end. For a demonstration, the workforce can instead be a healthy one
 //! (careful annotators of accuracies in a range) with a given number of planted problems: spammers,
 //! biased annotators and annotators who turn careless. The same seed and settings always write
-//! the same bytes.
+//! the same bytes. Pairwise preference traffic (`labelqc gen --preferences`) is [`preferences`].
 
 use std::io::{self, Write};
 
@@ -15,6 +15,8 @@ use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, LogNormal, WeightedIndex};
+
+pub mod preferences;
 
 /// What to generate.
 #[derive(Clone, Debug)]

@@ -1,6 +1,7 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (the process is up) and
+//! The HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (the process is up),
 //! `/readyz` (ready: for `labelqc run`, the outputs of the input present at start are published
-//! and committed and the brokers are reachable). Runs on its own thread with a small tokio runtime,
+//! and committed and the brokers are reachable), and the query API where it is served
+//! ([`crate::api`]). Runs on its own thread with a small tokio runtime,
 //! so that no async code touches the dataflow threads.
 
 use std::net::{SocketAddr, TcpListener};
@@ -15,6 +16,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::oneshot;
 
+use crate::api::{self, Api};
 use crate::telemetry::Telemetry;
 
 /// Why the endpoint could not start.
@@ -47,15 +49,37 @@ impl HttpServer {
         telemetry: Arc<Telemetry>,
         ready: Arc<AtomicBool>,
     ) -> Result<HttpServer, HttpError> {
+        HttpServer::start_with_api(addr, telemetry, ready, None)
+    }
+
+    /// [`HttpServer::start`], also serving the query API ([`crate::api`]) from `api`'s store.
+    pub fn start_with_api(
+        addr: SocketAddr,
+        telemetry: Arc<Telemetry>,
+        ready: Arc<AtomicBool>,
+        api: Option<Api>,
+    ) -> Result<HttpServer, HttpError> {
         let listener = TcpListener::bind(addr).map_err(|source| HttpError::Bind { addr, source })?;
         listener.set_nonblocking(true).map_err(|source| HttpError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| HttpError::Bind { addr, source })?;
         let (shutdown, stop) = oneshot::channel::<()>();
-        let app = Router::new()
+        let mut app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .with_state(AppState { telemetry, ready });
+        if let Some(state) = api {
+            let routes = Router::new()
+                .route("/openapi.json", get(api::openapi))
+                .route("/v1/scopes", get(api::scopes))
+                .route("/v1/scopes/{project}/{task}", get(api::scope))
+                .route("/v1/gates/{project}/{annotator_id}", get(api::gate))
+                .route("/v1/annotators/{project}/{task}/{annotator_id}", get(api::annotator))
+                .route("/v1/items/{project}/{task}/{item_id}", get(api::item))
+                .route("/v1/leaderboard/{project}/{task}", get(api::leaderboard))
+                .with_state(state);
+            app = app.merge(routes);
+        }
         let thread = std::thread::Builder::new()
             .name("labelqc-http".into())
             .spawn(move || {

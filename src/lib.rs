@@ -1,6 +1,7 @@
 //! The `labelqc` binary's library: command line, configuration, file input, the report command
 //! and the traffic generator, over the pure dataflows of `labelqc-dataflows`.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod deadletter;

@@ -19,6 +19,9 @@ use crate::reason::{excerpt, syntax_error};
 
 pub use crate::reason::{InputWarning, ParseError, ReasonKind, Warnings};
 
+mod preference;
+pub use preference::{normalised_outcome, Choice, Outcome, PairResult, Preference, TIE};
+
 /// The largest record accepted, in bytes (spec: a message over 1 MiB is refused).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
@@ -78,6 +81,9 @@ pub struct LabelEvent<'a> {
     pub op: Op,
     /// Likely mistakes in the record (see [`InputWarning`]).
     pub warnings: Warnings,
+    /// The compared systems and the choice of a preference event (spec 2.2); `None` for a plain
+    /// label event (no `left` or `right`).
+    pub preference: Option<Preference<'a>>,
 }
 
 /// One gold answer (spec section 1), borrowing from its source line.
@@ -113,6 +119,10 @@ struct Fields<'a> {
     duration_ms: Option<&'a RawValue>,
     #[serde(borrow, default)]
     op: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    left: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    right: Option<&'a RawValue>,
 }
 
 /// The text of a record as it arrived, a file's line or a Kafka message's value (`None`: a
@@ -380,7 +390,9 @@ fn label_field(op: Op, raw: Option<&RawValue>) -> Result<Option<RawLabel<'_>>, P
 }
 
 /// Parses one label event. A record without `annotator_id` but with a `label` is refused as
-/// [`ParseError::LooksLikeGold`].
+/// [`ParseError::LooksLikeGold`]. A record with `left` and `right` is a preference event
+/// ([`Preference`]); one with only one of them, one system on both sides, or a label other than
+/// `"left"`, `"right"`, `"tie"` or a number is refused.
 pub fn parse_label_event(record: &str) -> Result<LabelEvent<'_>, ParseError> {
     let fields = fields(record)?;
     let item_id = id_field("item_id", fields.item_id)?;
@@ -391,6 +403,7 @@ pub fn parse_label_event(record: &str) -> Result<LabelEvent<'_>, ParseError> {
     };
     let op = op_field(fields.op)?;
     let label = label_field(op, fields.label)?;
+    let preference = preference::preference(fields.left, fields.right, label.as_ref(), fields.label)?;
     let ts_ms = ts_field(fields.ts)?;
     let duration_ms = fields.duration_ms.map(duration_field).transpose()?;
     let mut warnings = Warnings::default();
@@ -407,6 +420,7 @@ pub fn parse_label_event(record: &str) -> Result<LabelEvent<'_>, ParseError> {
         duration_ms,
         op,
         warnings,
+        preference,
     })
 }
 

@@ -172,6 +172,24 @@ impl<'a> RawNumber<'a> {
         i64::try_from(floor).ok()
     }
 
+    /// The sign of the value: `Less` below zero, `Equal` for zero (also `-0`), `Greater` above
+    /// (what a preference on a symmetric scale says: negative for the left system, spec 2.2).
+    pub fn sign(&self) -> Ordering {
+        if self.head.is_empty() && self.tail.is_empty() {
+            Ordering::Equal
+        } else if self.negative {
+            Ordering::Less
+        } else {
+            Ordering::Greater
+        }
+    }
+
+    /// The same magnitude with the opposite sign, exactly (zero stays zero).
+    pub fn negated(&self) -> RawNumber<'a> {
+        let negative = self.sign() != Ordering::Equal && !self.negative;
+        RawNumber { negative, value: -self.value + 0.0, ..*self }
+    }
+
     /// Writes the canonical identity of the value: equal for equal values, whatever the text.
     pub(crate) fn canonical_key(&self, buf: &mut Vec<u8>) {
         buf.push(if self.negative { b'-' } else { b'+' });
@@ -341,6 +359,26 @@ mod tests {
             ["-1.5", "-1", "0", "1e-20", "1.5", "2", "18446744073709551614", "18446744073709551615"]
         );
         assert_eq!(values[6].value(), values[7].value(), "one nearest float, two labels");
+    }
+
+    #[test]
+    fn signs_and_negation_are_exact() {
+        fn parse(text: &str) -> RawNumber<'_> {
+            RawNumber::parse(text).unwrap()
+        }
+        assert_eq!(parse("-2.5").sign(), Ordering::Less);
+        assert_eq!(parse("-0.0").sign(), Ordering::Equal);
+        assert_eq!(parse("0e7").sign(), Ordering::Equal);
+        assert_eq!(parse("1e-300").sign(), Ordering::Greater);
+        assert_eq!(parse("-2.5").negated(), parse("2.5"));
+        assert_eq!(parse("18446744073709551615").negated(), parse("-18446744073709551615"));
+        assert_eq!(
+            parse("-18446744073709551615").negated().to_number().to_json_text(),
+            "18446744073709551615"
+        );
+        assert_eq!(parse("0").negated(), parse("0"));
+        assert_eq!(parse("0").negated().value().to_bits(), 0.0f64.to_bits(), "no negative zero");
+        assert_eq!(parse("3").negated().value(), -3.0);
     }
 
     #[test]

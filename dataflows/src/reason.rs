@@ -54,6 +54,7 @@ fn missing_hint(field: &str) -> &'static str {
         "item_id" => "every record names the item it is about",
         "annotator_id" => "every label event names who gave the label",
         "ts" => "every label event has its event time (an RFC 3339 string or epoch milliseconds)",
+        "left" | "right" => "a preference event names both systems it compares, `left` and `right`",
         _ => "it is required",
     }
 }

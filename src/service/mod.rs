@@ -127,7 +127,12 @@ fn exit_when_a_peer_is_lost(addresses: Vec<String>) {
 pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let telemetry = Arc::new(Telemetry::new()?);
     let ready = Arc::new(AtomicBool::new(false));
-    let server = HttpServer::start(config.http.listen, telemetry.clone(), ready.clone())?;
+    let store = Arc::new(crate::api::Store::default());
+    let api =
+        crate::api::Api { store: store.clone(), token: config.http.api_token.as_deref().map(Arc::from) };
+    // The query API answers from what process 0 publishes.
+    let api = (config.cluster.process == 0).then_some(api);
+    let server = HttpServer::start_with_api(config.http.listen, telemetry.clone(), ready.clone(), api)?;
     eprintln!("labelqc run: metrics on http://{}/metrics", server.local_addr());
     let connectivity = Connectivity::new(&config.kafka.brokers);
     let cluster = &config.cluster;
@@ -325,6 +330,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         published,
         rebuild,
         ready,
+        store,
     );
     let result = (|| {
         while !stop.load(Ordering::SeqCst) {

@@ -184,8 +184,9 @@ pub struct Published {
     values: Map<(OutputTopic, u64), u64>,
     /// The keys read back at start, until the first reconciliation (for their tombstones).
     read_back: Vec<(OutputTopic, String)>,
-    /// The last gate record per gating key.
+    /// The last gate record per gating key, and its value.
     gates: Map<String, PublishedGate>,
+    gate_values: Map<String, Vec<u8>>,
 }
 
 impl Published {
@@ -197,9 +198,11 @@ impl Published {
                 match state {
                     Some(read) => {
                         self.gates.insert(key.to_string(), PublishedGate { state: read.state, at: read.at });
+                        self.gate_values.insert(key.to_string(), value.unwrap_or_default().to_vec());
                     }
                     None => {
                         self.gates.remove(key);
+                        self.gate_values.remove(key);
                     }
                 }
             }
@@ -225,6 +228,7 @@ impl Published {
         self.values.extend(other.values);
         self.read_back.extend(other.read_back);
         self.gates.extend(other.gates);
+        self.gate_values.extend(other.gate_values);
     }
 
     /// Number of keys (values and gates) known to be held by the topics.
@@ -276,6 +280,12 @@ impl Published {
         records.into_iter().map(|r| (gate_key.clone(), r)).collect()
     }
 
+    /// The last gate record the gating topic held for each key when it was read back (later
+    /// records are not kept here).
+    pub fn gate_values(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.gate_values.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
     /// The gating keys the topic holds a decision for, as `(project, annotator_id)`.
     pub fn gate_keys(&self) -> Vec<(String, String)> {
         self.gates
@@ -306,12 +316,14 @@ pub fn gate_of(value: &[u8]) -> Option<Gate> {
 }
 
 /// The whole state (`current`, every record) as its difference from what the topics hold: the
-/// messages that change what their topic holds, the tombstones of entities the topics hold and
-/// the state lacks, and the gate records of every decision the gating topic has not seen.
+/// messages that change what their topic holds (each message of the state is also passed to
+/// `on_current`), the tombstones of entities the topics hold and the state lacks, and the gate
+/// records of every decision the gating topic has not seen.
 pub fn reconcile(
     published: &mut Published,
     current: &Records,
     updated_at: &str,
+    mut on_current: impl FnMut(&Message),
 ) -> (Vec<Message>, GateRecords) {
     let mut changed = Vec::new();
     let mut held: HashSet<(OutputTopic, u64), RandomState> = HashSet::default();
@@ -325,6 +337,7 @@ pub fn reconcile(
         }
         let Some(message) = message(key, Some(value), updated_at) else { continue };
         held.insert(record_key(&message));
+        on_current(&message);
         if published.observe(&message) {
             changed.push(message);
         }

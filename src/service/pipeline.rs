@@ -28,11 +28,12 @@ use rdkafka::producer::Producer;
 
 use super::feed::{EpochMeta, FeedState, InputDeadLetter, Partitions};
 use super::health::{Connectivity, HealthConsumer};
-use super::outputs::{gate_of, message, reconcile, OutputTopic, Published};
+use super::outputs::{gate_of, message, reconcile, Message, OutputTopic, Published};
 use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
     TRANSACTION_TIMEOUT,
 };
+use crate::api::{Kind, Store};
 use crate::config::Config;
 use crate::telemetry::Telemetry;
 
@@ -161,6 +162,17 @@ impl DriftMetrics {
     }
 }
 
+/// Tells the query API's store what a message makes its topic hold.
+fn remember(store: &Store, record: &Message) {
+    let kind = match record.topic {
+        OutputTopic::Scopes => Kind::Scopes,
+        OutputTopic::Annotators => Kind::Annotators,
+        OutputTopic::Items => Kind::Items,
+        _ => return,
+    };
+    store.apply(kind, &record.key, record.value.as_deref());
+}
+
 /// The closing, publishing and committing pipeline of `labelqc run`'s first process.
 pub struct Pipeline<'a> {
     pub config: &'a Config,
@@ -184,6 +196,8 @@ pub struct Pipeline<'a> {
     pub caught_up: bool,
     /// Set while caught up and the brokers are reachable (`/readyz`).
     pub ready: Arc<AtomicBool>,
+    /// What the topics hold of what the query API answers.
+    pub store: Arc<Store>,
     /// Next offset to read per partition after the epochs published so far.
     pub positions: Vec<i64>,
     /// The offsets committed last (`-1`: none), not committed again.
@@ -218,6 +232,7 @@ impl<'a> Pipeline<'a> {
         read_back: std::thread::JoinHandle<Result<Published>>,
         rebuild: Rebuild,
         ready: Arc<AtomicBool>,
+        store: Arc<Store>,
     ) -> Pipeline<'a> {
         let n = partitions.list.len();
         Pipeline {
@@ -235,6 +250,7 @@ impl<'a> Pipeline<'a> {
             rebuild: Some(rebuild),
             caught_up: false,
             ready,
+            store,
             positions: vec![-1; n],
             committed: vec![-1; n],
             unpublished: VecDeque::new(),
@@ -366,7 +382,12 @@ impl<'a> Pipeline<'a> {
                 self.published = read_back.join().expect("the read-back thread panicked")?;
             }
             let current = std::mem::take(&mut self.current);
-            let (messages, gates) = reconcile(&mut self.published, &current, &updated_at);
+            let store = &self.store;
+            let (messages, gates) =
+                reconcile(&mut self.published, &current, &updated_at, |message| remember(store, message));
+            for (key, value) in self.published.gate_values() {
+                store.apply(Kind::Gates, key, Some(value));
+            }
             let count = |topic| messages.iter().filter(|r| r.topic == topic && r.value.is_some()).count();
             tracing::info!(
                 rebuild_ms = rebuild.started.elapsed().as_millis() as u64,
@@ -393,6 +414,7 @@ impl<'a> Pipeline<'a> {
                 }
                 let Some(message) = message(key, value.as_deref(), &updated_at) else { continue };
                 if self.published.observe(&message) {
+                    remember(&self.store, &message);
                     messages.push(message);
                 }
             }
@@ -433,6 +455,7 @@ impl<'a> Pipeline<'a> {
         }
         for (key, record) in &gates {
             let value = serde_json::to_vec(record)?;
+            self.store.apply(Kind::Gates, key, Some(&value));
             self.send(&mut group, OutputTopic::Gating.name(outputs), key, Some(&value))?;
         }
         group.input = input;

@@ -164,3 +164,30 @@ fn generated_traffic_reports_consistently() {
     let problems = crate::compare::mismatches(&one, &two, 1e-9, true);
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+#[test]
+fn generated_preferences_are_preference_events() {
+    let gen = |extra: &[&str]| {
+        let mut args =
+            vec!["gen", "--preferences", "--events", "600", "--annotators", "20", "--systems", "5"];
+        args.extend_from_slice(extra);
+        labelqc(&args, None)
+    };
+    let out = gen(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, gen(&[]).stdout, "same seed, same bytes");
+    assert_ne!(out.stdout, gen(&["--seed", "9"]).stdout);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut systems = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let event = labelqc_dataflows::event::parse_label_event(line).unwrap();
+        let preference = event.preference.expect("a preference event");
+        systems.extend([preference.left.to_string(), preference.right.to_string()]);
+    }
+    assert_eq!(text.lines().count(), 600);
+    assert_eq!(systems.len(), 5);
+    // Flags of one mode are refused in the other, as usage errors.
+    for args in [&["gen", "--systems", "3"][..], &["gen", "--preferences", "--gold-out", "g.jsonl"]] {
+        assert_eq!(labelqc(args, None).status.code(), Some(2), "{args:?}");
+    }
+}

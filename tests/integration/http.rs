@@ -7,9 +7,15 @@ use std::time::Duration;
 /// `GET path` on `addr` over HTTP/1.0 (so that no server chunks the body): the status code and
 /// the body; `None` if nothing answers.
 pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    get_with(addr, path, &[])
+}
+
+/// [`get`] with extra request headers (`name`, `value`).
+pub fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;

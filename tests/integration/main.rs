@@ -1,6 +1,7 @@
 //! labelqc's integration tests: one binary, run by `cargo test`.
 
 mod admin;
+mod api;
 mod cli;
 mod compare;
 mod conformance;

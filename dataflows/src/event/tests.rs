@@ -218,3 +218,125 @@ fn names_and_labels_over_their_limits_are_refused() {
     let record = format!(r#"{{"item_id":"{name}","annotator_id":"a","label":"x","ts":1}}"#);
     assert_eq!(parse_label_event(&record).unwrap().item_id.len(), MAX_NAME_BYTES);
 }
+
+fn preference_of(record: &str) -> Preference<'_> {
+    parse_label_event(record)
+        .unwrap_or_else(|e| panic!("{record}: {e}"))
+        .preference
+        .expect("a preference event")
+}
+
+#[test]
+fn preference_events() {
+    let ev = parse_label_event(
+        r#"{"item_id":"c1","annotator_id":"r1","ts":1764460800000,"left":"model-x","right":"model-y","label":"left"}"#,
+    )
+    .unwrap();
+    // The label is kept as given; the comparison is beside it.
+    assert_eq!(ev.label, Some(RawLabel::String("left".into())));
+    let preference = ev.preference.unwrap();
+    assert_eq!((&*preference.left, &*preference.right), ("model-x", "model-y"));
+    assert_eq!(preference.choice, Some(Choice::Left));
+    for (label, choice) in [
+        (r#""right""#, Choice::Right),
+        (r#""tie""#, Choice::Tie),
+        ("-2", Choice::Scale(RawNumber::parse("-2").unwrap())),
+    ] {
+        let record =
+            format!(r#"{{"item_id":"c","annotator_id":"r","ts":1,"left":"a","right":"b","label":{label}}}"#);
+        assert_eq!(preference_of(&record).choice, Some(choice), "{label}");
+    }
+    // Plain label events are unchanged.
+    assert_eq!(
+        parse_label_event(r#"{"item_id":"i","annotator_id":"a","label":"left","ts":1}"#).unwrap().preference,
+        None
+    );
+    // A delete needs no label and may or may not name the systems.
+    let delete =
+        preference_of(r#"{"item_id":"c","annotator_id":"r","ts":1,"op":"delete","left":"a","right":"b"}"#);
+    assert_eq!(delete.choice, None);
+    assert_eq!(delete.outcome(), None);
+    assert_eq!(
+        parse_label_event(r#"{"item_id":"c","annotator_id":"r","ts":1,"op":"delete"}"#).unwrap().preference,
+        None
+    );
+}
+
+fn comparison(left: &str, right: &str, label: &str) -> String {
+    format!(
+        r#"{{"item_id":"c","annotator_id":"r","ts":1,"left":"{left}","right":"{right}","label":{label}}}"#
+    )
+}
+
+/// The normalised outcome of a comparison, owned: (first, second, result, oriented strength).
+fn outcome_of(left: &str, right: &str, label: &str) -> (String, String, PairResult, Option<String>) {
+    let record = comparison(left, right, label);
+    let preference = preference_of(&record);
+    let outcome = normalised_outcome(&preference.left, &preference.right, preference.choice.unwrap());
+    assert_eq!(Some(outcome), preference.outcome());
+    let strength = outcome.strength.map(|s| s.to_number().to_json_text());
+    (outcome.first.to_string(), outcome.second.to_string(), outcome.result, strength)
+}
+
+#[test]
+fn outcomes_are_normalised_to_systems() {
+    // One comparison shown in opposite orders, the same system picked: one outcome.
+    let shown = outcome_of("sys-b", "sys-a", r#""left""#);
+    assert_eq!(shown, outcome_of("sys-a", "sys-b", r#""right""#));
+    assert_eq!(shown, ("sys-a".into(), "sys-b".into(), PairResult::SecondWins, None));
+    let record = comparison("sys-b", "sys-a", r#""left""#);
+    let preference = preference_of(&record);
+    let outcome = preference.outcome().unwrap();
+    assert_eq!(outcome.winner(), Some("sys-b"));
+    assert_eq!(outcome.agreement_label(), RawLabel::String("sys-b".into()));
+    assert_eq!(outcome.pair_counts(), crate::preferences::PairCounts { a_wins: 0, b_wins: 1, ties: 0 });
+    let record = comparison("sys-b", "sys-a", r#""tie""#);
+    let preference = preference_of(&record);
+    let tie = preference.outcome().unwrap();
+    assert_eq!((tie.winner(), tie.agreement_label()), (None, RawLabel::String(TIE.into())));
+    assert_eq!(tie.pair_counts().ties, 1);
+    // A scale: the strength oriented to (first, second), exactly; its sign decides the winner.
+    let scale = outcome_of("sys-b", "sys-a", "-3");
+    assert_eq!(scale, outcome_of("sys-a", "sys-b", "3"));
+    assert_eq!(scale, ("sys-a".into(), "sys-b".into(), PairResult::SecondWins, Some("3".into())));
+    let record = comparison("sys-b", "sys-a", "-3");
+    let preference = preference_of(&record);
+    assert_eq!(preference.outcome().unwrap().agreement_label(), number("3"));
+    let exact = outcome_of("z", "a", "-18446744073709551615.5");
+    assert_eq!(exact.3.as_deref(), Some("18446744073709551615.5"));
+    assert_eq!(outcome_of("a", "z", "0.0").2, PairResult::Tie);
+    assert_eq!(outcome_of("a", "z", "-0.5").2, PairResult::FirstWins);
+    assert_eq!(outcome_of("z", "a", "-0.5").2, PairResult::SecondWins);
+    // Position counts read the side as shown.
+    assert_eq!(Choice::Scale(RawNumber::parse("-0.5").unwrap()).side(), crate::preferences::Side::Left);
+    assert_eq!(Choice::Scale(RawNumber::parse("0").unwrap()).side(), crate::preferences::Side::Tie);
+}
+
+#[test]
+fn bad_preference_events_are_refused_with_reasons() {
+    let base = r#""item_id":"c","annotator_id":"r","ts":1"#;
+    let cases = [
+        (r#""left":"a","label":"left""#, "`right` is missing or null; a preference event names both systems it compares, `left` and `right`"),
+        (r#""right":"a","label":"left""#, "`left` is missing or null; a preference event names both"),
+        (r#""left":"a","right":"b","label":"up""#, "`label` is a string (\"up\") on a preference event (one with `left` and `right`); it must be \"left\", \"right\", \"tie\", or a number"),
+        (r#""left":"a","right":"b","label":true"#, "`label` is a boolean (true) on a preference event"),
+        (r#""left":"a","right":"b","label":["left"]"#, "`label` is an array ([\"left\"]) on a preference event"),
+        (r#""left":"a","right":"b""#, "`label` is missing"),
+        (r#""left":"a","right":"a","label":"tie""#, "`right` is \"a\", the same system as `left`"),
+        (r#""left":"","right":"b","label":"tie""#, "`left` is empty (\"\")"),
+        (r#""left":3,"right":"b","label":"tie""#, "`left` is a number (3); a system is named by a string"),
+        (r#""left":"a","right":null,"label":"tie""#, "`right` is missing or null"),
+        (r#""left":"tie","right":"b","label":"left""#, "`left` is \"tie\", which is the outcome of a tie"),
+        (r#""left":"a","right":"b","label":NaN"#, "`label` is NaN, which is not JSON"),
+    ];
+    for (fields, expected) in cases {
+        let record = format!("{{{base},{fields}}}");
+        let got = reason(&record);
+        assert!(got.starts_with(expected), "{record}:\n  got      {got}\n  expected {expected}…");
+    }
+    let long = "s".repeat(MAX_NAME_BYTES + 1);
+    let record = format!(r#"{{{base},"left":"a","right":"{long}","label":"tie"}}"#);
+    assert!(reason(&record).starts_with("`right` is 1025 bytes"), "{}", reason(&record));
+    let record = format!(r#"{{{base},"left":"a","right":"{}","label":"tie"}}"#, &long[1..]);
+    assert_eq!(preference_of(&record).right.len(), MAX_NAME_BYTES);
+}

@@ -1,0 +1,375 @@
+//! One pass of EM over a scope's items: the E-step fused with the sums of the M-step, by blocks
+//! of items, over fixed stripes of items that threads may share.
+//!
+//! Stripes make the sums independent of the number of threads: the items are cut into a number
+//! of stripes fixed by the problem alone ([`stripes`]), each stripe sums into its own buffers in
+//! item order, and the stripes' sums are added in stripe order. One thread or several, the same
+//! floating-point operations happen in the same order, so the result is bitwise the same.
+
+use std::ops::Range;
+
+use super::em::Problem;
+use super::EPS;
+
+/// The E-step's inputs: `log2 max(prior, EPS)` and `log2 err`.
+pub(super) struct Model<'a> {
+    pub log2_prior: &'a [f64],
+    pub log2_err: &'a [f64],
+}
+
+/// Items per block of [`pass`]: a block's logits and posteriors stay in the L1 cache.
+const BLOCK: usize = 256;
+
+/// Stripes of a problem large enough to share: more than threads will use on two cores, few
+/// enough that their buffers stay small next to the labels.
+const STRIPES: usize = 4;
+
+/// The number of stripes of `problem`: [`STRIPES`] when each stripe has at least 16 blocks of
+/// items and adding up the stripes' confusion sums costs under a quarter of a pass over the
+/// labels; 1 otherwise.
+pub(super) fn stripes(problem: &Problem) -> usize {
+    let rows = problem.row_label.len();
+    let big = problem.items.len() >= STRIPES * 16 * BLOCK;
+    let cheap = rows * STRIPES * 4 <= problem.label_row.len();
+    if big && cheap {
+        STRIPES
+    } else {
+        1
+    }
+}
+
+/// The entropy term's parts over a range of items (see [`pass`]).
+#[derive(Debug, Default)]
+pub(super) struct Entropy {
+    /// The sum of q (L - max) over entries q >= EPS (times ln 2 at the end).
+    linear: f64,
+    /// The count of entries q < EPS (each contributes EPS ln EPS).
+    small: usize,
+    /// The product of the items' normalisers z (its logarithm is the sum of ln z).
+    log_product: LogProduct,
+    /// `(1 - the item's entries q >= EPS) ln z` over the items with an entry under EPS.
+    correction: f64,
+}
+
+impl Entropy {
+    /// Adds the parts of the items after these.
+    fn merge(&mut self, other: &Entropy) {
+        self.linear += other.linear;
+        self.small += other.small;
+        self.log_product.merge(&other.log_product);
+        self.correction += other.correction;
+    }
+
+    /// `sum over items and c of q ln q`, `q = max(post, EPS)`.
+    pub fn sum_q_ln_q(&self) -> f64 {
+        self.linear * std::f64::consts::LN_2 - (self.log_product.ln() - self.correction)
+            + self.small as f64 * (EPS * EPS.ln())
+    }
+}
+
+/// The logarithm of a product of many numbers of at least 1 (the E-step's normalisers, each
+/// between 1 and K) without a logarithm per factor and without overflow: the product is kept as a
+/// mantissa and a power of two, rescaled exactly when it grows large.
+#[derive(Debug)]
+struct LogProduct {
+    mantissa: f64,
+    exponent: i64,
+}
+
+impl Default for LogProduct {
+    fn default() -> Self {
+        LogProduct { mantissa: 1.0, exponent: 0 }
+    }
+}
+
+impl LogProduct {
+    fn push(&mut self, factor: f64) {
+        self.mantissa *= factor;
+        if self.mantissa > 1e300 {
+            self.rescale();
+        }
+    }
+
+    /// Splits off the binary exponent: the mantissa becomes [1, 2), exactly.
+    fn rescale(&mut self) {
+        let bits = self.mantissa.to_bits();
+        self.exponent += ((bits >> 52) & 0x7ff) as i64 - 1023;
+        self.mantissa = f64::from_bits((bits & !(0x7ff << 52)) | (1023 << 52));
+    }
+
+    fn merge(&mut self, other: &LogProduct) {
+        self.rescale();
+        self.mantissa *= other.mantissa;
+        self.exponent += other.exponent;
+        self.rescale();
+    }
+
+    fn ln(&self) -> f64 {
+        self.mantissa.ln() + self.exponent as f64 * std::f64::consts::LN_2
+    }
+}
+
+/// One pass over `items` (their posteriors `post`, in item order). With a model, the E-step: each
+/// item's posterior `post[i][c]` = `2^(L[i][c] - max_c L[i][c])` normalised, `L[i][c]` = the sum
+/// over its labels' rows of `log2 err[row][c]`, plus `log2 prior[c]` (crowd-kit sums the labels
+/// first); clamped items set to their gold answer. Then, for every item, the first half of the
+/// M-step: its posterior added to `prior_sum` and to `sums` of each of its labels' rows (both
+/// zeroed first). Returns the parts of the E-step's entropy term (none without a model).
+///
+/// `K` is the number of categories, or 0 for any number (`problem.k`): the common small `K` get
+/// their own unrolled copy. The E-step runs by blocks of [`BLOCK`] items: their shifted logits,
+/// then `exp2` over the whole block (a tight loop of C library calls, three times faster than a
+/// call amid each item's work), then normalisation and the M-step's sums. Fusing the E-step with
+/// the M-step's sums leaves every sum in the order of separate passes and reads each item's
+/// labels once. The entropy term `sum q ln q` (q clipped at EPS) uses ln q = (L - max) ln 2 -
+/// ln z for an item's normaliser z, with the sum of ln z taken as the logarithm of the product
+/// of the z (no logarithm per item; see [`Entropy`]).
+// Index loops over `0..k` with `k` a constant let the compiler unroll them across several arrays.
+#[allow(clippy::needless_range_loop)]
+fn pass<const K: usize>(
+    problem: &Problem,
+    model: Option<&Model<'_>>,
+    items: Range<usize>,
+    post: &mut [f64],
+    prior_sum: &mut [f64],
+    sums: &mut [f64],
+) -> Entropy {
+    let k = if K == 0 { problem.k } else { K };
+    assert_eq!(k, problem.k);
+    assert_eq!(post.len(), items.len() * k);
+    prior_sum.fill(0.0);
+    sums.fill(0.0);
+    let prior_sum = &mut prior_sum[..k];
+    let mut logits = vec![0.0; BLOCK * k];
+    let mut entropy = Entropy::default();
+    let from = problem.clamped.partition_point(|c| (c.0 as usize) < items.start);
+    let mut clamped = problem.clamped[from..].iter().peekable();
+    let labels_of =
+        |i: usize| &problem.label_row[problem.item_start[i] as usize..problem.item_start[i + 1] as usize];
+    for first in items.clone().step_by(BLOCK) {
+        let last = (first + BLOCK).min(items.end);
+        let block = &mut post[(first - items.start) * k..(last - items.start) * k];
+        let logits = &mut logits[..(last - first) * k];
+        if let Some(model) = model {
+            for (i, shifted) in (first..last).zip(logits.chunks_exact_mut(k)) {
+                let acc = &mut shifted[..k];
+                acc.fill(0.0);
+                for &row in labels_of(i) {
+                    let l = &model.log2_err[row as usize * k..row as usize * k + k];
+                    for c in 0..k {
+                        acc[c] += l[c];
+                    }
+                }
+                let mut max = f64::NEG_INFINITY;
+                for c in 0..k {
+                    acc[c] += model.log2_prior[c];
+                    max = max.max(acc[c]);
+                }
+                for a in acc.iter_mut() {
+                    *a -= max;
+                }
+            }
+            for (out, l) in block.iter_mut().zip(logits.iter()) {
+                *out = l.exp2();
+            }
+        }
+        for (i, (out, shifted)) in (first..last).zip(block.chunks_exact_mut(k).zip(logits.chunks_exact(k))) {
+            let out = &mut out[..k];
+            if let Some(&&(_, y)) = clamped.peek().filter(|c| c.0 as usize == i) {
+                clamped.next();
+                if model.is_some() {
+                    out.fill(0.0);
+                    out[y as usize] = 1.0;
+                    // The clipped one-hot posterior: k - 1 entries at EPS, and 1 ln 1 = 0.
+                    entropy.small += k - 1;
+                }
+            } else if model.is_some() {
+                let mut z = 0.0;
+                for o in out.iter() {
+                    z += o;
+                }
+                let (mut kept, mut under) = (0.0, 0);
+                for c in 0..k {
+                    out[c] /= z;
+                    // Branch-free: which entries fall under EPS is unpredictable.
+                    let below = out[c] < EPS;
+                    let q = if below { 0.0 } else { out[c] };
+                    entropy.linear += q * shifted[c];
+                    kept += q;
+                    under += usize::from(below);
+                }
+                entropy.log_product.push(z);
+                if under > 0 {
+                    entropy.small += under;
+                    entropy.correction += (1.0 - kept) * z.ln();
+                }
+            }
+            for c in 0..k {
+                prior_sum[c] += out[c];
+            }
+            for &row in labels_of(i) {
+                let s = &mut sums[row as usize * k..row as usize * k + k];
+                for c in 0..k {
+                    s[c] += out[c];
+                }
+            }
+        }
+    }
+    entropy
+}
+
+/// [`pass`] with the copy for the problem's number of categories.
+fn pass_k(
+    problem: &Problem,
+    model: Option<&Model<'_>>,
+    items: Range<usize>,
+    post: &mut [f64],
+    prior_sum: &mut [f64],
+    sums: &mut [f64],
+) -> Entropy {
+    match problem.k {
+        2 => pass::<2>(problem, model, items, post, prior_sum, sums),
+        3 => pass::<3>(problem, model, items, post, prior_sum, sums),
+        4 => pass::<4>(problem, model, items, post, prior_sum, sums),
+        5 => pass::<5>(problem, model, items, post, prior_sum, sums),
+        6 => pass::<6>(problem, model, items, post, prior_sum, sums),
+        _ => pass::<0>(problem, model, items, post, prior_sum, sums),
+    }
+}
+
+/// One stripe's items, their posteriors, and where its sums go.
+struct Stripe<'a> {
+    items: Range<usize>,
+    post: &'a mut [f64],
+    prior: &'a mut [f64],
+    sums: &'a mut [f64],
+}
+
+/// The sums of one stripe: `K` prior sums, then `rows x K` confusion sums.
+pub(super) type StripeSums = Vec<f64>;
+
+/// One pass over every item, stripe by stripe, on up to `threads` threads: fills `prior_sum` and
+/// `sums` (see [`pass`]) and returns the E-step's `sum q ln q` (0 without a model). `buffers`
+/// holds one [`StripeSums`] per stripe beyond the first (grown on first use).
+pub(super) fn pass_all(
+    problem: &Problem,
+    model: Option<&Model<'_>>,
+    post: &mut [f64],
+    prior_sum: &mut [f64],
+    sums: &mut [f64],
+    buffers: &mut Vec<StripeSums>,
+    threads: usize,
+) -> f64 {
+    let (n, k) = (problem.items.len(), problem.k);
+    let stripes = stripes(problem);
+    if stripes == 1 {
+        return pass_k(problem, model, 0..n, post, prior_sum, sums).sum_q_ln_q();
+    }
+    buffers.resize_with(stripes - 1, || vec![0.0; k + sums.len()]);
+    // Stripe s holds items bounds[s]..bounds[s + 1]; the first sums into the outputs.
+    let bounds: Vec<usize> = (0..=stripes).map(|s| s * n / stripes).collect();
+    let mut outputs =
+        std::iter::once((prior_sum, sums)).chain(buffers.iter_mut().map(|buffer| buffer.split_at_mut(k)));
+    let mut work: Vec<Stripe<'_>> = Vec::with_capacity(stripes);
+    let mut rest = post;
+    for s in 0..stripes {
+        let (post, after) = rest.split_at_mut((bounds[s + 1] - bounds[s]) * k);
+        rest = after;
+        let (prior, sums) = outputs.next().expect("a buffer per stripe");
+        work.push(Stripe { items: bounds[s]..bounds[s + 1], post, prior, sums });
+    }
+    let run = |part: &mut [Stripe<'_>]| -> Vec<Entropy> {
+        part.iter_mut().map(|s| pass_k(problem, model, s.items.clone(), s.post, s.prior, s.sums)).collect()
+    };
+    let threads = threads.clamp(1, stripes);
+    let parts: Vec<Entropy> = std::thread::scope(|scope| {
+        let mut chunks = work.chunks_mut(stripes.div_ceil(threads));
+        let mine = chunks.next().expect("a stripe");
+        let others: Vec<_> = chunks.map(|chunk| scope.spawn(move || run(chunk))).collect();
+        let mut all = run(mine);
+        for handle in others {
+            all.extend(handle.join().expect("a pass thread"));
+        }
+        all
+    });
+    // Add the stripes' sums in stripe order.
+    let (first, rest) = work.split_at_mut(1);
+    for stripe in rest.iter() {
+        first[0].prior.iter_mut().zip(stripe.prior.iter()).for_each(|(a, b)| *a += b);
+        first[0].sums.iter_mut().zip(stripe.sums.iter()).for_each(|(a, b)| *a += b);
+    }
+    let mut entropy = Entropy::default();
+    parts.iter().for_each(|part| entropy.merge(part));
+    if model.is_some() {
+        entropy.sum_q_ln_q()
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// `items` items labelled by 3 of 40 annotators each, 4 categories, most labels right.
+    pub(crate) fn generated(items: u64) -> Vec<(u64, u64, u64)> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let mut labels = Vec::new();
+        for item in 0..items {
+            let truth = next(4);
+            let first = next(40);
+            for j in 0..3 {
+                let annotator = (first + j * 7) % 40;
+                let label = if next(10) < 8 { truth } else { next(4) };
+                labels.push((item, 1000 + annotator, 50 + label));
+            }
+        }
+        labels
+    }
+
+    #[test]
+    fn stripes_sum_what_one_pass_sums() {
+        let labels = generated(20_000);
+        let mut problem = Problem::new(&labels, &[], |a, b| a.cmp(b), false).unwrap();
+        assert_eq!(stripes(&problem), STRIPES);
+        let post = problem.initial_posteriors(None);
+        let (k, rows) = (problem.k, problem.row_label.len());
+        let log2_prior = vec![-2.0; k];
+        let log2_err: Vec<f64> = (0..rows * k).map(|j| -1.0 - (j % 5) as f64 * 0.7).collect();
+        let model = Model { log2_prior: &log2_prior, log2_err: &log2_err };
+        let n = problem.items.len();
+        let (mut one, mut prior_one, mut sums_one) = (post.clone(), vec![0.0; k], vec![0.0; rows * k]);
+        let whole =
+            pass_k(&problem, Some(&model), 0..n, &mut one, &mut prior_one, &mut sums_one).sum_q_ln_q();
+        for threads in [1, 2, 3, 8] {
+            let (mut striped, mut prior, mut sums) = (post.clone(), vec![0.0; k], vec![0.0; rows * k]);
+            let mut buffers = Vec::new();
+            let by_stripes =
+                pass_all(&problem, Some(&model), &mut striped, &mut prior, &mut sums, &mut buffers, threads);
+            assert_eq!(striped, one, "posteriors are per item");
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
+            assert!(prior.iter().zip(&prior_one).all(|(a, b)| close(*a, *b)));
+            assert!(sums.iter().zip(&sums_one).all(|(a, b)| close(*a, *b)));
+            assert!(close(by_stripes, whole), "{by_stripes} vs {whole}");
+        }
+    }
+
+    #[test]
+    fn log_products_merge_exactly() {
+        let mut whole = LogProduct::default();
+        let mut parts = [LogProduct::default(), LogProduct::default()];
+        for i in 0..5000 {
+            let factor = 1.0 + (i % 97) as f64 / 31.0;
+            whole.push(factor);
+            parts[usize::from(i >= 2500)].push(factor);
+        }
+        let mut merged = LogProduct::default();
+        parts.iter().for_each(|p| merged.merge(p));
+        let exact: f64 = (0..5000).map(|i| (1.0 + (i % 97) as f64 / 31.0).ln()).sum();
+        assert!((whole.ln() - exact).abs() < 1e-9 && (merged.ln() - exact).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,255 @@
+//! The read-only query API (spec section 4), on the HTTP listener beside `/metrics`: what the
+//! output topics hold, for callers that ask rather than consume. JSON, answered from the
+//! [`Store`] of current records that the publishing process keeps as it publishes (so an answer
+//! says what the topics say); `404` for an unknown entity; an optional bearer token
+//! (`http.api_token`); described by the OpenAPI 3.1 document served at `/openapi.json`
+//! (`docs/openapi.json`).
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/v1/scopes` | every scope object |
+//! | `/v1/scopes/{project}/{task}` | one scope object |
+//! | `/v1/gates/{project}/{annotator_id}` | the annotator's latest gate decision in the project: may it take a task? |
+//! | `/v1/annotators/{project}/{task}/{annotator_id}` | one annotator object |
+//! | `/v1/items/{project}/{task}/{item_id}` | one item object (consensus and, where computed, truth, trusted consensus and route) |
+//! | `/v1/leaderboard/{project}/{task}` | the scope's leaderboard entries, by rank |
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// The OpenAPI 3.1 document of the API.
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+
+/// The topics whose records the API answers from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Scopes,
+    Annotators,
+    Items,
+    Gates,
+    Leaderboard,
+}
+
+type Records = BTreeMap<Vec<String>, Arc<[u8]>>;
+
+/// The current record of every key of the topics the API answers from, by its key's parts.
+#[derive(Default)]
+pub struct Store {
+    records: RwLock<BTreeMap<Kind, Records>>,
+}
+
+impl Store {
+    /// Records what a topic now holds for `key` (a JSON array of strings): `value`, or nothing
+    /// for a tombstone. A key that is not an array of strings is not one the API serves.
+    pub fn apply(&self, kind: Kind, key: &str, value: Option<&[u8]>) {
+        let Ok(parts) = serde_json::from_str::<Vec<String>>(key) else { return };
+        let mut records = self.records.write().expect("the API store is whole");
+        let records = records.entry(kind).or_default();
+        match value {
+            Some(value) => {
+                records.insert(parts, value.into());
+            }
+            None => {
+                records.remove(&parts);
+            }
+        }
+    }
+
+    fn get(&self, kind: Kind, parts: &[&str]) -> Option<Arc<[u8]>> {
+        let key: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        self.records.read().expect("the API store is whole").get(&kind)?.get(&key).cloned()
+    }
+
+    /// The records whose key starts with `prefix`, in key order.
+    fn prefixed(&self, kind: Kind, prefix: &[&str]) -> Vec<Arc<[u8]>> {
+        let records = self.records.read().expect("the API store is whole");
+        let Some(records) = records.get(&kind) else { return Vec::new() };
+        let start: Vec<String> = prefix.iter().map(|p| p.to_string()).collect();
+        records
+            .range(start..)
+            .take_while(|(key, _)| key.len() >= prefix.len() && key.iter().zip(prefix).all(|(k, p)| k == p))
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+}
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub struct Api {
+    pub store: Arc<Store>,
+    /// The bearer token every `/v1` request must carry, if set.
+    pub token: Option<Arc<str>>,
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn not_found(what: String) -> Response {
+    json(StatusCode::NOT_FOUND, serde_json::json!({ "error": format!("no {what}") }).to_string().into_bytes())
+}
+
+fn array(values: &[Arc<[u8]>]) -> Vec<u8> {
+    let mut body = vec![b'['];
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(value);
+    }
+    body.push(b']');
+    body
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// `None` when the request may go on, else the `401` to answer.
+fn unauthorised(api: &Api, headers: &HeaderMap) -> Option<Response> {
+    let token = api.token.as_deref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    let body = serde_json::json!({ "error": "send the API token as `Authorization: Bearer TOKEN`" });
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer"), (header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response(),
+    )
+}
+
+pub async fn openapi() -> Response {
+    json(StatusCode::OK, OPENAPI.as_bytes().to_vec())
+}
+
+pub async fn scopes(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Some(response) = unauthorised(&api, &headers) {
+        return response;
+    }
+    json(StatusCode::OK, array(&api.store.prefixed(Kind::Scopes, &[])))
+}
+
+pub async fn scope(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((project, task)): Path<(String, String)>,
+) -> Response {
+    if let Some(response) = unauthorised(&api, &headers) {
+        return response;
+    }
+    match api.store.get(Kind::Scopes, &[&project, &task]) {
+        Some(value) => json(StatusCode::OK, value.to_vec()),
+        None => not_found(format!("scope {project}/{task}")),
+    }
+}
+
+pub async fn gate(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((project, annotator)): Path<(String, String)>,
+) -> Response {
+    if let Some(response) = unauthorised(&api, &headers) {
+        return response;
+    }
+    match api.store.get(Kind::Gates, &[&project, &annotator]) {
+        Some(value) => json(StatusCode::OK, value.to_vec()),
+        None => not_found(format!("gate for annotator {annotator} in project {project}")),
+    }
+}
+
+pub async fn annotator(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((project, task, annotator)): Path<(String, String, String)>,
+) -> Response {
+    if let Some(response) = unauthorised(&api, &headers) {
+        return response;
+    }
+    match api.store.get(Kind::Annotators, &[&project, &task, &annotator]) {
+        Some(value) => json(StatusCode::OK, value.to_vec()),
+        None => not_found(format!("annotator {annotator} in scope {project}/{task}")),
+    }
+}
+
+pub async fn item(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((project, task, item)): Path<(String, String, String)>,
+) -> Response {
+    if let Some(response) = unauthorised(&api, &headers) {
+        return response;
+    }
+    match api.store.get(Kind::Items, &[&project, &task, &item]) {
+        Some(value) => json(StatusCode::OK, value.to_vec()),
+        None => not_found(format!("item {item} in scope {project}/{task}")),
+    }
+}
+
+pub async fn leaderboard(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((project, task)): Path<(String, String)>,
+) -> Response {
+    if let Some(response) = unauthorised(&api, &headers) {
+        return response;
+    }
+    if api.store.get(Kind::Scopes, &[&project, &task]).is_none() {
+        return not_found(format!("scope {project}/{task}"));
+    }
+    let mut entries: Vec<(i64, Arc<[u8]>)> = api
+        .store
+        .prefixed(Kind::Leaderboard, &[&project, &task])
+        .into_iter()
+        .map(|value| {
+            let rank = serde_json::from_slice::<serde_json::Value>(&value)
+                .ok()
+                .and_then(|v| v["rank"].as_i64())
+                .unwrap_or(i64::MAX);
+            (rank, value)
+        })
+        .collect();
+    entries.sort_by_key(|(rank, _)| *rank);
+    let values: Vec<Arc<[u8]>> = entries.into_iter().map(|(_, v)| v).collect();
+    json(StatusCode::OK, array(&values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_answers_what_the_topics_hold() {
+        let store = Store::default();
+        store.apply(Kind::Scopes, r#"["p","t"]"#, Some(b"{\"n\":1}"));
+        store.apply(Kind::Scopes, r#"["p","u"]"#, Some(b"{\"n\":2}"));
+        store.apply(Kind::Scopes, r#"["q","t"]"#, Some(b"{\"n\":3}"));
+        assert_eq!(store.get(Kind::Scopes, &["p", "t"]).as_deref(), Some(&b"{\"n\":1}"[..]));
+        assert_eq!(store.prefixed(Kind::Scopes, &["p"]).len(), 2);
+        assert_eq!(array(&store.prefixed(Kind::Scopes, &[])), b"[{\"n\":1},{\"n\":2},{\"n\":3}]".to_vec());
+        // A tombstone removes the record; keys that are not arrays of strings are not served.
+        store.apply(Kind::Scopes, r#"["p","t"]"#, None);
+        assert!(store.get(Kind::Scopes, &["p", "t"]).is_none());
+        store.apply(Kind::Scopes, r#"["x",1]"#, Some(b"{}"));
+        assert_eq!(store.prefixed(Kind::Scopes, &[]).len(), 2);
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret2"));
+    }
+}
