@@ -15,7 +15,7 @@
 //! With [`Emit::Final`] (a one-shot report) every worker keeps its own final records, which
 //! [`Engine::finish`] returns.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -108,7 +108,8 @@ pub enum EngineError {
     WorkerFailed(String),
 }
 
-/// What the dataflows produced for one epoch: its record changes, its drift summary changes, and
+/// What the dataflows produced for one epoch: its record changes (by key; a replaced record as its
+/// new value alone, a removed one as its old value with `-1`), its drift summary changes, and
 /// every worker's report of it (their `meta`).
 #[derive(Debug, Default)]
 pub struct EpochOutput {
@@ -245,7 +246,7 @@ impl Engine {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("labelqc-sink".into())
-                .spawn(move || run_sink(events, &shared))
+                .spawn(move || sink::run_sink(events, &shared))
                 .map_err(|e| EngineError::Start { workers, reason: e.to_string() })?
         };
         let communication = match cluster {
@@ -417,42 +418,6 @@ impl Engine {
     }
 }
 
-/// Gathers the first worker's outputs per epoch and hands them out whole once the epoch is
-/// complete, then publishes the progress that promises them; until the workers are gone.
-fn run_sink(events: Receiver<WorkerEvent>, shared: &Shared) {
-    let mut pending: BTreeMap<Time, EpochOutput> = BTreeMap::new();
-    fn at(pending: &mut BTreeMap<Time, EpochOutput>, epoch: Time) -> &mut EpochOutput {
-        pending.entry(epoch).or_insert_with(|| EpochOutput { epoch, ..EpochOutput::default() })
-    }
-    while let Ok(event) = events.recv() {
-        match event {
-            WorkerEvent::Records(time, records) => at(&mut pending, time).records.extend(records),
-            WorkerEvent::Metrics(time, metrics) => at(&mut pending, time).metrics.extend(metrics),
-            WorkerEvent::Report(time, meta) => at(&mut pending, time).reports.push(meta),
-            WorkerEvent::Frontier(frontier) => {
-                let complete = frontier.unwrap_or(Time::MAX);
-                {
-                    let mut completed = shared.completed.lock().expect("outputs poisoned");
-                    while let Some(entry) = pending.first_entry() {
-                        if *entry.key() >= complete {
-                            break;
-                        }
-                        let mut output = entry.remove();
-                        crate::records::consolidate(&mut output.records);
-                        differential_dataflow::consolidation::consolidate(&mut output.metrics);
-                        completed.outputs.push_back(output);
-                    }
-                    completed.applied = complete;
-                }
-                shared.progress.lock().expect("progress poisoned").frontier = frontier;
-                shared.advanced.notify_all();
-            }
-        }
-    }
-    shared.progress.lock().expect("progress poisoned").disconnected = true;
-    shared.advanced.notify_all();
-}
-
 /// An input of a worker's dataflow.
 type Input<D> = InputHandle<Time, CapacityContainerBuilder<Vec<D>>>;
 
@@ -514,9 +479,7 @@ fn run_worker(
             match config.emit {
                 Emit::Changes => {
                     let sink = events.clone();
-                    output
-                        .records
-                        .inner
+                    sink::replacements_only(output.records.inner)
                         .exchange(|_| 0)
                         .inspect_core(move |event| {
                             if let Ok((_, batch)) = event {
@@ -649,6 +612,8 @@ fn run_worker(
     records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     records
 }
+
+mod sink;
 
 #[cfg(test)]
 mod tests;
