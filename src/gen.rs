@@ -373,6 +373,12 @@ impl Traffic {
         &self.summary
     }
 
+    /// The item of the last label event (its number, as in `item-{:08}`) and its true class's
+    /// label as JSON text: what a perfect annotator would have answered.
+    pub fn current_truth(&self) -> (u64, &str) {
+        (self.item, &self.labels_text[self.item_truth as usize])
+    }
+
     fn answer(&mut self, who: u32, truth: u32) -> u32 {
         let classes = self.spec.classes;
         let rng = &mut self.rng;
