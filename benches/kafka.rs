@@ -259,9 +259,12 @@ fn main() {
     eprintln!("backlog of {} processed in {:?}", labels.len(), done - start);
     let m = metrics(&service.1);
     let pipeline = pipeline_stats(&m);
-    // What the service holds once it has every label: resident memory over live labels.
+    // What the service holds once it has every label: resident memory over live labels, and that
+    // of each process of a cluster.
     let resident = sample(&m, "labelqc_process_resident_memory_bytes ");
     let live = sample(&m, "labelqc_scope_labels{") - windowed_labels(&m);
+    let per_process: Vec<f64> =
+        processes.iter().map(|p| sample(&metrics(&p.1), "labelqc_process_resident_memory_bytes ")).collect();
     drop(processes);
     let shape = match arg("--processes", 1) {
         1 => format!("{} workers", arg("--workers", 2)),
@@ -279,6 +282,10 @@ fn main() {
         resident / 1048576.0,
         resident / live.max(1.0),
     );
+    if per_process.len() > 1 {
+        let each: Vec<String> = per_process.iter().map(|r| format!("{:.0} MiB", r / 1048576.0)).collect();
+        println!("resident memory per process: {}\n", each.join(", "));
+    }
     if external.is_some() {
         return;
     }

@@ -5,7 +5,8 @@
 //!    binary, with 1 and 2 workers; the median of several runs.
 //! 2. Peak resident memory of those runs per live label.
 //! 3. The time to apply one relabel after the 1,000,000 events: from submitting it to having
-//!    every affected output (scope, pairs, annotators, item) re-formed from the updated view.
+//!    every affected output record (scope, pairs, annotators, item, gate) re-formed and handed out
+//!    by the live engine.
 //! 4. The input side alone, in-process: parsing the 1,000,000 lines, and parsing and applying
 //!    them to a `Source` (ids, upserts), in nanoseconds per event (best of the runs).
 //!
@@ -20,8 +21,7 @@ use std::time::{Duration, Instant};
 use labelqc::gen::{generate, GenSpec};
 use labelqc_dataflows::engine::{Engine, EngineConfig};
 use labelqc_dataflows::event::{parse_gold_event, parse_label_event};
-use labelqc_dataflows::source::{Source, Update};
-use labelqc_dataflows::view::QualityView;
+use labelqc_dataflows::source::{Catalog, Source, Update};
 use rand::{Rng, SeedableRng};
 
 struct Options {
@@ -198,12 +198,10 @@ fn input_costs(labels: &Path, gold: &Path, runs: usize) -> (f64, f64) {
 /// Loads the history, then applies single relabels one at a time, timing each from submission
 /// to re-formed outputs.
 fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize) -> Vec<Duration> {
-    let mut engine = Engine::start(
-        &EngineConfig { workers, max_epochs_in_flight: 2, ..EngineConfig::default() },
-        QualityView::with_change_tracking(),
-    )
-    .unwrap();
+    let mut engine =
+        Engine::start(&EngineConfig { workers, max_epochs_in_flight: 2, ..EngineConfig::default() }).unwrap();
     let mut source = Source::default();
+    source.catalog = Catalog::recording();
     let mut updates = Vec::new();
     for line in BufReader::new(std::fs::File::open(gold).unwrap()).lines() {
         source.apply_gold(&parse_gold_event(&line.unwrap()).unwrap(), &mut updates).unwrap();
@@ -213,13 +211,14 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
         let line = line.unwrap();
         source.apply_label(&parse_label_event(&line).unwrap(), &mut updates).unwrap();
         if updates.len() >= 100_000 {
-            engine.submit(std::mem::take(&mut updates)).unwrap();
+            engine.submit(std::mem::take(&mut updates), source.catalog.take_new()).unwrap();
+            engine.take_completed();
         }
         lines.push(line);
     }
-    engine.submit(std::mem::take(&mut updates)).unwrap();
+    engine.submit(std::mem::take(&mut updates), source.catalog.take_new()).unwrap();
     engine.sync().unwrap();
-    engine.view().settle(&source.catalog);
+    engine.take_completed();
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let classes = ["\"positive\"", "\"negative\"", "\"neutral\"", "\"mixed\""];
@@ -241,24 +240,11 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
         let mut one: Vec<Update> = Vec::new();
         let start = Instant::now();
         source.apply_label(&parse_label_event(&relabel).unwrap(), &mut one).unwrap();
-        engine.submit(one).unwrap();
+        engine.submit(one, source.catalog.take_new()).unwrap();
         engine.sync().unwrap();
-        let mut view = engine.view();
-        let changes = view.settle(&source.catalog);
-        let catalog = &source.catalog;
-        for &scope in &changes.scopes {
-            formed += usize::from(view.scope_summary(scope, catalog).is_some());
+        for output in engine.take_completed().1 {
+            formed += output.records.iter().filter(|(_, diff)| *diff > 0).count();
         }
-        for &(scope, a, b) in &changes.pairs {
-            formed += usize::from(view.pair(scope, a, b, catalog).is_some());
-        }
-        for &(scope, annotator) in &changes.annotators {
-            formed += usize::from(view.annotator(scope, annotator, catalog).is_some());
-        }
-        for &(scope, item) in &changes.items {
-            formed += usize::from(view.item(scope, item, catalog).is_some());
-        }
-        drop(view);
         latencies.push(start.elapsed());
     }
     assert!(formed > 0, "relabels re-formed no outputs");

@@ -523,11 +523,7 @@ fn run_report(args: ReportArgs) -> Result<()> {
         "report computed"
     );
     let mut out = create(args.output.as_ref().unwrap_or(&PathBuf::from("-")))?;
-    if args.pretty {
-        serde_json::to_writer_pretty(&mut out, &outcome.report)?;
-    } else {
-        serde_json::to_writer(&mut out, &outcome.report)?;
-    }
+    outcome.report.write(&mut out, args.pretty)?;
     writeln!(out)?;
     out.flush().context("cannot write the report")?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "report written");

@@ -16,10 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use labelqc_dataflows::drift::{AlertStatus, DriftSettings, GateState, Severity, SignalState};
+use labelqc_dataflows::dataflow::Diff;
+use labelqc_dataflows::drift::{AlertStatus, DriftSettings, Gate, GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::engine::{Engine, EngineConfig};
+use labelqc_dataflows::gates::GateLog;
+use labelqc_dataflows::keyed::Emit;
+use labelqc_dataflows::objects::ScopeSummary;
+use labelqc_dataflows::records::{Entity, Record, Records};
 use labelqc_dataflows::source::{Catalog, Source, Stream};
-use labelqc_dataflows::view::QualityView;
+use labelqc_dataflows::summary::DriftSummary;
 
 use crate::gen::{GenSpec, Traffic};
 use crate::http::HttpServer;
@@ -71,23 +76,29 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     let metrics_url = format!("http://{}/metrics", server.local_addr());
     eprintln!("labelqc demo: metrics on {metrics_url} (Ctrl-C stops)");
 
-    let mut engine = Engine::start(
-        &EngineConfig {
-            workers: settings.workers,
-            max_epochs_in_flight: 2,
-            items: labelqc_dataflows::items::ItemsConfig {
-                window_sizes: settings.windows.clone(),
-                out_of_order: false,
-            },
+    let mut engine = Engine::start(&EngineConfig {
+        workers: settings.workers,
+        max_epochs_in_flight: 2,
+        items: labelqc_dataflows::items::ItemsConfig {
+            window_sizes: settings.windows.clone(),
+            out_of_order: false,
+            records: Some(Emit::Changes),
         },
-        QualityView::with_change_tracking().with_drift(settings.drift.clone()),
-    )?;
+        drift: settings.drift.clone(),
+        emit: Emit::Changes,
+    })?;
     let mut spec = settings.traffic.clone();
     spec.careless_from_ms = now_ms() + settings.careless_after.as_millis() as i64;
     let mut traffic = Traffic::new(&spec)?;
     let planted: Vec<(String, &'static str)> =
         traffic.roster().into_iter().filter(|(_, kind)| *kind != "careful").collect();
     let mut source = Source::with_windows(&settings.windows);
+    source.catalog = Catalog::recording();
+    // What the view shows: the scopes, annotators, alerts and gates (not the items, pairs or
+    // windows), and the drift summary.
+    let mut shown = Records::default();
+    let mut drift = DriftSummary::default();
+    let mut gate_log = GateLog::default();
     let full_screen = settings.full_screen && std::io::stdout().is_terminal();
     if full_screen {
         // Hide the cursor while the view is redrawn in place.
@@ -121,25 +132,25 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
             }
         }
         fed = due;
-        engine.submit(std::mem::take(&mut updates))?;
+        engine.submit(std::mem::take(&mut updates), source.catalog.take_new())?;
         engine.sync()?;
-        {
-            let mut view = engine.view();
-            let changes = view.settle(&source.catalog);
-            telemetry.set_scopes(&view, &source.catalog, &changes);
-            telemetry.count_changes(&changes);
-            raised += changes.fired.len() as u64;
-            raised_critical += changes.fired.iter().filter(|(_, s)| *s == Severity::Critical).count() as u64;
-            for alert in changes.alerts.iter().filter_map(|(_, a)| a.as_ref()) {
-                if alert.status == AlertStatus::Firing {
-                    alerted.extend(alert.annotator_id.clone());
-                }
+        for output in engine.take_completed().1 {
+            telemetry.observe_records(&output.records);
+            let gates = gate_log.records(&output.records);
+            telemetry.count_gate_records(&gates);
+            blocked
+                .extend(gates.iter().filter(|r| r.state == GateState::Block).map(|r| r.annotator_id.clone()));
+            for (severity, annotator) in started_firing(&shown, &output.records) {
+                raised += 1;
+                raised_critical += u64::from(severity == Severity::Critical);
+                alerted.extend(annotator);
             }
-            for record in changes.gates.iter().filter(|r| r.state == GateState::Block) {
-                blocked.insert(record.annotator_id.clone());
-            }
-            telemetry.set_drift(&view.drift_summary(&source.catalog));
+            let kept: Vec<(Record, Diff)> =
+                output.records.into_iter().filter(|(r, _)| shows(&r.key.entity)).collect();
+            shown.apply(&kept);
+            drift.apply(&output.metrics);
         }
+        telemetry.set_drift(&drift);
         telemetry.epochs.inc();
         telemetry.output_event_time.set(created as f64 / 1000.0);
         telemetry.output_updated.set(now_ms() as f64 / 1000.0);
@@ -154,14 +165,14 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
             let snapshot = Snapshot {
                 elapsed: start.elapsed(),
                 rate: (fed - fed_at_refresh) as f64 / last_refresh.elapsed().as_secs_f64(),
-                live_labels: engine.view().live_labels().max(0) as usize,
+                live_labels: live_labels(&shown),
                 latency_p99: telemetry.latency_quantile(0.99),
                 metrics_url: metrics_url.clone(),
                 planted: planted.clone(),
                 raised,
                 ..Snapshot::default()
             };
-            screen = render(&observe(&engine.view(), &source.catalog, snapshot), SCREEN_WIDTH, SCREEN_HEIGHT);
+            screen = render(&observe(&shown, snapshot), SCREEN_WIDTH, SCREEN_HEIGHT);
             let mut out = std::io::stdout().lock();
             if full_screen {
                 // Home, each line cleared to its end, and the rest of the screen cleared: no
@@ -189,7 +200,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         }
         let _ = out.flush();
     }
-    let view = engine.finish()?;
+    engine.finish()?;
     let summary = traffic.summary();
     eprintln!(
         "labelqc demo: stopped after {:.1} s; {} labels, {} relabels, {} deletes, {} gold items; {} scopes",
@@ -198,7 +209,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         summary.relabels,
         summary.deletes,
         summary.gold_items,
-        source.catalog.scope_ids().filter(|&s| view.scope_summary(s, &source.catalog).is_some()).count()
+        shown.iter().filter(|(k, _)| k.entity == Entity::Scope).count()
     );
     let (caught, missed): (Vec<_>, Vec<_>) =
         planted.iter().partition(|(name, _)| alerted.contains(name) || blocked.contains(name));
@@ -230,35 +241,113 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     Ok(())
 }
 
-/// Fills `snapshot` with what the view says now: each scope's numbers and alerts, the gates and
+/// Whether the demo's view shows records of this kind.
+fn shows(entity: &Entity) -> bool {
+    matches!(entity, Entity::Scope | Entity::Annotator(_) | Entity::Alert(_) | Entity::Gate(_))
+}
+
+/// The parts of an alert record the view shows.
+#[derive(serde::Deserialize)]
+struct AlertRead {
+    status: AlertStatus,
+    severity: Severity,
+    kind: String,
+    annotator_id: Option<String>,
+    signal: Option<Signal>,
+    summary: String,
+}
+
+/// The parts of an annotator record the view shows: its signals' states and scores.
+#[derive(serde::Deserialize)]
+struct AnnotatorRead {
+    drift: Option<BTreeMap<Signal, SignalRead>>,
+}
+
+#[derive(serde::Deserialize)]
+struct SignalRead {
+    state: SignalState,
+    score: Option<f64>,
+}
+
+/// The alerts an epoch's changes start firing (not firing before): their severity and annotator.
+fn started_firing(shown: &Records, changes: &[(Record, Diff)]) -> Vec<(Severity, Option<String>)> {
+    let firing = |value: &[u8]| {
+        serde_json::from_slice::<AlertRead>(value).ok().filter(|a| a.status == AlertStatus::Firing)
+    };
+    changes
+        .iter()
+        .filter(|(r, d)| *d > 0 && matches!(r.key.entity, Entity::Alert(_)))
+        .filter(|(r, _)| shown.get(&r.key).and_then(firing).is_none())
+        .filter_map(|(r, _)| firing(&r.value))
+        .map(|a| (a.severity, a.annotator_id))
+        .collect()
+}
+
+/// The live labels of every scope shown.
+fn live_labels(shown: &Records) -> usize {
+    shown
+        .iter()
+        .filter(|(k, _)| k.entity == Entity::Scope)
+        .filter_map(|(_, v)| serde_json::from_slice::<ScopeSummary>(v).ok())
+        .map(|s| s.n_labels.max(0) as usize)
+        .sum()
+}
+
+/// An alert kind as the screen names it.
+fn kind_name(kind: &str) -> &'static str {
+    match kind {
+        "annotator_drift" => "annotator_drift",
+        "population_shift" => "population_shift",
+        "alpha_below_floor" => "alpha_below_floor",
+        "gold_below_target" => "gold_below_target",
+        _ => "alert",
+    }
+}
+
+/// Fills `snapshot` with what the records say now: each scope's numbers and alerts, the gates and
 /// drift states of the annotators, and every alert firing.
-pub fn observe(view: &QualityView, catalog: &Catalog, mut snapshot: Snapshot) -> Snapshot {
+pub fn observe(shown: &Records, mut snapshot: Snapshot) -> Snapshot {
     let mut gates: BTreeMap<&str, GateState> = BTreeMap::new();
     let mut project_gates: BTreeMap<(&str, &str), GateState> = BTreeMap::new();
-    for (project, annotator, gate) in view.gates() {
-        let name = catalog.annotators.name(annotator);
-        project_gates.insert((project, name), gate.state);
-        let worst = gates.entry(name).or_insert(gate.state);
-        if screen::gate_rank(gate.state) > screen::gate_rank(*worst) {
-            *worst = gate.state;
+    let mut drift: BTreeMap<&str, SignalState> = BTreeMap::new();
+    let mut scores: BTreeMap<(&str, &str, &str, Signal), f64> = BTreeMap::new();
+    for (key, value) in shown.iter() {
+        match &key.entity {
+            Entity::Gate(name) => {
+                let Ok(gate) = serde_json::from_slice::<Gate>(value) else { continue };
+                project_gates.insert((&key.project, name), gate.state);
+                let worst = gates.entry(name).or_insert(gate.state);
+                if screen::gate_rank(gate.state) > screen::gate_rank(*worst) {
+                    *worst = gate.state;
+                }
+            }
+            Entity::Annotator(name) => {
+                let Ok(annotator) = serde_json::from_slice::<AnnotatorRead>(value) else { continue };
+                for (signal, report) in annotator.drift.iter().flatten() {
+                    let state = drift.entry(name).or_default();
+                    *state = (*state).max(report.state);
+                    if let Some(score) = report.score {
+                        scores.insert((&key.project, &key.task, name, *signal), score);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     for state in gates.into_values() {
         *snapshot.gates.entry(state).or_default() += 1;
     }
-    let mut drift: BTreeMap<u64, SignalState> = BTreeMap::new();
-    for (_, annotator, timeline) in view.timelines() {
-        let worst = timeline.current.iter().map(|(_, r)| r.state).max().unwrap_or_default();
-        let state = drift.entry(annotator).or_default();
-        *state = (*state).max(worst);
-    }
     snapshot.in_alarm = drift.values().filter(|s| **s == SignalState::Alarm).count();
     snapshot.in_watch = drift.values().filter(|s| **s == SignalState::Watch).count();
-    for scope in catalog.scope_ids() {
-        let Some(summary) = view.scope_summary(scope, catalog) else { continue };
+    for (key, value) in shown.iter().filter(|(k, _)| k.entity == Entity::Scope) {
+        let Ok(summary) = serde_json::from_slice::<ScopeSummary>(value) else { continue };
         let name = format!("{}/{}", summary.project, summary.task);
-        let firing: Vec<_> =
-            view.alerts(scope).into_iter().filter(|a| a.status == AlertStatus::Firing).collect();
+        let firing: Vec<AlertRead> = shown
+            .of_scope(&key.project, &key.task)
+            .filter(|(k, _)| matches!(k.entity, Entity::Alert(_)))
+            .filter_map(|(_, v)| serde_json::from_slice::<AlertRead>(v).ok())
+            .filter(|a| a.status == AlertStatus::Firing)
+            .collect();
         snapshot.scopes.push(ScopeRow {
             name: name.clone(),
             labels: summary.n_labels,
@@ -282,14 +371,14 @@ pub fn observe(view: &QualityView, catalog: &Catalog, mut snapshot: Snapshot) ->
                 .annotator_id
                 .as_deref()
                 .and_then(|a| project_gates.get(&(summary.project.as_str(), a)).copied());
-            let score = alert.annotator_id.as_deref().zip(alert.signal).and_then(|(name, signal)| {
-                view.timeline(scope, catalog.annotators.lookup(name)?)?.score(signal)
+            let score = alert.annotator_id.as_deref().zip(alert.signal).and_then(|(annotator, signal)| {
+                scores.get(&(&*key.project, &*key.task, annotator, signal)).copied()
             });
             snapshot.alerts.push(ScreenAlert {
                 severity: alert.severity,
                 annotator: alert.annotator_id,
                 scope: name.clone(),
-                kind: alert.kind,
+                kind: kind_name(&alert.kind),
                 signal: alert.signal,
                 explanation,
                 gate,

@@ -14,12 +14,16 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use labelqc_dataflows::dataflow::Diff;
 use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::event::{InputWarning, Op};
+use labelqc_dataflows::gates::GateRecord;
+use labelqc_dataflows::objects::ScopeSummary;
+use labelqc_dataflows::records::{Entity, Record, RecordKey};
+use labelqc_dataflows::source::window_size_name;
 use labelqc_dataflows::source::Applied;
 use labelqc_dataflows::source::Stream;
-use labelqc_dataflows::source::{is_window, window_size_name, Catalog, ScopeId};
-use labelqc_dataflows::view::{Changes, DriftSummary, GateRecord, QualityView, ScopeSummary};
+use labelqc_dataflows::summary::DriftSummary;
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +93,29 @@ pub struct Telemetry {
     watchlist_score: GaugeVec,
     /// ... and the recent gold accuracy of each annotator on it.
     watchlist_gold: GaugeVec,
+    /// What the gauges need to remember of the records.
+    seen: Mutex<Seen>,
+}
+
+/// The windows of one size of one scope: `(project, task, size_ms)`.
+type WindowsOf = (Box<str>, Box<str>, i64);
+
+/// What the gauges remember of the records: every window with its value (a scope's gauges show
+/// its newest window of each size), and the alerts firing (to count those that start firing).
+#[derive(Default)]
+struct Seen {
+    /// Each scope's windows of each size: `start -> value`.
+    windows: BTreeMap<WindowsOf, BTreeMap<i64, Vec<u8>>>,
+    /// Ids of the alerts firing now.
+    firing: std::collections::HashSet<Box<str>>,
+}
+
+/// The parts of an alert record the counters need.
+#[derive(serde::Deserialize)]
+struct AlertRead {
+    status: labelqc_dataflows::drift::AlertStatus,
+    severity: Severity,
+    project: String,
 }
 
 const SCOPE: &[&str] = &["project", "task", "window"];
@@ -278,6 +305,7 @@ impl Telemetry {
             epochs,
             output_event_time,
             output_updated,
+            seen: Mutex::new(Seen::default()),
         })
         .inspect(Telemetry::initialise_counters)
     }
@@ -293,27 +321,66 @@ impl Telemetry {
         }
     }
 
-    /// Sets the quality gauges of every changed scope (`window="all"`) and of each scope's newest
-    /// window of each size (`window="1h"`, ...) when it changed.
-    pub fn set_scopes(&self, view: &QualityView, catalog: &Catalog, changes: &Changes) {
-        for &scope in changes.scopes.iter().filter(|&&s| !is_window(s)) {
-            if let Some(summary) = view.scope_summary(scope, catalog) {
-                self.set_scope(&summary, ALL_TIME);
+    /// Follows an epoch's record changes (consolidated): sets the quality gauges of every changed
+    /// scope (`window="all"`) and of each scope's newest window of each size (`window="1h"`, ...)
+    /// when one of its windows changed, and counts the alerts that started firing.
+    pub fn observe_records(&self, changes: &[(Record, Diff)]) {
+        let mut seen = self.seen.lock().expect("telemetry poisoned");
+        let mut windows: BTreeMap<WindowsOf, ()> = BTreeMap::new();
+        let mut fired = Vec::new();
+        // Changes of one key are adjacent: a new value (`+1`) replaces the old; `-1` alone removes.
+        let mut rest = changes;
+        while let Some((first, _)) = rest.first() {
+            let len = rest.iter().take_while(|(r, _)| r.key == first.key).count();
+            let (group, tail) = rest.split_at(len);
+            rest = tail;
+            let key: &RecordKey = &first.key;
+            let now = group.iter().find(|(_, d)| *d > 0).map(|(r, _)| r.value.as_slice());
+            match &key.entity {
+                Entity::Scope => {
+                    if let Some(summary) = now.and_then(|v| serde_json::from_slice::<ScopeSummary>(v).ok()) {
+                        self.set_scope(&summary, ALL_TIME);
+                    }
+                }
+                Entity::Window { size_ms, start_ms } => {
+                    let scope = (key.project.clone(), key.task.clone(), *size_ms);
+                    let starts = seen.windows.entry(scope.clone()).or_default();
+                    match now {
+                        Some(value) => {
+                            starts.insert(*start_ms, value.to_vec());
+                        }
+                        None => {
+                            starts.remove(start_ms);
+                        }
+                    }
+                    windows.insert(scope, ());
+                }
+                Entity::Alert(id) => {
+                    let alert = now.and_then(|v| serde_json::from_slice::<AlertRead>(v).ok());
+                    let firing = alert
+                        .as_ref()
+                        .is_some_and(|a| a.status == labelqc_dataflows::drift::AlertStatus::Firing);
+                    if firing && seen.firing.insert(id.clone()) {
+                        let alert = alert.expect("a firing alert");
+                        fired.push((alert.project, alert.severity));
+                    } else if !firing {
+                        seen.firing.remove(id);
+                    }
+                }
+                _ => {}
             }
         }
-        // Each (scope, size) with a changed window shows its newest window, which may be an older
-        // one when the newest lost its last label. Work is per changed window, not per window.
-        let mut newest: BTreeMap<(ScopeId, i64), Option<ScopeId>> = BTreeMap::new();
-        for window in changes.scopes.iter().filter_map(|&s| catalog.window(s)) {
-            newest
-                .entry((window.scope, window.size_ms))
-                .or_insert_with(|| view.newest_window(window.scope, window.size_ms));
-        }
-        for ((_, size_ms), window) in newest {
-            if let Some(summary) = window.and_then(|w| view.scope_summary(w, catalog)) {
-                self.set_scope(&summary, &window_size_name(size_ms));
+        for (scope, ()) in windows {
+            let newest = seen.windows.get(&scope).and_then(|starts| starts.values().next_back());
+            if let Some(summary) = newest.and_then(|v| serde_json::from_slice::<ScopeSummary>(v).ok()) {
+                self.set_scope(&summary, &window_size_name(scope.2));
+            }
+            if seen.windows.get(&scope).is_some_and(BTreeMap::is_empty) {
+                seen.windows.remove(&scope);
             }
         }
+        drop(seen);
+        self.count_fired(&fired);
     }
 
     /// Sets the quality gauges of one scope from its current summary.
@@ -371,7 +438,7 @@ impl Telemetry {
         }
         self.watchlist_score.reset();
         self.watchlist_gold.reset();
-        for entry in &summary.watchlist {
+        for entry in &summary.watchlist() {
             let (project, annotator) = (entry.project.as_str(), entry.annotator_id.as_str());
             self.watchlist_score
                 .with_label_values(&[project, entry.signal.name(), annotator])
@@ -380,12 +447,6 @@ impl Telemetry {
                 self.watchlist_gold.with_label_values(&[project, annotator]).set(accuracy);
             }
         }
-    }
-
-    /// Counts the gate transitions and newly firing alerts among published changes.
-    pub fn count_changes(&self, changes: &Changes) {
-        self.count_gate_records(&changes.gates);
-        self.count_fired(&changes.fired);
     }
 
     /// Counts the gate transitions among published gate records.

@@ -1,22 +1,35 @@
-//! The quality dataflow: a function from what the items contribute ([`crate::items`]) to the
-//! collection of exact integer aggregates ([`Fact`]s) from which every number of spec section 2 is
-//! formed.
+//! The quality dataflow ([`quality`]): from label events, gold answers and the names the readers
+//! learnt, to every output record, each derived by a keyed operator on the worker that owns its
+//! entity, so that no thread applies every fact and the state is partitioned over workers and
+//! processes.
 //!
 //! Per-item work happens where the item is kept: when an item's labels change, only that item is
 //! re-summarised ([`summarize_item`], work proportional to its labels), and the summary's changes
-//! flow into a `count_total` that keeps per-scope, per-annotator and per-day sums. Weights such as
+//! become changes of exact integer sums ([`Sum`]) per scope, annotator and pair, summed per epoch
+//! on the worker that made them and kept by the operator that owns them. Weights such as
 //! `1/(r_i - 1)` are never applied here: sums are grouped by the item's label count `r`, so that
-//! every aggregate is an integer that cancels exactly on retraction. Floats appear only in
-//! [`crate::view`], when a final number is formed.
+//! every aggregate is an integer that cancels exactly on retraction. Floats appear only when a
+//! record's final numbers are formed.
 
-use differential_dataflow::operators::CountTotal;
-use differential_dataflow::VecCollection;
+use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::Stream;
 
+use crate::alerts::{AlertLogic, AlertOut};
+use crate::annotators::{AnnotatorLogic, AnnotatorOut, JoinInput, JoinLogic};
 use crate::combine::combine;
-use crate::items::ItemOutput;
+use crate::drift::DriftSettings;
+use crate::gates::{GateLogic, GateOut};
+use crate::items::{items, Items, ItemsConfig};
+use crate::keyed::{keyed, Emit};
 use crate::label::LabelId;
-use crate::source::{is_window, AnnotatorId, Day, ItemId, ScopeId, Stamp};
+use crate::names::OnError;
+use crate::pairs::{PairLogic, PairOut};
+use crate::records::Record;
+use crate::scopes::{ScopeLogic, ScopeOut, ScopeSum};
+use crate::source::{AnnotatorId, Day, Name, Stamp, Update};
+use crate::summary::{Metric, WatchLogic};
 
 /// Logical time: a totally ordered epoch.
 pub type Time = u64;
@@ -59,8 +72,6 @@ pub enum ItemFact {
     Coincidence { day: Day, raters: u32, c: LabelId, k: LabelId, weight: u64 },
     /// One annotator's label on the item and how many others gave the same label.
     Annotator { annotator: AnnotatorId, raters: u32, same: u32 },
-    /// One of the most frequent labels (one fact per label when tied) and their count.
-    Consensus { top: u32, label: LabelId },
     /// Agreement gap of one label on an item with at least two other labels, on the label's
     /// day: `d = x - p` in fixed point, `x` the share of the others who gave the same label and
     /// `p` the pairwise agreement among the others.
@@ -76,56 +87,11 @@ pub enum ItemFact {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ItemSummary(pub Vec<ItemFact>);
 
-/// An aggregate maintained by the dataflow. Sum-like facts carry a count: most carry their key's
-/// current total (the collection then holds one fact per key), pair cells carry deltas of one
-/// (the collection holds one fact per co-labelled item). Either way a consumer that adds
-/// `count * diff` per key holds the exact totals, whatever the order of updates in an epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Fact {
-    /// Items of the scope with `raters` labels whose newest label is on `day` (0 in window
-    /// scopes), their summed agreeing pairs, and how many have a majority label.
-    /// `majority` counts the items where one label has more than half of the labels.
-    ScopeItems { scope: ScopeId, day: Day, raters: u32, items: i64, agreeing_pairs: i64, majority: i64 },
-    /// Summed labels `label` over the scope's items with `raters` labels, newest label on `day`.
-    CategoryShare { scope: ScopeId, day: Day, raters: u32, label: LabelId, count: i64 },
-    /// Summed coincidence weights (`c <= k`) over the scope's items with `raters` labels, newest
-    /// label on `day`.
-    Coincidence { scope: ScopeId, day: Day, raters: u32, c: LabelId, k: LabelId, weight: i64 },
-    /// An annotator's labels on items with `raters` labels, and how many other labels agreed.
-    AnnotatorItems { scope: ScopeId, annotator: AnnotatorId, raters: u32, items: i64, same: i64 },
-    /// A cell of a pair's confusion table: items where `a` said `label_a` and `b` said `label_b`
-    /// (here a delta: `count` is 1 for each such item).
-    PairCell {
-        scope: ScopeId,
-        a: AnnotatorId,
-        b: AnnotatorId,
-        label_a: LabelId,
-        label_b: LabelId,
-        count: i64,
-    },
-    /// An annotator's labels on gold items, and how many matched the gold answer.
-    AnnotatorGold { scope: ScopeId, annotator: AnnotatorId, answers: i64, correct: i64 },
-    /// One of an item's most frequent labels, with its count (not a sum: an item has one such
-    /// fact per tied label).
-    Consensus { scope: ScopeId, item: ItemId, top: u32, label: LabelId },
-    /// An annotator's agreement gaps on one day: items, and the sums of `d` and `d^2` (fixed
-    /// point, `d^2` at `FIXED_POINT^2`).
-    GapDay { scope: ScopeId, annotator: AnnotatorId, day: Day, items: i64, sum: i64, sum_sq: i64 },
-    /// An annotator's label mix on one day: own labels `label`, and the summed peer share of
-    /// `label` (fixed point) over the same items.
-    MixDay { scope: ScopeId, annotator: AnnotatorId, day: Day, label: LabelId, own: i64, peer: i64 },
-    /// An annotator's labels on one day whose duration fell in `bucket`.
-    SpeedDay { scope: ScopeId, annotator: AnnotatorId, day: Day, bucket: u16, count: i64 },
-    /// One gold answer: the annotator's label on a gold item, when it was given, and whether it
-    /// matched (not a sum: one fact per gold answer).
-    GoldAnswer { scope: ScopeId, annotator: AnnotatorId, item: ItemId, ts_ms: i64, correct: bool },
-}
-
 /// Summarises one item from its current `(annotator, label, stamp)` rows, sorted by annotator;
 /// `None` for an item without labels. `counts` is scratch space.
 ///
 /// Without `full` (items of window scopes), only what scope-level numbers need is formed: no drift
-/// inputs and no consensus.
+/// inputs.
 pub fn summarize_item(
     rows: &[(AnnotatorId, LabelId, Stamp)],
     counts: &mut Vec<(LabelId, u32)>,
@@ -198,145 +164,179 @@ pub fn summarize_item(
             }
         }
     }
-    if !full {
-        return Some(ItemSummary(out));
-    }
-    let top = counts.iter().map(|&(_, n)| n).max().unwrap_or(0);
-    for &(label, _) in counts.iter().filter(|&&(_, n)| n == top) {
-        out.push(ItemFact::Consensus { top, label });
-    }
     Some(ItemSummary(out))
 }
 
-/// The quality dataflow: from what the items contribute ([`crate::items`]) to the exact integer
-/// aggregates every number is formed from. Summed facts go through one `count_total`, keyed by
-/// what they sum (one pass over the item facts instead of one per kind); pair cells, consensus
-/// facts and gold answers pass through.
-pub fn quality_facts<'s>(
-    items: VecCollection<'s, Time, ItemOutput, Diff>,
-) -> VecCollection<'s, Time, Fact, Diff> {
-    let sums = items.clone().explode(|output| match output {
-        ItemOutput::Fact { scope, fact, .. } => sum_of(scope, fact),
-        ItemOutput::Gold { scope, annotator, correct, .. } => {
-            Some((SumKey::Gold { scope, annotator }, (1i64, i64::from(correct), 0i64)))
-        }
-        ItemOutput::Pair { .. } => None,
-    });
-    let totals =
-        combine(sums, "CombineSums").count_total_core::<Diff>().map(|(key, (x, y, z))| key.fact(x, y, z));
-    // Pair cells are many (up to pairs x categories^2) and each changes rarely, so they are not
-    // counted here: every co-labelled item contributes a delta of one, and the consumer sums
-    // them. Consensus facts and gold answers are one per item or label, not sums.
-    let passed = items.flat_map(|output| match output {
-        ItemOutput::Pair { scope, a, b, label_a, label_b } => {
-            Some(Fact::PairCell { scope, a, b, label_a, label_b, count: 1 })
-        }
-        ItemOutput::Fact { scope, item, fact: ItemFact::Consensus { top, label } } => {
-            Some(Fact::Consensus { scope, item, top, label })
-        }
-        ItemOutput::Gold { scope, annotator, item, ts_ms, correct } if !is_window(scope) => {
-            Some(Fact::GoldAnswer { scope, annotator, item, ts_ms, correct })
-        }
+/// A stream of changes: `(data, time, multiplicity)`.
+pub type Changes<'s, D> = Stream<'s, Time, Vec<(D, Time, Diff)>>;
+
+/// The sums an epoch adds to: `(x, y, z)`, whose meaning each update kind says.
+pub type Sums = (i64, i64, i64);
+
+/// How the quality dataflow runs.
+#[derive(Clone, Debug, Default)]
+pub struct QualityConfig {
+    /// How items are kept, and whether their records are rendered.
+    pub items: ItemsConfig,
+    /// Drift, gate and alert settings.
+    pub drift: DriftSettings,
+    /// When the keyed operators derive their records.
+    pub emit: Emit,
+}
+
+/// The quality dataflow's output: every record, and the drift summary's facts.
+pub struct Quality<'s> {
+    pub records: VecCollection<'s, Time, Record, Diff>,
+    pub metrics: VecCollection<'s, Time, Metric, Diff>,
+}
+
+/// The quality dataflow: from label events and gold answers (`events`, routed to their items'
+/// owners inside) and the names the readers learnt (`names`), every output record of spec
+/// sections 3 and 4, each formed by the worker that owns its entity:
+///
+/// ```text
+/// events -> items -+-> pairs ------------------> pair records
+///                  |     | kappas
+///                  +-----+-> scopes -----------> scope, window and scope alert records
+///                  |           | drift inputs (to every worker)
+///                  +-----------+-> annotators -> (own records) --> join --> annotator records
+///                  |                |  |                            ^
+///                  |                |  +-> gates ---> gate records -+-> watchlists
+///                  |                +----> alerts --> drift alert records
+///                  +-> item records
+/// ```
+pub fn quality<'s>(
+    events: Stream<'s, Time, Vec<Update>>,
+    names: Stream<'s, Time, Vec<Name>>,
+    config: &QualityConfig,
+    on_error: OnError,
+) -> Quality<'s> {
+    let names = crate::names::names(names, on_error);
+    let emit = config.emit;
+    let drift = &config.drift;
+    let Items { scopes: scope_sums, annotators: annotator_sums, pairs: pair_cells, records: item_records } =
+        items(events, &names, config.items.clone());
+
+    let pairs = keyed(pair_cells, None, &names, PairLogic, emit, "Pairs");
+    let kappas = pairs
+        .others
+        .inner
+        .flat_map(|(out, time, diff)| match out {
+            PairOut::Kappa { scope, kappa } => Some(((scope, ScopeSum::Kappa { kappa }), time, (diff, 0, 0))),
+            PairOut::Record(_) => None,
+        })
+        .as_collection();
+
+    let scopes =
+        keyed(scope_sums.concat(kappas), None, &names, ScopeLogic { drift: drift.clone() }, emit, "Scopes");
+    let basis = scopes
+        .others
+        .clone()
+        .flat_map(|out| match out {
+            ScopeOut::Basis(basis) => Some(basis),
+            _ => None,
+        })
+        .inner
+        .broadcast()
+        .as_collection();
+
+    let annotators =
+        keyed(annotator_sums, Some(basis), &names, AnnotatorLogic::new(drift.clone()), emit, "Annotators");
+    let gate_inputs = annotators.others.clone().flat_map(|out| match out {
+        AnnotatorOut::Gate(key, input) => Some((key, input)),
         _ => None,
     });
-    totals.concat(combine(passed, "CombineFacts"))
-}
+    let alert_inputs = annotators.others.clone().flat_map(|out| match out {
+        AnnotatorOut::Alert(scope, input) => Some((scope, input)),
+        _ => None,
+    });
+    let own = annotators.others.flat_map(|out| match out {
+        AnnotatorOut::Own(key, record) => Some((key, JoinInput::Own(record))),
+        _ => None,
+    });
 
-/// What a summed fact sums over: the key of its total.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-enum SumKey {
-    Items { scope: ScopeId, day: Day, raters: u32 },
-    Share { scope: ScopeId, day: Day, raters: u32, label: LabelId },
-    Coincidence { scope: ScopeId, day: Day, raters: u32, c: LabelId, k: LabelId },
-    Annotator { scope: ScopeId, annotator: AnnotatorId, raters: u32 },
-    Gold { scope: ScopeId, annotator: AnnotatorId },
-    Gap { scope: ScopeId, annotator: AnnotatorId, day: Day },
-    Mix { scope: ScopeId, annotator: AnnotatorId, day: Day, label: LabelId },
-    Speed { scope: ScopeId, annotator: AnnotatorId, day: Day, bucket: u16 },
-}
+    let gates = keyed(gate_inputs, None, &names, GateLogic { drift: drift.clone() }, emit, "Gates");
+    let gate_for = gates.others.clone().flat_map(|out| match out {
+        GateOut::For { scope, annotator, gate } => Some(((scope, annotator), JoinInput::Gate(gate))),
+        _ => None,
+    });
+    let candidates = gates.others.clone().flat_map(|out| match out {
+        GateOut::Watch { project, signal, candidate } => Some(((project, signal), candidate)),
+        _ => None,
+    });
+    let annotator_records = keyed(own.concat(gate_for), None, &names, JoinLogic, emit, "AnnotatorRecords");
+    let watchlists = keyed(candidates, None, &names, WatchLogic { drift: drift.clone() }, emit, "Watchlists");
+    let alert_inputs = combine(alert_inputs, "CombineAlertInputs");
+    let alerts = keyed(alert_inputs, None, &names, AlertLogic { drift: drift.clone() }, emit, "Alerts");
 
-/// The total an item fact adds to, and what it adds (up to three sums).
-fn sum_of(scope: ScopeId, fact: ItemFact) -> Option<(SumKey, (i64, i64, i64))> {
-    Some(match fact {
-        ItemFact::Stats { day, raters, agreeing_pairs, majority } => {
-            (SumKey::Items { scope, day, raters }, (1, agreeing_pairs as i64, i64::from(majority)))
-        }
-        ItemFact::Share { day, raters, label, count } => {
-            (SumKey::Share { scope, day, raters, label }, (i64::from(count), 0, 0))
-        }
-        ItemFact::Coincidence { day, raters, c, k, weight } => {
-            (SumKey::Coincidence { scope, day, raters, c, k }, (weight as i64, 0, 0))
-        }
-        ItemFact::Annotator { annotator, raters, same } => {
-            (SumKey::Annotator { scope, annotator, raters }, (1, i64::from(same), 0))
-        }
-        ItemFact::Gap { annotator, day, gap } => (SumKey::Gap { scope, annotator, day }, (1, gap, gap * gap)),
-        ItemFact::Mix { annotator, day, label, own, peer } => {
-            (SumKey::Mix { scope, annotator, day, label }, (i64::from(own), peer, 0))
-        }
-        ItemFact::Speed { annotator, day, bucket } => {
-            (SumKey::Speed { scope, annotator, day, bucket }, (1, 0, 0))
-        }
-        ItemFact::Consensus { .. } => return None,
-    })
-}
-
-impl SumKey {
-    /// The fact that carries this key's totals.
-    fn fact(self, x: i64, y: i64, z: i64) -> Fact {
-        match self {
-            SumKey::Items { scope, day, raters } => {
-                Fact::ScopeItems { scope, day, raters, items: x, agreeing_pairs: y, majority: z }
-            }
-            SumKey::Share { scope, day, raters, label } => {
-                Fact::CategoryShare { scope, day, raters, label, count: x }
-            }
-            SumKey::Coincidence { scope, day, raters, c, k } => {
-                Fact::Coincidence { scope, day, raters, c, k, weight: x }
-            }
-            SumKey::Annotator { scope, annotator, raters } => {
-                Fact::AnnotatorItems { scope, annotator, raters, items: x, same: y }
-            }
-            SumKey::Gold { scope, annotator } => {
-                Fact::AnnotatorGold { scope, annotator, answers: x, correct: y }
-            }
-            SumKey::Gap { scope, annotator, day } => {
-                Fact::GapDay { scope, annotator, day, items: x, sum: y, sum_sq: z }
-            }
-            SumKey::Mix { scope, annotator, day, label } => {
-                Fact::MixDay { scope, annotator, day, label, own: x, peer: y }
-            }
-            SumKey::Speed { scope, annotator, day, bucket } => {
-                Fact::SpeedDay { scope, annotator, day, bucket, count: x }
-            }
-        }
-    }
+    let records = item_records
+        .concat(pairs.records.flat_map(PairOut::record))
+        .concat(scopes.records.flat_map(ScopeOut::record))
+        .concat(annotator_records.records)
+        .concat(gates.records.flat_map(GateOut::record))
+        .concat(alerts.records.flat_map(AlertOut::record));
+    let metrics = scopes
+        .others
+        .flat_map(ScopeOut::metric)
+        .concat(gates.others.flat_map(GateOut::metric))
+        .concat(alerts.others.flat_map(AlertOut::metric))
+        .concat(watchlists.others);
+    Quality { records, metrics }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::items::ItemEvent;
-    use crate::source::ItemKey;
-    use timely::dataflow::operators::capture::Extract;
-    use timely::dataflow::operators::Capture;
+    use std::collections::BTreeMap;
 
-    type Captured = Vec<(Fact, Time, Diff)>;
+    use super::*;
+    use crate::annotators::{AnnotatorKey, AnnotatorSum};
+    use crate::items::ItemEvent;
+    use crate::label::LabelId;
+    use crate::pairs::PairKey;
+    use crate::scopes::ScopeSum;
+    use crate::source::{ItemId, ItemKey, ScopeId};
+    use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::{Capture, Concat};
+
+    /// A sum the items contribute to, and the operator that keeps it.
+    #[derive(
+        Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    )]
+    enum Sum {
+        Scope(ScopeId, ScopeSum),
+        Annotator(AnnotatorKey, AnnotatorSum),
+        /// A cell of a pair's table: `(items, 0, 0)`.
+        Pair(PairKey, LabelId, LabelId),
+    }
+
+    /// Changes of the sums: `(sum, time, change)`.
+    type Captured = Vec<(Sum, Time, Sums)>;
     /// A live label: `((scope, item), (annotator, label, stamp))`.
     type LabelRow = (ItemKey, (AnnotatorId, LabelId, Stamp));
 
-    /// Runs the dataflow (items and facts) over events at times, returning every output update,
-    /// consolidated per (fact, time).
+    /// Runs the items and their sums over events at times, returning every change of a sum,
+    /// consolidated per (sum, time).
     fn run_events(events: Vec<(Time, ItemKey, ItemEvent)>) -> Captured {
         let captured = timely::execute_directly(move |worker| {
             let mut input = timely::dataflow::InputHandle::<
                 Time,
                 timely::container::CapacityContainerBuilder<Vec<(ItemKey, ItemEvent)>>,
             >::new();
+            let mut names = timely::dataflow::InputHandle::<
+                Time,
+                timely::container::CapacityContainerBuilder<Vec<Name>>,
+            >::new();
             let captured = worker.dataflow::<Time, _, _>(|scope| {
-                let items = crate::items::items(input.to_stream(scope), crate::items::ItemsConfig::default());
-                quality_facts(items).inner.capture()
+                let names =
+                    crate::names::names(names.to_stream(scope), std::sync::Arc::new(|e| panic!("{e}")));
+                let items = crate::items::items(input.to_stream(scope), &names, ItemsConfig::default());
+                let scopes = items.scopes.map(|(scope, sum)| Sum::Scope(scope, sum)).inner;
+                let annotators = items.annotators.map(|(key, sum)| Sum::Annotator(key, sum)).inner;
+                let pairs =
+                    items.pairs.inner.map(|((key, (a, b)), t, d)| (Sum::Pair(key, a, b), t, (d, 0, 0)));
+                scopes.concat(annotators).concat(pairs).capture()
             });
+            drop(names);
             let last = events.iter().map(|(t, ..)| *t).max().unwrap_or(0);
             for time in 0..=last {
                 input.advance_to(time);
@@ -373,26 +373,41 @@ mod tests {
         run_events(events)
     }
 
+    /// Every sum's total over all times (non-zero ones).
+    fn totals(captured: &Captured) -> BTreeMap<Sum, Sums> {
+        let mut totals: BTreeMap<Sum, Sums> = BTreeMap::new();
+        for &(sum, _, (x, y, z)) in captured {
+            let t = totals.entry(sum).or_default();
+            *t = (t.0 + x, t.1 + y, t.2 + z);
+        }
+        totals.retain(|_, t| *t != (0, 0, 0));
+        totals
+    }
+
     const S: ScopeId = 0;
 
     fn label(item: ItemId, annotator: AnnotatorId, label: LabelId) -> LabelRow {
         ((S, item), (annotator, label, Stamp::default()))
     }
 
-    /// The facts of the original quality dataflow, without drift inputs.
-    fn quality_only(captured: Captured) -> Captured {
-        captured
-            .into_iter()
-            .filter(|(f, _, _)| {
-                !matches!(
-                    f,
-                    Fact::GapDay { .. }
-                        | Fact::MixDay { .. }
-                        | Fact::SpeedDay { .. }
-                        | Fact::GoldAnswer { .. }
-                )
-            })
-            .collect()
+    /// Whether a sum is a drift input (of an annotator's signals or its scope's comparisons).
+    fn is_drift(sum: &Sum) -> bool {
+        matches!(
+            sum,
+            Sum::Annotator(
+                _,
+                AnnotatorSum::Gap { .. } | AnnotatorSum::Mix { .. } | AnnotatorSum::Speed { .. }
+            ) | Sum::Annotator(_, AnnotatorSum::Answer { .. })
+                | Sum::Scope(_, ScopeSum::Speed { .. } | ScopeSum::GoldDay { .. })
+        )
+    }
+
+    fn scope(sum: ScopeSum) -> Sum {
+        Sum::Scope(S, sum)
+    }
+
+    fn annotator(a: AnnotatorId, sum: AnnotatorSum) -> Sum {
+        Sum::Annotator((S, a), sum)
     }
 
     #[test]
@@ -402,30 +417,30 @@ mod tests {
             vec![(0, label(7, 1, 10), 1), (0, label(7, 2, 10), 1), (0, label(7, 3, 11), 1)],
             vec![((S, 7), 10)],
         );
-        let expected: Captured = vec![
-            (
-                Fact::ScopeItems { scope: S, day: 0, raters: 3, items: 1, agreeing_pairs: 2, majority: 1 },
-                0,
-                1,
-            ),
-            (Fact::CategoryShare { scope: S, day: 0, raters: 3, label: 10, count: 2 }, 0, 1),
-            (Fact::CategoryShare { scope: S, day: 0, raters: 3, label: 11, count: 1 }, 0, 1),
-            (Fact::Coincidence { scope: S, day: 0, raters: 3, c: 10, k: 10, weight: 2 }, 0, 1),
-            (Fact::Coincidence { scope: S, day: 0, raters: 3, c: 10, k: 11, weight: 2 }, 0, 1),
-            (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 3, items: 1, same: 1 }, 0, 1),
-            (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 3, items: 1, same: 1 }, 0, 1),
-            (Fact::AnnotatorItems { scope: S, annotator: 3, raters: 3, items: 1, same: 0 }, 0, 1),
-            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 10, count: 1 }, 0, 1),
-            (Fact::PairCell { scope: S, a: 1, b: 3, label_a: 10, label_b: 11, count: 1 }, 0, 1),
-            (Fact::PairCell { scope: S, a: 2, b: 3, label_a: 10, label_b: 11, count: 1 }, 0, 1),
-            (Fact::AnnotatorGold { scope: S, annotator: 1, answers: 1, correct: 1 }, 0, 1),
-            (Fact::AnnotatorGold { scope: S, annotator: 2, answers: 1, correct: 1 }, 0, 1),
-            (Fact::AnnotatorGold { scope: S, annotator: 3, answers: 1, correct: 0 }, 0, 1),
-            (Fact::Consensus { scope: S, item: 7, top: 2, label: 10 }, 0, 1),
-        ];
-        let mut expected = expected;
-        differential_dataflow::consolidation::consolidate_updates(&mut expected);
-        assert_eq!(quality_only(out), expected);
+        let quality: BTreeMap<Sum, Sums> = totals(&out).into_iter().filter(|(s, _)| !is_drift(s)).collect();
+        let expected: BTreeMap<Sum, Sums> = [
+            (scope(ScopeSum::Items { day: 0, raters: 3 }), (1, 2, 1)),
+            (scope(ScopeSum::Share { day: 0, raters: 3, label: 10 }), (2, 0, 0)),
+            (scope(ScopeSum::Share { day: 0, raters: 3, label: 11 }), (1, 0, 0)),
+            (scope(ScopeSum::Coincidence { day: 0, raters: 3, c: 10, k: 10 }), (2, 0, 0)),
+            (scope(ScopeSum::Coincidence { day: 0, raters: 3, c: 10, k: 11 }), (2, 0, 0)),
+            (scope(ScopeSum::Annotator { annotator: 1 }), (1, 0, 0)),
+            (scope(ScopeSum::Annotator { annotator: 2 }), (1, 0, 0)),
+            (scope(ScopeSum::Annotator { annotator: 3 }), (1, 0, 0)),
+            (scope(ScopeSum::Gold), (3, 2, 0)),
+            (annotator(1, AnnotatorSum::Items { raters: 3 }), (1, 1, 0)),
+            (annotator(2, AnnotatorSum::Items { raters: 3 }), (1, 1, 0)),
+            (annotator(3, AnnotatorSum::Items { raters: 3 }), (1, 0, 0)),
+            (annotator(1, AnnotatorSum::Gold), (1, 1, 0)),
+            (annotator(2, AnnotatorSum::Gold), (1, 1, 0)),
+            (annotator(3, AnnotatorSum::Gold), (1, 0, 0)),
+            (Sum::Pair((S, 1, 2), 10, 10), (1, 0, 0)),
+            (Sum::Pair((S, 1, 3), 10, 11), (1, 0, 0)),
+            (Sum::Pair((S, 2, 3), 10, 11), (1, 0, 0)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(quality, expected);
     }
 
     #[test]
@@ -442,89 +457,63 @@ mod tests {
             ],
             vec![],
         );
-        let at_one: Vec<_> = quality_only(out).into_iter().filter(|(_, t, _)| *t == 1).collect();
-        let mut expected: Captured = vec![
-            // Scope totals for r = 2: two items with 2 agreeing pairs each, then only one agreeing.
-            (
-                Fact::ScopeItems { scope: S, day: 0, raters: 2, items: 2, agreeing_pairs: 4, majority: 2 },
-                1,
-                -1,
-            ),
-            (
-                Fact::ScopeItems { scope: S, day: 0, raters: 2, items: 2, agreeing_pairs: 2, majority: 1 },
-                1,
-                1,
-            ),
-            (Fact::CategoryShare { scope: S, day: 0, raters: 2, label: 10, count: 4 }, 1, -1),
-            (Fact::CategoryShare { scope: S, day: 0, raters: 2, label: 10, count: 3 }, 1, 1),
-            (Fact::CategoryShare { scope: S, day: 0, raters: 2, label: 11, count: 1 }, 1, 1),
-            (Fact::Coincidence { scope: S, day: 0, raters: 2, c: 10, k: 10, weight: 4 }, 1, -1),
-            (Fact::Coincidence { scope: S, day: 0, raters: 2, c: 10, k: 10, weight: 2 }, 1, 1),
-            (Fact::Coincidence { scope: S, day: 0, raters: 2, c: 10, k: 11, weight: 1 }, 1, 1),
-            (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 2, items: 2, same: 2 }, 1, -1),
-            (Fact::AnnotatorItems { scope: S, annotator: 1, raters: 2, items: 2, same: 1 }, 1, 1),
-            (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 2, items: 2, same: 2 }, 1, -1),
-            (Fact::AnnotatorItems { scope: S, annotator: 2, raters: 2, items: 2, same: 1 }, 1, 1),
-            // Pair cells are deltas: item 1 leaves cell (10, 10) and enters cell (10, 11).
-            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 10, count: 1 }, 1, -1),
-            (Fact::PairCell { scope: S, a: 1, b: 2, label_a: 10, label_b: 11, count: 1 }, 1, 1),
-            (Fact::Consensus { scope: S, item: 1, top: 2, label: 10 }, 1, -1),
-            (Fact::Consensus { scope: S, item: 1, top: 1, label: 10 }, 1, 1),
-            (Fact::Consensus { scope: S, item: 1, top: 1, label: 11 }, 1, 1),
-        ];
-        differential_dataflow::consolidation::consolidate_updates(&mut expected);
+        let at_one: BTreeMap<Sum, Sums> =
+            out.into_iter().filter(|(s, t, _)| *t == 1 && !is_drift(s)).map(|(s, _, d)| (s, d)).collect();
+        let expected: BTreeMap<Sum, Sums> = [
+            // Two items with 2 agreeing pairs each, then only one of them agreeing.
+            (scope(ScopeSum::Items { day: 0, raters: 2 }), (0, -2, -1)),
+            (scope(ScopeSum::Share { day: 0, raters: 2, label: 10 }), (-1, 0, 0)),
+            (scope(ScopeSum::Share { day: 0, raters: 2, label: 11 }), (1, 0, 0)),
+            (scope(ScopeSum::Coincidence { day: 0, raters: 2, c: 10, k: 10 }), (-2, 0, 0)),
+            (scope(ScopeSum::Coincidence { day: 0, raters: 2, c: 10, k: 11 }), (1, 0, 0)),
+            (annotator(1, AnnotatorSum::Items { raters: 2 }), (0, -1, 0)),
+            (annotator(2, AnnotatorSum::Items { raters: 2 }), (0, -1, 0)),
+            // Item 1 leaves cell (10, 10) of the pair and enters cell (10, 11).
+            (Sum::Pair((S, 1, 2), 10, 10), (-1, 0, 0)),
+            (Sum::Pair((S, 1, 2), 10, 11), (1, 0, 0)),
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(at_one, expected);
     }
 
     #[test]
     fn drift_inputs_of_one_item() {
         // Item 7 on day 2: annotators 1, 2 say 10, 3 says 11; annotator 1 took 1 s. Gold 10.
-        let at = |annotator, label, duration_ms| {
-            let stamp = Stamp { ts_ms: 2 * crate::source::DAY_MS + 5, duration_ms };
-            ((S, 7), (annotator, label, stamp))
-        };
+        let ts_ms = 2 * crate::source::DAY_MS + 5;
+        let at = |annotator, label, duration_ms| ((S, 7), (annotator, label, Stamp { ts_ms, duration_ms }));
         let out = run(
             vec![(0, at(1, 10, Some(1000)), 1), (0, at(2, 10, None), 1), (0, at(3, 11, None), 1)],
             vec![((S, 7), 10)],
         );
-        let drift: Vec<Fact> = out
-            .into_iter()
-            .filter(|(f, _, _)| !matches!(quality_only(vec![(*f, 0, 1)]).as_slice(), [_]))
-            .map(|(f, _, d)| {
-                assert_eq!(d, 1);
-                f
-            })
-            .collect();
-        let ts_ms = 2 * crate::source::DAY_MS + 5;
+        let drift: BTreeMap<Sum, Sums> = totals(&out).into_iter().filter(|(s, _)| is_drift(s)).collect();
         let half = FIXED_POINT / 2;
-        let mut expected = vec![
+        let fp = FIXED_POINT;
+        let bucket = duration_bucket(1000);
+        let answer = |correct| AnnotatorSum::Answer { ts_ms, item: 7, correct };
+        let expected: BTreeMap<Sum, Sums> = [
             // Annotator 1: the others (2: 10, 3: 11) agree with it half the time and with each
             // other never: d = 1/2 - 0.
-            Fact::GapDay { scope: S, annotator: 1, day: 2, items: 1, sum: half, sum_sq: half * half },
-            Fact::GapDay { scope: S, annotator: 2, day: 2, items: 1, sum: half, sum_sq: half * half },
+            (annotator(1, AnnotatorSum::Gap { day: 2 }), (1, half, half * half)),
+            (annotator(2, AnnotatorSum::Gap { day: 2 }), (1, half, half * half)),
             // Annotator 3: the others agree with each other (p = 1) and not with it: d = -1.
-            Fact::GapDay {
-                scope: S,
-                annotator: 3,
-                day: 2,
-                items: 1,
-                sum: -FIXED_POINT,
-                sum_sq: FIXED_POINT * FIXED_POINT,
-            },
-            Fact::MixDay { scope: S, annotator: 1, day: 2, label: 10, own: 1, peer: half },
-            Fact::MixDay { scope: S, annotator: 1, day: 2, label: 11, own: 0, peer: half },
-            Fact::MixDay { scope: S, annotator: 2, day: 2, label: 10, own: 1, peer: half },
-            Fact::MixDay { scope: S, annotator: 2, day: 2, label: 11, own: 0, peer: half },
-            Fact::MixDay { scope: S, annotator: 3, day: 2, label: 10, own: 0, peer: FIXED_POINT },
-            Fact::MixDay { scope: S, annotator: 3, day: 2, label: 11, own: 1, peer: 0 },
-            Fact::SpeedDay { scope: S, annotator: 1, day: 2, bucket: duration_bucket(1000), count: 1 },
-            Fact::GoldAnswer { scope: S, annotator: 1, item: 7, ts_ms, correct: true },
-            Fact::GoldAnswer { scope: S, annotator: 2, item: 7, ts_ms, correct: true },
-            Fact::GoldAnswer { scope: S, annotator: 3, item: 7, ts_ms, correct: false },
-        ];
-        expected.sort();
-        let mut drift = drift;
-        drift.sort();
+            (annotator(3, AnnotatorSum::Gap { day: 2 }), (1, -fp, fp * fp)),
+            (annotator(1, AnnotatorSum::Mix { day: 2, label: 10 }), (1, half, 0)),
+            (annotator(1, AnnotatorSum::Mix { day: 2, label: 11 }), (0, half, 0)),
+            (annotator(2, AnnotatorSum::Mix { day: 2, label: 10 }), (1, half, 0)),
+            (annotator(2, AnnotatorSum::Mix { day: 2, label: 11 }), (0, half, 0)),
+            (annotator(3, AnnotatorSum::Mix { day: 2, label: 10 }), (0, fp, 0)),
+            (annotator(3, AnnotatorSum::Mix { day: 2, label: 11 }), (1, 0, 0)),
+            (annotator(1, AnnotatorSum::Speed { day: 2, bucket }), (1, 0, 0)),
+            (scope(ScopeSum::Speed { day: 2, bucket }), (1, 0, 0)),
+            (annotator(1, answer(true)), (1, 0, 0)),
+            (annotator(2, answer(true)), (1, 0, 0)),
+            (annotator(3, answer(false)), (1, 0, 0)),
+            // Three gold answers on day 2, one of them wrong.
+            (scope(ScopeSum::GoldDay { day: 2 }), (3, 1, 0)),
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(drift, expected);
     }
 
@@ -540,9 +529,7 @@ mod tests {
             vec![((S, 1), 10)],
         );
         // Accumulated over all times, nothing remains.
-        let mut total: Vec<(Fact, Diff)> = out.into_iter().map(|(f, _, d)| (f, d)).collect();
-        differential_dataflow::consolidation::consolidate(&mut total);
-        assert_eq!(total, vec![]);
+        assert_eq!(totals(&out), BTreeMap::new());
     }
 
     #[test]
@@ -555,13 +542,12 @@ mod tests {
             (1, item, ItemEvent::Gold { seq: 2, label: Some(11) }),
         ]);
         let gold: Vec<_> =
-            out.into_iter().filter(|(f, _, _)| matches!(f, Fact::AnnotatorGold { .. })).collect();
+            out.into_iter().filter(|(s, _, _)| *s == annotator(1, AnnotatorSum::Gold)).collect();
         assert_eq!(
             gold,
             vec![
-                (Fact::AnnotatorGold { scope: S, annotator: 1, answers: 1, correct: 0 }, 0, 1),
-                (Fact::AnnotatorGold { scope: S, annotator: 1, answers: 1, correct: 0 }, 1, -1),
-                (Fact::AnnotatorGold { scope: S, annotator: 1, answers: 1, correct: 1 }, 1, 1),
+                (annotator(1, AnnotatorSum::Gold), 0, (1, 0, 0)),
+                (annotator(1, AnnotatorSum::Gold), 1, (0, 1, 0))
             ]
         );
     }

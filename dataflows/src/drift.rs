@@ -1,5 +1,5 @@
 //! Annotator drift, gating and alerts: pure functions from an annotator's exact event-time sums
-//! (kept by [`crate::view`] from the dataflow's drift facts) to signal states, gate decisions and
+//! (kept by [`crate::annotators`] from the dataflow's drift facts) to signal states, gate decisions and
 //! alerts. Everything here depends only on event time and the data, never on wall-clock time or
 //! on how updates were batched: an annotator's whole history is re-evaluated, in event-time order,
 //! whenever any of its sums change, so a corrected gold answer re-decides everything that rested
@@ -989,7 +989,7 @@ fn not_enough(signal: Signal, c: &DriftConfig) -> String {
 }
 
 /// The gold accuracy a gate decision rested on.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     pub n: i64,
     pub correct: i64,
@@ -1000,7 +1000,7 @@ pub struct Evidence {
 }
 
 /// One gate change.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub from: Option<GateState>,
     pub to: GateState,
@@ -1008,12 +1008,12 @@ pub struct Decision {
     pub evidence: Evidence,
     /// Event time of the gold answer (or alarm day) that decided it.
     pub at: String,
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub at_ms: i64,
 }
 
 /// The gate of one (project, annotator), with the decisions that led to it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Gate {
     pub state: GateState,
     /// Why the gate is in its state now.
@@ -1160,7 +1160,7 @@ pub fn decide_gate(answers: &[(i64, bool)], gated_alarm: impl Fn(Day) -> bool, c
 }
 
 /// How urgent an alert is, ordered from least to most urgent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// Something to review: one annotator's drift, or a population shift.
@@ -1182,7 +1182,7 @@ impl Severity {
 }
 
 /// Whether an alert's condition holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertStatus {
     Firing,

@@ -1,50 +1,53 @@
-//! Runs the quality dataflow on timely worker threads and keeps a [`QualityView`] of its output.
-//! The caller submits batches of [`Update`]s; each batch is one epoch (a logical time). A sink
-//! thread applies the workers' output to the view and tracks which epochs are complete, so a
-//! caller can wait until an epoch's effects are in the view, and the number of epochs in flight
-//! is bounded.
+//! Runs the quality dataflow ([`crate::dataflow::quality`]) on timely worker threads, possibly
+//! spanning several processes (a timely cluster).
 //!
-//! In a fed engine ([`Engine::start_fed`]) the workers read their input themselves, each from its
-//! own [`Feed`] (its share of the input partitions), and the workers may span several processes
-//! (a timely cluster). The caller on the first process closes epochs ([`Engine::close_epoch`]); the
-//! close is broadcast to every worker, which puts what it read since its last close into that
-//! epoch and reports the epoch's input positions and new names. All output and reports are
-//! exchanged to the first worker, whose process keeps the one view and the one catalog of names.
+//! The workers read their input themselves, each from its own [`Feed`] (its share of the input
+//! partitions or of a file's blocks); [`Engine::start`] makes an engine whose first worker reads
+//! what the caller submits ([`Engine::submit`]). The caller on the first process closes epochs
+//! ([`Engine::close_epoch`]); the close is broadcast to every worker, which puts what it read since
+//! its last close into that epoch, with the names it learnt (a stream of the dataflow, see
+//! [`crate::names`]), and reports the epoch's input positions.
 //!
-//! The view only ever holds whole epochs: the sink keeps the output of an epoch aside until every
-//! worker has finished it, then applies it, so a reader of the view (see [`Engine::snapshot`])
-//! sees the state after some epoch, never part of one, even while later epochs are in the
-//! dataflows.
+//! Every output record is formed by the worker that owns its entity. With [`Emit::Changes`] (the
+//! live service) each epoch's record changes, drift summary facts and reports are sent to the
+//! first worker, whose process hands them out whole epochs at a time ([`Engine::take_completed`]),
+//! in order, once every worker has finished the epoch; the number of epochs in flight is bounded.
+//! With [`Emit::Final`] (a one-shot report) every worker keeps its own final records, which
+//! [`Engine::finish`] returns.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use timely::communication::WorkerGuards;
-use timely::dataflow::operators::probe::Handle as ProbeHandle;
-
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::InputHandle;
 
-use crate::dataflow::{quality_facts, Diff, Fact, Time};
-use crate::items::{items, ItemsConfig};
-use crate::source::{Catalog, Name, Update};
-use crate::view::QualityView;
+use crate::dataflow::{quality, Diff, QualityConfig, Time};
+use crate::drift::DriftSettings;
+use crate::items::ItemsConfig;
+use crate::keyed::Emit;
+use crate::records::Record;
+use crate::source::{Name, Update};
+use crate::summary::Metric;
 
-/// One worker's share of the input in a fed engine: the worker reads it itself.
+/// One worker's share of the input: the worker reads it itself.
 pub trait Feed {
     /// Reads input that is ready, without waiting long, into `out`; returns the number of records
     /// read (0 when nothing was ready, or when the open epoch is full and must be closed first).
     fn read(&mut self, out: &mut Vec<Update>) -> Result<usize, String>;
 
-    /// Closes the open epoch: what was read since the last close belongs to it. Returns the names
-    /// learnt in it and what the publisher needs to know of it.
-    fn close(&mut self) -> EpochReport;
+    /// Closes the open epoch, which the close of epoch `through` ends: what was read since the
+    /// last close belongs to it (a feed may add more to `out`). Returns the names learnt in it and
+    /// what the publisher needs to know of it.
+    fn close(&mut self, through: Time, out: &mut Vec<Update>) -> EpochReport;
 }
 
 /// What one worker says of one epoch: the names it learnt, and opaque bytes for the publisher
@@ -69,17 +72,28 @@ pub struct ClusterConfig {
 /// How the engine runs.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Timely worker threads.
+    /// Timely worker threads (in each process).
     pub workers: usize,
     /// Epochs submitted but not yet complete before `submit` waits.
     pub max_epochs_in_flight: u64,
-    /// How items are kept: the tumbling windows, and whether input may arrive out of order.
+    /// How items are kept: the tumbling windows, whether input may arrive out of order, whether
+    /// item records are formed.
     pub items: ItemsConfig,
+    /// Drift, gate and alert settings.
+    pub drift: DriftSettings,
+    /// When records are formed: every epoch's changes (live), or once, the final ones (report).
+    pub emit: Emit,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { workers: 1, max_epochs_in_flight: 2, items: ItemsConfig::default() }
+        EngineConfig {
+            workers: 1,
+            max_epochs_in_flight: 2,
+            items: ItemsConfig { records: Some(Emit::Changes), ..ItemsConfig::default() },
+            drift: DriftSettings::default(),
+            emit: Emit::Changes,
+        }
     }
 }
 
@@ -94,111 +108,126 @@ pub enum EngineError {
     WorkerFailed(String),
 }
 
-enum Command {
-    Epoch {
-        epoch: Time,
-        updates: Vec<Update>,
-    },
-    /// Fed engines: close this epoch on every worker.
-    Close {
-        epoch: Time,
-    },
+/// What the dataflows produced for one epoch: its record changes (by key; a replaced record as its
+/// new value alone, a removed one as its old value with `-1`), its drift summary changes, and
+/// every worker's report of it (their `meta`).
+#[derive(Debug, Default)]
+pub struct EpochOutput {
+    pub epoch: Time,
+    pub records: Vec<(Record, Diff)>,
+    pub metrics: Vec<(Metric, Diff)>,
+    pub reports: Vec<Vec<u8>>,
 }
 
 enum WorkerEvent {
-    /// Output of one epoch from one worker.
-    Facts(Time, Vec<(Fact, Diff)>),
-    /// Fed engines: one worker's report of one epoch.
-    Report(Time, EpochReport),
+    Records(Time, Vec<(Record, Diff)>),
+    Metrics(Time, Vec<(Metric, Diff)>),
+    Report(Time, Vec<u8>),
     /// Every epoch below `frontier` is complete (`None`: all are).
-    Frontier { worker: usize, frontier: Option<Time> },
+    Frontier(Option<Time>),
+}
+
+/// The epochs complete and handed out so far.
+#[derive(Default)]
+struct Completed {
+    /// Epochs below this number are complete, and their outputs are in `outputs` or were taken.
+    applied: Time,
+    outputs: VecDeque<EpochOutput>,
 }
 
 /// Progress as the sink thread sees it.
 struct Progress {
-    frontiers: Vec<Option<Time>>,
+    frontier: Option<Time>,
     /// The workers stopped sending (normally only after the inputs closed).
     disconnected: bool,
 }
 
 impl Progress {
-    /// Epochs below this number are complete and in the view.
     fn completed(&self) -> Time {
-        self.frontiers.iter().map(|f| f.unwrap_or(Time::MAX)).min().unwrap_or(Time::MAX)
+        self.frontier.unwrap_or(Time::MAX)
     }
 }
 
 struct Shared {
-    view: Mutex<QualityView>,
-    /// Fed engines: the names behind the view's ids, learnt from the workers' reports.
-    catalog: Mutex<Catalog>,
-    /// Fed engines: the `meta` of every worker's report of the epochs applied to the view and not
-    /// yet taken, in epoch order. Added to only while `view` is locked.
-    reports: Mutex<Vec<(Time, Vec<u8>)>>,
-    /// Why the sink stopped applying output, if it failed.
+    completed: Mutex<Completed>,
+    /// Why the engine cannot go on, if it failed (a name whose id stands for another name).
     failed: Mutex<Option<String>>,
-    /// Epochs below this number are applied to the view, and no later one is. Changed only
-    /// while `view` is locked, so a holder of the lock reads a value that matches the view.
-    applied: AtomicU64,
     progress: Mutex<Progress>,
     advanced: Condvar,
 }
 
+/// Batches submitted to an engine started with [`Engine::start`]: `(epoch, updates, names)`.
+type Submitted = Arc<Mutex<VecDeque<(Time, Vec<Update>, Vec<Name>)>>>;
+
+/// The first worker's feed of an engine started with [`Engine::start`]: the submitted batches of
+/// the epochs it closes.
+struct SubmittedFeed(Submitted);
+
+impl Feed for SubmittedFeed {
+    fn read(&mut self, _: &mut Vec<Update>) -> Result<usize, String> {
+        Ok(0)
+    }
+
+    fn close(&mut self, through: Time, out: &mut Vec<Update>) -> EpochReport {
+        let mut names = Vec::new();
+        let mut queue = self.0.lock().expect("submissions poisoned");
+        while queue.front().is_some_and(|(epoch, ..)| *epoch <= through) {
+            let (_, updates, learnt) = queue.pop_front().expect("a submission");
+            out.extend(updates);
+            names.extend(learnt);
+        }
+        EpochReport { names, meta: Vec::new() }
+    }
+}
+
+/// The feed of a worker with nothing to read.
+struct NoFeed;
+
+impl Feed for NoFeed {
+    fn read(&mut self, _: &mut Vec<Update>) -> Result<usize, String> {
+        Ok(0)
+    }
+
+    fn close(&mut self, _: Time, _: &mut Vec<Update>) -> EpochReport {
+        EpochReport::default()
+    }
+}
+
 /// A running quality dataflow.
 pub struct Engine {
-    commands: Vec<Sender<Command>>,
+    commands: Option<Sender<Time>>,
+    submitted: Option<Submitted>,
     shared: Arc<Shared>,
-    guards: Option<WorkerGuards<()>>,
-    sink: Option<JoinHandle<u64>>,
+    guards: Option<WorkerGuards<Vec<Record>>>,
+    sink: Option<JoinHandle<()>>,
     next_epoch: Time,
     max_in_flight: u64,
 }
 
 impl Engine {
-    /// Starts the worker threads and the sink thread that maintains `view`.
-    pub fn start(config: &EngineConfig, view: QualityView) -> Result<Engine, EngineError> {
-        let workers = config.workers;
-        if workers == 0 {
-            return Err(EngineError::NoWorkers);
-        }
-        let (event_tx, events) = mpsc::channel();
-        let mut commands = Vec::with_capacity(workers);
-        let mut receivers = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let (tx, rx) = mpsc::channel();
-            commands.push(tx);
-            receivers.push(Some(rx));
-        }
-        let (shared, sink) = start_sink(view, workers, workers, events)?;
-        let receivers = Arc::new(Mutex::new(receivers));
-        let items = config.items.clone();
-        let guards = timely::execute(timely::Config::process(workers), move |worker| {
-            let index = worker.index();
-            let commands = receivers.lock().expect("receiver table poisoned")[index]
-                .take()
-                .expect("each worker takes its command channel once");
-            run_worker(worker, &items, commands, event_tx.clone());
-        })
-        .map_err(|reason| EngineError::Start { workers, reason })?;
-        Ok(Engine {
-            commands,
-            shared,
-            guards: Some(guards),
-            sink: Some(sink),
-            next_epoch: 0,
-            max_in_flight: config.max_epochs_in_flight.max(1),
-        })
+    /// Starts `workers` threads in this process, whose first worker reads what the caller submits
+    /// ([`Engine::submit`]).
+    pub fn start(config: &EngineConfig) -> Result<Engine, EngineError> {
+        let submitted: Submitted = Arc::default();
+        let queue = submitted.clone();
+        let feed: FeedFactory = Arc::new(move |worker, _| {
+            Ok(match worker {
+                0 => Box::new(SubmittedFeed(queue.clone())) as Box<dyn Feed>,
+                _ => Box::new(NoFeed),
+            })
+        });
+        let mut engine = Engine::start_fed(config, None, feed)?;
+        engine.submitted = Some(submitted);
+        Ok(engine)
     }
 
     /// Starts a fed engine: `workers` threads in this process (in every process of `cluster`),
     /// each reading from the feed `feed` makes for it. On the cluster's first process (or without
-    /// a cluster) the caller closes epochs with [`Engine::close_epoch`] and reads the view, the
-    /// catalog and the reports; on the others the engine only runs the workers, until the first
-    /// process finishes.
+    /// a cluster) the caller closes epochs with [`Engine::close_epoch`] and takes the outputs; on
+    /// the others the engine only runs the workers, until the first process finishes.
     pub fn start_fed(
         config: &EngineConfig,
         cluster: Option<&ClusterConfig>,
-        view: QualityView,
         feed: FeedFactory,
     ) -> Result<Engine, EngineError> {
         let workers = config.workers;
@@ -207,8 +236,19 @@ impl Engine {
         }
         let (event_tx, events) = mpsc::channel();
         let (command_tx, command_rx) = mpsc::channel();
-        // Only the first worker reports progress: every output goes to it.
-        let (shared, sink) = start_sink(view, workers, 1, events)?;
+        let shared = Arc::new(Shared {
+            completed: Mutex::new(Completed::default()),
+            failed: Mutex::new(None),
+            progress: Mutex::new(Progress { frontier: Some(0), disconnected: false }),
+            advanced: Condvar::new(),
+        });
+        let sink = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("labelqc-sink".into())
+                .spawn(move || sink::run_sink(events, &shared))
+                .map_err(|e| EngineError::Start { workers, reason: e.to_string() })?
+        };
         let communication = match cluster {
             None => timely::CommunicationConfig::Process(workers),
             Some(cluster) => timely::CommunicationConfig::Cluster {
@@ -221,7 +261,14 @@ impl Engine {
         };
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
         let commands = Arc::new(Mutex::new(Some(command_rx)));
-        let items = config.items.clone();
+        let quality =
+            QualityConfig { items: config.items.clone(), drift: config.drift.clone(), emit: config.emit };
+        let failed = {
+            let shared = Arc::clone(&shared);
+            Arc::new(move |reason: String| {
+                shared.failed.lock().expect("failure poisoned").get_or_insert(reason);
+            })
+        };
         let guards = timely::execute(timely_config, move |worker| {
             let commands = if worker.index() == 0 {
                 commands.lock().expect("command table poisoned").take()
@@ -230,11 +277,12 @@ impl Engine {
             };
             let feed = feed(worker.index(), worker.peers())
                 .unwrap_or_else(|reason| panic!("worker {} cannot start reading: {reason}", worker.index()));
-            run_fed_worker(worker, &items, commands, feed, event_tx.clone());
+            run_worker(worker, &quality, commands, feed, event_tx.clone(), failed.clone())
         })
         .map_err(|reason| EngineError::Start { workers, reason })?;
         Ok(Engine {
-            commands: vec![command_tx],
+            commands: Some(command_tx),
+            submitted: None,
             shared,
             guards: Some(guards),
             sink: Some(sink),
@@ -243,61 +291,43 @@ impl Engine {
         })
     }
 
-    /// Fed engines: closes the open epoch on every worker and returns its number.
+    /// Closes the open epoch on every worker and returns its number.
     pub fn close_epoch(&mut self) -> Result<Time, EngineError> {
         let epoch = self.next_epoch;
-        self.commands[0]
-            .send(Command::Close { epoch })
-            .map_err(|_| EngineError::WorkerFailed("the first worker stopped taking commands".into()))?;
+        self.commands
+            .as_ref()
+            .and_then(|commands| commands.send(epoch).ok())
+            .ok_or_else(|| EngineError::WorkerFailed("the first worker stopped taking commands".into()))?;
         self.next_epoch += 1;
         Ok(epoch)
     }
 
-    /// Fed engines: the names behind the view's ids. Lock the view first when holding both.
-    pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
-        self.shared.catalog.lock().expect("catalog poisoned")
-    }
-
-    /// Fed engines: takes the workers' reports (their `meta`) of every epoch applied to the view
-    /// so far and not taken before, in epoch order. While a [`Engine::snapshot`] guard is held,
-    /// these are exactly the reports of the epochs below the snapshot's number.
-    pub fn take_reports(&self) -> Vec<(Time, Vec<u8>)> {
-        std::mem::take(&mut *self.shared.reports.lock().expect("reports poisoned"))
-    }
-
-    /// Submits one epoch of updates and returns its number. Waits while more than
+    /// Submits one epoch of updates, with the names they use that were not submitted before, and
+    /// returns its number (engines started with [`Engine::start`]). Waits while more than
     /// `max_epochs_in_flight` epochs are incomplete.
-    pub fn submit(&mut self, updates: Vec<Update>) -> Result<Time, EngineError> {
-        let epoch = self.submit_nowait(updates)?;
+    pub fn submit(&mut self, updates: Vec<Update>, names: Vec<Name>) -> Result<Time, EngineError> {
+        let epoch = self.submit_nowait(updates, names)?;
         let target = self.next_epoch.saturating_sub(self.max_in_flight);
         self.wait_for(target)?;
         Ok(epoch)
     }
 
-    /// Submits one epoch of updates and returns its number, without waiting for earlier epochs:
-    /// the caller bounds the epochs in flight itself (see [`Engine::submitted`] and
-    /// [`Engine::completed`]).
-    pub fn submit_nowait(&mut self, mut updates: Vec<Update>) -> Result<Time, EngineError> {
-        let epoch = self.next_epoch;
-        let workers = self.commands.len();
-        let share = updates.len().div_ceil(workers);
-        for (index, sender) in self.commands.iter().enumerate().rev() {
-            let part = updates.split_off((index * share).min(updates.len()));
-            sender
-                .send(Command::Epoch { epoch, updates: part })
-                .map_err(|_| EngineError::WorkerFailed("a worker stopped taking input".into()))?;
-        }
-        self.next_epoch += 1;
-        Ok(epoch)
+    /// Submits one epoch like [`Engine::submit`], without waiting for earlier epochs: the caller
+    /// bounds the epochs in flight itself (see [`Engine::submitted`] and [`Engine::completed`]).
+    pub fn submit_nowait(&mut self, updates: Vec<Update>, names: Vec<Name>) -> Result<Time, EngineError> {
+        let submitted =
+            self.submitted.as_ref().expect("only engines started with Engine::start take submissions");
+        submitted.lock().expect("submissions poisoned").push_back((self.next_epoch, updates, names));
+        self.close_epoch()
     }
 
-    /// Number of epochs submitted so far; they are numbered `0..submitted()`.
+    /// Number of epochs closed so far; they are numbered `0..submitted()`.
     pub fn submitted(&self) -> Time {
         self.next_epoch
     }
 
-    /// Fails if the workers stopped (only a failure stops them while the engine runs), or the
-    /// output could not be applied.
+    /// Fails if the workers stopped (only a failure stops them while the engine runs), or a name
+    /// could not be learnt.
     pub fn check(&mut self) -> Result<(), EngineError> {
         if let Some(reason) = self.shared.failed.lock().expect("failure poisoned").clone() {
             return Err(EngineError::WorkerFailed(reason));
@@ -315,48 +345,46 @@ impl Engine {
         self.shared.progress.lock().expect("progress poisoned").disconnected
     }
 
-    /// Waits until every submitted epoch is complete and its output is in the view.
+    /// Waits until every submitted epoch is complete.
     pub fn sync(&mut self) -> Result<(), EngineError> {
         self.wait_for(self.next_epoch)
     }
 
-    /// Epochs below this number are complete and in the view.
+    /// Epochs below this number are complete.
     pub fn completed(&self) -> Time {
         self.shared.progress.lock().expect("progress poisoned").completed()
     }
 
-    /// The view. Between `sync` and the next `submit` it reflects every submitted epoch; call
-    /// [`QualityView::settle`] before reading derived numbers.
-    pub fn view(&self) -> MutexGuard<'_, QualityView> {
-        self.shared.view.lock().expect("view poisoned")
+    /// Takes the outputs of the complete epochs not taken before, in order, with the number of
+    /// epochs they cover: every epoch below it is complete and its outputs are in this call's or
+    /// an earlier call's (epochs without outputs have none).
+    pub fn take_completed(&self) -> (Time, Vec<EpochOutput>) {
+        let mut completed = self.shared.completed.lock().expect("outputs poisoned");
+        (completed.applied, completed.outputs.drain(..).collect())
     }
 
-    /// The view and the number of epochs it reflects: every epoch below that number is applied,
-    /// no later one. While the guard is held the view does not change; later epochs keep running
-    /// in the dataflows meanwhile and are applied after it is dropped.
-    pub fn snapshot(&self) -> (MutexGuard<'_, QualityView>, Time) {
-        let view = self.shared.view.lock().expect("view poisoned");
-        let applied = self.shared.applied.load(Ordering::SeqCst);
-        (view, applied)
-    }
-
-    /// Closes the inputs, waits for the workers and the sink to finish, and returns the view.
-    pub fn finish(mut self) -> Result<QualityView, EngineError> {
-        self.commands.clear();
+    /// Closes the inputs, waits for the workers and the sink to finish, and returns each local
+    /// worker's final records, sorted ([`Emit::Final`]; empty otherwise).
+    pub fn finish(mut self) -> Result<Vec<Vec<Record>>, EngineError> {
+        self.commands = None;
         let results = self.guards.take().map(WorkerGuards::join).unwrap_or_default();
-        let facts = self.sink.take().map(|sink| sink.join());
+        let sink = self.sink.take().map(|sink| sink.join());
+        let mut records = Vec::with_capacity(results.len());
         for result in results {
-            result.map_err(EngineError::WorkerFailed)?;
+            records.push(result.map_err(EngineError::WorkerFailed)?);
         }
-        let facts = facts
-            .unwrap_or(Ok(0))
-            .map_err(|_| EngineError::WorkerFailed("the sink thread panicked".into()))?;
-        tracing::debug!(epochs = self.next_epoch, facts_applied = facts, "engine finished");
-        let view = std::mem::take(&mut *self.shared.view.lock().expect("view poisoned"));
-        Ok(view)
+        if let Some(Err(_)) = sink {
+            return Err(EngineError::WorkerFailed("the sink thread panicked".into()));
+        }
+        if let Some(reason) = self.shared.failed.lock().expect("failure poisoned").clone() {
+            return Err(EngineError::WorkerFailed(reason));
+        }
+        tracing::debug!(epochs = self.next_epoch, "engine finished");
+        Ok(records)
     }
 
-    fn wait_for(&mut self, epoch: Time) -> Result<(), EngineError> {
+    /// Waits until every epoch below `epoch` is complete.
+    pub fn wait_for(&mut self, epoch: Time) -> Result<(), EngineError> {
         let mut progress = self.shared.progress.lock().expect("progress poisoned");
         while progress.completed() < epoch {
             if progress.disconnected {
@@ -374,7 +402,10 @@ impl Engine {
     }
 
     fn failure(&mut self) -> EngineError {
-        self.commands.clear();
+        self.commands = None;
+        if let Some(reason) = self.shared.failed.lock().expect("failure poisoned").clone() {
+            return EngineError::WorkerFailed(reason);
+        }
         let reason = self
             .guards
             .take()
@@ -387,255 +418,101 @@ impl Engine {
     }
 }
 
-/// Starts the sink thread that applies output to `view`, with progress reported by `reporters`
-/// of the engine's `workers`.
-fn start_sink(
-    view: QualityView,
-    workers: usize,
-    reporters: usize,
-    events: Receiver<WorkerEvent>,
-) -> Result<(Arc<Shared>, JoinHandle<u64>), EngineError> {
-    let shared = Arc::new(Shared {
-        view: Mutex::new(view),
-        catalog: Mutex::new(Catalog::default()),
-        reports: Mutex::new(Vec::new()),
-        failed: Mutex::new(None),
-        applied: AtomicU64::new(0),
-        progress: Mutex::new(Progress { frontiers: vec![Some(0); reporters], disconnected: false }),
-        advanced: Condvar::new(),
-    });
-    let sink = {
-        let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("labelqc-sink".into())
-            .spawn(move || run_sink(events, &shared))
-            .map_err(|e| EngineError::Start { workers, reason: e.to_string() })?
-    };
-    Ok((shared, sink))
-}
-
-/// Applies the workers' output to the view, whole epochs at a time, and publishes progress,
-/// until the workers are gone. Returns the number of facts applied.
-fn run_sink(events: Receiver<WorkerEvent>, shared: &Shared) -> u64 {
-    let mut applied = 0u64;
-    // Output of epochs not yet complete, kept aside so that the view holds whole epochs only.
-    type Pending = BTreeMap<Time, Vec<Vec<(Fact, Diff)>>>;
-    let mut pending = Pending::new();
-    let mut pending_reports: BTreeMap<Time, Vec<Vec<u8>>> = BTreeMap::new();
-    let mut frontiers = shared.progress.lock().expect("progress poisoned").frontiers.clone();
-    let mut complete_before = 0;
-    let mut apply_complete =
-        |frontiers: &[Option<Time>],
-         pending: &mut Pending,
-         pending_reports: &mut BTreeMap<Time, Vec<Vec<u8>>>| {
-            let complete = frontiers.iter().map(|f| f.unwrap_or(Time::MAX)).min().unwrap_or(Time::MAX);
-            if complete == complete_before {
-                return;
-            }
-            complete_before = complete;
-            let mut view = shared.view.lock().expect("view poisoned");
-            while let Some(entry) = pending.first_entry() {
-                if *entry.key() >= complete {
-                    break;
-                }
-                for facts in entry.remove() {
-                    applied += facts.len() as u64;
-                    for (fact, diff) in &facts {
-                        view.apply(fact, *diff);
-                    }
-                }
-            }
-            let mut reports = shared.reports.lock().expect("reports poisoned");
-            while let Some(entry) = pending_reports.first_entry() {
-                if *entry.key() >= complete {
-                    break;
-                }
-                let (time, metas) = entry.remove_entry();
-                reports.extend(metas.into_iter().map(|meta| (time, meta)));
-            }
-            drop(reports);
-            shared.applied.store(complete, Ordering::SeqCst);
-        };
-    while let Ok(event) = events.recv() {
-        match event {
-            WorkerEvent::Facts(time, facts) => pending.entry(time).or_default().push(facts),
-            WorkerEvent::Report(time, report) => {
-                let mut catalog = shared.catalog.lock().expect("catalog poisoned");
-                for name in &report.names {
-                    if let Err(error) = catalog.learn(name) {
-                        *shared.failed.lock().expect("failure poisoned") = Some(error.to_string());
-                    }
-                }
-                pending_reports.entry(time).or_default().push(report.meta);
-            }
-            WorkerEvent::Frontier { worker, frontier } => {
-                frontiers[worker] = frontier;
-                // The view first, then the progress that promises it.
-                apply_complete(&frontiers, &mut pending, &mut pending_reports);
-                shared.progress.lock().expect("progress poisoned").frontiers[worker] = frontier;
-                shared.advanced.notify_all();
-            }
-        }
-    }
-    shared.progress.lock().expect("progress poisoned").disconnected = true;
-    shared.advanced.notify_all();
-    applied
-}
-
-/// The dataflow's input on one worker: item events (routed to their items' owners inside).
-struct Inputs {
-    events: InputHandle<Time, CapacityContainerBuilder<Vec<Update>>>,
-    items: ItemsConfig,
-}
-
-impl Inputs {
-    fn new(items: &ItemsConfig) -> Inputs {
-        Inputs { events: InputHandle::new(), items: items.clone() }
-    }
-
-    /// The quality dataflow over these inputs.
-    fn facts<'s>(
-        &mut self,
-        scope: timely::dataflow::Scope<'s, Time>,
-    ) -> differential_dataflow::VecCollection<'s, Time, Fact, Diff> {
-        quality_facts(items(self.events.to_stream(scope), self.items.clone()))
-    }
-
-    fn apply(&mut self, updates: impl IntoIterator<Item = Update>) {
-        for update in updates {
-            self.events.send(update);
-        }
-    }
-
-    /// Ends every epoch before `time`: what was applied so far belongs to the epoch it was
-    /// applied in.
-    fn advance_to(&mut self, time: Time) {
-        self.events.advance_to(time);
-        self.events.flush();
-    }
-
-    /// The epoch being filled.
-    fn time(&self) -> Time {
-        *self.events.time()
-    }
-}
-
-/// Sends a batch of the dataflow's output to the sink, one message per epoch in it.
-fn send_facts(sink: &Sender<WorkerEvent>, batch: &[(Fact, Time, Diff)]) {
-    // A batch holds one epoch in practice; split it by time all the same.
-    let mut rest = batch;
-    while let Some((_, time, _)) = rest.first() {
-        let len = rest.iter().take_while(|(_, t, _)| t == time).count();
-        let facts = rest[..len].iter().map(|(fact, _, diff)| (*fact, *diff)).collect();
-        // The engine may be gone (dropped without finishing); nothing then needs the output.
-        let _ = sink.send(WorkerEvent::Facts(*time, facts));
-        rest = &rest[len..];
-    }
-}
-
-fn run_worker(
-    worker: &mut timely::worker::Worker,
-    items: &ItemsConfig,
-    commands: Receiver<Command>,
-    events: Sender<WorkerEvent>,
-) {
-    let index = worker.index();
-    let mut inputs = Inputs::new(items);
-    let sink = events.clone();
-    let probe: ProbeHandle<Time> = worker.dataflow::<Time, _, _>(|scope| {
-        let (probe, _) =
-            inputs.facts(scope).inspect_batch(move |_time, batch| send_facts(&sink, batch)).probe();
-        probe
-    });
-
-    let mut reported: Option<Option<Time>> = None;
-    let mut report = |probe: &ProbeHandle<Time>| {
-        let frontier = probe.with_frontier(|f| f.first().copied());
-        if reported != Some(frontier) {
-            reported = Some(frontier);
-            let _ = events.send(WorkerEvent::Frontier { worker: index, frontier });
-        }
-    };
-
-    loop {
-        let busy = probe.less_than(&inputs.time());
-        let command = if busy {
-            match commands.try_recv() {
-                Ok(command) => Some(command),
-                Err(TryRecvError::Empty) => {
-                    worker.step_or_park(Some(Duration::from_millis(1)));
-                    report(&probe);
-                    continue;
-                }
-                Err(TryRecvError::Disconnected) => None,
-            }
-        } else {
-            commands.recv().ok()
-        };
-        match command {
-            Some(Command::Close { .. }) => unreachable!("only fed engines close epochs"),
-            Some(Command::Epoch { epoch, updates }) => {
-                inputs.apply(updates);
-                inputs.advance_to(epoch + 1);
-            }
-            None => break,
-        }
-    }
-    drop(inputs);
-    while worker.step_or_park(None) {
-        report(&probe);
-    }
-    report(&probe);
-}
+/// An input of a worker's dataflow.
+type Input<D> = InputHandle<Time, CapacityContainerBuilder<Vec<D>>>;
 
 /// Sent as a close by the first worker when it stops: no more closes come.
 const FINISH: Time = Time::MAX;
 
-/// The loop of a worker of a fed engine: reads its feed into the open epoch, closes the epoch when
-/// the close reaches it, and ships the dataflow's output and its reports to the first worker,
-/// which passes them on to the sink. Ends once the first worker stops issuing closes.
-fn run_fed_worker(
+/// Sends a batch of the first worker's output to the sink, one message per epoch in it.
+fn send_batch<D: Clone>(
+    sink: &Sender<WorkerEvent>,
+    batch: &[(D, Time, Diff)],
+    event: fn(Time, Vec<(D, Diff)>) -> WorkerEvent,
+) {
+    let mut rest = batch;
+    while let Some((_, time, _)) = rest.first() {
+        let len = rest.iter().take_while(|(_, t, _)| t == time).count();
+        let data = rest[..len].iter().map(|(d, _, diff)| (d.clone(), *diff)).collect();
+        // The engine may be gone (dropped without finishing); nothing then needs the output.
+        let _ = sink.send(event(*time, data));
+        rest = &rest[len..];
+    }
+}
+
+/// The loop of a worker: reads its feed into the open epoch, closes the epoch when the close
+/// reaches it, and ships the outputs and its reports to the first worker, which passes them on to
+/// the sink. Ends once the first worker stops issuing closes. Returns the worker's final records
+/// ([`Emit::Final`]), sorted.
+fn run_worker(
     worker: &mut timely::worker::Worker,
-    items: &ItemsConfig,
-    commands: Option<Receiver<Command>>,
+    config: &QualityConfig,
+    commands: Option<Receiver<Time>>,
     mut feed: Box<dyn Feed>,
     events: Sender<WorkerEvent>,
-) {
+    failed: Arc<dyn Fn(String) + Send + Sync>,
+) -> Vec<Record> {
     let index = worker.index();
-    let mut inputs = Inputs::new(items);
-    let mut reports: InputHandle<Time, CapacityContainerBuilder<Vec<(Time, EpochReport)>>> =
-        InputHandle::new();
-    let mut closes: InputHandle<Time, CapacityContainerBuilder<Vec<Time>>> = InputHandle::new();
+    let mut inputs: Input<Update> = InputHandle::new();
+    let mut names: Input<Name> = InputHandle::new();
+    let mut reports: Input<(Time, Vec<u8>)> = InputHandle::new();
+    let mut closes: Input<Time> = InputHandle::new();
     // The newest close seen by this worker.
     let latest_close = std::rc::Rc::new(std::cell::Cell::new(None::<Time>));
     // Whether the first worker said that no more closes come.
     let finished = std::rc::Rc::new(std::cell::Cell::new(false));
+    // Emit::Final: this worker's records.
+    let kept = std::rc::Rc::new(std::cell::RefCell::new(Vec::<(Record, Diff)>::new()));
     let probe = {
-        let facts_sink = events.clone();
-        let reports_sink = events.clone();
         let latest = latest_close.clone();
         let finish = finished.clone();
         let probe = worker.dataflow::<Time, _, _>(|scope| {
-            let (probe, _) = inputs
-                .facts(scope)
-                .inner
-                .exchange(|_| 0)
-                .inspect_core(move |event| {
-                    if let Ok((_, batch)) = event {
-                        send_facts(&facts_sink, batch);
-                    }
-                })
-                .probe();
-            reports
-                .to_stream(scope)
-                .exchange(|_| 0)
-                .inspect_core(move |event| {
-                    let Ok((_, batch)) = event else { return };
-                    for (time, report) in batch {
-                        let _ = reports_sink.send(WorkerEvent::Report(*time, report.clone()));
-                    }
-                })
-                .probe_with(&probe);
+            let output = quality(inputs.to_stream(scope), names.to_stream(scope), config, failed);
+            let sink = events.clone();
+            let reports = reports.to_stream(scope).exchange(|_| 0).inspect_core(move |event| {
+                let Ok((_, batch)) = event else { return };
+                for (time, meta) in batch {
+                    let _ = sink.send(WorkerEvent::Report(*time, meta.clone()));
+                }
+            });
+            let (probe, _) = reports.probe();
+            match config.emit {
+                Emit::Changes => {
+                    let sink = events.clone();
+                    sink::replacements_only(output.records.inner)
+                        .exchange(|_| 0)
+                        .inspect_core(move |event| {
+                            if let Ok((_, batch)) = event {
+                                send_batch(&sink, batch, WorkerEvent::Records);
+                            }
+                        })
+                        .probe_with(&probe);
+                    let sink = events.clone();
+                    output
+                        .metrics
+                        .inner
+                        .exchange(|_| 0)
+                        .inspect_core(move |event| {
+                            if let Ok((_, batch)) = event {
+                                send_batch(&sink, batch, WorkerEvent::Metrics);
+                            }
+                        })
+                        .probe_with(&probe);
+                }
+                Emit::Final => {
+                    let kept = kept.clone();
+                    output.records.inner.probe_with(&probe).sink(
+                        Pipeline,
+                        "KeepRecords",
+                        move |(input, _)| {
+                            input.for_each(|_, data| {
+                                kept.borrow_mut()
+                                    .extend(data.drain(..).map(|(record, _, diff)| (record, diff)));
+                            })
+                        },
+                    );
+                }
+            }
             probe
         });
         // The closes flow in a dataflow of their own: their progress has nothing to do with the
@@ -665,7 +542,7 @@ fn run_fed_worker(
         let frontier = probe.with_frontier(|f| f.first().copied());
         if reported != Some(frontier) {
             reported = Some(frontier);
-            let _ = events.send(WorkerEvent::Frontier { worker: 0, frontier });
+            let _ = events.send(WorkerEvent::Frontier(frontier));
         }
     };
 
@@ -677,11 +554,10 @@ fn run_fed_worker(
             // Closes are issued by the first worker only.
             loop {
                 match commands.try_recv() {
-                    Ok(Command::Close { epoch }) => {
+                    Ok(epoch) => {
                         input.send(epoch);
                         input.advance_to(epoch + 1);
                     }
-                    Ok(Command::Epoch { .. }) => unreachable!("fed engines take no updates"),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         let next = input.time() + 1;
@@ -694,12 +570,24 @@ fn run_fed_worker(
             }
         }
         let read = feed.read(&mut updates).unwrap_or_else(|reason| panic!("worker {index}: {reason}"));
-        inputs.apply(updates.drain(..));
+        for update in updates.drain(..) {
+            inputs.send(update);
+        }
         if let Some(close) = latest_close.get().filter(|&e| e >= open) {
-            reports.send((open, feed.close()));
+            let report = feed.close(close, &mut updates);
+            for update in updates.drain(..) {
+                inputs.send(update);
+            }
+            for name in report.names {
+                names.send(name);
+            }
+            reports.send((open, report.meta));
             open = close + 1;
             inputs.advance_to(open);
+            names.advance_to(open);
             reports.advance_to(open);
+            inputs.flush();
+            names.flush();
         }
         if finished.get() {
             break;
@@ -708,361 +596,24 @@ fn run_fed_worker(
         report_progress(&probe);
     }
     drop(inputs);
+    drop(names);
     drop(reports);
     drop(closes);
     while worker.step_or_park(None) {
         report_progress(&probe);
     }
     report_progress(&probe);
+    let mut records = std::mem::take(&mut *kept.borrow_mut());
+    // Final records come once each; otherwise what remains of the changes is the final state.
+    if records.iter().any(|(_, diff)| *diff != 1) {
+        crate::records::consolidate(&mut records);
+    }
+    let mut records: Vec<Record> = records.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| r).collect();
+    records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    records
 }
+
+mod sink;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{parse_gold_event, parse_label_event};
-    use crate::source::Source;
-    use crate::view::Changes;
-
-    const LABELS: &[&str] = &[
-        r#"{"item_id":"i1","annotator_id":"a","label":"x","ts":1}"#,
-        r#"{"item_id":"i1","annotator_id":"b","label":"x","ts":2}"#,
-        r#"{"item_id":"i1","annotator_id":"c","label":"y","ts":3}"#,
-        r#"{"item_id":"i2","annotator_id":"a","label":"y","ts":4}"#,
-        r#"{"item_id":"i2","annotator_id":"b","label":"x","ts":5}"#,
-        r#"{"item_id":"i3","annotator_id":"c","label":"x","ts":6,"task":"other"}"#,
-    ];
-
-    /// Feeds the labels in epochs of `epoch` events; returns the source and the settled engine.
-    fn load(workers: usize, epoch: usize) -> (Source, Engine) {
-        let mut engine = Engine::start(
-            &EngineConfig { workers, max_epochs_in_flight: 1, ..EngineConfig::default() },
-            QualityView::with_change_tracking(),
-        )
-        .unwrap();
-        let mut source = Source::default();
-        let mut updates = Vec::new();
-        source
-            .apply_gold(&parse_gold_event(r#"{"item_id":"i1","label":"x"}"#).unwrap(), &mut updates)
-            .unwrap();
-        for chunk in LABELS.chunks(epoch) {
-            for line in chunk {
-                source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
-            }
-            engine.submit(std::mem::take(&mut updates)).unwrap();
-        }
-        engine.sync().unwrap();
-        assert_eq!(engine.completed(), LABELS.len().div_ceil(epoch) as Time);
-        (source, engine)
-    }
-
-    #[test]
-    fn same_view_for_any_workers_and_epochs() {
-        let reports: Vec<String> = [(1, 1), (1, 6), (2, 1), (2, 4), (3, 2)]
-            .into_iter()
-            .map(|(workers, epoch)| {
-                let (source, engine) = load(workers, epoch);
-                let mut view = engine.finish().unwrap();
-                serde_json::to_string(&view.report(&source.catalog, true)).unwrap()
-            })
-            .collect();
-        assert!(reports.windows(2).all(|w| w[0] == w[1]), "{reports:#?}");
-        assert!(reports[0].contains(r#""n_labels":5"#), "{}", reports[0]);
-    }
-
-    #[test]
-    fn settle_names_exactly_what_a_relabel_touched() {
-        let (mut source, mut engine) = load(2, 3);
-        engine.view().settle(&source.catalog);
-        // Annotator c changes its label on i1: the default scope, item i1, its three annotators
-        // and the pairs (a, c) and (b, c) change; the pair (a, b) and the other scope do not,
-        // except c's object there, which carries c's project-wide gate (its gold answer changed).
-        let mut updates = Vec::new();
-        source
-            .apply_label(
-                &parse_label_event(r#"{"item_id":"i1","annotator_id":"c","label":"x","ts":9}"#).unwrap(),
-                &mut updates,
-            )
-            .unwrap();
-        engine.submit(updates).unwrap();
-        engine.sync().unwrap();
-        let mut view = engine.view();
-        let catalog = &source.catalog;
-        let changes = view.settle(catalog);
-        let id = |name: &str| catalog.annotators.lookup(name).unwrap();
-        let scope = crate::source::scope_id("default", "default");
-        let other = crate::source::scope_id("default", "other");
-        let item = catalog.items.lookup("i1").unwrap();
-        assert_eq!(changes.scopes, vec![scope]);
-        assert_eq!(changes.items, vec![(scope, item)]);
-        let mut annotators = vec![(scope, id("a")), (scope, id("b")), (scope, id("c")), (other, id("c"))];
-        annotators.sort();
-        assert_eq!(changes.annotators, annotators);
-        let pair = |x: &str, y: &str| (scope, id(x).min(id(y)), id(x).max(id(y)));
-        let mut pairs = vec![pair("a", "c"), pair("b", "c")];
-        pairs.sort();
-        assert_eq!(changes.pairs, pairs);
-        // The renderers agree with the full report.
-        let c = view.annotator(scope, id("c"), catalog).unwrap();
-        assert_eq!(c.gold.unwrap().correct, 1);
-        assert_eq!(c.gate.unwrap().evidence.correct, 1);
-        assert_eq!(changes.gates, vec![], "evidence alone is no gate decision");
-        let consensus = view.item(scope, item, catalog).unwrap();
-        assert_eq!(consensus.consensus.to_json_text(), r#""x""#);
-        assert!(!consensus.tied);
-        let summary = view.scope_summary(scope, catalog).unwrap();
-        assert_eq!(summary.gold.unwrap().correct, 3);
-        assert_eq!(view.pair(scope, id("c"), id("b"), catalog).unwrap().n_shared, 1);
-        assert_eq!(view.settle(catalog), Changes::default(), "nothing changed since");
-    }
-
-    #[test]
-    fn deleting_every_label_leaves_no_drift_state() {
-        let (mut source, mut engine) = load(2, 3);
-        assert!(!engine.view().settle(&source.catalog).gates.is_empty());
-        assert!(!engine.view().drift_summary(&source.catalog).gates.is_empty());
-        let mut updates = Vec::new();
-        for line in LABELS {
-            let event: serde_json::Value = serde_json::from_str(line).unwrap();
-            let mut delete = event.as_object().unwrap().clone();
-            delete.remove("label");
-            delete.insert("op".into(), "delete".into());
-            let delete = serde_json::Value::Object(delete).to_string();
-            source.apply_label(&parse_label_event(&delete).unwrap(), &mut updates).unwrap();
-        }
-        engine.submit(updates).unwrap();
-        engine.sync().unwrap();
-        let mut view = engine.view();
-        let changes = view.settle(&source.catalog);
-        // Every annotator was still in warm-up, where it stays: leaving is no new decision.
-        assert_eq!(changes.gates, vec![]);
-        assert_eq!(view.drift_summary(&source.catalog), crate::view::DriftSummary::default());
-        assert!(view.report(&source.catalog, true).scopes.is_empty());
-    }
-
-    #[test]
-    fn snapshots_hold_whole_epochs_while_later_ones_run() {
-        // The report after each prefix of epochs (one label per epoch), from a separate run.
-        let expected: Vec<String> = (0..=LABELS.len())
-            .map(|n| {
-                let mut engine =
-                    Engine::start(&EngineConfig::default(), QualityView::with_change_tracking()).unwrap();
-                let mut source = Source::default();
-                let mut updates = Vec::new();
-                for line in &LABELS[..n] {
-                    source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
-                }
-                engine.submit(updates).unwrap();
-                let mut view = engine.finish().unwrap();
-                serde_json::to_string(&view.report(&source.catalog, true)).unwrap()
-            })
-            .collect();
-        let mut engine = Engine::start(
-            &EngineConfig { workers: 2, max_epochs_in_flight: 1, ..EngineConfig::default() },
-            QualityView::with_change_tracking(),
-        )
-        .unwrap();
-        let mut source = Source::default();
-        for line in LABELS {
-            let mut updates = Vec::new();
-            source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
-            engine.submit_nowait(updates).unwrap();
-        }
-        assert_eq!(engine.submitted(), LABELS.len() as Time);
-        // Whenever it is read, the view is the state after some number of whole epochs.
-        let mut seen = Vec::new();
-        loop {
-            let (mut view, applied) = engine.snapshot();
-            let applied = applied.min(LABELS.len() as Time) as usize;
-            let report = serde_json::to_string(&view.report(&source.catalog, true)).unwrap();
-            assert_eq!(report, expected[applied], "after {applied} epochs");
-            seen.push(applied);
-            if applied == LABELS.len() {
-                break;
-            }
-            drop(view);
-            std::thread::yield_now();
-        }
-        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
-        engine.sync().unwrap();
-        assert_eq!(engine.completed(), LABELS.len() as Time);
-        engine.check().unwrap();
-    }
-
-    /// A feed over a share of the label lines: worker `w` of `peers` reads lines `w, w + peers, ...`,
-    /// a few per read; its report's meta is the number of lines it read in the epoch.
-    struct LinesFeed {
-        lines: Vec<&'static str>,
-        next: usize,
-        read: u8,
-        source: Source,
-    }
-
-    impl Feed for LinesFeed {
-        fn read(&mut self, out: &mut Vec<Update>) -> Result<usize, String> {
-            let mut n = 0;
-            while n < 2 && self.next < self.lines.len() {
-                let event = parse_label_event(self.lines[self.next]).map_err(|e| e.to_string())?;
-                self.source.apply_label(&event, out).map_err(|e| e.to_string())?;
-                self.next += 1;
-                self.read += 1;
-                n += 1;
-            }
-            Ok(n)
-        }
-
-        fn close(&mut self) -> EpochReport {
-            let meta = vec![std::mem::take(&mut self.read)];
-            EpochReport { names: self.source.catalog.take_new(), meta }
-        }
-    }
-
-    fn lines_feed() -> FeedFactory {
-        Arc::new(|worker, peers| {
-            let lines = LABELS.iter().copied().skip(worker).step_by(peers).collect();
-            let mut source = Source::default();
-            source.catalog = crate::source::Catalog::recording();
-            Ok(Box::new(LinesFeed { lines, next: 0, read: 0, source }) as Box<dyn Feed>)
-        })
-    }
-
-    /// Closes epochs on a fed engine until its workers have reported every line; returns the
-    /// report formed from the engine's own view and catalog.
-    fn run_fed(mut engine: Engine) -> String {
-        let mut lines = 0;
-        while lines < LABELS.len() {
-            let epoch = engine.close_epoch().unwrap();
-            engine.wait_for(epoch + 1).unwrap();
-            let (_view, applied) = engine.snapshot();
-            assert!(applied > epoch);
-            lines += engine.take_reports().iter().map(|(_, meta)| usize::from(meta[0])).sum::<usize>();
-        }
-        assert_eq!(lines, LABELS.len(), "every line read once");
-        let catalog = std::mem::take(&mut *engine.catalog());
-        let mut view = engine.finish().unwrap();
-        serde_json::to_string(&view.report(&catalog, true)).unwrap()
-    }
-
-    #[test]
-    fn fed_workers_and_clusters_equal_the_submitted_input() {
-        let mut engine = Engine::start(&EngineConfig::default(), QualityView::default()).unwrap();
-        let mut source = Source::default();
-        let mut updates = Vec::new();
-        for line in LABELS {
-            source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
-        }
-        engine.submit(updates).unwrap();
-        let mut view = engine.finish().unwrap();
-        let expected = serde_json::to_string(&view.report(&source.catalog, true)).unwrap();
-
-        for workers in [1, 3] {
-            let config = EngineConfig { workers, max_epochs_in_flight: 1, ..EngineConfig::default() };
-            let engine = Engine::start_fed(&config, None, QualityView::default(), lines_feed()).unwrap();
-            assert_eq!(run_fed(engine), expected, "{workers} workers");
-        }
-
-        // Two processes of two workers each, on 127.0.0.1, here as two engines in one process.
-        let ports: Vec<u16> = (0..2)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let config = EngineConfig { workers: 2, max_epochs_in_flight: 1, ..EngineConfig::default() };
-        let later = {
-            let (config, addresses) = (config.clone(), addresses.clone());
-            std::thread::spawn(move || {
-                let cluster = ClusterConfig { process: 1, addresses };
-                let engine =
-                    Engine::start_fed(&config, Some(&cluster), QualityView::default(), lines_feed()).unwrap();
-                // It runs until the first process finishes.
-                while !engine.stopped() {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let mut view = engine.finish().unwrap();
-                view.report(&crate::source::Catalog::default(), true).scopes.len()
-            })
-        };
-        let cluster = ClusterConfig { process: 0, addresses };
-        let engine =
-            Engine::start_fed(&config, Some(&cluster), QualityView::default(), lines_feed()).unwrap();
-        assert_eq!(run_fed(engine), expected, "two processes");
-        assert_eq!(later.join().unwrap(), 0, "the later process keeps no results");
-    }
-
-    /// Worker `w` claims id 7 for the item name `w{w}`.
-    struct ClashingFeed(usize);
-
-    impl Feed for ClashingFeed {
-        fn read(&mut self, _: &mut Vec<Update>) -> Result<usize, String> {
-            Ok(0)
-        }
-
-        fn close(&mut self) -> EpochReport {
-            let names = vec![crate::source::Name::Item { id: 7, name: format!("w{}", self.0).into() }];
-            EpochReport { names, meta: Vec::new() }
-        }
-    }
-
-    #[test]
-    fn names_that_clash_across_workers_stop_the_engine() {
-        let feed: FeedFactory = Arc::new(|worker, _| Ok(Box::new(ClashingFeed(worker)) as Box<dyn Feed>));
-        let config = EngineConfig { workers: 2, max_epochs_in_flight: 1, ..EngineConfig::default() };
-        let mut engine = Engine::start_fed(&config, None, QualityView::default(), feed).unwrap();
-        let epoch = engine.close_epoch().unwrap();
-        engine.wait_for(epoch + 1).unwrap();
-        let error = engine.check().unwrap_err().to_string();
-        assert!(error.contains(r#""w0" and "w1""#) || error.contains(r#""w1" and "w0""#), "{error}");
-    }
-
-    #[test]
-    fn newest_window_follows_the_labels() {
-        use crate::source::{scope_id, window_id, Window};
-        const HOUR: i64 = 3_600_000;
-        let items = ItemsConfig { window_sizes: vec![HOUR], ..ItemsConfig::default() };
-        let config = EngineConfig { items, ..EngineConfig::default() };
-        let mut engine = Engine::start(&config, QualityView::with_change_tracking()).unwrap();
-        let mut source = Source::with_windows(&[HOUR]);
-        fn apply(engine: &mut Engine, source: &mut Source, lines: &[&str]) {
-            let mut updates = Vec::new();
-            for line in lines {
-                source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
-            }
-            engine.submit(updates).unwrap();
-            engine.sync().unwrap();
-            engine.view().settle(&source.catalog);
-        }
-        apply(
-            &mut engine,
-            &mut source,
-            &[
-                r#"{"item_id":"i","annotator_id":"a","label":"x","ts":1}"#,
-                r#"{"item_id":"j","annotator_id":"a","label":"x","ts":3600001}"#,
-            ],
-        );
-        let scope = scope_id("default", "default");
-        let hour = |start_ms| window_id(&Window { scope, size_ms: HOUR, start_ms });
-        assert_eq!(engine.view().windows_of(scope), vec![hour(0), hour(HOUR)]);
-        assert_eq!(engine.view().newest_window(scope, HOUR), Some(hour(HOUR)));
-        // The newest window loses its only label: the one before is the newest again.
-        apply(
-            &mut engine,
-            &mut source,
-            &[r#"{"item_id":"j","annotator_id":"a","ts":3600002,"op":"delete"}"#],
-        );
-        assert_eq!(engine.view().windows_of(scope), vec![hour(0)]);
-        assert_eq!(engine.view().newest_window(scope, HOUR), Some(hour(0)));
-        assert_eq!(engine.view().newest_window(scope, 2 * HOUR), None);
-    }
-
-    #[test]
-    fn refuses_zero_workers() {
-        assert!(matches!(
-            Engine::start(
-                &EngineConfig { workers: 0, max_epochs_in_flight: 1, ..EngineConfig::default() },
-                QualityView::default()
-            ),
-            Err(EngineError::NoWorkers)
-        ));
-    }
-}
+mod tests;

@@ -13,22 +13,37 @@
 //! a gold item. Work per event is proportional to the labels of its item. Events are processed in
 //! epoch order; within an epoch, and across epochs for input read out of order (files read in
 //! parallel), an identity's latest event is the one with the greatest sequence number.
+//!
+//! The item records (spec section 2, per item: its consensus, the label with most votes, ties
+//! broken toward the smallest label in the spec's order, with `tied`) are rendered here too, from
+//! the item's labels, by the worker that owns the item ([`ItemsConfig::records`]).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use crate::dataflow::{summarize_item, Diff, ItemFact, Time};
-use crate::label::LabelId;
-use crate::source::{window_id, AnnotatorId, ItemKey, ScopeId, Stamp, Update, Window};
+use crate::annotators::{AnnotatorKey, AnnotatorSum};
+use crate::dataflow::{summarize_item, Changes, Diff, ItemFact, Sums, Time};
+use crate::keyed::{emit_difference, Emit};
+use crate::label::{JsonLabel, LabelId};
+use crate::names::Names;
+use crate::objects::ItemConsensus;
+use crate::pairs::PairKey;
+use crate::records::{Entity, Record};
+use crate::scopes::ScopeSum;
+use crate::source::{
+    is_window, window_id, AnnotatorId, Catalog, Day, ItemId, ItemKey, ScopeId, Stamp, Update, Window, DAY_MS,
+};
 
 /// A change to one item, as a reader parsed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -70,22 +85,58 @@ pub struct ItemsConfig {
     /// event arriving later is ignored. Otherwise (one reader per identity, in order) arrival
     /// order decides and deleted identities leave nothing behind.
     pub out_of_order: bool,
+    /// Whether the items' records (their consensus) are rendered, and when; `None` for none.
+    pub records: Option<Emit>,
 }
 
-/// One identity's latest event: its sequence number and label (`None`: deleted, kept only for
-/// out-of-order input).
+/// One identity's latest event, packed (40 bytes): its sequence number and label, with when it
+/// was given (a deleted identity is kept only for out-of-order input).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     annotator: AnnotatorId,
     seq: u64,
-    value: Option<(LabelId, Stamp)>,
+    label: LabelId,
+    ts_ms: i64,
+    duration_ms: u32,
+    /// [`LIVE`]: not deleted; [`TIMED`]: `duration_ms` is known.
+    flags: u8,
 }
 
-/// An item's state: its labels sorted by annotator, and its gold answer.
+const LIVE: u8 = 1;
+const TIMED: u8 = 2;
+
+impl Slot {
+    fn new(annotator: AnnotatorId, seq: u64, value: Option<(LabelId, Stamp)>) -> Slot {
+        let mut slot = Slot { annotator, seq, label: 0, ts_ms: 0, duration_ms: 0, flags: 0 };
+        slot.set(value);
+        slot
+    }
+
+    /// The label and when it was given; `None` when deleted.
+    fn value(&self) -> Option<(LabelId, Stamp)> {
+        let duration_ms = (self.flags & TIMED != 0).then_some(self.duration_ms);
+        (self.flags & LIVE != 0).then_some((self.label, Stamp { ts_ms: self.ts_ms, duration_ms }))
+    }
+
+    fn set(&mut self, value: Option<(LabelId, Stamp)>) {
+        match value {
+            Some((label, stamp)) => {
+                self.label = label;
+                self.ts_ms = stamp.ts_ms;
+                self.duration_ms = stamp.duration_ms.unwrap_or(0);
+                self.flags = LIVE | if stamp.duration_ms.is_some() { TIMED } else { 0 };
+            }
+            None => self.flags = 0,
+        }
+    }
+}
+
+/// An item's state: its labels sorted by annotator (exactly as many as it has), and its gold
+/// answer (few items have one) with the sequence number of the event that set it.
 #[derive(Debug, Default)]
 struct ItemState {
-    labels: SmallVec<[Slot; 4]>,
-    gold: Option<(u64, Option<LabelId>)>,
+    labels: Box<[Slot]>,
+    gold: Option<Box<(u64, Option<LabelId>)>>,
 }
 
 impl ItemState {
@@ -103,29 +154,29 @@ impl ItemState {
                         if out_of_order && seq < slot.seq {
                             return false;
                         }
-                        let changed = slot.value != value;
+                        let changed = slot.value() != value;
                         slot.seq = seq;
-                        slot.value = value;
+                        slot.set(value);
                         if value.is_none() && !out_of_order {
-                            self.labels.remove(i);
+                            crate::keyed::remove_at(&mut self.labels, i);
                         }
                         changed
                     }
                     Err(i) => {
                         if value.is_some() || out_of_order {
-                            self.labels.insert(i, Slot { annotator, seq, value });
+                            crate::keyed::insert_at(&mut self.labels, i, Slot::new(annotator, seq, value));
                         }
                         value.is_some()
                     }
                 }
             }
             ItemEvent::Gold { seq, label } => {
-                let old = match self.gold {
-                    Some((known, _)) if out_of_order && seq < known => return false,
-                    Some((_, old)) => old,
+                let old = match self.gold.as_deref() {
+                    Some(&(known, _)) if out_of_order && seq < known => return false,
+                    Some(&(_, old)) => old,
                     None => None,
                 };
-                self.gold = (label.is_some() || out_of_order).then_some((seq, label));
+                self.gold = (label.is_some() || out_of_order).then(|| Box::new((seq, label)));
                 old != label
             }
         }
@@ -141,7 +192,7 @@ impl ItemState {
     ) {
         let (scope, id) = item;
         scratch.rows.clear();
-        scratch.rows.extend(self.labels.iter().filter_map(|s| s.value.map(|(l, st)| (s.annotator, l, st))));
+        scratch.rows.extend(self.labels.iter().filter_map(|s| s.value().map(|(l, st)| (s.annotator, l, st))));
         let rows = &scratch.rows;
         if rows.is_empty() {
             return;
@@ -154,7 +205,7 @@ impl ItemState {
                 out.push(ItemOutput::Pair { scope, a, b, label_a, label_b });
             }
         }
-        let gold = self.gold.and_then(|(_, label)| label);
+        let gold = self.gold.as_deref().and_then(|&(_, label)| label);
         if let Some(gold) = gold {
             for &(annotator, label, stamp) in rows {
                 out.push(ItemOutput::Gold {
@@ -204,6 +255,34 @@ impl ItemState {
     }
 }
 
+impl ItemState {
+    /// The item's record: its consensus among its live labels (none without labels).
+    fn record(
+        &self,
+        (scope, item): ItemKey,
+        names: &Catalog,
+        counts: &mut Vec<(LabelId, u32)>,
+    ) -> Option<Record> {
+        counts.clear();
+        for slot in self.labels.iter() {
+            let Some((label, _)) = slot.value() else { continue };
+            match counts.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((label, 1)),
+            }
+        }
+        let top = counts.iter().map(|&(_, n)| n).max()?;
+        let mut tops = counts.iter().filter(|&&(_, n)| n == top).map(|&(label, _)| names.labels.get(label));
+        let first = tops.next()?;
+        let (best, tied) = tops.fold((first, false), |(best, _), label| {
+            (if label.spec_cmp(best).is_lt() { label } else { best }, true)
+        });
+        let (project, task) = names.scope_name(scope);
+        let object = ItemConsensus { consensus: JsonLabel(best), tied };
+        Some(Record::new(project, task, Entity::Item(names.items.name(item).into()), &object))
+    }
+}
+
 /// Reused allocations of [`ItemState::contributions`].
 #[derive(Default)]
 struct Scratch {
@@ -213,235 +292,270 @@ struct Scratch {
     counts: Vec<(LabelId, u32)>,
 }
 
-/// The worker that owns an item: a hash of its key.
+/// The worker that owns an item of any scope: its id, already a uniform hash. An item's name
+/// goes to the same worker ([`crate::names`]), which renders the item's records.
+pub fn item_owner(item: ItemId) -> u64 {
+    item
+}
+
+/// The worker that owns an item: the owner of its id ([`item_owner`]).
 pub fn item_route(item: &ItemKey) -> u64 {
-    // Both halves are already uniform hashes; mix them so that neither alone decides.
-    item.0.rotate_left(32) ^ item.1
+    item_owner(item.1)
+}
+
+/// An epoch's events, with a capability of each output, kept until the epoch is complete.
+type Pending = BTreeMap<Time, (Vec<Capability<Time>>, Vec<Update>)>;
+
+/// A sum an item contributes to a scope (see [`crate::scopes`]).
+pub type ScopeUpdate = (ScopeId, ScopeSum);
+/// A sum an item contributes to an annotator within its scope (see [`crate::annotators`]).
+pub type AnnotatorUpdate = (AnnotatorKey, AnnotatorSum);
+/// A cell of a pair's confusion table: the labels of `a` and `b` on one item.
+pub type PairCell = (PairKey, (LabelId, LabelId));
+
+/// What the items contribute, each kind to the operator that keeps it, and their records.
+pub struct Items<'s> {
+    /// Changes of the scopes' sums, summed per epoch on the worker that owns the items.
+    pub scopes: VecCollection<'s, Time, ScopeUpdate, Sums>,
+    /// Changes of the annotators' sums, summed likewise.
+    pub annotators: VecCollection<'s, Time, AnnotatorUpdate, Sums>,
+    /// Pair cells: `+1` for each item on which `a` and `b` gave those labels (rarely the same
+    /// cell twice in an epoch, so not summed).
+    pub pairs: VecCollection<'s, Time, PairCell, Diff>,
+    /// The items' records (when asked for).
+    pub records: VecCollection<'s, Time, Record, Diff>,
+}
+
+/// One epoch's sums per key, reused from epoch to epoch.
+type Accumulator<K> = HashMap<K, Sums, RandomState>;
+
+/// An output of changes with multiplicity `R`.
+type Output<D, R> = OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, R)>>>;
+
+fn accumulate<K: Hash + Eq>(sums: &mut Accumulator<K>, key: K, (x, y, z): Sums, diff: Diff) {
+    let sum = sums.entry(key).or_insert((0, 0, 0));
+    *sum = (sum.0 + x * diff, sum.1 + y * diff, sum.2 + z * diff);
+}
+
+/// Where one contribution of an item goes: the sums of its scope, of its annotators, or a cell of
+/// a pair's table (passed to `pair`).
+fn distribute(
+    output: ItemOutput,
+    diff: Diff,
+    scopes: &mut Accumulator<ScopeUpdate>,
+    annotators: &mut Accumulator<AnnotatorUpdate>,
+    mut pair: impl FnMut(PairCell, Diff),
+) {
+    match output {
+        ItemOutput::Fact { scope, fact, .. } => match fact {
+            ItemFact::Stats { day, raters, agreeing_pairs, majority } => accumulate(
+                scopes,
+                (scope, ScopeSum::Items { day, raters }),
+                (1, agreeing_pairs as i64, i64::from(majority)),
+                diff,
+            ),
+            ItemFact::Share { day, raters, label, count } => accumulate(
+                scopes,
+                (scope, ScopeSum::Share { day, raters, label }),
+                (i64::from(count), 0, 0),
+                diff,
+            ),
+            ItemFact::Coincidence { day, raters, c, k, weight } => accumulate(
+                scopes,
+                (scope, ScopeSum::Coincidence { day, raters, c, k }),
+                (weight as i64, 0, 0),
+                diff,
+            ),
+            ItemFact::Annotator { annotator, raters, same } => {
+                accumulate(scopes, (scope, ScopeSum::Annotator { annotator }), (1, 0, 0), diff);
+                if !is_window(scope) {
+                    let key = ((scope, annotator), AnnotatorSum::Items { raters });
+                    accumulate(annotators, key, (1, i64::from(same), 0), diff);
+                }
+            }
+            ItemFact::Speed { annotator, day, bucket } => {
+                accumulate(scopes, (scope, ScopeSum::Speed { day, bucket }), (1, 0, 0), diff);
+                accumulate(
+                    annotators,
+                    ((scope, annotator), AnnotatorSum::Speed { day, bucket }),
+                    (1, 0, 0),
+                    diff,
+                );
+            }
+            ItemFact::Gap { annotator, day, gap } => accumulate(
+                annotators,
+                ((scope, annotator), AnnotatorSum::Gap { day }),
+                (1, gap, gap * gap),
+                diff,
+            ),
+            ItemFact::Mix { annotator, day, label, own, peer } => {
+                let key = ((scope, annotator), AnnotatorSum::Mix { day, label });
+                accumulate(annotators, key, (i64::from(own), peer, 0), diff)
+            }
+        },
+        ItemOutput::Pair { scope, a, b, label_a, label_b } => pair(((scope, a, b), (label_a, label_b)), diff),
+        ItemOutput::Gold { scope, annotator, item, ts_ms, correct } => {
+            accumulate(scopes, (scope, ScopeSum::Gold), (1, i64::from(correct), 0), diff);
+            if !is_window(scope) {
+                let day = ts_ms.div_euclid(DAY_MS) as Day;
+                accumulate(scopes, (scope, ScopeSum::GoldDay { day }), (1, i64::from(!correct), 0), diff);
+                let key = (scope, annotator);
+                accumulate(annotators, (key, AnnotatorSum::Gold), (1, i64::from(correct), 0), diff);
+                accumulate(annotators, (key, AnnotatorSum::Answer { ts_ms, item, correct }), (1, 0, 0), diff);
+            }
+        }
+    }
+}
+
+/// Emits an epoch's non-zero sums and empties the accumulator (keeping its capacity).
+fn flush<K: timely::ExchangeData>(
+    sums: &mut Accumulator<K>,
+    output: &mut Output<K, Sums>,
+    capability: &Capability<Time>,
+) {
+    let time = *capability.time();
+    let mut handle = output.activate();
+    let mut session = handle.session(capability);
+    session
+        .give_iterator(sums.drain().filter(|(_, sum)| *sum != (0, 0, 0)).map(|(key, sum)| (key, time, sum)));
 }
 
 /// The items of a dataflow: routes `events` to the workers that own their items, keeps each item's
-/// state there, and returns what the items contribute, as a collection.
+/// state there, and returns what the items contribute and the items' records (when
+/// [`ItemsConfig::records`] asks for them; `names` has the names they need).
 pub fn items<'s>(
     events: Stream<'s, Time, Vec<(ItemKey, ItemEvent)>>,
+    names: &Names<'s>,
     config: ItemsConfig,
-) -> VecCollection<'s, Time, ItemOutput, Diff> {
+) -> Items<'s> {
+    let mut builder = OperatorBuilder::new("Items".to_owned(), events.scope());
     let pact = Exchange::new(|(item, _): &(ItemKey, ItemEvent)| item_route(item));
-    events
-        .unary_frontier(pact, "Items", move |_capability, _info| {
-            let mut state: HashMap<ItemKey, ItemState, RandomState> = HashMap::default();
-            let mut stash: BTreeMap<Time, (Capability<Time>, Vec<Update>)> = BTreeMap::new();
-            let mut scratch = Scratch::default();
-            let (mut before, mut after) = (Vec::new(), Vec::new());
-            move |(input, frontier), output| {
-                input.for_each(|capability, data| {
-                    let Some(capability) = capability.retain_least(0) else { return };
-                    let time = *capability.time();
-                    stash.entry(time).or_insert_with(|| (capability, Vec::new())).1.append(data);
-                });
-                while let Some(entry) = stash.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
+    let mut input = builder.new_input(events, pact);
+    let mut gate = builder.new_input(names.gate.clone(), Pipeline);
+    let (scope_sums, scope_stream) = builder.new_output();
+    let (annotator_sums, annotator_stream) = builder.new_output();
+    let (pair_cells, pair_stream): (_, Changes<'s, PairCell>) = builder.new_output();
+    let (records, records_stream): (_, Changes<'s, Record>) = builder.new_output();
+    let mut scope_sums =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(ScopeUpdate, Time, Sums)>>>::from(scope_sums);
+    let mut annotator_sums = OutputBuilder::<
+        Time,
+        CapacityContainerBuilder<Vec<(AnnotatorUpdate, Time, Sums)>>,
+    >::from(annotator_sums);
+    let mut pair_cells =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(PairCell, Time, Diff)>>>::from(pair_cells);
+    let mut records =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(Record, Time, Diff)>>>::from(records);
+    let catalog = names.catalog.clone();
+    builder.build(move |mut initial| {
+        // Emit::Final: a capability of the records' output (the last) kept at the inputs' frontier.
+        let mut held: Option<Capability<Time>> =
+            initial.pop().filter(|_| config.records == Some(Emit::Final));
+        let mut state: HashMap<ItemKey, ItemState, RandomState> = HashMap::default();
+        let mut stash: Pending = BTreeMap::new();
+        let mut scratch = Scratch::default();
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        let mut scopes: Accumulator<ScopeUpdate> = HashMap::default();
+        let mut annotators: Accumulator<AnnotatorUpdate> = HashMap::default();
+        move |frontiers| {
+            input.for_each(|capability, data| {
+                let Some(capabilities) = (0..4).map(|output| capability.retain_least(output)).collect()
+                else {
+                    return;
+                };
+                let capabilities: Vec<Capability<Time>> = capabilities;
+                let time = *capabilities[0].time();
+                stash.entry(time).or_insert_with(|| (capabilities, Vec::new())).1.append(data);
+            });
+            gate.for_each(|_, _| {});
+            // Rendering waits for the epoch's names; the contributions need none.
+            let gated = config.records == Some(Emit::Changes);
+            let complete =
+                |time: &Time| !(frontiers[0].less_equal(time) || gated && frontiers[1].less_equal(time));
+            let names = catalog.borrow();
+            while let Some(entry) = stash.first_entry() {
+                if !complete(entry.key()) {
+                    break;
+                }
+                let time = *entry.key();
+                let (capabilities, mut events) = entry.remove();
+                // Each item once, its events in sequence order (stable: arrival order for ties).
+                events.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.seq().cmp(&y.seq())));
+                let mut pair_handle = pair_cells.activate();
+                let mut pair_session = pair_handle.session(&capabilities[2]);
+                let mut record_handle = records.activate();
+                let mut record_session = record_handle.session(&capabilities[3]);
+                let mut rest = &events[..];
+                while let Some(&(item, _)) = rest.first() {
+                    let len = rest.iter().take_while(|(i, _)| *i == item).count();
+                    let (changes, tail) = rest.split_at(len);
+                    rest = tail;
+                    let mut entry = match state.entry(item) {
+                        Entry::Occupied(entry) => entry,
+                        Entry::Vacant(entry) => entry.insert_entry(ItemState::default()),
+                    };
+                    before.clear();
+                    entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut before);
+                    let record_before =
+                        gated.then(|| entry.get().record(item, &names, &mut scratch.counts)).flatten();
+                    let mut changed = false;
+                    for (_, event) in changes {
+                        changed |= entry.get_mut().apply(event, config.out_of_order);
                     }
-                    let time = *entry.key();
-                    let (capability, mut events) = entry.remove();
-                    // Each item once, its events in sequence order (stable: arrival order for ties).
-                    events.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.seq().cmp(&y.seq())));
-                    let mut session = output.session(&capability);
-                    let mut rest = &events[..];
-                    while let Some(&(item, _)) = rest.first() {
-                        let len = rest.iter().take_while(|(i, _)| *i == item).count();
-                        let (changes, tail) = rest.split_at(len);
-                        rest = tail;
-                        let mut entry = match state.entry(item) {
-                            Entry::Occupied(entry) => entry,
-                            Entry::Vacant(entry) => entry.insert_entry(ItemState::default()),
-                        };
-                        before.clear();
-                        entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut before);
-                        let mut changed = false;
-                        for (_, event) in changes {
-                            changed |= entry.get_mut().apply(event, config.out_of_order);
-                        }
-                        if !changed {
-                            if entry.get().is_empty() {
-                                entry.remove();
-                            }
-                            continue;
-                        }
-                        after.clear();
-                        entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut after);
+                    if !changed {
                         if entry.get().is_empty() {
                             entry.remove();
                         }
-                        emit_difference(&mut before, &mut after, |output, diff| {
-                            session.give((output, time, diff))
-                        });
+                        continue;
+                    }
+                    after.clear();
+                    entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut after);
+                    if gated {
+                        let record_after = entry.get().record(item, &names, &mut scratch.counts);
+                        if record_before != record_after {
+                            record_session.give_iterator(record_before.map(|r| (r, time, -1)).into_iter());
+                            record_session.give_iterator(record_after.map(|r| (r, time, 1)).into_iter());
+                        }
+                    }
+                    if entry.get().is_empty() {
+                        entry.remove();
+                    }
+                    emit_difference(&mut before, &mut after, |output, diff| {
+                        distribute(output, diff, &mut scopes, &mut annotators, |cell, diff| {
+                            pair_session.give((cell, time, diff))
+                        })
+                    });
+                }
+                drop((pair_session, record_session));
+                flush(&mut scopes, &mut scope_sums, &capabilities[0]);
+                flush(&mut annotators, &mut annotator_sums, &capabilities[1]);
+            }
+            if let Some(held) = held.as_mut() {
+                crate::keyed::hold_at_frontier(held, frontiers);
+            }
+            if frontiers.iter().all(|f| f.is_empty()) {
+                if let Some(capability) = held.take() {
+                    let time = *capability.time();
+                    let mut records = records.activate();
+                    let mut session = records.session(&capability);
+                    for (&item, item_state) in &state {
+                        if let Some(record) = item_state.record(item, &names, &mut scratch.counts) {
+                            session.give((record, time, 1));
+                        }
                     }
                 }
+                // Nothing follows: the items are no longer needed.
+                state = HashMap::default();
             }
-        })
-        .as_collection()
-}
-
-/// Emits `after - before` (both consumed), consolidated: what stayed the same is not sent.
-fn emit_difference(
-    before: &mut Vec<ItemOutput>,
-    after: &mut Vec<ItemOutput>,
-    mut emit: impl FnMut(ItemOutput, Diff),
-) {
-    before.sort_unstable();
-    after.sort_unstable();
-    let (mut b, mut a) = (before.drain(..).peekable(), after.drain(..).peekable());
-    loop {
-        match (b.peek(), a.peek()) {
-            (Some(x), Some(y)) if x == y => {
-                b.next();
-                a.next();
-            }
-            (Some(x), Some(y)) if x < y => emit(b.next().expect("peeked"), -1),
-            (Some(_), Some(_)) => emit(a.next().expect("peeked"), 1),
-            (Some(_), None) => emit(b.next().expect("peeked"), -1),
-            (None, Some(_)) => emit(a.next().expect("peeked"), 1),
-            (None, None) => break,
         }
+    });
+    Items {
+        scopes: scope_stream.as_collection(),
+        annotators: annotator_stream.as_collection(),
+        pairs: pair_stream.as_collection(),
+        records: records_stream.as_collection(),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use timely::dataflow::operators::capture::Extract;
-    use timely::dataflow::operators::Capture;
-
-    /// Runs the items over `(time, item, event)`s with `workers` workers; returns what the items
-    /// contribute at the end, accumulated over all times.
-    fn run(
-        workers: usize,
-        config: ItemsConfig,
-        events: Vec<(Time, ItemKey, ItemEvent)>,
-    ) -> Vec<(ItemOutput, Diff)> {
-        let (send, receive) = std::sync::mpsc::channel();
-        let send = std::sync::Mutex::new(send);
-        timely::execute(timely::Config::process(workers), move |worker| {
-            let mut input = timely::dataflow::InputHandle::<
-                Time,
-                timely::container::CapacityContainerBuilder<Vec<Update>>,
-            >::new();
-            let captured = worker.dataflow::<Time, _, _>(|scope| {
-                items(input.to_stream(scope), config.clone()).inner.capture()
-            });
-            // Worker w feeds events w, w + workers, ...: one identity's events come from several.
-            let last = events.iter().map(|(t, ..)| *t).max().unwrap_or(0);
-            for time in 0..=last {
-                input.advance_to(time);
-                for (i, &(_, item, event)) in events.iter().enumerate().filter(|(_, (t, ..))| *t == time) {
-                    if i % worker.peers() == worker.index() {
-                        input.send((item, event));
-                    }
-                }
-            }
-            drop(input);
-            while worker.step() {}
-            send.lock().unwrap().send(captured.extract()).unwrap();
-        })
-        .unwrap();
-        let mut all: Vec<(ItemOutput, Diff)> =
-            receive.iter().flatten().flat_map(|(_, batch)| batch).map(|(o, _, d)| (o, d)).collect();
-        differential_dataflow::consolidation::consolidate(&mut all);
-        all
-    }
-
-    const ITEM: ItemKey = (0, 7);
-
-    fn label(annotator: AnnotatorId, seq: u64, label: Option<LabelId>) -> ItemEvent {
-        ItemEvent::Label { annotator, seq, value: label.map(|l| (l, Stamp { ts_ms: 1, duration_ms: None })) }
-    }
-
-    fn pairs(outputs: &[(ItemOutput, Diff)]) -> Vec<(AnnotatorId, AnnotatorId, LabelId, LabelId)> {
-        outputs
-            .iter()
-            .filter_map(|(o, d)| match *o {
-                ItemOutput::Pair { a, b, label_a, label_b, .. } => {
-                    assert_eq!(*d, 1);
-                    Some((a, b, label_a, label_b))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_latest_event_of_each_identity_wins() {
-        // In order: annotator 1 relabels 10 -> 11, annotator 2 says 10 and deletes it, 3 says 12.
-        let events = vec![
-            (0, ITEM, label(1, 0, Some(10))),
-            (0, ITEM, label(2, 1, Some(10))),
-            (1, ITEM, label(1, 2, Some(11))),
-            (1, ITEM, label(2, 3, None)),
-            (2, ITEM, label(3, 4, Some(12))),
-        ];
-        for workers in [1, 3] {
-            let out = run(workers, ItemsConfig::default(), events.clone());
-            assert_eq!(pairs(&out), vec![(1, 3, 11, 12)], "{workers} workers");
-        }
-    }
-
-    #[test]
-    fn out_of_order_input_keeps_the_greatest_sequence_number() {
-        // Read out of order: the delete (seq 5) and the relabel (seq 9) arrive before the events
-        // they follow; the older events change nothing.
-        let events = vec![
-            (0, ITEM, label(2, 5, None)),
-            (0, ITEM, label(1, 9, Some(11))),
-            (1, ITEM, label(1, 3, Some(10))),
-            (1, ITEM, label(2, 1, Some(10))),
-            (2, ITEM, label(3, 4, Some(12))),
-            (2, ITEM, ItemEvent::Gold { seq: 8, label: Some(12) }),
-            (3, ITEM, ItemEvent::Gold { seq: 2, label: Some(11) }),
-        ];
-        let config = ItemsConfig { out_of_order: true, ..ItemsConfig::default() };
-        for workers in [1, 2] {
-            let out = run(workers, config.clone(), events.clone());
-            assert_eq!(pairs(&out), vec![(1, 3, 11, 12)], "{workers} workers");
-            let gold: Vec<_> = out
-                .iter()
-                .filter_map(|(o, _)| match *o {
-                    ItemOutput::Gold { annotator, correct, .. } => Some((annotator, correct)),
-                    _ => None,
-                })
-                .collect();
-            assert_eq!(gold, vec![(1, false), (3, true)], "gold answer 12, not the older 11");
-        }
-    }
-
-    #[test]
-    fn windows_get_their_labels_and_the_gold_answer() {
-        const HOUR: i64 = 3_600_000;
-        let at = |annotator, ts_ms| ItemEvent::Label {
-            annotator,
-            seq: annotator,
-            value: Some((10, Stamp { ts_ms, duration_ms: None })),
-        };
-        let events = vec![
-            (0, ITEM, at(1, 5)),
-            (0, ITEM, at(2, HOUR + 5)),
-            (0, ITEM, ItemEvent::Gold { seq: 9, label: Some(10) }),
-        ];
-        let config = ItemsConfig { window_sizes: vec![HOUR], ..ItemsConfig::default() };
-        let out = run(1, config, events);
-        let windows: Vec<ScopeId> =
-            [0, HOUR].map(|start_ms| window_id(&Window { scope: 0, size_ms: HOUR, start_ms })).to_vec();
-        for (window, annotator) in windows.iter().zip([1, 2]) {
-            let stats = out.iter().any(|(o, _)| {
-                matches!(o, ItemOutput::Fact { scope, fact: ItemFact::Stats { raters: 1, .. }, .. } if scope == window)
-            });
-            assert!(stats, "window {window:#x} has the item with one label");
-            let gold = out.iter().any(|(o, _)| {
-                matches!(o, ItemOutput::Gold { scope, annotator: a, correct: true, .. } if scope == window && *a == annotator)
-            });
-            assert!(gold, "window {window:#x} scores annotator {annotator} against the gold answer");
-        }
-        // Windows carry no pairs, drift inputs or consensus.
-        assert!(!out.iter().any(|(o, _)| matches!(o, ItemOutput::Pair { scope, .. } if *scope != 0)));
-    }
-}
+mod tests;

@@ -1,12 +1,21 @@
 //! Keyed state and what derives from it: the operator behind every output record.
 //!
 //! A [`Keyed`] logic says how updates change the state of one key (a scope, a pair, an annotator)
-//! and what the state derives (that key's record, and contributions to other keys' state). The
+//! and what the state derives (that key's records, and contributions to other keys' state). The
 //! operator routes each update to the worker that owns its key, keeps the states there, and when an
 //! epoch's updates change a key, derives its outputs from the state before and after and emits
 //! the difference: exact, incremental, and work proportional to the keys that changed. Epochs are
-//! processed in order once complete upstream, so outputs do not depend on how updates were
-//! batched, on the number of workers, or on arrival order within an epoch.
+//! processed in order once complete upstream (and once the names they need are known, see
+//! [`crate::names`]), so outputs do not depend on how updates were batched, on the number of
+//! workers, or on arrival order within an epoch.
+//!
+//! A logic may also take *side* updates that every worker receives (the operator's caller
+//! broadcasts them) and that can change what any key derives (a scope's drift inputs, for its
+//! annotators): such a logic keeps the outputs it derived last, instead of deriving them again
+//! from the state before an epoch, and says which keys a side change touched.
+//!
+//! With [`Emit::Final`] (a one-shot report) nothing is derived until every input is complete:
+//! states follow the epochs, and each key's outputs are derived once, from its final state.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -14,90 +23,314 @@ use std::hash::Hash;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use foldhash::fast::RandomState;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 
-use crate::dataflow::{Diff, Time};
+use crate::dataflow::{Changes, Diff, Time};
+use crate::names::Names;
+use crate::source::Catalog;
 
 /// How the state of one key changes and what it derives.
 pub trait Keyed: 'static {
     type Key: timely::ExchangeData + Hash + Eq + Ord + Copy;
     /// What changes a key's state (with a multiplicity).
     type Update: timely::ExchangeData;
+    /// The multiplicity of an update: an integer, or a tuple of sums.
+    type Diff: timely::ExchangeData;
     type State: Default;
     /// What a key's state derives; the collection of all keys' outputs is the operator's output.
-    type Out: timely::ExchangeData + Ord;
+    type Out: timely::ExchangeData + Ord + Clone;
+    /// Updates every worker receives, which may change what any key derives (`()` for none).
+    type Side: timely::ExchangeData;
+
+    /// Keep the outputs derived last (for logic whose derivation is costly and whose keys are
+    /// few) rather than deriving them again from the state before an epoch's updates.
+    const KEEP_OUTPUTS: bool = false;
 
     /// The worker that owns a key: any uniform hash of it.
     fn route(key: &Self::Key) -> u64;
 
-    /// Applies an update with multiplicity `diff` (`-1` retracts it).
-    fn apply(&mut self, key: &Self::Key, state: &mut Self::State, update: &Self::Update, diff: Diff);
+    /// Applies an update with multiplicity `diff`.
+    fn apply(&mut self, key: &Self::Key, state: &mut Self::State, update: &Self::Update, diff: &Self::Diff);
 
-    /// Appends what `state` derives to `out`.
-    fn derive(&mut self, key: &Self::Key, state: &Self::State, out: &mut Vec<Self::Out>);
+    /// Appends what `state` derives to `out`; `names` has the names of every id of the epoch.
+    fn derive(&mut self, key: &Self::Key, state: &mut Self::State, names: &Catalog, out: &mut Vec<Self::Out>);
 
     /// Whether the state is back to nothing (then it is dropped).
     fn is_empty(state: &Self::State) -> bool;
+
+    /// Whether an output is one of the operator's records, which leave by its first output (the
+    /// others by its second, so that whoever reads one does not copy the other).
+    fn is_record(_out: &Self::Out) -> bool {
+        false
+    }
+
+    /// Applies a side update with multiplicity `diff`.
+    fn side(&mut self, _update: &Self::Side, _diff: Diff) {}
+
+    /// After an epoch's side updates: whether they change what `key` derives.
+    fn touched(&mut self, _key: &Self::Key, _state: &Self::State) -> bool {
+        false
+    }
+
+    /// After the keys touched by an epoch's side updates were derived again.
+    fn side_done(&mut self) {}
 }
 
-type Stash<K, U> = BTreeMap<Time, (Capability<Time>, Vec<(K, U, Diff)>)>;
+/// When a keyed operator derives its outputs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Emit {
+    /// After every epoch, for the keys it changed (the live service).
+    #[default]
+    Changes,
+    /// Once, from the final states, when every input is complete (a one-shot report).
+    Final,
+}
 
-/// Keeps the states of `logic`'s keys, changed by `updates`, and returns what they derive.
+/// An epoch's input, kept until the epoch is complete.
+struct Pending<L: Keyed> {
+    /// A capability of each output: records, others.
+    capabilities: [Capability<Time>; 2],
+    updates: Vec<(L::Key, L::Update, L::Diff)>,
+    side: Vec<(L::Side, Diff)>,
+}
+
+/// What a keyed operator derives: its records ([`Keyed::is_record`]), and its other outputs.
+pub struct Derived<'s, D: 'static> {
+    pub records: VecCollection<'s, Time, D, Diff>,
+    pub others: VecCollection<'s, Time, D, Diff>,
+}
+
+/// Keeps the states of `logic`'s keys, changed by `updates` (and `side`, already broadcast), and
+/// returns what they derive. Epochs are processed once complete and once `names` has every name
+/// of them.
 pub fn keyed<'s, L: Keyed>(
-    updates: VecCollection<'s, Time, (L::Key, L::Update), Diff>,
+    updates: VecCollection<'s, Time, (L::Key, L::Update), L::Diff>,
+    side: Option<VecCollection<'s, Time, L::Side, Diff>>,
+    names: &Names<'s>,
     mut logic: L,
+    emit: Emit,
     name: &str,
-) -> VecCollection<'s, Time, L::Out, Diff> {
-    let pact = Exchange::new(|((key, _), _, _): &((L::Key, L::Update), Time, Diff)| L::route(key));
-    updates
-        .inner
-        .unary_frontier(pact, name, move |_capability, _info| {
-            let mut states: HashMap<L::Key, L::State, RandomState> = HashMap::default();
-            let mut stash: Stash<L::Key, L::Update> = BTreeMap::new();
-            let (mut before, mut after) = (Vec::new(), Vec::new());
-            move |(input, frontier), output| {
-                input.for_each(|capability, data| {
-                    let Some(capability) = capability.retain_least(0) else { return };
-                    let time = *capability.time();
-                    let batch = &mut stash.entry(time).or_insert_with(|| (capability, Vec::new())).1;
-                    batch.extend(data.drain(..).map(|((key, update), _, diff)| (key, update, diff)));
+) -> Derived<'s, L::Out> {
+    let mut builder = OperatorBuilder::new(name.to_owned(), updates.inner.scope());
+    type Input<K, U, R> = ((K, U), Time, R);
+    let pact = Exchange::new(|((key, _), _, _): &Input<L::Key, L::Update, L::Diff>| L::route(key));
+    let mut input = builder.new_input(updates.inner, pact);
+    let keep = L::KEEP_OUTPUTS || side.is_some();
+    let mut side_input = side.map(|side| builder.new_input(side.inner, Pipeline));
+    let mut gate = builder.new_input(names.gate.clone(), Pipeline);
+    let (records, records_stream): (_, Changes<'s, L::Out>) = builder.new_output();
+    let (others, others_stream): (_, Changes<'s, L::Out>) = builder.new_output();
+    let mut records =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(L::Out, Time, Diff)>>>::from(records);
+    let mut others = OutputBuilder::<Time, CapacityContainerBuilder<Vec<(L::Out, Time, Diff)>>>::from(others);
+    let catalog = names.catalog.clone();
+    builder.build(move |initial| {
+        // Emit::Final: a capability kept at the inputs' frontier, to emit the final outputs with.
+        let mut held: Option<Vec<Capability<Time>>> = Some(initial).filter(|_| emit == Emit::Final);
+        let mut states: HashMap<L::Key, L::State, RandomState> = HashMap::default();
+        let mut kept: HashMap<L::Key, Vec<L::Out>, RandomState> = HashMap::default();
+        let mut pending: BTreeMap<Time, Pending<L>> = BTreeMap::new();
+        let (mut before, mut after, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        move |frontiers| {
+            input.for_each(|capability, data| {
+                let Some(p) = pending_at(&mut pending, capability) else { return };
+                p.updates.extend(data.drain(..).map(|((key, update), _, diff)| (key, update, diff)));
+            });
+            if let Some(side_input) = side_input.as_mut() {
+                side_input.for_each(|capability, data| {
+                    let Some(p) = pending_at(&mut pending, capability) else { return };
+                    p.side.extend(data.drain(..).map(|(update, _, diff)| (update, diff)));
                 });
-                while let Some(entry) = stash.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
+            }
+            gate.for_each(|_, _| {});
+            let complete = |time: &Time| frontiers.iter().all(|f| !f.less_equal(time));
+            let names = catalog.borrow();
+            while let Some(entry) = pending.first_entry() {
+                if !complete(entry.key()) {
+                    break;
+                }
+                let (time, Pending { capabilities, mut updates, side }) = entry.remove_entry();
+                updates.sort_by_key(|(key, ..)| *key);
+                if emit == Emit::Final {
+                    for (update, diff) in &side {
+                        logic.side(update, *diff);
                     }
-                    let time = *entry.key();
-                    let (capability, mut batch) = entry.remove();
-                    batch.sort_by_key(|(key, ..)| *key);
-                    let mut session = output.session(&capability);
-                    let mut rest = &batch[..];
+                    let mut rest = &updates[..];
                     while let Some(&(key, ..)) = rest.first() {
                         let len = rest.iter().take_while(|(k, ..)| *k == key).count();
-                        let (changes, tail) = rest.split_at(len);
-                        rest = tail;
+                        let state = states.entry(key).or_default();
+                        for (_, update, diff) in &rest[..len] {
+                            logic.apply(&key, state, update, diff);
+                        }
+                        if L::is_empty(state) {
+                            states.remove(&key);
+                        }
+                        rest = &rest[len..];
+                    }
+                    drop(capabilities);
+                    continue;
+                }
+                let (mut record_handle, mut other_handle) = (records.activate(), others.activate());
+                let mut record_session = record_handle.session(&capabilities[0]);
+                let mut other_session = other_handle.session(&capabilities[1]);
+                let mut emit = |out, diff| {
+                    if L::is_record(&out) {
+                        record_session.give((out, time, diff))
+                    } else {
+                        other_session.give((out, time, diff))
+                    }
+                };
+                if !keep {
+                    let mut rest = &updates[..];
+                    while let Some(&(key, ..)) = rest.first() {
+                        let len = rest.iter().take_while(|(k, ..)| *k == key).count();
                         let mut state = match states.entry(key) {
                             Entry::Occupied(entry) => entry,
                             Entry::Vacant(entry) => entry.insert_entry(L::State::default()),
                         };
                         before.clear();
-                        logic.derive(&key, state.get(), &mut before);
-                        for (_, update, diff) in changes {
-                            logic.apply(&key, state.get_mut(), update, *diff);
+                        logic.derive(&key, state.get_mut(), &names, &mut before);
+                        for (_, update, diff) in &rest[..len] {
+                            logic.apply(&key, state.get_mut(), update, diff);
                         }
                         after.clear();
                         if L::is_empty(state.get()) {
                             state.remove();
                         } else {
-                            logic.derive(&key, state.get(), &mut after);
+                            logic.derive(&key, state.get_mut(), &names, &mut after);
                         }
-                        emit_difference(&mut before, &mut after, |out, diff| session.give((out, time, diff)));
+                        emit_difference(&mut before, &mut after, &mut emit);
+                        rest = &rest[len..];
+                    }
+                    continue;
+                }
+                for (update, diff) in &side {
+                    logic.side(update, *diff);
+                }
+                changed.clear();
+                let mut rest = &updates[..];
+                while let Some(&(key, ..)) = rest.first() {
+                    let len = rest.iter().take_while(|(k, ..)| *k == key).count();
+                    let state = states.entry(key).or_default();
+                    for (_, update, diff) in &rest[..len] {
+                        logic.apply(&key, state, update, diff);
+                    }
+                    changed.push(key);
+                    rest = &rest[len..];
+                }
+                if !side.is_empty() {
+                    let start = changed.len();
+                    for (key, state) in &states {
+                        if logic.touched(key, state) {
+                            changed.push(*key);
+                        }
+                    }
+                    logic.side_done();
+                    // Keys changed by updates are derived once.
+                    changed[..start].sort_unstable();
+                    let (direct, touched) = changed.split_at_mut(start);
+                    let direct: &[L::Key] = direct;
+                    touched.sort_unstable();
+                    let mut extra: Vec<L::Key> =
+                        touched.iter().copied().filter(|k| direct.binary_search(k).is_err()).collect();
+                    changed.truncate(start);
+                    changed.append(&mut extra);
+                }
+                for key in &changed {
+                    after.clear();
+                    if let Entry::Occupied(mut state) = states.entry(*key) {
+                        if L::is_empty(state.get()) {
+                            state.remove();
+                        } else {
+                            logic.derive(key, state.get_mut(), &names, &mut after);
+                        }
+                    }
+                    let mut last = kept.remove(key).unwrap_or_default();
+                    after.sort_unstable();
+                    emit_sorted_difference(&last, &after, &mut emit);
+                    if !after.is_empty() {
+                        last.clear();
+                        last.append(&mut after);
+                        kept.insert(*key, last);
                     }
                 }
             }
-        })
-        .as_collection()
+            for capability in held.iter_mut().flatten() {
+                hold_at_frontier(capability, frontiers);
+            }
+            if frontiers.iter().all(|f| f.is_empty()) {
+                if let Some(capabilities) = held.take() {
+                    let (mut record_handle, mut other_handle) = (records.activate(), others.activate());
+                    let mut record_session = record_handle.session(&capabilities[0]);
+                    let mut other_session = other_handle.session(&capabilities[1]);
+                    let time = *capabilities[0].time();
+                    // Each state is dropped once derived: nothing follows the final outputs.
+                    for (key, mut state) in states.drain() {
+                        after.clear();
+                        logic.derive(&key, &mut state, &names, &mut after);
+                        for out in after.drain(..) {
+                            if L::is_record(&out) {
+                                record_session.give((out, time, 1));
+                            } else {
+                                other_session.give((out, time, 1));
+                            }
+                        }
+                    }
+                }
+                states = HashMap::default();
+                kept = HashMap::default();
+            }
+        }
+    });
+    Derived { records: records_stream.as_collection(), others: others_stream.as_collection() }
+}
+
+/// Keeps `held` at the least time of the inputs' `frontiers`, so that what follows is not held
+/// back by it.
+pub fn hold_at_frontier(
+    held: &mut Capability<Time>,
+    frontiers: &[timely::progress::frontier::MutableAntichain<Time>],
+) {
+    let least = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
+    if let Some(least) = least.filter(|least| held.time() < least) {
+        held.downgrade(&least);
+    }
+}
+
+/// Inserts `value` at `i` of an exactly sized slice (one allocation: states of many keys keep
+/// no spare capacity).
+pub fn insert_at<T: Copy>(slice: &mut Box<[T]>, i: usize, value: T) {
+    let mut grown = Vec::with_capacity(slice.len() + 1);
+    grown.extend_from_slice(&slice[..i]);
+    grown.push(value);
+    grown.extend_from_slice(&slice[i..]);
+    *slice = grown.into_boxed_slice();
+}
+
+/// Removes the element at `i` of an exactly sized slice (see [`insert_at`]).
+pub fn remove_at<T: Copy>(slice: &mut Box<[T]>, i: usize) {
+    let mut shrunk = Vec::with_capacity(slice.len() - 1);
+    shrunk.extend_from_slice(&slice[..i]);
+    shrunk.extend_from_slice(&slice[i + 1..]);
+    *slice = shrunk.into_boxed_slice();
+}
+
+/// The input of the epoch of `capability`, created on its first update.
+fn pending_at<L: Keyed>(
+    pending: &mut BTreeMap<Time, Pending<L>>,
+    capability: timely::dataflow::operators::InputCapability<Time>,
+) -> Option<&mut Pending<L>> {
+    let capabilities = [capability.retain_least(0)?, capability.retain_least(1)?];
+    let time = *capabilities[0].time();
+    Some(pending.entry(time).or_insert_with(|| Pending {
+        capabilities,
+        updates: Vec::new(),
+        side: Vec::new(),
+    }))
 }
 
 /// Emits `after - before` (both consumed): what stayed the same is not sent.
@@ -115,6 +348,24 @@ pub fn emit_difference<T: Ord>(before: &mut Vec<T>, after: &mut Vec<T>, mut emit
             (Some(_), Some(_)) => emit(a.next().expect("peeked"), 1),
             (Some(_), None) => emit(b.next().expect("peeked"), -1),
             (None, Some(_)) => emit(a.next().expect("peeked"), 1),
+            (None, None) => break,
+        }
+    }
+}
+
+/// Emits `after - before`, both sorted, as clones: what stayed the same is not sent.
+fn emit_sorted_difference<T: Ord + Clone>(before: &[T], after: &[T], mut emit: impl FnMut(T, Diff)) {
+    let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+    loop {
+        match (b.peek(), a.peek()) {
+            (Some(x), Some(y)) if x == y => {
+                b.next();
+                a.next();
+            }
+            (Some(x), Some(y)) if x < y => emit((*b.next().expect("peeked")).clone(), -1),
+            (Some(_), Some(_)) => emit((*a.next().expect("peeked")).clone(), 1),
+            (Some(_), None) => emit((*b.next().expect("peeked")).clone(), -1),
+            (None, Some(_)) => emit((*a.next().expect("peeked")).clone(), 1),
             (None, None) => break,
         }
     }

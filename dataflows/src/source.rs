@@ -154,6 +154,8 @@ pub enum Name {
 #[derive(Debug)]
 pub struct Catalog {
     scopes: HashMap<ScopeId, (Box<str>, Box<str>), RandomState>,
+    /// Project names by id ([`crate::gates::project_id`]).
+    projects: HashMap<u64, Box<str>, RandomState>,
     windows: HashMap<ScopeId, Window, RandomState>,
     pub items: Interner,
     pub annotators: Interner,
@@ -167,6 +169,7 @@ impl Default for Catalog {
     fn default() -> Self {
         Catalog {
             scopes: HashMap::default(),
+            projects: HashMap::default(),
             windows: HashMap::default(),
             items: Interner::new("item id"),
             annotators: Interner::new("annotator id"),
@@ -234,6 +237,7 @@ impl Catalog {
             }),
             None => {
                 self.scopes.insert(id, (project.into(), task.into()));
+                self.projects.entry(crate::gates::project_id(project)).or_insert_with(|| project.into());
                 Ok(true)
             }
         }
@@ -307,6 +311,12 @@ impl Catalog {
         let base = self.window(scope).map_or(scope, |w| w.scope);
         let (p, t) = &self.scopes[&base];
         (p, t)
+    }
+
+    /// The name of a project, by id ([`crate::gates::project_id`]). Panics on an id of no scope's
+    /// project.
+    pub fn project(&self, id: u64) -> &str {
+        &self.projects[&id]
     }
 
     /// The id of a window scope.

@@ -250,7 +250,7 @@ impl Feed for FileFeed {
         Ok(records.max(1))
     }
 
-    fn close(&mut self) -> EpochReport {
+    fn close(&mut self, _: labelqc_dataflows::dataflow::Time, _: &mut Vec<Update>) -> EpochReport {
         EpochReport { names: self.source.catalog.take_new(), meta: Vec::new() }
     }
 }

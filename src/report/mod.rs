@@ -4,6 +4,7 @@
 //! records but no valid one stops the run with its likely cause; a progress bar shows on a
 //! terminal.
 
+mod assemble;
 mod files;
 
 use std::io::IsTerminal;
@@ -17,11 +18,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use labelqc_dataflows::drift::DriftSettings;
 use labelqc_dataflows::engine::{Engine, EngineConfig, Feed, FeedFactory};
 use labelqc_dataflows::items::ItemsConfig;
+use labelqc_dataflows::keyed::Emit;
 use labelqc_dataflows::source::Stream;
-use labelqc_dataflows::view::{QualityView, Report};
 
 use crate::config::EngineSettings;
 use crate::input::{BadInput, FileSummary, Refused};
+pub use assemble::Report;
 use files::{cut_blocks, Block, FileFeed, Files, Gathered, Progress};
 
 /// What to report on.
@@ -40,7 +42,7 @@ pub struct ReportRequest {
     pub progress: bool,
 }
 
-/// The report and what was refused on the way.
+/// The report (its final records, to be written in order) and what was refused on the way.
 pub struct ReportOutcome {
     pub report: Report,
     /// The gold file's summary (when given), then the label file's.
@@ -78,13 +80,19 @@ pub fn run(request: &ReportRequest, on_refused: impl FnMut(&Refused<'_>)) -> Res
             Ok(Box::new(feed) as Box<dyn Feed>)
         })
     };
+    // Every record is formed once, from the final state, by the worker that owns its entity.
     let config = EngineConfig {
         workers: request.engine.workers,
         max_epochs_in_flight: request.engine.max_epochs_in_flight,
-        items: ItemsConfig { window_sizes: request.windows.clone(), out_of_order: true },
+        items: ItemsConfig {
+            window_sizes: request.windows.clone(),
+            out_of_order: true,
+            records: request.with_items.then_some(Emit::Final),
+        },
+        drift: request.drift.clone(),
+        emit: Emit::Final,
     };
-    let view = QualityView::default().with_drift(request.drift.clone());
-    let mut engine = Engine::start_fed(&config, None, view, factory)?;
+    let mut engine = Engine::start_fed(&config, None, factory)?;
     let reader = {
         let (files, progress) = (files.clone(), progress.clone());
         std::thread::Builder::new()
@@ -119,8 +127,7 @@ pub fn run(request: &ReportRequest, on_refused: impl FnMut(&Refused<'_>)) -> Res
     }
     engine.sync()?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "input read");
-    let catalog = std::mem::take(&mut *engine.catalog());
-    let mut view = engine.finish()?;
+    let parts = engine.finish()?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "dataflows finished");
 
     let mut gathered = std::mem::replace(
@@ -146,11 +153,8 @@ pub fn run(request: &ReportRequest, on_refused: impl FnMut(&Refused<'_>)) -> Res
     }
     let events = summaries.iter().map(|s| s.records).sum();
     let dead_letters = summaries.iter().map(FileSummary::refused_total).sum();
-    let report = view.report(&catalog, request.with_items);
-    tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "report formed");
-    let live_labels = view.live_labels() as usize;
-    // Freeing millions of small allocations takes a while; let it overlap with writing the report.
-    std::thread::spawn(move || drop((view, catalog)));
+    let report = Report { parts, with_items: request.with_items };
+    let live_labels = report.live_labels() as usize;
     Ok(ReportOutcome {
         report,
         files: summaries,

@@ -373,7 +373,7 @@ impl Feed for KafkaFeed {
         Ok(read)
     }
 
-    fn close(&mut self) -> EpochReport {
+    fn close(&mut self, _: labelqc_dataflows::dataflow::Time, _: &mut Vec<Update>) -> EpochReport {
         let meta = std::mem::take(&mut self.epoch.meta);
         self.epoch.state.open[self.epoch.local].store(0, Ordering::Relaxed);
         self.full_since = None;

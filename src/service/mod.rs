@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use labelqc_dataflows::engine::{ClusterConfig, Engine, EngineConfig, Feed, FeedFactory};
 use labelqc_dataflows::items::ItemsConfig;
+use labelqc_dataflows::keyed::Emit;
 use labelqc_dataflows::source::{Catalog, Source};
-use labelqc_dataflows::view::QualityView;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -258,11 +258,16 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let engine_config = EngineConfig {
         workers,
         max_epochs_in_flight: config.engine.max_epochs_in_flight,
-        items: ItemsConfig { window_sizes: config.windows.sizes_ms()?, out_of_order: false },
+        items: ItemsConfig {
+            window_sizes: config.windows.sizes_ms()?,
+            out_of_order: false,
+            records: Some(Emit::Changes),
+        },
+        drift: config.drift_settings(),
+        emit: Emit::Changes,
     };
     let cluster_config = (!cluster.addresses.is_empty())
         .then(|| ClusterConfig { process: cluster.process, addresses: cluster.addresses.clone() });
-    let view = QualityView::with_change_tracking().with_drift(config.drift_settings());
     if let Some(cluster) = &cluster_config {
         // Starting the workers waits until every process of the cluster is connected.
         eprintln!(
@@ -272,7 +277,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             cluster.addresses.join(", ")
         );
     }
-    let engine = Engine::start_fed(&engine_config, cluster_config.as_ref(), view, factory)?;
+    let engine = Engine::start_fed(&engine_config, cluster_config.as_ref(), factory)?;
     if cluster_config.is_some() {
         tracing::info!("all processes of the cluster are connected");
     }

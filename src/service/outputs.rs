@@ -3,7 +3,8 @@
 //! Every record has a key, the JSON array of its entity's identity (`["project","task"]`,
 //! `["project","task","annotator_id"]`, ...), so that no name, whatever it contains, makes two
 //! entities share a key; its value is the entity's object, or a tombstone (no value) when the
-//! entity is gone. [`Renderer`] forms the records from the view.
+//! entity is gone. [`message`] forms the message of a record as the dataflows rendered it (the
+//! object inside the report gets its scope's names, and the scope objects their `updated_at`).
 //!
 //! [`Published`] is what the keyed output topics hold: read back from them at start
 //! ([`super::readback`]), then kept up to date as records are sent. It is the stage that makes
@@ -16,13 +17,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::Result;
 use foldhash::fast::RandomState;
-use labelqc_dataflows::drift::{rfc3339, Alert};
+use labelqc_dataflows::drift::{rfc3339, Gate};
+use labelqc_dataflows::gates::{gate_records_since, GateRecord, PublishedGate};
 use labelqc_dataflows::label::stable_id;
-use labelqc_dataflows::source::{window_size_name, AnnotatorId, Catalog, ItemId, ScopeId};
-use labelqc_dataflows::view::{gate_records_since, Changes, GateRecord, PublishedGate, QualityView};
-use serde::Serialize;
+use labelqc_dataflows::records::{Entity, RecordKey, Records};
+use labelqc_dataflows::source::window_size_name;
 
 use crate::config::OutputTopics;
 
@@ -73,7 +73,7 @@ impl OutputTopic {
 
 /// One message for an output topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
+pub struct Message {
     pub topic: OutputTopic,
     /// The JSON array of the entity's identity.
     pub key: String,
@@ -119,151 +119,56 @@ fn unstamped(value: &[u8]) -> Option<Vec<u8>> {
     Some(object)
 }
 
-#[derive(Serialize)]
-struct Keyed<'a, T: Serialize> {
-    project: &'a str,
-    task: &'a str,
-    #[serde(flatten)]
-    object: &'a T,
+/// `{"project":…,"task":…,` then the fields of `object` (compact JSON): the object with its scope's
+/// names first, as the keyed topics carry it; `item_id` too for an item.
+fn with_names(project: &str, task: &str, item: Option<&str>, object: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(object.len() + project.len() + task.len() + 32);
+    value.extend_from_slice(b"{\"project\":");
+    serde_json::to_writer(&mut value, project).expect("strings serialise");
+    value.extend_from_slice(b",\"task\":");
+    serde_json::to_writer(&mut value, task).expect("strings serialise");
+    if let Some(item) = item {
+        value.extend_from_slice(b",\"item_id\":");
+        serde_json::to_writer(&mut value, item).expect("strings serialise");
+    }
+    value.push(b',');
+    value.extend_from_slice(&object[1..]);
+    value
 }
 
-#[derive(Serialize)]
-struct ItemObject<'a, T: Serialize> {
-    item_id: &'a str,
-    #[serde(flatten)]
-    consensus: &'a T,
-}
-
-/// Forms output records from a settled view.
-pub struct Renderer<'a> {
-    pub view: &'a QualityView,
-    pub catalog: &'a Catalog,
-    /// The `updated_at` of stamped values (RFC 3339, milliseconds).
-    pub updated_at: String,
-}
-
-impl Renderer<'_> {
-    fn record<T: Serialize>(&self, topic: OutputTopic, key: String, value: Option<&T>) -> Result<Record> {
-        let mut value = value.map(serde_json::to_vec).transpose()?;
-        if topic.stamped() {
-            value = value.map(|object| stamp(object, &self.updated_at));
+/// The message of a record (`value` `None`: the record is gone, a tombstone), or `None` for a
+/// gate (the gating topic is a log of decisions, see [`Published::gate_records`]). `updated_at`
+/// stamps the scope objects.
+pub fn message(key: &RecordKey, value: Option<&[u8]>, updated_at: &str) -> Option<Message> {
+    let (project, task) = (&*key.project, &*key.task);
+    let (topic, key, value) = match &key.entity {
+        Entity::Scope => {
+            (OutputTopic::Scopes, self::key(&[project, task]), value.map(|v| stamp(v.to_vec(), updated_at)))
         }
-        Ok(Record { topic, key, value })
-    }
-
-    /// The record of a scope or of a window scope.
-    pub fn scope(&self, scope: ScopeId) -> Result<Record> {
-        let (project, task) = self.catalog.scope_name(scope);
-        match self.catalog.window(scope) {
-            Some(window) => {
-                let start = rfc3339(window.start_ms);
-                let key = key(&[project, task, &window_size_name(window.size_ms), &start]);
-                self.record(
-                    OutputTopic::ScopeWindows,
-                    key,
-                    self.view.window_summary(scope, self.catalog).as_ref(),
-                )
-            }
-            None => {
-                let summary = self.view.scope_summary(scope, self.catalog);
-                self.record(OutputTopic::Scopes, key(&[project, task]), summary.as_ref())
-            }
-        }
-    }
-
-    /// The record of an annotator within a scope.
-    pub fn annotator(&self, scope: ScopeId, annotator: AnnotatorId) -> Result<Record> {
-        let (project, task) = self.catalog.scope_name(scope);
-        let object = self.view.annotator(scope, annotator, self.catalog);
-        let keyed = object.as_ref().map(|object| Keyed { project, task, object });
-        let key = key(&[project, task, self.catalog.annotators.name(annotator)]);
-        self.record(OutputTopic::Annotators, key, keyed.as_ref())
-    }
-
-    /// The record of an annotator pair (ids in either order) within a scope.
-    pub fn pair(&self, scope: ScopeId, a: AnnotatorId, b: AnnotatorId) -> Result<Record> {
-        let (project, task) = self.catalog.scope_name(scope);
-        let (name_a, name_b) = (self.catalog.annotators.name(a), self.catalog.annotators.name(b));
-        let (first, second) = if name_a <= name_b { (name_a, name_b) } else { (name_b, name_a) };
-        let object = self.view.pair(scope, a, b, self.catalog);
-        let keyed = object.as_ref().map(|object| Keyed { project, task, object });
-        self.record(OutputTopic::Pairs, key(&[project, task, first, second]), keyed.as_ref())
-    }
-
-    /// The record of an item within a scope.
-    pub fn item(&self, scope: ScopeId, item: ItemId) -> Result<Record> {
-        let (project, task) = self.catalog.scope_name(scope);
-        let item_id = self.catalog.items.name(item);
-        let consensus = self.view.item(scope, item, self.catalog);
-        let object = consensus.as_ref().map(|consensus| ItemObject { item_id, consensus });
-        let keyed = object.as_ref().map(|object| Keyed { project, task, object });
-        self.record(OutputTopic::Items, key(&[project, task, item_id]), keyed.as_ref())
-    }
-
-    /// The record of an alert (`None`: its condition no longer follows from the data).
-    pub fn alert(&self, id: &str, alert: Option<&Alert>) -> Result<Record> {
-        self.record(OutputTopic::Alerts, id.to_string(), alert)
-    }
-
-    /// The records of every entity that changed (gates apart: see [`Published::gate_records`]).
-    pub fn changes(&self, changes: &Changes) -> Result<Vec<Record>> {
-        let mut records = Vec::with_capacity(
-            changes.scopes.len() + changes.annotators.len() + changes.pairs.len() + changes.items.len(),
-        );
-        for &scope in &changes.scopes {
-            records.push(self.scope(scope)?);
-        }
-        for &(scope, annotator) in &changes.annotators {
-            records.push(self.annotator(scope, annotator)?);
-        }
-        for &(scope, a, b) in &changes.pairs {
-            records.push(self.pair(scope, a, b)?);
-        }
-        for &(scope, item) in &changes.items {
-            records.push(self.item(scope, item)?);
-        }
-        for (id, alert) in &changes.alerts {
-            records.push(self.alert(id, alert.as_ref())?);
-        }
-        Ok(records)
-    }
-
-    /// The records of every entity of one scope, its windows included: what the topics hold for
-    /// it when they are up to date.
-    pub fn scope_all(&self, scope: ScopeId) -> Result<Vec<Record>> {
-        let Some(report) = self.view.scope_report(scope, self.catalog, true) else { return Ok(Vec::new()) };
-        let (project, task) = (report.summary.project.as_str(), report.summary.task.as_str());
-        let mut records =
-            vec![self.record(OutputTopic::Scopes, key(&[project, task]), Some(&report.summary))?];
-        for window in self.view.windows_of(scope) {
-            records.push(self.scope(window)?);
-        }
-        for object in &report.annotators {
-            let key = key(&[project, task, &object.annotator_id]);
-            records.push(self.record(
-                OutputTopic::Annotators,
-                key,
-                Some(&Keyed { project, task, object }),
-            )?);
-        }
-        for object in &report.pairs {
-            let key = key(&[project, task, &object.a, &object.b]);
-            records.push(self.record(OutputTopic::Pairs, key, Some(&Keyed { project, task, object }))?);
-        }
-        for (item_id, consensus) in report.items.iter().flatten() {
-            let object = ItemObject { item_id, consensus };
-            let key = key(&[project, task, item_id]);
-            records.push(self.record(
-                OutputTopic::Items,
-                key,
-                Some(&Keyed { project, task, object: &object }),
-            )?);
-        }
-        for alert in &report.alerts {
-            records.push(self.alert(&alert.id, Some(alert))?);
-        }
-        Ok(records)
-    }
+        Entity::Window { size_ms, start_ms } => (
+            OutputTopic::ScopeWindows,
+            self::key(&[project, task, &window_size_name(*size_ms), &rfc3339(*start_ms)]),
+            value.map(|v| stamp(v.to_vec(), updated_at)),
+        ),
+        Entity::Pair(a, b) => (
+            OutputTopic::Pairs,
+            self::key(&[project, task, a, b]),
+            value.map(|v| with_names(project, task, None, v)),
+        ),
+        Entity::Annotator(name) => (
+            OutputTopic::Annotators,
+            self::key(&[project, task, name]),
+            value.map(|v| with_names(project, task, None, v)),
+        ),
+        Entity::Item(name) => (
+            OutputTopic::Items,
+            self::key(&[project, task, name]),
+            value.map(|v| with_names(project, task, Some(name), v)),
+        ),
+        Entity::Alert(id) => (OutputTopic::Alerts, id.to_string(), value.map(<[u8]>::to_vec)),
+        Entity::Gate(_) => return None,
+    };
+    Some(Message { topic, key, value })
 }
 
 type Map<K, V> = HashMap<K, V, RandomState>;
@@ -333,7 +238,7 @@ impl Published {
 
     /// Whether `record` changes what its topic holds; if so, records it as held. A record that
     /// repeats the held value (or tombstones a key the topic does not hold) need not be sent.
-    pub fn observe(&mut self, record: &Record) -> bool {
+    pub fn observe(&mut self, record: &Message) -> bool {
         let k = (record.topic, stable_id(record.key.as_bytes()));
         match &record.value {
             Some(value) => {
@@ -346,43 +251,29 @@ impl Published {
 
     /// The tombstones of every key read back at start that `current` (the keys of the records of
     /// the whole current state) lacks; forgets the keys read back.
-    pub fn vanished(&mut self, current: &HashSet<(OutputTopic, u64), RandomState>) -> Vec<Record> {
+    pub fn vanished(&mut self, current: &HashSet<(OutputTopic, u64), RandomState>) -> Vec<Message> {
         let read_back = std::mem::take(&mut self.read_back);
         let mut tombstones = Vec::new();
         for (topic, key) in read_back {
             let k = (topic, stable_id(key.as_bytes()));
             if !current.contains(&k) && self.values.remove(&k).is_some() {
-                tombstones.push(Record { topic, key, value: None });
+                tombstones.push(Message { topic, key, value: None });
             }
         }
         tombstones
     }
 
-    /// The gate records that take what the gating topic says of `annotator` in `project` to the
-    /// view's gate now: one per decision made since (see [`gate_records_since`]). Records them as
-    /// published.
+    /// The gate records that take what the gating topic says of `annotator` in `project` to its
+    /// gate now (`None`: it has left the project): one per decision made since (see
+    /// [`gate_records_since`]). Records them as published.
     pub fn gate_records(
         &mut self,
-        view: &QualityView,
-        catalog: &Catalog,
         project: &str,
-        annotator: AnnotatorId,
+        annotator: &str,
+        gate: Option<&Gate>,
     ) -> Vec<(String, GateRecord)> {
-        let name = catalog.annotators.name(annotator);
-        let gate_key = key(&[project, name]);
-        let records =
-            gate_records_since(project, name, self.gates.get(&gate_key), view.gate(project, annotator));
-        if let Some(last) = records.last() {
-            self.gates.insert(gate_key.clone(), PublishedGate::of(last));
-        }
-        records.into_iter().map(|r| (gate_key.clone(), r)).collect()
-    }
-
-    /// The gate records of an annotator the gating topic knows who has no gate now (it left its
-    /// project): back to warm-up, once. Records them as published.
-    pub fn gate_records_gone(&mut self, project: &str, annotator: &str) -> Vec<(String, GateRecord)> {
         let gate_key = key(&[project, annotator]);
-        let records = gate_records_since(project, annotator, self.gates.get(&gate_key), None);
+        let records = gate_records_since(project, annotator, self.gates.get(&gate_key), gate);
         if let Some(last) = records.last() {
             self.gates.insert(gate_key.clone(), PublishedGate::of(last));
         }
@@ -414,54 +305,51 @@ struct GateRecordRead {
     at: Option<String>,
 }
 
-/// The hash set key of a record, as [`Published::vanished`] takes it.
-pub fn record_key(record: &Record) -> (OutputTopic, u64) {
+/// The hash set key of a message, as [`Published::vanished`] takes it.
+pub fn record_key(record: &Message) -> (OutputTopic, u64) {
     (record.topic, stable_id(record.key.as_bytes()))
 }
 
-/// Every scope and window scope with labels.
-pub fn all_scopes(view: &QualityView) -> Vec<labelqc_dataflows::source::ScopeId> {
-    let mut scopes: Vec<_> = view.scope_ids().collect();
-    let windows: Vec<_> = scopes.iter().flat_map(|&s| view.windows_of(s)).collect();
-    scopes.extend(windows);
-    scopes
+/// A gate record's value, read back.
+pub fn gate_of(value: &[u8]) -> Option<Gate> {
+    serde_json::from_slice(value).ok()
 }
 
-/// The whole state as its difference from what the topics hold: the records that change what
-/// their topic holds, the tombstones of entities the topics hold and the state lacks, and the
-/// gate records of every decision the gating topic has not seen.
+/// The whole state (`current`, every record) as its difference from what the topics hold: the
+/// messages that change what their topic holds (each message of the state is also passed to
+/// `on_current`), the tombstones of entities the topics hold and the state lacks, and the gate
+/// records of every decision the gating topic has not seen.
 pub fn reconcile(
     published: &mut Published,
-    renderer: &Renderer<'_>,
-    mut on_current: impl FnMut(&Record),
-) -> Result<(Vec<Record>, GateRecords)> {
-    let (view, catalog) = (renderer.view, renderer.catalog);
+    current: &Records,
+    updated_at: &str,
+    mut on_current: impl FnMut(&Message),
+) -> (Vec<Message>, GateRecords) {
     let mut changed = Vec::new();
-    let mut current: HashSet<(OutputTopic, u64), RandomState> = HashSet::default();
-    for scope in view.scope_ids() {
-        for record in renderer.scope_all(scope)? {
-            current.insert(record_key(&record));
-            on_current(&record);
-            if published.observe(&record) {
-                changed.push(record);
-            }
-        }
-    }
-    changed.extend(published.vanished(&current));
+    let mut held: HashSet<(OutputTopic, u64), RandomState> = HashSet::default();
     let mut gates = Vec::new();
     let mut decided: HashSet<(String, String), RandomState> = HashSet::default();
-    for (project, annotator, _) in view.gates() {
-        decided.insert((project.to_string(), catalog.annotators.name(annotator).to_string()));
-        gates.extend(published.gate_records(view, catalog, project, annotator));
-    }
-    // Annotators the gating topic knows who have left their project while the service was down.
-    for (project, name) in published.gate_keys() {
-        if decided.contains(&(project.clone(), name.clone())) {
+    for (key, value) in current.iter() {
+        if let Entity::Gate(annotator) = &key.entity {
+            decided.insert((key.project.to_string(), annotator.to_string()));
+            gates.extend(published.gate_records(&key.project, annotator, gate_of(value).as_ref()));
             continue;
         }
-        gates.extend(published.gate_records_gone(&project, &name));
+        let Some(message) = message(key, Some(value), updated_at) else { continue };
+        held.insert(record_key(&message));
+        on_current(&message);
+        if published.observe(&message) {
+            changed.push(message);
+        }
     }
-    Ok((changed, gates))
+    changed.extend(published.vanished(&held));
+    // Annotators the gating topic knows who have left their project while the service was down.
+    for (project, name) in published.gate_keys() {
+        if !decided.contains(&(project.clone(), name.clone())) {
+            gates.extend(published.gate_records(&project, &name, None));
+        }
+    }
+    (changed, gates)
 }
 
 #[cfg(test)]
@@ -489,7 +377,7 @@ mod tests {
     #[test]
     fn only_differences_are_published() {
         let mut published = Published::default();
-        let record = |key: &str, value: Option<&str>| Record {
+        let record = |key: &str, value: Option<&str>| Message {
             topic: OutputTopic::Pairs,
             key: key.to_string(),
             value: value.map(|v| v.as_bytes().to_vec()),

@@ -17,16 +17,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
-use labelqc_dataflows::engine::Engine;
-use labelqc_dataflows::source::Catalog;
-use labelqc_dataflows::view::{Changes, QualityView};
+use labelqc_dataflows::engine::{Engine, EpochOutput};
+use labelqc_dataflows::records::{Entity, RecordKey, Records};
+use labelqc_dataflows::summary::DriftSummary;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::Producer;
 
 use super::feed::{EpochMeta, FeedState, InputDeadLetter, Partitions};
 use super::health::{Connectivity, HealthConsumer};
-use super::outputs::{all_scopes, reconcile, OutputTopic, Published, Record, Renderer};
+use super::outputs::{gate_of, message, reconcile, Message, OutputTopic, Published};
 use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
     TRANSACTION_TIMEOUT,
@@ -134,10 +136,12 @@ struct Group {
     warned: Duration,
 }
 
-/// When the drift gauges are set: from a summary over every annotator, so not after every small
-/// epoch, but at most every `DRIFT_METRICS_INTERVAL` while published state changes.
+/// When the drift gauges are set: from the drift summary the dataflows keep, not after every small
+/// epoch, but at most every `DRIFT_METRICS_INTERVAL` while it changes.
 pub struct DriftMetrics {
-    /// The gauges lag the published state.
+    /// The drift summary of the epochs taken so far.
+    pub summary: DriftSummary,
+    /// The gauges lag the summary.
     pub due: bool,
     /// When they were last set.
     pub set: Instant,
@@ -148,18 +152,18 @@ impl DriftMetrics {
         self.due && self.set.elapsed() >= DRIFT_METRICS_INTERVAL
     }
 
-    /// Sets the gauges from `view` if they lag and were not set recently.
-    fn refresh(&mut self, telemetry: &Telemetry, view: &QualityView, catalog: &Catalog) {
+    /// Sets the gauges if they lag and were not set recently.
+    fn refresh(&mut self, telemetry: &Telemetry) {
         if self.ready() {
-            telemetry.set_drift(&view.drift_summary(catalog));
+            telemetry.set_drift(&self.summary);
             self.due = false;
             self.set = Instant::now();
         }
     }
 }
 
-/// Tells the query API's store what a record makes its topic hold.
-fn remember(store: &Store, record: &Record) {
+/// Tells the query API's store what a message makes its topic hold.
+fn remember(store: &Store, record: &Message) {
     let kind = match record.topic {
         OutputTopic::Scopes => Kind::Scopes,
         OutputTopic::Annotators => Kind::Annotators,
@@ -201,15 +205,14 @@ pub struct Pipeline<'a> {
     /// Epochs closed, not yet published, in order.
     pub unpublished: VecDeque<u64>,
     pub last_close: Instant,
+    /// While rebuilding: every record, to be published as its difference from what the topics hold.
+    current: Records,
     /// Published groups awaiting delivery and commit, in order.
     groups: VecDeque<Group>,
     next_group: usize,
     /// Epochs whose outputs are delivered and offsets committed: `0..retired`.
     retired: u64,
     pub drift_metrics: DriftMetrics,
-    /// Whether the view has drift re-evaluations queued, which take another epoch (empty if no
-    /// input came) to drain.
-    drift_pending: bool,
     peak_in_flight: i64,
     peak_epoch: i64,
 }
@@ -252,11 +255,11 @@ impl<'a> Pipeline<'a> {
             committed: vec![-1; n],
             unpublished: VecDeque::new(),
             last_close: Instant::now(),
+            current: Records::default(),
             groups: VecDeque::new(),
             next_group: 0,
             retired: 0,
-            drift_metrics: DriftMetrics { due: false, set: Instant::now() },
-            drift_pending: false,
+            drift_metrics: DriftMetrics { summary: DriftSummary::default(), due: false, set: Instant::now() },
             peak_in_flight: 0,
             peak_epoch: 0,
         }
@@ -268,8 +271,7 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Closes the open epoch on every worker if the pipeline can take it: fewer than
-    /// `max_epochs_in_flight` epochs in flight, some input read (or drift re-evaluations
-    /// queued), and either nothing unpublished (so epochs stay small while the service keeps up),
+    /// `max_epochs_in_flight` epochs in flight, some input read, and either nothing unpublished (so epochs stay small while the service keeps up),
     /// or a worker's open epoch full, or `epoch_interval_ms` since the last close (so epochs grow
     /// while the service is behind). In a cluster the other processes' input is not visible
     /// here, so an epoch is also closed every `CLUSTER_TICK` (an empty epoch costs a round of
@@ -282,7 +284,7 @@ impl<'a> Pipeline<'a> {
         let full = self.feeds.full();
         let since = self.last_close.elapsed();
         let old = since >= Duration::from_millis(self.config.kafka.epoch_interval_ms);
-        let input = open > 0 || self.drift_pending || (self.cluster && since >= CLUSTER_TICK);
+        let input = open > 0 || (self.cluster && since >= CLUSTER_TICK);
         if !input || !(self.unpublished.is_empty() || full || old) {
             return Ok(());
         }
@@ -292,7 +294,6 @@ impl<'a> Pipeline<'a> {
     fn close(&mut self, open: u64) -> Result<()> {
         let number = self.engine.close_epoch()?;
         self.last_close = Instant::now();
-        self.drift_pending = false;
         self.unpublished.push_back(number);
         let in_flight = self.in_flight() as i64;
         self.telemetry.epochs_in_flight.set(in_flight);
@@ -321,8 +322,7 @@ impl<'a> Pipeline<'a> {
             return Ok(());
         }
         let started = Instant::now();
-        let (mut view, applied) = self.engine.snapshot();
-        let reports = self.engine.take_reports();
+        let (applied, outputs) = self.engine.take_completed();
         let mut epochs = 0u64;
         let mut last_epoch = 0;
         while let Some(&epoch) = self.unpublished.front().filter(|&&e| e < applied) {
@@ -333,19 +333,38 @@ impl<'a> Pipeline<'a> {
         if epochs == 0 {
             return Ok(());
         }
-        let catalog = self.engine.catalog();
         let mut input = Input::default();
-        for (_, meta) in &reports {
-            let meta: EpochMeta =
-                serde_json::from_slice(meta).context("a worker's epoch report is not valid")?;
-            for (&index, &next) in &meta.positions {
-                self.positions[index] = self.positions[index].max(next);
+        // Each key's value after the group's epochs (`None`: gone).
+        let mut changed: BTreeMap<RecordKey, Option<Vec<u8>>> = BTreeMap::new();
+        for output in outputs {
+            let EpochOutput { records, metrics, reports, .. } = output;
+            for meta in &reports {
+                let meta: EpochMeta =
+                    serde_json::from_slice(meta).context("a worker's epoch report is not valid")?;
+                for (&index, &next) in &meta.positions {
+                    self.positions[index] = self.positions[index].max(next);
+                }
+                input.add(meta);
             }
-            input.add(meta);
+            self.telemetry.observe_records(&records);
+            self.drift_metrics.summary.apply(&metrics);
+            if self.rebuild.is_some() {
+                self.current.apply(&records);
+                continue;
+            }
+            // Changes of one key are adjacent: a new value replaces the old; a retraction alone
+            // removes it.
+            let mut rest = &records[..];
+            while let Some((first, _)) = rest.first() {
+                let len = rest.iter().take_while(|(r, _)| r.key == first.key).count();
+                let now = rest[..len].iter().find(|(_, d)| *d > 0).map(|(r, _)| r.value.clone());
+                changed.insert(first.key.clone(), now);
+                rest = &rest[len..];
+            }
         }
-        let (records, gates, first_group) = if self.rebuild.is_some() {
-            // Nothing is published while rebuilding; settling keeps the view's change tracking small.
-            view.settle(&catalog);
+        let updated_at = updated_at();
+        let (messages, gates, first_group) = if self.rebuild.is_some() {
+            // Nothing is published while rebuilding.
             let caught_up = {
                 let rebuild = self.rebuild.as_mut().expect("rebuilding");
                 rebuild.absorb(std::mem::take(&mut input));
@@ -362,17 +381,14 @@ impl<'a> Pipeline<'a> {
             if let Some(read_back) = self.read_back.take() {
                 self.published = read_back.join().expect("the read-back thread panicked")?;
             }
-            view.settle_all(&catalog);
-            let renderer = Renderer { view: &view, catalog: &catalog, updated_at: updated_at() };
+            let current = std::mem::take(&mut self.current);
             let store = &self.store;
-            let (records, gates) =
-                reconcile(&mut self.published, &renderer, |record| remember(store, record))?;
+            let (messages, gates) =
+                reconcile(&mut self.published, &current, &updated_at, |message| remember(store, message));
             for (key, value) in self.published.gate_values() {
                 store.apply(Kind::Gates, key, Some(value));
             }
-            let changes = Changes { scopes: all_scopes(&view), ..Changes::default() };
-            self.telemetry.set_scopes(&view, &catalog, &changes);
-            let count = |topic| records.iter().filter(|r| r.topic == topic && r.value.is_some()).count();
+            let count = |topic| messages.iter().filter(|r| r.topic == topic && r.value.is_some()).count();
             tracing::info!(
                 rebuild_ms = rebuild.started.elapsed().as_millis() as u64,
                 scopes = count(OutputTopic::Scopes) + count(OutputTopic::ScopeWindows),
@@ -380,34 +396,33 @@ impl<'a> Pipeline<'a> {
                 pairs = count(OutputTopic::Pairs),
                 items = count(OutputTopic::Items),
                 alerts = count(OutputTopic::Alerts),
-                tombstones = records.iter().filter(|r| r.value.is_none()).count(),
+                tombstones = messages.iter().filter(|r| r.value.is_none()).count(),
                 gate_records = gates.len(),
                 "state rebuilt; publishing what changed while the service was down"
             );
-            (records, gates, true)
+            // Freeing every record of the state takes a while: not on the publishing thread.
+            std::thread::spawn(move || drop(current));
+            (messages, gates, true)
         } else {
-            let changes = view.settle(&catalog);
-            self.drift_pending = view.drift_pending();
-            let renderer = Renderer { view: &view, catalog: &catalog, updated_at: updated_at() };
-            let mut records = renderer.changes(&changes)?;
-            records.retain(|record| self.published.observe(record));
-            for record in &records {
-                remember(&self.store, record);
-            }
+            let mut messages = Vec::new();
             let mut gates = Vec::new();
-            for record in &changes.gates {
-                let Some(annotator) = catalog.annotators.lookup(&record.annotator_id) else { continue };
-                gates.extend(self.published.gate_records(&view, &catalog, &record.project, annotator));
+            for (key, value) in &changed {
+                if let Entity::Gate(annotator) = &key.entity {
+                    let gate = value.as_deref().and_then(gate_of);
+                    gates.extend(self.published.gate_records(&key.project, annotator, gate.as_ref()));
+                    continue;
+                }
+                let Some(message) = message(key, value.as_deref(), &updated_at) else { continue };
+                if self.published.observe(&message) {
+                    remember(&self.store, &message);
+                    messages.push(message);
+                }
             }
-            self.telemetry.set_scopes(&view, &catalog, &changes);
-            self.telemetry.count_fired(&changes.fired);
-            (records, gates, false)
+            (messages, gates, false)
         };
         self.telemetry.count_gate_records(gates.iter().map(|(_, r)| r));
         self.drift_metrics.due = true;
-        self.drift_metrics.refresh(self.telemetry, &view, &catalog);
-        drop(catalog);
-        drop(view);
+        self.drift_metrics.refresh(self.telemetry);
 
         let id = self.next_group;
         self.next_group += 1;
@@ -435,8 +450,8 @@ impl<'a> Pipeline<'a> {
                 Some(letter.value.as_bytes()),
             )?;
         }
-        for record in &records {
-            self.send(&mut group, record.topic.name(outputs), &record.key, record.value.as_deref())?;
+        for message in &messages {
+            self.send(&mut group, message.topic.name(outputs), &message.key, message.value.as_deref())?;
         }
         for (key, record) in &gates {
             let value = serde_json::to_vec(record)?;
@@ -600,11 +615,7 @@ impl<'a> Pipeline<'a> {
 
     /// One turn of the loop: delivery reports, commits, publishing, closing epochs.
     pub fn turn(&mut self) -> Result<()> {
-        if self.drift_metrics.ready() {
-            let (view, _) = self.engine.snapshot();
-            let catalog = self.engine.catalog();
-            self.drift_metrics.refresh(self.telemetry, &view, &catalog);
-        }
+        self.drift_metrics.refresh(self.telemetry);
         self.publisher.producer.poll(Duration::ZERO);
         self.retire_delivered()?;
         self.engine.check()?;
@@ -613,7 +624,7 @@ impl<'a> Pipeline<'a> {
         self.ready.store(self.caught_up && self.connectivity.is_up(), Ordering::SeqCst);
         // Wait for delivery reports (which the poll serves) or input, briefly: the workers'
         // progress does not wake this thread, and this bounds how late it notices.
-        let busy = self.in_pipeline() || self.drift_pending || self.feeds.open_messages() > 0;
+        let busy = self.in_pipeline() || self.feeds.open_messages() > 0;
         let wait = if busy { TEND_INTERVAL } else { IDLE_INTERVAL };
         self.publisher.producer.poll(wait);
         Ok(())

@@ -10,8 +10,9 @@ use labelqc::gen::{GenSpec, Traffic};
 use labelqc::report::{self, ReportRequest};
 use labelqc_dataflows::drift::{DriftConfig, DriftSettings, GateState};
 use labelqc_dataflows::engine::{Engine, EngineConfig};
-use labelqc_dataflows::source::{Source, Stream};
-use labelqc_dataflows::view::{GateRecord, QualityView};
+use labelqc_dataflows::gates::{GateLog, GateRecord};
+use labelqc_dataflows::records::{Entity, Records};
+use labelqc_dataflows::source::{Catalog, Source, Stream};
 use serde_json::Value;
 
 const DAY_MS: i64 = 86_400_000;
@@ -241,23 +242,51 @@ fn an_annotator_near_the_threshold_does_not_flap() {
     assert!(decisions > 0, "annotators at the threshold should be judged");
 }
 
-/// Feeds lines through the live engine, settling after each batch, and returns the gate records
-/// it published.
-fn feed(engine: &mut Engine, source: &mut Source, stream: Stream, lines: &[String]) -> Vec<GateRecord> {
-    let mut records = Vec::new();
-    for chunk in lines.chunks(5_000) {
-        let mut updates = Vec::new();
-        for line in chunk {
-            source.apply_record(stream, line, &mut updates).unwrap();
-        }
-        engine.submit(updates).unwrap();
-        engine.sync().unwrap();
-        records.extend(engine.view().settle(&source.catalog).gates);
-        while engine.view().drift_pending() {
-            records.extend(engine.view().settle(&source.catalog).gates);
-        }
+/// The live engine (two workers, default settings) and what it published: every record, and the
+/// gate records.
+struct Live {
+    engine: Engine,
+    source: Source,
+    records: Records,
+    gates: GateLog,
+}
+
+impl Live {
+    fn start() -> Live {
+        let engine =
+            Engine::start(&EngineConfig { workers: 2, max_epochs_in_flight: 2, ..EngineConfig::default() })
+                .unwrap();
+        let mut source = Source::default();
+        source.catalog = Catalog::recording();
+        Live { engine, source, records: Records::default(), gates: GateLog::default() }
     }
-    records
+
+    /// Feeds lines in epochs of 5,000; returns the gate records published.
+    fn feed(&mut self, stream: Stream, lines: &[String]) -> Vec<GateRecord> {
+        let mut records = Vec::new();
+        for chunk in lines.chunks(5_000) {
+            let mut updates = Vec::new();
+            for line in chunk {
+                self.source.apply_record(stream, line, &mut updates).unwrap();
+            }
+            self.engine.submit(updates, self.source.catalog.take_new()).unwrap();
+            self.engine.sync().unwrap();
+            for output in self.engine.take_completed().1 {
+                records.extend(self.gates.records(&output.records));
+                self.records.apply(&output.records);
+            }
+        }
+        records
+    }
+
+    /// The objects of one kind in the default scope (or project, for gates), by name.
+    fn objects(&self, kind: fn(&Entity) -> Option<&str>) -> BTreeMap<String, Value> {
+        self.records
+            .iter()
+            .filter(|(k, _)| &*k.project == "default")
+            .filter_map(|(k, v)| Some((kind(&k.entity)?.to_string(), serde_json::from_slice(v).unwrap())))
+            .collect()
+    }
 }
 
 #[test]
@@ -276,14 +305,9 @@ fn correcting_wrong_gold_answers_lifts_the_blocks_they_caused() {
     let (labels, gold, roster) = traffic(&spec);
     let gold_items = spec_gold_items(&gold);
     let (wrong, corrections) = gold.split_at(gold_items);
-    let mut engine = Engine::start(
-        &EngineConfig { workers: 2, max_epochs_in_flight: 2, ..EngineConfig::default() },
-        QualityView::with_change_tracking(),
-    )
-    .unwrap();
-    let mut source = Source::default();
-    let mut records = feed(&mut engine, &mut source, Stream::Gold, wrong);
-    records.extend(feed(&mut engine, &mut source, Stream::Labels, &labels));
+    let mut live = Live::start();
+    let mut records = live.feed(Stream::Gold, wrong);
+    records.extend(live.feed(Stream::Labels, &labels));
     let blocked: Vec<String> = records
         .iter()
         .filter(|r| r.state == GateState::Block)
@@ -296,7 +320,7 @@ fn correcting_wrong_gold_answers_lifts_the_blocks_they_caused() {
         "wrong gold answers should block careful annotators: {blocked:?}"
     );
 
-    let revisions = feed(&mut engine, &mut source, Stream::Gold, corrections);
+    let revisions = live.feed(Stream::Gold, corrections);
     for name in &blocked {
         let last = revisions
             .iter()
@@ -308,12 +332,14 @@ fn correcting_wrong_gold_answers_lifts_the_blocks_they_caused() {
         assert!(last.reason.starts_with("re-evaluated after gold answers"), "{}", last.reason);
     }
     // The live gates now equal the report over the corrected gold.
-    let view = engine.finish().unwrap();
+    let gates = live.objects(|e| match e {
+        Entity::Gate(name) => Some(name),
+        _ => None,
+    });
+    live.engine.finish().unwrap();
     let expected = report(&labels, &gold, DriftConfig::default());
     for (name, a) in annotators(&expected) {
-        let id = source.catalog.annotators.lookup(&name).unwrap();
-        let live = serde_json::to_value(view.gate("default", id).unwrap()).unwrap();
-        assert_eq!(live, a["gate"], "{name}");
+        assert_eq!(gates[&name], a["gate"], "{name}");
     }
 }
 
@@ -333,16 +359,11 @@ fn live_drift_with_late_events_equals_a_full_evaluation() {
     // Careless annotators and a biased one, fed newest chunk first so that most events are late.
     let spec = GenSpec { careless_share: 0.3, biased_share: 0.1, ..daily_spec(11, 40) };
     let (labels, gold, _) = traffic(&spec);
-    let mut engine = Engine::start(
-        &EngineConfig { workers: 2, max_epochs_in_flight: 2, ..EngineConfig::default() },
-        QualityView::with_change_tracking(),
-    )
-    .unwrap();
-    let mut source = Source::default();
-    feed(&mut engine, &mut source, Stream::Gold, &gold);
+    let mut live = Live::start();
+    live.feed(Stream::Gold, &gold);
     let chunks: Vec<&[String]> = labels.chunks(3_000).rev().collect();
     for chunk in chunks {
-        feed(&mut engine, &mut source, Stream::Labels, chunk);
+        live.feed(Stream::Labels, chunk);
     }
     // Then an early gold answer is withdrawn: its three labellers change directly, everyone else in
     // the scope through the scope's usual error rate.
@@ -353,16 +374,27 @@ fn live_drift_with_late_events_equals_a_full_evaluation() {
             format!(r#"{{"item_id":{},"op":"delete"}}"#, v["item_id"])
         })
         .collect();
-    feed(&mut engine, &mut source, Stream::Gold, &deletes);
-    let mut view = engine.finish().unwrap();
-    let catalog = &source.catalog;
-    let scope = labelqc_dataflows::source::scope_id("default", "default");
-    let live = serde_json::to_value((view.annotators(scope, catalog), view.alerts(scope))).unwrap();
-    let alerts = view.alerts(scope).len();
-    let full = view.report(catalog, false);
-    let full = serde_json::to_value((&full.scopes[0].annotators, &full.scopes[0].alerts)).unwrap();
-    assert_eq!(live, full);
-    assert!(alerts > 0, "the scenario should raise alerts");
+    live.feed(Stream::Gold, &deletes);
+    let annotators: Vec<Value> = live
+        .objects(|e| match e {
+            Entity::Annotator(name) => Some(name),
+            _ => None,
+        })
+        .into_values()
+        .collect();
+    let alerts: Vec<Value> = live
+        .objects(|e| match e {
+            Entity::Alert(id) => Some(id),
+            _ => None,
+        })
+        .into_values()
+        .collect();
+    live.engine.finish().unwrap();
+    // The report over the same final input.
+    let full = report(&labels, &[gold, deletes].concat(), DriftConfig::default());
+    assert_eq!(Value::from(annotators), full["scopes"][0]["annotators"]);
+    assert!(!alerts.is_empty(), "the scenario should raise alerts");
+    assert_eq!(Value::from(alerts), full["scopes"][0]["alerts"]);
 }
 
 /// Scope alerts carry when their condition began and ended, in event-time days, read as of the

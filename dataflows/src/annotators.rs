@@ -1,0 +1,290 @@
+//! Annotators within a scope (spec section 2, per annotator): `n_labels`; `agreement_with_others`,
+//! the mean over the annotator's pairable items of the share of the item's other annotators who
+//! gave the same label (`sum over r of same_r / (r - 1)`, divided by the pairable items); `gold`,
+//! its accuracy on gold answers with the Wilson interval; and its drift signals, the timeline
+//! [`drift::evaluate`] forms from the annotator's exact event-time sums and its scope's
+//! ([`crate::scopes::Basis`], which every worker receives).
+//!
+//! Each (scope, annotator) is kept by the worker that owns it. What it derives goes on: its own
+//! record (without its gate) to [`JoinLogic`], which adds the gate of its project; its gold
+//! answers, alarm days and signal states to its project's gate ([`crate::gates`]); its day-by-day
+//! states and alarm episodes to its scope's drift alerts ([`crate::alerts`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use foldhash::fast::RandomState;
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::AlertInput;
+use crate::dataflow::{Diff, Sums};
+use crate::drift::{self, AnnotatorInputs, DriftSettings, ScopeInputs, Signal, SignalState, Timeline};
+use crate::gates::{project_id, GateInput, GateKey};
+use crate::keyed::Keyed;
+use crate::label::LabelId;
+use crate::objects::AnnotatorReport;
+use crate::records::{Entity, Record};
+use crate::scopes::{add, Basis};
+use crate::source::{AnnotatorId, Catalog, Day, ItemId, ScopeId};
+use crate::stats;
+
+/// An annotator within its scope.
+pub type AnnotatorKey = (ScopeId, AnnotatorId);
+
+/// What one update adds to an annotator's sums (the values are the update's [`Sums`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AnnotatorSum {
+    /// Labels on items with `raters` labels: `(labels, other labels that agreed, 0)`.
+    Items { raters: u32 },
+    /// Labels on gold items: `(answers, correct, 0)`.
+    Gold,
+    /// Agreement gaps of `day` (fixed point): `(items, sum d, sum d^2)`.
+    Gap { day: Day },
+    /// Label mix of `day`: `(own labels, summed peer share (fixed point), 0)`.
+    Mix { day: Day, label: LabelId },
+    /// Timed labels of `day` in a duration bucket: `(labels, 0, 0)`.
+    Speed { day: Day, bucket: u16 },
+    /// One gold answer: `(multiplicity, 0, 0)`.
+    Answer { ts_ms: i64, item: ItemId, correct: bool },
+}
+
+/// The exact sums of one annotator in one scope, and its drift timeline as last evaluated.
+#[derive(Debug, Default)]
+pub struct AnnotatorState {
+    /// `raters -> [labels, agreeing others]`.
+    by_raters: BTreeMap<u32, [i64; 2]>,
+    /// `[answers, correct]` on gold items.
+    gold: [i64; 2],
+    drift: AnnotatorInputs,
+    timeline: Option<Timeline>,
+}
+
+/// What an annotator derives, and where it goes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AnnotatorOut {
+    /// The annotator's record without its gate, for [`JoinLogic`].
+    Own(AnnotatorKey, Record),
+    /// An input of the gate of the annotator in the scope's project.
+    Gate(GateKey, GateInput),
+    /// An input of the scope's drift alerts.
+    Alert(ScopeId, AlertInput),
+}
+
+/// The keyed logic of annotators within scopes; its side input is the scopes' drift inputs.
+pub struct AnnotatorLogic {
+    pub drift: DriftSettings,
+    /// The drift inputs of every scope (restricted as [`crate::scopes`] says).
+    basis: HashMap<ScopeId, ScopeInputs, RandomState>,
+    /// Scopes whose drift inputs changed in this epoch, with the earliest day changed.
+    changed: HashMap<ScopeId, Day, RandomState>,
+}
+
+impl AnnotatorLogic {
+    pub fn new(drift: DriftSettings) -> AnnotatorLogic {
+        AnnotatorLogic { drift, basis: HashMap::default(), changed: HashMap::default() }
+    }
+}
+
+impl Keyed for AnnotatorLogic {
+    type Key = AnnotatorKey;
+    type Update = AnnotatorSum;
+    type Diff = Sums;
+    type State = AnnotatorState;
+    type Out = AnnotatorOut;
+    type Side = Basis;
+    const KEEP_OUTPUTS: bool = true;
+
+    fn route(&(scope, annotator): &AnnotatorKey) -> u64 {
+        scope.rotate_left(32) ^ annotator
+    }
+
+    fn apply(&mut self, _: &AnnotatorKey, a: &mut AnnotatorState, update: &AnnotatorSum, &(x, y, z): &Sums) {
+        match *update {
+            AnnotatorSum::Items { raters } => add(&mut a.by_raters, raters, [x, y]),
+            AnnotatorSum::Gold => {
+                a.gold[0] += x;
+                a.gold[1] += y;
+            }
+            AnnotatorSum::Gap { day } => add(&mut a.drift.gap, day, [x, y, z]),
+            AnnotatorSum::Mix { day, label } => add(&mut a.drift.mix, (day, label), [x, y]),
+            AnnotatorSum::Speed { day, bucket } => add(&mut a.drift.speed, (day, bucket), [x]),
+            AnnotatorSum::Answer { ts_ms, item, correct } => {
+                let key = (ts_ms, item, correct);
+                let m = a.drift.gold.entry(key).or_default();
+                *m += x;
+                if *m == 0 {
+                    a.drift.gold.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn derive(
+        &mut self,
+        &key: &AnnotatorKey,
+        a: &mut AnnotatorState,
+        names: &Catalog,
+        out: &mut Vec<AnnotatorOut>,
+    ) {
+        let (scope, annotator) = key;
+        let (project, task) = names.scope_name(scope);
+        let config = self.drift.for_project(project);
+        let label_name = |l: LabelId| names.labels.get(l).to_json_text();
+        let empty = ScopeInputs::default();
+        let basis = self.basis.get(&scope).unwrap_or(&empty);
+        a.timeline = (!a.drift.is_empty()).then(|| drift::evaluate(&a.drift, basis, config, &label_name));
+        let name = names.annotators.name(annotator);
+        if !a.by_raters.is_empty() {
+            let object = AnnotatorReport {
+                annotator_id: name,
+                n_labels: a.by_raters.values().map(|[labels, _]| labels).sum(),
+                agreement_with_others: agreement_with_others(&a.by_raters),
+                gold: stats::gold_accuracy(a.gold[0], a.gold[1]),
+                drift: a.timeline.as_ref().map(|t| t.current.iter().map(|(s, r)| (s.name(), r)).collect()),
+            };
+            out.push(AnnotatorOut::Own(
+                key,
+                Record::new(project, task, Entity::Annotator(name.into()), &object),
+            ));
+        }
+        let gate = (project_id(project), annotator);
+        out.push(AnnotatorOut::Gate(gate, GateInput::Present { scope }));
+        for (&(ts_ms, item, correct), &m) in &a.drift.gold {
+            for _ in 0..m.max(0) {
+                out.push(AnnotatorOut::Gate(gate, GateInput::Answer { ts_ms, scope, item, correct }));
+            }
+        }
+        let Some(timeline) = &a.timeline else { return };
+        for episode in &timeline.episodes {
+            if config.gate_on_alarm.contains(&episode.signal) {
+                let (signal, start, end) = (episode.signal, episode.start, episode.end);
+                out.push(AnnotatorOut::Gate(gate, GateInput::Alarm { scope, signal, start, end }));
+            }
+            if config.annotator_alerts {
+                let explanation = episode.explanation.clone();
+                let (signal, start, end) = (episode.signal, episode.start, episode.end);
+                out.push(AnnotatorOut::Alert(
+                    scope,
+                    AlertInput::Episode { annotator, signal, start, end, explanation },
+                ));
+            }
+        }
+        for (signal, report) in &timeline.current {
+            let score = report.reading.as_ref().map(|r| r.score.to_bits());
+            out.push(AnnotatorOut::Gate(
+                gate,
+                GateInput::Signal { scope, signal: *signal, state: report.state, score },
+            ));
+        }
+        for (day, states) in &timeline.days {
+            for signal in Signal::ALL {
+                let alarm = states[signal as usize] == SignalState::Alarm;
+                out.push(AnnotatorOut::Alert(scope, AlertInput::Population { signal, day: *day, alarm }));
+            }
+        }
+    }
+
+    fn is_empty(a: &AnnotatorState) -> bool {
+        a.by_raters.is_empty() && a.gold == [0, 0] && a.drift.is_empty()
+    }
+
+    fn side(&mut self, update: &Basis, diff: Diff) {
+        let (scope, day) = update.apply(&mut self.basis, diff);
+        let earliest = self.changed.entry(scope).or_insert(day);
+        *earliest = (*earliest).min(day);
+    }
+
+    /// A reading on day `d` uses its scope's days before `d` (and, without a baseline lag, the
+    /// gold answers of `d`): an annotator is touched when it has a reading on or after the
+    /// earliest day that changed.
+    fn touched(&mut self, &(scope, _): &AnnotatorKey, a: &AnnotatorState) -> bool {
+        let Some(&changed) = self.changed.get(&scope) else { return false };
+        a.timeline.as_ref().and_then(|t| t.days.last()).is_some_and(|&(day, _)| day >= changed)
+    }
+
+    fn side_done(&mut self) {
+        self.changed.clear();
+        self.basis.retain(|_, inputs| !(inputs.gold_days.is_empty() && inputs.speed.is_empty()));
+    }
+}
+
+/// `agreement_with_others` from `raters -> [labels, agreeing others]`: `None` without a pairable
+/// item.
+fn agreement_with_others(by_raters: &BTreeMap<u32, [i64; 2]>) -> Option<f64> {
+    let pairable: i64 = by_raters.range(2..).map(|(_, [labels, _])| labels).sum();
+    (pairable > 0).then(|| {
+        by_raters.range(2..).map(|(&r, &[_, same])| same as f64 / f64::from(r - 1)).sum::<f64>()
+            / pairable as f64
+    })
+}
+
+/// What the record of an annotator is made of.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum JoinInput {
+    /// The annotator's own record, without its gate.
+    Own(Record),
+    /// The gate of the annotator in the scope's project, as JSON.
+    Gate(Vec<u8>),
+}
+
+/// The parts of an annotator's record, with their multiplicities.
+#[derive(Debug, Default)]
+pub struct JoinState {
+    own: Vec<(Record, Diff)>,
+    gate: Vec<(Vec<u8>, Diff)>,
+}
+
+/// Joins each annotator's own record with its project's gate: the annotator record of the
+/// report and of the annotators topic (a keyed operator of its own, so that the gate, which
+/// depends on the annotator's drift, feeds back without a cycle).
+pub struct JoinLogic;
+
+fn add_part<T: PartialEq>(parts: &mut Vec<(T, Diff)>, part: T, diff: Diff) {
+    match parts.iter().position(|(p, _)| *p == part) {
+        Some(i) => {
+            parts[i].1 += diff;
+            if parts[i].1 == 0 {
+                parts.swap_remove(i);
+            }
+        }
+        None => parts.push((part, diff)),
+    }
+}
+
+impl Keyed for JoinLogic {
+    type Key = AnnotatorKey;
+    type Update = JoinInput;
+    type Diff = Diff;
+    type State = JoinState;
+    type Out = Record;
+    type Side = ();
+
+    fn route(&(scope, annotator): &AnnotatorKey) -> u64 {
+        scope.rotate_left(32) ^ annotator
+    }
+
+    fn apply(&mut self, _: &AnnotatorKey, s: &mut JoinState, update: &JoinInput, &diff: &Diff) {
+        match update {
+            JoinInput::Own(record) => add_part(&mut s.own, record.clone(), diff),
+            JoinInput::Gate(gate) => add_part(&mut s.gate, gate.clone(), diff),
+        }
+    }
+
+    fn derive(&mut self, _: &AnnotatorKey, s: &mut JoinState, _: &Catalog, out: &mut Vec<Record>) {
+        let Some((own, _)) = s.own.iter().find(|(_, d)| *d > 0) else { return };
+        let gate = s.gate.iter().find(|(_, d)| *d > 0).map_or(&b"null"[..], |(g, _)| g);
+        let mut value = Vec::with_capacity(own.value.len() + gate.len() + 9);
+        value.extend_from_slice(&own.value[..own.value.len() - 1]);
+        value.extend_from_slice(b",\"gate\":");
+        value.extend_from_slice(gate);
+        value.push(b'}');
+        out.push(Record { key: own.key.clone(), value });
+    }
+
+    fn is_empty(s: &JoinState) -> bool {
+        s.own.is_empty() && s.gate.is_empty()
+    }
+
+    fn is_record(_: &Record) -> bool {
+        true
+    }
+}
