@@ -25,11 +25,17 @@ pub enum ConfigError {
     Overrides(crate::env::EnvError),
 }
 
+/// The cores of this machine (1 when it cannot be told).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// How the dataflow engine runs (`[engine]`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSettings {
-    /// Timely worker threads.
+    /// Timely worker threads; by default one per core of the machine. The processes of a cluster
+    /// need the same number: set it there.
     pub workers: usize,
     /// Input events per epoch (the unit of incremental update). Results do not depend on it.
     pub epoch_events: usize,
@@ -39,7 +45,7 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings { workers: 1, epoch_events: 100_000, max_epochs_in_flight: 2 }
+        EngineSettings { workers: cores(), epoch_events: 100_000, max_epochs_in_flight: 2 }
     }
 }
 
