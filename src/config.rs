@@ -278,6 +278,9 @@ pub struct Config {
     /// ... and of named projects (`[drift_projects.NAME]`), whose unset fields take the
     /// built-in defaults.
     pub drift_projects: BTreeMap<String, DriftConfig>,
+    /// Pairwise preferences (`[preferences]`): `position_margin`, the margin of the
+    /// position-bias flag (spec 2.2; default 0.1).
+    pub preferences: labelqc_dataflows::preferences::PreferenceSettings,
 }
 
 impl Config {
@@ -340,6 +343,13 @@ impl Config {
             return Err(ConfigError::Value {
                 field: "engine.workers",
                 message: format!("{} is out of range; use 1 to 1024 worker threads", self.engine.workers),
+            });
+        }
+        let margin = self.preferences.position_margin;
+        if !(0.0..0.5).contains(&margin) {
+            return Err(ConfigError::Value {
+                field: "preferences.position_margin",
+                message: format!("{margin} is out of range; a margin is a share in [0, 0.5)"),
             });
         }
         if self.engine.epoch_events == 0 {

@@ -86,6 +86,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         },
         drift: settings.drift.clone(),
         emit: Emit::Changes,
+        preferences: Default::default(),
     })?;
     let mut spec = settings.traffic.clone();
     spec.careless_from_ms = now_ms() + settings.careless_after.as_millis() as i64;

@@ -22,6 +22,7 @@ use crate::gates::{project_id, GateInput, GateKey};
 use crate::keyed::Keyed;
 use crate::label::LabelId;
 use crate::objects::AnnotatorReport;
+use crate::preferences::{preference_quality, PreferenceSettings, SideCounts};
 use crate::records::{Entity, Record};
 use crate::scopes::{add, Basis};
 use crate::source::{AnnotatorId, Catalog, Day, ItemId, ScopeId};
@@ -45,6 +46,11 @@ pub enum AnnotatorSum {
     Speed { day: Day, bucket: u16 },
     /// One gold answer: `(multiplicity, 0, 0)`.
     Answer { ts_ms: i64, item: ItemId, correct: bool },
+    /// Comparisons of preference events by the side chosen: `(left, right, ties)`.
+    Side,
+    /// Comparisons of the systems `first < second` (label ids of their names): `(wins of first,
+    /// wins of second, ties)`. They go to the leaderboard ([`crate::leaderboard`]), not here.
+    Versus { first: LabelId, second: LabelId },
 }
 
 /// The exact sums of one annotator in one scope, and its drift timeline as last evaluated.
@@ -56,6 +62,8 @@ pub struct AnnotatorState {
     gold: [i64; 2],
     drift: AnnotatorInputs,
     timeline: Option<Timeline>,
+    /// The sides chosen in its comparisons (preference events).
+    sides: SideCounts,
 }
 
 /// What an annotator derives, and where it goes.
@@ -72,6 +80,8 @@ pub enum AnnotatorOut {
 /// The keyed logic of annotators within scopes; its side input is the scopes' drift inputs.
 pub struct AnnotatorLogic {
     pub drift: DriftSettings,
+    /// The `[preferences]` settings (the position-bias flag's margin).
+    pub preferences: PreferenceSettings,
     /// The drift inputs of every scope (restricted as [`crate::scopes`] says).
     basis: HashMap<ScopeId, ScopeInputs, RandomState>,
     /// Scopes whose drift inputs changed in this epoch, with the earliest day changed.
@@ -80,7 +90,12 @@ pub struct AnnotatorLogic {
 
 impl AnnotatorLogic {
     pub fn new(drift: DriftSettings) -> AnnotatorLogic {
-        AnnotatorLogic { drift, basis: HashMap::default(), changed: HashMap::default() }
+        AnnotatorLogic {
+            drift,
+            preferences: PreferenceSettings::default(),
+            basis: HashMap::default(),
+            changed: HashMap::default(),
+        }
     }
 }
 
@@ -115,6 +130,8 @@ impl Keyed for AnnotatorLogic {
                     a.drift.gold.remove(&key);
                 }
             }
+            AnnotatorSum::Side => a.sides += SideCounts { left: x, right: y, ties: z },
+            AnnotatorSum::Versus { .. } => {}
         }
     }
 
@@ -140,6 +157,8 @@ impl Keyed for AnnotatorLogic {
                 agreement_with_others: agreement_with_others(&a.by_raters),
                 gold: stats::gold_accuracy(a.gold[0], a.gold[1]),
                 drift: a.timeline.as_ref().map(|t| t.current.iter().map(|(s, r)| (s.name(), r)).collect()),
+                preferences: (a.sides != SideCounts::default())
+                    .then(|| preference_quality(a.sides, self.preferences.position_margin)),
             };
             out.push(AnnotatorOut::Own(
                 key,
@@ -184,7 +203,7 @@ impl Keyed for AnnotatorLogic {
     }
 
     fn is_empty(a: &AnnotatorState) -> bool {
-        a.by_raters.is_empty() && a.gold == [0, 0] && a.drift.is_empty()
+        a.by_raters.is_empty() && a.gold == [0, 0] && a.drift.is_empty() && a.sides == SideCounts::default()
     }
 
     fn side(&mut self, update: &Basis, diff: Diff) {

@@ -13,19 +13,21 @@
 
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::vec::{Broadcast, Filter, Map};
 use timely::dataflow::Stream;
 
 use crate::alerts::{AlertLogic, AlertOut};
-use crate::annotators::{AnnotatorLogic, AnnotatorOut, JoinInput, JoinLogic};
+use crate::annotators::{AnnotatorLogic, AnnotatorOut, AnnotatorSum, JoinInput, JoinLogic};
 use crate::combine::combine;
 use crate::drift::DriftSettings;
 use crate::gates::{GateLogic, GateOut};
 use crate::items::{items, Items, ItemsConfig};
 use crate::keyed::{keyed, Emit};
 use crate::label::LabelId;
+use crate::leaderboard::{blocks, BoardLogic, BoardOut, TrustInput, TrustLogic};
 use crate::names::OnError;
 use crate::pairs::{PairLogic, PairOut};
+use crate::preferences::PreferenceSettings;
 use crate::records::Record;
 use crate::scopes::{ScopeLogic, ScopeOut, ScopeSum};
 use crate::source::{AnnotatorId, Day, Name, Stamp, Update};
@@ -182,6 +184,8 @@ pub struct QualityConfig {
     pub drift: DriftSettings,
     /// When the keyed operators derive their records.
     pub emit: Emit,
+    /// The `[preferences]` settings.
+    pub preferences: PreferenceSettings,
 }
 
 /// The quality dataflow's output: every record, and the drift summary's facts.
@@ -240,8 +244,25 @@ pub fn quality<'s>(
         .broadcast()
         .as_collection();
 
-    let annotators =
-        keyed(annotator_sums, Some(basis), &names, AnnotatorLogic::new(drift.clone()), emit, "Annotators");
+    // Comparisons per pair of systems go to the leaderboard only; their sides to both.
+    let comparisons = annotator_sums
+        .inner
+        .clone()
+        .flat_map(|((key, sum), time, diff)| match sum {
+            AnnotatorSum::Side => Some(((key, TrustInput::Side), time, diff)),
+            AnnotatorSum::Versus { first, second } => {
+                Some(((key, TrustInput::Versus { first, second }), time, diff))
+            }
+            _ => None,
+        })
+        .as_collection();
+    let annotator_sums = annotator_sums
+        .inner
+        .filter(|((_, sum), _, _)| !matches!(sum, AnnotatorSum::Versus { .. }))
+        .as_collection();
+    let mut annotator_logic = AnnotatorLogic::new(drift.clone());
+    annotator_logic.preferences = config.preferences;
+    let annotators = keyed(annotator_sums, Some(basis), &names, annotator_logic, emit, "Annotators");
     let gate_inputs = annotators.others.clone().flat_map(|out| match out {
         AnnotatorOut::Gate(key, input) => Some((key, input)),
         _ => None,
@@ -264,6 +285,25 @@ pub fn quality<'s>(
         GateOut::Watch { project, signal, candidate } => Some(((project, signal), candidate)),
         _ => None,
     });
+    let trust_gates = gate_for
+        .inner
+        .clone()
+        .flat_map(|((key, input), time, diff)| match input {
+            JoinInput::Gate(gate) => {
+                Some(((key, TrustInput::Gate { blocked: blocks(&gate) }), time, (diff, 0, 0)))
+            }
+            JoinInput::Own(_) => None,
+        })
+        .as_collection();
+    let trust = keyed(comparisons.concat(trust_gates), None, &names, TrustLogic, emit, "Trust");
+    let board = keyed(
+        trust.others,
+        None,
+        &names,
+        BoardLogic { preferences: config.preferences },
+        emit,
+        "Leaderboard",
+    );
     let annotator_records = keyed(own.concat(gate_for), None, &names, JoinLogic, emit, "AnnotatorRecords");
     let watchlists = keyed(candidates, None, &names, WatchLogic { drift: drift.clone() }, emit, "Watchlists");
     let alert_inputs = combine(alert_inputs, "CombineAlertInputs");
@@ -274,7 +314,8 @@ pub fn quality<'s>(
         .concat(scopes.records.flat_map(ScopeOut::record))
         .concat(annotator_records.records)
         .concat(gates.records.flat_map(GateOut::record))
-        .concat(alerts.records.flat_map(AlertOut::record));
+        .concat(alerts.records.flat_map(AlertOut::record))
+        .concat(board.records.flat_map(BoardOut::record));
     let metrics = scopes
         .others
         .flat_map(ScopeOut::metric)
@@ -368,7 +409,11 @@ mod tests {
                 _ if replaced => continue,
                 _ => None,
             };
-            events.push((time, item, ItemEvent::Label { annotator, seq: seq as u64 + 1, value }));
+            events.push((
+                time,
+                item,
+                ItemEvent::Label { annotator, seq: seq as u64 + 1, value, compared: None },
+            ));
         }
         run_events(events)
     }
@@ -537,7 +582,16 @@ mod tests {
         // The gold answer changes from 10 to 11 at time 1: the annotator's correct count follows.
         let (item, label_11) = ((S, 1), 11);
         let out = run_events(vec![
-            (0, item, ItemEvent::Label { annotator: 1, seq: 0, value: Some((label_11, Stamp::default())) }),
+            (
+                0,
+                item,
+                ItemEvent::Label {
+                    annotator: 1,
+                    seq: 0,
+                    value: Some((label_11, Stamp::default())),
+                    compared: None,
+                },
+            ),
             (0, item, ItemEvent::Gold { seq: 1, label: Some(10) }),
             (1, item, ItemEvent::Gold { seq: 2, label: Some(11) }),
         ]);

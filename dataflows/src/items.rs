@@ -39,6 +39,7 @@ use crate::label::{JsonLabel, LabelId};
 use crate::names::Names;
 use crate::objects::ItemConsensus;
 use crate::pairs::PairKey;
+use crate::preferences::Compared;
 use crate::records::{Entity, Record};
 use crate::scopes::ScopeSum;
 use crate::source::{
@@ -48,8 +49,9 @@ use crate::source::{
 /// A change to one item, as a reader parsed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ItemEvent {
-    /// The label of `annotator` on the item (`None`: deleted).
-    Label { annotator: AnnotatorId, seq: u64, value: Option<(LabelId, Stamp)> },
+    /// The label of `annotator` on the item (`None`: deleted); for a preference event (spec
+    /// 2.2) also the comparison (`label` is then its normalised outcome).
+    Label { annotator: AnnotatorId, seq: u64, value: Option<(LabelId, Stamp)>, compared: Option<Compared> },
     /// The item's gold answer (`None`: deleted).
     Gold { seq: u64, label: Option<LabelId> },
 }
@@ -73,6 +75,8 @@ pub enum ItemOutput {
     /// A label on a gold item of `scope` (a window scope for windows), when it was given, and
     /// whether it matched the gold answer.
     Gold { scope: ScopeId, annotator: AnnotatorId, item: u64, ts_ms: i64, correct: bool },
+    /// A live comparison of `annotator` on an item of `scope` (never of a window).
+    Compared { scope: ScopeId, annotator: AnnotatorId, compared: Compared },
 }
 
 /// How the items of a dataflow are kept.
@@ -137,18 +141,37 @@ impl Slot {
 struct ItemState {
     labels: Box<[Slot]>,
     gold: Option<Box<(u64, Option<LabelId>)>>,
+    /// The live comparisons of preference events by annotator (few items have any).
+    compared: Box<[(AnnotatorId, Compared)]>,
 }
 
 impl ItemState {
     fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.gold.is_none()
+        self.labels.is_empty() && self.gold.is_none() && self.compared.is_empty()
+    }
+
+    /// Sets (or, with `None`, removes) the comparison of `annotator`; returns whether it changed.
+    fn set_compared(&mut self, annotator: AnnotatorId, compared: Option<Compared>) -> bool {
+        let list = &mut self.compared;
+        match (list.binary_search_by_key(&annotator, |(a, _)| *a), compared) {
+            (Ok(i), Some(c)) => std::mem::replace(&mut list[i].1, c) != c,
+            (Ok(i), None) => {
+                crate::keyed::remove_at(list, i);
+                true
+            }
+            (Err(i), Some(c)) => {
+                crate::keyed::insert_at(list, i, (annotator, c));
+                true
+            }
+            (Err(_), None) => false,
+        }
     }
 
     /// Applies an event; returns whether the item's live state changed.
     fn apply(&mut self, event: &ItemEvent, out_of_order: bool) -> bool {
         match *event {
-            ItemEvent::Label { annotator, seq, value } => {
-                match self.labels.binary_search_by_key(&annotator, |s| s.annotator) {
+            ItemEvent::Label { annotator, seq, value, compared } => {
+                let changed = match self.labels.binary_search_by_key(&annotator, |s| s.annotator) {
                     Ok(i) => {
                         let slot = &mut self.labels[i];
                         if out_of_order && seq < slot.seq {
@@ -168,7 +191,8 @@ impl ItemState {
                         }
                         value.is_some()
                     }
-                }
+                };
+                changed | self.set_compared(annotator, compared.filter(|_| value.is_some()))
             }
             ItemEvent::Gold { seq, label } => {
                 let old = match self.gold.as_deref() {
@@ -204,6 +228,9 @@ impl ItemState {
             for &(b, label_b, _) in &rows[i + 1..] {
                 out.push(ItemOutput::Pair { scope, a, b, label_a, label_b });
             }
+        }
+        for &(annotator, compared) in self.compared.iter() {
+            out.push(ItemOutput::Compared { scope, annotator, compared });
         }
         let gold = self.gold.as_deref().and_then(|&(_, label)| label);
         if let Some(gold) = gold {
@@ -403,6 +430,14 @@ fn distribute(
                 accumulate(annotators, (key, AnnotatorSum::Gold), (1, i64::from(correct), 0), diff);
                 accumulate(annotators, (key, AnnotatorSum::Answer { ts_ms, item, correct }), (1, 0, 0), diff);
             }
+        }
+        ItemOutput::Compared { scope, annotator, compared } => {
+            let key = (scope, annotator);
+            let s = compared.sides();
+            accumulate(annotators, (key, AnnotatorSum::Side), (s.left, s.right, s.ties), diff);
+            let p = compared.pair();
+            let versus = AnnotatorSum::Versus { first: compared.first, second: compared.second };
+            accumulate(annotators, (key, versus), (p.a_wins, p.b_wins, p.ties), diff);
         }
     }
 }

@@ -26,6 +26,10 @@ enum Section {
     Items,
     Alerts,
     Windows,
+    /// The scope's preference numbers (spec 2.2), when it has comparisons.
+    Preferences,
+    /// The scope's leaderboard, when it has one: buffered, and written by rank.
+    Leaderboard,
     Done,
 }
 
@@ -37,6 +41,8 @@ impl Section {
             Entity::Item(_) => Section::Items,
             Entity::Alert(_) => Section::Alerts,
             Entity::Window { .. } => Section::Windows,
+            Entity::Preferences => Section::Preferences,
+            Entity::System(_) => Section::Leaderboard,
             Entity::Scope | Entity::Gate(_) => return None,
         })
     }
@@ -47,7 +53,9 @@ impl Section {
             Section::Annotators => Section::Items,
             Section::Items => Section::Alerts,
             Section::Alerts => Section::Windows,
-            Section::Windows | Section::Done => Section::Done,
+            Section::Windows => Section::Preferences,
+            Section::Preferences => Section::Leaderboard,
+            Section::Leaderboard | Section::Done => Section::Done,
         }
     }
 }
@@ -62,6 +70,8 @@ struct Writer<'w, W: Write> {
     in_scope: bool,
     current: Section,
     has: bool,
+    /// The open scope's leaderboard entries, with their ranks.
+    leaderboard: Vec<(u32, Vec<u8>)>,
 }
 
 impl<W: Write> Writer<'_, W> {
@@ -73,7 +83,8 @@ impl<W: Write> Writer<'_, W> {
                 Section::Items if !self.with_items => {}
                 Section::Items => self.out.write_all(b"}")?,
                 Section::Windows if !self.has => {}
-                Section::Done => {}
+                Section::Preferences | Section::Done => {}
+                Section::Leaderboard => self.write_leaderboard()?,
                 _ => self.out.write_all(b"]")?,
             }
             self.current = self.current.next();
@@ -87,6 +98,22 @@ impl<W: Write> Writer<'_, W> {
             }
         }
         Ok(())
+    }
+
+    /// Writes the buffered leaderboard, by rank, if there is one.
+    fn write_leaderboard(&mut self) -> io::Result<()> {
+        if self.leaderboard.is_empty() {
+            return Ok(());
+        }
+        self.leaderboard.sort();
+        self.out.write_all(b",\"leaderboard\":[")?;
+        for (i, (_, entry)) in self.leaderboard.drain(..).enumerate() {
+            if i > 0 {
+                self.out.write_all(b",")?;
+            }
+            self.out.write_all(&entry)?;
+        }
+        self.out.write_all(b"]")
     }
 
     fn end_scope(&mut self) -> io::Result<()> {
@@ -117,6 +144,19 @@ impl<W: Write> Writer<'_, W> {
             return Ok(());
         }
         self.advance(section)?;
+        if section == Section::Preferences {
+            self.out.write_all(b",\"preferences\":")?;
+            return self.out.write_all(&record.value);
+        }
+        if section == Section::Leaderboard {
+            #[derive(serde::Deserialize)]
+            struct Rank {
+                rank: u32,
+            }
+            let rank = serde_json::from_slice::<Rank>(&record.value).map_or(u32::MAX, |r| r.rank);
+            self.leaderboard.push((rank, record.value.clone()));
+            return Ok(());
+        }
         if section == Section::Windows && !self.has {
             self.out.write_all(b",\"windows\":[")?;
         } else if self.has {
@@ -158,6 +198,7 @@ impl Report {
             in_scope: false,
             current: Section::Done,
             has: false,
+            leaderboard: Vec::new(),
         };
         for record in self.records() {
             writer.record(record)?;

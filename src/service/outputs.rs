@@ -166,7 +166,7 @@ pub fn message(key: &RecordKey, value: Option<&[u8]>, updated_at: &str) -> Optio
             value.map(|v| with_names(project, task, Some(name), v)),
         ),
         Entity::Alert(id) => (OutputTopic::Alerts, id.to_string(), value.map(<[u8]>::to_vec)),
-        Entity::Gate(_) => return None,
+        Entity::Gate(_) | Entity::Preferences | Entity::System(_) => return None,
     };
     Some(Message { topic, key, value })
 }
