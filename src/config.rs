@@ -109,6 +109,8 @@ pub struct OutputTopics {
     pub gating: String,
     pub alerts: String,
     pub deadletter: String,
+    /// One system's leaderboard entry per key `["project","task","system"]` (spec 2.2).
+    pub leaderboard: String,
 }
 
 impl Default for OutputTopics {
@@ -122,13 +124,14 @@ impl Default for OutputTopics {
             gating: "labelqc.gating".into(),
             alerts: "labelqc.alerts".into(),
             deadletter: "labelqc.deadletter".into(),
+            leaderboard: "labelqc.leaderboard".into(),
         }
     }
 }
 
 impl OutputTopics {
     /// Every output topic with the setting that names it (`outputs.scopes`, ...).
-    pub fn all(&self) -> [(&'static str, &str); 8] {
+    pub fn all(&self) -> [(&'static str, &str); 9] {
         [
             ("outputs.scopes", &self.scopes),
             ("outputs.annotators", &self.annotators),
@@ -138,6 +141,7 @@ impl OutputTopics {
             ("outputs.gating", &self.gating),
             ("outputs.alerts", &self.alerts),
             ("outputs.deadletter", &self.deadletter),
+            ("outputs.leaderboard", &self.leaderboard),
         ]
     }
 }

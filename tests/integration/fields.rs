@@ -101,6 +101,7 @@ fn report_object(topic: &str) -> Option<&'static str> {
         "labelqc.items" => "scopes[].items.<item_id>",
         "labelqc.scope_windows" => "scopes[].windows[]",
         "labelqc.alerts" => "scopes[].alerts[]",
+        "labelqc.leaderboard" => "scopes[].leaderboard[]",
         _ => return None,
     })
 }

@@ -134,7 +134,7 @@ fn identifiers(text: &str) -> impl Iterator<Item = &str> {
 /// Metric names labelqc exports: those declared in src/telemetry.rs, the summary's series and the
 /// process collector's.
 fn exported_metrics() -> BTreeSet<String> {
-    let telemetry = read(&repo().join("src/telemetry.rs"));
+    let telemetry = read(&repo().join("src/telemetry.rs")) + &read(&repo().join("src/telemetry/systems.rs"));
     let mut names: BTreeSet<String> = telemetry
         .split('"')
         .filter(|s| s.starts_with("labelqc_") && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
