@@ -349,12 +349,27 @@ impl Config {
                 message: format!("{} is out of range; use 1 to 1024 worker threads", self.engine.workers),
             });
         }
-        let margin = self.preferences.position_margin;
-        if !(0.0..0.5).contains(&margin) {
+        let p = &self.preferences;
+        if !(0.0..0.5).contains(&p.position_margin) {
             return Err(ConfigError::Value {
                 field: "preferences.position_margin",
-                message: format!("{margin} is out of range; a margin is a share in [0, 0.5)"),
+                message: format!("{} is out of range; a margin is a share in [0, 0.5)", p.position_margin),
             });
+        }
+        if !(p.tie_rate_max > 0.0 && p.tie_rate_max < 1.0) {
+            return Err(ConfigError::Value {
+                field: "preferences.tie_rate_max",
+                message: format!("{} is out of range; a tie rate limit is a share in (0, 1)", p.tie_rate_max),
+            });
+        }
+        for (field, value) in [
+            ("preferences.window_days", i64::from(p.window_days)),
+            ("preferences.min_decisive", p.min_decisive),
+            ("preferences.min_comparisons", p.min_comparisons),
+        ] {
+            if value < 1 {
+                return Err(ConfigError::Value { field, message: format!("{value} must be at least 1") });
+            }
         }
         if self.engine.epoch_events == 0 {
             return Err(ConfigError::Value {
@@ -484,6 +499,7 @@ mod tests {
         assert_eq!(config.windows, WindowSettings::default());
         assert_eq!(config.cluster, ClusterSettings::default());
         assert_eq!(config.topics, TopicSettings::default());
+        assert_eq!(config.preferences, labelqc_dataflows::preferences::PreferenceSettings::default());
     }
 
     #[test]

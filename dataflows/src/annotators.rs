@@ -46,8 +46,8 @@ pub enum AnnotatorSum {
     Speed { day: Day, bucket: u16 },
     /// One gold answer: `(multiplicity, 0, 0)`.
     Answer { ts_ms: i64, item: ItemId, correct: bool },
-    /// Comparisons of preference events by the side chosen: `(left, right, ties)`.
-    Side,
+    /// Comparisons of preference events of `day` by the side chosen: `(left, right, ties)`.
+    Side { day: Day },
     /// Comparisons of the systems `first < second` (label ids of their names): `(wins of first,
     /// wins of second, ties)`. They go to the leaderboard ([`crate::leaderboard`]), not here.
     Versus { first: LabelId, second: LabelId },
@@ -130,7 +130,10 @@ impl Keyed for AnnotatorLogic {
                     a.drift.gold.remove(&key);
                 }
             }
-            AnnotatorSum::Side => a.sides += SideCounts { left: x, right: y, ties: z },
+            AnnotatorSum::Side { day } => {
+                a.sides += SideCounts { left: x, right: y, ties: z };
+                add(&mut a.drift.sides, day, [x, y, z]);
+            }
             AnnotatorSum::Versus { .. } => {}
         }
     }
@@ -148,7 +151,8 @@ impl Keyed for AnnotatorLogic {
         let label_name = |l: LabelId| names.labels.get(l).to_json_text();
         let empty = ScopeInputs::default();
         let basis = self.basis.get(&scope).unwrap_or(&empty);
-        a.timeline = (!a.drift.is_empty()).then(|| drift::evaluate(&a.drift, basis, config, &label_name));
+        a.timeline = (!a.drift.is_empty())
+            .then(|| drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name));
         let name = names.annotators.name(annotator);
         if !a.by_raters.is_empty() {
             let object = AnnotatorReport {
@@ -195,7 +199,8 @@ impl Keyed for AnnotatorLogic {
             ));
         }
         for (day, states) in &timeline.days {
-            for signal in Signal::ALL {
+            for signal in Signal::ALL.into_iter().filter(|s| !s.is_preference() || !a.drift.sides.is_empty())
+            {
                 let alarm = states[signal as usize] == SignalState::Alarm;
                 out.push(AnnotatorOut::Alert(scope, AlertInput::Population { signal, day: *day, alarm }));
             }

@@ -249,7 +249,7 @@ pub fn quality<'s>(
         .inner
         .clone()
         .flat_map(|((key, sum), time, diff)| match sum {
-            AnnotatorSum::Side => Some(((key, TrustInput::Side), time, diff)),
+            AnnotatorSum::Side { .. } => Some(((key, TrustInput::Side), time, diff)),
             AnnotatorSum::Versus { first, second } => {
                 Some(((key, TrustInput::Versus { first, second }), time, diff))
             }

@@ -76,7 +76,7 @@ pub enum ItemOutput {
     /// whether it matched the gold answer.
     Gold { scope: ScopeId, annotator: AnnotatorId, item: u64, ts_ms: i64, correct: bool },
     /// A live comparison of `annotator` on an item of `scope` (never of a window).
-    Compared { scope: ScopeId, annotator: AnnotatorId, compared: Compared },
+    Compared { scope: ScopeId, annotator: AnnotatorId, day: Day, compared: Compared },
 }
 
 /// How the items of a dataflow are kept.
@@ -230,7 +230,8 @@ impl ItemState {
             }
         }
         for &(annotator, compared) in self.compared.iter() {
-            out.push(ItemOutput::Compared { scope, annotator, compared });
+            let Ok(i) = rows.binary_search_by_key(&annotator, |&(a, ..)| a) else { continue };
+            out.push(ItemOutput::Compared { scope, annotator, day: rows[i].2.day(), compared });
         }
         let gold = self.gold.as_deref().and_then(|&(_, label)| label);
         if let Some(gold) = gold {
@@ -431,10 +432,10 @@ fn distribute(
                 accumulate(annotators, (key, AnnotatorSum::Answer { ts_ms, item, correct }), (1, 0, 0), diff);
             }
         }
-        ItemOutput::Compared { scope, annotator, compared } => {
+        ItemOutput::Compared { scope, annotator, day, compared } => {
             let key = (scope, annotator);
             let s = compared.sides();
-            accumulate(annotators, (key, AnnotatorSum::Side), (s.left, s.right, s.ties), diff);
+            accumulate(annotators, (key, AnnotatorSum::Side { day }), (s.left, s.right, s.ties), diff);
             let p = compared.pair();
             let versus = AnnotatorSum::Versus { first: compared.first, second: compared.second };
             accumulate(annotators, (key, versus), (p.a_wins, p.b_wins, p.ties), diff);

@@ -34,11 +34,25 @@ pub const DEFAULT_POSITION_MARGIN: f64 = 0.1;
 pub struct PreferenceSettings {
     /// See [`DEFAULT_POSITION_MARGIN`].
     pub position_margin: f64,
+    /// The drift signals `position` and `ties` read the last this many days ...
+    pub window_days: u32,
+    /// ... `position` once there are this many decisive comparisons in them ...
+    pub min_decisive: i64,
+    /// ... and `ties` once there are this many comparisons; it alarms when the tie rate's Wilson
+    /// interval lies entirely above `tie_rate_max`.
+    pub min_comparisons: i64,
+    pub tie_rate_max: f64,
 }
 
 impl Default for PreferenceSettings {
     fn default() -> Self {
-        PreferenceSettings { position_margin: DEFAULT_POSITION_MARGIN }
+        PreferenceSettings {
+            position_margin: DEFAULT_POSITION_MARGIN,
+            window_days: 7,
+            min_decisive: 30,
+            min_comparisons: 30,
+            tie_rate_max: 0.25,
+        }
     }
 }
 

@@ -231,3 +231,82 @@ fn a_blocked_biased_annotator_leaves_the_leaderboard() {
         assert_ne!(u["leaderboard"], s["leaderboard"]);
     }
 }
+
+/// Careful annotators see each comparison in either order; "lefty" always sees the better
+/// system on the left and picks the left side: every gold answer right, and a position bias that
+/// only the `position` drift signal sees.
+fn lefty_with_perfect_gold() -> (Vec<String>, Vec<String>) {
+    let systems = ["a", "b", "c"];
+    let (mut events, mut gold) = (Vec::new(), Vec::new());
+    let mut ts = 0;
+    for n in 0..60 {
+        let (i, j) = [(0, 1), (1, 2), (0, 2)][n % 3];
+        let (better, worse) = (systems[i], systems[j]);
+        let item = format!("c{n}");
+        for (k, annotator) in ["good1", "good2", "good3", "lefty"].into_iter().enumerate() {
+            ts += 1000;
+            let better_left = annotator == "lefty" || (n + k) % 2 == 0;
+            let (left, right, label) =
+                if better_left { (better, worse, "left") } else { (worse, better, "right") };
+            events.push(comparison(&item, annotator, left, right, json!(label), ts));
+        }
+        gold.push(json!({"item_id": item, "label": better, "task": "prefs"}).to_string());
+    }
+    (events, gold)
+}
+
+#[test]
+fn position_bias_is_a_drift_signal_that_can_gate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (events, gold) = lefty_with_perfect_gold();
+    let labels = write(tmp.path(), "labels.jsonl", &events);
+    let gold = write(tmp.path(), "gold.jsonl", &gold);
+    let config = tmp.path().join("gate-on-position.toml");
+    std::fs::write(&config, "[drift]\ngate_on_alarm = [\"position\"]\n").unwrap();
+    let trusted: Vec<String> = events.iter().filter(|e| !e.contains("lefty")).cloned().collect();
+    let trusted = write(tmp.path(), "trusted.jsonl", &trusted);
+    let annotator = |report: &Value, name: &str| -> Value {
+        scope(report)["annotators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["annotator_id"] == name)
+            .unwrap()
+            .clone()
+    };
+    // Gold alone lets lefty through (every answer right) though its position signal is in alarm.
+    let plain = report(&labels, Some(&gold), &[]);
+    let lefty = annotator(&plain, "lefty");
+    assert_eq!(lefty["gate"]["state"], "allow", "{lefty}");
+    assert_eq!(lefty["drift"]["position"]["state"], "alarm", "{lefty}");
+    assert_eq!(lefty["drift"]["position"]["n"], 60, "{lefty}");
+    assert!(
+        lefty["drift"]["position"]["explanation"].as_str().unwrap().contains("left side in 100%"),
+        "{lefty}"
+    );
+    assert_eq!(lefty["drift"]["ties"]["state"], "ok", "{lefty}");
+    let good = annotator(&plain, "good1");
+    assert_eq!(good["drift"]["position"]["state"], "ok", "{good}");
+    // Its alarm raises an alert.
+    let alerts = scope(&plain)["alerts"].as_array().unwrap().clone();
+    assert!(alerts.iter().any(|a| a["annotator_id"] == "lefty" && a["signal"] == "position"), "{alerts:#?}");
+    // A project that gates on the position signal blocks it, and the leaderboard drops it.
+    for workers in ["1", "2"] {
+        let gated =
+            report(&labels, Some(&gold), &["--config", config.to_str().unwrap(), "--workers", workers]);
+        let lefty = annotator(&gated, "lefty");
+        assert_eq!(lefty["gate"]["state"], "block", "{lefty}");
+        assert!(lefty["gate"]["reason"].as_str().unwrap().contains("position bias"), "{lefty}");
+        let others = report(&trusted, None, &["--workers", workers]);
+        assert_eq!(scope(&gated)["leaderboard"], scope(&others)["leaderboard"]);
+        assert_ne!(scope(&gated)["leaderboard"], scope(&plain)["leaderboard"]);
+    }
+    // Plain label events have no preference signals.
+    let plain_labels = [
+        json!({"item_id": "i1", "annotator_id": "r1", "label": "cat", "ts": T0}).to_string(),
+        json!({"item_id": "i1", "annotator_id": "r2", "label": "dog", "ts": T0}).to_string(),
+    ];
+    let report = report(&write(tmp.path(), "plain.jsonl", &plain_labels), None, &[]);
+    let r1 = annotator(&report, "r1");
+    assert!(r1["drift"].get("position").is_none() && r1.get("position").is_none(), "{r1}");
+}
