@@ -431,6 +431,12 @@ impl Telemetry {
                 self.annotators_gate.with_label_values(&[project, state.name()]).set(n);
             }
             for signal in Signal::ALL {
+                // The preference signals only in projects with comparisons (they are read only
+                // for annotators of preference events).
+                let read = |state| summary.signals.contains_key(&(project.to_string(), signal, state));
+                if signal.is_preference() && !SignalState::ALL.into_iter().any(read) {
+                    continue;
+                }
                 for state in SignalState::ALL {
                     let n = summary.signals.get(&(project.to_string(), signal, state)).copied().unwrap_or(0);
                     self.annotators_signal_state
