@@ -14,7 +14,9 @@
 //! Every count is an integer sum that cancels exactly on retraction; floats are formed only when
 //! a record is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use foldhash::fast::RandomState;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +48,9 @@ pub fn blocks(gate: &[u8]) -> bool {
 #[derive(Debug, Default)]
 pub struct TrustState {
     sides: SideCounts,
-    pairs: BTreeMap<(LabelId, LabelId), PairCounts>,
+    /// Counts per pair of systems (a hash map: one update per comparison lands here; the
+    /// outputs are sorted by the operator).
+    pairs: HashMap<(LabelId, LabelId), PairCounts, RandomState>,
     gates: Vec<(bool, Diff)>,
 }
 
