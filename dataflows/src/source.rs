@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
+use crate::event::PairResult;
 use crate::event::{
     parse_gold_event, parse_label_event, record_text, GoldEvent, InputWarning, LabelEvent, Op, ParseError,
     Warnings,
@@ -482,9 +483,16 @@ impl Source {
             }
             (label, _) => (label.as_ref(), None),
         };
-        let new = match label {
-            Some(label) => Some((self.catalog.label(label)?, stamp)),
-            None => None,
+        // A decisive outcome's label is its winner's name, interned just above.
+        let winner = compared.and_then(|c| match (label, c.result) {
+            (Some(RawLabel::String(_)), PairResult::FirstWins) => Some(c.first),
+            (Some(RawLabel::String(_)), PairResult::SecondWins) => Some(c.second),
+            _ => None,
+        });
+        let new = match (label, winner) {
+            (Some(_), Some(id)) => Some((id, stamp)),
+            (Some(label), None) => Some((self.catalog.label(label)?, stamp)),
+            (None, _) => None,
         };
         let mut warnings = event.warnings;
         if let (Some(label), Some((id, _))) = (label, new) {
