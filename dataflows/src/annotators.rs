@@ -48,9 +48,6 @@ pub enum AnnotatorSum {
     Answer { ts_ms: i64, item: ItemId, correct: bool },
     /// Comparisons of preference events of `day` by the side chosen: `(left, right, ties)`.
     Side { day: Day },
-    /// Comparisons of the systems `first < second` (label ids of their names): `(wins of first,
-    /// wins of second, ties)`. They go to the leaderboard ([`crate::leaderboard`]), not here.
-    Versus { first: LabelId, second: LabelId },
 }
 
 /// The exact sums of one annotator in one scope, and its drift timeline as last evaluated.
@@ -134,7 +131,6 @@ impl Keyed for AnnotatorLogic {
                 a.sides += SideCounts { left: x, right: y, ties: z };
                 add(&mut a.drift.sides, day, [x, y, z]);
             }
-            AnnotatorSum::Versus { .. } => {}
         }
     }
 

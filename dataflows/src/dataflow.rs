@@ -13,11 +13,11 @@
 
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::vec::{Broadcast, Filter, Map};
+use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::Stream;
 
 use crate::alerts::{AlertLogic, AlertOut};
-use crate::annotators::{AnnotatorLogic, AnnotatorOut, AnnotatorSum, JoinInput, JoinLogic};
+use crate::annotators::{AnnotatorLogic, AnnotatorOut, JoinInput, JoinLogic};
 use crate::combine::combine;
 use crate::drift::DriftSettings;
 use crate::gates::{GateLogic, GateOut};
@@ -207,7 +207,9 @@ pub struct Quality<'s> {
 ///                  |                |  |                            ^
 ///                  |                |  +-> gates ---> gate records -+-> watchlists
 ///                  |                +----> alerts --> drift alert records
-///                  +-> item records
+///                  +-> item records          gates -+
+///                  |                                v
+///                  +-> comparisons ------------> trust --> leaderboard -> leaderboard records
 /// ```
 pub fn quality<'s>(
     events: Stream<'s, Time, Vec<Update>>,
@@ -218,8 +220,13 @@ pub fn quality<'s>(
     let names = crate::names::names(names, on_error);
     let emit = config.emit;
     let drift = &config.drift;
-    let Items { scopes: scope_sums, annotators: annotator_sums, pairs: pair_cells, records: item_records } =
-        items(events, &names, config.items.clone());
+    let Items {
+        scopes: scope_sums,
+        annotators: annotator_sums,
+        trust: comparisons,
+        pairs: pair_cells,
+        records: item_records,
+    } = items(events, &names, config.items.clone());
 
     let pairs = keyed(pair_cells, None, &names, PairLogic, emit, "Pairs");
     let kappas = pairs
@@ -244,22 +251,6 @@ pub fn quality<'s>(
         .broadcast()
         .as_collection();
 
-    // Comparisons per pair of systems go to the leaderboard only; their sides to both.
-    let comparisons = annotator_sums
-        .inner
-        .clone()
-        .flat_map(|((key, sum), time, diff)| match sum {
-            AnnotatorSum::Side { .. } => Some(((key, TrustInput::Side), time, diff)),
-            AnnotatorSum::Versus { first, second } => {
-                Some(((key, TrustInput::Versus { first, second }), time, diff))
-            }
-            _ => None,
-        })
-        .as_collection();
-    let annotator_sums = annotator_sums
-        .inner
-        .filter(|((_, sum), _, _)| !matches!(sum, AnnotatorSum::Versus { .. }))
-        .as_collection();
     let mut annotator_logic = AnnotatorLogic::new(drift.clone());
     annotator_logic.preferences = config.preferences;
     let annotators = keyed(annotator_sums, Some(basis), &names, annotator_logic, emit, "Annotators");
