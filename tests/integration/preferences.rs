@@ -310,3 +310,68 @@ fn position_bias_is_a_drift_signal_that_can_gate() {
     let r1 = annotator(&report, "r1");
     assert!(r1["drift"].get("position").is_none() && r1.get("position").is_none(), "{r1}");
 }
+
+/// Live, as `labelqc run` drives the engine: a new comparison changes its scope's leaderboard in
+/// the output of the very epoch that carries it, and a system whose last comparison is deleted
+/// loses its record (a tombstone on `labelqc.leaderboard`).
+#[test]
+fn the_live_leaderboard_changes_in_the_epoch_of_a_comparison() {
+    use labelqc_dataflows::dataflow::Diff;
+    use labelqc_dataflows::engine::{Engine, EngineConfig};
+    use labelqc_dataflows::records::{Entity, Record, RecordKey, Records};
+    use labelqc_dataflows::source::{Catalog, Source, Stream};
+
+    let mut engine = Engine::start(&EngineConfig { workers: 2, ..EngineConfig::default() }).unwrap();
+    let mut source = Source::default();
+    source.catalog = Catalog::recording();
+    let mut records = Records::default();
+    let mut epoch = |records: &mut Records, lines: &[String]| -> Vec<(Record, Diff)> {
+        let mut updates = Vec::new();
+        for line in lines {
+            source.apply_record(Stream::Labels, line, &mut updates).unwrap();
+        }
+        engine.submit(updates, source.catalog.take_new()).unwrap();
+        engine.sync().unwrap();
+        let changes: Vec<(Record, Diff)> =
+            engine.take_completed().1.into_iter().flat_map(|output| output.records).collect();
+        records.apply(&changes);
+        changes
+    };
+    let key = |system: &str| RecordKey {
+        project: "default".into(),
+        task: "prefs".into(),
+        entity: Entity::System(system.into()),
+    };
+    let entry = |records: &Records, system: &str| -> Option<Value> {
+        records.get(&key(system)).map(|v| serde_json::from_slice(v).unwrap())
+    };
+    let added = |changes: &[(Record, Diff)], system: &str| {
+        changes.iter().any(|(r, d)| *d > 0 && r.key == key(system))
+    };
+
+    let changes = epoch(
+        &mut records,
+        &[
+            comparison("c1", "r1", "x", "y", json!("left"), 1),
+            comparison("c1", "r2", "y", "x", json!("right"), 2),
+        ],
+    );
+    assert!(added(&changes, "x") && added(&changes, "y"));
+    assert_eq!(entry(&records, "x").unwrap()["wins"], 2);
+    assert_eq!(entry(&records, "x").unwrap()["rank"], 1);
+
+    // One comparison: y beats z. The epoch's output carries z's new entry and y's changed one.
+    let changes = epoch(&mut records, &[comparison("c2", "r1", "y", "z", json!("left"), 3)]);
+    assert!(added(&changes, "z") && added(&changes, "y"), "{changes:?}");
+    assert_eq!(entry(&records, "y").unwrap()["wins"], 1);
+    assert_eq!(entry(&records, "z").unwrap()["losses"], 1);
+
+    // Its deletion withdraws z's entry in the next epoch.
+    let delete =
+        json!({"item_id": "c2", "annotator_id": "r1", "op": "delete", "ts": T0 + 4, "task": "prefs"});
+    let changes = epoch(&mut records, &[delete.to_string()]);
+    assert!(changes.iter().any(|(r, d)| *d < 0 && r.key == key("z")) && !added(&changes, "z"));
+    assert!(entry(&records, "z").is_none());
+    assert_eq!(entry(&records, "y").unwrap()["wins"], 0);
+    engine.finish().unwrap();
+}
