@@ -72,6 +72,34 @@ struct Writer<'w, W: Write> {
     has: bool,
     /// The open scope's leaderboard entries, with their ranks.
     leaderboard: Vec<(u32, Vec<u8>)>,
+    /// The open scope's live labels.
+    scope_labels: i64,
+}
+
+/// The scope's warning when it has both plain label events and comparisons (spec 2.2).
+const MIXED_KINDS: &[u8] = br#","warnings":[{"kind":"mixed_kinds","message":"the scope has both plain label events and preference events (left, right); its preference numbers use the preference events only: give comparisons a task of their own"}]"#;
+
+/// A count of a record's object.
+enum Count {
+    /// A scope's `n_labels`.
+    Labels,
+    /// The `events` of a scope's preference numbers.
+    Events,
+}
+
+/// The count `which` of a record's compact JSON object (0 when it has none).
+fn count_of(value: &[u8], which: Count) -> i64 {
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        n_labels: Option<i64>,
+        events: Option<i64>,
+    }
+    let counts = serde_json::from_slice::<Counts>(value).ok();
+    match which {
+        Count::Labels => counts.and_then(|c| c.n_labels),
+        Count::Events => counts.and_then(|c| c.events),
+    }
+    .unwrap_or(0)
 }
 
 impl<W: Write> Writer<'_, W> {
@@ -137,6 +165,7 @@ impl<W: Write> Writer<'_, W> {
             self.out.write_all(&record.value[..record.value.len() - 1])?;
             self.out.write_all(b",\"pairs\":[")?;
             (self.in_scope, self.current, self.has) = (true, Section::Pairs, false);
+            self.scope_labels = count_of(&record.value, Count::Labels);
             return Ok(());
         }
         let Some(section) = Section::of(entity) else { return Ok(()) };
@@ -146,7 +175,12 @@ impl<W: Write> Writer<'_, W> {
         self.advance(section)?;
         if section == Section::Preferences {
             self.out.write_all(b",\"preferences\":")?;
-            return self.out.write_all(&record.value);
+            self.out.write_all(&record.value)?;
+            // Live labels that are not comparisons: the scope mixes kinds (spec 2.2).
+            if self.scope_labels > count_of(&record.value, Count::Events) {
+                self.out.write_all(MIXED_KINDS)?;
+            }
+            return Ok(());
         }
         if section == Section::Leaderboard {
             #[derive(serde::Deserialize)]
@@ -199,6 +233,7 @@ impl Report {
             current: Section::Done,
             has: false,
             leaderboard: Vec::new(),
+            scope_labels: 0,
         };
         for record in self.records() {
             writer.record(record)?;

@@ -166,12 +166,15 @@ fn a_scope_mixing_plain_labels_and_comparisons_warns() {
     // The preference numbers use the comparisons only; agreement uses every label.
     assert_eq!(s["preferences"]["events"], 2);
     assert_eq!(s["n_labels"], 4);
+    // The report says so in the scope.
+    assert_eq!(s["warnings"][0]["kind"], "mixed_kinds", "{s}");
     assert_eq!(entry(s, "x")["wins"], 2);
     // Comparisons alone, or plain labels alone, do not warn.
     let path = write(tmp.path(), "plain.jsonl", &lines[..2]);
     let output = labelqc(&["report", "--labels", path.to_str().unwrap()], None);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.lines().all(|l| l.contains("workers on a machine with")), "{stderr}");
+    assert!(scope(&json(&output)).get("warnings").is_none());
 }
 
 /// Comparisons of `a > b > c` by three careful annotators and one who always picks the left side,
