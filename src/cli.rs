@@ -159,6 +159,11 @@ pub struct DemoArgs {
     /// screen.
     #[arg(long)]
     pub lines: bool,
+    /// Also keep a live human-eval leaderboard: this many pairwise comparisons per second of 8
+    /// systems (scope default/preference), by 40 raters with a left-biased, a right-biased and
+    /// a tie-happy one planted among them (0: none).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 0)]
+    pub comparisons: u64,
 }
 
 /// The demo's drift settings: the defaults, but the agreement signal waits for 100 items instead
@@ -436,6 +441,7 @@ fn run_demo(args: DemoArgs) -> Result<()> {
         workers: args.workers,
         windows: crate::config::WindowSettings::default().sizes_ms()?,
         full_screen: !args.lines,
+        comparisons: args.comparisons,
     })
 }
 
@@ -466,6 +472,7 @@ fn run_report(args: ReportArgs) -> Result<()> {
         windows: if args.windows { config.windows.sizes_ms()? } else { Vec::new() },
         engine: config.engine,
         progress: true,
+        preferences: config.preferences,
     };
     let stderr = io::stderr();
     let mut shown = 0u64;

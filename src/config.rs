@@ -109,6 +109,8 @@ pub struct OutputTopics {
     pub gating: String,
     pub alerts: String,
     pub deadletter: String,
+    /// One system's leaderboard entry per key `["project","task","system"]` (spec 2.2).
+    pub leaderboard: String,
 }
 
 impl Default for OutputTopics {
@@ -122,13 +124,14 @@ impl Default for OutputTopics {
             gating: "labelqc.gating".into(),
             alerts: "labelqc.alerts".into(),
             deadletter: "labelqc.deadletter".into(),
+            leaderboard: "labelqc.leaderboard".into(),
         }
     }
 }
 
 impl OutputTopics {
     /// Every output topic with the setting that names it (`outputs.scopes`, ...).
-    pub fn all(&self) -> [(&'static str, &str); 8] {
+    pub fn all(&self) -> [(&'static str, &str); 9] {
         [
             ("outputs.scopes", &self.scopes),
             ("outputs.annotators", &self.annotators),
@@ -138,6 +141,7 @@ impl OutputTopics {
             ("outputs.gating", &self.gating),
             ("outputs.alerts", &self.alerts),
             ("outputs.deadletter", &self.deadletter),
+            ("outputs.leaderboard", &self.leaderboard),
         ]
     }
 }
@@ -278,6 +282,9 @@ pub struct Config {
     /// ... and of named projects (`[drift_projects.NAME]`), whose unset fields take the
     /// built-in defaults.
     pub drift_projects: BTreeMap<String, DriftConfig>,
+    /// Pairwise preferences (`[preferences]`): `position_margin`, the margin of the
+    /// position-bias flag (spec 2.2; default 0.1).
+    pub preferences: labelqc_dataflows::preferences::PreferenceSettings,
 }
 
 impl Config {
@@ -341,6 +348,28 @@ impl Config {
                 field: "engine.workers",
                 message: format!("{} is out of range; use 1 to 1024 worker threads", self.engine.workers),
             });
+        }
+        let p = &self.preferences;
+        if !(0.0..0.5).contains(&p.position_margin) {
+            return Err(ConfigError::Value {
+                field: "preferences.position_margin",
+                message: format!("{} is out of range; a margin is a share in [0, 0.5)", p.position_margin),
+            });
+        }
+        if !(p.tie_rate_max > 0.0 && p.tie_rate_max < 1.0) {
+            return Err(ConfigError::Value {
+                field: "preferences.tie_rate_max",
+                message: format!("{} is out of range; a tie rate limit is a share in (0, 1)", p.tie_rate_max),
+            });
+        }
+        for (field, value) in [
+            ("preferences.window_days", i64::from(p.window_days)),
+            ("preferences.min_decisive", p.min_decisive),
+            ("preferences.min_comparisons", p.min_comparisons),
+        ] {
+            if value < 1 {
+                return Err(ConfigError::Value { field, message: format!("{value} must be at least 1") });
+            }
         }
         if self.engine.epoch_events == 0 {
             return Err(ConfigError::Value {
@@ -470,6 +499,7 @@ mod tests {
         assert_eq!(config.windows, WindowSettings::default());
         assert_eq!(config.cluster, ClusterSettings::default());
         assert_eq!(config.topics, TopicSettings::default());
+        assert_eq!(config.preferences, labelqc_dataflows::preferences::PreferenceSettings::default());
     }
 
     #[test]

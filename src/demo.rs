@@ -26,11 +26,12 @@ use labelqc_dataflows::records::{Entity, Record, Records};
 use labelqc_dataflows::source::{Catalog, Source, Stream};
 use labelqc_dataflows::summary::DriftSummary;
 
+use crate::gen::preferences::{PreferenceSpec, PreferenceTraffic};
 use crate::gen::{GenSpec, Traffic};
 use crate::http::HttpServer;
 use crate::telemetry::Telemetry;
 
-pub use screen::{render, ScopeRow, ScreenAlert, Snapshot};
+pub use screen::{render, LeaderboardRow, ScopeRow, ScreenAlert, Snapshot};
 
 /// How the demo runs.
 #[derive(Clone, Debug)]
@@ -53,6 +54,9 @@ pub struct DemoSettings {
     pub windows: Vec<i64>,
     /// Redraw a full-screen view (only on a terminal); otherwise print a line a second.
     pub full_screen: bool,
+    /// Pairwise comparisons per second for a live leaderboard (`labelqc gen --preferences`
+    /// traffic, scope default/preference); 0 for none.
+    pub comparisons: u64,
 }
 
 /// How often events are fed to the dataflows (one epoch per tick).
@@ -86,6 +90,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         },
         drift: settings.drift.clone(),
         emit: Emit::Changes,
+        preferences: Default::default(),
     })?;
     let mut spec = settings.traffic.clone();
     spec.careless_from_ms = now_ms() + settings.careless_after.as_millis() as i64;
@@ -116,6 +121,10 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     let mut alerted: BTreeSet<String> = BTreeSet::new();
     let mut blocked: BTreeSet<String> = BTreeSet::new();
     let mut screen = Vec::new();
+    // The comparisons behind the live leaderboard, when asked for.
+    let mut comparisons =
+        (settings.comparisons > 0).then(|| PreferenceTraffic::new(&PreferenceSpec::default())).transpose()?;
+    let (mut compared, mut comparison_lines) = (0u64, Vec::new());
     while !interrupted.load(Ordering::SeqCst) && settings.duration.is_none_or(|d| start.elapsed() < d) {
         let tick_start = Instant::now();
         let due = (start.elapsed().as_secs_f64() * settings.rate as f64) as u64;
@@ -132,6 +141,19 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
             }
         }
         fed = due;
+        if let Some(comparisons) = comparisons.as_mut() {
+            let due = (start.elapsed().as_secs_f64() * settings.comparisons as f64) as u64;
+            comparison_lines.clear();
+            for _ in compared..due {
+                comparisons.next_event(Some(created), &mut comparison_lines);
+            }
+            compared = due;
+            for line in comparison_lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let text = std::str::from_utf8(line).context("generated comparisons are UTF-8")?;
+                telemetry
+                    .count_record(Stream::Labels, &source.apply_record(Stream::Labels, text, &mut updates));
+            }
+        }
         engine.submit(std::mem::take(&mut updates), source.catalog.take_new())?;
         engine.sync()?;
         for output in engine.take_completed().1 {
@@ -243,7 +265,10 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
 
 /// Whether the demo's view shows records of this kind.
 fn shows(entity: &Entity) -> bool {
-    matches!(entity, Entity::Scope | Entity::Annotator(_) | Entity::Alert(_) | Entity::Gate(_))
+    matches!(
+        entity,
+        Entity::Scope | Entity::Annotator(_) | Entity::Alert(_) | Entity::Gate(_) | Entity::System(_)
+    )
 }
 
 /// The parts of an alert record the view shows.
@@ -387,5 +412,28 @@ pub fn observe(shown: &Records, mut snapshot: Snapshot) -> Snapshot {
         }
     }
     snapshot.scopes.sort_by(|a, b| a.name.cmp(&b.name));
+    snapshot.leaderboards = leaderboards(shown);
     snapshot
+}
+
+/// Each scope's leaderboard, by rank.
+fn leaderboards(shown: &Records) -> Vec<LeaderboardRow> {
+    #[derive(serde::Deserialize)]
+    struct EntryRead {
+        system: String,
+        elo: f64,
+        rank: u32,
+    }
+    let mut rows: BTreeMap<String, Vec<EntryRead>> = BTreeMap::new();
+    for (key, value) in shown.iter().filter(|(k, _)| matches!(k.entity, Entity::System(_))) {
+        if let Ok(entry) = serde_json::from_slice::<EntryRead>(value) {
+            rows.entry(format!("{}/{}", key.project, key.task)).or_default().push(entry);
+        }
+    }
+    rows.into_iter()
+        .map(|(scope, mut entries)| {
+            entries.sort_by_key(|e| e.rank);
+            LeaderboardRow { scope, systems: entries.into_iter().map(|e| (e.system, e.elo)).collect() }
+        })
+        .collect()
 }

@@ -18,6 +18,8 @@ use labelqc_dataflows::dataflow::Diff;
 use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::event::{InputWarning, Op};
 use labelqc_dataflows::gates::GateRecord;
+
+mod systems;
 use labelqc_dataflows::objects::ScopeSummary;
 use labelqc_dataflows::records::{Entity, Record, RecordKey};
 use labelqc_dataflows::source::window_size_name;
@@ -95,6 +97,8 @@ pub struct Telemetry {
     watchlist_gold: GaugeVec,
     /// What the gauges need to remember of the records.
     seen: Mutex<Seen>,
+    /// The leaderboards' gauges, per system.
+    systems: systems::SystemGauges,
 }
 
 /// The windows of one size of one scope: `(project, task, size_ms)`.
@@ -140,6 +144,7 @@ impl Telemetry {
                 registry.register(Box::new(metric.clone()))?;
                 Ok(metric)
             };
+        let systems = systems::SystemGauges::new(&registry)?;
         let events =
             counter_vec("labelqc_events_total", "Input events by topic and result.", &["topic", "result"])?;
         let dead_letters =
@@ -306,6 +311,7 @@ impl Telemetry {
             output_event_time,
             output_updated,
             seen: Mutex::new(Seen::default()),
+            systems,
         })
         .inspect(Telemetry::initialise_counters)
     }
@@ -367,6 +373,7 @@ impl Telemetry {
                         seen.firing.remove(id);
                     }
                 }
+                Entity::System(system) => self.systems.observe(key, system, now),
                 _ => {}
             }
         }
@@ -424,6 +431,12 @@ impl Telemetry {
                 self.annotators_gate.with_label_values(&[project, state.name()]).set(n);
             }
             for signal in Signal::ALL {
+                // The preference signals only in projects with comparisons (they are read only
+                // for annotators of preference events).
+                let read = |state| summary.signals.contains_key(&(project.to_string(), signal, state));
+                if signal.is_preference() && !SignalState::ALL.into_iter().any(read) {
+                    continue;
+                }
                 for state in SignalState::ALL {
                     let n = summary.signals.get(&(project.to_string(), signal, state)).copied().unwrap_or(0);
                     self.annotators_signal_state

@@ -22,6 +22,7 @@ use crate::gates::{project_id, GateInput, GateKey};
 use crate::keyed::Keyed;
 use crate::label::LabelId;
 use crate::objects::AnnotatorReport;
+use crate::preferences::{preference_quality, PreferenceSettings, SideCounts};
 use crate::records::{Entity, Record};
 use crate::scopes::{add, Basis};
 use crate::source::{AnnotatorId, Catalog, Day, ItemId, ScopeId};
@@ -45,6 +46,8 @@ pub enum AnnotatorSum {
     Speed { day: Day, bucket: u16 },
     /// One gold answer: `(multiplicity, 0, 0)`.
     Answer { ts_ms: i64, item: ItemId, correct: bool },
+    /// Comparisons of preference events of `day` by the side chosen: `(left, right, ties)`.
+    Side { day: Day },
 }
 
 /// The exact sums of one annotator in one scope, and its drift timeline as last evaluated.
@@ -56,6 +59,8 @@ pub struct AnnotatorState {
     gold: [i64; 2],
     drift: AnnotatorInputs,
     timeline: Option<Timeline>,
+    /// The sides chosen in its comparisons (preference events).
+    sides: SideCounts,
 }
 
 /// What an annotator derives, and where it goes.
@@ -72,6 +77,8 @@ pub enum AnnotatorOut {
 /// The keyed logic of annotators within scopes; its side input is the scopes' drift inputs.
 pub struct AnnotatorLogic {
     pub drift: DriftSettings,
+    /// The `[preferences]` settings (the position-bias flag's margin).
+    pub preferences: PreferenceSettings,
     /// The drift inputs of every scope (restricted as [`crate::scopes`] says).
     basis: HashMap<ScopeId, ScopeInputs, RandomState>,
     /// Scopes whose drift inputs changed in this epoch, with the earliest day changed.
@@ -80,7 +87,12 @@ pub struct AnnotatorLogic {
 
 impl AnnotatorLogic {
     pub fn new(drift: DriftSettings) -> AnnotatorLogic {
-        AnnotatorLogic { drift, basis: HashMap::default(), changed: HashMap::default() }
+        AnnotatorLogic {
+            drift,
+            preferences: PreferenceSettings::default(),
+            basis: HashMap::default(),
+            changed: HashMap::default(),
+        }
     }
 }
 
@@ -115,6 +127,10 @@ impl Keyed for AnnotatorLogic {
                     a.drift.gold.remove(&key);
                 }
             }
+            AnnotatorSum::Side { day } => {
+                a.sides += SideCounts { left: x, right: y, ties: z };
+                add(&mut a.drift.sides, day, [x, y, z]);
+            }
         }
     }
 
@@ -131,7 +147,8 @@ impl Keyed for AnnotatorLogic {
         let label_name = |l: LabelId| names.labels.get(l).to_json_text();
         let empty = ScopeInputs::default();
         let basis = self.basis.get(&scope).unwrap_or(&empty);
-        a.timeline = (!a.drift.is_empty()).then(|| drift::evaluate(&a.drift, basis, config, &label_name));
+        a.timeline = (!a.drift.is_empty())
+            .then(|| drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name));
         let name = names.annotators.name(annotator);
         if !a.by_raters.is_empty() {
             let object = AnnotatorReport {
@@ -140,6 +157,8 @@ impl Keyed for AnnotatorLogic {
                 agreement_with_others: agreement_with_others(&a.by_raters),
                 gold: stats::gold_accuracy(a.gold[0], a.gold[1]),
                 drift: a.timeline.as_ref().map(|t| t.current.iter().map(|(s, r)| (s.name(), r)).collect()),
+                preferences: (a.sides != SideCounts::default())
+                    .then(|| preference_quality(a.sides, self.preferences.position_margin)),
             };
             out.push(AnnotatorOut::Own(
                 key,
@@ -176,7 +195,8 @@ impl Keyed for AnnotatorLogic {
             ));
         }
         for (day, states) in &timeline.days {
-            for signal in Signal::ALL {
+            for signal in Signal::ALL.into_iter().filter(|s| !s.is_preference() || !a.drift.sides.is_empty())
+            {
                 let alarm = states[signal as usize] == SignalState::Alarm;
                 out.push(AnnotatorOut::Alert(scope, AlertInput::Population { signal, day: *day, alarm }));
             }
@@ -184,7 +204,7 @@ impl Keyed for AnnotatorLogic {
     }
 
     fn is_empty(a: &AnnotatorState) -> bool {
-        a.by_raters.is_empty() && a.gold == [0, 0] && a.drift.is_empty()
+        a.by_raters.is_empty() && a.gold == [0, 0] && a.drift.is_empty() && a.sides == SideCounts::default()
     }
 
     fn side(&mut self, update: &Basis, diff: Diff) {

@@ -24,8 +24,10 @@ use crate::gates::{GateLogic, GateOut};
 use crate::items::{items, Items, ItemsConfig};
 use crate::keyed::{keyed, Emit};
 use crate::label::LabelId;
+use crate::leaderboard::{blocks, BoardLogic, BoardOut, TrustInput, TrustLogic};
 use crate::names::OnError;
 use crate::pairs::{PairLogic, PairOut};
+use crate::preferences::PreferenceSettings;
 use crate::records::Record;
 use crate::scopes::{ScopeLogic, ScopeOut, ScopeSum};
 use crate::source::{AnnotatorId, Day, Name, Stamp, Update};
@@ -182,6 +184,8 @@ pub struct QualityConfig {
     pub drift: DriftSettings,
     /// When the keyed operators derive their records.
     pub emit: Emit,
+    /// The `[preferences]` settings.
+    pub preferences: PreferenceSettings,
 }
 
 /// The quality dataflow's output: every record, and the drift summary's facts.
@@ -203,7 +207,9 @@ pub struct Quality<'s> {
 ///                  |                |  |                            ^
 ///                  |                |  +-> gates ---> gate records -+-> watchlists
 ///                  |                +----> alerts --> drift alert records
-///                  +-> item records
+///                  +-> item records          gates -+
+///                  |                                v
+///                  +-> comparisons ------------> trust --> leaderboard -> leaderboard records
 /// ```
 pub fn quality<'s>(
     events: Stream<'s, Time, Vec<Update>>,
@@ -214,8 +220,13 @@ pub fn quality<'s>(
     let names = crate::names::names(names, on_error);
     let emit = config.emit;
     let drift = &config.drift;
-    let Items { scopes: scope_sums, annotators: annotator_sums, pairs: pair_cells, records: item_records } =
-        items(events, &names, config.items.clone());
+    let Items {
+        scopes: scope_sums,
+        annotators: annotator_sums,
+        trust: comparisons,
+        pairs: pair_cells,
+        records: item_records,
+    } = items(events, &names, config.items.clone());
 
     let pairs = keyed(pair_cells, None, &names, PairLogic, emit, "Pairs");
     let kappas = pairs
@@ -240,8 +251,9 @@ pub fn quality<'s>(
         .broadcast()
         .as_collection();
 
-    let annotators =
-        keyed(annotator_sums, Some(basis), &names, AnnotatorLogic::new(drift.clone()), emit, "Annotators");
+    let mut annotator_logic = AnnotatorLogic::new(drift.clone());
+    annotator_logic.preferences = config.preferences;
+    let annotators = keyed(annotator_sums, Some(basis), &names, annotator_logic, emit, "Annotators");
     let gate_inputs = annotators.others.clone().flat_map(|out| match out {
         AnnotatorOut::Gate(key, input) => Some((key, input)),
         _ => None,
@@ -264,6 +276,25 @@ pub fn quality<'s>(
         GateOut::Watch { project, signal, candidate } => Some(((project, signal), candidate)),
         _ => None,
     });
+    let trust_gates = gate_for
+        .inner
+        .clone()
+        .flat_map(|((key, input), time, diff)| match input {
+            JoinInput::Gate(gate) => {
+                Some(((key, TrustInput::Gate { blocked: blocks(&gate) }), time, (diff, 0, 0)))
+            }
+            JoinInput::Own(_) => None,
+        })
+        .as_collection();
+    let trust = keyed(comparisons.concat(trust_gates), None, &names, TrustLogic, emit, "Trust");
+    let board = keyed(
+        trust.others,
+        None,
+        &names,
+        BoardLogic { preferences: config.preferences },
+        emit,
+        "Leaderboard",
+    );
     let annotator_records = keyed(own.concat(gate_for), None, &names, JoinLogic, emit, "AnnotatorRecords");
     let watchlists = keyed(candidates, None, &names, WatchLogic { drift: drift.clone() }, emit, "Watchlists");
     let alert_inputs = combine(alert_inputs, "CombineAlertInputs");
@@ -274,7 +305,8 @@ pub fn quality<'s>(
         .concat(scopes.records.flat_map(ScopeOut::record))
         .concat(annotator_records.records)
         .concat(gates.records.flat_map(GateOut::record))
-        .concat(alerts.records.flat_map(AlertOut::record));
+        .concat(alerts.records.flat_map(AlertOut::record))
+        .concat(board.records.flat_map(BoardOut::record));
     let metrics = scopes
         .others
         .flat_map(ScopeOut::metric)
@@ -368,7 +400,11 @@ mod tests {
                 _ if replaced => continue,
                 _ => None,
             };
-            events.push((time, item, ItemEvent::Label { annotator, seq: seq as u64 + 1, value }));
+            events.push((
+                time,
+                item,
+                ItemEvent::Label { annotator, seq: seq as u64 + 1, value, compared: None },
+            ));
         }
         run_events(events)
     }
@@ -537,7 +573,16 @@ mod tests {
         // The gold answer changes from 10 to 11 at time 1: the annotator's correct count follows.
         let (item, label_11) = ((S, 1), 11);
         let out = run_events(vec![
-            (0, item, ItemEvent::Label { annotator: 1, seq: 0, value: Some((label_11, Stamp::default())) }),
+            (
+                0,
+                item,
+                ItemEvent::Label {
+                    annotator: 1,
+                    seq: 0,
+                    value: Some((label_11, Stamp::default())),
+                    compared: None,
+                },
+            ),
             (0, item, ItemEvent::Gold { seq: 1, label: Some(10) }),
             (1, item, ItemEvent::Gold { seq: 2, label: Some(11) }),
         ]);

@@ -12,8 +12,11 @@ use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 use crate::dataflow::{DURATION_BUCKETS_PER_E, FIXED_POINT};
 use crate::label::LabelId;
+use crate::preferences::PreferenceSettings;
 use crate::source::{Day, ItemId, DAY_MS};
 use crate::stats;
+
+mod sides;
 
 /// The drift signals, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -24,11 +27,30 @@ pub enum Signal {
     LabelMix,
     Speed,
     TooFast,
+    /// Pairwise preferences: favouring one side of the screen (spec 2.2, [`sides`]).
+    Position,
+    /// Pairwise preferences: saying tie too often.
+    Ties,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 5] =
-        [Signal::Gold, Signal::Agreement, Signal::LabelMix, Signal::Speed, Signal::TooFast];
+    /// Number of signals.
+    pub const COUNT: usize = 7;
+    pub const ALL: [Signal; Signal::COUNT] = [
+        Signal::Gold,
+        Signal::Agreement,
+        Signal::LabelMix,
+        Signal::Speed,
+        Signal::TooFast,
+        Signal::Position,
+        Signal::Ties,
+    ];
+
+    /// Whether the signal reads pairwise comparisons (annotators without any have no reading
+    /// and no state of it).
+    pub fn is_preference(self) -> bool {
+        matches!(self, Signal::Position | Signal::Ties)
+    }
 
     /// The signal's name in outputs, metrics and configuration.
     pub fn name(self) -> &'static str {
@@ -38,6 +60,8 @@ impl Signal {
             Signal::LabelMix => "label_mix",
             Signal::Speed => "speed",
             Signal::TooFast => "too_fast",
+            Signal::Position => "position",
+            Signal::Ties => "ties",
         }
     }
 
@@ -49,6 +73,8 @@ impl Signal {
             Signal::LabelMix => "label mix",
             Signal::Speed => "speed",
             Signal::TooFast => "labels too fast",
+            Signal::Position => "position bias",
+            Signal::Ties => "tie rate",
         }
     }
 
@@ -372,11 +398,17 @@ pub struct AnnotatorInputs {
     pub speed: BTreeMap<(Day, u16), [i64; 1]>,
     /// Gold answers `(ts_ms, item, correct) -> multiplicity`.
     pub gold: BTreeMap<(i64, ItemId, bool), i64>,
+    /// `day -> [left, right, ties]`: comparisons (preference events) by the side chosen.
+    pub sides: BTreeMap<Day, [i64; 3]>,
 }
 
 impl AnnotatorInputs {
     pub fn is_empty(&self) -> bool {
-        self.gap.is_empty() && self.mix.is_empty() && self.speed.is_empty() && self.gold.is_empty()
+        self.gap.is_empty()
+            && self.mix.is_empty()
+            && self.speed.is_empty()
+            && self.gold.is_empty()
+            && self.sides.is_empty()
     }
 
     /// Gold answers per day: `day -> [answers, errors]`.
@@ -398,6 +430,7 @@ impl AnnotatorInputs {
             .chain(self.gap.keys().copied())
             .chain(self.mix.keys().map(|(d, _)| *d))
             .chain(self.speed.keys().map(|(d, _)| *d))
+            .chain(self.sides.keys().copied())
             .collect();
         days.sort_unstable();
         days.dedup();
@@ -531,6 +564,7 @@ struct DayContext<'a> {
     gold_days: &'a BTreeMap<Day, [i64; 2]>,
     scope: &'a ScopeInputs,
     median_ms: Option<f64>,
+    preferences: &'a PreferenceSettings,
     /// Whether readings carry their explanation: only the ones an output shows need one (a
     /// timeline reads every signal on every day, and formatting them all was most of its cost).
     explain: bool,
@@ -552,6 +586,8 @@ impl DayContext<'_> {
             Signal::LabelMix => self.label_mix(day),
             Signal::Speed => self.speed(day),
             Signal::TooFast => self.too_fast(day),
+            Signal::Position => sides::position(self.inputs, self.preferences, day),
+            Signal::Ties => sides::ties(self.inputs, self.preferences, day),
         }
     }
 
@@ -850,7 +886,7 @@ pub struct SignalReport {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Timeline {
     /// `(day, state per signal)` on every day the annotator was active.
-    pub days: Vec<(Day, [SignalState; 5])>,
+    pub days: Vec<(Day, [SignalState; Signal::COUNT])>,
     /// Alarm episodes, in order of start.
     pub episodes: Vec<Episode>,
     /// The current state of every signal.
@@ -888,6 +924,17 @@ pub fn evaluate(
     config: &DriftConfig,
     label_name: &dyn Fn(LabelId) -> String,
 ) -> Timeline {
+    evaluate_with(inputs, scope, config, &PreferenceSettings::default(), label_name)
+}
+
+/// [`evaluate`] with the `[preferences]` settings of the preference signals.
+pub fn evaluate_with(
+    inputs: &AnnotatorInputs,
+    scope: &ScopeInputs,
+    config: &DriftConfig,
+    preferences: &PreferenceSettings,
+    label_name: &dyn Fn(LabelId) -> String,
+) -> Timeline {
     let gold_days = inputs.gold_days();
     let mut context = DayContext {
         config,
@@ -896,24 +943,25 @@ pub fn evaluate(
         gold_days: &gold_days,
         scope,
         median_ms: None,
+        preferences,
         explain: false,
     };
     // The scope's duration histogram of the days before the one being evaluated.
     let mut scope_speed = scope.speed.iter().peekable();
     let mut histogram: BTreeMap<u16, i64> = BTreeMap::new();
     let mut timeline = Timeline::default();
-    let mut state = [SignalState::Insufficient; 5];
-    let mut since: [Option<Day>; 5] = [None; 5];
-    let mut last_bad: [Option<Day>; 5] = [None; 5];
-    let mut open: [Option<usize>; 5] = [None; 5];
-    let mut latest: [Option<Reading>; 5] = Default::default();
+    let mut state = [SignalState::Insufficient; Signal::COUNT];
+    let mut since: [Option<Day>; Signal::COUNT] = [None; Signal::COUNT];
+    let mut last_bad: [Option<Day>; Signal::COUNT] = [None; Signal::COUNT];
+    let mut open: [Option<usize>; Signal::COUNT] = [None; Signal::COUNT];
+    let mut latest: [Option<Reading>; Signal::COUNT] = Default::default();
     let mut last_day = None;
     for day in inputs.active_days(&gold_days) {
         while let Some((&(_, bucket), &[n])) = scope_speed.next_if(|((d, _), _)| *d < day) {
             *histogram.entry(bucket).or_default() += n;
         }
         context.median_ms = median_ms(&histogram);
-        let mut levels = [SignalState::Insufficient; 5];
+        let mut levels = [SignalState::Insufficient; Signal::COUNT];
         for signal in Signal::ALL {
             let i = signal.index();
             latest[i] = context.read(signal, day);
@@ -977,10 +1025,14 @@ pub fn evaluate(
     }
     timeline.current = Signal::ALL
         .iter()
+        .filter(|signal| !signal.is_preference() || !inputs.sides.is_empty())
         .map(|&signal| {
             let i = signal.index();
             let reading = latest[i].take();
-            let note = reading.is_none().then(|| not_enough(signal, config));
+            let note = reading.is_none().then(|| match signal {
+                Signal::Position | Signal::Ties => sides::not_enough(signal == Signal::Position, preferences),
+                _ => not_enough(signal, config),
+            });
             (signal, SignalReport { state: state[i], since: since[i].map(date), reading, note })
         })
         .collect();
@@ -1014,6 +1066,7 @@ fn not_enough(signal: Signal, c: &DriftConfig) -> String {
             days(c.speed_window_days),
             days(c.speed_baseline_days)
         ),
+        Signal::Position | Signal::Ties => String::new(),
     }
 }
 

@@ -83,6 +83,8 @@ pub struct EngineConfig {
     pub drift: DriftSettings,
     /// When records are formed: every epoch's changes (live), or once, the final ones (report).
     pub emit: Emit,
+    /// The `[preferences]` settings.
+    pub preferences: crate::preferences::PreferenceSettings,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +95,7 @@ impl Default for EngineConfig {
             items: ItemsConfig { records: Some(Emit::Changes), ..ItemsConfig::default() },
             drift: DriftSettings::default(),
             emit: Emit::Changes,
+            preferences: crate::preferences::PreferenceSettings::default(),
         }
     }
 }
@@ -261,8 +264,12 @@ impl Engine {
         };
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
         let commands = Arc::new(Mutex::new(Some(command_rx)));
-        let quality =
-            QualityConfig { items: config.items.clone(), drift: config.drift.clone(), emit: config.emit };
+        let quality = QualityConfig {
+            items: config.items.clone(),
+            drift: config.drift.clone(),
+            emit: config.emit,
+            preferences: config.preferences,
+        };
         let failed = {
             let shared = Arc::clone(&shared);
             Arc::new(move |reason: String| {

@@ -36,9 +36,11 @@ use crate::annotators::{AnnotatorKey, AnnotatorSum};
 use crate::dataflow::{summarize_item, Changes, Diff, ItemFact, Sums, Time};
 use crate::keyed::{emit_difference, Emit};
 use crate::label::{JsonLabel, LabelId};
+use crate::leaderboard::TrustInput;
 use crate::names::Names;
 use crate::objects::ItemConsensus;
 use crate::pairs::PairKey;
+use crate::preferences::Compared;
 use crate::records::{Entity, Record};
 use crate::scopes::ScopeSum;
 use crate::source::{
@@ -48,8 +50,9 @@ use crate::source::{
 /// A change to one item, as a reader parsed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ItemEvent {
-    /// The label of `annotator` on the item (`None`: deleted).
-    Label { annotator: AnnotatorId, seq: u64, value: Option<(LabelId, Stamp)> },
+    /// The label of `annotator` on the item (`None`: deleted); for a preference event (spec
+    /// 2.2) also the comparison (`label` is then its normalised outcome).
+    Label { annotator: AnnotatorId, seq: u64, value: Option<(LabelId, Stamp)>, compared: Option<Compared> },
     /// The item's gold answer (`None`: deleted).
     Gold { seq: u64, label: Option<LabelId> },
 }
@@ -73,6 +76,8 @@ pub enum ItemOutput {
     /// A label on a gold item of `scope` (a window scope for windows), when it was given, and
     /// whether it matched the gold answer.
     Gold { scope: ScopeId, annotator: AnnotatorId, item: u64, ts_ms: i64, correct: bool },
+    /// A live comparison of `annotator` on an item of `scope` (never of a window).
+    Compared { scope: ScopeId, annotator: AnnotatorId, day: Day, compared: Compared },
 }
 
 /// How the items of a dataflow are kept.
@@ -137,18 +142,37 @@ impl Slot {
 struct ItemState {
     labels: Box<[Slot]>,
     gold: Option<Box<(u64, Option<LabelId>)>>,
+    /// The live comparisons of preference events by annotator (few items have any).
+    compared: Box<[(AnnotatorId, Compared)]>,
 }
 
 impl ItemState {
     fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.gold.is_none()
+        self.labels.is_empty() && self.gold.is_none() && self.compared.is_empty()
+    }
+
+    /// Sets (or, with `None`, removes) the comparison of `annotator`; returns whether it changed.
+    fn set_compared(&mut self, annotator: AnnotatorId, compared: Option<Compared>) -> bool {
+        let list = &mut self.compared;
+        match (list.binary_search_by_key(&annotator, |(a, _)| *a), compared) {
+            (Ok(i), Some(c)) => std::mem::replace(&mut list[i].1, c) != c,
+            (Ok(i), None) => {
+                crate::keyed::remove_at(list, i);
+                true
+            }
+            (Err(i), Some(c)) => {
+                crate::keyed::insert_at(list, i, (annotator, c));
+                true
+            }
+            (Err(_), None) => false,
+        }
     }
 
     /// Applies an event; returns whether the item's live state changed.
     fn apply(&mut self, event: &ItemEvent, out_of_order: bool) -> bool {
         match *event {
-            ItemEvent::Label { annotator, seq, value } => {
-                match self.labels.binary_search_by_key(&annotator, |s| s.annotator) {
+            ItemEvent::Label { annotator, seq, value, compared } => {
+                let changed = match self.labels.binary_search_by_key(&annotator, |s| s.annotator) {
                     Ok(i) => {
                         let slot = &mut self.labels[i];
                         if out_of_order && seq < slot.seq {
@@ -168,7 +192,8 @@ impl ItemState {
                         }
                         value.is_some()
                     }
-                }
+                };
+                changed | self.set_compared(annotator, compared.filter(|_| value.is_some()))
             }
             ItemEvent::Gold { seq, label } => {
                 let old = match self.gold.as_deref() {
@@ -204,6 +229,10 @@ impl ItemState {
             for &(b, label_b, _) in &rows[i + 1..] {
                 out.push(ItemOutput::Pair { scope, a, b, label_a, label_b });
             }
+        }
+        for &(annotator, compared) in self.compared.iter() {
+            let Ok(i) = rows.binary_search_by_key(&annotator, |&(a, ..)| a) else { continue };
+            out.push(ItemOutput::Compared { scope, annotator, day: rows[i].2.day(), compared });
         }
         let gold = self.gold.as_deref().and_then(|&(_, label)| label);
         if let Some(gold) = gold {
@@ -319,6 +348,9 @@ pub struct Items<'s> {
     pub scopes: VecCollection<'s, Time, ScopeUpdate, Sums>,
     /// Changes of the annotators' sums, summed likewise.
     pub annotators: VecCollection<'s, Time, AnnotatorUpdate, Sums>,
+    /// Changes of the annotators' comparisons per pair of systems and per side (preference
+    /// events only), for the leaderboard (not summed, as pair cells).
+    pub trust: VecCollection<'s, Time, TrustUpdate, Sums>,
     /// Pair cells: `+1` for each item on which `a` and `b` gave those labels (rarely the same
     /// cell twice in an epoch, so not summed).
     pub pairs: VecCollection<'s, Time, PairCell, Diff>,
@@ -328,6 +360,16 @@ pub struct Items<'s> {
 
 /// One epoch's sums per key, reused from epoch to epoch.
 type Accumulator<K> = HashMap<K, Sums, RandomState>;
+
+/// A sum an item's comparison contributes to its annotator's trust (see [`crate::leaderboard`]).
+pub type TrustUpdate = (AnnotatorKey, TrustInput);
+
+/// One epoch's sums of each kind.
+#[derive(Default)]
+struct Accumulators {
+    scopes: Accumulator<ScopeUpdate>,
+    annotators: Accumulator<AnnotatorUpdate>,
+}
 
 /// An output of changes with multiplicity `R`.
 type Output<D, R> = OutputBuilder<Time, CapacityContainerBuilder<Vec<(D, Time, R)>>>;
@@ -342,10 +384,11 @@ fn accumulate<K: Hash + Eq>(sums: &mut Accumulator<K>, key: K, (x, y, z): Sums, 
 fn distribute(
     output: ItemOutput,
     diff: Diff,
-    scopes: &mut Accumulator<ScopeUpdate>,
-    annotators: &mut Accumulator<AnnotatorUpdate>,
+    sums: &mut Accumulators,
     mut pair: impl FnMut(PairCell, Diff),
+    mut trust: impl FnMut(TrustUpdate, Sums),
 ) {
+    let Accumulators { scopes, annotators } = sums;
     match output {
         ItemOutput::Fact { scope, fact, .. } => match fact {
             ItemFact::Stats { day, raters, agreeing_pairs, majority } => accumulate(
@@ -404,6 +447,17 @@ fn distribute(
                 accumulate(annotators, (key, AnnotatorSum::Answer { ts_ms, item, correct }), (1, 0, 0), diff);
             }
         }
+        ItemOutput::Compared { scope, annotator, day, compared } => {
+            let key = (scope, annotator);
+            let s = compared.sides();
+            accumulate(annotators, (key, AnnotatorSum::Side { day }), (s.left, s.right, s.ties), diff);
+            // Not summed here: one (annotator, pair of systems) rarely comes twice in an epoch,
+            // and a large table of them costs a cache miss per comparison.
+            trust((key, TrustInput::Side), (s.left * diff, s.right * diff, s.ties * diff));
+            let p = compared.pair();
+            let versus = TrustInput::Versus { first: compared.first, second: compared.second };
+            trust((key, versus), (p.a_wins * diff, p.b_wins * diff, p.ties * diff));
+        }
     }
 }
 
@@ -435,6 +489,8 @@ pub fn items<'s>(
     let (scope_sums, scope_stream) = builder.new_output();
     let (annotator_sums, annotator_stream) = builder.new_output();
     let (pair_cells, pair_stream): (_, Changes<'s, PairCell>) = builder.new_output();
+    let (trust_sums, trust_stream) = builder.new_output();
+    // The records' output comes last (see `held`).
     let (records, records_stream): (_, Changes<'s, Record>) = builder.new_output();
     let mut scope_sums =
         OutputBuilder::<Time, CapacityContainerBuilder<Vec<(ScopeUpdate, Time, Sums)>>>::from(scope_sums);
@@ -442,6 +498,8 @@ pub fn items<'s>(
         Time,
         CapacityContainerBuilder<Vec<(AnnotatorUpdate, Time, Sums)>>,
     >::from(annotator_sums);
+    let mut trust_sums =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(TrustUpdate, Time, Sums)>>>::from(trust_sums);
     let mut pair_cells =
         OutputBuilder::<Time, CapacityContainerBuilder<Vec<(PairCell, Time, Diff)>>>::from(pair_cells);
     let mut records =
@@ -455,11 +513,10 @@ pub fn items<'s>(
         let mut stash: Pending = BTreeMap::new();
         let mut scratch = Scratch::default();
         let (mut before, mut after) = (Vec::new(), Vec::new());
-        let mut scopes: Accumulator<ScopeUpdate> = HashMap::default();
-        let mut annotators: Accumulator<AnnotatorUpdate> = HashMap::default();
+        let mut sums = Accumulators::default();
         move |frontiers| {
             input.for_each(|capability, data| {
-                let Some(capabilities) = (0..4).map(|output| capability.retain_least(output)).collect()
+                let Some(capabilities) = (0..5).map(|output| capability.retain_least(output)).collect()
                 else {
                     return;
                 };
@@ -483,8 +540,10 @@ pub fn items<'s>(
                 events.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.seq().cmp(&y.seq())));
                 let mut pair_handle = pair_cells.activate();
                 let mut pair_session = pair_handle.session(&capabilities[2]);
+                let mut trust_handle = trust_sums.activate();
+                let mut trust_session = trust_handle.session(&capabilities[3]);
                 let mut record_handle = records.activate();
-                let mut record_session = record_handle.session(&capabilities[3]);
+                let mut record_session = record_handle.session(&capabilities[4]);
                 let mut rest = &events[..];
                 while let Some(&(item, _)) = rest.first() {
                     let len = rest.iter().take_while(|(i, _)| *i == item).count();
@@ -521,14 +580,18 @@ pub fn items<'s>(
                         entry.remove();
                     }
                     emit_difference(&mut before, &mut after, |output, diff| {
-                        distribute(output, diff, &mut scopes, &mut annotators, |cell, diff| {
-                            pair_session.give((cell, time, diff))
-                        })
+                        distribute(
+                            output,
+                            diff,
+                            &mut sums,
+                            |cell, diff| pair_session.give((cell, time, diff)),
+                            |update, sums| trust_session.give((update, time, sums)),
+                        )
                     });
                 }
-                drop((pair_session, record_session));
-                flush(&mut scopes, &mut scope_sums, &capabilities[0]);
-                flush(&mut annotators, &mut annotator_sums, &capabilities[1]);
+                drop((pair_session, trust_session, record_session));
+                flush(&mut sums.scopes, &mut scope_sums, &capabilities[0]);
+                flush(&mut sums.annotators, &mut annotator_sums, &capabilities[1]);
             }
             if let Some(held) = held.as_mut() {
                 crate::keyed::hold_at_frontier(held, frontiers);
@@ -552,6 +615,7 @@ pub fn items<'s>(
     Items {
         scopes: scope_stream.as_collection(),
         annotators: annotator_stream.as_collection(),
+        trust: trust_stream.as_collection(),
         pairs: pair_stream.as_collection(),
         records: records_stream.as_collection(),
     }

@@ -20,6 +20,7 @@ pub mod gates;
 pub mod items;
 pub mod keyed;
 pub mod label;
+pub mod leaderboard;
 pub mod names;
 pub mod number;
 pub mod objects;

@@ -88,6 +88,10 @@ pub struct AnnotatorReport<'a> {
     pub gold: Option<GoldAccuracy>,
     /// Every drift signal's state and latest reading, by signal name.
     pub drift: Option<BTreeMap<&'static str, &'a SignalReport>>,
+    /// For an annotator of preference events (spec 2.2): `position`, `ties`, `events`,
+    /// `tie_rate`, as fields of its own.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub preferences: Option<crate::preferences::PreferenceQuality>,
 }
 
 /// An item's consensus label.

@@ -28,6 +28,62 @@ mod tests;
 /// of its left share lies entirely above `0.5 + margin` or entirely below `0.5 - margin`.
 pub const DEFAULT_POSITION_MARGIN: f64 = 0.1;
 
+/// The `[preferences]` settings: the margin of the position-bias flag.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreferenceSettings {
+    /// See [`DEFAULT_POSITION_MARGIN`].
+    pub position_margin: f64,
+    /// The drift signals `position` and `ties` read the last this many days ...
+    pub window_days: u32,
+    /// ... `position` once there are this many decisive comparisons in them ...
+    pub min_decisive: i64,
+    /// ... and `ties` once there are this many comparisons; it alarms when the tie rate's Wilson
+    /// interval lies entirely above `tie_rate_max`.
+    pub min_comparisons: i64,
+    pub tie_rate_max: f64,
+}
+
+impl Default for PreferenceSettings {
+    fn default() -> Self {
+        PreferenceSettings {
+            position_margin: DEFAULT_POSITION_MARGIN,
+            window_days: 7,
+            min_decisive: 30,
+            min_comparisons: 30,
+            tie_rate_max: 0.25,
+        }
+    }
+}
+
+/// One live comparison as an item keeps it for its annotator: the two systems (ids of their
+/// names, interned as labels; `first` the bytewise smaller), the side of the screen chosen, and
+/// how it came out for the systems. Its counts are [`Compared::sides`] and [`Compared::pair`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Compared {
+    pub first: crate::label::LabelId,
+    pub second: crate::label::LabelId,
+    pub side: Side,
+    pub result: crate::event::PairResult,
+}
+
+impl Compared {
+    /// This comparison's side, as counts.
+    pub fn sides(&self) -> SideCounts {
+        SideCounts::of(self.side)
+    }
+
+    /// This comparison's result for the pair `(first, second)`, as counts.
+    pub fn pair(&self) -> PairCounts {
+        use crate::event::PairResult;
+        PairCounts {
+            a_wins: i64::from(self.result == PairResult::FirstWins),
+            b_wins: i64::from(self.result == PairResult::SecondWins),
+            ties: i64::from(self.result == PairResult::Tie),
+        }
+    }
+}
+
 /// The side of the screen an annotator chose in one comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Side {

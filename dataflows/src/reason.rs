@@ -141,15 +141,18 @@ pub enum InputWarning {
     LabelLooksLikeGold,
     /// A gold answer with an `annotator_id`: a label event on the gold input?
     GoldWithAnnotator,
+    /// A scope with both plain label events and preference events (spec 2.2).
+    MixedKinds,
 }
 
 impl InputWarning {
     /// Every warning, in a fixed order.
-    pub const ALL: [InputWarning; 4] = [
+    pub const ALL: [InputWarning; 5] = [
         InputWarning::TsBefore1973,
         InputWarning::NumberAndString,
         InputWarning::LabelLooksLikeGold,
         InputWarning::GoldWithAnnotator,
+        InputWarning::MixedKinds,
     ];
 
     /// The `kind` label of the warning counter.
@@ -159,6 +162,7 @@ impl InputWarning {
             InputWarning::NumberAndString => "number_and_string",
             InputWarning::LabelLooksLikeGold => "label_looks_like_gold",
             InputWarning::GoldWithAnnotator => "gold_with_annotator_id",
+            InputWarning::MixedKinds => "mixed_kinds",
         }
     }
 
@@ -179,6 +183,11 @@ impl InputWarning {
             InputWarning::GoldWithAnnotator => {
                 "carry an `annotator_id`, which gold answers do not have (ignored): is a label file \
                  given as gold?"
+            }
+            InputWarning::MixedKinds => {
+                "are plain label events in a scope that also has preference events (`left`, \
+                 `right`), or the reverse: give comparisons a task of their own (the scope's \
+                 preference numbers use its preference events only)"
             }
         }
     }

@@ -35,6 +35,12 @@ pub enum Entity {
     /// The gate of an annotator (by name) in the record's project ([`crate::drift::Gate`]); gates
     /// belong to a project, so the record's task is empty.
     Gate(Box<str>),
+    /// The scope's preference numbers over all its comparisons, spec 2.2
+    /// ([`crate::preferences::PreferenceQuality`]).
+    Preferences,
+    /// A system's leaderboard entry by name, spec 2.2
+    /// ([`crate::preferences::LeaderboardEntry`]).
+    System(Box<str>),
 }
 
 /// The identity of a record: its scope's names and the entity within it.

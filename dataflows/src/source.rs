@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
+use crate::event::PairResult;
 use crate::event::{
     parse_gold_event, parse_label_event, record_text, GoldEvent, InputWarning, LabelEvent, Op, ParseError,
     Warnings,
@@ -23,6 +24,7 @@ use crate::event::{
 use crate::items::ItemEvent;
 use crate::label::{stable_id, IdCollision, Label, LabelId, LabelTable, RawLabel};
 use crate::number::RawNumber;
+use crate::preferences::Compared;
 
 /// Id of a (project, task) scope, or of a window of one (with [`WINDOW_BIT`] set).
 pub type ScopeId = u64;
@@ -370,6 +372,11 @@ const AS_NUMBER: u8 = 1;
 /// A number label seen as a string holding that number.
 const AS_STRING: u8 = 2;
 
+/// A plain label event seen in a scope (in [`Source::kinds`]).
+const PLAIN_LABELS: u8 = 1;
+/// A preference event seen in a scope.
+const PREFERENCES: u8 = 2;
+
 /// Interns the names of parsed events and turns each into an [`Update`] for the item it concerns,
 /// stamped with a sequence number (see [`Source::set_seq`]); the items' owners apply the
 /// upsert/delete semantics ([`crate::items`]).
@@ -383,6 +390,9 @@ pub struct Source {
     /// Per scope and number label (labels and gold answers alike), the forms it was sent in:
     /// [`AS_NUMBER`], [`AS_STRING`] (`"1"` for `1`), or both, a likely mistake.
     number_forms: HashMap<(ScopeId, LabelId), u8, RandomState>,
+    /// Per scope, the kinds of label events seen: [`PLAIN_LABELS`], [`PREFERENCES`] or both, a
+    /// likely mistake (spec 2.2).
+    kinds: HashMap<ScopeId, u8, RandomState>,
     scratch: Vec<u8>,
 }
 
@@ -453,21 +463,54 @@ impl Source {
             ts_ms: event.ts_ms,
             duration_ms: event.duration_ms.map(|d| u32::try_from(d).unwrap_or(u32::MAX)),
         };
-        let new = match &event.label {
-            Some(label) => Some((self.catalog.label(label)?, stamp)),
-            None => None,
+        // A preference event is agreed on by its normalised outcome (spec 2.2), and keeps its
+        // comparison; its systems' names are interned as labels.
+        let outcome = event.preference.as_ref().and_then(|p| p.outcome().map(|o| (p, o)));
+        let agreed;
+        let (label, compared) = match (&event.label, outcome) {
+            (Some(_), Some((preference, outcome))) => {
+                fn system(name: &str) -> RawLabel<'_> {
+                    RawLabel::String(std::borrow::Cow::Borrowed(name))
+                }
+                let compared = Compared {
+                    first: self.catalog.label(&system(outcome.first))?,
+                    second: self.catalog.label(&system(outcome.second))?,
+                    side: preference.choice.expect("an upsert has a choice").side(),
+                    result: outcome.result,
+                };
+                agreed = outcome.agreement_label();
+                (Some(&agreed), Some(compared))
+            }
+            (label, _) => (label.as_ref(), None),
+        };
+        // A decisive outcome's label is its winner's name, interned just above.
+        let winner = compared.and_then(|c| match (label, c.result) {
+            (Some(RawLabel::String(_)), PairResult::FirstWins) => Some(c.first),
+            (Some(RawLabel::String(_)), PairResult::SecondWins) => Some(c.second),
+            _ => None,
+        });
+        let new = match (label, winner) {
+            (Some(_), Some(id)) => Some((id, stamp)),
+            (Some(label), None) => Some((self.catalog.label(label)?, stamp)),
+            (None, _) => None,
         };
         let mut warnings = event.warnings;
-        if let (Some(label), Some((id, _))) = (&event.label, new) {
+        if let (Some(label), Some((id, _))) = (label, new) {
             if self.mixed_forms(scope, label, id) {
                 warnings.add(InputWarning::NumberAndString);
+            }
+            let kind = if compared.is_some() { PREFERENCES } else { PLAIN_LABELS };
+            let kinds = self.kinds.entry(scope).or_default();
+            *kinds |= kind;
+            if *kinds == PLAIN_LABELS | PREFERENCES {
+                warnings.add(InputWarning::MixedKinds);
             }
         }
         if new.is_some() {
             // Learns the names of the label's windows.
             self.windows_of(scope, stamp)?;
         }
-        out.push((item, ItemEvent::Label { annotator, seq: self.next_seq(), value: new }));
+        out.push((item, ItemEvent::Label { annotator, seq: self.next_seq(), value: new, compared }));
         Ok(warnings)
     }
 

@@ -671,6 +671,30 @@ def overview():
     ]
     y += 15
 
+    panels.append(row("Leaderboard (pairwise preferences)", y))
+    y += 1
+    system = 'project=~"$project", task=~"$task"'
+    panels += [
+        bar_gauge("Leaderboard: Elo per system",
+                  "Each system's Elo rating on its scope's leaderboard (labelqc.leaderboard), from "
+                  "the Bradley-Terry strengths over the comparisons of annotators whose gate does "
+                  "not block them: 1000 + 400 strength / ln 10. 400 points are odds of 10 to 1.",
+                  "none", steps("blue"),
+                  [target(f"max by (project, task, system) (labelqc_system_elo{{{system}}})",
+                          "{{system}} ({{project}}/{{task}})", instant=True)],
+                  (0, y, 8, 9), decimals=0),
+        timeseries("Bradley-Terry strength with its 95% interval",
+                   "Each system's strength (log-odds; 0 is the average system) and the ends of its "
+                   "95% interval. Two systems whose intervals overlap much are not told apart yet: "
+                   "more comparisons narrow them.",
+                   "none", steps("blue"),
+                   [target(f"labelqc_system_strength{{{system}}}", "{{system}}"),
+                    target(f"labelqc_system_strength_low{{{system}}}", "{{system}} low", ref="B"),
+                    target(f"labelqc_system_strength_high{{{system}}}", "{{system}} high", ref="C")],
+                   (8, y, 16, 9), decimals=3),
+    ]
+    y += 9
+
     panels.append(row("Who needs attention", y))
     y += 1
     panels.append(

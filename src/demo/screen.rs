@@ -36,6 +36,16 @@ pub struct Snapshot {
     pub alerts: Vec<ScreenAlert>,
     /// Alerts that started firing since the start.
     pub raised: u64,
+    /// The leaderboards of the scopes with comparisons.
+    pub leaderboards: Vec<LeaderboardRow>,
+}
+
+/// One scope's leaderboard: its systems by rank, with their Elo ratings.
+#[derive(Clone, Debug, Default)]
+pub struct LeaderboardRow {
+    /// `project/task`.
+    pub scope: String,
+    pub systems: Vec<(String, f64)>,
 }
 
 /// One scope's line.
@@ -249,6 +259,11 @@ pub fn render(snapshot: &Snapshot, width: usize, height: usize) -> Vec<String> {
             .collect();
         lines.push(format!("planted: {}", parts.join("; ")));
     }
+    for board in s.leaderboards.iter().take(2) {
+        let systems: Vec<String> =
+            board.systems.iter().map(|(name, elo)| format!("{name} {elo:.0}")).collect();
+        lines.push(format!("leaderboard {} (Elo): {}", board.scope, systems.join(", ")));
+    }
     lines.push(String::new());
 
     // Alerts, one block per annotator (scope-level alerts one block each), critical first.
@@ -410,6 +425,10 @@ mod tests {
             ],
             alerts,
             raised: 11,
+            leaderboards: vec![LeaderboardRow {
+                scope: "default/preference".into(),
+                systems: (0..8).map(|i| (format!("sys-{i:02}"), 1200.0 - 40.0 * f64::from(i))).collect(),
+            }],
         }
     }
 

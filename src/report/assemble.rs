@@ -26,6 +26,10 @@ enum Section {
     Items,
     Alerts,
     Windows,
+    /// The scope's preference numbers (spec 2.2), when it has comparisons.
+    Preferences,
+    /// The scope's leaderboard, when it has one: buffered, and written by rank.
+    Leaderboard,
     Done,
 }
 
@@ -37,6 +41,8 @@ impl Section {
             Entity::Item(_) => Section::Items,
             Entity::Alert(_) => Section::Alerts,
             Entity::Window { .. } => Section::Windows,
+            Entity::Preferences => Section::Preferences,
+            Entity::System(_) => Section::Leaderboard,
             Entity::Scope | Entity::Gate(_) => return None,
         })
     }
@@ -47,7 +53,9 @@ impl Section {
             Section::Annotators => Section::Items,
             Section::Items => Section::Alerts,
             Section::Alerts => Section::Windows,
-            Section::Windows | Section::Done => Section::Done,
+            Section::Windows => Section::Preferences,
+            Section::Preferences => Section::Leaderboard,
+            Section::Leaderboard | Section::Done => Section::Done,
         }
     }
 }
@@ -62,6 +70,36 @@ struct Writer<'w, W: Write> {
     in_scope: bool,
     current: Section,
     has: bool,
+    /// The open scope's leaderboard entries, with their ranks.
+    leaderboard: Vec<(u32, Vec<u8>)>,
+    /// The open scope's live labels.
+    scope_labels: i64,
+}
+
+/// The scope's warning when it has both plain label events and comparisons (spec 2.2).
+const MIXED_KINDS: &[u8] = br#","warnings":[{"kind":"mixed_kinds","message":"the scope has both plain label events and preference events (left, right); its preference numbers use the preference events only: give comparisons a task of their own"}]"#;
+
+/// A count of a record's object.
+enum Count {
+    /// A scope's `n_labels`.
+    Labels,
+    /// The `events` of a scope's preference numbers.
+    Events,
+}
+
+/// The count `which` of a record's compact JSON object (0 when it has none).
+fn count_of(value: &[u8], which: Count) -> i64 {
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        n_labels: Option<i64>,
+        events: Option<i64>,
+    }
+    let counts = serde_json::from_slice::<Counts>(value).ok();
+    match which {
+        Count::Labels => counts.and_then(|c| c.n_labels),
+        Count::Events => counts.and_then(|c| c.events),
+    }
+    .unwrap_or(0)
 }
 
 impl<W: Write> Writer<'_, W> {
@@ -73,7 +111,8 @@ impl<W: Write> Writer<'_, W> {
                 Section::Items if !self.with_items => {}
                 Section::Items => self.out.write_all(b"}")?,
                 Section::Windows if !self.has => {}
-                Section::Done => {}
+                Section::Preferences | Section::Done => {}
+                Section::Leaderboard => self.write_leaderboard()?,
                 _ => self.out.write_all(b"]")?,
             }
             self.current = self.current.next();
@@ -87,6 +126,22 @@ impl<W: Write> Writer<'_, W> {
             }
         }
         Ok(())
+    }
+
+    /// Writes the buffered leaderboard, by rank, if there is one.
+    fn write_leaderboard(&mut self) -> io::Result<()> {
+        if self.leaderboard.is_empty() {
+            return Ok(());
+        }
+        self.leaderboard.sort();
+        self.out.write_all(b",\"leaderboard\":[")?;
+        for (i, (_, entry)) in self.leaderboard.drain(..).enumerate() {
+            if i > 0 {
+                self.out.write_all(b",")?;
+            }
+            self.out.write_all(&entry)?;
+        }
+        self.out.write_all(b"]")
     }
 
     fn end_scope(&mut self) -> io::Result<()> {
@@ -110,6 +165,7 @@ impl<W: Write> Writer<'_, W> {
             self.out.write_all(&record.value[..record.value.len() - 1])?;
             self.out.write_all(b",\"pairs\":[")?;
             (self.in_scope, self.current, self.has) = (true, Section::Pairs, false);
+            self.scope_labels = count_of(&record.value, Count::Labels);
             return Ok(());
         }
         let Some(section) = Section::of(entity) else { return Ok(()) };
@@ -117,6 +173,24 @@ impl<W: Write> Writer<'_, W> {
             return Ok(());
         }
         self.advance(section)?;
+        if section == Section::Preferences {
+            self.out.write_all(b",\"preferences\":")?;
+            self.out.write_all(&record.value)?;
+            // Live labels that are not comparisons: the scope mixes kinds (spec 2.2).
+            if self.scope_labels > count_of(&record.value, Count::Events) {
+                self.out.write_all(MIXED_KINDS)?;
+            }
+            return Ok(());
+        }
+        if section == Section::Leaderboard {
+            #[derive(serde::Deserialize)]
+            struct Rank {
+                rank: u32,
+            }
+            let rank = serde_json::from_slice::<Rank>(&record.value).map_or(u32::MAX, |r| r.rank);
+            self.leaderboard.push((rank, record.value.clone()));
+            return Ok(());
+        }
         if section == Section::Windows && !self.has {
             self.out.write_all(b",\"windows\":[")?;
         } else if self.has {
@@ -158,6 +232,8 @@ impl Report {
             in_scope: false,
             current: Section::Done,
             has: false,
+            leaderboard: Vec::new(),
+            scope_labels: 0,
         };
         for record in self.records() {
             writer.record(record)?;

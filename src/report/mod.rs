@@ -38,6 +38,8 @@ pub struct ReportRequest {
     pub drift: DriftSettings,
     /// Window sizes (ms) to report per-scope numbers over; empty for none.
     pub windows: Vec<i64>,
+    /// The `[preferences]` settings.
+    pub preferences: labelqc_dataflows::preferences::PreferenceSettings,
     /// Show a progress bar (only honoured when stderr is a terminal).
     pub progress: bool,
 }
@@ -91,6 +93,7 @@ pub fn run(request: &ReportRequest, on_refused: impl FnMut(&Refused<'_>)) -> Res
         },
         drift: request.drift.clone(),
         emit: Emit::Final,
+        preferences: request.preferences,
     };
     let mut engine = Engine::start_fed(&config, None, factory)?;
     let reader = {

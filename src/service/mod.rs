@@ -265,6 +265,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         },
         drift: config.drift_settings(),
         emit: Emit::Changes,
+        preferences: config.preferences,
     };
     let cluster_config = (!cluster.addresses.is_empty())
         .then(|| ClusterConfig { process: cluster.process, addresses: cluster.addresses.clone() });

@@ -37,18 +37,20 @@ pub enum OutputTopic {
     Alerts,
     Gating,
     DeadLetter,
+    Leaderboard,
 }
 
 impl OutputTopic {
     /// The topics that hold one current value per key, read back at start and published as
     /// differences.
-    pub const KEYED: [OutputTopic; 6] = [
+    pub const KEYED: [OutputTopic; 7] = [
         OutputTopic::Scopes,
         OutputTopic::Annotators,
         OutputTopic::Pairs,
         OutputTopic::Items,
         OutputTopic::ScopeWindows,
         OutputTopic::Alerts,
+        OutputTopic::Leaderboard,
     ];
 
     /// The topic's name in the configuration.
@@ -62,6 +64,7 @@ impl OutputTopic {
             OutputTopic::Alerts => &outputs.alerts,
             OutputTopic::Gating => &outputs.gating,
             OutputTopic::DeadLetter => &outputs.deadletter,
+            OutputTopic::Leaderboard => &outputs.leaderboard,
         }
     }
 
@@ -166,7 +169,13 @@ pub fn message(key: &RecordKey, value: Option<&[u8]>, updated_at: &str) -> Optio
             value.map(|v| with_names(project, task, Some(name), v)),
         ),
         Entity::Alert(id) => (OutputTopic::Alerts, id.to_string(), value.map(<[u8]>::to_vec)),
-        Entity::Gate(_) => return None,
+        Entity::System(system) => (
+            OutputTopic::Leaderboard,
+            self::key(&[project, task, system]),
+            value.map(|v| with_names(project, task, None, v)),
+        ),
+        // The scope's own preference numbers are in the report only, for now.
+        Entity::Gate(_) | Entity::Preferences => return None,
     };
     Some(Message { topic, key, value })
 }

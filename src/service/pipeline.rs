@@ -168,6 +168,7 @@ fn remember(store: &Store, record: &Message) {
         OutputTopic::Scopes => Kind::Scopes,
         OutputTopic::Annotators => Kind::Annotators,
         OutputTopic::Items => Kind::Items,
+        OutputTopic::Leaderboard => Kind::Leaderboard,
         _ => return,
     };
     store.apply(kind, &record.key, record.value.as_deref());

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use labelqc::gen::preferences::{PreferenceSpec, PreferenceTraffic};
 use labelqc::gen::{generate, GenSpec, Planted};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::BaseProducer;
@@ -101,6 +102,7 @@ fn report_object(topic: &str) -> Option<&'static str> {
         "labelqc.items" => "scopes[].items.<item_id>",
         "labelqc.scope_windows" => "scopes[].windows[]",
         "labelqc.alerts" => "scopes[].alerts[]",
+        "labelqc.leaderboard" => "scopes[].leaderboard[]",
         _ => return None,
     })
 }
@@ -125,6 +127,14 @@ fn input() -> (Vec<String>, Vec<String>) {
     };
     let (mut labels, mut gold) = (Vec::new(), Vec::new());
     generate(&spec, &mut labels, Some(&mut gold)).unwrap();
+    // And comparisons of systems (a scope of their own): the preference fields and the
+    // leaderboard.
+    let comparisons =
+        PreferenceSpec { start_ms: start, mean_gap_ms: 40.0 * DAY_MS / 3_000.0, ..Default::default() };
+    let mut traffic = PreferenceTraffic::new(&comparisons).unwrap();
+    for _ in 0..3_000 {
+        traffic.next_event(None, &mut labels);
+    }
     let lines =
         |bytes: Vec<u8>| String::from_utf8(bytes).unwrap().lines().map(String::from).collect::<Vec<_>>();
     (lines(labels), lines(gold))
@@ -190,7 +200,7 @@ fn every_report_field_topic_field_and_metric_is_documented() {
         let names = labels.split(',').filter_map(|pair| pair.split_once('=')).map(|(k, _)| k.to_string());
         seen.entry(name.to_string()).or_default().extend(names);
     }
-    let telemetry = read("src/telemetry.rs");
+    let telemetry = read("src/telemetry.rs") + &read("src/telemetry/systems.rs");
     for declared in telemetry
         .split('"')
         .filter(|s| s.starts_with("labelqc_") && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))

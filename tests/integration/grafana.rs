@@ -134,7 +134,7 @@ fn identifiers(text: &str) -> impl Iterator<Item = &str> {
 /// Metric names labelqc exports: those declared in src/telemetry.rs, the summary's series and the
 /// process collector's.
 fn exported_metrics() -> BTreeSet<String> {
-    let telemetry = read(&repo().join("src/telemetry.rs"));
+    let telemetry = read(&repo().join("src/telemetry.rs")) + &read(&repo().join("src/telemetry/systems.rs"));
     let mut names: BTreeSet<String> = telemetry
         .split('"')
         .filter(|s| s.starts_with("labelqc_") && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
@@ -384,7 +384,7 @@ fn has_data(result: &[Value]) -> bool {
 fn prometheus_scraping_the_demo_answers_every_dashboard_query() {
     let Some((prometheus, promtool)) = prometheus_tools() else { return };
     let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (_demo, addr, _stderr) = start_demo(&["--duration", "600", "--rate", "2000"]);
+    let (_demo, addr, _stderr) = start_demo(&["--duration", "600", "--rate", "2000", "--comparisons", "200"]);
     let server = Prometheus::start(&prometheus, &addr);
     let queries = queries(&dashboards());
     assert!(queries.len() > 40, "{} queries", queries.len());

@@ -14,6 +14,7 @@ mod input;
 mod kafka;
 mod kubernetes;
 mod logs;
+mod preferences;
 mod property;
 mod read_topics;
 mod reference;

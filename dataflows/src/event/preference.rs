@@ -71,7 +71,7 @@ impl Preference<'_> {
 }
 
 /// How a comparison came out for its two systems.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum PairResult {
     /// The bytewise smaller system won.
     FirstWins,

@@ -97,7 +97,12 @@ fn run(workers: usize, config: ItemsConfig, events: Vec<(Time, ItemKey, ItemEven
 const ITEM: ItemKey = (0, 7);
 
 fn label(annotator: AnnotatorId, seq: u64, label: Option<LabelId>) -> ItemEvent {
-    ItemEvent::Label { annotator, seq, value: label.map(|l| (l, Stamp { ts_ms: 1, duration_ms: None })) }
+    ItemEvent::Label {
+        annotator,
+        seq,
+        value: label.map(|l| (l, Stamp { ts_ms: 1, duration_ms: None })),
+        compared: None,
+    }
 }
 
 fn pairs(run: &Run) -> Vec<(AnnotatorId, AnnotatorId, LabelId, LabelId)> {
@@ -162,6 +167,7 @@ fn windows_get_their_labels_and_the_gold_answer() {
         annotator,
         seq: annotator,
         value: Some((10, Stamp { ts_ms, duration_ms: None })),
+        compared: None,
     };
     let events = vec![
         (0, ITEM, at(1, 5)),

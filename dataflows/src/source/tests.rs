@@ -26,8 +26,8 @@ fn events_become_item_updates_in_sequence() {
     assert_eq!(
         out,
         vec![
-            (item, ItemEvent::Label { annotator, seq: 0, value: Some((x, at(1))) }),
-            (item, ItemEvent::Label { annotator, seq: 1, value: None }),
+            (item, ItemEvent::Label { annotator, seq: 0, value: Some((x, at(1))), compared: None }),
+            (item, ItemEvent::Label { annotator, seq: 1, value: None, compared: None }),
             (item, ItemEvent::Gold { seq: 100, label: Some(y) }),
         ]
     );
