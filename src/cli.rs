@@ -466,6 +466,8 @@ fn run_report(args: ReportArgs) -> Result<()> {
         windows: if args.windows { config.windows.sizes_ms()? } else { Vec::new() },
         engine: config.engine,
         progress: true,
+        truth: config.truth,
+        routing: config.routing,
     };
     let stderr = io::stderr();
     let mut shown = 0u64;

@@ -26,10 +26,14 @@ use crate::keyed::{keyed, Emit};
 use crate::label::LabelId;
 use crate::names::OnError;
 use crate::pairs::{PairLogic, PairOut};
-use crate::records::Record;
+use crate::records::{Entity, Record};
+use crate::routing::RoutingSettings;
+use crate::scope_truth::{ScopePart, ScopePartsLogic, TruthLogic, TruthOut};
 use crate::scopes::{ScopeLogic, ScopeOut, ScopeSum};
-use crate::source::{AnnotatorId, Day, Name, Stamp, Update};
+use crate::source::{scope_id, AnnotatorId, Day, Name, Stamp, Update};
 use crate::summary::{Metric, WatchLogic};
+use crate::trust::{blocked_labels, ItemOut, ItemRecordLogic, ItemUpdate};
+use crate::truth::TruthSettings;
 
 /// Logical time: a totally ordered epoch.
 pub type Time = u64;
@@ -182,6 +186,13 @@ pub struct QualityConfig {
     pub drift: DriftSettings,
     /// When the keyed operators derive their records.
     pub emit: Emit,
+    /// Dawid–Skene truth (`[truth]`): live, `refresh_ms` spaces the refits of a scope.
+    pub truth: TruthSettings,
+    /// Routing of items (`[routing]`).
+    pub routing: RoutingSettings,
+    /// Live: the shortest time between two fits of a scope's truth, warm started; `None`: a cold
+    /// fit whenever the scope changes.
+    pub truth_refresh: Option<std::time::Duration>,
 }
 
 /// The quality dataflow's output: every record, and the drift summary's facts.
@@ -214,8 +225,12 @@ pub fn quality<'s>(
     let names = crate::names::names(names, on_error);
     let emit = config.emit;
     let drift = &config.drift;
-    let Items { scopes: scope_sums, annotators: annotator_sums, pairs: pair_cells, records: item_records } =
-        items(events, &names, config.items.clone());
+    // The items leave their labels as rows; their records are formed downstream, with trust,
+    // truth and route.
+    let item_records_wanted = config.items.records.is_some();
+    let items_config = ItemsConfig { records: None, rows: true, ..config.items.clone() };
+    let Items { scopes: scope_sums, annotators: annotator_sums, pairs: pair_cells, rows, .. } =
+        items(events, &names, items_config);
 
     let pairs = keyed(pair_cells, None, &names, PairLogic, emit, "Pairs");
     let kappas = pairs
@@ -264,14 +279,77 @@ pub fn quality<'s>(
         GateOut::Watch { project, signal, candidate } => Some(((project, signal), candidate)),
         _ => None,
     });
-    let annotator_records = keyed(own.concat(gate_for), None, &names, JoinLogic, emit, "AnnotatorRecords");
+    let blocked = gates.others.clone().flat_map(|out| match out {
+        GateOut::Blocked { scope, annotator } => Some((scope, annotator)),
+        _ => None,
+    });
+
+    // Truth per scope, from every live label of the scope.
+    let refresh = config.truth_refresh.filter(|_| emit == Emit::Changes);
+    let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
+    let truth_logic = TruthLogic { settings: config.truth.clone(), refresh };
+    let truth = keyed(truth_rows, None, &names, truth_logic, emit, "Truth");
+    let confusion = truth.others.clone().flat_map(|out| match out {
+        TruthOut::Annotator { scope, annotator, json } => {
+            Some(((scope, annotator), JoinInput::Confusion(json)))
+        }
+        _ => None,
+    });
+    let item_truth = truth.others.clone().flat_map(|out| match out {
+        TruthOut::Item { scope, item, label, p, json } => {
+            Some(((scope, item), ItemUpdate::Truth { label, p, json }))
+        }
+        _ => None,
+    });
+    let scope_truth = truth.others.flat_map(|out| match out {
+        TruthOut::Scope { scope, json } => Some((scope, ScopePart::Truth(json))),
+        _ => None,
+    });
+
+    // Item records: consensus, trusted consensus (labels of blocked annotators joined out),
+    // truth and route.
+    let item_updates = rows
+        .clone()
+        .map(|(item, row)| (item, ItemUpdate::Row(row)))
+        .concat(blocked_labels(rows, blocked))
+        .concat(item_truth);
+    let item_logic = ItemRecordLogic { routing: config.routing.clone(), records: item_records_wanted };
+    let item_out = keyed(item_updates, None, &names, item_logic, emit, "ItemRecords");
+    let routes = item_out.others.flat_map(|out| match out {
+        ItemOut::Route { scope, route, labels_saved } => {
+            Some((scope, ScopePart::Route { route, labels_saved }))
+        }
+        ItemOut::Record(_) => None,
+    });
+    let item_records = item_out.records.flat_map(|out| match out {
+        ItemOut::Record(record) => Some(record),
+        ItemOut::Route { .. } => None,
+    });
+
+    let annotator_records =
+        keyed(own.concat(gate_for).concat(confusion), None, &names, JoinLogic, emit, "AnnotatorRecords");
     let watchlists = keyed(candidates, None, &names, WatchLogic { drift: drift.clone() }, emit, "Watchlists");
     let alert_inputs = combine(alert_inputs, "CombineAlertInputs");
     let alerts = keyed(alert_inputs, None, &names, AlertLogic { drift: drift.clone() }, emit, "Alerts");
 
+    // Scope records: the scope's own object joined with its truth and routing.
+    let scope_records = scopes.records.flat_map(ScopeOut::record);
+    let own_scopes = scope_records.clone().flat_map(|record| {
+        (record.key.entity == Entity::Scope)
+            .then(|| (scope_id(&record.key.project, &record.key.task), ScopePart::Own(record)))
+    });
+    let scope_parts = keyed(
+        own_scopes.concat(scope_truth).concat(routes),
+        None,
+        &names,
+        ScopePartsLogic,
+        emit,
+        "ScopeRecords",
+    );
     let records = item_records
         .concat(pairs.records.flat_map(PairOut::record))
-        .concat(scopes.records.flat_map(ScopeOut::record))
+        .concat(scope_records.filter(|record| record.key.entity != Entity::Scope))
+        .concat(scope_parts.records)
         .concat(annotator_records.records)
         .concat(gates.records.flat_map(GateOut::record))
         .concat(alerts.records.flat_map(AlertOut::record));

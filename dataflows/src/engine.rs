@@ -83,6 +83,14 @@ pub struct EngineConfig {
     pub drift: DriftSettings,
     /// When records are formed: every epoch's changes (live), or once, the final ones (report).
     pub emit: Emit,
+    /// Dawid–Skene truth settings.
+    pub truth: crate::truth::TruthSettings,
+    /// Routing settings.
+    pub routing: crate::routing::RoutingSettings,
+    /// Live: refit a changed scope's truth at most this often, warm started (the service and
+    /// the demo: `truth.refresh_ms`); `None`: a cold fit whenever a scope changes (exact, for
+    /// small inputs and tests).
+    pub truth_refresh: Option<std::time::Duration>,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +101,9 @@ impl Default for EngineConfig {
             items: ItemsConfig { records: Some(Emit::Changes), ..ItemsConfig::default() },
             drift: DriftSettings::default(),
             emit: Emit::Changes,
+            truth: Default::default(),
+            routing: Default::default(),
+            truth_refresh: None,
         }
     }
 }
@@ -261,8 +272,14 @@ impl Engine {
         };
         let timely_config = timely::Config { communication, worker: timely::WorkerConfig::default() };
         let commands = Arc::new(Mutex::new(Some(command_rx)));
-        let quality =
-            QualityConfig { items: config.items.clone(), drift: config.drift.clone(), emit: config.emit };
+        let quality = QualityConfig {
+            items: config.items.clone(),
+            drift: config.drift.clone(),
+            emit: config.emit,
+            truth: config.truth.clone(),
+            routing: config.routing.clone(),
+            truth_refresh: config.truth_refresh,
+        };
         let failed = {
             let shared = Arc::clone(&shared);
             Arc::new(move |reason: String| {

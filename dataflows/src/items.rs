@@ -73,6 +73,18 @@ pub enum ItemOutput {
     /// A label on a gold item of `scope` (a window scope for windows), when it was given, and
     /// whether it matched the gold answer.
     Gold { scope: ScopeId, annotator: AnnotatorId, item: u64, ts_ms: i64, correct: bool },
+    /// One of the item's live labels or its gold answer, as it is ([`ItemsConfig::rows`]).
+    Row(ItemKey, ItemRow),
+}
+
+/// An item's live label or gold answer, for the operators that keep labels by another key than
+/// the item's (truth per scope, trust per annotator) and the item records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ItemRow {
+    /// `annotator`'s live label.
+    Label { annotator: AnnotatorId, label: LabelId },
+    /// The item's gold answer.
+    Gold { label: LabelId },
 }
 
 /// How the items of a dataflow are kept.
@@ -87,6 +99,9 @@ pub struct ItemsConfig {
     pub out_of_order: bool,
     /// Whether the items' records (their consensus) are rendered, and when; `None` for none.
     pub records: Option<Emit>,
+    /// Whether the items' live labels and gold answers leave as rows ([`Items::rows`]), for
+    /// the item records, trust and truth downstream (then `records` is left to those).
+    pub rows: bool,
 }
 
 /// One identity's latest event, packed (40 bytes): its sequence number and label, with when it
@@ -187,10 +202,21 @@ impl ItemState {
         &self,
         item: ItemKey,
         window_sizes: &[i64],
+        rows_out: bool,
         scratch: &mut Scratch,
         out: &mut Vec<ItemOutput>,
     ) {
         let (scope, id) = item;
+        if rows_out {
+            for slot in self.labels.iter() {
+                if let Some((label, _)) = slot.value() {
+                    out.push(ItemOutput::Row(item, ItemRow::Label { annotator: slot.annotator, label }));
+                }
+            }
+            if let Some(label) = self.gold.as_deref().and_then(|&(_, label)| label) {
+                out.push(ItemOutput::Row(item, ItemRow::Gold { label }));
+            }
+        }
         scratch.rows.clear();
         scratch.rows.extend(self.labels.iter().filter_map(|s| s.value().map(|(l, st)| (s.annotator, l, st))));
         let rows = &scratch.rows;
@@ -324,6 +350,8 @@ pub struct Items<'s> {
     pub pairs: VecCollection<'s, Time, PairCell, Diff>,
     /// The items' records (when asked for).
     pub records: VecCollection<'s, Time, Record, Diff>,
+    /// The items' live labels and gold answers (when asked for, [`ItemsConfig::rows`]).
+    pub rows: VecCollection<'s, Time, (ItemKey, ItemRow), Diff>,
 }
 
 /// One epoch's sums per key, reused from epoch to epoch.
@@ -394,6 +422,7 @@ fn distribute(
             }
         },
         ItemOutput::Pair { scope, a, b, label_a, label_b } => pair(((scope, a, b), (label_a, label_b)), diff),
+        ItemOutput::Row(..) => unreachable!("rows leave by their own output"),
         ItemOutput::Gold { scope, annotator, item, ts_ms, correct } => {
             accumulate(scopes, (scope, ScopeSum::Gold), (1, i64::from(correct), 0), diff);
             if !is_window(scope) {
@@ -436,6 +465,9 @@ pub fn items<'s>(
     let (annotator_sums, annotator_stream) = builder.new_output();
     let (pair_cells, pair_stream): (_, Changes<'s, PairCell>) = builder.new_output();
     let (records, records_stream): (_, Changes<'s, Record>) = builder.new_output();
+    let (rows, rows_stream): (_, Changes<'s, (ItemKey, ItemRow)>) = builder.new_output();
+    let mut rows =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<((ItemKey, ItemRow), Time, Diff)>>>::from(rows);
     let mut scope_sums =
         OutputBuilder::<Time, CapacityContainerBuilder<Vec<(ScopeUpdate, Time, Sums)>>>::from(scope_sums);
     let mut annotator_sums = OutputBuilder::<
@@ -449,6 +481,7 @@ pub fn items<'s>(
     let catalog = names.catalog.clone();
     builder.build(move |mut initial| {
         // Emit::Final: a capability of the records' output (the last) kept at the inputs' frontier.
+        drop(initial.pop()); // rows go out at the capabilities of their epochs
         let mut held: Option<Capability<Time>> =
             initial.pop().filter(|_| config.records == Some(Emit::Final));
         let mut state: HashMap<ItemKey, ItemState, RandomState> = HashMap::default();
@@ -459,7 +492,7 @@ pub fn items<'s>(
         let mut annotators: Accumulator<AnnotatorUpdate> = HashMap::default();
         move |frontiers| {
             input.for_each(|capability, data| {
-                let Some(capabilities) = (0..4).map(|output| capability.retain_least(output)).collect()
+                let Some(capabilities) = (0..5).map(|output| capability.retain_least(output)).collect()
                 else {
                     return;
                 };
@@ -485,6 +518,8 @@ pub fn items<'s>(
                 let mut pair_session = pair_handle.session(&capabilities[2]);
                 let mut record_handle = records.activate();
                 let mut record_session = record_handle.session(&capabilities[3]);
+                let mut row_handle = rows.activate();
+                let mut row_session = row_handle.session(&capabilities[4]);
                 let mut rest = &events[..];
                 while let Some(&(item, _)) = rest.first() {
                     let len = rest.iter().take_while(|(i, _)| *i == item).count();
@@ -495,7 +530,13 @@ pub fn items<'s>(
                         Entry::Vacant(entry) => entry.insert_entry(ItemState::default()),
                     };
                     before.clear();
-                    entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut before);
+                    entry.get().contributions(
+                        item,
+                        &config.window_sizes,
+                        config.rows,
+                        &mut scratch,
+                        &mut before,
+                    );
                     let record_before =
                         gated.then(|| entry.get().record(item, &names, &mut scratch.counts)).flatten();
                     let mut changed = false;
@@ -509,7 +550,13 @@ pub fn items<'s>(
                         continue;
                     }
                     after.clear();
-                    entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut after);
+                    entry.get().contributions(
+                        item,
+                        &config.window_sizes,
+                        config.rows,
+                        &mut scratch,
+                        &mut after,
+                    );
                     if gated {
                         let record_after = entry.get().record(item, &names, &mut scratch.counts);
                         if record_before != record_after {
@@ -520,13 +567,14 @@ pub fn items<'s>(
                     if entry.get().is_empty() {
                         entry.remove();
                     }
-                    emit_difference(&mut before, &mut after, |output, diff| {
-                        distribute(output, diff, &mut scopes, &mut annotators, |cell, diff| {
+                    emit_difference(&mut before, &mut after, |output, diff| match output {
+                        ItemOutput::Row(item, row) => row_session.give(((item, row), time, diff)),
+                        output => distribute(output, diff, &mut scopes, &mut annotators, |cell, diff| {
                             pair_session.give((cell, time, diff))
-                        })
+                        }),
                     });
                 }
-                drop((pair_session, record_session));
+                drop((pair_session, record_session, row_session));
                 flush(&mut scopes, &mut scope_sums, &capabilities[0]);
                 flush(&mut annotators, &mut annotator_sums, &capabilities[1]);
             }
@@ -554,6 +602,7 @@ pub fn items<'s>(
         annotators: annotator_stream.as_collection(),
         pairs: pair_stream.as_collection(),
         records: records_stream.as_collection(),
+        rows: rows_stream.as_collection(),
     }
 }
 

@@ -262,9 +262,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             window_sizes: config.windows.sizes_ms()?,
             out_of_order: false,
             records: Some(Emit::Changes),
+            rows: false,
         },
         drift: config.drift_settings(),
         emit: Emit::Changes,
+        truth: config.truth.clone(),
+        routing: config.routing.clone(),
+        truth_refresh: Some(std::time::Duration::from_millis(config.truth.refresh_ms)),
     };
     let cluster_config = (!cluster.addresses.is_empty())
         .then(|| ClusterConfig { process: cluster.process, addresses: cluster.addresses.clone() });

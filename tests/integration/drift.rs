@@ -63,6 +63,8 @@ fn report(labels: &[String], gold: &[String], drift: DriftConfig) -> Value {
         drift: DriftSettings { defaults: drift, projects: BTreeMap::new() },
         windows: Vec::new(),
         progress: false,
+        truth: Default::default(),
+        routing: Default::default(),
     };
     serde_json::to_value(report::run(&request, |l| panic!("bad line {l}")).unwrap().report).unwrap()
 }

@@ -96,6 +96,8 @@ fn engine_report(labels: &[String], gold: &[String], workers: usize, epoch_event
         drift: Default::default(),
         windows: WINDOWS_MS.to_vec(),
         progress: false,
+        truth: Default::default(),
+        routing: Default::default(),
     };
     let outcome = report::run(&request, |letter| panic!("unexpected bad line {letter}")).unwrap();
     serde_json::to_value(&outcome.report).unwrap()

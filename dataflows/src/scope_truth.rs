@@ -1,0 +1,274 @@
+//! Dawid–Skene truth per scope, in the dataflow ([`TruthLogic`]), and the scope's record with the
+//! parts formed downstream of it ([`ScopePartsLogic`]): its `truth` and its `routing`.
+//!
+//! EM is global to a scope, so the truth operator keeps every live label of a scope (and its
+//! gold answers, for `truth.clamp_gold`) on the worker that owns the scope, and fits the scope
+//! when it derives: in a report once, from the final labels, with the cold start that equals
+//! crowd-kit ([`crate::truth`]); live, at most once every `truth.refresh_ms` per scope, warm
+//! started from the scope's previous fixed point (an epoch that changes a scope sooner keeps the
+//! scope's previous truth; the next epoch that changes it after the interval refits it).
+//!
+//! A fit derives each item's `truth` (to the item records, [`crate::trust`]), each annotator's
+//! `confusion` (to the annotator records) and the scope's `truth` object (priors and iterations,
+//! to the scope record).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use foldhash::fast::RandomState;
+use serde::{Deserialize, Serialize};
+
+use crate::dataflow::Diff;
+use crate::items::ItemRow;
+use crate::keyed::Keyed;
+use crate::label::{JsonLabel, LabelId};
+use crate::records::Record;
+use crate::routing::{Route, RoutingCounts};
+use crate::source::{AnnotatorId, Catalog, ItemId, ScopeId};
+use crate::truth::{fit, FitOptions, TruthFit, TruthSettings, WarmStart};
+
+/// What the truth operator derives.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TruthOut {
+    /// An item's truth label, its posterior (`f64` bits) and its `truth` object as JSON.
+    Item { scope: ScopeId, item: ItemId, label: LabelId, p: u64, json: Vec<u8> },
+    /// An annotator's `confusion` as JSON.
+    Annotator { scope: ScopeId, annotator: AnnotatorId, json: Vec<u8> },
+    /// The scope's `truth` object as JSON.
+    Scope { scope: ScopeId, json: Vec<u8> },
+}
+
+/// A scope's live labels and gold answers, and what its last fit derived (live).
+#[derive(Debug, Default)]
+pub struct ScopeLabels {
+    /// `(item, annotator, label)` with multiplicity.
+    labels: HashMap<(ItemId, AnnotatorId, LabelId), Diff, RandomState>,
+    /// `(item, gold answer)` with multiplicity.
+    gold: HashMap<(ItemId, LabelId), Diff, RandomState>,
+    /// Live: when the scope was last fitted, what that derived, and where the next fit starts.
+    last: Option<(Instant, Vec<TruthOut>)>,
+    warm: Option<WarmStart>,
+}
+
+fn add<K: std::hash::Hash + Eq + Copy>(map: &mut HashMap<K, Diff, RandomState>, key: K, diff: Diff) {
+    let n = map.entry(key).or_insert(0);
+    *n += diff;
+    if *n == 0 {
+        map.remove(&key);
+    }
+}
+
+/// The truth operator's logic.
+pub struct TruthLogic {
+    pub settings: TruthSettings,
+    /// Live: refit a changed scope at most this often, warm started. `None`: every derive is a
+    /// cold fit (a report derives once).
+    pub refresh: Option<Duration>,
+}
+
+#[derive(Serialize)]
+struct Prob<'a> {
+    label: JsonLabel<'a>,
+    p: f64,
+}
+
+#[derive(Serialize)]
+struct ItemTruthObject<'a> {
+    label: JsonLabel<'a>,
+    posterior: Vec<Prob<'a>>,
+}
+
+#[derive(Serialize)]
+struct Cell<'a> {
+    observed: JsonLabel<'a>,
+    #[serde(rename = "true")]
+    truth: JsonLabel<'a>,
+    p: f64,
+}
+
+#[derive(Serialize)]
+struct ScopeTruthObject<'a> {
+    priors: Vec<Prob<'a>>,
+    iterations: u32,
+}
+
+impl TruthLogic {
+    fn outputs(scope: ScopeId, fit: &TruthFit, names: &Catalog, out: &mut Vec<TruthOut>) {
+        let label = |id: LabelId| JsonLabel(names.labels.get(id));
+        for item in fit.items() {
+            let object = ItemTruthObject {
+                label: label(item.label),
+                posterior: item.posterior.iter().map(|&(l, p)| Prob { label: label(l), p }).collect(),
+            };
+            let json = serde_json::to_vec(&object).expect("a truth serialises");
+            out.push(TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json });
+        }
+        for confusion in fit.annotators() {
+            let cells: Vec<Cell> = confusion
+                .cells
+                .iter()
+                .map(|c| Cell { observed: label(c.observed), truth: label(c.truth), p: c.p })
+                .collect();
+            let json = serde_json::to_vec(&cells).expect("a confusion matrix serialises");
+            out.push(TruthOut::Annotator { scope, annotator: confusion.annotator, json });
+        }
+        let object = ScopeTruthObject {
+            priors: fit.priors().map(|(l, p)| Prob { label: label(l), p }).collect(),
+            iterations: fit.iterations(),
+        };
+        out.push(TruthOut::Scope { scope, json: serde_json::to_vec(&object).expect("priors serialise") });
+    }
+}
+
+impl Keyed for TruthLogic {
+    type Key = ScopeId;
+    type Update = ItemRowOf;
+    type Diff = Diff;
+    type State = ScopeLabels;
+    type Out = TruthOut;
+    type Side = ();
+    const KEEP_OUTPUTS: bool = true;
+
+    fn route(key: &ScopeId) -> u64 {
+        *key
+    }
+
+    fn apply(&mut self, _: &ScopeId, s: &mut ScopeLabels, &(item, row): &ItemRowOf, &diff: &Diff) {
+        match row {
+            ItemRow::Label { annotator, label } => add(&mut s.labels, (item, annotator, label), diff),
+            ItemRow::Gold { label } => add(&mut s.gold, (item, label), diff),
+        }
+    }
+
+    fn derive(&mut self, &scope: &ScopeId, s: &mut ScopeLabels, names: &Catalog, out: &mut Vec<TruthOut>) {
+        if let (Some(refresh), Some((at, last))) = (self.refresh, &s.last) {
+            if at.elapsed() < refresh {
+                out.extend(last.iter().cloned());
+                return;
+            }
+        }
+        let labels: Vec<(ItemId, AnnotatorId, LabelId)> =
+            s.labels.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
+        if labels.is_empty() {
+            return;
+        }
+        let gold: Vec<(ItemId, LabelId)> = s.gold.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
+        let order = |a: &LabelId, b: &LabelId| names.labels.get(*a).spec_cmp(names.labels.get(*b));
+        let options = FitOptions { clamp_gold: self.settings.clamp_gold, ..FitOptions::default() };
+        let warm = self.refresh.and(s.warm.as_ref());
+        let start = Instant::now();
+        let fitted = match fit(&labels, &gold, order, &options, warm) {
+            Ok(fitted) => fitted,
+            Err(error) => {
+                tracing::error!(%error, scope, "truth not fitted");
+                return;
+            }
+        };
+        tracing::debug!(
+            scope,
+            labels = labels.len(),
+            iterations = fitted.iterations(),
+            warm = warm.is_some(),
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "truth fitted"
+        );
+        let from = out.len();
+        Self::outputs(scope, &fitted, names, out);
+        if self.refresh.is_some() {
+            s.last = Some((Instant::now(), out[from..].to_vec()));
+            s.warm = Some(fitted.into_warm_start());
+        }
+    }
+
+    fn is_empty(s: &ScopeLabels) -> bool {
+        s.labels.is_empty() && s.gold.is_empty()
+    }
+}
+
+/// A row of one of the scope's items: `(item, row)`.
+pub type ItemRowOf = (ItemId, ItemRow);
+
+/// A part of a scope's record.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ScopePart {
+    /// The scope's own record ([`crate::scopes`]).
+    Own(Record),
+    /// The scope's `truth` object as JSON.
+    Truth(Vec<u8>),
+    /// One item's route and the labels it saves (summed with multiplicities).
+    Route { route: Route, labels_saved: u32 },
+}
+
+/// A scope's record parts.
+#[derive(Debug, Default)]
+pub struct ScopeParts {
+    own: Vec<(Record, Diff)>,
+    truth: Vec<(Vec<u8>, Diff)>,
+    routing: RoutingCounts,
+}
+
+/// Joins each scope's own record with its `truth` and `routing`: the scope record of the report
+/// and of the scopes topic (an operator of its own, since both depend on the gates, which depend
+/// on the scope's own numbers).
+pub struct ScopePartsLogic;
+
+fn add_part<T: PartialEq>(parts: &mut Vec<(T, Diff)>, part: &T, diff: Diff)
+where
+    T: Clone,
+{
+    match parts.iter().position(|(p, _)| p == part) {
+        Some(i) => {
+            parts[i].1 += diff;
+            if parts[i].1 == 0 {
+                parts.swap_remove(i);
+            }
+        }
+        None => parts.push((part.clone(), diff)),
+    }
+}
+
+impl Keyed for ScopePartsLogic {
+    type Key = ScopeId;
+    type Update = ScopePart;
+    type Diff = Diff;
+    type State = ScopeParts;
+    type Out = Record;
+    type Side = ();
+    const KEEP_OUTPUTS: bool = true;
+
+    fn route(key: &ScopeId) -> u64 {
+        *key
+    }
+
+    fn apply(&mut self, _: &ScopeId, s: &mut ScopeParts, update: &ScopePart, &diff: &Diff) {
+        match update {
+            ScopePart::Own(record) => add_part(&mut s.own, record, diff),
+            ScopePart::Truth(json) => add_part(&mut s.truth, json, diff),
+            &ScopePart::Route { route, labels_saved } => {
+                s.routing.apply(crate::routing::RouteDecision { route, labels_saved }, diff)
+            }
+        }
+    }
+
+    fn derive(&mut self, _: &ScopeId, s: &mut ScopeParts, _: &Catalog, out: &mut Vec<Record>) {
+        let Some((own, _)) = s.own.iter().find(|(_, d)| *d > 0) else { return };
+        let truth = s.truth.iter().find(|(_, d)| *d > 0).map_or(&b"null"[..], |(t, _)| t);
+        let routing = serde_json::to_vec(&s.routing).expect("routing counts serialise");
+        let mut value = Vec::with_capacity(own.value.len() + truth.len() + routing.len() + 24);
+        value.extend_from_slice(&own.value[..own.value.len() - 1]);
+        value.extend_from_slice(b",\"truth\":");
+        value.extend_from_slice(truth);
+        value.extend_from_slice(b",\"routing\":");
+        value.extend_from_slice(&routing);
+        value.push(b'}');
+        out.push(Record { key: own.key.clone(), value });
+    }
+
+    fn is_empty(s: &ScopeParts) -> bool {
+        s.own.is_empty() && s.truth.is_empty() && s.routing == RoutingCounts::default()
+    }
+
+    fn is_record(_: &Record) -> bool {
+        true
+    }
+}
