@@ -89,9 +89,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         emit: Emit::Changes,
         truth: Default::default(),
         routing: Default::default(),
-        truth_refresh: Some(Duration::from_millis(
-            labelqc_dataflows::truth::TruthSettings::default().refresh_ms,
-        )),
+        truth_refresh: None,
     })?;
     let mut spec = settings.traffic.clone();
     spec.careless_from_ms = now_ms() + settings.careless_after.as_millis() as i64;

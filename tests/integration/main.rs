@@ -24,3 +24,4 @@ mod skip;
 mod tansu;
 mod topics;
 mod topics_admin;
+mod truth;
