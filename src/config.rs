@@ -106,6 +106,8 @@ pub struct OutputTopics {
     pub annotators: String,
     pub pairs: String,
     pub items: String,
+    /// Each item's route, for the labelling platform, keyed `["project","task","item_id"]`.
+    pub routing: String,
     /// Per-scope numbers over each tumbling window, keyed `project/task/size/start`.
     pub scope_windows: String,
     pub gating: String,
@@ -120,6 +122,7 @@ impl Default for OutputTopics {
             annotators: "labelqc.annotators".into(),
             pairs: "labelqc.pairs".into(),
             items: "labelqc.items".into(),
+            routing: "labelqc.routing".into(),
             scope_windows: "labelqc.scope_windows".into(),
             gating: "labelqc.gating".into(),
             alerts: "labelqc.alerts".into(),
@@ -130,12 +133,13 @@ impl Default for OutputTopics {
 
 impl OutputTopics {
     /// Every output topic with the setting that names it (`outputs.scopes`, ...).
-    pub fn all(&self) -> [(&'static str, &str); 8] {
+    pub fn all(&self) -> [(&'static str, &str); 9] {
         [
             ("outputs.scopes", &self.scopes),
             ("outputs.annotators", &self.annotators),
             ("outputs.pairs", &self.pairs),
             ("outputs.items", &self.items),
+            ("outputs.routing", &self.routing),
             ("outputs.scope_windows", &self.scope_windows),
             ("outputs.gating", &self.gating),
             ("outputs.alerts", &self.alerts),

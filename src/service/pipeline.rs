@@ -28,7 +28,7 @@ use rdkafka::producer::Producer;
 
 use super::feed::{EpochMeta, FeedState, InputDeadLetter, Partitions};
 use super::health::{Connectivity, HealthConsumer};
-use super::outputs::{gate_of, message, reconcile, Message, OutputTopic, Published};
+use super::outputs::{self, gate_of, reconcile, Message, OutputTopic, Published};
 use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
     TRANSACTION_TIMEOUT,
@@ -412,10 +412,11 @@ impl<'a> Pipeline<'a> {
                     gates.extend(self.published.gate_records(&key.project, annotator, gate.as_ref()));
                     continue;
                 }
-                let Some(message) = message(key, value.as_deref(), &updated_at) else { continue };
-                if self.published.observe(&message) {
-                    remember(&self.store, &message);
-                    messages.push(message);
+                for message in outputs::messages(key, value.as_deref(), &updated_at) {
+                    if self.published.observe(&message) {
+                        remember(&self.store, &message);
+                        messages.push(message);
+                    }
                 }
             }
             (messages, gates, false)

@@ -4,11 +4,12 @@
 pub const LABELS: &str = "labelqc.labels";
 pub const GOLD: &str = "labelqc.gold";
 /// Every output topic; brokers that do not create topics on first use need them all.
-pub const OUTPUTS: [&str; 8] = [
+pub const OUTPUTS: [&str; 9] = [
     "labelqc.scopes",
     "labelqc.annotators",
     "labelqc.pairs",
     "labelqc.items",
+    "labelqc.routing",
     "labelqc.deadletter",
     "labelqc.gating",
     "labelqc.alerts",
