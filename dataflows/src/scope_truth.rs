@@ -4,9 +4,12 @@
 //! EM is global to a scope, so the truth operator keeps every live label of a scope (and its
 //! gold answers, for `truth.clamp_gold`) on the worker that owns the scope, and fits the scope
 //! when it derives: in a report once, from the final labels, with the cold start that equals
-//! crowd-kit ([`crate::truth`]); live, at most once every `truth.refresh_ms` per scope, warm
-//! started from the scope's previous fixed point (an epoch that changes a scope sooner keeps the
-//! scope's previous truth; the next epoch that changes it after the interval refits it).
+//! crowd-kit ([`crate::truth`]); live, in every epoch that changes the scope, the same way (so the
+//! live records equal the report's). With [`TruthLogic::refresh`] set, a changed scope is refitted
+//! at most once per interval, warm started from its previous fixed point, and an epoch that
+//! changes it sooner keeps its previous truth: the next epoch that changes it after the interval
+//! refits it. Nothing wakes the operator for a scope that stops changing, so the service does not
+//! use it yet.
 //!
 //! A fit derives each item's `truth` (to the item records, [`crate::trust`]), each annotator's
 //! `confusion` (to the annotator records) and the scope's `truth` object (priors and iterations,
