@@ -38,7 +38,7 @@ import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 # The output topics of `labelqc run` (spec section 4), by their names in [outputs].
-TOPICS = ["scopes", "annotators", "pairs", "items", "scope_windows", "gating", "alerts", "deadletter"]
+TOPICS = ["scopes", "annotators", "pairs", "items", "scope_windows", "gating", "alerts", "deadletter", "routing"]
 CLIENT_PREFIX = "LABELQC_KAFKA__CLIENT__"
 
 

@@ -9,9 +9,9 @@ pub const OUTPUTS: [&str; 9] = [
     "labelqc.annotators",
     "labelqc.pairs",
     "labelqc.items",
-    "labelqc.routing",
     "labelqc.deadletter",
     "labelqc.gating",
     "labelqc.alerts",
     "labelqc.scope_windows",
+    "labelqc.routing",
 ];
