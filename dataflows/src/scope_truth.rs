@@ -215,10 +215,7 @@ pub struct ScopeParts {
 /// on the scope's own numbers).
 pub struct ScopePartsLogic;
 
-fn add_part<T: PartialEq>(parts: &mut Vec<(T, Diff)>, part: &T, diff: Diff)
-where
-    T: Clone,
-{
+fn add_part<T: PartialEq + Clone>(parts: &mut Vec<(T, Diff)>, part: &T, diff: Diff) {
     match parts.iter().position(|(p, _)| p == part) {
         Some(i) => {
             parts[i].1 += diff;
