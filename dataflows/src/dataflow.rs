@@ -287,7 +287,9 @@ pub fn quality<'s>(
     // Truth per scope, from every live label of the scope.
     let refresh = config.truth_refresh.filter(|_| emit == Emit::Changes);
     let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
-    let truth_logic = TruthLogic { settings: config.truth.clone(), refresh };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let truth_logic =
+        TruthLogic { settings: config.truth.clone(), refresh, threads, item_json: item_records_wanted };
     let truth = keyed(truth_rows, None, &names, truth_logic, emit, "Truth");
     let confusion = truth.others.clone().flat_map(|out| match out {
         TruthOut::Annotator { scope, annotator, json } => {

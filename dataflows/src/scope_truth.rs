@@ -67,6 +67,11 @@ pub struct TruthLogic {
     /// Live: refit a changed scope at most this often, warm started. `None`: every derive is a
     /// cold fit (a report derives once).
     pub refresh: Option<Duration>,
+    /// Threads one fit may use (the result does not depend on it, see [`FitOptions::threads`]).
+    pub threads: usize,
+    /// Whether the items' `truth` objects are rendered (for the item records); without, items
+    /// carry only their truth label and posterior, for their routes.
+    pub item_json: bool,
 }
 
 #[derive(Serialize)]
@@ -96,14 +101,18 @@ struct ScopeTruthObject<'a> {
 }
 
 impl TruthLogic {
-    fn outputs(scope: ScopeId, fit: &TruthFit, names: &Catalog, out: &mut Vec<TruthOut>) {
+    fn outputs(&self, scope: ScopeId, fit: &TruthFit, names: &Catalog, out: &mut Vec<TruthOut>) {
         let label = |id: LabelId| JsonLabel(names.labels.get(id));
         for item in fit.items() {
             let object = ItemTruthObject {
                 label: label(item.label),
                 posterior: item.posterior.iter().map(|&(l, p)| Prob { label: label(l), p }).collect(),
             };
-            let json = serde_json::to_vec(&object).expect("a truth serialises");
+            let json = if self.item_json {
+                serde_json::to_vec(&object).expect("a truth serialises")
+            } else {
+                Vec::new()
+            };
             out.push(TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json });
         }
         for confusion in fit.annotators() {
@@ -157,7 +166,11 @@ impl Keyed for TruthLogic {
         }
         let gold: Vec<(ItemId, LabelId)> = s.gold.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
         let order = |a: &LabelId, b: &LabelId| names.labels.get(*a).spec_cmp(names.labels.get(*b));
-        let options = FitOptions { clamp_gold: self.settings.clamp_gold, ..FitOptions::default() };
+        let options = FitOptions {
+            clamp_gold: self.settings.clamp_gold,
+            threads: self.threads,
+            ..FitOptions::default()
+        };
         let warm = self.refresh.and(s.warm.as_ref());
         let start = Instant::now();
         let fitted = match fit(&labels, &gold, order, &options, warm) {
@@ -176,7 +189,7 @@ impl Keyed for TruthLogic {
             "truth fitted"
         );
         let from = out.len();
-        Self::outputs(scope, &fitted, names, out);
+        self.outputs(scope, &fitted, names, out);
         if self.refresh.is_some() {
             s.last = Some((Instant::now(), out[from..].to_vec()));
             s.warm = Some(fitted.into_warm_start());
