@@ -28,11 +28,10 @@ use crate::names::OnError;
 use crate::pairs::{PairLogic, PairOut};
 use crate::records::{Entity, Record};
 use crate::routing::RoutingSettings;
-use crate::scope_truth::{ScopePart, ScopePartsLogic, TruthLogic, TruthOut};
+use crate::scope_truth::{ScopePart, ScopePartsLogic};
 use crate::scopes::{ScopeLogic, ScopeOut, ScopeSum};
 use crate::source::{scope_id, AnnotatorId, Day, Name, Stamp, Update};
 use crate::summary::{Metric, WatchLogic};
-use crate::trust::{blocked_labels, ItemOut, ItemRecordLogic, ItemUpdate};
 use crate::truth::TruthSettings;
 
 /// Logical time: a totally ordered epoch.
@@ -214,7 +213,10 @@ pub struct Quality<'s> {
 ///                  |                |  |                            ^
 ///                  |                |  +-> gates ---> gate records -+-> watchlists
 ///                  |                +----> alerts --> drift alert records
-///                  +-> item records
+///                  |                   gates --blocked--+
+///                  +-> rows --> truth, trust and routes (crate::trust::derive) --> item records
+///                                 |  confusion to the annotator records; truth and routes to
+///                                 +-> the scope's own record --> join --> scope records
 /// ```
 pub fn quality<'s>(
     events: Stream<'s, Time, Vec<Update>>,
@@ -227,7 +229,6 @@ pub fn quality<'s>(
     let drift = &config.drift;
     // The items leave their labels as rows; their records are formed downstream, with trust,
     // truth and route.
-    let item_records_wanted = config.items.records.is_some();
     let items_config = ItemsConfig { records: None, rows: true, ..config.items.clone() };
     let Items { scopes: scope_sums, annotators: annotator_sums, pairs: pair_cells, rows, .. } =
         items(events, &names, items_config);
@@ -284,52 +285,15 @@ pub fn quality<'s>(
         _ => None,
     });
 
-    // Truth per scope, from every live label of the scope.
-    let refresh = config.truth_refresh.filter(|_| emit == Emit::Changes);
-    let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let truth_logic =
-        TruthLogic { settings: config.truth.clone(), refresh, threads, item_json: item_records_wanted };
-    let truth = keyed(truth_rows, None, &names, truth_logic, emit, "Truth");
-    let confusion = truth.others.clone().flat_map(|out| match out {
-        TruthOut::Annotator { scope, annotator, json } => {
-            Some(((scope, annotator), JoinInput::Confusion(json)))
-        }
-        _ => None,
-    });
-    let item_truth = truth.others.clone().flat_map(|out| match out {
-        TruthOut::Item { scope, item, label, p, json } => {
-            Some(((scope, item), ItemUpdate::Truth { label, p, json }))
-        }
-        _ => None,
-    });
-    let scope_truth = truth.others.flat_map(|out| match out {
-        TruthOut::Scope { scope, json } => Some((scope, ScopePart::Truth(json))),
-        _ => None,
-    });
-
-    // Item records: consensus, trusted consensus (labels of blocked annotators joined out),
-    // truth and route.
-    let item_updates = rows
-        .clone()
-        .map(|(item, row)| (item, ItemUpdate::Row(row)))
-        .concat(blocked_labels(rows, blocked))
-        .concat(item_truth);
-    let item_logic = ItemRecordLogic { routing: config.routing.clone(), records: item_records_wanted };
-    let item_out = keyed(item_updates, None, &names, item_logic, emit, "ItemRecords");
-    let routes = item_out.others.flat_map(|out| match out {
-        ItemOut::Route { scope, route, labels_saved } => {
-            Some((scope, ScopePart::Route { route, labels_saved }))
-        }
-        ItemOut::Record(_) => None,
-    });
-    let item_records = item_out.records.flat_map(|out| match out {
-        ItemOut::Record(record) => Some(record),
-        ItemOut::Route { .. } => None,
-    });
-
-    let annotator_records =
-        keyed(own.concat(gate_for).concat(confusion), None, &names, JoinLogic, emit, "AnnotatorRecords");
+    let trust = crate::trust::derive(rows, blocked, &names, config, emit);
+    let annotator_records = keyed(
+        own.concat(gate_for).concat(trust.confusion),
+        None,
+        &names,
+        JoinLogic,
+        emit,
+        "AnnotatorRecords",
+    );
     let watchlists = keyed(candidates, None, &names, WatchLogic { drift: drift.clone() }, emit, "Watchlists");
     let alert_inputs = combine(alert_inputs, "CombineAlertInputs");
     let alerts = keyed(alert_inputs, None, &names, AlertLogic { drift: drift.clone() }, emit, "Alerts");
@@ -340,15 +304,10 @@ pub fn quality<'s>(
         (record.key.entity == Entity::Scope)
             .then(|| (scope_id(&record.key.project, &record.key.task), ScopePart::Own(record)))
     });
-    let scope_parts = keyed(
-        own_scopes.concat(scope_truth).concat(routes),
-        None,
-        &names,
-        ScopePartsLogic,
-        emit,
-        "ScopeRecords",
-    );
-    let records = item_records
+    let scope_parts =
+        keyed(own_scopes.concat(trust.scope_parts), None, &names, ScopePartsLogic, emit, "ScopeRecords");
+    let records = trust
+        .item_records
         .concat(pairs.records.flat_map(PairOut::record))
         .concat(scope_records.filter(|record| record.key.entity != Entity::Scope))
         .concat(scope_parts.records)

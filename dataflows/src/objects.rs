@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::drift::SignalReport;
-use crate::label::JsonLabel;
 use crate::stats::GoldAccuracy;
 
 /// The scope object: the numbers of one (project, task) scope, without its entities.
@@ -88,12 +87,4 @@ pub struct AnnotatorReport<'a> {
     pub gold: Option<GoldAccuracy>,
     /// Every drift signal's state and latest reading, by signal name.
     pub drift: Option<BTreeMap<&'static str, &'a SignalReport>>,
-}
-
-/// An item's consensus label.
-#[derive(Serialize)]
-pub struct ItemConsensus<'a> {
-    /// The consensus label, as JSON (a number exactly as its value).
-    pub consensus: JsonLabel<'a>,
-    pub tied: bool,
 }

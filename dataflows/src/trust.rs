@@ -22,12 +22,15 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::dataflow::{Diff, Time};
+use crate::annotators::JoinInput;
+use crate::dataflow::{Diff, QualityConfig, Time};
 use crate::items::{item_route, ItemRow};
-use crate::keyed::Keyed;
+use crate::keyed::{keyed, Emit, Keyed};
 use crate::label::{JsonLabel, LabelId};
+use crate::names::Names;
 use crate::records::{Entity, Record};
 use crate::routing::{route, trusted_consensus, Route, RouteInput, RoutingSettings};
+use crate::scope_truth::{ScopePart, TruthLogic, TruthOut};
 use crate::source::{AnnotatorId, Catalog, ItemKey, ScopeId};
 
 /// What changes an item's record.
@@ -54,6 +57,67 @@ pub fn blocked_labels<'s>(
     })
     .semijoin(blocked)
     .map(|((scope, annotator), item)| ((scope, item), ItemUpdate::Blocked(annotator)))
+}
+
+/// What truth, trust and routing derive for the other operators.
+pub struct Derived<'s> {
+    /// The item records (when [`crate::items::ItemsConfig::records`] asks for them).
+    pub item_records: VecCollection<'s, Time, Record, Diff>,
+    /// Each annotator's confusion matrix, for its records.
+    pub confusion: VecCollection<'s, Time, ((ScopeId, AnnotatorId), JoinInput), Diff>,
+    /// Each scope's truth and its items' routes, for its record.
+    pub scope_parts: VecCollection<'s, Time, (ScopeId, ScopePart), Diff>,
+}
+
+/// Truth per scope from the items' `rows`, and the item records with trust (the labels of the
+/// `blocked` annotators joined out), truth and route.
+pub fn derive<'s>(
+    rows: VecCollection<'s, Time, (ItemKey, ItemRow), Diff>,
+    blocked: VecCollection<'s, Time, (ScopeId, AnnotatorId), Diff>,
+    names: &Names<'s>,
+    config: &QualityConfig,
+    emit: Emit,
+) -> Derived<'s> {
+    let records = config.items.records.is_some();
+    let refresh = config.truth_refresh.filter(|_| emit == Emit::Changes);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let logic = TruthLogic { settings: config.truth.clone(), refresh, threads, item_json: records };
+    let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
+    let truth = keyed(truth_rows, None, names, logic, emit, "Truth");
+    let confusion = truth.others.clone().flat_map(|out| match out {
+        TruthOut::Annotator { scope, annotator, json } => {
+            Some(((scope, annotator), JoinInput::Confusion(json)))
+        }
+        _ => None,
+    });
+    let item_truth = truth.others.clone().flat_map(|out| match out {
+        TruthOut::Item { scope, item, label, p, json } => {
+            Some(((scope, item), ItemUpdate::Truth { label, p, json }))
+        }
+        _ => None,
+    });
+    let scope_truth = truth.others.flat_map(|out| match out {
+        TruthOut::Scope { scope, json } => Some((scope, ScopePart::Truth(json))),
+        _ => None,
+    });
+    let updates = rows
+        .clone()
+        .map(|(item, row)| (item, ItemUpdate::Row(row)))
+        .concat(blocked_labels(rows, blocked))
+        .concat(item_truth);
+    let logic = ItemRecordLogic { routing: config.routing.clone(), records };
+    let items = keyed(updates, None, names, logic, emit, "ItemRecords");
+    let routes = items.others.flat_map(|out| match out {
+        ItemOut::Route { scope, route, labels_saved } => {
+            Some((scope, ScopePart::Route { route, labels_saved }))
+        }
+        ItemOut::Record(_) => None,
+    });
+    let item_records = items.records.flat_map(|out| match out {
+        ItemOut::Record(record) => Some(record),
+        ItemOut::Route { .. } => None,
+    });
+    Derived { item_records, confusion, scope_parts: scope_truth.concat(routes) }
 }
 
 /// What an item's record derives.
