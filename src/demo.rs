@@ -89,7 +89,9 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         emit: Emit::Changes,
         truth: Default::default(),
         routing: Default::default(),
-        truth_refresh: None,
+        truth_refresh: Some(Duration::from_millis(
+            labelqc_dataflows::truth::TruthSettings::default().refresh_ms,
+        )),
     })?;
     let mut spec = settings.traffic.clone();
     spec.careless_from_ms = now_ms() + settings.careless_after.as_millis() as i64;

@@ -4,12 +4,13 @@
 //! EM is global to a scope, so the truth operator keeps every live label of a scope (and its
 //! gold answers, for `truth.clamp_gold`) on the worker that owns the scope, and fits the scope
 //! when it derives: in a report once, from the final labels, with the cold start that equals
-//! crowd-kit ([`crate::truth`]); live, in every epoch that changes the scope, the same way (so the
-//! live records equal the report's). With [`TruthLogic::refresh`] set, a changed scope is refitted
-//! at most once per interval, warm started from its previous fixed point, and an epoch that
-//! changes it sooner keeps its previous truth: the next epoch that changes it after the interval
-//! refits it. Nothing wakes the operator for a scope that stops changing, so the service does not
-//! use it yet.
+//! crowd-kit ([`crate::truth`]). Live, with [`TruthLogic::refresh`] (`truth.refresh_ms`), a
+//! changed scope is refitted at most once per interval, warm started from its previous fit (a
+//! few iterations near a fixed point); an epoch that changes it sooner keeps its previous truth.
+//! Every epoch carries a tick ([`ticks`]) that lets the operator look at every scope: a scope
+//! whose refit is due is refitted even when that epoch did not change it, and a scope that has
+//! stopped changing gets one cold fit once due, which makes its truth the report's. Without
+//! `refresh`, every epoch that changes a scope refits it cold (exact at every epoch).
 //!
 //! A fit derives each item's `truth` (to the item records, [`crate::trust`]), each annotator's
 //! `confusion` (to the annotator records) and the scope's `truth` object (priors and iterations,
@@ -18,10 +19,16 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use differential_dataflow::{AsCollection, VecCollection};
 use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 
-use crate::dataflow::Diff;
+use crate::dataflow::{Changes, Diff, Time};
 use crate::items::ItemRow;
 use crate::keyed::Keyed;
 use crate::label::{JsonLabel, LabelId};
@@ -51,6 +58,41 @@ pub struct ScopeLabels {
     /// Live: when the scope was last fitted, what that derived, and where the next fit starts.
     last: Option<(Instant, Vec<TruthOut>)>,
     warm: Option<WarmStart>,
+    /// Live: labels changed since the last fit; the last fit was warm started.
+    dirty: bool,
+    warm_fit: bool,
+}
+
+/// One tick per epoch, on every worker: `((), t, +1)` at each time `t` the frontier of `stream`
+/// reaches, so that an operator taking the ticks as its side input sees every epoch, empty ones
+/// included (see [`TruthLogic`]).
+pub fn ticks<'s>(
+    stream: Changes<'s, (crate::source::ItemKey, ItemRow)>,
+) -> VecCollection<'s, Time, (), Diff> {
+    let mut builder = OperatorBuilder::new("Ticks".to_owned(), stream.scope());
+    let mut input = builder.new_input(stream, Pipeline);
+    let (output, ticks): (_, Changes<'s, ()>) = builder.new_output();
+    let mut output = OutputBuilder::<Time, CapacityContainerBuilder<Vec<((), Time, Diff)>>>::from(output);
+    builder.build(move |mut initial| {
+        let mut held: Option<Capability<Time>> = initial.pop();
+        let mut ticked: Option<Time> = None;
+        move |frontiers| {
+            input.for_each(|_, _| {});
+            let Some(capability) = held.as_mut() else { return };
+            let Some(&time) = frontiers[0].frontier().first() else {
+                held = None;
+                return;
+            };
+            if ticked.is_none_or(|t| t < time) {
+                if *capability.time() < time {
+                    capability.downgrade(&time);
+                }
+                output.activate().session(capability).give(((), time, 1));
+                ticked = Some(time);
+            }
+        }
+    });
+    ticks.as_collection()
 }
 
 fn add<K: std::hash::Hash + Eq + Copy>(map: &mut HashMap<K, Diff, RandomState>, key: K, diff: Diff) {
@@ -138,6 +180,7 @@ impl Keyed for TruthLogic {
     type Diff = Diff;
     type State = ScopeLabels;
     type Out = TruthOut;
+    /// Ticks ([`ticks`]), live.
     type Side = ();
     const KEEP_OUTPUTS: bool = true;
 
@@ -146,6 +189,7 @@ impl Keyed for TruthLogic {
     }
 
     fn apply(&mut self, _: &ScopeId, s: &mut ScopeLabels, &(item, row): &ItemRowOf, &diff: &Diff) {
+        s.dirty = true;
         match row {
             ItemRow::Label { annotator, label } => add(&mut s.labels, (item, annotator, label), diff),
             ItemRow::Gold { label } => add(&mut s.gold, (item, label), diff),
@@ -154,7 +198,8 @@ impl Keyed for TruthLogic {
 
     fn derive(&mut self, &scope: &ScopeId, s: &mut ScopeLabels, names: &Catalog, out: &mut Vec<TruthOut>) {
         if let (Some(refresh), Some((at, last))) = (self.refresh, &s.last) {
-            if at.elapsed() < refresh {
+            // Not due, or nothing to do: the truth stays as it is.
+            if at.elapsed() < refresh || !(s.dirty || s.warm_fit) {
                 out.extend(last.iter().cloned());
                 return;
             }
@@ -171,7 +216,9 @@ impl Keyed for TruthLogic {
             threads: self.threads,
             ..FitOptions::default()
         };
-        let warm = self.refresh.and(s.warm.as_ref());
+        // Live, changed labels start from the previous fit; a scope that stopped changing gets
+        // the cold fit, the report's.
+        let warm = self.refresh.and(s.warm.as_ref()).filter(|_| s.dirty);
         let start = Instant::now();
         let fitted = match fit(&labels, &gold, order, &options, warm) {
             Ok(fitted) => fitted,
@@ -192,8 +239,15 @@ impl Keyed for TruthLogic {
         self.outputs(scope, &fitted, names, out);
         if self.refresh.is_some() {
             s.last = Some((Instant::now(), out[from..].to_vec()));
+            s.warm_fit = warm.is_some();
+            s.dirty = false;
             s.warm = Some(fitted.into_warm_start());
         }
+    }
+
+    fn touched(&mut self, _: &ScopeId, s: &ScopeLabels) -> bool {
+        let due = |refresh: Duration| s.last.as_ref().is_none_or(|(at, _)| at.elapsed() >= refresh);
+        self.refresh.is_some_and(|refresh| (s.dirty || s.warm_fit) && due(refresh))
     }
 
     fn is_empty(s: &ScopeLabels) -> bool {

@@ -83,7 +83,9 @@ pub fn derive<'s>(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let logic = TruthLogic { settings: config.truth.clone(), refresh, threads, item_json: records };
     let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
-    let truth = keyed(truth_rows, None, names, logic, emit, "Truth");
+    // Live with a refresh interval: a tick per epoch lets due scopes be refitted.
+    let ticks = refresh.map(|_| crate::scope_truth::ticks(rows.inner.clone()));
+    let truth = keyed(truth_rows, ticks, names, logic, emit, "Truth");
     let confusion = truth.others.clone().flat_map(|out| match out {
         TruthOut::Annotator { scope, annotator, json } => {
             Some(((scope, annotator), JoinInput::Confusion(json)))

@@ -268,10 +268,10 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         emit: Emit::Changes,
         truth: config.truth.clone(),
         routing: config.routing.clone(),
-        // Each epoch that changes a scope refits it cold, exactly as the report does (epochs grow
-        // while fits take long). The warm, throttled refresh (`truth.refresh_ms`) needs a wake-up
-        // to refit a scope's last change, which the engine does not have yet.
-        truth_refresh: None,
+        // A changed scope's truth is refitted at most every `truth.refresh_ms`, warm started; once
+        // it stops changing, one cold fit makes it the report's (the pipeline closes an empty
+        // epoch every `truth.refresh_ms` while idle, so that this fit comes).
+        truth_refresh: Some(std::time::Duration::from_millis(config.truth.refresh_ms)),
     };
     let cluster_config = (!cluster.addresses.is_empty())
         .then(|| ClusterConfig { process: cluster.process, addresses: cluster.addresses.clone() });

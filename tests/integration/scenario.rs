@@ -249,14 +249,35 @@ pub fn report(labels: &[String], gold: &[String]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Checks that the compacted outputs say what the report says.
+/// Checks that the compacted outputs say what the report says, within a few seconds: live
+/// Dawid–Skene truth becomes the report's once its scope has stopped changing for
+/// `truth.refresh_ms` (spec section 2.1), so the outputs are read again until they match.
 pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let problems = outputs_vs_report(brokers, expected);
+        if problems.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} mismatches: {:#?}",
+            problems.len(),
+            &problems[..problems.len().min(20)]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The differences between the compacted outputs and the report.
+fn outputs_vs_report(brokers: &str, expected: &Value) -> Vec<String> {
     let live = |topic: &str| -> BTreeMap<String, Value> {
         compacted(brokers, topic).into_iter().filter_map(|(k, v)| Some((k, v?))).collect()
     };
     let (scopes, annotators, pairs, items) =
         (live(OUTPUTS[0]), live(OUTPUTS[1]), live(OUTPUTS[2]), live(OUTPUTS[3]));
     let (gating, alerts, windows) = (live(OUTPUTS[5]), live(OUTPUTS[6]), live(OUTPUTS[7]));
+    let routing = live(OUTPUTS[8]);
     let (mut n_alerts, mut n_windows) = (0, 0);
     let report_scopes = expected["scopes"].as_array().unwrap();
     assert_eq!(scopes.len(), report_scopes.len());
@@ -307,15 +328,21 @@ pub fn assert_outputs_match_report(brokers: &str, expected: &Value) {
         for (item, consensus) in scope["items"].as_object().unwrap() {
             let key = key(&[project, task, item]);
             problems.extend(mismatches(consensus, items.get(&key).unwrap_or(&Value::Null), 1e-9, false));
+            // The routing topic carries the item's route.
+            let route = routing.get(&key).map(|r| &r["route"]);
+            if route != Some(&consensus["route"]) {
+                problems.push(format!("routing {key}: {route:?}, expected {}", consensus["route"]));
+            }
             n_items += 1;
         }
     }
-    assert!(problems.is_empty(), "{} mismatches: {:#?}", problems.len(), &problems[..problems.len().min(20)]);
-    assert_eq!((pairs.len(), annotators.len(), items.len()), (n_pairs, n_annotators, n_items));
-    assert_eq!(alerts.len(), n_alerts);
-    assert_eq!(windows.len(), n_windows);
+    let counts = ((pairs.len(), annotators.len(), items.len(), routing.len()), alerts.len(), windows.len());
+    if counts != ((n_pairs, n_annotators, n_items, n_items), n_alerts, n_windows) {
+        problems.push(format!("{counts:?} published, expected {n_pairs} pairs, {n_annotators} annotators, {n_items} items and routes, {n_alerts} alerts, {n_windows} windows"));
+    }
     assert!(n_windows > 0, "the scenario's events span windows");
     assert!(n_pairs > 100 && n_annotators > 20 && n_items > 100, "{n_pairs} {n_annotators} {n_items}");
+    problems
 }
 
 /// Checks that each malformed message of the labels topic is in the dead-letter topic, under the

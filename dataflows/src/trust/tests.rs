@@ -11,6 +11,7 @@ use crate::source::{Catalog, Source};
 
 fn config(emit: Emit, workers: usize) -> EngineConfig {
     EngineConfig {
+        truth_refresh: None,
         workers,
         max_epochs_in_flight: 1,
         items: ItemsConfig { records: Some(emit), ..ItemsConfig::default() },
@@ -45,9 +46,19 @@ struct Run {
 
 impl Run {
     fn new(emit: Emit, workers: usize) -> Run {
+        Run::with(config(emit, workers))
+    }
+
+    fn with(config: EngineConfig) -> Run {
         let mut source = Source::default();
         source.catalog = Catalog::recording();
-        Run { engine: Engine::start(&config(emit, workers)).unwrap(), source, records: Records::default() }
+        Run { engine: Engine::start(&config).unwrap(), source, records: Records::default() }
+    }
+
+    fn scope_truth(&self) -> serde_json::Value {
+        let key = RecordKey { project: "default".into(), task: "default".into(), entity: Entity::Scope };
+        let scope: serde_json::Value = serde_json::from_slice(self.records.get(&key).unwrap()).unwrap();
+        scope["truth"].clone()
     }
 
     /// Submits one epoch of label and gold lines; returns the keys of the records it changed.
@@ -151,5 +162,53 @@ fn a_gate_flip_re_decides_the_annotators_items_in_both_directions() {
             .collect();
         run.engine.finish().unwrap();
         assert_eq!(live, finals, "{workers} workers");
+    }
+}
+
+/// The final records of a report over `labels` and `gold` lines.
+fn report(labels: &[String], gold: &[String], workers: usize) -> Vec<Record> {
+    let mut report = Run::new(Emit::Final, workers);
+    let mut updates = Vec::new();
+    for line in gold {
+        report.source.apply_gold(&parse_gold_event(line).unwrap(), &mut updates).unwrap();
+    }
+    for line in labels {
+        report.source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
+    }
+    report.engine.submit(updates, report.source.catalog.take_new()).unwrap();
+    let mut finals: Vec<Record> = report.engine.finish().unwrap().into_iter().flatten().collect();
+    finals.sort();
+    finals
+}
+
+#[test]
+fn live_truth_is_refreshed_at_most_every_interval_and_converges_to_the_report() {
+    let refresh = std::time::Duration::from_millis(800);
+    for workers in [1, 2] {
+        let mut run =
+            Run::with(EngineConfig { truth_refresh: Some(refresh), ..config(Emit::Changes, workers) });
+        run.epoch(&labels(), &[]);
+        let first = run.scope_truth();
+        assert!(first["iterations"].as_u64().unwrap() >= 2, "{first}");
+        // A relabel within the interval leaves the truth as it is ...
+        let relabel = vec![r#"{"item_id":"u","annotator_id":"g2","label":"x","ts":30}"#.to_string()];
+        run.epoch(&relabel, &[]);
+        assert_eq!(run.scope_truth(), first, "{workers} workers: refitted within the interval");
+        // ... until an epoch after the interval, even an empty one (a tick), refits it warm ...
+        std::thread::sleep(refresh + std::time::Duration::from_millis(50));
+        run.epoch(&[], &[]);
+        let warm = run.scope_truth();
+        assert_ne!(warm, first, "{workers} workers: not refitted after the interval");
+        // ... and once the scope has stopped changing, one cold fit makes every record the report's.
+        std::thread::sleep(refresh + std::time::Duration::from_millis(50));
+        run.epoch(&[], &[]);
+        let all: Vec<String> = labels().into_iter().chain(relabel.clone()).collect();
+        let live: Vec<Record> = run
+            .records
+            .iter()
+            .map(|(key, value)| Record { key: key.clone(), value: value.to_vec() })
+            .collect();
+        run.engine.finish().unwrap();
+        assert_eq!(live, report(&all, &[], workers), "{workers} workers");
     }
 }
