@@ -14,9 +14,7 @@
 //! Every count is an integer sum that cancels exactly on retraction; floats are formed only when
 //! a record is.
 
-use std::collections::{BTreeMap, HashMap};
-
-use foldhash::fast::RandomState;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,9 +46,9 @@ pub fn blocks(gate: &[u8]) -> bool {
 #[derive(Debug, Default)]
 pub struct TrustState {
     sides: SideCounts,
-    /// Counts per pair of systems (a hash map: one update per comparison lands here; the
-    /// outputs are sorted by the operator).
-    pairs: HashMap<(LabelId, LabelId), PairCounts, RandomState>,
+    /// Counts per pair of systems, in order: the operator compares the outputs sorted, and a
+    /// touched annotator derives all of them every epoch.
+    pairs: BTreeMap<(LabelId, LabelId), PairCounts>,
     gates: Vec<(bool, Diff)>,
 }
 
