@@ -10,7 +10,8 @@
 //! epoch to having its output (the changed leaderboard entries among it), against the 100 ms an
 //! epoch lasts.
 //!
-//! Run with `cargo bench --bench preferences` (`-- --events N --runs N` to change the defaults).
+//! Run with `cargo bench --bench preferences` (`-- --events N --runs N` to change the defaults,
+//! `-- --live-only` for the live part alone).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,9 @@ fn main() {
     let events = arg("--events", 1_000_000);
     let runs = arg("--runs", 3) as usize;
     let (comparisons, plain) = datasets(events);
+    if std::env::args().any(|a| a == "--live-only") {
+        return live(&comparisons);
+    }
     println!("# pairwise preferences through labelqc report ({events} events, median of {runs} runs)\n");
     println!("| workers | input | median wall (s) | ns per event | peak RSS (MiB) |");
     println!("|---|---|---|---|---|");

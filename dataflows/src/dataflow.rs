@@ -24,7 +24,7 @@ use crate::gates::{GateLogic, GateOut};
 use crate::items::{items, Items, ItemsConfig};
 use crate::keyed::{keyed, Emit};
 use crate::label::LabelId;
-use crate::leaderboard::{blocks, BoardLogic, BoardOut, TrustInput, TrustLogic};
+use crate::leaderboard::{blocks, BoardInput, BoardLogic, BoardOut};
 use crate::names::OnError;
 use crate::pairs::{PairLogic, PairOut};
 use crate::preferences::PreferenceSettings;
@@ -207,9 +207,9 @@ pub struct Quality<'s> {
 ///                  |                |  |                            ^
 ///                  |                |  +-> gates ---> gate records -+-> watchlists
 ///                  |                +----> alerts --> drift alert records
-///                  +-> item records          gates -+
-///                  |                                v
-///                  +-> comparisons ------------> trust --> leaderboard -> leaderboard records
+///                  +-> item records                 gates -+
+///                  |                                       v
+///                  +-> comparisons --------------------> leaderboard --> leaderboard records
 /// ```
 pub fn quality<'s>(
     events: Stream<'s, Time, Vec<Update>>,
@@ -223,7 +223,7 @@ pub fn quality<'s>(
     let Items {
         scopes: scope_sums,
         annotators: annotator_sums,
-        trust: comparisons,
+        comparisons,
         pairs: pair_cells,
         records: item_records,
     } = items(events, &names, config.items.clone());
@@ -276,19 +276,19 @@ pub fn quality<'s>(
         GateOut::Watch { project, signal, candidate } => Some(((project, signal), candidate)),
         _ => None,
     });
-    let trust_gates = gate_for
+    let board_gates = gate_for
         .inner
         .clone()
-        .flat_map(|((key, input), time, diff)| match input {
+        .flat_map(|(((scope, annotator), input), time, diff)| match input {
             JoinInput::Gate(gate) => {
-                Some(((key, TrustInput::Gate { blocked: blocks(&gate) }), time, (diff, 0, 0)))
+                let blocked = blocks(&gate);
+                Some(((scope, BoardInput::Gate { annotator, blocked }), time, (diff, 0, 0)))
             }
             JoinInput::Own(_) => None,
         })
         .as_collection();
-    let trust = keyed(comparisons.concat(trust_gates), None, &names, TrustLogic, emit, "Trust");
     let board = keyed(
-        trust.others,
+        comparisons.concat(board_gates),
         None,
         &names,
         BoardLogic { preferences: config.preferences },
