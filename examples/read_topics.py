@@ -39,7 +39,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 
 # The output topics of `labelqc run` (spec section 4), by their names in [outputs].
 TOPICS = ["scopes", "annotators", "pairs", "items", "scope_windows", "gating", "alerts", "deadletter",
-          "leaderboard"]
+          "leaderboard", "routing"]
 CLIENT_PREFIX = "LABELQC_KAFKA__CLIENT__"
 
 

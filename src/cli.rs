@@ -473,6 +473,8 @@ fn run_report(args: ReportArgs) -> Result<()> {
         engine: config.engine,
         progress: true,
         preferences: config.preferences,
+        truth: config.truth,
+        routing: config.routing,
     };
     let stderr = io::stderr();
     let mut shown = 0u64;

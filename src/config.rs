@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use labelqc_dataflows::drift::{DriftConfig, DriftSettings};
+use labelqc_dataflows::routing::RoutingSettings;
+use labelqc_dataflows::truth::TruthSettings;
 use serde::Deserialize;
 
 /// Why a configuration could not be used.
@@ -104,6 +106,8 @@ pub struct OutputTopics {
     pub annotators: String,
     pub pairs: String,
     pub items: String,
+    /// Each item's route, for the labelling platform, keyed `["project","task","item_id"]`.
+    pub routing: String,
     /// Per-scope numbers over each tumbling window, keyed `project/task/size/start`.
     pub scope_windows: String,
     pub gating: String,
@@ -120,6 +124,7 @@ impl Default for OutputTopics {
             annotators: "labelqc.annotators".into(),
             pairs: "labelqc.pairs".into(),
             items: "labelqc.items".into(),
+            routing: "labelqc.routing".into(),
             scope_windows: "labelqc.scope_windows".into(),
             gating: "labelqc.gating".into(),
             alerts: "labelqc.alerts".into(),
@@ -131,12 +136,13 @@ impl Default for OutputTopics {
 
 impl OutputTopics {
     /// Every output topic with the setting that names it (`outputs.scopes`, ...).
-    pub fn all(&self) -> [(&'static str, &str); 9] {
+    pub fn all(&self) -> [(&'static str, &str); 10] {
         [
             ("outputs.scopes", &self.scopes),
             ("outputs.annotators", &self.annotators),
             ("outputs.pairs", &self.pairs),
             ("outputs.items", &self.items),
+            ("outputs.routing", &self.routing),
             ("outputs.scope_windows", &self.scope_windows),
             ("outputs.gating", &self.gating),
             ("outputs.alerts", &self.alerts),
@@ -285,6 +291,10 @@ pub struct Config {
     /// Pairwise preferences (`[preferences]`): `position_margin`, the margin of the
     /// position-bias flag (spec 2.2; default 0.1).
     pub preferences: labelqc_dataflows::preferences::PreferenceSettings,
+    /// Dawid–Skene truth inference (`[truth]`).
+    pub truth: TruthSettings,
+    /// Routing of items for the labelling platform (`[routing]`).
+    pub routing: RoutingSettings,
 }
 
 impl Config {
@@ -466,6 +476,12 @@ impl Config {
                 });
             }
         }
+        let setting = |e: labelqc_dataflows::truth::SettingsError| ConfigError::Value {
+            field: e.field,
+            message: e.message,
+        };
+        self.truth.validate().map_err(setting)?;
+        self.routing.validate().map_err(setting)?;
         self.drift_settings()
             .validate()
             .map_err(|e| ConfigError::Value { field: "drift", message: e.to_string() })
@@ -500,6 +516,8 @@ mod tests {
         assert_eq!(config.cluster, ClusterSettings::default());
         assert_eq!(config.topics, TopicSettings::default());
         assert_eq!(config.preferences, labelqc_dataflows::preferences::PreferenceSettings::default());
+        assert_eq!(config.truth, TruthSettings::default());
+        assert_eq!(config.routing, RoutingSettings::default());
     }
 
     #[test]
@@ -557,6 +575,19 @@ mod tests {
         assert!(err.to_string().contains("topics.labels_partitions"), "{err}");
         let err = Config::parse("[topics.config]\n\"cleanup.policy\" = \"delete\"\n").unwrap_err();
         assert!(err.to_string().contains("cleanup.policy"), "{err}");
+        let err = Config::parse("[truth]\nrefresh_ms = 0\n").unwrap_err();
+        assert!(err.to_string().contains("truth.refresh_ms"), "{err}");
+        let err = Config::parse("[truth]\nrefresh = 10\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `refresh`"), "{err}");
+        let err = Config::parse("[routing]\nmin_labels = 5\nmax_labels = 4\n").unwrap_err();
+        assert!(err.to_string().contains("routing.max_labels"), "{err}");
+        let err = Config::parse("[routing]\nconfidence = 1.5\n").unwrap_err();
+        assert!(err.to_string().contains("routing.confidence"), "{err}");
+        let err = Config::parse("[routing]\nconfidance = 0.9\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `confidance`"), "{err}");
+        let c = Config::parse("[truth]\nrefresh_ms = 250\nclamp_gold = true\n[routing]\nmin_labels = 2\n")
+            .unwrap();
+        assert_eq!((c.truth.refresh_ms, c.truth.clamp_gold, c.routing.min_labels), (250, true, 2));
         let c = Config::parse("[windows]\nsizes = [\"15m\", \"2d\"]\n").unwrap();
         assert_eq!(c.windows.sizes_ms().unwrap(), vec![900_000, 172_800_000]);
     }

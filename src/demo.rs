@@ -87,10 +87,16 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
             window_sizes: settings.windows.clone(),
             out_of_order: false,
             records: Some(Emit::Changes),
+            rows: false,
         },
         drift: settings.drift.clone(),
         emit: Emit::Changes,
         preferences: Default::default(),
+        truth: Default::default(),
+        routing: Default::default(),
+        truth_refresh: Some(Duration::from_millis(
+            labelqc_dataflows::truth::TruthSettings::default().refresh_ms,
+        )),
     })?;
     let mut spec = settings.traffic.clone();
     spec.careless_from_ms = now_ms() + settings.careless_after.as_millis() as i64;

@@ -22,10 +22,17 @@ use labelqc_dataflows::gates::GateRecord;
 mod systems;
 use labelqc_dataflows::objects::ScopeSummary;
 use labelqc_dataflows::records::{Entity, Record, RecordKey};
+use labelqc_dataflows::routing::RoutingCounts;
 use labelqc_dataflows::source::window_size_name;
 use labelqc_dataflows::source::Applied;
 use labelqc_dataflows::source::Stream;
 use labelqc_dataflows::summary::DriftSummary;
+
+/// The routing counts of a scope record.
+#[derive(serde::Deserialize)]
+struct RoutingRead {
+    routing: RoutingCounts,
+}
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +88,9 @@ pub struct Telemetry {
     scope_mean_cohen: GaugeVec,
     scope_gold_accuracy: GaugeVec,
     scope_gold_answers: IntGaugeVec,
+    /// Items per (project, task, route), and labels saved per scope, of the scopes' routing.
+    routing_items: IntGaugeVec,
+    routing_labels_saved: IntGaugeVec,
     /// Annotators per (project, gate state).
     annotators_gate: IntGaugeVec,
     /// Annotators per (project, signal, state).
@@ -261,6 +271,16 @@ impl Telemetry {
             consumer_lag,
             committed,
             transactions,
+            routing_items: int_gauge_vec(
+                "labelqc_routing_items",
+                "Items of the scope per route (settled, needs_labels, escalate).",
+                &["project", "task", "route"],
+            )?,
+            routing_labels_saved: int_gauge_vec(
+                "labelqc_routing_labels_saved",
+                "Labels that fixed overlap at routing.max_labels would have needed beyond those given, over the settled items.",
+                &["project", "task"],
+            )?,
             scope_labels: int_gauge_vec("labelqc_scope_labels", "Live labels of the scope.", SCOPE)?,
             scope_items: int_gauge_vec("labelqc_scope_items", "Labelled items of the scope.", SCOPE)?,
             scope_annotators: int_gauge_vec(
@@ -347,6 +367,9 @@ impl Telemetry {
                     if let Some(summary) = now.and_then(|v| serde_json::from_slice::<ScopeSummary>(v).ok()) {
                         self.set_scope(&summary, ALL_TIME);
                     }
+                    if let Some(read) = now.and_then(|v| serde_json::from_slice::<RoutingRead>(v).ok()) {
+                        self.set_routing(&key.project, &key.task, &read.routing);
+                    }
                 }
                 Entity::Window { size_ms, start_ms } => {
                     let scope = (key.project.clone(), key.task.clone(), *size_ms);
@@ -391,6 +414,18 @@ impl Telemetry {
     }
 
     /// Sets the quality gauges of one scope from its current summary.
+    /// Sets the routing gauges of a scope.
+    fn set_routing(&self, project: &str, task: &str, routing: &RoutingCounts) {
+        for (route, n) in [
+            ("settled", routing.settled),
+            ("needs_labels", routing.needs_labels),
+            ("escalate", routing.escalate),
+        ] {
+            self.routing_items.with_label_values(&[project, task, route]).set(n);
+        }
+        self.routing_labels_saved.with_label_values(&[project, task]).set(routing.labels_saved);
+    }
+
     pub fn set_scope(&self, scope: &ScopeSummary, window: &str) {
         let labels = [scope.project.as_str(), scope.task.as_str(), window];
         self.scope_labels.with_label_values(&labels).set(scope.n_labels);

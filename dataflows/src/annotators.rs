@@ -244,6 +244,8 @@ pub enum JoinInput {
     Own(Record),
     /// The gate of the annotator in the scope's project, as JSON.
     Gate(Vec<u8>),
+    /// The annotator's Dawid–Skene confusion matrix in the scope, as JSON.
+    Confusion(Vec<u8>),
 }
 
 /// The parts of an annotator's record, with their multiplicities.
@@ -251,6 +253,7 @@ pub enum JoinInput {
 pub struct JoinState {
     own: Vec<(Record, Diff)>,
     gate: Vec<(Vec<u8>, Diff)>,
+    confusion: Vec<(Vec<u8>, Diff)>,
 }
 
 /// Joins each annotator's own record with its project's gate: the annotator record of the
@@ -286,22 +289,26 @@ impl Keyed for JoinLogic {
         match update {
             JoinInput::Own(record) => add_part(&mut s.own, record.clone(), diff),
             JoinInput::Gate(gate) => add_part(&mut s.gate, gate.clone(), diff),
+            JoinInput::Confusion(json) => add_part(&mut s.confusion, json.clone(), diff),
         }
     }
 
     fn derive(&mut self, _: &AnnotatorKey, s: &mut JoinState, _: &Catalog, out: &mut Vec<Record>) {
         let Some((own, _)) = s.own.iter().find(|(_, d)| *d > 0) else { return };
         let gate = s.gate.iter().find(|(_, d)| *d > 0).map_or(&b"null"[..], |(g, _)| g);
-        let mut value = Vec::with_capacity(own.value.len() + gate.len() + 9);
+        let confusion = s.confusion.iter().find(|(_, d)| *d > 0).map_or(&b"null"[..], |(c, _)| c);
+        let mut value = Vec::with_capacity(own.value.len() + gate.len() + confusion.len() + 22);
         value.extend_from_slice(&own.value[..own.value.len() - 1]);
         value.extend_from_slice(b",\"gate\":");
         value.extend_from_slice(gate);
+        value.extend_from_slice(b",\"confusion\":");
+        value.extend_from_slice(confusion);
         value.push(b'}');
         out.push(Record { key: own.key.clone(), value });
     }
 
     fn is_empty(s: &JoinState) -> bool {
-        s.own.is_empty() && s.gate.is_empty()
+        s.own.is_empty() && s.gate.is_empty() && s.confusion.is_empty()
     }
 
     fn is_record(_: &Record) -> bool {

@@ -28,10 +28,13 @@ use crate::leaderboard::{blocks, BoardInput, BoardLogic, BoardOut};
 use crate::names::OnError;
 use crate::pairs::{PairLogic, PairOut};
 use crate::preferences::PreferenceSettings;
-use crate::records::Record;
+use crate::records::{Entity, Record};
+use crate::routing::RoutingSettings;
+use crate::scope_truth::{ScopePart, ScopePartsLogic};
 use crate::scopes::{ScopeLogic, ScopeOut, ScopeSum};
-use crate::source::{AnnotatorId, Day, Name, Stamp, Update};
+use crate::source::{scope_id, AnnotatorId, Day, Name, Stamp, Update};
 use crate::summary::{Metric, WatchLogic};
+use crate::truth::TruthSettings;
 
 /// Logical time: a totally ordered epoch.
 pub type Time = u64;
@@ -186,6 +189,13 @@ pub struct QualityConfig {
     pub emit: Emit,
     /// The `[preferences]` settings.
     pub preferences: PreferenceSettings,
+    /// Dawid–Skene truth (`[truth]`): live, `refresh_ms` spaces the refits of a scope.
+    pub truth: TruthSettings,
+    /// Routing of items (`[routing]`).
+    pub routing: RoutingSettings,
+    /// Live: the shortest time between two fits of a scope's truth, warm started; `None`: a cold
+    /// fit whenever the scope changes.
+    pub truth_refresh: Option<std::time::Duration>,
 }
 
 /// The quality dataflow's output: every record, and the drift summary's facts.
@@ -207,9 +217,13 @@ pub struct Quality<'s> {
 ///                  |                |  |                            ^
 ///                  |                |  +-> gates ---> gate records -+-> watchlists
 ///                  |                +----> alerts --> drift alert records
-///                  +-> item records                 gates -+
-///                  |                                       v
-///                  +-> comparisons --------------------> leaderboard --> leaderboard records
+///                  |                   gates --blocked--+
+///                  +-> rows --> truth, trust and routes (crate::trust::derive) --> item records
+///                  |              |  confusion to the annotator records; truth and routes to
+///                  |              +-> the scope's own record --> join --> scope records
+///                  |                                         gates -+
+///                  |                                                v
+///                  +-> comparisons ---------------------------> leaderboard --> records
 /// ```
 pub fn quality<'s>(
     events: Stream<'s, Time, Vec<Update>>,
@@ -220,13 +234,11 @@ pub fn quality<'s>(
     let names = crate::names::names(names, on_error);
     let emit = config.emit;
     let drift = &config.drift;
-    let Items {
-        scopes: scope_sums,
-        annotators: annotator_sums,
-        comparisons,
-        pairs: pair_cells,
-        records: item_records,
-    } = items(events, &names, config.items.clone());
+    // The items leave their labels as rows; their records are formed downstream, with trust,
+    // truth and route.
+    let items_config = ItemsConfig { records: None, rows: true, ..config.items.clone() };
+    let Items { scopes: scope_sums, annotators: annotator_sums, comparisons, pairs: pair_cells, rows } =
+        items(events, &names, items_config);
 
     let pairs = keyed(pair_cells, None, &names, PairLogic, emit, "Pairs");
     let kappas = pairs
@@ -284,7 +296,7 @@ pub fn quality<'s>(
                 let blocked = blocks(&gate);
                 Some(((scope, BoardInput::Gate { annotator, blocked }), time, (diff, 0, 0)))
             }
-            JoinInput::Own(_) => None,
+            _ => None,
         })
         .as_collection();
     let board = keyed(
@@ -295,14 +307,37 @@ pub fn quality<'s>(
         emit,
         "Leaderboard",
     );
-    let annotator_records = keyed(own.concat(gate_for), None, &names, JoinLogic, emit, "AnnotatorRecords");
+    let blocked = gates.others.clone().flat_map(|out| match out {
+        GateOut::Blocked { scope, annotator } => Some((scope, annotator)),
+        _ => None,
+    });
+
+    let trust = crate::trust::derive(rows, blocked, &names, config, emit);
+    let annotator_records = keyed(
+        own.concat(gate_for).concat(trust.confusion),
+        None,
+        &names,
+        JoinLogic,
+        emit,
+        "AnnotatorRecords",
+    );
     let watchlists = keyed(candidates, None, &names, WatchLogic { drift: drift.clone() }, emit, "Watchlists");
     let alert_inputs = combine(alert_inputs, "CombineAlertInputs");
     let alerts = keyed(alert_inputs, None, &names, AlertLogic { drift: drift.clone() }, emit, "Alerts");
 
-    let records = item_records
+    // Scope records: the scope's own object joined with its truth and routing.
+    let scope_records = scopes.records.flat_map(ScopeOut::record);
+    let own_scopes = scope_records.clone().flat_map(|record| {
+        (record.key.entity == Entity::Scope)
+            .then(|| (scope_id(&record.key.project, &record.key.task), ScopePart::Own(record)))
+    });
+    let scope_parts =
+        keyed(own_scopes.concat(trust.scope_parts), None, &names, ScopePartsLogic, emit, "ScopeRecords");
+    let records = trust
+        .item_records
         .concat(pairs.records.flat_map(PairOut::record))
-        .concat(scopes.records.flat_map(ScopeOut::record))
+        .concat(scope_records.filter(|record| record.key.entity != Entity::Scope))
+        .concat(scope_parts.records)
         .concat(annotator_records.records)
         .concat(gates.records.flat_map(GateOut::record))
         .concat(alerts.records.flat_map(AlertOut::record))

@@ -565,9 +565,20 @@ struct DayContext<'a> {
     scope: &'a ScopeInputs,
     median_ms: Option<f64>,
     preferences: &'a PreferenceSettings,
+    /// Whether readings carry their explanation: only the ones an output shows need one (a
+    /// timeline reads every signal on every day, and formatting them all was most of its cost).
+    explain: bool,
 }
 
 impl DayContext<'_> {
+    fn explained(&self, explanation: impl FnOnce() -> String) -> String {
+        if self.explain {
+            explanation()
+        } else {
+            String::new()
+        }
+    }
+
     fn read(&self, signal: Signal, day: Day) -> Option<Reading> {
         match signal {
             Signal::Gold => self.gold(day),
@@ -632,7 +643,7 @@ impl DayContext<'_> {
             n,
             baseline: Some(1.0 - e0),
             interval: Some([low, high]),
-            explanation: format!(
+            explanation: self.explained(|| format!(
                 "gold accuracy {} on {n} gold questions, last {} (likely {}-{}), usually {}; evidence {llr:.1}, alarm at {}",
                 percent(correct as f64 / n as f64),
                 days(w),
@@ -640,7 +651,7 @@ impl DayContext<'_> {
                 percent(high),
                 percent(1.0 - e0),
                 c.gold_threshold
-            ),
+            )),
         })
     }
 
@@ -666,12 +677,12 @@ impl DayContext<'_> {
             n,
             baseline: Some(0.0),
             interval: Some([mean - half, mean + half]),
-            explanation: format!(
+            explanation: self.explained(|| format!(
                 "agrees with the others on the same items {} than they agree with each other (likely {}; {n} items, last {})",
                 points_more_or_less(mean, "often"),
                 points_range(mean - half, mean + half),
                 days(c.peer_window_days)
-            ),
+            )),
         })
     }
 
@@ -746,7 +757,7 @@ impl DayContext<'_> {
             n,
             baseline: None,
             interval: None,
-            explanation: format!(
+            explanation: self.explained(|| format!(
                 "gives {} to {} of items, the others to {} of the same items; {} to {}, the others to {} ({n} labels, last {})",
                 (self.label_name)(over_label),
                 percent(over_own),
@@ -755,7 +766,7 @@ impl DayContext<'_> {
                 percent(under_own),
                 percent(under_peer),
                 days(c.peer_window_days)
-            ),
+            )),
         })
     }
 
@@ -798,13 +809,13 @@ impl DayContext<'_> {
             n,
             baseline: Some(usual_ms),
             interval: None,
-            explanation: format!(
+            explanation: self.explained(|| format!(
                 "takes a typical {:.1} s a label ({n} labels, last {}), usually {:.1} s: {:.0}% of the usual time",
                 recent_ms / 1000.0,
                 days(c.speed_window_days),
                 usual_ms / 1000.0,
                 100.0 * ratio
-            ),
+            )),
         })
     }
 
@@ -833,13 +844,15 @@ impl DayContext<'_> {
             n,
             baseline: Some(base),
             interval: stats::wilson(n, fast as f64, stats::WILSON_Z).map(|(l, h)| [l, h]),
-            explanation: format!(
-                "{} of {n} labels in the last {} took under {:.1} s, usually {}",
-                percent(share),
-                days(c.speed_window_days),
-                limit / 1000.0,
-                percent(base)
-            ),
+            explanation: self.explained(|| {
+                format!(
+                    "{} of {n} labels in the last {} took under {:.1} s, usually {}",
+                    percent(share),
+                    days(c.speed_window_days),
+                    limit / 1000.0,
+                    percent(base)
+                )
+            }),
         })
     }
 }
@@ -923,8 +936,16 @@ pub fn evaluate_with(
     label_name: &dyn Fn(LabelId) -> String,
 ) -> Timeline {
     let gold_days = inputs.gold_days();
-    let mut context =
-        DayContext { config, label_name, inputs, gold_days: &gold_days, scope, median_ms: None, preferences };
+    let mut context = DayContext {
+        config,
+        label_name,
+        inputs,
+        gold_days: &gold_days,
+        scope,
+        median_ms: None,
+        preferences,
+        explain: false,
+    };
     // The scope's duration histogram of the days before the one being evaluated.
     let mut scope_speed = scope.speed.iter().peekable();
     let mut histogram: BTreeMap<u16, i64> = BTreeMap::new();
@@ -934,6 +955,7 @@ pub fn evaluate_with(
     let mut last_bad: [Option<Day>; Signal::COUNT] = [None; Signal::COUNT];
     let mut open: [Option<usize>; Signal::COUNT] = [None; Signal::COUNT];
     let mut latest: [Option<Reading>; Signal::COUNT] = Default::default();
+    let mut last_day = None;
     for day in inputs.active_days(&gold_days) {
         while let Some((&(_, bucket), &[n])) = scope_speed.next_if(|((d, _), _)| *d < day) {
             *histogram.entry(bucket).or_default() += n;
@@ -974,12 +996,10 @@ pub fn evaluate_with(
             };
             if next == SignalState::Alarm && state[i] != SignalState::Alarm {
                 open[i] = Some(timeline.episodes.len());
-                timeline.episodes.push(Episode {
-                    signal,
-                    start: day,
-                    end: None,
-                    explanation: latest[i].as_ref().map(|r| r.explanation.clone()).unwrap_or_default(),
-                });
+                context.explain = true;
+                let explanation = context.read(signal, day).map(|r| r.explanation).unwrap_or_default();
+                context.explain = false;
+                timeline.episodes.push(Episode { signal, start: day, end: None, explanation });
             }
             if next != SignalState::Alarm && state[i] == SignalState::Alarm {
                 if let Some(e) = open[i].take() {
@@ -992,6 +1012,16 @@ pub fn evaluate_with(
             state[i] = next;
         }
         timeline.days.push((day, state));
+        last_day = Some(day);
+    }
+    // The current readings, now with their explanations.
+    if let Some(day) = last_day {
+        context.explain = true;
+        for signal in Signal::ALL {
+            if latest[signal.index()].is_some() {
+                latest[signal.index()] = context.read(signal, day);
+            }
+        }
     }
     timeline.current = Signal::ALL
         .iter()

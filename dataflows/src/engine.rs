@@ -85,6 +85,14 @@ pub struct EngineConfig {
     pub emit: Emit,
     /// The `[preferences]` settings.
     pub preferences: crate::preferences::PreferenceSettings,
+    /// Dawid–Skene truth settings.
+    pub truth: crate::truth::TruthSettings,
+    /// Routing settings.
+    pub routing: crate::routing::RoutingSettings,
+    /// Live: refit a changed scope's truth at most this often, warm started (the service and
+    /// the demo: `truth.refresh_ms`); `None`: a cold fit whenever a scope changes (exact, for
+    /// small inputs and tests).
+    pub truth_refresh: Option<std::time::Duration>,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +104,9 @@ impl Default for EngineConfig {
             drift: DriftSettings::default(),
             emit: Emit::Changes,
             preferences: crate::preferences::PreferenceSettings::default(),
+            truth: Default::default(),
+            routing: Default::default(),
+            truth_refresh: None,
         }
     }
 }
@@ -269,6 +280,9 @@ impl Engine {
             drift: config.drift.clone(),
             emit: config.emit,
             preferences: config.preferences,
+            truth: config.truth.clone(),
+            routing: config.routing.clone(),
+            truth_refresh: config.truth_refresh,
         };
         let failed = {
             let shared = Arc::clone(&shared);

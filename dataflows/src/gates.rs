@@ -61,6 +61,12 @@ pub enum GateOut {
         gate: Vec<u8>,
     },
     Metric(Metric),
+    /// The annotator is blocked in `scope`'s project: its labels leave the trusted consensus of
+    /// the scope's items.
+    Blocked {
+        scope: ScopeId,
+        annotator: AnnotatorId,
+    },
     /// A candidate of the project's watchlist on `signal`.
     Watch {
         project: u64,
@@ -163,8 +169,12 @@ impl Keyed for GateLogic {
         let gate = drift::decide_gate(&answers, gated, config);
         let json = serde_json::to_vec(&gate).expect("a gate serialises");
         let name = names.annotators.name(annotator);
+        let blocked = gate.state == drift::GateState::Block;
         for scope in scopes {
             out.push(GateOut::For { scope, annotator, gate: json.clone() });
+            if blocked {
+                out.push(GateOut::Blocked { scope, annotator });
+            }
         }
         out.push(GateOut::Record(Record { key: gate_key(project_name, name), value: json }));
         out.push(GateOut::Metric(Metric::Gate { project: project_name.into(), state: gate.state }));

@@ -14,9 +14,9 @@
 //! epoch order; within an epoch, and across epochs for input read out of order (files read in
 //! parallel), an identity's latest event is the one with the greatest sequence number.
 //!
-//! The item records (spec section 2, per item: its consensus, the label with most votes, ties
-//! broken toward the smallest label in the spec's order, with `tied`) are rendered here too, from
-//! the item's labels, by the worker that owns the item ([`ItemsConfig::records`]).
+//! The items' live labels and gold answers also leave as rows ([`ItemsConfig::rows`]), for what
+//! keeps labels by another key (truth per scope, trust per annotator) and for the item records
+//! (consensus, trusted consensus, truth and route), formed downstream ([`crate::trust`]).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -35,16 +35,14 @@ use timely::dataflow::Stream;
 use crate::annotators::{AnnotatorKey, AnnotatorSum};
 use crate::dataflow::{summarize_item, Changes, Diff, ItemFact, Sums, Time};
 use crate::keyed::{emit_difference, Emit};
-use crate::label::{JsonLabel, LabelId};
+use crate::label::LabelId;
 use crate::leaderboard::BoardInput;
 use crate::names::Names;
-use crate::objects::ItemConsensus;
 use crate::pairs::PairKey;
 use crate::preferences::Compared;
-use crate::records::{Entity, Record};
 use crate::scopes::ScopeSum;
 use crate::source::{
-    is_window, window_id, AnnotatorId, Catalog, Day, ItemId, ItemKey, ScopeId, Stamp, Update, Window, DAY_MS,
+    is_window, window_id, AnnotatorId, Day, ItemId, ItemKey, ScopeId, Stamp, Update, Window, DAY_MS,
 };
 
 /// A change to one item, as a reader parsed it.
@@ -78,6 +76,18 @@ pub enum ItemOutput {
     Gold { scope: ScopeId, annotator: AnnotatorId, item: u64, ts_ms: i64, correct: bool },
     /// A live comparison of `annotator` on an item of `scope` (never of a window).
     Compared { scope: ScopeId, annotator: AnnotatorId, day: Day, compared: Compared },
+    /// One of the item's live labels or its gold answer, as it is ([`ItemsConfig::rows`]).
+    Row(ItemKey, ItemRow),
+}
+
+/// An item's live label or gold answer, for the operators that keep labels by another key than
+/// the item's (truth per scope, trust per annotator) and the item records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ItemRow {
+    /// `annotator`'s live label.
+    Label { annotator: AnnotatorId, label: LabelId },
+    /// The item's gold answer.
+    Gold { label: LabelId },
 }
 
 /// How the items of a dataflow are kept.
@@ -90,8 +100,12 @@ pub struct ItemsConfig {
     /// event arriving later is ignored. Otherwise (one reader per identity, in order) arrival
     /// order decides and deleted identities leave nothing behind.
     pub out_of_order: bool,
-    /// Whether the items' records (their consensus) are rendered, and when; `None` for none.
+    /// Whether the items' records are formed, and when (by [`crate::trust`], downstream);
+    /// `None` for none.
     pub records: Option<Emit>,
+    /// Whether the items' live labels and gold answers leave as rows ([`Items::rows`]), for
+    /// the item records, trust and truth downstream.
+    pub rows: bool,
 }
 
 /// One identity's latest event, packed (40 bytes): its sequence number and label, with when it
@@ -212,10 +226,21 @@ impl ItemState {
         &self,
         item: ItemKey,
         window_sizes: &[i64],
+        rows_out: bool,
         scratch: &mut Scratch,
         out: &mut Vec<ItemOutput>,
     ) {
         let (scope, id) = item;
+        if rows_out {
+            for slot in self.labels.iter() {
+                if let Some((label, _)) = slot.value() {
+                    out.push(ItemOutput::Row(item, ItemRow::Label { annotator: slot.annotator, label }));
+                }
+            }
+            if let Some(label) = self.gold.as_deref().and_then(|&(_, label)| label) {
+                out.push(ItemOutput::Row(item, ItemRow::Gold { label }));
+            }
+        }
         scratch.rows.clear();
         scratch.rows.extend(self.labels.iter().filter_map(|s| s.value().map(|(l, st)| (s.annotator, l, st))));
         let rows = &scratch.rows;
@@ -284,34 +309,6 @@ impl ItemState {
     }
 }
 
-impl ItemState {
-    /// The item's record: its consensus among its live labels (none without labels).
-    fn record(
-        &self,
-        (scope, item): ItemKey,
-        names: &Catalog,
-        counts: &mut Vec<(LabelId, u32)>,
-    ) -> Option<Record> {
-        counts.clear();
-        for slot in self.labels.iter() {
-            let Some((label, _)) = slot.value() else { continue };
-            match counts.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((label, 1)),
-            }
-        }
-        let top = counts.iter().map(|&(_, n)| n).max()?;
-        let mut tops = counts.iter().filter(|&&(_, n)| n == top).map(|&(label, _)| names.labels.get(label));
-        let first = tops.next()?;
-        let (best, tied) = tops.fold((first, false), |(best, _), label| {
-            (if label.spec_cmp(best).is_lt() { label } else { best }, true)
-        });
-        let (project, task) = names.scope_name(scope);
-        let object = ItemConsensus { consensus: JsonLabel(best), tied };
-        Some(Record::new(project, task, Entity::Item(names.items.name(item).into()), &object))
-    }
-}
-
 /// Reused allocations of [`ItemState::contributions`].
 #[derive(Default)]
 struct Scratch {
@@ -322,7 +319,7 @@ struct Scratch {
 }
 
 /// The worker that owns an item of any scope: its id, already a uniform hash. An item's name
-/// goes to the same worker ([`crate::names`]), which renders the item's records.
+/// goes to the same worker ([`crate::names`]), which renders the item's record.
 pub fn item_owner(item: ItemId) -> u64 {
     item
 }
@@ -342,7 +339,7 @@ pub type AnnotatorUpdate = (AnnotatorKey, AnnotatorSum);
 /// A cell of a pair's confusion table: the labels of `a` and `b` on one item.
 pub type PairCell = (PairKey, (LabelId, LabelId));
 
-/// What the items contribute, each kind to the operator that keeps it, and their records.
+/// What the items contribute, each kind to the operator that keeps it, and their rows.
 pub struct Items<'s> {
     /// Changes of the scopes' sums, summed per epoch on the worker that owns the items.
     pub scopes: VecCollection<'s, Time, ScopeUpdate, Sums>,
@@ -354,8 +351,8 @@ pub struct Items<'s> {
     /// Pair cells: `+1` for each item on which `a` and `b` gave those labels (rarely the same
     /// cell twice in an epoch, so not summed).
     pub pairs: VecCollection<'s, Time, PairCell, Diff>,
-    /// The items' records (when asked for).
-    pub records: VecCollection<'s, Time, Record, Diff>,
+    /// The items' live labels and gold answers (when asked for, [`ItemsConfig::rows`]).
+    pub rows: VecCollection<'s, Time, (ItemKey, ItemRow), Diff>,
 }
 
 /// One epoch's sums per key, reused from epoch to epoch.
@@ -437,6 +434,7 @@ fn distribute(
             }
         },
         ItemOutput::Pair { scope, a, b, label_a, label_b } => pair(((scope, a, b), (label_a, label_b)), diff),
+        ItemOutput::Row(..) => unreachable!("rows leave by their own output"),
         ItemOutput::Gold { scope, annotator, item, ts_ms, correct } => {
             accumulate(scopes, (scope, ScopeSum::Gold), (1, i64::from(correct), 0), diff);
             if !is_window(scope) {
@@ -475,8 +473,8 @@ fn flush<K: timely::ExchangeData>(
 }
 
 /// The items of a dataflow: routes `events` to the workers that own their items, keeps each item's
-/// state there, and returns what the items contribute and the items' records (when
-/// [`ItemsConfig::records`] asks for them; `names` has the names they need).
+/// state there, and returns what the items contribute and, when [`ItemsConfig::rows`] asks for
+/// them, their rows. `names` orders the operator after the names of each epoch.
 pub fn items<'s>(
     events: Stream<'s, Time, Vec<(ItemKey, ItemEvent)>>,
     names: &Names<'s>,
@@ -490,8 +488,9 @@ pub fn items<'s>(
     let (annotator_sums, annotator_stream) = builder.new_output();
     let (pair_cells, pair_stream): (_, Changes<'s, PairCell>) = builder.new_output();
     let (comparison_sums, comparison_stream) = builder.new_output();
-    // The records' output comes last (see `held`).
-    let (records, records_stream): (_, Changes<'s, Record>) = builder.new_output();
+    let (rows, rows_stream): (_, Changes<'s, (ItemKey, ItemRow)>) = builder.new_output();
+    let mut rows =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<((ItemKey, ItemRow), Time, Diff)>>>::from(rows);
     let mut scope_sums =
         OutputBuilder::<Time, CapacityContainerBuilder<Vec<(ScopeUpdate, Time, Sums)>>>::from(scope_sums);
     let mut annotator_sums = OutputBuilder::<
@@ -504,13 +503,9 @@ pub fn items<'s>(
         );
     let mut pair_cells =
         OutputBuilder::<Time, CapacityContainerBuilder<Vec<(PairCell, Time, Diff)>>>::from(pair_cells);
-    let mut records =
-        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(Record, Time, Diff)>>>::from(records);
-    let catalog = names.catalog.clone();
-    builder.build(move |mut initial| {
-        // Emit::Final: a capability of the records' output (the last) kept at the inputs' frontier.
-        let mut held: Option<Capability<Time>> =
-            initial.pop().filter(|_| config.records == Some(Emit::Final));
+    builder.build(move |initial| {
+        // Every output goes out at the capabilities of its epochs.
+        drop(initial);
         let mut state: HashMap<ItemKey, ItemState, RandomState> = HashMap::default();
         let mut stash: Pending = BTreeMap::new();
         let mut scratch = Scratch::default();
@@ -527,11 +522,8 @@ pub fn items<'s>(
                 stash.entry(time).or_insert_with(|| (capabilities, Vec::new())).1.append(data);
             });
             gate.for_each(|_, _| {});
-            // Rendering waits for the epoch's names; the contributions need none.
-            let gated = config.records == Some(Emit::Changes);
-            let complete =
-                |time: &Time| !(frontiers[0].less_equal(time) || gated && frontiers[1].less_equal(time));
-            let names = catalog.borrow();
+            // The contributions and rows need no names.
+            let complete = |time: &Time| !frontiers[0].less_equal(time);
             while let Some(entry) = stash.first_entry() {
                 if !complete(entry.key()) {
                     break;
@@ -544,8 +536,8 @@ pub fn items<'s>(
                 let mut pair_session = pair_handle.session(&capabilities[2]);
                 let mut comparison_handle = comparison_sums.activate();
                 let mut comparison_session = comparison_handle.session(&capabilities[3]);
-                let mut record_handle = records.activate();
-                let mut record_session = record_handle.session(&capabilities[4]);
+                let mut row_handle = rows.activate();
+                let mut row_session = row_handle.session(&capabilities[4]);
                 let mut rest = &events[..];
                 while let Some(&(item, _)) = rest.first() {
                     let len = rest.iter().take_while(|(i, _)| *i == item).count();
@@ -556,9 +548,13 @@ pub fn items<'s>(
                         Entry::Vacant(entry) => entry.insert_entry(ItemState::default()),
                     };
                     before.clear();
-                    entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut before);
-                    let record_before =
-                        gated.then(|| entry.get().record(item, &names, &mut scratch.counts)).flatten();
+                    entry.get().contributions(
+                        item,
+                        &config.window_sizes,
+                        config.rows,
+                        &mut scratch,
+                        &mut before,
+                    );
                     let mut changed = false;
                     for (_, event) in changes {
                         changed |= entry.get_mut().apply(event, config.out_of_order);
@@ -570,45 +566,32 @@ pub fn items<'s>(
                         continue;
                     }
                     after.clear();
-                    entry.get().contributions(item, &config.window_sizes, &mut scratch, &mut after);
-                    if gated {
-                        let record_after = entry.get().record(item, &names, &mut scratch.counts);
-                        if record_before != record_after {
-                            record_session.give_iterator(record_before.map(|r| (r, time, -1)).into_iter());
-                            record_session.give_iterator(record_after.map(|r| (r, time, 1)).into_iter());
-                        }
-                    }
+                    entry.get().contributions(
+                        item,
+                        &config.window_sizes,
+                        config.rows,
+                        &mut scratch,
+                        &mut after,
+                    );
                     if entry.get().is_empty() {
                         entry.remove();
                     }
-                    emit_difference(&mut before, &mut after, |output, diff| {
-                        distribute(
+                    emit_difference(&mut before, &mut after, |output, diff| match output {
+                        ItemOutput::Row(item, row) => row_session.give(((item, row), time, diff)),
+                        output => distribute(
                             output,
                             diff,
                             &mut sums,
                             |cell, diff| pair_session.give((cell, time, diff)),
                             |update, sums| comparison_session.give((update, time, sums)),
-                        )
+                        ),
                     });
                 }
-                drop((pair_session, comparison_session, record_session));
+                drop((pair_session, comparison_session, row_session));
                 flush(&mut sums.scopes, &mut scope_sums, &capabilities[0]);
                 flush(&mut sums.annotators, &mut annotator_sums, &capabilities[1]);
             }
-            if let Some(held) = held.as_mut() {
-                crate::keyed::hold_at_frontier(held, frontiers);
-            }
             if frontiers.iter().all(|f| f.is_empty()) {
-                if let Some(capability) = held.take() {
-                    let time = *capability.time();
-                    let mut records = records.activate();
-                    let mut session = records.session(&capability);
-                    for (&item, item_state) in &state {
-                        if let Some(record) = item_state.record(item, &names, &mut scratch.counts) {
-                            session.give((record, time, 1));
-                        }
-                    }
-                }
                 // Nothing follows: the items are no longer needed.
                 state = HashMap::default();
             }
@@ -619,7 +602,7 @@ pub fn items<'s>(
         annotators: annotator_stream.as_collection(),
         comparisons: comparison_stream.as_collection(),
         pairs: pair_stream.as_collection(),
-        records: records_stream.as_collection(),
+        rows: rows_stream.as_collection(),
     }
 }
 

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::drift::SignalReport;
-use crate::label::JsonLabel;
 use crate::stats::GoldAccuracy;
 
 /// The scope object: the numbers of one (project, task) scope, without its entities.
@@ -92,12 +91,4 @@ pub struct AnnotatorReport<'a> {
     /// `tie_rate`, as fields of its own.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub preferences: Option<crate::preferences::PreferenceQuality>,
-}
-
-/// An item's consensus label.
-#[derive(Serialize)]
-pub struct ItemConsensus<'a> {
-    /// The consensus label, as JSON (a number exactly as its value).
-    pub consensus: JsonLabel<'a>,
-    pub tied: bool,
 }

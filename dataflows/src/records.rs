@@ -25,7 +25,7 @@ pub enum Entity {
     Pair(Box<str>, Box<str>),
     /// An annotator by name ([`crate::objects::AnnotatorReport`] with its gate).
     Annotator(Box<str>),
-    /// An item by name ([`crate::objects::ItemConsensus`]).
+    /// An item by name: its consensus, trusted consensus, truth and route ([`crate::trust`]).
     Item(Box<str>),
     /// An alert by id ([`crate::drift::Alert`]).
     Alert(Box<str>),

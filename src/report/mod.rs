@@ -19,7 +19,9 @@ use labelqc_dataflows::drift::DriftSettings;
 use labelqc_dataflows::engine::{Engine, EngineConfig, Feed, FeedFactory};
 use labelqc_dataflows::items::ItemsConfig;
 use labelqc_dataflows::keyed::Emit;
+use labelqc_dataflows::routing::RoutingSettings;
 use labelqc_dataflows::source::Stream;
+use labelqc_dataflows::truth::TruthSettings;
 
 use crate::config::EngineSettings;
 use crate::input::{BadInput, FileSummary, Refused};
@@ -42,6 +44,10 @@ pub struct ReportRequest {
     pub preferences: labelqc_dataflows::preferences::PreferenceSettings,
     /// Show a progress bar (only honoured when stderr is a terminal).
     pub progress: bool,
+    /// Dawid–Skene truth settings (the report fits every scope once, cold).
+    pub truth: TruthSettings,
+    /// Routing settings.
+    pub routing: RoutingSettings,
 }
 
 /// The report (its final records, to be written in order) and what was refused on the way.
@@ -90,10 +96,14 @@ pub fn run(request: &ReportRequest, on_refused: impl FnMut(&Refused<'_>)) -> Res
             window_sizes: request.windows.clone(),
             out_of_order: true,
             records: request.with_items.then_some(Emit::Final),
+            rows: false,
         },
         drift: request.drift.clone(),
         emit: Emit::Final,
         preferences: request.preferences,
+        truth: request.truth.clone(),
+        routing: request.routing.clone(),
+        truth_refresh: None,
     };
     let mut engine = Engine::start_fed(&config, None, factory)?;
     let reader = {

@@ -262,10 +262,17 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             window_sizes: config.windows.sizes_ms()?,
             out_of_order: false,
             records: Some(Emit::Changes),
+            rows: false,
         },
         drift: config.drift_settings(),
         emit: Emit::Changes,
         preferences: config.preferences,
+        truth: config.truth.clone(),
+        routing: config.routing.clone(),
+        // A changed scope's truth is refitted at most every `truth.refresh_ms`, warm started; once
+        // it stops changing, one cold fit makes it the report's (the pipeline closes an empty
+        // epoch every `truth.refresh_ms` while idle, so that this fit comes).
+        truth_refresh: Some(std::time::Duration::from_millis(config.truth.refresh_ms)),
     };
     let cluster_config = (!cluster.addresses.is_empty())
         .then(|| ClusterConfig { process: cluster.process, addresses: cluster.addresses.clone() });

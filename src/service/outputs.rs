@@ -33,6 +33,8 @@ pub enum OutputTopic {
     Annotators,
     Pairs,
     Items,
+    /// Each item's route, derived from its item record.
+    Routing,
     ScopeWindows,
     Alerts,
     Gating,
@@ -43,11 +45,12 @@ pub enum OutputTopic {
 impl OutputTopic {
     /// The topics that hold one current value per key, read back at start and published as
     /// differences.
-    pub const KEYED: [OutputTopic; 7] = [
+    pub const KEYED: [OutputTopic; 8] = [
         OutputTopic::Scopes,
         OutputTopic::Annotators,
         OutputTopic::Pairs,
         OutputTopic::Items,
+        OutputTopic::Routing,
         OutputTopic::ScopeWindows,
         OutputTopic::Alerts,
         OutputTopic::Leaderboard,
@@ -60,6 +63,7 @@ impl OutputTopic {
             OutputTopic::Annotators => &outputs.annotators,
             OutputTopic::Pairs => &outputs.pairs,
             OutputTopic::Items => &outputs.items,
+            OutputTopic::Routing => &outputs.routing,
             OutputTopic::ScopeWindows => &outputs.scope_windows,
             OutputTopic::Alerts => &outputs.alerts,
             OutputTopic::Gating => &outputs.gating,
@@ -139,9 +143,58 @@ fn with_names(project: &str, task: &str, item: Option<&str>, object: &[u8]) -> V
     value
 }
 
-/// The message of a record (`value` `None`: the record is gone, a tombstone), or `None` for a
-/// gate (the gating topic is a log of decisions, see [`Published::gate_records`]). `updated_at`
-/// stamps the scope objects.
+/// The value of an item's message on the routing topic: `{"project","task","item_id","route",
+/// "trusted_labels","truth_label","posterior"}`, from the item's object (`None` if it is not one).
+fn route_value(project: &str, task: &str, item: &str, object: &[u8]) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Trusted {
+        n: u32,
+    }
+    #[derive(serde::Deserialize)]
+    struct Truth {
+        label: serde_json::Value,
+        posterior: Vec<Prob>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Prob {
+        label: serde_json::Value,
+        p: f64,
+    }
+    #[derive(serde::Deserialize)]
+    struct ItemRead {
+        route: String,
+        trusted: Option<Trusted>,
+        truth: Option<Truth>,
+    }
+    let item_read: ItemRead = serde_json::from_slice(object).ok()?;
+    let posterior =
+        item_read.truth.as_ref().and_then(|t| t.posterior.iter().find(|p| p.label == t.label)).map(|p| p.p);
+    let value = serde_json::json!({
+        "route": item_read.route,
+        "trusted_labels": item_read.trusted.map_or(0, |t| t.n),
+        "truth_label": item_read.truth.map(|t| t.label),
+        "posterior": posterior,
+    });
+    Some(with_names(project, task, Some(item), &serde_json::to_vec(&value).expect("JSON serialises")))
+}
+
+/// The messages of a record: its topic's, and for an item its route on the routing topic
+/// (`value` `None`: the record is gone, tombstones). None for a gate (the gating topic is a log
+/// of decisions, see [`Published::gate_records`]). `updated_at` stamps the scope objects.
+pub fn messages(key: &RecordKey, value: Option<&[u8]>, updated_at: &str) -> Vec<Message> {
+    let mut out: Vec<Message> = message(key, value, updated_at).into_iter().collect();
+    if let Entity::Item(name) = &key.entity {
+        let route = value.map(|v| route_value(&key.project, &key.task, name, v));
+        if route != Some(None) {
+            let key = self::key(&[&key.project, &key.task, name]);
+            out.push(Message { topic: OutputTopic::Routing, key, value: route.flatten() });
+        }
+    }
+    out
+}
+
+/// The message of a record on its own topic (`value` `None`: the record is gone, a tombstone),
+/// or `None` for a gate. `updated_at` stamps the scope objects.
 pub fn message(key: &RecordKey, value: Option<&[u8]>, updated_at: &str) -> Option<Message> {
     let (project, task) = (&*key.project, &*key.task);
     let (topic, key, value) = match &key.entity {
@@ -344,11 +397,12 @@ pub fn reconcile(
             gates.extend(published.gate_records(&key.project, annotator, gate_of(value).as_ref()));
             continue;
         }
-        let Some(message) = message(key, Some(value), updated_at) else { continue };
-        held.insert(record_key(&message));
-        on_current(&message);
-        if published.observe(&message) {
-            changed.push(message);
+        for message in messages(key, Some(value), updated_at) {
+            held.insert(record_key(&message));
+            on_current(&message);
+            if published.observe(&message) {
+                changed.push(message);
+            }
         }
     }
     changed.extend(published.vanished(&held));
@@ -370,6 +424,30 @@ mod tests {
         assert_eq!(key(&["a/b", "c"]), r#"["a/b","c"]"#);
         assert_ne!(key(&["a/b", "c"]), key(&["a", "b/c"]));
         assert_eq!(key(&["say \"hi\""]), r#"["say \"hi\""]"#);
+    }
+
+    #[test]
+    fn an_item_also_publishes_its_route_and_its_tombstone() {
+        let key = RecordKey { project: "p".into(), task: "t".into(), entity: Entity::Item("i/1".into()) };
+        let item = br#"{"consensus":"x","tied":false,"trusted":{"label":"x","tied":false,"n":3},"truth":{"label":"x","posterior":[{"label":"x","p":0.97},{"label":"y","p":0.03}]},"route":"settled"}"#;
+        let out = messages(&key, Some(item), "now");
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].topic, out[1].topic), (OutputTopic::Items, OutputTopic::Routing));
+        assert_eq!(out[1].key, r#"["p","t","i/1"]"#);
+        let route: serde_json::Value = serde_json::from_slice(out[1].value.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            route,
+            serde_json::json!({"project": "p", "task": "t", "item_id": "i/1", "route": "settled",
+                               "trusted_labels": 3, "truth_label": "x", "posterior": 0.97})
+        );
+        let gone = messages(&key, None, "now");
+        assert_eq!(
+            gone.iter().map(|m| (m.topic, m.value.is_none())).collect::<Vec<_>>(),
+            vec![(OutputTopic::Items, true), (OutputTopic::Routing, true)]
+        );
+        // A scope record has no route message.
+        let scope = RecordKey { project: "p".into(), task: "t".into(), entity: Entity::Scope };
+        assert_eq!(messages(&scope, Some(b"{}"), "now").len(), 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use rdkafka::producer::Producer;
 
 use super::feed::{EpochMeta, FeedState, InputDeadLetter, Partitions};
 use super::health::{Connectivity, HealthConsumer};
-use super::outputs::{gate_of, message, reconcile, Message, OutputTopic, Published};
+use super::outputs::{self, gate_of, reconcile, Message, OutputTopic, Published};
 use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
     TRANSACTION_TIMEOUT,
@@ -276,7 +276,8 @@ impl<'a> Pipeline<'a> {
     /// or a worker's open epoch full, or `epoch_interval_ms` since the last close (so epochs grow
     /// while the service is behind). In a cluster the other processes' input is not visible
     /// here, so an epoch is also closed every `CLUSTER_TICK` (an empty epoch costs a round of
-    /// progress messages).
+    /// progress messages); and, idle, every `truth.refresh_ms`, so that a scope's due truth
+    /// refit (the cold one that makes it the report's) happens without new input.
     fn maybe_close(&mut self) -> Result<()> {
         if self.in_flight() >= self.config.engine.max_epochs_in_flight {
             return Ok(());
@@ -285,7 +286,9 @@ impl<'a> Pipeline<'a> {
         let full = self.feeds.full();
         let since = self.last_close.elapsed();
         let old = since >= Duration::from_millis(self.config.kafka.epoch_interval_ms);
-        let input = open > 0 || (self.cluster && since >= CLUSTER_TICK);
+        // Idle, an empty epoch every `truth.refresh_ms` lets due truth refits happen.
+        let truth_tick = since >= Duration::from_millis(self.config.truth.refresh_ms);
+        let input = open > 0 || (self.cluster && since >= CLUSTER_TICK) || truth_tick;
         if !input || !(self.unpublished.is_empty() || full || old) {
             return Ok(());
         }
@@ -413,10 +416,11 @@ impl<'a> Pipeline<'a> {
                     gates.extend(self.published.gate_records(&key.project, annotator, gate.as_ref()));
                     continue;
                 }
-                let Some(message) = message(key, value.as_deref(), &updated_at) else { continue };
-                if self.published.observe(&message) {
-                    remember(&self.store, &message);
-                    messages.push(message);
+                for message in outputs::messages(key, value.as_deref(), &updated_at) {
+                    if self.published.observe(&message) {
+                        remember(&self.store, &message);
+                        messages.push(message);
+                    }
                 }
             }
             (messages, gates, false)

@@ -93,7 +93,12 @@ fn report_shape_and_options() {
     assert_eq!(scope["pairs"][0]["n_shared"], 2);
     let with_items =
         json(&labelqc(&["report", "--labels", "-", "--items", "--pretty"], Some(GOOD.as_bytes())));
-    assert_eq!(with_items["scopes"][0]["items"]["i2"], serde_json::json!({"consensus": "x", "tied": true}));
+    let item = &with_items["scopes"][0]["items"]["i2"];
+    assert_eq!((&item["consensus"], &item["tied"]), (&serde_json::json!("x"), &serde_json::json!(true)));
+    // Nobody is blocked: the trusted consensus is the consensus, over every label.
+    assert_eq!(item["trusted"], serde_json::json!({"label": "x", "tied": true, "n": 2}));
+    assert_eq!(item["truth"]["posterior"].as_array().map(Vec::len), Some(2));
+    assert_eq!(item["route"], "needs_labels");
 }
 
 #[test]

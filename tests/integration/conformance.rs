@@ -130,9 +130,9 @@ fn big_integer_labels_are_printed_exactly() {
     let case = conformance_dir().join("cases/uint64-segment-labels");
     let text = report_text("uint64", &case.join("events.jsonl"), &case.join("gold.jsonl"), &[]);
     for consensus in [
-        r#""syn-08":{"consensus":18446744073709551614,"tied":true}"#,
-        r#""syn-05":{"consensus":9007199254740992,"tied":true}"#,
-        r#""syn-02":{"consensus":720575940621039146,"tied":true}"#,
+        r#""syn-08":{"consensus":18446744073709551614,"tied":true,"trusted":{"label":18446744073709551614,"#,
+        r#""syn-05":{"consensus":9007199254740992,"tied":true,"#,
+        r#""syn-02":{"consensus":720575940621039146,"tied":true,"#,
     ] {
         assert!(text.contains(consensus), "{consensus} not in {text}");
     }

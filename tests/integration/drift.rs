@@ -64,6 +64,8 @@ fn report(labels: &[String], gold: &[String], drift: DriftConfig) -> Value {
         windows: Vec::new(),
         progress: false,
         preferences: Default::default(),
+        truth: Default::default(),
+        routing: Default::default(),
     };
     serde_json::to_value(report::run(&request, |l| panic!("bad line {l}")).unwrap().report).unwrap()
 }

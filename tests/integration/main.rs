@@ -25,3 +25,4 @@ mod skip;
 mod tansu;
 mod topics;
 mod topics_admin;
+mod truth;

@@ -93,10 +93,16 @@ fn engine_report(labels: &[String], gold: &[String], workers: usize, epoch_event
         with_items: true,
         strict: true,
         engine: EngineSettings { workers, epoch_events, max_epochs_in_flight: 2 },
-        drift: Default::default(),
+        // Gates judge after two gold answers, so that blocks happen, and flip, in short streams.
+        drift: labelqc_dataflows::drift::DriftSettings {
+            defaults: labelqc_dataflows::drift::DriftConfig { gate_min_answers: 2, ..Default::default() },
+            projects: BTreeMap::new(),
+        },
         windows: WINDOWS_MS.to_vec(),
         progress: false,
         preferences: Default::default(),
+        truth: Default::default(),
+        routing: Default::default(),
     };
     let outcome = report::run(&request, |letter| panic!("unexpected bad line {letter}")).unwrap();
     serde_json::to_value(&outcome.report).unwrap()
@@ -171,20 +177,100 @@ fn check_windows(report: &Value, labels: &[Value], gold: &[Value]) -> Vec<String
     problems
 }
 
-/// Removes the drift, gate and alert fields from a report and returns them.
+/// Each item's trusted consensus against the reference's, given the gates the report shows
+/// (annotators whose gate is `block`, per project); returns the mismatches and how many
+/// annotators were blocked.
+fn check_trusted(report: &Value, labels: &[Value]) -> (Vec<String>, usize) {
+    let mut blocked = std::collections::BTreeSet::new();
+    for scope in report["scopes"].as_array().unwrap() {
+        for annotator in scope["annotators"].as_array().unwrap() {
+            if annotator["gate"]["state"] == "block" {
+                let project = scope["project"].as_str().unwrap().to_string();
+                blocked.insert((project, annotator["annotator_id"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    let expected = reference::trusted(labels, &blocked);
+    let mut problems = Vec::new();
+    let mut seen = 0;
+    for scope in report["scopes"].as_array().unwrap() {
+        let name =
+            (scope["project"].as_str().unwrap().to_string(), scope["task"].as_str().unwrap().to_string());
+        for (item, object) in scope["items"].as_object().unwrap() {
+            seen += 1;
+            let want = &expected[&(name.clone(), item.clone())];
+            let got = &object["trusted"];
+            if !mismatches(want, got, 0.0, false).is_empty() {
+                problems.push(format!("{name:?} {item}: trusted {got} != {want}"));
+            }
+        }
+    }
+    if seen != expected.len() {
+        problems.push(format!("{seen} items reported, {} have labels", expected.len()));
+    }
+    (problems, blocked.len())
+}
+
+/// Removes the drift, gate and alert fields, and the truth, trust and routing fields (checked
+/// against crowd-kit in `truth.rs`, and by `check_trusted` here), from a report and returns
+/// them.
 fn take_drift(report: &mut Value) -> Value {
     let mut taken = Vec::new();
     for scope in report["scopes"].as_array_mut().unwrap() {
         let scope = scope.as_object_mut().unwrap();
-        taken.push(scope.remove("alerts").unwrap_or(Value::Null));
-        taken.push(scope.remove("windows").unwrap_or(Value::Null));
+        for field in ["alerts", "windows", "truth", "routing"] {
+            taken.push(scope.remove(field).unwrap_or(Value::Null));
+        }
         for annotator in scope["annotators"].as_array_mut().unwrap() {
             let annotator = annotator.as_object_mut().unwrap();
-            taken.push(annotator.remove("drift").unwrap_or(Value::Null));
-            taken.push(annotator.remove("gate").unwrap_or(Value::Null));
+            for field in ["drift", "gate", "confusion"] {
+                taken.push(annotator.remove(field).unwrap_or(Value::Null));
+            }
+        }
+        for item in
+            scope.get_mut("items").and_then(Value::as_object_mut).into_iter().flat_map(|i| i.values_mut())
+        {
+            let item = item.as_object_mut().unwrap();
+            for field in ["trusted", "truth", "route"] {
+                taken.push(item.remove(field).unwrap_or(Value::Null));
+            }
         }
     }
     Value::Array(taken)
+}
+
+/// The trusted consensus is checked with gates that block, and flip back: annotator a0 is wrong
+/// on two gold items of scope 0 (blocked), then the gold answers are corrected (allowed again)
+/// while a1 becomes wrong on them (blocked).
+#[test]
+fn trusted_consensus_follows_gates_that_flip() {
+    let label =
+        |item: u8, annotator: u8, label: usize| Op::Label { scope: 0, item, annotator, label, delete: false };
+    let gold = |item: u8, label: usize| Op::Gold { scope: 0, item, label, delete: false };
+    let mut ops =
+        vec![label(0, 0, 2), label(1, 0, 2), label(0, 1, 0), label(1, 1, 0), label(2, 0, 3), label(2, 1, 4)];
+    ops.extend([gold(0, 0), gold(1, 0)]);
+    for (stage, extra) in [(1, vec![]), (2, vec![gold(0, 2), gold(1, 2)])] {
+        ops.extend(extra);
+        let (labels, gold_lines) = render(&ops);
+        let parsed: Vec<Value> = labels.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        for workers in [1, 2] {
+            let report = engine_report(&labels, &gold_lines, workers, 1);
+            let (problems, blocked) = check_trusted(&report, &parsed);
+            assert!(problems.is_empty(), "stage {stage}, {workers} workers: {problems:#?}");
+            assert_eq!(blocked, 1, "stage {stage}: one annotator blocked");
+            let gate = |a: &str| {
+                let annotators = report["scopes"][0]["annotators"].as_array().unwrap();
+                annotators.iter().find(|x| x["annotator_id"] == a).unwrap()["gate"]["state"].clone()
+            };
+            let (wrong, right) = if stage == 1 { ("a0", "a1") } else { ("a1", "a0") };
+            assert_eq!(
+                (gate(wrong), gate(right)),
+                (Value::from("block"), Value::from("allow")),
+                "stage {stage}"
+            );
+        }
+    }
 }
 
 proptest! {
@@ -200,6 +286,8 @@ proptest! {
             let mut actual = engine_report(&labels, &gold, workers, epoch_events);
             let problems = check_windows(&actual, &parse(&labels), &parse(&gold));
             prop_assert!(problems.is_empty(), "windows, workers {} epoch {}: {:#?}\nlabels {:#?}\ngold {:#?}", workers, epoch_events, problems, labels, gold);
+            let (problems, _) = check_trusted(&actual, &parse(&labels));
+            prop_assert!(problems.is_empty(), "trusted, workers {} epoch {}: {:#?}\nlabels {:#?}\ngold {:#?}", workers, epoch_events, problems, labels, gold);
             // Drift, gates and alerts have no reference here; they must not depend on workers or
             // epochs, though (their own tests check their values).
             let drift = take_drift(&mut actual);

@@ -15,8 +15,8 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::scenario::{
-    compacted, produce, produce_malformed, start_service, wait_for_events, Setup, GOLD, LABELS, MALFORMED,
-    OUTPUTS,
+    assert_outputs_match_report, compacted, produce, produce_malformed, report, start_service,
+    wait_for_events, Setup, GOLD, LABELS, MALFORMED, OUTPUTS,
 };
 use crate::tansu::Tansu;
 
@@ -117,6 +117,8 @@ fn read_topics_py_reads_the_compacted_topics_into_dataframes() {
     assert!(compacted(&brokers, OUTPUTS[0]).keys().any(|k| k.contains("gone")), "the scope was published");
     produce(&s.producer, LABELS, &[event("z1", "delete"), event("z2", "delete")]);
     wait_for_events(&service, labels + 2, s.gold.len() as u64);
+    // Live truth settles (its cold fit once the scopes stop changing) before the topics are read.
+    assert_outputs_match_report(&brokers, &report(&s.labels, &s.gold));
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/read_topics.py");
     let out =

@@ -104,6 +104,57 @@ pub fn report(label_records: &[Value], gold_records: &[Value], with_items: bool)
     json!({ "scopes": scopes })
 }
 
+/// Per scope and item, the trusted consensus of spec section 2.1 for these label records, given
+/// the annotators blocked per project `(project, annotator)`: `{label, tied, n}` over the labels
+/// of annotators not blocked, or null when none remains.
+pub fn trusted(
+    label_records: &[Value],
+    blocked: &BTreeSet<(String, String)>,
+) -> BTreeMap<(ScopeName, String), Value> {
+    let mut labels: BTreeMap<(ScopeName, String, String), Value> = BTreeMap::new();
+    for r in label_records {
+        let key = (
+            (scope_field(r, "project"), scope_field(r, "task")),
+            r["item_id"].as_str().unwrap().to_string(),
+            r["annotator_id"].as_str().unwrap().to_string(),
+        );
+        if r.get("op").and_then(Value::as_str) == Some("delete") {
+            labels.remove(&key);
+        } else {
+            labels.insert(key, r["label"].clone());
+        }
+    }
+    let mut items: BTreeMap<(ScopeName, String), Vec<(String, Value)>> = BTreeMap::new();
+    for ((scope, item, annotator), label) in labels {
+        items.entry((scope, item)).or_default().push((annotator, label));
+    }
+    items
+        .into_iter()
+        .map(|((scope, item), all)| {
+            let kept: Vec<(String, Value)> =
+                all.into_iter().filter(|(a, _)| !blocked.contains(&(scope.0.clone(), a.clone()))).collect();
+            let value = if kept.is_empty() {
+                Value::Null
+            } else {
+                let c = counts(&kept);
+                let top = *c.values().max().unwrap();
+                let mut best: Vec<Value> = c
+                    .iter()
+                    .filter(|(_, &n)| n == top)
+                    .map(|(k, _)| kept.iter().find(|(_, l)| identity(l) == *k).unwrap().1.clone())
+                    .collect();
+                best.sort_by(spec_order);
+                let shown = match identity(&best[0]) {
+                    Identity::Set(elements) => json!(elements),
+                    _ => best[0].clone(),
+                };
+                json!({"label": shown, "tied": best.len() > 1, "n": kept.len()})
+            };
+            ((scope, item), value)
+        })
+        .collect()
+}
+
 fn counts(labels: &[(String, Value)]) -> BTreeMap<Identity, usize> {
     let mut c = BTreeMap::new();
     for (_, l) in labels {

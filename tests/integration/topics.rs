@@ -4,7 +4,7 @@
 pub const LABELS: &str = "labelqc.labels";
 pub const GOLD: &str = "labelqc.gold";
 /// Every output topic; brokers that do not create topics on first use need them all.
-pub const OUTPUTS: [&str; 9] = [
+pub const OUTPUTS: [&str; 10] = [
     "labelqc.scopes",
     "labelqc.annotators",
     "labelqc.pairs",
@@ -14,4 +14,5 @@ pub const OUTPUTS: [&str; 9] = [
     "labelqc.alerts",
     "labelqc.scope_windows",
     "labelqc.leaderboard",
+    "labelqc.routing",
 ];

@@ -90,7 +90,7 @@ fn check_on_the_mock_cluster_names_each_missing_topic_and_says_configs_are_unver
         )),
         "{stdout}"
     );
-    assert!(stderr.contains("11 topic problems"), "{stderr}");
+    assert!(stderr.contains("12 topic problems"), "{stderr}");
     let out = labelqc(&["topics", "check", "--config", &config, "--brokers", &brokers], &[]);
     assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
 }
@@ -201,7 +201,7 @@ fn create_and_check_on_tansu() {
     let out = labelqc(&[&["topics", "check"][..], &base].concat(), &[]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(!out.status.success());
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 10, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 11, "{stdout}");
     assert!(stderr.contains("2 topic problems"), "{stderr}");
     assert!(!stdout.contains("not verified"), "{stdout}");
 
@@ -214,7 +214,7 @@ fn create_and_check_on_tansu() {
     let out = labelqc(&[&["topics", "check", "--gold-topic", gold][..], &base].concat(), &[]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 11, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 12, "{stdout}");
     assert!(
         stdout.contains(&format!(
             "{LABELS} (kafka.labels_topic): 2 partitions, replication factor 1, cleanup.policy=compact"

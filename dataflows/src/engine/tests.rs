@@ -109,9 +109,11 @@ fn same_records_for_any_workers_epochs_and_mode() {
 fn a_relabel_changes_exactly_the_records_it_touched() {
     let (mut engine, mut source, mut reader) = live(2, 3);
     // Annotator c changes its label on i1 from y to x: the default scope, i1's three annotators
-    // and the pairs (a, c) and (b, c) change; the pair (a, b), the other scope and i1's consensus
-    // (x before and after) do not, except c's object in the other scope, which carries c's
-    // project-wide gate (its gold answer changed), and c's gate.
+    // and the pairs (a, c) and (b, c) change; the pair (a, b) and the other scope do not, except
+    // c's object in the other scope, which carries c's project-wide gate (its gold answer
+    // changed), and c's gate. i1's consensus is x before and after, but its trusted count and
+    // the scope's Dawid–Skene truth, global to the scope, change: both items of the scope are
+    // re-decided.
     let mut updates = Vec::new();
     let line = r#"{"item_id":"i1","annotator_id":"c","label":"x","ts":9}"#;
     source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
@@ -127,6 +129,8 @@ fn a_relabel_changes_exactly_the_records_it_touched() {
         key("other", Entity::Annotator("c".into())),
         key("default", Entity::Pair("a".into(), "c".into())),
         key("default", Entity::Pair("b".into(), "c".into())),
+        key("default", Entity::Item("i1".into())),
+        key("default", Entity::Item("i2".into())),
         key("", Entity::Gate("c".into())),
     ]
     .into_iter()

@@ -3,13 +3,13 @@ use timely::dataflow::operators::capture::Extract;
 use timely::dataflow::operators::Capture;
 
 /// What the items contribute, accumulated over all times: the sums' totals (non-zero), the
-/// pair cells, and the records.
+/// pair cells, and the rows.
 #[derive(Default)]
 struct Run {
     scopes: BTreeMap<ScopeUpdate, Sums>,
     annotators: BTreeMap<AnnotatorUpdate, Sums>,
     pairs: Vec<(PairCell, Diff)>,
-    records: Vec<(Record, Diff)>,
+    rows: Vec<((ItemKey, ItemRow), Diff)>,
 }
 
 fn total<K: Ord>(totals: &mut BTreeMap<K, Sums>, key: K, (x, y, z): Sums) {
@@ -44,7 +44,7 @@ fn run_with_names(
                 items.scopes.inner.capture(),
                 items.annotators.inner.capture(),
                 items.pairs.inner.capture(),
-                items.records.inner.capture(),
+                items.rows.inner.capture(),
             )
         });
         if worker.index() == 0 {
@@ -65,15 +65,15 @@ fn run_with_names(
         }
         drop(input);
         while worker.step() {}
-        let (scopes, annotators, pairs, records) = captured;
+        let (scopes, annotators, pairs, rows) = captured;
         send.lock()
             .unwrap()
-            .send((scopes.extract(), annotators.extract(), pairs.extract(), records.extract()))
+            .send((scopes.extract(), annotators.extract(), pairs.extract(), rows.extract()))
             .unwrap();
     })
     .unwrap();
     let mut run = Run::default();
-    for (scopes, annotators, pairs, records) in receive.iter() {
+    for (scopes, annotators, pairs, rows) in receive.iter() {
         for (key, _, sums) in scopes.into_iter().flat_map(|(_, batch)| batch) {
             total(&mut run.scopes, key, sums);
         }
@@ -81,12 +81,12 @@ fn run_with_names(
             total(&mut run.annotators, key, sums);
         }
         run.pairs.extend(pairs.into_iter().flat_map(|(_, batch)| batch).map(|(c, _, d)| (c, d)));
-        run.records.extend(records.into_iter().flat_map(|(_, batch)| batch).map(|(r, _, d)| (r, d)));
+        run.rows.extend(rows.into_iter().flat_map(|(_, batch)| batch).map(|(r, _, d)| (r, d)));
     }
     run.scopes.retain(|_, t| *t != (0, 0, 0));
     run.annotators.retain(|_, t| *t != (0, 0, 0));
     differential_dataflow::consolidation::consolidate(&mut run.pairs);
-    differential_dataflow::consolidation::consolidate(&mut run.records);
+    differential_dataflow::consolidation::consolidate(&mut run.rows);
     run
 }
 
@@ -192,34 +192,39 @@ fn windows_get_their_labels_and_the_gold_answer() {
 }
 
 #[test]
-fn the_record_is_the_consensus_of_the_live_labels() {
-    use crate::label::Label;
-    use crate::source::Name;
-    // Annotators 1 and 2 say "y" and "x": a tie, toward "x"; then 3 says "y"; then leaves.
-    let (x, y) = (crate::label::stable_id(b"x"), crate::label::stable_id(b"y"));
-    let names = vec![
-        Name::Scope { id: 0, project: "p".into(), task: "t".into() },
-        Name::Item { id: 7, name: "i7".into() },
-        Name::Label { id: x, label: Label::String("x".into()) },
-        Name::Label { id: y, label: Label::String("y".into()) },
-    ];
+fn the_rows_are_the_live_labels_and_the_gold_answer() {
+    // Annotators 1 and 2 say 11 and 10; then 3 says 11; then 3 deletes it, and the gold answer
+    // (10) is corrected to 11. With one or two workers, and out-of-order input or not, the rows
+    // accumulated up to each stage are the item's live labels and gold answer.
     let events = vec![
-        (0, ITEM, label(1, 0, Some(y))),
-        (0, ITEM, label(2, 1, Some(x))),
-        (1, ITEM, label(3, 2, Some(y))),
-        (2, ITEM, label(3, 3, None)),
+        (0, ITEM, label(1, 0, Some(11))),
+        (0, ITEM, label(2, 1, Some(10))),
+        (0, ITEM, ItemEvent::Gold { seq: 2, label: Some(10) }),
+        (1, ITEM, label(3, 3, Some(11))),
+        (2, ITEM, label(3, 4, None)),
+        (2, ITEM, ItemEvent::Gold { seq: 5, label: Some(11) }),
     ];
-    for (emit, workers) in [(Emit::Changes, 1), (Emit::Changes, 2), (Emit::Final, 2)] {
-        let config = ItemsConfig { records: Some(emit), ..ItemsConfig::default() };
-        let value = |events: &[(Time, ItemKey, ItemEvent)]| {
-            let records = run_with_names(workers, config.clone(), events.to_vec(), names.clone()).records;
-            assert_eq!(records.len(), 1, "{emit:?}: {records:?}");
-            assert_eq!(records[0].0.key.entity, Entity::Item("i7".into()));
-            assert_eq!(records[0].1, 1);
-            String::from_utf8(records[0].0.value.clone()).unwrap()
-        };
-        assert_eq!(value(&events[..2]), r#"{"consensus":"x","tied":true}"#, "{emit:?}");
-        assert_eq!(value(&events[..3]), r#"{"consensus":"y","tied":false}"#, "{emit:?}");
-        assert_eq!(value(&events), r#"{"consensus":"x","tied":true}"#, "{emit:?}");
+    let row = |annotator, label| (ITEM, ItemRow::Label { annotator, label });
+    let gold = |label| (ITEM, ItemRow::Gold { label });
+    for workers in [1, 2] {
+        for out_of_order in [false, true] {
+            let config = ItemsConfig { rows: true, out_of_order, ..ItemsConfig::default() };
+            let rows = |n: usize| {
+                let mut rows = run(workers, config.clone(), events[..n].to_vec()).rows;
+                rows.sort();
+                rows
+            };
+            let mut expected = vec![(row(1, 11), 1), (row(2, 10), 1), (gold(10), 1)];
+            expected.sort();
+            assert_eq!(rows(3), expected, "{workers} workers");
+            expected.push((row(3, 11), 1));
+            expected.sort();
+            assert_eq!(rows(4), expected, "{workers} workers");
+            let mut expected = vec![(row(1, 11), 1), (row(2, 10), 1), (gold(11), 1)];
+            expected.sort();
+            assert_eq!(rows(6), expected, "{workers} workers");
+        }
     }
+    // Without `rows`, none.
+    assert!(run(1, ItemsConfig::default(), events).rows.is_empty());
 }

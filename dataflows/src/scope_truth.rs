@@ -1,0 +1,341 @@
+//! Dawid–Skene truth per scope, in the dataflow ([`TruthLogic`]), and the scope's record with the
+//! parts formed downstream of it ([`ScopePartsLogic`]): its `truth` and its `routing`.
+//!
+//! EM is global to a scope, so the truth operator keeps every live label of a scope (and its
+//! gold answers, for `truth.clamp_gold`) on the worker that owns the scope, and fits the scope
+//! when it derives: in a report once, from the final labels, with the cold start that equals
+//! crowd-kit ([`crate::truth`]). Live, with [`TruthLogic::refresh`] (`truth.refresh_ms`), a
+//! changed scope is refitted at most once per interval, warm started from its previous fit (a
+//! few iterations near a fixed point); an epoch that changes it sooner keeps its previous truth.
+//! Every epoch carries a tick ([`ticks`]) that lets the operator look at every scope: a scope
+//! whose refit is due is refitted even when that epoch did not change it, and a scope that has
+//! stopped changing gets one cold fit once due, which makes its truth the report's. Without
+//! `refresh`, every epoch that changes a scope refits it cold (exact at every epoch).
+//!
+//! A fit derives each item's `truth` (to the item records, [`crate::trust`]), each annotator's
+//! `confusion` (to the annotator records) and the scope's `truth` object (priors and iterations,
+//! to the scope record).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::{AsCollection, VecCollection};
+use foldhash::fast::RandomState;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
+
+use crate::dataflow::{Changes, Diff, Time};
+use crate::items::ItemRow;
+use crate::keyed::Keyed;
+use crate::label::{JsonLabel, LabelId};
+use crate::records::Record;
+use crate::routing::{Route, RoutingCounts};
+use crate::source::{AnnotatorId, Catalog, ItemId, ScopeId};
+use crate::truth::{fit, FitOptions, TruthFit, TruthSettings, WarmStart};
+
+/// What the truth operator derives.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TruthOut {
+    /// An item's truth label, its posterior (`f64` bits) and its `truth` object as JSON.
+    Item { scope: ScopeId, item: ItemId, label: LabelId, p: u64, json: Vec<u8> },
+    /// An annotator's `confusion` as JSON.
+    Annotator { scope: ScopeId, annotator: AnnotatorId, json: Vec<u8> },
+    /// The scope's `truth` object as JSON.
+    Scope { scope: ScopeId, json: Vec<u8> },
+}
+
+/// A scope's live labels and gold answers, and what its last fit derived (live).
+#[derive(Debug, Default)]
+pub struct ScopeLabels {
+    /// `(item, annotator, label)` with multiplicity.
+    labels: HashMap<(ItemId, AnnotatorId, LabelId), Diff, RandomState>,
+    /// `(item, gold answer)` with multiplicity.
+    gold: HashMap<(ItemId, LabelId), Diff, RandomState>,
+    /// Live: when the scope was last fitted, what that derived, and where the next fit starts.
+    last: Option<(Instant, Vec<TruthOut>)>,
+    warm: Option<WarmStart>,
+    /// Live: labels changed since the last fit; the last fit was warm started.
+    dirty: bool,
+    warm_fit: bool,
+}
+
+/// One tick per epoch, on every worker: `((), t, +1)` at each time `t` the frontier of `stream`
+/// reaches, so that an operator taking the ticks as its side input sees every epoch, empty ones
+/// included (see [`TruthLogic`]).
+pub fn ticks<'s>(
+    stream: Changes<'s, (crate::source::ItemKey, ItemRow)>,
+) -> VecCollection<'s, Time, (), Diff> {
+    let mut builder = OperatorBuilder::new("Ticks".to_owned(), stream.scope());
+    let mut input = builder.new_input(stream, Pipeline);
+    let (output, ticks): (_, Changes<'s, ()>) = builder.new_output();
+    let mut output = OutputBuilder::<Time, CapacityContainerBuilder<Vec<((), Time, Diff)>>>::from(output);
+    builder.build(move |mut initial| {
+        let mut held: Option<Capability<Time>> = initial.pop();
+        let mut ticked: Option<Time> = None;
+        move |frontiers| {
+            input.for_each(|_, _| {});
+            let Some(capability) = held.as_mut() else { return };
+            let Some(&time) = frontiers[0].frontier().first() else {
+                held = None;
+                return;
+            };
+            if ticked.is_none_or(|t| t < time) {
+                if *capability.time() < time {
+                    capability.downgrade(&time);
+                }
+                output.activate().session(capability).give(((), time, 1));
+                ticked = Some(time);
+            }
+        }
+    });
+    ticks.as_collection()
+}
+
+fn add<K: std::hash::Hash + Eq + Copy>(map: &mut HashMap<K, Diff, RandomState>, key: K, diff: Diff) {
+    let n = map.entry(key).or_insert(0);
+    *n += diff;
+    if *n == 0 {
+        map.remove(&key);
+    }
+}
+
+/// The truth operator's logic.
+pub struct TruthLogic {
+    pub settings: TruthSettings,
+    /// Live: refit a changed scope at most this often, warm started. `None`: every derive is a
+    /// cold fit (a report derives once).
+    pub refresh: Option<Duration>,
+    /// Threads one fit may use (the result does not depend on it, see [`FitOptions::threads`]).
+    pub threads: usize,
+    /// Whether the items' `truth` objects are rendered (for the item records); without, items
+    /// carry only their truth label and posterior, for their routes.
+    pub item_json: bool,
+}
+
+#[derive(Serialize)]
+struct Prob<'a> {
+    label: JsonLabel<'a>,
+    p: f64,
+}
+
+#[derive(Serialize)]
+struct ItemTruthObject<'a> {
+    label: JsonLabel<'a>,
+    posterior: Vec<Prob<'a>>,
+}
+
+#[derive(Serialize)]
+struct Cell<'a> {
+    observed: JsonLabel<'a>,
+    #[serde(rename = "true")]
+    truth: JsonLabel<'a>,
+    p: f64,
+}
+
+#[derive(Serialize)]
+struct ScopeTruthObject<'a> {
+    priors: Vec<Prob<'a>>,
+    iterations: u32,
+}
+
+impl TruthLogic {
+    fn outputs(&self, scope: ScopeId, fit: &TruthFit, names: &Catalog, out: &mut Vec<TruthOut>) {
+        let label = |id: LabelId| JsonLabel(names.labels.get(id));
+        for item in fit.items() {
+            let object = ItemTruthObject {
+                label: label(item.label),
+                posterior: item.posterior.iter().map(|&(l, p)| Prob { label: label(l), p }).collect(),
+            };
+            let json = if self.item_json {
+                serde_json::to_vec(&object).expect("a truth serialises")
+            } else {
+                Vec::new()
+            };
+            out.push(TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json });
+        }
+        for confusion in fit.annotators() {
+            let cells: Vec<Cell> = confusion
+                .cells
+                .iter()
+                .map(|c| Cell { observed: label(c.observed), truth: label(c.truth), p: c.p })
+                .collect();
+            let json = serde_json::to_vec(&cells).expect("a confusion matrix serialises");
+            out.push(TruthOut::Annotator { scope, annotator: confusion.annotator, json });
+        }
+        let object = ScopeTruthObject {
+            priors: fit.priors().map(|(l, p)| Prob { label: label(l), p }).collect(),
+            iterations: fit.iterations(),
+        };
+        out.push(TruthOut::Scope { scope, json: serde_json::to_vec(&object).expect("priors serialise") });
+    }
+}
+
+impl Keyed for TruthLogic {
+    type Key = ScopeId;
+    type Update = ItemRowOf;
+    type Diff = Diff;
+    type State = ScopeLabels;
+    type Out = TruthOut;
+    /// Ticks ([`ticks`]), live.
+    type Side = ();
+    const KEEP_OUTPUTS: bool = true;
+
+    fn route(key: &ScopeId) -> u64 {
+        *key
+    }
+
+    fn apply(&mut self, _: &ScopeId, s: &mut ScopeLabels, &(item, row): &ItemRowOf, &diff: &Diff) {
+        s.dirty = true;
+        match row {
+            ItemRow::Label { annotator, label } => add(&mut s.labels, (item, annotator, label), diff),
+            ItemRow::Gold { label } => add(&mut s.gold, (item, label), diff),
+        }
+    }
+
+    fn derive(&mut self, &scope: &ScopeId, s: &mut ScopeLabels, names: &Catalog, out: &mut Vec<TruthOut>) {
+        if let (Some(refresh), Some((at, last))) = (self.refresh, &s.last) {
+            // Not due, or nothing to do: the truth stays as it is.
+            if at.elapsed() < refresh || !(s.dirty || s.warm_fit) {
+                out.extend(last.iter().cloned());
+                return;
+            }
+        }
+        let labels: Vec<(ItemId, AnnotatorId, LabelId)> =
+            s.labels.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
+        if labels.is_empty() {
+            return;
+        }
+        let gold: Vec<(ItemId, LabelId)> = s.gold.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
+        let order = |a: &LabelId, b: &LabelId| names.labels.get(*a).spec_cmp(names.labels.get(*b));
+        let options = FitOptions {
+            clamp_gold: self.settings.clamp_gold,
+            threads: self.threads,
+            ..FitOptions::default()
+        };
+        // Live, changed labels start from the previous fit; a scope that stopped changing gets
+        // the cold fit, the report's.
+        let warm = self.refresh.and(s.warm.as_ref()).filter(|_| s.dirty);
+        let start = Instant::now();
+        let fitted = match fit(&labels, &gold, order, &options, warm) {
+            Ok(fitted) => fitted,
+            Err(error) => {
+                tracing::error!(%error, scope, "truth not fitted");
+                return;
+            }
+        };
+        tracing::debug!(
+            scope,
+            labels = labels.len(),
+            iterations = fitted.iterations(),
+            warm = warm.is_some(),
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "truth fitted"
+        );
+        let from = out.len();
+        self.outputs(scope, &fitted, names, out);
+        if self.refresh.is_some() {
+            s.last = Some((Instant::now(), out[from..].to_vec()));
+            s.warm_fit = warm.is_some();
+            s.dirty = false;
+            s.warm = Some(fitted.into_warm_start());
+        }
+    }
+
+    fn touched(&mut self, _: &ScopeId, s: &ScopeLabels) -> bool {
+        let due = |refresh: Duration| s.last.as_ref().is_none_or(|(at, _)| at.elapsed() >= refresh);
+        self.refresh.is_some_and(|refresh| (s.dirty || s.warm_fit) && due(refresh))
+    }
+
+    fn is_empty(s: &ScopeLabels) -> bool {
+        s.labels.is_empty() && s.gold.is_empty()
+    }
+}
+
+/// A row of one of the scope's items: `(item, row)`.
+pub type ItemRowOf = (ItemId, ItemRow);
+
+/// A part of a scope's record.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ScopePart {
+    /// The scope's own record ([`crate::scopes`]).
+    Own(Record),
+    /// The scope's `truth` object as JSON.
+    Truth(Vec<u8>),
+    /// One item's route and the labels it saves (summed with multiplicities).
+    Route { route: Route, labels_saved: u32 },
+}
+
+/// A scope's record parts.
+#[derive(Debug, Default)]
+pub struct ScopeParts {
+    own: Vec<(Record, Diff)>,
+    truth: Vec<(Vec<u8>, Diff)>,
+    routing: RoutingCounts,
+}
+
+/// Joins each scope's own record with its `truth` and `routing`: the scope record of the report
+/// and of the scopes topic (an operator of its own, since both depend on the gates, which depend
+/// on the scope's own numbers).
+pub struct ScopePartsLogic;
+
+fn add_part<T: PartialEq + Clone>(parts: &mut Vec<(T, Diff)>, part: &T, diff: Diff) {
+    match parts.iter().position(|(p, _)| p == part) {
+        Some(i) => {
+            parts[i].1 += diff;
+            if parts[i].1 == 0 {
+                parts.swap_remove(i);
+            }
+        }
+        None => parts.push((part.clone(), diff)),
+    }
+}
+
+impl Keyed for ScopePartsLogic {
+    type Key = ScopeId;
+    type Update = ScopePart;
+    type Diff = Diff;
+    type State = ScopeParts;
+    type Out = Record;
+    type Side = ();
+    const KEEP_OUTPUTS: bool = true;
+
+    fn route(key: &ScopeId) -> u64 {
+        *key
+    }
+
+    fn apply(&mut self, _: &ScopeId, s: &mut ScopeParts, update: &ScopePart, &diff: &Diff) {
+        match update {
+            ScopePart::Own(record) => add_part(&mut s.own, record, diff),
+            ScopePart::Truth(json) => add_part(&mut s.truth, json, diff),
+            &ScopePart::Route { route, labels_saved } => {
+                s.routing.apply(crate::routing::RouteDecision { route, labels_saved }, diff)
+            }
+        }
+    }
+
+    fn derive(&mut self, _: &ScopeId, s: &mut ScopeParts, _: &Catalog, out: &mut Vec<Record>) {
+        let Some((own, _)) = s.own.iter().find(|(_, d)| *d > 0) else { return };
+        let truth = s.truth.iter().find(|(_, d)| *d > 0).map_or(&b"null"[..], |(t, _)| t);
+        let routing = serde_json::to_vec(&s.routing).expect("routing counts serialise");
+        let mut value = Vec::with_capacity(own.value.len() + truth.len() + routing.len() + 24);
+        value.extend_from_slice(&own.value[..own.value.len() - 1]);
+        value.extend_from_slice(b",\"truth\":");
+        value.extend_from_slice(truth);
+        value.extend_from_slice(b",\"routing\":");
+        value.extend_from_slice(&routing);
+        value.push(b'}');
+        out.push(Record { key: own.key.clone(), value });
+    }
+
+    fn is_empty(s: &ScopeParts) -> bool {
+        s.own.is_empty() && s.truth.is_empty() && s.routing == RoutingCounts::default()
+    }
+
+    fn is_record(_: &Record) -> bool {
+        true
+    }
+}

@@ -1,0 +1,263 @@
+//! Item records with trust, truth and route (spec section 2.1), formed downstream of the items:
+//!
+//! ```text
+//! items --rows--> (scope, annotator) labels --semijoin-- blocked (scope, annotator) from the gates
+//!   |                                            |
+//!   |                                            v
+//!   +--rows---------------------------------> item records <-- truth per item (Dawid–Skene)
+//!                                                |
+//!                                                +--> route decisions, to the scope's record
+//! ```
+//!
+//! - **Trusted consensus** is the consensus among the labels of annotators whose gate in the
+//!   item's project is not `block`. The labels of blocked annotators are a differential join
+//!   ([`blocked_labels`]) of every live label, keyed by `(scope, annotator)`, with the blocked
+//!   `(scope, annotator)` pairs: when a gate flips, the join emits one change per label of that
+//!   annotator, and exactly those items are re-decided, in the same epoch, in both directions.
+//! - **Item records** ([`ItemRecordLogic`]) are keyed by item: its live labels, which of their
+//!   annotators are blocked, its gold answer and its truth; they render `consensus`, `tied`,
+//!   `trusted`, `truth` and `route`, and send each item's route to its scope ([`ItemOut::Route`]).
+
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use crate::annotators::JoinInput;
+use crate::dataflow::{Diff, QualityConfig, Time};
+use crate::items::{item_route, ItemRow};
+use crate::keyed::{keyed, Emit, Keyed};
+use crate::label::{JsonLabel, LabelId};
+use crate::names::Names;
+use crate::records::{Entity, Record};
+use crate::routing::{route, trusted_consensus, Route, RouteInput, RoutingSettings};
+use crate::scope_truth::{ScopePart, TruthLogic, TruthOut};
+use crate::source::{AnnotatorId, Catalog, ItemKey, ScopeId};
+
+/// What changes an item's record.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ItemUpdate {
+    /// A live label or the gold answer.
+    Row(ItemRow),
+    /// `annotator`, who labelled the item, is blocked in the item's project.
+    Blocked(AnnotatorId),
+    /// The item's Dawid–Skene truth: the truth label, its posterior (`f64` bits) and the
+    /// `truth` object as JSON.
+    Truth { label: LabelId, p: u64, json: Vec<u8> },
+}
+
+/// The labels of blocked annotators, as updates of their items: a join of every live label
+/// (`rows`, keyed by `(scope, annotator)`) with the blocked `(scope, annotator)` pairs.
+pub fn blocked_labels<'s>(
+    rows: VecCollection<'s, Time, (ItemKey, ItemRow), Diff>,
+    blocked: VecCollection<'s, Time, (ScopeId, AnnotatorId), Diff>,
+) -> VecCollection<'s, Time, (ItemKey, ItemUpdate), Diff> {
+    rows.flat_map(|((scope, item), row)| match row {
+        ItemRow::Label { annotator, .. } => Some(((scope, annotator), item)),
+        ItemRow::Gold { .. } => None,
+    })
+    .semijoin(blocked)
+    .map(|((scope, annotator), item)| ((scope, item), ItemUpdate::Blocked(annotator)))
+}
+
+/// What truth, trust and routing derive for the other operators.
+pub struct Derived<'s> {
+    /// The item records (when [`crate::items::ItemsConfig::records`] asks for them).
+    pub item_records: VecCollection<'s, Time, Record, Diff>,
+    /// Each annotator's confusion matrix, for its records.
+    pub confusion: VecCollection<'s, Time, ((ScopeId, AnnotatorId), JoinInput), Diff>,
+    /// Each scope's truth and its items' routes, for its record.
+    pub scope_parts: VecCollection<'s, Time, (ScopeId, ScopePart), Diff>,
+}
+
+/// Truth per scope from the items' `rows`, and the item records with trust (the labels of the
+/// `blocked` annotators joined out), truth and route.
+pub fn derive<'s>(
+    rows: VecCollection<'s, Time, (ItemKey, ItemRow), Diff>,
+    blocked: VecCollection<'s, Time, (ScopeId, AnnotatorId), Diff>,
+    names: &Names<'s>,
+    config: &QualityConfig,
+    emit: Emit,
+) -> Derived<'s> {
+    let records = config.items.records.is_some();
+    let refresh = config.truth_refresh.filter(|_| emit == Emit::Changes);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let logic = TruthLogic { settings: config.truth.clone(), refresh, threads, item_json: records };
+    let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
+    // Live with a refresh interval: a tick per epoch lets due scopes be refitted.
+    let ticks = refresh.map(|_| crate::scope_truth::ticks(rows.inner.clone()));
+    let truth = keyed(truth_rows, ticks, names, logic, emit, "Truth");
+    let confusion = truth.others.clone().flat_map(|out| match out {
+        TruthOut::Annotator { scope, annotator, json } => {
+            Some(((scope, annotator), JoinInput::Confusion(json)))
+        }
+        _ => None,
+    });
+    let item_truth = truth.others.clone().flat_map(|out| match out {
+        TruthOut::Item { scope, item, label, p, json } => {
+            Some(((scope, item), ItemUpdate::Truth { label, p, json }))
+        }
+        _ => None,
+    });
+    let scope_truth = truth.others.flat_map(|out| match out {
+        TruthOut::Scope { scope, json } => Some((scope, ScopePart::Truth(json))),
+        _ => None,
+    });
+    let updates = rows
+        .clone()
+        .map(|(item, row)| (item, ItemUpdate::Row(row)))
+        .concat(blocked_labels(rows, blocked))
+        .concat(item_truth);
+    let logic = ItemRecordLogic { routing: config.routing.clone(), records };
+    let items = keyed(updates, None, names, logic, emit, "ItemRecords");
+    let routes = items.others.flat_map(|out| match out {
+        ItemOut::Route { scope, route, labels_saved } => {
+            Some((scope, ScopePart::Route { route, labels_saved }))
+        }
+        ItemOut::Record(_) => None,
+    });
+    let item_records = items.records.flat_map(|out| match out {
+        ItemOut::Record(record) => Some(record),
+        ItemOut::Route { .. } => None,
+    });
+    Derived { item_records, confusion, scope_parts: scope_truth.concat(routes) }
+}
+
+/// What an item's record derives.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ItemOut {
+    Record(Record),
+    /// The item's route in `scope` and the labels it saves against fixed overlap.
+    Route {
+        scope: ScopeId,
+        route: Route,
+        labels_saved: u32,
+    },
+}
+
+/// The item records: consensus, trusted consensus, truth and route.
+pub struct ItemRecordLogic {
+    pub routing: RoutingSettings,
+    /// Whether the records are rendered (else only the routes leave, for the scopes' counts).
+    pub records: bool,
+}
+
+/// An item's parts with their multiplicities.
+#[derive(Debug, Default)]
+pub struct ItemParts {
+    parts: SmallVec<[(ItemUpdate, Diff); 6]>,
+}
+
+/// The item's trusted consensus as its record shows it.
+#[derive(Serialize)]
+struct Trusted<'a> {
+    label: JsonLabel<'a>,
+    tied: bool,
+    n: u32,
+}
+
+#[derive(Serialize)]
+struct ItemObject<'a> {
+    consensus: JsonLabel<'a>,
+    tied: bool,
+    trusted: Option<Trusted<'a>>,
+}
+
+impl Keyed for ItemRecordLogic {
+    type Key = ItemKey;
+    type Update = ItemUpdate;
+    type Diff = Diff;
+    type State = ItemParts;
+    type Out = ItemOut;
+    type Side = ();
+
+    fn route(key: &ItemKey) -> u64 {
+        item_route(key)
+    }
+
+    fn apply(&mut self, _: &ItemKey, s: &mut ItemParts, update: &ItemUpdate, &diff: &Diff) {
+        match s.parts.iter().position(|(p, _)| p == update) {
+            Some(i) => {
+                s.parts[i].1 += diff;
+                if s.parts[i].1 == 0 {
+                    s.parts.swap_remove(i);
+                }
+            }
+            None => s.parts.push((update.clone(), diff)),
+        }
+    }
+
+    fn derive(
+        &mut self,
+        &(scope, item): &ItemKey,
+        s: &mut ItemParts,
+        names: &Catalog,
+        out: &mut Vec<ItemOut>,
+    ) {
+        let live = || s.parts.iter().filter(|(_, d)| *d > 0).map(|(p, _)| p);
+        let labels: SmallVec<[(AnnotatorId, LabelId); 8]> = live()
+            .filter_map(|p| match p {
+                ItemUpdate::Row(ItemRow::Label { annotator, label }) => Some((*annotator, *label)),
+                _ => None,
+            })
+            .collect();
+        if labels.is_empty() {
+            return;
+        }
+        let order = |a: &LabelId, b: &LabelId| names.labels.get(*a).spec_cmp(names.labels.get(*b));
+        let blocked = |annotator: AnnotatorId| live().any(|p| *p == ItemUpdate::Blocked(annotator));
+        let all = trusted_consensus(&labels, |_| false, order).expect("an item with labels has a consensus");
+        let trusted = trusted_consensus(&labels, blocked, order);
+        let gold = live().any(|p| matches!(p, ItemUpdate::Row(ItemRow::Gold { .. })));
+        let truth = live().find_map(|p| match p {
+            ItemUpdate::Truth { p, json, .. } => Some((f64::from_bits(*p), json)),
+            _ => None,
+        });
+        let decision = route(
+            &RouteInput {
+                trusted: trusted.map_or(0, |t| t.n),
+                labels: labels.len() as u32,
+                posterior: truth.map(|(p, _)| p),
+                gold,
+            },
+            &self.routing,
+        );
+        out.push(ItemOut::Route { scope, route: decision.route, labels_saved: decision.labels_saved });
+        if !self.records {
+            return;
+        }
+        let object = ItemObject {
+            consensus: JsonLabel(names.labels.get(all.label)),
+            tied: all.tied,
+            trusted: trusted.map(|t| Trusted {
+                label: JsonLabel(names.labels.get(t.label)),
+                tied: t.tied,
+                n: t.n,
+            }),
+        };
+        let mut value = serde_json::to_vec(&object).expect("an item serialises");
+        value.pop();
+        value.extend_from_slice(b",\"truth\":");
+        value.extend_from_slice(truth.map_or(&b"null"[..], |(_, json)| json));
+        value.extend_from_slice(b",\"route\":\"");
+        value.extend_from_slice(decision.route.name().as_bytes());
+        value.extend_from_slice(b"\"}");
+        let (project, task) = names.scope_name(scope);
+        let key = crate::records::RecordKey {
+            project: project.into(),
+            task: task.into(),
+            entity: Entity::Item(names.items.name(item).into()),
+        };
+        out.push(ItemOut::Record(Record { key, value }));
+    }
+
+    fn is_empty(s: &ItemParts) -> bool {
+        s.parts.is_empty()
+    }
+
+    fn is_record(out: &ItemOut) -> bool {
+        matches!(out, ItemOut::Record(_))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! Trusted consensus through the engine: a gate that flips re-decides every item its annotator
+//! labelled, in both directions, in the epoch of the flip, and the live records equal a report of
+//! the same input.
+
+use crate::engine::{Engine, EngineConfig};
+use crate::event::{parse_gold_event, parse_label_event};
+use crate::items::ItemsConfig;
+use crate::keyed::Emit;
+use crate::records::{Entity, Record, RecordKey, Records};
+use crate::source::{Catalog, Source};
+
+fn config(emit: Emit, workers: usize) -> EngineConfig {
+    EngineConfig {
+        truth_refresh: None,
+        workers,
+        max_epochs_in_flight: 1,
+        items: ItemsConfig { records: Some(emit), ..ItemsConfig::default() },
+        emit,
+        ..EngineConfig::default()
+    }
+}
+
+/// Twelve gold questions answered `x` by `g1` and `g2` and `y` by `s`, and two plain items.
+fn labels() -> Vec<String> {
+    let mut lines = Vec::new();
+    for q in 0..12 {
+        for (who, label) in [("g1", "x"), ("g2", "x"), ("s", "y")] {
+            lines.push(format!(r#"{{"item_id":"q{q}","annotator_id":"{who}","label":"{label}","ts":{q}}}"#));
+        }
+    }
+    for (item, who, label) in [("t", "s", "z"), ("t", "g1", "x"), ("u", "s", "z"), ("u", "g2", "z")] {
+        lines.push(format!(r#"{{"item_id":"{item}","annotator_id":"{who}","label":"{label}","ts":20}}"#));
+    }
+    lines
+}
+
+fn gold(answer: &str) -> Vec<String> {
+    (0..12).map(|q| format!(r#"{{"item_id":"q{q}","label":"{answer}"}}"#)).collect()
+}
+
+struct Run {
+    engine: Engine,
+    source: Source,
+    records: Records,
+}
+
+impl Run {
+    fn new(emit: Emit, workers: usize) -> Run {
+        Run::with(config(emit, workers))
+    }
+
+    fn with(config: EngineConfig) -> Run {
+        let mut source = Source::default();
+        source.catalog = Catalog::recording();
+        Run { engine: Engine::start(&config).unwrap(), source, records: Records::default() }
+    }
+
+    fn scope_truth(&self) -> serde_json::Value {
+        let key = RecordKey { project: "default".into(), task: "default".into(), entity: Entity::Scope };
+        let scope: serde_json::Value = serde_json::from_slice(self.records.get(&key).unwrap()).unwrap();
+        scope["truth"].clone()
+    }
+
+    /// Submits one epoch of label and gold lines; returns the keys of the records it changed.
+    fn epoch(&mut self, labels: &[String], gold: &[String]) -> Vec<RecordKey> {
+        let mut updates = Vec::new();
+        for line in gold {
+            self.source.apply_gold(&parse_gold_event(line).unwrap(), &mut updates).unwrap();
+        }
+        for line in labels {
+            self.source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
+        }
+        self.engine.submit(updates, self.source.catalog.take_new()).unwrap();
+        self.engine.sync().unwrap();
+        let mut changed = Vec::new();
+        for output in self.engine.take_completed().1 {
+            changed.extend(output.records.iter().map(|(r, _)| r.key.clone()));
+            self.records.apply(&output.records);
+        }
+        changed
+    }
+
+    fn item(&self, item: &str) -> serde_json::Value {
+        let key = RecordKey {
+            project: "default".into(),
+            task: "default".into(),
+            entity: Entity::Item(item.into()),
+        };
+        serde_json::from_slice(self.records.get(&key).expect("the item's record")).unwrap()
+    }
+
+    fn gate(&self, annotator: &str) -> String {
+        let key =
+            RecordKey { project: "default".into(), task: "".into(), entity: Entity::Gate(annotator.into()) };
+        let gate: serde_json::Value = serde_json::from_slice(self.records.get(&key).unwrap()).unwrap();
+        gate["state"].as_str().unwrap().to_string()
+    }
+}
+
+fn trusted(item: &serde_json::Value) -> (String, u64) {
+    (item["trusted"]["label"].as_str().unwrap().to_string(), item["trusted"]["n"].as_u64().unwrap())
+}
+
+#[test]
+fn a_gate_flip_re_decides_the_annotators_items_in_both_directions() {
+    for workers in [1, 2] {
+        let mut run = Run::new(Emit::Changes, workers);
+        // Before any gold answer: nobody is blocked, every label is trusted.
+        run.epoch(&labels(), &[]);
+        assert_eq!(trusted(&run.item("t")), ("x".into(), 2));
+        assert_eq!(run.item("t")["consensus"], "x");
+        assert_eq!(trusted(&run.item("u")), ("z".into(), 2));
+
+        // Gold x: s is wrong on all 12 gold questions and blocked; its labels leave the trusted
+        // consensus of all its items, in this epoch.
+        let changed = run.epoch(&[], &gold("x"));
+        assert_eq!(run.gate("s"), "block");
+        assert_eq!(run.gate("g1"), "allow");
+        assert_eq!(trusted(&run.item("t")), ("x".into(), 1));
+        assert_eq!(trusted(&run.item("u")), ("z".into(), 1));
+        assert_eq!(trusted(&run.item("q0")), ("x".into(), 2));
+        assert_eq!(run.item("q0")["consensus"], "x", "the plain consensus keeps every label");
+        let item = |name: &str| RecordKey {
+            project: "default".into(),
+            task: "default".into(),
+            entity: Entity::Item(name.into()),
+        };
+        assert!(changed.contains(&item("t")) && changed.contains(&item("u")), "{changed:?}");
+
+        // The gold answers corrected to y: s was right all along and g1, g2 wrong. s's labels come
+        // back, g1's and g2's leave, in this epoch.
+        run.epoch(&[], &gold("y"));
+        assert_eq!(run.gate("s"), "allow");
+        assert_eq!(run.gate("g1"), "block");
+        assert_eq!(trusted(&run.item("t")), ("z".into(), 1));
+        assert_eq!(trusted(&run.item("u")), ("z".into(), 1));
+        assert_eq!(trusted(&run.item("q0")), ("y".into(), 1));
+        assert_eq!(run.item("t")["consensus"], "x", "ties toward the smallest label");
+
+        // Everyone blocked on an item: no trusted label remains.
+        let both_wrong = vec![r#"{"item_id":"w","annotator_id":"g1","label":"x","ts":21}"#.to_string()];
+        run.epoch(&both_wrong, &[]);
+        assert!(run.item("w")["trusted"].is_null());
+        assert_eq!(run.item("w")["route"], "needs_labels");
+
+        // The live records equal a report of the same input.
+        let mut report = Run::new(Emit::Final, workers);
+        let mut updates = Vec::new();
+        for line in gold("x").iter().chain(&gold("y")) {
+            report.source.apply_gold(&parse_gold_event(line).unwrap(), &mut updates).unwrap();
+        }
+        for line in labels().iter().chain(&both_wrong) {
+            report.source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
+        }
+        report.engine.submit(updates, report.source.catalog.take_new()).unwrap();
+        let mut finals: Vec<Record> = report.engine.finish().unwrap().into_iter().flatten().collect();
+        finals.sort();
+        let live: Vec<Record> = run
+            .records
+            .iter()
+            .map(|(key, value)| Record { key: key.clone(), value: value.to_vec() })
+            .collect();
+        run.engine.finish().unwrap();
+        assert_eq!(live, finals, "{workers} workers");
+    }
+}
+
+/// The final records of a report over `labels` and `gold` lines.
+fn report(labels: &[String], gold: &[String], workers: usize) -> Vec<Record> {
+    let mut report = Run::new(Emit::Final, workers);
+    let mut updates = Vec::new();
+    for line in gold {
+        report.source.apply_gold(&parse_gold_event(line).unwrap(), &mut updates).unwrap();
+    }
+    for line in labels {
+        report.source.apply_label(&parse_label_event(line).unwrap(), &mut updates).unwrap();
+    }
+    report.engine.submit(updates, report.source.catalog.take_new()).unwrap();
+    let mut finals: Vec<Record> = report.engine.finish().unwrap().into_iter().flatten().collect();
+    finals.sort();
+    finals
+}
+
+#[test]
+fn live_truth_is_refreshed_at_most_every_interval_and_converges_to_the_report() {
+    let refresh = std::time::Duration::from_millis(800);
+    for workers in [1, 2] {
+        let mut run =
+            Run::with(EngineConfig { truth_refresh: Some(refresh), ..config(Emit::Changes, workers) });
+        run.epoch(&labels(), &[]);
+        let first = run.scope_truth();
+        assert!(first["iterations"].as_u64().unwrap() >= 2, "{first}");
+        // A relabel within the interval leaves the truth as it is ...
+        let relabel = vec![r#"{"item_id":"u","annotator_id":"g2","label":"x","ts":30}"#.to_string()];
+        run.epoch(&relabel, &[]);
+        assert_eq!(run.scope_truth(), first, "{workers} workers: refitted within the interval");
+        // ... until an epoch after the interval, even an empty one (a tick), refits it warm ...
+        std::thread::sleep(refresh + std::time::Duration::from_millis(50));
+        run.epoch(&[], &[]);
+        let warm = run.scope_truth();
+        assert_ne!(warm, first, "{workers} workers: not refitted after the interval");
+        // ... and once the scope has stopped changing, one cold fit makes every record the report's.
+        std::thread::sleep(refresh + std::time::Duration::from_millis(50));
+        run.epoch(&[], &[]);
+        let all: Vec<String> = labels().into_iter().chain(relabel.clone()).collect();
+        let live: Vec<Record> = run
+            .records
+            .iter()
+            .map(|(key, value)| Record { key: key.clone(), value: value.to_vec() })
+            .collect();
+        run.engine.finish().unwrap();
+        assert_eq!(live, report(&all, &[], workers), "{workers} workers");
+    }
+}
