@@ -5,7 +5,13 @@
 //! and 2 workers: the median wall time of several runs, in nanoseconds per event, and the peak
 //! resident memory. The target: comparisons no slower per event than plain labels.
 //!
-//! Run with `cargo bench --bench preferences` (`-- --events N --runs N` to change the defaults).
+//! Then live, as `labelqc run` drives the engine: the comparisons at 20,000 events/s, one epoch
+//! every 100 ms (2,000 comparisons an epoch), after the first 200,000: the time from submitting an
+//! epoch to having its output (the changed leaderboard entries among it), against the 100 ms an
+//! epoch lasts.
+//!
+//! Run with `cargo bench --bench preferences` (`-- --events N --runs N` to change the defaults,
+//! `-- --live-only` for the live part alone).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use labelqc::gen::preferences::{PreferenceSpec, PreferenceTraffic};
 use labelqc::gen::{generate, GenSpec};
+use labelqc_dataflows::engine::{Engine, EngineConfig};
+use labelqc_dataflows::records::Entity;
+use labelqc_dataflows::source::{Catalog, Source, Stream};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -87,6 +96,9 @@ fn main() {
     let events = arg("--events", 1_000_000);
     let runs = arg("--runs", 3) as usize;
     let (comparisons, plain) = datasets(events);
+    if std::env::args().any(|a| a == "--live-only") {
+        return live(&comparisons);
+    }
     println!("# pairwise preferences through labelqc report ({events} events, median of {runs} runs)\n");
     println!("| workers | input | median wall (s) | ns per event | peak RSS (MiB) |");
     println!("|---|---|---|---|---|");
@@ -113,5 +125,56 @@ fn main() {
             );
         }
         println!("| {workers} | comparisons / plain | | {:.2}x | |", per_event[1] / per_event[0]);
+    }
+    live(&comparisons);
+}
+
+/// Live epochs of 2,000 comparisons (20,000 events/s at an epoch every 100 ms): per epoch the time
+/// from submitting it to its output, and whether the output changed the leaderboard.
+fn live(comparisons: &Path) {
+    const EPOCH: usize = 2_000;
+    const WARM: usize = 100;
+    const MEASURED: usize = 100;
+    let text = std::fs::read_to_string(comparisons).expect("the comparisons");
+    let lines: Vec<&str> = text.lines().take(EPOCH * (WARM + MEASURED)).collect();
+    println!("\n# live: epochs of {EPOCH} comparisons (20,000/s at 100 ms an epoch)\n");
+    println!("| workers | epochs | p50 (ms) | p99 (ms) | max (ms) | epochs changing the leaderboard |");
+    println!("|---|---|---|---|---|---|");
+    for workers in [1usize, 2] {
+        let mut engine =
+            Engine::start(&EngineConfig { workers, max_epochs_in_flight: 2, ..EngineConfig::default() })
+                .expect("the engine starts");
+        let mut source = Source::default();
+        source.catalog = Catalog::recording();
+        let (mut times, mut changed) = (Vec::new(), 0);
+        for (i, chunk) in lines.chunks(EPOCH).enumerate() {
+            let mut updates = Vec::new();
+            for line in chunk {
+                source.apply_record(Stream::Labels, line, &mut updates).expect("a valid comparison");
+            }
+            let start = Instant::now();
+            engine.submit(updates, source.catalog.take_new()).expect("submit");
+            engine.sync().expect("sync");
+            let outputs = engine.take_completed().1;
+            let elapsed = start.elapsed();
+            if i >= WARM {
+                times.push(elapsed);
+                let board = outputs.iter().any(|o| {
+                    o.records.iter().any(|(r, d)| *d > 0 && matches!(r.key.entity, Entity::System(_)))
+                });
+                changed += usize::from(board);
+            }
+        }
+        engine.finish().expect("finish");
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {workers} | {} | {:.1} | {:.1} | {:.1} | {changed} of {} |",
+            times.len(),
+            ms(times[times.len() / 2]),
+            ms(times[times.len() * 99 / 100]),
+            ms(*times.last().expect("epochs")),
+            times.len()
+        );
     }
 }

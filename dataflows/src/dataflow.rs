@@ -24,7 +24,7 @@ use crate::gates::{GateLogic, GateOut};
 use crate::items::{items, Items, ItemsConfig};
 use crate::keyed::{keyed, Emit};
 use crate::label::LabelId;
-use crate::leaderboard::{blocks, BoardLogic, BoardOut, TrustInput, TrustLogic};
+use crate::leaderboard::{blocks, BoardInput, BoardLogic, BoardOut};
 use crate::names::OnError;
 use crate::pairs::{PairLogic, PairOut};
 use crate::preferences::PreferenceSettings;
@@ -223,7 +223,7 @@ pub struct Quality<'s> {
 ///                  |              +-> the scope's own record --> join --> scope records
 ///                  |                                         gates -+
 ///                  |                                                v
-///                  +-> comparisons ---------------------------> trust --> leaderboard -> records
+///                  +-> comparisons ---------------------------> leaderboard --> records
 /// ```
 pub fn quality<'s>(
     events: Stream<'s, Time, Vec<Update>>,
@@ -237,7 +237,7 @@ pub fn quality<'s>(
     // The items leave their labels as rows; their records are formed downstream, with trust,
     // truth and route.
     let items_config = ItemsConfig { records: None, rows: true, ..config.items.clone() };
-    let Items { scopes: scope_sums, annotators: annotator_sums, trust: comparisons, pairs: pair_cells, rows } =
+    let Items { scopes: scope_sums, annotators: annotator_sums, comparisons, pairs: pair_cells, rows } =
         items(events, &names, items_config);
 
     let pairs = keyed(pair_cells, None, &names, PairLogic, emit, "Pairs");
@@ -288,20 +288,19 @@ pub fn quality<'s>(
         GateOut::Watch { project, signal, candidate } => Some(((project, signal), candidate)),
         _ => None,
     });
-    let trust_gates = gate_for
+    let board_gates = gate_for
         .inner
         .clone()
-        .flat_map(|((key, input), time, diff)| match input {
+        .flat_map(|(((scope, annotator), input), time, diff)| match input {
             JoinInput::Gate(gate) => {
-                Some(((key, TrustInput::Gate { blocked: blocks(&gate) }), time, (diff, 0, 0)))
+                let blocked = blocks(&gate);
+                Some(((scope, BoardInput::Gate { annotator, blocked }), time, (diff, 0, 0)))
             }
             _ => None,
         })
         .as_collection();
-    // Comparisons of trusted annotators (gate not `block`) make the leaderboard.
-    let comparison_trust = keyed(comparisons.concat(trust_gates), None, &names, TrustLogic, emit, "Trust");
     let board = keyed(
-        comparison_trust.others,
+        comparisons.concat(board_gates),
         None,
         &names,
         BoardLogic { preferences: config.preferences },

@@ -36,7 +36,7 @@ use crate::annotators::{AnnotatorKey, AnnotatorSum};
 use crate::dataflow::{summarize_item, Changes, Diff, ItemFact, Sums, Time};
 use crate::keyed::{emit_difference, Emit};
 use crate::label::LabelId;
-use crate::leaderboard::TrustInput;
+use crate::leaderboard::BoardInput;
 use crate::names::Names;
 use crate::pairs::PairKey;
 use crate::preferences::Compared;
@@ -347,7 +347,7 @@ pub struct Items<'s> {
     pub annotators: VecCollection<'s, Time, AnnotatorUpdate, Sums>,
     /// Changes of the annotators' comparisons per pair of systems and per side (preference
     /// events only), for the leaderboard (not summed, as pair cells).
-    pub trust: VecCollection<'s, Time, TrustUpdate, Sums>,
+    pub comparisons: VecCollection<'s, Time, BoardUpdate, Sums>,
     /// Pair cells: `+1` for each item on which `a` and `b` gave those labels (rarely the same
     /// cell twice in an epoch, so not summed).
     pub pairs: VecCollection<'s, Time, PairCell, Diff>,
@@ -358,8 +358,8 @@ pub struct Items<'s> {
 /// One epoch's sums per key, reused from epoch to epoch.
 type Accumulator<K> = HashMap<K, Sums, RandomState>;
 
-/// A sum an item's comparison contributes to its annotator's trust (see [`crate::leaderboard`]).
-pub type TrustUpdate = (AnnotatorKey, TrustInput);
+/// A sum an item's comparison contributes to its scope's leaderboard (see [`crate::leaderboard`]).
+pub type BoardUpdate = (ScopeId, BoardInput);
 
 /// One epoch's sums of each kind.
 #[derive(Default)]
@@ -383,7 +383,7 @@ fn distribute(
     diff: Diff,
     sums: &mut Accumulators,
     mut pair: impl FnMut(PairCell, Diff),
-    mut trust: impl FnMut(TrustUpdate, Sums),
+    mut board: impl FnMut(BoardUpdate, Sums),
 ) {
     let Accumulators { scopes, annotators } = sums;
     match output {
@@ -451,10 +451,10 @@ fn distribute(
             accumulate(annotators, (key, AnnotatorSum::Side { day }), (s.left, s.right, s.ties), diff);
             // Not summed here: one (annotator, pair of systems) rarely comes twice in an epoch,
             // and a large table of them costs a cache miss per comparison.
-            trust((key, TrustInput::Side), (s.left * diff, s.right * diff, s.ties * diff));
+            board((scope, BoardInput::Sides), (s.left * diff, s.right * diff, s.ties * diff));
             let p = compared.pair();
-            let versus = TrustInput::Versus { first: compared.first, second: compared.second };
-            trust((key, versus), (p.a_wins * diff, p.b_wins * diff, p.ties * diff));
+            let versus = BoardInput::Versus { annotator, first: compared.first, second: compared.second };
+            board((scope, versus), (p.a_wins * diff, p.b_wins * diff, p.ties * diff));
         }
     }
 }
@@ -487,7 +487,7 @@ pub fn items<'s>(
     let (scope_sums, scope_stream) = builder.new_output();
     let (annotator_sums, annotator_stream) = builder.new_output();
     let (pair_cells, pair_stream): (_, Changes<'s, PairCell>) = builder.new_output();
-    let (trust_sums, trust_stream) = builder.new_output();
+    let (comparison_sums, comparison_stream) = builder.new_output();
     let (rows, rows_stream): (_, Changes<'s, (ItemKey, ItemRow)>) = builder.new_output();
     let mut rows =
         OutputBuilder::<Time, CapacityContainerBuilder<Vec<((ItemKey, ItemRow), Time, Diff)>>>::from(rows);
@@ -497,8 +497,10 @@ pub fn items<'s>(
         Time,
         CapacityContainerBuilder<Vec<(AnnotatorUpdate, Time, Sums)>>,
     >::from(annotator_sums);
-    let mut trust_sums =
-        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(TrustUpdate, Time, Sums)>>>::from(trust_sums);
+    let mut comparison_sums =
+        OutputBuilder::<Time, CapacityContainerBuilder<Vec<(BoardUpdate, Time, Sums)>>>::from(
+            comparison_sums,
+        );
     let mut pair_cells =
         OutputBuilder::<Time, CapacityContainerBuilder<Vec<(PairCell, Time, Diff)>>>::from(pair_cells);
     builder.build(move |initial| {
@@ -532,8 +534,8 @@ pub fn items<'s>(
                 events.sort_by(|(a, x), (b, y)| a.cmp(b).then(x.seq().cmp(&y.seq())));
                 let mut pair_handle = pair_cells.activate();
                 let mut pair_session = pair_handle.session(&capabilities[2]);
-                let mut trust_handle = trust_sums.activate();
-                let mut trust_session = trust_handle.session(&capabilities[3]);
+                let mut comparison_handle = comparison_sums.activate();
+                let mut comparison_session = comparison_handle.session(&capabilities[3]);
                 let mut row_handle = rows.activate();
                 let mut row_session = row_handle.session(&capabilities[4]);
                 let mut rest = &events[..];
@@ -581,11 +583,11 @@ pub fn items<'s>(
                             diff,
                             &mut sums,
                             |cell, diff| pair_session.give((cell, time, diff)),
-                            |update, sums| trust_session.give((update, time, sums)),
+                            |update, sums| comparison_session.give((update, time, sums)),
                         ),
                     });
                 }
-                drop((pair_session, trust_session, row_session));
+                drop((pair_session, comparison_session, row_session));
                 flush(&mut sums.scopes, &mut scope_sums, &capabilities[0]);
                 flush(&mut sums.annotators, &mut annotator_sums, &capabilities[1]);
             }
@@ -598,7 +600,7 @@ pub fn items<'s>(
     Items {
         scopes: scope_stream.as_collection(),
         annotators: annotator_stream.as_collection(),
-        trust: trust_stream.as_collection(),
+        comparisons: comparison_stream.as_collection(),
         pairs: pair_stream.as_collection(),
         rows: rows_stream.as_collection(),
     }

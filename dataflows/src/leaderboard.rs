@@ -1,42 +1,42 @@
 //! The leaderboard of each scope (spec 2.2) over its trusted annotators' comparisons, and the
 //! scope's position bias and tie rate over all of its comparisons.
 //!
-//! Two keyed operators:
-//! - [`TrustLogic`], per (scope, annotator): the annotator's comparisons as exact counts (sides
-//!   chosen, and wins, losses and ties per pair of systems, from the items' sums) and its gate in
-//!   the scope's project. It passes its side counts on to its scope always, and its pair counts
-//!   only while its gate does not block it: blocking an annotator retracts its comparisons from
-//!   the leaderboard, re-admitting it brings them back.
-//! - [`BoardLogic`], per scope: the sums of what its annotators pass on, and from them the
-//!   scope's leaderboard (one record per system, [`Entity::System`]; the Bradley–Terry fit is
-//!   re-run when the scope's counts change) and its preference numbers ([`Entity::Preferences`]).
+//! One keyed operator, [`BoardLogic`], per scope. It keeps, as exact integer sums, the scope's
+//! comparisons by side chosen, each annotator's counts per pair of systems (wins, losses, ties,
+//! from the items), each annotator's gate in the scope's project, and the counts per pair of
+//! systems of the annotators whose gate does not block them. A comparison changes those by one
+//! cell; a gate that starts or stops blocking moves its annotator's counts out of or into the
+//! trusted sums. From the trusted sums the scope's leaderboard is formed when they change (one
+//! record per system, [`Entity::System`]: the Bradley–Terry fit re-run over the scope's systems),
+//! and from the sides its preference numbers ([`Entity::Preferences`]). Work per comparison is
+//! one cell, whatever the number of systems.
 //!
-//! Every count is an integer sum that cancels exactly on retraction; floats are formed only when
-//! a record is.
+//! Every count cancels exactly on retraction, whatever the order of an epoch's updates; floats
+//! are formed only when a record is.
 
 use std::collections::{BTreeMap, HashMap};
 
 use foldhash::fast::RandomState;
-
 use serde::{Deserialize, Serialize};
 
-use crate::annotators::AnnotatorKey;
 use crate::dataflow::{Diff, Sums};
 use crate::keyed::Keyed;
 use crate::label::{Label, LabelId};
 use crate::preferences::{leaderboard, preference_quality, PairCounts, PreferenceSettings, SideCounts};
 use crate::records::{Entity, Record};
-use crate::source::{Catalog, ScopeId};
+use crate::source::{AnnotatorId, Catalog, ScopeId};
 
-/// What changes an annotator's comparisons or its trust.
+/// What changes a scope's comparisons or its annotators' trust.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum TrustInput {
+pub enum BoardInput {
     /// Comparisons by side chosen: `(left, right, ties)`.
-    Side,
-    /// Comparisons of the systems `first < second`: `(wins of first, wins of second, ties)`.
-    Versus { first: LabelId, second: LabelId },
-    /// The annotator's gate in the scope's project, and whether it blocks: `(multiplicity, 0, 0)`.
-    Gate { blocked: bool },
+    Sides,
+    /// Comparisons of `annotator` of the systems `first < second`: `(wins of first, wins of
+    /// second, ties)`.
+    Versus { annotator: AnnotatorId, first: LabelId, second: LabelId },
+    /// The gate of `annotator` in the scope's project, and whether it blocks: `(multiplicity, 0,
+    /// 0)`.
+    Gate { annotator: AnnotatorId, blocked: bool },
 }
 
 /// Whether a gate, as the gates render it (JSON, its state first), blocks its annotator.
@@ -44,91 +44,35 @@ pub fn blocks(gate: &[u8]) -> bool {
     gate.starts_with(br#"{"state":"block""#)
 }
 
-/// One annotator's comparisons in one scope, and its gate's multiplicities.
-#[derive(Debug, Default)]
-pub struct TrustState {
-    sides: SideCounts,
-    /// Counts per pair of systems (a hash map: one update per comparison lands here; the
-    /// outputs are sorted by the operator).
-    pairs: HashMap<(LabelId, LabelId), PairCounts, RandomState>,
-    gates: Vec<(bool, Diff)>,
-}
+/// Counts per pair of systems.
+type Pairs = BTreeMap<(LabelId, LabelId), PairCounts>;
 
-/// What an annotator passes on to its scope's leaderboard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum BoardInput {
-    /// Its comparisons by side (every annotator's, trusted or not).
-    Sides(SideCounts),
-    /// Its comparisons of a pair of systems (while it is trusted).
-    Pair { first: LabelId, second: LabelId, counts: PairCounts },
-}
-
-/// The keyed logic of annotators' comparisons and trust.
-pub struct TrustLogic;
-
-impl Keyed for TrustLogic {
-    type Key = AnnotatorKey;
-    type Update = TrustInput;
-    type Diff = Sums;
-    type State = TrustState;
-    type Out = (ScopeId, BoardInput);
-    type Side = ();
-    const KEEP_OUTPUTS: bool = true;
-
-    fn route(&(scope, annotator): &AnnotatorKey) -> u64 {
-        scope.rotate_left(32) ^ annotator
-    }
-
-    fn apply(&mut self, _: &AnnotatorKey, s: &mut TrustState, update: &TrustInput, &(x, y, z): &Sums) {
-        match *update {
-            TrustInput::Side => s.sides += SideCounts { left: x, right: y, ties: z },
-            TrustInput::Versus { first, second } => {
-                let counts = s.pairs.entry((first, second)).or_default();
-                *counts += PairCounts { a_wins: x, b_wins: y, ties: z };
-                if *counts == PairCounts::default() {
-                    s.pairs.remove(&(first, second));
-                }
-            }
-            TrustInput::Gate { blocked } => match s.gates.iter().position(|(b, _)| *b == blocked) {
-                Some(i) => {
-                    s.gates[i].1 += x;
-                    if s.gates[i].1 == 0 {
-                        s.gates.swap_remove(i);
-                    }
-                }
-                None => s.gates.push((blocked, x)),
-            },
-        }
-    }
-
-    fn derive(
-        &mut self,
-        &(scope, _): &AnnotatorKey,
-        s: &mut TrustState,
-        _: &Catalog,
-        out: &mut Vec<Self::Out>,
-    ) {
-        if s.sides != SideCounts::default() {
-            out.push((scope, BoardInput::Sides(s.sides)));
-        }
-        if s.gates.iter().any(|&(blocked, m)| blocked && m > 0) {
-            return;
-        }
-        for (&(first, second), &counts) in &s.pairs {
-            out.push((scope, BoardInput::Pair { first, second, counts }));
-        }
-    }
-
-    fn is_empty(s: &TrustState) -> bool {
-        s.sides == SideCounts::default() && s.pairs.is_empty() && s.gates.is_empty()
+/// Adds `counts` times `sign` to the pair's cell, dropping it when it is back to zero.
+fn add(pairs: &mut Pairs, pair: (LabelId, LabelId), counts: PairCounts, sign: i64) {
+    let cell = pairs.entry(pair).or_default();
+    *cell +=
+        PairCounts { a_wins: counts.a_wins * sign, b_wins: counts.b_wins * sign, ties: counts.ties * sign };
+    if *cell == PairCounts::default() {
+        pairs.remove(&pair);
     }
 }
 
-/// A scope's comparisons: all of them by side, its trusted annotators' per pair of systems.
+/// A scope's comparisons: all of them by side, each annotator's per pair of systems, and the
+/// trusted annotators' summed per pair of systems.
 #[derive(Debug, Default)]
 pub struct BoardState {
     sides: SideCounts,
-    pairs: BTreeMap<(LabelId, LabelId), PairCounts>,
+    by_annotator: HashMap<AnnotatorId, Pairs, RandomState>,
+    /// Each annotator's gates (whether it blocks) with their multiplicities.
+    gates: HashMap<AnnotatorId, Vec<(bool, Diff)>, RandomState>,
+    /// The sum of `by_annotator` over the annotators that are not blocked.
+    trusted: Pairs,
+}
+
+impl BoardState {
+    fn blocked(&self, annotator: AnnotatorId) -> bool {
+        self.gates.get(&annotator).is_some_and(|g| g.iter().any(|&(blocked, m)| blocked && m > 0))
+    }
 }
 
 /// What a scope's comparisons derive.
@@ -167,7 +111,7 @@ fn system_name(names: &Catalog, id: LabelId) -> &str {
 impl Keyed for BoardLogic {
     type Key = ScopeId;
     type Update = BoardInput;
-    type Diff = Diff;
+    type Diff = Sums;
     type State = BoardState;
     type Out = BoardOut;
     type Side = ();
@@ -177,21 +121,42 @@ impl Keyed for BoardLogic {
         *scope
     }
 
-    fn apply(&mut self, _: &ScopeId, s: &mut BoardState, update: &BoardInput, &diff: &Diff) {
+    fn apply(&mut self, _: &ScopeId, s: &mut BoardState, update: &BoardInput, &(x, y, z): &Sums) {
         match *update {
-            BoardInput::Sides(sides) => {
-                s.sides +=
-                    SideCounts { left: sides.left * diff, right: sides.right * diff, ties: sides.ties * diff }
+            BoardInput::Sides => s.sides += SideCounts { left: x, right: y, ties: z },
+            BoardInput::Versus { annotator, first, second } => {
+                let counts = PairCounts { a_wins: x, b_wins: y, ties: z };
+                let pairs = s.by_annotator.entry(annotator).or_default();
+                add(pairs, (first, second), counts, 1);
+                if pairs.is_empty() {
+                    s.by_annotator.remove(&annotator);
+                }
+                if !s.blocked(annotator) {
+                    add(&mut s.trusted, (first, second), counts, 1);
+                }
             }
-            BoardInput::Pair { first, second, counts } => {
-                let sum = s.pairs.entry((first, second)).or_default();
-                *sum += PairCounts {
-                    a_wins: counts.a_wins * diff,
-                    b_wins: counts.b_wins * diff,
-                    ties: counts.ties * diff,
-                };
-                if *sum == PairCounts::default() {
-                    s.pairs.remove(&(first, second));
+            BoardInput::Gate { annotator, blocked } => {
+                let before = s.blocked(annotator);
+                let gates = s.gates.entry(annotator).or_default();
+                match gates.iter().position(|(b, _)| *b == blocked) {
+                    Some(i) => {
+                        gates[i].1 += x;
+                        if gates[i].1 == 0 {
+                            gates.swap_remove(i);
+                        }
+                    }
+                    None => gates.push((blocked, x)),
+                }
+                if gates.is_empty() {
+                    s.gates.remove(&annotator);
+                }
+                let after = s.blocked(annotator);
+                if before != after {
+                    // Its comparisons leave the trusted sums, or come back.
+                    let sign = if after { -1 } else { 1 };
+                    for (&pair, &counts) in s.by_annotator.get(&annotator).into_iter().flatten() {
+                        add(&mut s.trusted, pair, counts, sign);
+                    }
                 }
             }
         }
@@ -203,8 +168,10 @@ impl Keyed for BoardLogic {
             let object = preference_quality(s.sides, self.preferences.position_margin);
             out.push(BoardOut::Record(Record::new(project, task, Entity::Preferences, &object)));
         }
-        let pairs =
-            s.pairs.iter().map(|(&(a, b), &counts)| ((system_name(names, a), system_name(names, b)), counts));
+        let pairs = s
+            .trusted
+            .iter()
+            .map(|(&(a, b), &counts)| ((system_name(names, a), system_name(names, b)), counts));
         let board = match leaderboard(pairs) {
             Ok(board) => board,
             Err(error) => {
@@ -231,7 +198,7 @@ impl Keyed for BoardLogic {
     }
 
     fn is_empty(s: &BoardState) -> bool {
-        s.sides == SideCounts::default() && s.pairs.is_empty()
+        s.sides == SideCounts::default() && s.by_annotator.is_empty() && s.gates.is_empty()
     }
 
     fn is_record(out: &BoardOut) -> bool {
@@ -252,6 +219,42 @@ impl BoardOut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_sums_follow_the_gates_in_any_order_of_updates() {
+        let versus = |annotator, second| BoardInput::Versus { annotator, first: 10, second };
+        let gate = |annotator, blocked| BoardInput::Gate { annotator, blocked };
+        // Annotator 1 is re-gated from allow to block; annotator 2 stays trusted.
+        let updates = [
+            (versus(1, 11), (2, 1, 0)),
+            (versus(2, 11), (0, 3, 1)),
+            (gate(1, false), (1, 0, 0)),
+            (gate(2, false), (1, 0, 0)),
+            (gate(1, false), (-1, 0, 0)),
+            (gate(1, true), (1, 0, 0)),
+            (versus(1, 12), (1, 0, 0)),
+        ];
+        let expected: Pairs = [((10, 11), PairCounts { a_wins: 0, b_wins: 3, ties: 1 })].into();
+        for reversed in [false, true] {
+            for rotation in 0..updates.len() {
+                let mut order: Vec<_> = updates.to_vec();
+                if reversed {
+                    order.reverse();
+                }
+                order.rotate_left(rotation);
+                let mut logic = BoardLogic { preferences: PreferenceSettings::default() };
+                let mut state = BoardState::default();
+                for (update, sums) in &order {
+                    logic.apply(&0, &mut state, update, sums);
+                }
+                assert_eq!(state.trusted, expected, "{order:?}");
+                // Unblocking brings annotator 1's comparisons back.
+                logic.apply(&0, &mut state, &gate(1, true), &(-1, 0, 0));
+                assert_eq!(state.trusted[&(10, 11)], PairCounts { a_wins: 2, b_wins: 4, ties: 1 });
+                assert_eq!(state.trusted[&(10, 12)], PairCounts { a_wins: 1, b_wins: 0, ties: 0 });
+            }
+        }
+    }
 
     #[test]
     fn a_blocking_gate_is_told_from_its_json() {
