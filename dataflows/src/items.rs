@@ -84,8 +84,9 @@ pub enum ItemOutput {
 /// the item's (truth per scope, trust per annotator) and the item records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ItemRow {
-    /// `annotator`'s live label.
-    Label { annotator: AnnotatorId, label: LabelId },
+    /// `annotator`'s live label; `compared`: of a preference event (spec 2.2), whose label is
+    /// the comparison's normalised outcome.
+    Label { annotator: AnnotatorId, label: LabelId, compared: bool },
     /// The item's gold answer.
     Gold { label: LabelId },
 }
@@ -234,7 +235,9 @@ impl ItemState {
         if rows_out {
             for slot in self.labels.iter() {
                 if let Some((label, _)) = slot.value() {
-                    out.push(ItemOutput::Row(item, ItemRow::Label { annotator: slot.annotator, label }));
+                    let compared = self.compared.binary_search_by_key(&slot.annotator, |(a, _)| *a).is_ok();
+                    let row = ItemRow::Label { annotator: slot.annotator, label, compared };
+                    out.push(ItemOutput::Row(item, row));
                 }
             }
             if let Some(label) = self.gold.as_deref().and_then(|&(_, label)| label) {

@@ -189,9 +189,16 @@ impl Keyed for TruthLogic {
     }
 
     fn apply(&mut self, _: &ScopeId, s: &mut ScopeLabels, &(item, row): &ItemRowOf, &diff: &Diff) {
-        s.dirty = true;
+        s.dirty |= !matches!(row, ItemRow::Label { compared: true, .. });
         match row {
-            ItemRow::Label { annotator, label } => add(&mut s.labels, (item, annotator, label), diff),
+            // Dawid–Skene is over class labels: a comparison's outcome (a system, or a tie) is
+            // not one, and a confusion matrix over dozens of systems per annotator would cost
+            // more than the rest of the report (spec 2.2: a scope's preference numbers are the
+            // leaderboard, position bias and tie rate).
+            ItemRow::Label { compared: true, .. } => {}
+            ItemRow::Label { annotator, label, compared: false } => {
+                add(&mut s.labels, (item, annotator, label), diff)
+            }
             ItemRow::Gold { label } => add(&mut s.gold, (item, label), diff),
         }
     }

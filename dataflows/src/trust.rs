@@ -196,7 +196,7 @@ impl Keyed for ItemRecordLogic {
         let live = || s.parts.iter().filter(|(_, d)| *d > 0).map(|(p, _)| p);
         let labels: SmallVec<[(AnnotatorId, LabelId); 8]> = live()
             .filter_map(|p| match p {
-                ItemUpdate::Row(ItemRow::Label { annotator, label }) => Some((*annotator, *label)),
+                ItemUpdate::Row(ItemRow::Label { annotator, label, .. }) => Some((*annotator, *label)),
                 _ => None,
             })
             .collect();

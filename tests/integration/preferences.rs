@@ -177,6 +177,39 @@ fn a_scope_mixing_plain_labels_and_comparisons_warns() {
     assert!(scope(&json(&output)).get("warnings").is_none());
 }
 
+#[test]
+fn dawid_skene_fits_class_labels_and_leaves_comparisons_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = |item: &str, annotator: &str, label: &str, ts: i64| {
+        json!({"item_id": item, "annotator_id": annotator, "label": label, "ts": T0 + ts, "task": "prefs"})
+            .to_string()
+    };
+    let comparisons = vec![
+        comparison("c1", "r1", "x", "y", json!("left"), 1),
+        comparison("c1", "r2", "y", "x", json!("right"), 2),
+        comparison("c2", "r1", "x", "y", json!("tie"), 3),
+    ];
+    // Comparisons alone: no truth, no confusion matrices, but trusted consensus on the outcome.
+    let path = write(tmp.path(), "comparisons.jsonl", &comparisons);
+    let report = json(&labelqc(&["report", "--labels", path.to_str().unwrap(), "--items"], None));
+    let s = scope(&report);
+    assert!(s["truth"].is_null(), "{s}");
+    assert!(s["annotators"].as_array().unwrap().iter().all(|a| a["confusion"].is_null()), "{s}");
+    assert!(s["items"]["c1"]["truth"].is_null(), "{s}");
+    assert_eq!(s["items"]["c1"]["trusted"]["label"], "x", "{s}");
+    // A mixed scope fits the plain labels only: the same truth as the plain labels alone.
+    let mut plain_lines =
+        vec![plain("i1", "r1", "cat", 4), plain("i1", "r2", "cat", 5), plain("i2", "r1", "dog", 6)];
+    plain_lines.push(plain("i2", "r2", "cat", 7));
+    let alone = write(tmp.path(), "plain.jsonl", &plain_lines);
+    let alone = json(&labelqc(&["report", "--labels", alone.to_str().unwrap()], None));
+    let mixed: Vec<String> = comparisons.iter().chain(&plain_lines).cloned().collect();
+    let mixed = write(tmp.path(), "mixed.jsonl", &mixed);
+    let mixed = json(&labelqc(&["report", "--labels", mixed.to_str().unwrap()], None));
+    assert!(!scope(&alone)["truth"].is_null());
+    assert_eq!(scope(&mixed)["truth"], scope(&alone)["truth"]);
+}
+
 /// Comparisons of `a > b > c` by three careful annotators and one who always picks the left side,
 /// shown the worse system on the left: `(events, gold answers)`.
 fn biased_workload() -> (Vec<String>, Vec<String>) {

@@ -204,7 +204,7 @@ fn the_rows_are_the_live_labels_and_the_gold_answer() {
         (2, ITEM, label(3, 4, None)),
         (2, ITEM, ItemEvent::Gold { seq: 5, label: Some(11) }),
     ];
-    let row = |annotator, label| (ITEM, ItemRow::Label { annotator, label });
+    let row = |annotator, label| (ITEM, ItemRow::Label { annotator, label, compared: false });
     let gold = |label| (ITEM, ItemRow::Gold { label });
     for workers in [1, 2] {
         for out_of_order in [false, true] {
