@@ -9,7 +9,8 @@
 //!    p50/p99 of the time from a message's Kafka timestamp to the delivery of the outputs it
 //!    changed.
 //!
-//! Run with `cargo bench --bench kafka` (`-- --events N --seconds S` to change the defaults;
+//! Run with `cargo bench --bench kafka` (`-- --events N --seconds S` to change the defaults,
+//! `-- --truth-refresh-ms N` for another live Dawid–Skene refit interval;
 //! `-- --processes N [--workers W]` runs the service as a cluster of N processes on 127.0.0.1).
 //! `-- --brokers HOST:PORT` runs 1 and 2 on that broker instead (tansu, say): the benchmark
 //! creates its topics there through the admin API, so the broker must not have them yet; 3 is
@@ -176,8 +177,11 @@ fn start_service(brokers: &str, group: &str, config_dir: &std::path::Path) -> Ve
         Vec::new()
     };
     drop(listeners);
+    // `--truth-refresh-ms N` sets `[truth] refresh_ms` (the live Dawid–Skene refit interval).
+    let truth =
+        arg_value("--truth-refresh-ms").map_or(String::new(), |ms| format!("[truth]\nrefresh_ms = {ms}\n"));
     let settings =
-        format!("[engine]\nworkers = {workers}\n[cluster]\naddresses = [{}]\n", addresses.join(", "));
+        format!("[engine]\nworkers = {workers}\n[cluster]\naddresses = [{}]\n{truth}", addresses.join(", "));
     std::fs::write(&config, settings).unwrap();
     // The later processes first: the first one's start-up then measures as for a single process.
     (0..processes).rev().map(|process| start_process(brokers, group, &config, process)).rev().collect()

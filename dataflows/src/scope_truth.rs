@@ -58,10 +58,25 @@ pub struct ScopeLabels {
     /// Live: when the scope was last fitted, what that derived, and where the next fit starts.
     last: Option<(Instant, Vec<TruthOut>)>,
     warm: Option<WarmStart>,
+    /// Live: how long the last fit took, with its outputs (see [`ScopeLabels::interval`]).
+    cost: Duration,
     /// Live: labels changed since the last fit; the last fit was warm started.
     dirty: bool,
     warm_fit: bool,
 }
+
+impl ScopeLabels {
+    /// Live: the shortest time between two fits of the scope: `refresh`, or ten times the last
+    /// fit's own time when that is longer, so that refitting a large scope takes at most about a
+    /// tenth of a worker (a refit also republishes every item whose truth moved). A scope of a
+    /// million labels (about 1 s of CPU per cold fit) is then refitted every few seconds.
+    fn interval(&self, refresh: Duration) -> Duration {
+        refresh.max(self.cost * FIT_SHARE)
+    }
+}
+
+/// The inverse of the share of a worker that live refits of one scope may take.
+const FIT_SHARE: u32 = 10;
 
 /// One tick per epoch, on every worker: `((), t, +1)` at each time `t` the frontier of `stream`
 /// reaches, so that an operator taking the ticks as its side input sees every epoch, empty ones
@@ -206,7 +221,7 @@ impl Keyed for TruthLogic {
     fn derive(&mut self, &scope: &ScopeId, s: &mut ScopeLabels, names: &Catalog, out: &mut Vec<TruthOut>) {
         if let (Some(refresh), Some((at, last))) = (self.refresh, &s.last) {
             // Not due, or nothing to do: the truth stays as it is.
-            if at.elapsed() < refresh || !(s.dirty || s.warm_fit) {
+            if at.elapsed() < s.interval(refresh) || !(s.dirty || s.warm_fit) {
                 out.extend(last.iter().cloned());
                 return;
             }
@@ -245,6 +260,7 @@ impl Keyed for TruthLogic {
         let from = out.len();
         self.outputs(scope, &fitted, names, out);
         if self.refresh.is_some() {
+            s.cost = start.elapsed();
             s.last = Some((Instant::now(), out[from..].to_vec()));
             s.warm_fit = warm.is_some();
             s.dirty = false;
@@ -253,7 +269,8 @@ impl Keyed for TruthLogic {
     }
 
     fn touched(&mut self, _: &ScopeId, s: &ScopeLabels) -> bool {
-        let due = |refresh: Duration| s.last.as_ref().is_none_or(|(at, _)| at.elapsed() >= refresh);
+        let due =
+            |refresh: Duration| s.last.as_ref().is_none_or(|(at, _)| at.elapsed() >= s.interval(refresh));
         self.refresh.is_some_and(|refresh| (s.dirty || s.warm_fit) && due(refresh))
     }
 
