@@ -130,6 +130,13 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     // The comparisons behind the live leaderboard, when asked for.
     let mut comparisons =
         (settings.comparisons > 0).then(|| PreferenceTraffic::new(&PreferenceSpec::default())).transpose()?;
+    // The planted problems the stop summary checks: the label traffic's, and the comparisons'
+    // side-biased and tie-happy raters.
+    let planted_all: Vec<(String, &'static str)> = planted
+        .iter()
+        .cloned()
+        .chain(comparisons.iter().flat_map(|c| c.roster()).filter(|(_, kind)| *kind != "careful"))
+        .collect();
     let (mut compared, mut comparison_lines) = (0u64, Vec::new());
     while !interrupted.load(Ordering::SeqCst) && settings.duration.is_none_or(|d| start.elapsed() < d) {
         let tick_start = Instant::now();
@@ -240,7 +247,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         shown.iter().filter(|(k, _)| k.entity == Entity::Scope).count()
     );
     let (caught, missed): (Vec<_>, Vec<_>) =
-        planted.iter().partition(|(name, _)| alerted.contains(name) || blocked.contains(name));
+        planted_all.iter().partition(|(name, _)| alerted.contains(name) || blocked.contains(name));
     let named = |list: &[&(String, &str)]| -> String {
         if list.is_empty() {
             return "none".to_string();
@@ -249,7 +256,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     };
     eprintln!("labelqc demo: alerts raised: {raised} ({raised_critical} critical)");
     eprintln!("labelqc demo: planted problems caught: {}; missed: {}", named(&caught), named(&missed));
-    let planted_names: BTreeSet<&String> = planted.iter().map(|(name, _)| name).collect();
+    let planted_names: BTreeSet<&String> = planted_all.iter().map(|(name, _)| name).collect();
     let healthy: Vec<&String> = alerted
         .iter()
         .chain(&blocked)

@@ -55,8 +55,11 @@ impl RoutingSettings {
             return Err(SettingsError {
                 field: "routing.max_labels",
                 message: format!(
-                    "{} is below routing.min_labels ({}); use at least min_labels",
-                    self.max_labels, self.min_labels
+                    "{} (the default when unset: {}) is below routing.min_labels ({}); set max_labels to at \
+                     least min_labels, or lower min_labels",
+                    self.max_labels,
+                    RoutingSettings::default().max_labels,
+                    self.min_labels
                 ),
             });
         }

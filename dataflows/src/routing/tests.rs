@@ -164,6 +164,7 @@ fn settings_defaults_and_validation() {
     let message = RoutingSettings { max_labels: 2, ..defaults }.validate().unwrap_err().to_string();
     assert_eq!(
         message,
-        "invalid setting `routing.max_labels`: 2 is below routing.min_labels (3); use at least min_labels"
+        "invalid setting `routing.max_labels`: 2 (the default when unset: 7) is below routing.min_labels (3); \
+         set max_labels to at least min_labels, or lower min_labels"
     );
 }
