@@ -1,7 +1,15 @@
 //! Comparing JSON reports: numbers within a tolerance (integers exactly, where both are written as
 //! integers), `null` only where `null` is expected.
 
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use serde_json::Value;
+
+/// `lines` in a seeded random order, one per line: input whose arrival order must not matter.
+pub fn shuffled(mut lines: Vec<&str>, seed: u64) -> String {
+    lines.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    lines.join("\n") + "\n"
+}
 
 /// Checks that every key of `expected` is in `actual` with an equal value (numbers within
 /// `tolerance`). With `exact_keys`, `actual` may hold no keys that `expected` lacks.

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::cli::{json, labelqc};
-use crate::compare::mismatches;
+use crate::compare::{mismatches, shuffled};
 use crate::conformance::conformance_dir;
 
 /// The report (`--items` off) over `labels` (and `gold`), with `extra` flags.
@@ -23,16 +23,6 @@ fn report(labels: &Path, gold: Option<&Path>, extra: &[&str]) -> Value {
 }
 
 /// The lines of `text` in a seeded pseudo-random order (a Fisher–Yates shuffle).
-fn shuffled(text: &str, seed: u64) -> String {
-    let mut lines: Vec<&str> = text.lines().collect();
-    let mut state = seed;
-    for i in (1..lines.len()).rev() {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        lines.swap(i, (state >> 33) as usize % (i + 1));
-    }
-    lines.join("\n") + "\n"
-}
-
 #[test]
 fn preference_conformance_one_and_two_workers_shuffled() {
     let dir = conformance_dir().join("preferences");
@@ -43,7 +33,7 @@ fn preference_conformance_one_and_two_workers_shuffled() {
     let tmp = tempfile::tempdir().unwrap();
     let shuffled_path = tmp.path().join("shuffled.jsonl");
     // Every identity has one event: any order is the same input.
-    std::fs::write(&shuffled_path, shuffled(&events, 15)).unwrap();
+    std::fs::write(&shuffled_path, shuffled(events.lines().collect(), 15)).unwrap();
     let in_order = dir.join("comparisons.events.jsonl");
     let runs: [(&Path, &[&str]); 4] = [
         (&in_order, &["--workers", "1"]),

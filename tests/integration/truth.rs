@@ -131,13 +131,7 @@ fn shuffled_live_lines(text: &str, seed: u64) -> String {
         let live = (v["op"] != "delete").then_some(line);
         latest.insert((field("project"), field("task"), field("item_id"), field("annotator_id")), live);
     }
-    let mut lines: Vec<&str> = latest.into_values().flatten().collect();
-    let mut state = seed;
-    for i in (1..lines.len()).rev() {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        lines.swap(i, (state >> 33) as usize % (i + 1));
-    }
-    lines.join("\n") + "\n"
+    crate::compare::shuffled(latest.into_values().flatten().collect(), seed)
 }
 
 #[test]
