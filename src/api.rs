@@ -131,6 +131,23 @@ fn unauthorised(api: &Api, headers: &HeaderMap) -> Option<Response> {
     )
 }
 
+/// One stored entity as JSON, or the `401` or a `404` that names `what`.
+fn entity(
+    api: &Api,
+    headers: &HeaderMap,
+    kind: Kind,
+    key: &[&str],
+    what: impl FnOnce() -> String,
+) -> Response {
+    if let Some(response) = unauthorised(api, headers) {
+        return response;
+    }
+    match api.store.get(kind, key) {
+        Some(value) => json(StatusCode::OK, value.to_vec()),
+        None => not_found(what()),
+    }
+}
+
 pub async fn openapi() -> Response {
     json(StatusCode::OK, OPENAPI.as_bytes().to_vec())
 }
@@ -147,13 +164,7 @@ pub async fn scope(
     headers: HeaderMap,
     Path((project, task)): Path<(String, String)>,
 ) -> Response {
-    if let Some(response) = unauthorised(&api, &headers) {
-        return response;
-    }
-    match api.store.get(Kind::Scopes, &[&project, &task]) {
-        Some(value) => json(StatusCode::OK, value.to_vec()),
-        None => not_found(format!("scope {project}/{task}")),
-    }
+    entity(&api, &headers, Kind::Scopes, &[&project, &task], || format!("scope {project}/{task}"))
 }
 
 pub async fn gate(
@@ -161,13 +172,9 @@ pub async fn gate(
     headers: HeaderMap,
     Path((project, annotator)): Path<(String, String)>,
 ) -> Response {
-    if let Some(response) = unauthorised(&api, &headers) {
-        return response;
-    }
-    match api.store.get(Kind::Gates, &[&project, &annotator]) {
-        Some(value) => json(StatusCode::OK, value.to_vec()),
-        None => not_found(format!("gate for annotator {annotator} in project {project}")),
-    }
+    entity(&api, &headers, Kind::Gates, &[&project, &annotator], || {
+        format!("gate for annotator {annotator} in project {project}")
+    })
 }
 
 pub async fn annotator(
@@ -175,13 +182,9 @@ pub async fn annotator(
     headers: HeaderMap,
     Path((project, task, annotator)): Path<(String, String, String)>,
 ) -> Response {
-    if let Some(response) = unauthorised(&api, &headers) {
-        return response;
-    }
-    match api.store.get(Kind::Annotators, &[&project, &task, &annotator]) {
-        Some(value) => json(StatusCode::OK, value.to_vec()),
-        None => not_found(format!("annotator {annotator} in scope {project}/{task}")),
-    }
+    entity(&api, &headers, Kind::Annotators, &[&project, &task, &annotator], || {
+        format!("annotator {annotator} in scope {project}/{task}")
+    })
 }
 
 pub async fn item(
@@ -189,13 +192,9 @@ pub async fn item(
     headers: HeaderMap,
     Path((project, task, item)): Path<(String, String, String)>,
 ) -> Response {
-    if let Some(response) = unauthorised(&api, &headers) {
-        return response;
-    }
-    match api.store.get(Kind::Items, &[&project, &task, &item]) {
-        Some(value) => json(StatusCode::OK, value.to_vec()),
-        None => not_found(format!("item {item} in scope {project}/{task}")),
-    }
+    entity(&api, &headers, Kind::Items, &[&project, &task, &item], || {
+        format!("item {item} in scope {project}/{task}")
+    })
 }
 
 pub async fn leaderboard(
