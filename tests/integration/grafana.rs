@@ -384,7 +384,7 @@ fn has_data(result: &[Value]) -> bool {
 fn prometheus_scraping_the_demo_answers_every_dashboard_query() {
     let Some((prometheus, promtool)) = prometheus_tools() else { return };
     let _one = ONE_DEMO_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (_demo, addr, _stderr) = start_demo(&["--duration", "600", "--rate", "2000", "--comparisons", "200"]);
+    let (_demo, addr, _stderr) = start_demo(&["--duration", "600", "--rate", "1000", "--comparisons", "200"]);
     let server = Prometheus::start(&prometheus, &addr);
     let queries = queries(&dashboards());
     assert!(queries.len() > 40, "{} queries", queries.len());
