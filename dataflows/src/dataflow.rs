@@ -325,14 +325,19 @@ pub fn quality<'s>(
     let alert_inputs = combine(alert_inputs, "CombineAlertInputs");
     let alerts = keyed(alert_inputs, None, &names, AlertLogic { drift: drift.clone() }, emit, "Alerts");
 
-    // Scope records: the scope's own object joined with its truth and routing.
+    // Scope records: the scope's own object joined with its truth, routing and preferences.
     let scope_records = scopes.records.flat_map(ScopeOut::record);
     let own_scopes = scope_records.clone().flat_map(|record| {
         (record.key.entity == Entity::Scope)
             .then(|| (scope_id(&record.key.project, &record.key.task), ScopePart::Own(record)))
     });
-    let scope_parts =
-        keyed(own_scopes.concat(trust.scope_parts), None, &names, ScopePartsLogic, emit, "ScopeRecords");
+    let board_records = board.records.flat_map(BoardOut::record);
+    let preferences = board_records.clone().flat_map(|record| {
+        (record.key.entity == Entity::Preferences)
+            .then(|| (scope_id(&record.key.project, &record.key.task), ScopePart::Preferences(record.value)))
+    });
+    let parts = own_scopes.concat(trust.scope_parts).concat(preferences);
+    let scope_parts = keyed(parts, None, &names, ScopePartsLogic, emit, "ScopeRecords");
     let records = trust
         .item_records
         .concat(pairs.records.flat_map(PairOut::record))
@@ -341,7 +346,7 @@ pub fn quality<'s>(
         .concat(annotator_records.records)
         .concat(gates.records.flat_map(GateOut::record))
         .concat(alerts.records.flat_map(AlertOut::record))
-        .concat(board.records.flat_map(BoardOut::record));
+        .concat(board_records.filter(|record| record.key.entity != Entity::Preferences));
     let metrics = scopes
         .others
         .flat_map(ScopeOut::metric)

@@ -36,7 +36,9 @@ pub enum Entity {
     /// belong to a project, so the record's task is empty.
     Gate(Box<str>),
     /// The scope's preference numbers over all its comparisons, spec 2.2
-    /// ([`crate::preferences::PreferenceQuality`]).
+    /// ([`crate::preferences::PreferenceQuality`]): joined to the scope's own record as its
+    /// `preferences` ([`crate::scope_truth::ScopePartsLogic`]), not a record of its own outside
+    /// the dataflow.
     Preferences,
     /// A system's leaderboard entry by name, spec 2.2
     /// ([`crate::preferences::LeaderboardEntry`]).

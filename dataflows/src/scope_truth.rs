@@ -1,5 +1,6 @@
 //! Dawid–Skene truth per scope, in the dataflow ([`TruthLogic`]), and the scope's record with the
-//! parts formed downstream of it ([`ScopePartsLogic`]): its `truth` and its `routing`.
+//! parts formed downstream of it ([`ScopePartsLogic`]): its `truth`, its `routing` and, in a scope
+//! of comparisons, its `preferences` (with the `mixed_kinds` warning, spec 2.2).
 //!
 //! EM is global to a scope, so the truth operator keeps every live label of a scope (and its
 //! gold answers, for `truth.clamp_gold`) on the worker that owns the scope, and fits the scope
@@ -291,6 +292,8 @@ pub enum ScopePart {
     Truth(Vec<u8>),
     /// One item's route and the labels it saves (summed with multiplicities).
     Route { route: Route, labels_saved: u32 },
+    /// The scope's `preferences` object as JSON ([`crate::leaderboard`]).
+    Preferences(Vec<u8>),
 }
 
 /// A scope's record parts.
@@ -299,11 +302,29 @@ pub struct ScopeParts {
     own: Vec<(Record, Diff)>,
     truth: Vec<(Vec<u8>, Diff)>,
     routing: RoutingCounts,
+    preferences: Vec<(Vec<u8>, Diff)>,
 }
 
-/// Joins each scope's own record with its `truth` and `routing`: the scope record of the report
-/// and of the scopes topic (an operator of its own, since both depend on the gates, which depend
-/// on the scope's own numbers).
+/// The scope's warning when it has both plain label events and comparisons (spec 2.2).
+const MIXED_KINDS: &[u8] = br#","warnings":[{"kind":"mixed_kinds","message":"the scope has both plain label events and preference events (left, right); its preference numbers use the preference events only: give comparisons a task of their own"}]"#;
+
+/// A scope's `n_labels` (from its own record) and its preference numbers' `events`.
+#[derive(Deserialize)]
+struct Counts {
+    n_labels: Option<i64>,
+    events: Option<i64>,
+}
+
+/// The counts of a compact JSON object (none when it has neither).
+fn counts(value: &[u8]) -> Counts {
+    serde_json::from_slice(value).unwrap_or(Counts { n_labels: None, events: None })
+}
+
+/// Joins each scope's own record with its `truth`, `routing` and `preferences`: the scope record
+/// of the report, of the scopes topic and of the query API (an operator of its own, since truth
+/// and routing depend on the gates, which depend on the scope's own numbers). A scope with both
+/// plain label events and comparisons (more live labels than comparisons) also gets the
+/// `mixed_kinds` warning.
 pub struct ScopePartsLogic;
 
 fn add_part<T: PartialEq + Clone>(parts: &mut Vec<(T, Diff)>, part: &T, diff: Diff) {
@@ -335,6 +356,7 @@ impl Keyed for ScopePartsLogic {
         match update {
             ScopePart::Own(record) => add_part(&mut s.own, record, diff),
             ScopePart::Truth(json) => add_part(&mut s.truth, json, diff),
+            ScopePart::Preferences(json) => add_part(&mut s.preferences, json, diff),
             &ScopePart::Route { route, labels_saved } => {
                 s.routing.apply(crate::routing::RouteDecision { route, labels_saved }, diff)
             }
@@ -351,12 +373,23 @@ impl Keyed for ScopePartsLogic {
         value.extend_from_slice(truth);
         value.extend_from_slice(b",\"routing\":");
         value.extend_from_slice(&routing);
+        if let Some((preferences, _)) = s.preferences.iter().find(|(_, d)| *d > 0) {
+            value.extend_from_slice(b",\"preferences\":");
+            value.extend_from_slice(preferences);
+            // Live labels that are not comparisons: the scope mixes kinds (spec 2.2).
+            if counts(&own.value).n_labels.unwrap_or(0) > counts(preferences).events.unwrap_or(0) {
+                value.extend_from_slice(MIXED_KINDS);
+            }
+        }
         value.push(b'}');
         out.push(Record { key: own.key.clone(), value });
     }
 
     fn is_empty(s: &ScopeParts) -> bool {
-        s.own.is_empty() && s.truth.is_empty() && s.routing == RoutingCounts::default()
+        s.own.is_empty()
+            && s.truth.is_empty()
+            && s.routing == RoutingCounts::default()
+            && s.preferences.is_empty()
     }
 
     fn is_record(_: &Record) -> bool {

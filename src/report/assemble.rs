@@ -26,8 +26,6 @@ enum Section {
     Items,
     Alerts,
     Windows,
-    /// The scope's preference numbers (spec 2.2), when it has comparisons.
-    Preferences,
     /// The scope's leaderboard, when it has one: buffered, and written by rank.
     Leaderboard,
     Done,
@@ -41,9 +39,9 @@ impl Section {
             Entity::Item(_) => Section::Items,
             Entity::Alert(_) => Section::Alerts,
             Entity::Window { .. } => Section::Windows,
-            Entity::Preferences => Section::Preferences,
             Entity::System(_) => Section::Leaderboard,
-            Entity::Scope | Entity::Gate(_) => return None,
+            // The scope's preference numbers are part of its record (`scope_truth`).
+            Entity::Scope | Entity::Gate(_) | Entity::Preferences => return None,
         })
     }
 
@@ -53,8 +51,7 @@ impl Section {
             Section::Annotators => Section::Items,
             Section::Items => Section::Alerts,
             Section::Alerts => Section::Windows,
-            Section::Windows => Section::Preferences,
-            Section::Preferences => Section::Leaderboard,
+            Section::Windows => Section::Leaderboard,
             Section::Leaderboard | Section::Done => Section::Done,
         }
     }
@@ -72,34 +69,6 @@ struct Writer<'w, W: Write> {
     has: bool,
     /// The open scope's leaderboard entries, with their ranks.
     leaderboard: Vec<(u32, Vec<u8>)>,
-    /// The open scope's live labels.
-    scope_labels: i64,
-}
-
-/// The scope's warning when it has both plain label events and comparisons (spec 2.2).
-const MIXED_KINDS: &[u8] = br#","warnings":[{"kind":"mixed_kinds","message":"the scope has both plain label events and preference events (left, right); its preference numbers use the preference events only: give comparisons a task of their own"}]"#;
-
-/// A count of a record's object.
-enum Count {
-    /// A scope's `n_labels`.
-    Labels,
-    /// The `events` of a scope's preference numbers.
-    Events,
-}
-
-/// The count `which` of a record's compact JSON object (0 when it has none).
-fn count_of(value: &[u8], which: Count) -> i64 {
-    #[derive(serde::Deserialize)]
-    struct Counts {
-        n_labels: Option<i64>,
-        events: Option<i64>,
-    }
-    let counts = serde_json::from_slice::<Counts>(value).ok();
-    match which {
-        Count::Labels => counts.and_then(|c| c.n_labels),
-        Count::Events => counts.and_then(|c| c.events),
-    }
-    .unwrap_or(0)
 }
 
 impl<W: Write> Writer<'_, W> {
@@ -111,7 +80,7 @@ impl<W: Write> Writer<'_, W> {
                 Section::Items if !self.with_items => {}
                 Section::Items => self.out.write_all(b"}")?,
                 Section::Windows if !self.has => {}
-                Section::Preferences | Section::Done => {}
+                Section::Done => {}
                 Section::Leaderboard => self.write_leaderboard()?,
                 _ => self.out.write_all(b"]")?,
             }
@@ -165,7 +134,6 @@ impl<W: Write> Writer<'_, W> {
             self.out.write_all(&record.value[..record.value.len() - 1])?;
             self.out.write_all(b",\"pairs\":[")?;
             (self.in_scope, self.current, self.has) = (true, Section::Pairs, false);
-            self.scope_labels = count_of(&record.value, Count::Labels);
             return Ok(());
         }
         let Some(section) = Section::of(entity) else { return Ok(()) };
@@ -173,15 +141,6 @@ impl<W: Write> Writer<'_, W> {
             return Ok(());
         }
         self.advance(section)?;
-        if section == Section::Preferences {
-            self.out.write_all(b",\"preferences\":")?;
-            self.out.write_all(&record.value)?;
-            // Live labels that are not comparisons: the scope mixes kinds (spec 2.2).
-            if self.scope_labels > count_of(&record.value, Count::Events) {
-                self.out.write_all(MIXED_KINDS)?;
-            }
-            return Ok(());
-        }
         if section == Section::Leaderboard {
             #[derive(serde::Deserialize)]
             struct Rank {
@@ -233,7 +192,6 @@ impl Report {
             current: Section::Done,
             has: false,
             leaderboard: Vec::new(),
-            scope_labels: 0,
         };
         for record in self.records() {
             writer.record(record)?;

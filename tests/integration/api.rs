@@ -1,11 +1,14 @@
 //! The query API of `labelqc run` (spec section 4) against `labelqc report` over the same input,
-//! on librdkafka's mock cluster: the scopes, annotators, items and gates it answers are the
-//! report's; an unknown entity is a 404; with `http.api_token` a request without the token is a
+//! on librdkafka's mock cluster: the scopes (with a scope of comparisons' `preferences`),
+//! annotators, items, gates and leaderboards it answers are the report's; an unknown entity is a
+//! 404; with `http.api_token` a request without the token is a
 //! 401; the OpenAPI document describes exactly the routes served.
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+
+use labelqc::gen::preferences::{PreferenceSpec, PreferenceTraffic};
 
 use crate::compare::mismatches;
 use crate::http::{get, get_with};
@@ -29,7 +32,15 @@ fn segment(name: &str) -> String {
 #[test]
 fn the_api_answers_what_the_report_says() {
     let (cluster, brokers) = mock_cluster();
-    let s = Setup::new(cluster, brokers, 113);
+    let mut s = Setup::new(cluster, brokers, 113);
+    // And a scope of comparisons (task `preference`), for its `preferences` and leaderboard.
+    let spec = PreferenceSpec { events: 600, systems: 4, annotators: 12, ..Default::default() };
+    let mut traffic = PreferenceTraffic::new(&spec).unwrap();
+    let mut comparisons = Vec::new();
+    for _ in 0..spec.events {
+        traffic.next_event(None, &mut comparisons);
+    }
+    s.labels.extend(String::from_utf8(comparisons).unwrap().lines().map(String::from));
     produce(&s.producer, GOLD, &s.gold);
     produce(&s.producer, LABELS, &s.labels);
     let dir = tempfile::tempdir().unwrap();
@@ -45,6 +56,8 @@ fn the_api_answers_what_the_report_says() {
     let scopes = scopes.as_array().unwrap();
     let report_scopes = expected["scopes"].as_array().unwrap();
     assert_eq!(scopes.len(), report_scopes.len());
+    let with_comparisons = report_scopes.iter().filter(|s| s["preferences"].is_object()).count();
+    assert_eq!(with_comparisons, 1, "the comparisons' scope has its preference numbers");
     // Live Dawid–Skene truth becomes the report's once the scopes stop changing for
     // `truth.refresh_ms`: ask again until it has.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -65,7 +78,8 @@ fn answers_vs_report(addr: &str, report_scopes: &[Value]) -> Vec<String> {
     for scope in report_scopes {
         let (project, task) = (scope["project"].as_str().unwrap(), scope["task"].as_str().unwrap());
         let mut summary = scope.clone();
-        for field in ["pairs", "annotators", "items", "alerts", "windows"] {
+        // The leaderboard is asked for on its own (below).
+        for field in ["pairs", "annotators", "items", "alerts", "windows", "leaderboard"] {
             summary.as_object_mut().unwrap().remove(field);
         }
         let path = format!("/v1/scopes/{}/{}", segment(project), segment(task));
@@ -92,7 +106,19 @@ fn answers_vs_report(addr: &str, report_scopes: &[Value]) -> Vec<String> {
             problems.extend(mismatches(consensus, &answer, 1e-9, false));
         }
         let path = format!("/v1/leaderboard/{}/{}", segment(project), segment(task));
-        assert_eq!(json(addr, &path), (200, Value::Array(Vec::new())), "no preference events");
+        let (status, mut board) = json(addr, &path);
+        assert_eq!(status, 200, "{path}");
+        // Each entry names its scope, which the report's entries, inside their scope, do not.
+        for entry in board.as_array_mut().unwrap() {
+            let entry = entry.as_object_mut().unwrap();
+            assert_eq!((&entry["project"], &entry["task"]), (&scope["project"], &scope["task"]), "{path}");
+            entry.remove("project");
+            entry.remove("task");
+        }
+        match scope.get("leaderboard") {
+            Some(expected) => problems.extend(mismatches(expected, &board, 1e-9, true)),
+            None => assert_eq!(board, Value::Array(Vec::new()), "{path}: no preference events"),
+        }
     }
     problems
 }
