@@ -10,7 +10,8 @@
 //!    changed.
 //!
 //! Run with `cargo bench --bench kafka` (`-- --events N --seconds S` to change the defaults,
-//! `-- --truth-refresh-ms N` for another live Dawid–Skene refit interval;
+//! `-- --truth-refresh-ms N` for another live Dawid–Skene refit interval, `-- --truth-tolerance X`
+//! for another `[truth] live_tolerance`;
 //! `-- --processes N [--workers W]` runs the service as a cluster of N processes on 127.0.0.1).
 //! `-- --brokers HOST:PORT` runs 1 and 2 on that broker instead (tansu, say): the benchmark
 //! creates its topics there through the admin API, so the broker must not have them yet; 3 is
@@ -177,9 +178,15 @@ fn start_service(brokers: &str, group: &str, config_dir: &std::path::Path) -> Ve
         Vec::new()
     };
     drop(listeners);
-    // `--truth-refresh-ms N` sets `[truth] refresh_ms` (the live Dawid–Skene refit interval).
-    let truth =
-        arg_value("--truth-refresh-ms").map_or(String::new(), |ms| format!("[truth]\nrefresh_ms = {ms}\n"));
+    // `--truth-refresh-ms N` sets `[truth] refresh_ms` (the live Dawid–Skene refit interval),
+    // `--truth-tolerance X` its `live_tolerance` (0 republishes every item a refit moves).
+    let mut truth = String::from("[truth]\n");
+    if let Some(ms) = arg_value("--truth-refresh-ms") {
+        truth.push_str(&format!("refresh_ms = {ms}\n"));
+    }
+    if let Some(tolerance) = arg_value("--truth-tolerance") {
+        truth.push_str(&format!("live_tolerance = {tolerance}\n"));
+    }
     let settings =
         format!("[engine]\nworkers = {workers}\n[cluster]\naddresses = [{}]\n{truth}", addresses.join(", "));
     std::fs::write(&config, settings).unwrap();

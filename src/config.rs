@@ -577,6 +577,8 @@ mod tests {
         assert!(err.to_string().contains("cleanup.policy"), "{err}");
         let err = Config::parse("[truth]\nrefresh_ms = 0\n").unwrap_err();
         assert!(err.to_string().contains("truth.refresh_ms"), "{err}");
+        let err = Config::parse("[truth]\nlive_tolerance = 2.0\n").unwrap_err();
+        assert!(err.to_string().contains("truth.live_tolerance"), "{err}");
         let err = Config::parse("[truth]\nrefresh = 10\n").unwrap_err();
         assert!(err.to_string().contains("unknown field `refresh`"), "{err}");
         let err = Config::parse("[routing]\nmin_labels = 5\nmax_labels = 4\n").unwrap_err();

@@ -36,7 +36,7 @@ use crate::label::{JsonLabel, LabelId};
 use crate::records::Record;
 use crate::routing::{Route, RoutingCounts};
 use crate::source::{AnnotatorId, Catalog, ItemId, ScopeId};
-use crate::truth::{fit, FitOptions, TruthFit, TruthSettings, WarmStart};
+use crate::truth::{fit, FitOptions, ItemTruth, TruthFit, TruthSettings, WarmStart};
 
 /// What the truth operator derives.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -64,6 +64,17 @@ pub struct ScopeLabels {
     /// Live: labels changed since the last fit; the last fit was warm started.
     dirty: bool,
     warm_fit: bool,
+    /// Live: the posterior of each item's published truth, against which a warm refit's is held
+    /// (`truth.live_tolerance`).
+    published: HashMap<ItemId, Posterior, RandomState>,
+}
+
+/// An item's posterior: `(label, probability)` in label order.
+type Posterior = smallvec::SmallVec<[(LabelId, f64); 4]>;
+
+/// Whether `new` is within `tolerance` of `old`: the same labels, each probability closer than it.
+fn within(old: &Posterior, new: &Posterior, tolerance: f64) -> bool {
+    old.len() == new.len() && old.iter().zip(new).all(|(a, b)| a.0 == b.0 && (a.1 - b.1).abs() < tolerance)
 }
 
 impl ScopeLabels {
@@ -159,20 +170,68 @@ struct ScopeTruthObject<'a> {
 }
 
 impl TruthLogic {
-    fn outputs(&self, scope: ScopeId, fit: &TruthFit, names: &Catalog, out: &mut Vec<TruthOut>) {
+    /// An item's truth output.
+    fn item_output(&self, scope: ScopeId, item: &ItemTruth, names: &Catalog) -> TruthOut {
         let label = |id: LabelId| JsonLabel(names.labels.get(id));
-        for item in fit.items() {
+        let json = if self.item_json {
             let object = ItemTruthObject {
                 label: label(item.label),
                 posterior: item.posterior.iter().map(|&(l, p)| Prob { label: label(l), p }).collect(),
             };
-            let json = if self.item_json {
-                serde_json::to_vec(&object).expect("a truth serialises")
-            } else {
-                Vec::new()
-            };
-            out.push(TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json });
+            serde_json::to_vec(&object).expect("a truth serialises")
+        } else {
+            Vec::new()
+        };
+        TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json }
+    }
+
+    /// The outputs of a fit: its items' (after a warm refit, an item's previous output, from
+    /// `s.last`, when its truth label is the same and its posterior within `live_tolerance` of
+    /// the published one), its annotators' and the scope's. Live, records what was published.
+    fn outputs(
+        &self,
+        scope: ScopeId,
+        fit: &TruthFit,
+        warm: bool,
+        s: &mut ScopeLabels,
+        names: &Catalog,
+        out: &mut Vec<TruthOut>,
+    ) {
+        let label = |id: LabelId| JsonLabel(names.labels.get(id));
+        let tolerance = self.settings.live_tolerance;
+        let previous: HashMap<ItemId, &TruthOut, RandomState> = match &s.last {
+            Some((_, last)) if warm && tolerance > 0.0 => last
+                .iter()
+                .filter_map(|o| match o {
+                    TruthOut::Item { item, .. } => Some((*item, o)),
+                    _ => None,
+                })
+                .collect(),
+            _ => HashMap::default(),
+        };
+        let live = self.refresh.is_some();
+        let mut published = HashMap::default();
+        for item in fit.items() {
+            let kept =
+                previous.get(&item.item).zip(s.published.get(&item.item)).filter(|(old, posterior)| {
+                    matches!(old, TruthOut::Item { label, .. } if *label == item.label)
+                        && within(posterior, &item.posterior, tolerance)
+                });
+            match kept {
+                Some((old, posterior)) => {
+                    out.push((*old).clone());
+                    published.insert(item.item, posterior.clone());
+                }
+                None => {
+                    out.push(self.item_output(scope, &item, names));
+                    if live {
+                        published.insert(item.item, item.posterior);
+                    }
+                }
+            }
         }
+        drop(previous);
+        s.published = published;
         for confusion in fit.annotators() {
             let cells: Vec<Cell> = confusion
                 .cells
@@ -258,12 +317,13 @@ impl Keyed for TruthLogic {
             elapsed_ms = start.elapsed().as_millis() as u64,
             "truth fitted"
         );
+        let warm = warm.is_some();
         let from = out.len();
-        self.outputs(scope, &fitted, names, out);
+        self.outputs(scope, &fitted, warm, s, names, out);
         if self.refresh.is_some() {
             s.cost = start.elapsed();
             s.last = Some((Instant::now(), out[from..].to_vec()));
-            s.warm_fit = warm.is_some();
+            s.warm_fit = warm;
             s.dirty = false;
             s.warm = Some(fitted.into_warm_start());
         }

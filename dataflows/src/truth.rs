@@ -114,7 +114,7 @@ impl Default for FitOptions {
 }
 
 /// Settings of truth inference (`[truth]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TruthSettings {
     /// Live: the shortest time between two refreshes of one scope's truth, in milliseconds
@@ -123,11 +123,16 @@ pub struct TruthSettings {
     /// Clamp gold items' posteriors to their gold answers (default `false`: crowd-kit's
     /// `fit(df)` without `true_labels`).
     pub clamp_gold: bool,
+    /// Live: a warm refit republishes an item's truth only when its truth label changes or one of
+    /// its posterior probabilities moves by at least this much from the published one (default
+    /// 0.001; 0 republishes every change). The cold fit that settles a scope publishes every
+    /// change, so settled values are the report's.
+    pub live_tolerance: f64,
 }
 
 impl Default for TruthSettings {
     fn default() -> Self {
-        TruthSettings { refresh_ms: 1000, clamp_gold: false }
+        TruthSettings { refresh_ms: 1000, clamp_gold: false, live_tolerance: 0.001 }
     }
 }
 
@@ -140,12 +145,21 @@ pub struct SettingsError {
 }
 
 impl TruthSettings {
-    /// Checks `refresh_ms` (1 ms to one hour).
+    /// Checks `refresh_ms` (1 ms to one hour) and `live_tolerance` (0 to 1).
     pub fn validate(&self) -> Result<(), SettingsError> {
         if !(1..=3_600_000).contains(&self.refresh_ms) {
             return Err(SettingsError {
                 field: "truth.refresh_ms",
                 message: format!("{} is out of range; use 1 to 3600000 milliseconds", self.refresh_ms),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.live_tolerance) {
+            return Err(SettingsError {
+                field: "truth.live_tolerance",
+                message: format!(
+                    "{} is out of range; use a probability from 0 (republish every change) to 1",
+                    self.live_tolerance
+                ),
             });
         }
         Ok(())

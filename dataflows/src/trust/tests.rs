@@ -212,3 +212,59 @@ fn live_truth_is_refreshed_at_most_every_interval_and_converges_to_the_report() 
         assert_eq!(live, report(&all, &[], workers), "{workers} workers");
     }
 }
+
+/// Each item's `truth` object, by item.
+fn item_truths(run: &Run) -> std::collections::BTreeMap<String, serde_json::Value> {
+    run.records
+        .iter()
+        .filter_map(|(key, value)| match &key.entity {
+            Entity::Item(item) => {
+                let record: serde_json::Value = serde_json::from_slice(value).unwrap();
+                Some((item.to_string(), record["truth"].clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_warm_refit_republishes_only_the_items_whose_truth_moved_beyond_the_tolerance() {
+    let refresh = std::time::Duration::from_millis(300);
+    let relabel = vec![r#"{"item_id":"u","annotator_id":"g2","label":"x","ts":30}"#.to_string()];
+    let all: Vec<String> = labels().into_iter().chain(relabel.clone()).collect();
+    // Per tolerance: the items whose published truth the warm refit changed, and whose truth
+    // label it changed.
+    let mut moved = Vec::new();
+    for tolerance in [0.0, 1.0] {
+        let truth = crate::truth::TruthSettings { live_tolerance: tolerance, ..Default::default() };
+        let mut run =
+            Run::with(EngineConfig { truth_refresh: Some(refresh), truth, ..config(Emit::Changes, 1) });
+        run.epoch(&labels(), &[]);
+        let before = item_truths(&run);
+        run.epoch(&relabel, &[]);
+        std::thread::sleep(refresh + std::time::Duration::from_millis(50));
+        run.epoch(&[], &[]);
+        let warm = item_truths(&run);
+        assert_ne!(run.scope_truth()["iterations"], 0);
+        let changed: Vec<&String> = warm.keys().filter(|item| warm[*item] != before[*item]).collect();
+        let relabelled: Vec<&String> =
+            warm.keys().filter(|item| warm[*item]["label"] != before[*item]["label"]).collect();
+        moved.push((changed.len(), relabelled.len()));
+        if tolerance == 1.0 {
+            // Only a changed truth label is republished; every other item keeps its published truth.
+            assert_eq!(changed, relabelled, "tolerance {tolerance}");
+        }
+        // Once the scope stops changing, the cold fit publishes every change: the report's records.
+        std::thread::sleep(refresh + std::time::Duration::from_millis(50));
+        run.epoch(&[], &[]);
+        let live: Vec<Record> = run
+            .records
+            .iter()
+            .map(|(key, value)| Record { key: key.clone(), value: value.to_vec() })
+            .collect();
+        run.engine.finish().unwrap();
+        assert_eq!(live, report(&all, &[], 1), "tolerance {tolerance}");
+    }
+    // Republishing every change moves more items than the labels that changed.
+    assert!(moved[0].0 > moved[1].0, "{moved:?}");
+}

@@ -134,7 +134,7 @@ fn a_warm_start_maps_labels_and_items_by_id() {
 #[test]
 fn settings_defaults_and_validation() {
     let defaults: TruthSettings = serde_json::from_str("{}").unwrap();
-    assert_eq!(defaults, TruthSettings { refresh_ms: 1000, clamp_gold: false });
+    assert_eq!(defaults, TruthSettings { refresh_ms: 1000, clamp_gold: false, live_tolerance: 0.001 });
     defaults.validate().unwrap();
     assert_eq!(defaults.fit_options(), FitOptions::default());
     let clamp: TruthSettings = serde_json::from_str(r#"{"clamp_gold": true}"#).unwrap();
@@ -144,7 +144,11 @@ fn settings_defaults_and_validation() {
         let err = TruthSettings { refresh_ms, ..TruthSettings::default() }.validate().unwrap_err();
         assert_eq!(err.field, "truth.refresh_ms");
     }
-    TruthSettings { refresh_ms: 1, clamp_gold: true }.validate().unwrap();
+    for live_tolerance in [-0.1, 1.5, f64::NAN] {
+        let err = TruthSettings { live_tolerance, ..TruthSettings::default() }.validate().unwrap_err();
+        assert_eq!(err.field, "truth.live_tolerance");
+    }
+    TruthSettings { refresh_ms: 1, clamp_gold: true, live_tolerance: 0.0 }.validate().unwrap();
 }
 
 #[test]
