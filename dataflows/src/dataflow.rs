@@ -5,7 +5,7 @@
 //!
 //! Per-item work happens where the item is kept: when an item's labels change, only that item is
 //! re-summarised ([`summarize_item`], work proportional to its labels), and the summary's changes
-//! become changes of exact integer sums ([`Sum`]) per scope, annotator and pair, summed per epoch
+//! become changes of exact integer sums ([`Sums`]) per scope, annotator and pair, summed per epoch
 //! on the worker that made them and kept by the operator that owns them. Weights such as
 //! `1/(r_i - 1)` are never applied here: sums are grouped by the item's label count `r`, so that
 //! every aggregate is an integer that cancels exactly on retraction. Floats appear only when a

@@ -1,0 +1,96 @@
+//! The exact event-time sums drift reads: one annotator's ([`AnnotatorInputs`]) and its scope's
+//! ([`ScopeInputs`]), and the range sums over days that every signal takes.
+
+use super::*;
+
+/// The exact event-time sums of one annotator within one scope.
+#[derive(Clone, Debug, Default)]
+pub struct AnnotatorInputs {
+    /// `day -> [items, sum d, sum d^2]` of the agreement gap (fixed point).
+    pub gap: BTreeMap<Day, [i64; 3]>,
+    /// `(day, label) -> [own, peer share]` (peer share in fixed point).
+    pub mix: BTreeMap<(Day, LabelId), [i64; 2]>,
+    /// `(day, duration bucket) -> [labels]`.
+    pub speed: BTreeMap<(Day, u16), [i64; 1]>,
+    /// Gold answers `(ts_ms, item, correct) -> multiplicity`.
+    pub gold: BTreeMap<(i64, ItemId, bool), i64>,
+    /// `day -> [left, right, ties]`: comparisons (preference events) by the side chosen.
+    pub sides: BTreeMap<Day, [i64; 3]>,
+}
+
+impl AnnotatorInputs {
+    pub fn is_empty(&self) -> bool {
+        self.gap.is_empty()
+            && self.mix.is_empty()
+            && self.speed.is_empty()
+            && self.gold.is_empty()
+            && self.sides.is_empty()
+    }
+
+    /// Gold answers per day: `day -> [answers, errors]`.
+    pub(super) fn gold_days(&self) -> BTreeMap<Day, [i64; 2]> {
+        let mut days: BTreeMap<Day, [i64; 2]> = BTreeMap::new();
+        for (&(ts, _, correct), &m) in &self.gold {
+            let d = days.entry(ts.div_euclid(DAY_MS) as Day).or_default();
+            d[0] += m;
+            d[1] += if correct { 0 } else { m };
+        }
+        days
+    }
+
+    /// The days with any input, ascending.
+    pub(super) fn active_days(&self, gold_days: &BTreeMap<Day, [i64; 2]>) -> Vec<Day> {
+        let mut days: Vec<Day> = gold_days
+            .keys()
+            .copied()
+            .chain(self.gap.keys().copied())
+            .chain(self.mix.keys().map(|(d, _)| *d))
+            .chain(self.speed.keys().map(|(d, _)| *d))
+            .chain(self.sides.keys().copied())
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        days
+    }
+}
+
+/// The scope-wide sums the signals compare against. An annotator's reading on day `d` uses
+/// only the scope's days before `d`, so that the scope's current day can change without
+/// re-evaluating every annotator.
+#[derive(Clone, Debug, Default)]
+pub struct ScopeInputs {
+    /// Pooled gold answers per day: `day -> [answers, errors]`.
+    pub gold_days: BTreeMap<Day, [i64; 2]>,
+    /// All timed labels of the scope per day and duration bucket.
+    pub speed: BTreeMap<(Day, u16), [i64; 1]>,
+}
+
+/// The median label time (ms) of a duration histogram `bucket -> labels`.
+pub(super) fn median_ms(histogram: &BTreeMap<u16, i64>) -> Option<f64> {
+    let total: i64 = histogram.values().sum();
+    let mut seen = 0;
+    for (&bucket, &n) in histogram {
+        seen += n;
+        if total > 0 && 2 * seen >= total {
+            return Some(bucket_center_ms(bucket));
+        }
+    }
+    None
+}
+
+pub(super) fn bucket_center_ms(bucket: u16) -> f64 {
+    ((f64::from(bucket) + 0.5) / DURATION_BUCKETS_PER_E).exp()
+}
+
+pub(super) fn sum_range<K: Ord, const N: usize>(
+    map: &BTreeMap<K, [i64; N]>,
+    range: impl std::ops::RangeBounds<K>,
+) -> [i64; N] {
+    let mut total = [0; N];
+    for v in map.range(range).map(|(_, v)| v) {
+        for (t, x) in total.iter_mut().zip(v) {
+            *t += x;
+        }
+    }
+    total
+}

@@ -1,0 +1,382 @@
+//! One signal's reading on one day ([`Reading`]): each signal's formula over an annotator's sums
+//! against its scope's, with the plain-words explanation of what it saw.
+
+use super::*;
+
+/// One signal's reading on one day.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Reading {
+    /// Evidence relative to the alarm threshold: at least 1 is alarm level, at least 0.5 watch.
+    pub score: f64,
+    /// The signal's own value (log-likelihood ratio, mean gap, distance, ratio or share).
+    pub value: f64,
+    /// Observations behind it.
+    pub n: i64,
+    /// The comparison value, when there is one (baseline error rate, share, time).
+    pub baseline: Option<f64>,
+    /// A 95% interval of the value, when there is one.
+    pub interval: Option<[f64; 2]>,
+    /// One line a quality manager can act on.
+    pub explanation: String,
+}
+
+impl Reading {
+    pub(super) fn level(&self) -> SignalState {
+        if self.score >= 1.0 {
+            SignalState::Alarm
+        } else if self.score >= 0.5 {
+            SignalState::Watch
+        } else {
+            SignalState::Ok
+        }
+    }
+}
+
+pub(super) fn percent(x: f64) -> String {
+    format!("{:.0}%", 100.0 * x)
+}
+
+/// `N days` (or `1 day`).
+pub(super) fn days(n: u32) -> String {
+    if n == 1 {
+        "1 day".to_string()
+    } else {
+        format!("{n} days")
+    }
+}
+
+/// A difference of shares in plain words: `17 points less often`, `3 points more often`.
+pub(super) fn points_more_or_less(diff: f64, what: &str) -> String {
+    let points = (100.0 * diff).round();
+    if points < 0.0 {
+        format!("{:.0} points less {what}", -points)
+    } else {
+        format!("{points:.0} points more {what}")
+    }
+}
+
+/// The range `[low, high]` of a difference of shares in plain words, after a sentence that
+/// already said `points less` or `more`: `9-32`, or `from 4 less to 3 more` when it spans zero.
+pub(super) fn points_range(low: f64, high: f64) -> String {
+    let (low, high) = ((100.0 * low).round(), (100.0 * high).round());
+    if high <= 0.0 {
+        format!("{:.0}-{:.0}", -high, -low)
+    } else if low >= 0.0 {
+        format!("{low:.0}-{high:.0}")
+    } else {
+        format!("from {:.0} less to {high:.0} more", -low)
+    }
+}
+
+/// Date of an event-time day, `YYYY-MM-DD`.
+pub fn date(day: Day) -> String {
+    chrono::DateTime::from_timestamp(i64::from(day) * DAY_MS / 1000, 0)
+        .map_or_else(|| day.to_string(), |t| t.format("%Y-%m-%d").to_string())
+}
+
+/// RFC 3339 (UTC, milliseconds) of an event time.
+pub fn rfc3339(ts_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ts_ms)
+        .map_or_else(|| ts_ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// Everything one annotator's signals read on day `day`.
+pub(super) struct DayContext<'a> {
+    pub(super) config: &'a DriftConfig,
+    pub(super) label_name: &'a dyn Fn(LabelId) -> String,
+    pub(super) inputs: &'a AnnotatorInputs,
+    pub(super) gold_days: &'a BTreeMap<Day, [i64; 2]>,
+    pub(super) scope: &'a ScopeInputs,
+    pub(super) median_ms: Option<f64>,
+    pub(super) preferences: &'a PreferenceSettings,
+    /// Whether readings carry their explanation: only the ones an output shows need one (a
+    /// timeline reads every signal on every day, and formatting them all was most of its cost).
+    pub(super) explain: bool,
+}
+
+impl DayContext<'_> {
+    pub(super) fn explained(&self, explanation: impl FnOnce() -> String) -> String {
+        if self.explain {
+            explanation()
+        } else {
+            String::new()
+        }
+    }
+
+    pub(super) fn read(&self, signal: Signal, day: Day) -> Option<Reading> {
+        match signal {
+            Signal::Gold => self.gold(day),
+            Signal::Agreement => self.agreement(day),
+            Signal::LabelMix => self.label_mix(day),
+            Signal::Speed => self.speed(day),
+            Signal::TooFast => self.too_fast(day),
+            Signal::Position => sides::position(self.inputs, self.preferences, day),
+            Signal::Ties => sides::ties(self.inputs, self.preferences, day),
+        }
+    }
+
+    /// The error rate the gold evidence compares against, on `day`.
+    pub(super) fn gold_baseline(&self, day: Day) -> Option<f64> {
+        let c = self.config;
+        let end = day - c.gold_baseline_lag_days as Day;
+        let range = (end - c.gold_baseline_days as Day + 1)..=end;
+        let [scope_n, scope_errors] = sum_range(&self.scope.gold_days, range.clone());
+        // The scope's rate over the same period, or over everything before today if that is thin.
+        let scope_rate = if scope_n >= c.gold_baseline_min_answers {
+            scope_errors as f64 / scope_n as f64
+        } else {
+            let [n, errors] = sum_range(&self.scope.gold_days, ..day);
+            if n == 0 {
+                return None;
+            }
+            errors as f64 / n as f64
+        };
+        let [own_n, own_errors] = sum_range(self.gold_days, range);
+        let (rate, n_eff) = if own_n >= c.gold_baseline_min_answers {
+            let shrunk = (own_errors as f64 + c.gold_shrink_answers * scope_rate)
+                / (own_n as f64 + c.gold_shrink_answers);
+            (shrunk, own_n + c.gold_shrink_answers as i64)
+        } else {
+            (scope_rate, scope_n.max(c.gold_baseline_min_answers))
+        };
+        let (_, high) = stats::wilson(n_eff, rate * n_eff as f64, c.gold_baseline_z)?;
+        Some(high.clamp(0.02, 0.45))
+    }
+
+    pub(super) fn gold(&self, day: Day) -> Option<Reading> {
+        let c = self.config;
+        let e0 = self.gold_baseline(day)?;
+        let e1 = (2.0 * e0).min(0.6);
+        let mut best: Option<(f64, u32, i64, i64)> = None;
+        for &w in &c.gold_windows_days {
+            let [n, k] = sum_range(self.gold_days, (day - w as Day + 1)..=day);
+            if n < c.gold_min_answers {
+                continue;
+            }
+            let llr = k as f64 * (e1 / e0).ln() + (n - k) as f64 * ((1.0 - e1) / (1.0 - e0)).ln();
+            if best.is_none_or(|(b, ..)| llr > b) {
+                best = Some((llr, w, n, k));
+            }
+        }
+        let (llr, w, n, k) = best?;
+        let correct = n - k;
+        let (low, high) = stats::wilson(n, correct as f64, stats::WILSON_Z)?;
+        Some(Reading {
+            score: llr / c.gold_threshold,
+            value: llr,
+            n,
+            baseline: Some(1.0 - e0),
+            interval: Some([low, high]),
+            explanation: self.explained(|| format!(
+                "gold accuracy {} on {n} gold questions, last {} (likely {}-{}), usually {}; evidence {llr:.1}, alarm at {}",
+                percent(correct as f64 / n as f64),
+                days(w),
+                percent(low),
+                percent(high),
+                percent(1.0 - e0),
+                c.gold_threshold
+            )),
+        })
+    }
+
+    pub(super) fn agreement(&self, day: Day) -> Option<Reading> {
+        let c = self.config;
+        let [n, sum, sum_sq] = sum_range(&self.inputs.gap, (day - c.peer_window_days as Day + 1)..=day);
+        if n < c.agreement_min_items {
+            return None;
+        }
+        let fp = FIXED_POINT as f64;
+        let nf = n as f64;
+        let mean = sum as f64 / fp / nf;
+        let variance = ((sum_sq as f64 / (fp * fp)) - nf * mean * mean) / (nf - 1.0);
+        let se = (variance.max(0.0) / nf).sqrt();
+        // Without spread (every item the same gap) the mean alone decides.
+        let z = (se > 0.0).then(|| mean / se);
+        let size = mean / c.agreement_gap;
+        let score = z.map_or(size, |z| size.min(z / c.agreement_z)).max(0.0);
+        let half = stats::WILSON_Z * se;
+        Some(Reading {
+            score,
+            value: mean,
+            n,
+            baseline: Some(0.0),
+            interval: Some([mean - half, mean + half]),
+            explanation: self.explained(|| format!(
+                "agrees with the others on the same items {} than they agree with each other (likely {}; {n} items, last {})",
+                points_more_or_less(mean, "often"),
+                points_range(mean - half, mean + half),
+                days(c.peer_window_days)
+            )),
+        })
+    }
+
+    pub(super) fn label_mix(&self, day: Day) -> Option<Reading> {
+        let c = self.config;
+        let from = day - c.peer_window_days as Day + 1;
+        let mut by_label: BTreeMap<LabelId, [i64; 2]> = BTreeMap::new();
+        for (&(d, label), &[own, peer]) in self.inputs.mix.range((from, 0)..=(day, LabelId::MAX)) {
+            debug_assert!(d >= from && d <= day);
+            let e = by_label.entry(label).or_default();
+            e[0] += own;
+            e[1] += peer;
+        }
+        let n: i64 = by_label.values().map(|[own, _]| own).sum();
+        if n < c.label_mix_min_labels {
+            return None;
+        }
+        let peer_total: f64 = by_label.values().map(|[_, peer]| *peer as f64).sum();
+        if peer_total <= 0.0 {
+            return None;
+        }
+        let nf = n as f64;
+        let (mut js, mut g) = (0.0, 0.0);
+        // (own share - peer share, label, own share, peer share)
+        let mut over: Option<(f64, LabelId, f64, f64)> = None;
+        let mut under: Option<(f64, LabelId, f64, f64)> = None;
+        let mut categories = 0;
+        for (&label, &[own, peer]) in &by_label {
+            let p = own as f64 / nf;
+            let q = peer as f64 / peer_total;
+            categories += 1;
+            let m = (p + q) / 2.0;
+            if p > 0.0 {
+                js += 0.5 * p * (p / m).log2();
+            }
+            if q > 0.0 {
+                js += 0.5 * q * (q / m).log2();
+            }
+            let expected = q * nf;
+            if own > 0 {
+                g += if expected > 0.0 {
+                    2.0 * own as f64 * (own as f64 / expected).ln()
+                } else {
+                    f64::INFINITY
+                };
+            }
+            let diff = p - q;
+            if over.is_none_or(|(d, ..)| diff > d) {
+                over = Some((diff, label, p, q));
+            }
+            if under.is_none_or(|(d, ..)| diff < d) {
+                under = Some((diff, label, p, q));
+            }
+        }
+        let distance = js.max(0.0).sqrt();
+        let p_value = if categories < 2 {
+            1.0
+        } else if g.is_infinite() {
+            0.0
+        } else {
+            ChiSquared::new(f64::from(categories - 1)).map_or(1.0, |chi| chi.sf(g.max(0.0)))
+        };
+        let distance_score = distance / c.label_mix_distance;
+        // Significance as a score: p at the threshold scores 1, p at 100x the threshold 0.5.
+        let p_score =
+            if p_value <= 0.0 { f64::INFINITY } else { (p_value.log10() / c.label_mix_p.log10()).max(0.0) };
+        let (_, over_label, over_own, over_peer) = over?;
+        let (_, under_label, under_own, under_peer) = under?;
+        Some(Reading {
+            score: distance_score.min(p_score),
+            value: distance,
+            n,
+            baseline: None,
+            interval: None,
+            explanation: self.explained(|| format!(
+                "gives {} to {} of items, the others to {} of the same items; {} to {}, the others to {} ({n} labels, last {})",
+                (self.label_name)(over_label),
+                percent(over_own),
+                percent(over_peer),
+                (self.label_name)(under_label),
+                percent(under_own),
+                percent(under_peer),
+                days(c.peer_window_days)
+            )),
+        })
+    }
+
+    /// Timed labels `(count, sum of ln ms)` in `days`, and those under `limit_ms`.
+    pub(super) fn timing(&self, days: std::ops::RangeInclusive<Day>, limit_ms: f64) -> (i64, f64, i64) {
+        let (mut n, mut sum_ln, mut fast) = (0, 0.0, 0);
+        for (&(_, bucket), &[count]) in self.inputs.speed.range((*days.start(), 0)..=(*days.end(), u16::MAX))
+        {
+            n += count;
+            let center = bucket_center_ms(bucket);
+            sum_ln += count as f64 * center.ln();
+            if center < limit_ms {
+                fast += count;
+            }
+        }
+        (n, sum_ln, fast)
+    }
+
+    pub(super) fn periods(&self, day: Day) -> (std::ops::RangeInclusive<Day>, std::ops::RangeInclusive<Day>) {
+        let c = self.config;
+        let recent_start = day - c.speed_window_days as Day + 1;
+        (recent_start..=day, (recent_start - c.speed_baseline_days as Day)..=(recent_start - 1))
+    }
+
+    pub(super) fn speed(&self, day: Day) -> Option<Reading> {
+        let c = self.config;
+        let (recent, baseline) = self.periods(day);
+        let (n, sum_ln, _) = self.timing(recent, 0.0);
+        let (nb, sum_ln_b, _) = self.timing(baseline, 0.0);
+        if n < c.speed_min_labels || nb < c.speed_min_labels {
+            return None;
+        }
+        let (recent_ms, usual_ms) = ((sum_ln / n as f64).exp(), (sum_ln_b / nb as f64).exp());
+        let ratio = recent_ms / usual_ms;
+        // Ratio 1 scores 0, the threshold ratio scores 1.
+        let score = ((1.0 - ratio) / (1.0 - c.speed_ratio)).max(0.0);
+        Some(Reading {
+            score,
+            value: ratio,
+            n,
+            baseline: Some(usual_ms),
+            interval: None,
+            explanation: self.explained(|| format!(
+                "takes a typical {:.1} s a label ({n} labels, last {}), usually {:.1} s: {:.0}% of the usual time",
+                recent_ms / 1000.0,
+                days(c.speed_window_days),
+                usual_ms / 1000.0,
+                100.0 * ratio
+            )),
+        })
+    }
+
+    pub(super) fn too_fast(&self, day: Day) -> Option<Reading> {
+        let c = self.config;
+        let limit = self
+            .median_ms
+            .map_or(c.too_fast_floor_ms, |m| (c.too_fast_median_share * m).max(c.too_fast_floor_ms));
+        let (recent, baseline) = self.periods(day);
+        let (n, _, fast) = self.timing(recent, limit);
+        let (nb, _, fast_b) = self.timing(baseline, limit);
+        if n < c.speed_min_labels || nb < c.speed_min_labels {
+            return None;
+        }
+        let share = fast as f64 / n as f64;
+        // The baseline share, with half a label added so that a clean baseline is not zero.
+        let base = (fast_b as f64 + 0.5) / (nb as f64 + 1.0);
+        let z = (fast as f64 - n as f64 * base) / (n as f64 * base * (1.0 - base)).sqrt();
+        let score = (share / (c.too_fast_multiple * base))
+            .min(z / c.too_fast_z)
+            .min(share / c.too_fast_min_share)
+            .max(0.0);
+        Some(Reading {
+            score,
+            value: share,
+            n,
+            baseline: Some(base),
+            interval: stats::wilson(n, fast as f64, stats::WILSON_Z).map(|(l, h)| [l, h]),
+            explanation: self.explained(|| {
+                format!(
+                    "{} of {n} labels in the last {} took under {:.1} s, usually {}",
+                    percent(share),
+                    days(c.speed_window_days),
+                    limit / 1000.0,
+                    percent(base)
+                )
+            }),
+        })
+    }
+}

@@ -1,0 +1,90 @@
+//! Drift, gates and alerts against hand-computed readings.
+
+use super::*;
+
+fn gold_inputs(days: impl IntoIterator<Item = (Day, i64, i64)>) -> (AnnotatorInputs, ScopeInputs) {
+    let mut a = AnnotatorInputs::default();
+    let mut s = ScopeInputs::default();
+    let mut item = 0;
+    for (day, n, errors) in days {
+        for i in 0..n {
+            item += 1;
+            a.gold.insert((i64::from(day) * DAY_MS + i, item, i >= errors), 1);
+        }
+        let e = s.gold_days.entry(day).or_default();
+        e[0] += n;
+        e[1] += errors;
+    }
+    (a, s)
+}
+
+#[test]
+fn gold_evidence_alarms_on_a_doubled_error_rate_and_clears() {
+    // 40 days at 10% errors, then 10 days at 30%, then 20 days at 10% again.
+    let days =
+        (0..40).map(|d| (d, 20, 2)).chain((40..50).map(|d| (d, 20, 6))).chain((50..70).map(|d| (d, 20, 2)));
+    let (a, s) = gold_inputs(days);
+    let t = evaluate(&a, &s, &DriftConfig::default(), &|l| format!("#{l}"));
+    let gold: Vec<&Episode> = t.episodes.iter().filter(|e| e.signal == Signal::Gold).collect();
+    assert_eq!(gold.len(), 1, "{:?}", t.episodes);
+    assert!((40..44).contains(&gold[0].start), "alarm on day {}", gold[0].start);
+    let end = gold[0].end.expect("the alarm clears once the annotator recovers");
+    assert!(end >= gold[0].start + 7 && end < 60, "cleared on day {end}");
+    assert!(gold[0].explanation.starts_with("gold accuracy"), "{}", gold[0].explanation);
+    assert_eq!(t.state(Signal::Gold), SignalState::Ok);
+    // Before the change, nothing was flagged; on the first day there was no baseline yet.
+    assert_eq!(t.days[0].1[0], SignalState::Insufficient);
+    assert!(t.days.iter().filter(|(d, _)| (1..40).contains(d)).all(|(_, s)| s[0] == SignalState::Ok));
+}
+
+#[test]
+fn gate_blocks_a_spammer_and_readmits_after_recovery() {
+    let c = DriftConfig::default();
+    // 10 answers at 25%, then 120 correct answers, six a day.
+    let mut answers: Vec<(i64, bool)> = (0..10).map(|i| (i * 1000, i % 4 == 0)).collect();
+    answers.extend((0..120).map(|i| (DAY_MS * (1 + i / 6) + i, true)));
+    let gate = decide_gate(&answers, |_| false, &c);
+    let states: Vec<GateState> = gate.history.iter().map(|d| d.to).collect();
+    assert_eq!(states, vec![GateState::Block, GateState::Probation, GateState::Allow]);
+    assert_eq!(gate.history[0].evidence.n, 10);
+    assert!(
+        gate.history[0].reason.contains("even at best under the required 70%"),
+        "{}",
+        gate.history[0].reason
+    );
+    assert!(gate.history[1].at_ms >= gate.history[0].at_ms + i64::from(c.gate_block_days) * DAY_MS);
+    assert_eq!(gate.state, GateState::Allow);
+}
+
+#[test]
+fn gate_warmup_until_enough_answers() {
+    let gate = decide_gate(&[(0, false), (1, false)], |_| false, &DriftConfig::default());
+    assert_eq!(gate.state, GateState::Warmup);
+    assert!(gate.history.is_empty());
+    assert!(gate.reason.contains("fewer than the 10"));
+}
+
+#[test]
+fn label_mix_names_the_overused_label() {
+    let mut a = AnnotatorInputs::default();
+    // 300 items; peers say label 1 on all, the annotator says label 2 on 100 of them.
+    a.mix.insert((5, 1), [200, 300 * FIXED_POINT]);
+    a.mix.insert((5, 2), [100, 0]);
+    let t = evaluate(&a, &ScopeInputs::default(), &DriftConfig::default(), &|l| format!("#{l}"));
+    assert_eq!(t.state(Signal::LabelMix), SignalState::Alarm);
+    let (_, report) = &t.current[Signal::LabelMix.index()];
+    let explanation = &report.reading.as_ref().unwrap().explanation;
+    assert!(
+        explanation.starts_with(
+            "gives #2 to 33% of items, the others to 0% of the same items; #1 to 67%, the others to 100%"
+        ),
+        "{explanation}"
+    );
+}
+
+#[test]
+fn config_validation_names_the_field() {
+    let c = DriftConfig { gate_threshold: 1.5, ..DriftConfig::default() };
+    assert_eq!(c.validate().unwrap_err().field, "gate_threshold");
+    assert!(DriftConfig::default().validate().is_ok());
+}

@@ -1,0 +1,217 @@
+//! An annotator's drift timeline: every signal evaluated on every active day, in event-time order,
+//! with the state rules (ok, watch, alarm, insufficient) and the alarm episodes.
+
+use super::*;
+
+/// A period during which a signal was in alarm.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Episode {
+    pub signal: Signal,
+    pub start: Day,
+    /// The day the alarm cleared, if it has.
+    pub end: Option<Day>,
+    /// The reading that raised it.
+    pub explanation: String,
+}
+
+/// One signal's current state with the reading behind it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SignalReport {
+    pub state: SignalState,
+    /// The day the current state began (`YYYY-MM-DD`).
+    pub since: Option<String>,
+    /// The latest reading; absent while there are too few observations.
+    #[serde(flatten)]
+    pub reading: Option<Reading>,
+    /// Why there is no reading, when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// An annotator's drift within a scope: every signal's state, day by day.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timeline {
+    /// `(day, state per signal)` on every day the annotator was active.
+    pub days: Vec<(Day, [SignalState; Signal::COUNT])>,
+    /// Alarm episodes, in order of start.
+    pub episodes: Vec<Episode>,
+    /// The current state of every signal.
+    pub current: Vec<(Signal, SignalReport)>,
+}
+
+impl Timeline {
+    /// The state of `signal` now.
+    pub fn state(&self, signal: Signal) -> SignalState {
+        self.current.iter().find(|(s, _)| *s == signal).map_or(SignalState::Insufficient, |(_, r)| r.state)
+    }
+
+    /// The score of `signal`'s latest reading.
+    pub fn score(&self, signal: Signal) -> Option<f64> {
+        self.current.iter().find(|(s, _)| *s == signal)?.1.reading.as_ref().map(|r| r.score)
+    }
+
+    /// Whether `signal` was in alarm on `day`.
+    pub fn alarm_on(&self, signal: Signal, day: Day) -> bool {
+        self.episodes
+            .iter()
+            .any(|e| e.signal == signal && e.start <= day && e.end.is_none_or(|end| day < end))
+    }
+}
+
+/// Evaluates an annotator's signals on every active day, in order, with the state rules: ok ->
+/// watch at half the threshold -> alarm at the threshold; an alarm lasts at least
+/// `cooldown_days` and clears after `clear_days` without a watch-level reading. Speed and too-fast
+/// are context: alone they reach watch at most, and alarm only while gold or agreement is at
+/// watch or worse.
+/// `label_name` names a label in explanations.
+pub fn evaluate(
+    inputs: &AnnotatorInputs,
+    scope: &ScopeInputs,
+    config: &DriftConfig,
+    label_name: &dyn Fn(LabelId) -> String,
+) -> Timeline {
+    evaluate_with(inputs, scope, config, &PreferenceSettings::default(), label_name)
+}
+
+/// [`evaluate`] with the `[preferences]` settings of the preference signals.
+pub fn evaluate_with(
+    inputs: &AnnotatorInputs,
+    scope: &ScopeInputs,
+    config: &DriftConfig,
+    preferences: &PreferenceSettings,
+    label_name: &dyn Fn(LabelId) -> String,
+) -> Timeline {
+    let gold_days = inputs.gold_days();
+    let mut context = DayContext {
+        config,
+        label_name,
+        inputs,
+        gold_days: &gold_days,
+        scope,
+        median_ms: None,
+        preferences,
+        explain: false,
+    };
+    // The scope's duration histogram of the days before the one being evaluated.
+    let mut scope_speed = scope.speed.iter().peekable();
+    let mut histogram: BTreeMap<u16, i64> = BTreeMap::new();
+    let mut timeline = Timeline::default();
+    let mut state = [SignalState::Insufficient; Signal::COUNT];
+    let mut since: [Option<Day>; Signal::COUNT] = [None; Signal::COUNT];
+    let mut last_bad: [Option<Day>; Signal::COUNT] = [None; Signal::COUNT];
+    let mut open: [Option<usize>; Signal::COUNT] = [None; Signal::COUNT];
+    let mut latest: [Option<Reading>; Signal::COUNT] = Default::default();
+    let mut last_day = None;
+    for day in inputs.active_days(&gold_days) {
+        while let Some((&(_, bucket), &[n])) = scope_speed.next_if(|((d, _), _)| *d < day) {
+            *histogram.entry(bucket).or_default() += n;
+        }
+        context.median_ms = median_ms(&histogram);
+        let mut levels = [SignalState::Insufficient; Signal::COUNT];
+        for signal in Signal::ALL {
+            let i = signal.index();
+            latest[i] = context.read(signal, day);
+            levels[i] = latest[i].as_ref().map_or(SignalState::Insufficient, Reading::level);
+        }
+        let primary = levels[Signal::Gold.index()].max(levels[Signal::Agreement.index()]);
+        for signal in [Signal::Speed, Signal::TooFast] {
+            let i = signal.index();
+            if levels[i] == SignalState::Alarm && primary < SignalState::Watch {
+                levels[i] = SignalState::Watch;
+            }
+        }
+        for signal in Signal::ALL {
+            let i = signal.index();
+            let level = levels[i];
+            if level >= SignalState::Watch {
+                last_bad[i] = Some(day);
+            }
+            let next = match (state[i], level) {
+                (_, SignalState::Alarm) => SignalState::Alarm,
+                (SignalState::Alarm, _) => {
+                    let start = open[i].map_or(day, |e| timeline.episodes[e].start);
+                    let cooled = day >= start + config.cooldown_days as Day;
+                    let clean = last_bad[i].is_none_or(|b| day >= b + config.clear_days as Day);
+                    if cooled && clean {
+                        level
+                    } else {
+                        SignalState::Alarm
+                    }
+                }
+                (_, level) => level,
+            };
+            if next == SignalState::Alarm && state[i] != SignalState::Alarm {
+                open[i] = Some(timeline.episodes.len());
+                context.explain = true;
+                let explanation = context.read(signal, day).map(|r| r.explanation).unwrap_or_default();
+                context.explain = false;
+                timeline.episodes.push(Episode { signal, start: day, end: None, explanation });
+            }
+            if next != SignalState::Alarm && state[i] == SignalState::Alarm {
+                if let Some(e) = open[i].take() {
+                    timeline.episodes[e].end = Some(day);
+                }
+            }
+            if next != state[i] || since[i].is_none() {
+                since[i] = Some(day);
+            }
+            state[i] = next;
+        }
+        timeline.days.push((day, state));
+        last_day = Some(day);
+    }
+    // The current readings, now with their explanations.
+    if let Some(day) = last_day {
+        context.explain = true;
+        for signal in Signal::ALL {
+            if latest[signal.index()].is_some() {
+                latest[signal.index()] = context.read(signal, day);
+            }
+        }
+    }
+    timeline.current = Signal::ALL
+        .iter()
+        .filter(|signal| !signal.is_preference() || !inputs.sides.is_empty())
+        .map(|&signal| {
+            let i = signal.index();
+            let reading = latest[i].take();
+            let note = reading.is_none().then(|| match signal {
+                Signal::Position | Signal::Ties => sides::not_enough(signal == Signal::Position, preferences),
+                _ => not_enough(signal, config),
+            });
+            (signal, SignalReport { state: state[i], since: since[i].map(date), reading, note })
+        })
+        .collect();
+    timeline
+}
+
+/// Why `signal` has no reading: the minimum data it lacks, in plain words.
+pub(super) fn not_enough(signal: Signal, c: &DriftConfig) -> String {
+    match signal {
+        Signal::Gold => {
+            let windows: Vec<String> = c.gold_windows_days.iter().map(u32::to_string).collect();
+            format!(
+                "fewer than {} gold questions over each of the last {} days, or no earlier gold answers in the scope to compare with",
+                c.gold_min_answers,
+                windows.join(", ")
+            )
+        }
+        Signal::Agreement => format!(
+            "fewer than {} items shared with at least two other annotators over the last {}",
+            c.agreement_min_items,
+            days(c.peer_window_days)
+        ),
+        Signal::LabelMix => format!(
+            "fewer than {} labels on items shared with other annotators over the last {}",
+            c.label_mix_min_labels,
+            days(c.peer_window_days)
+        ),
+        Signal::Speed | Signal::TooFast => format!(
+            "fewer than {} labels with a duration over the last {}, or over the {} before them (the usual pace)",
+            c.speed_min_labels,
+            days(c.speed_window_days),
+            days(c.speed_baseline_days)
+        ),
+        Signal::Position | Signal::Ties => String::new(),
+    }
+}
