@@ -188,6 +188,7 @@ impl TruthLogic {
     /// The outputs of a fit: its items' (after a warm refit, an item's previous output, from
     /// `s.last`, when its truth label is the same and its posterior within `live_tolerance` of
     /// the published one), its annotators' and the scope's. Live, records what was published.
+    /// Returns the number of items whose output was formed anew.
     fn outputs(
         &self,
         scope: ScopeId,
@@ -196,7 +197,7 @@ impl TruthLogic {
         s: &mut ScopeLabels,
         names: &Catalog,
         out: &mut Vec<TruthOut>,
-    ) {
+    ) -> usize {
         let label = |id: LabelId| JsonLabel(names.labels.get(id));
         let tolerance = self.settings.live_tolerance;
         let previous: HashMap<ItemId, &TruthOut, RandomState> = match &s.last {
@@ -211,6 +212,7 @@ impl TruthLogic {
         };
         let live = self.refresh.is_some();
         let mut published = HashMap::default();
+        let mut formed = 0;
         for item in fit.items() {
             let kept =
                 previous.get(&item.item).zip(s.published.get(&item.item)).filter(|(old, posterior)| {
@@ -223,6 +225,7 @@ impl TruthLogic {
                     published.insert(item.item, posterior.clone());
                 }
                 None => {
+                    formed += 1;
                     out.push(self.item_output(scope, &item, names));
                     if live {
                         published.insert(item.item, item.posterior);
@@ -246,6 +249,7 @@ impl TruthLogic {
             iterations: fit.iterations(),
         };
         out.push(TruthOut::Scope { scope, json: serde_json::to_vec(&object).expect("priors serialise") });
+        formed
     }
 }
 
@@ -309,17 +313,18 @@ impl Keyed for TruthLogic {
                 return;
             }
         };
+        let warm = warm.is_some();
+        let from = out.len();
+        let items = self.outputs(scope, &fitted, warm, s, names, out);
         tracing::debug!(
             scope,
             labels = labels.len(),
             iterations = fitted.iterations(),
-            warm = warm.is_some(),
+            warm,
+            items_formed = items,
             elapsed_ms = start.elapsed().as_millis() as u64,
             "truth fitted"
         );
-        let warm = warm.is_some();
-        let from = out.len();
-        self.outputs(scope, &fitted, warm, s, names, out);
         if self.refresh.is_some() {
             s.cost = start.elapsed();
             s.last = Some((Instant::now(), out[from..].to_vec()));
