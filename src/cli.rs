@@ -36,6 +36,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 /// How many refused lines `labelqc report` shows on stderr before it only counts them.
 pub const SHOWN_BAD_LINES: u64 = 20;
 
+/// Bad lines shown before the cause when no record of a file is valid.
+const HOPELESS_BAD_LINES: usize = 3;
+
 /// labelqc: live, exact label-quality numbers for human (and model) annotation.
 #[derive(Debug, Parser)]
 #[command(name = "labelqc", version, about)]
@@ -476,12 +479,12 @@ fn run_report(args: ReportArgs) -> Result<()> {
         truth: config.truth,
         routing: config.routing,
     };
-    let stderr = io::stderr();
     let mut shown = 0u64;
+    let mut examples = Vec::new();
     let mut write_error = None;
     let outcome = report::run(&request, |refused| {
         if shown < SHOWN_BAD_LINES {
-            let _ = writeln!(stderr.lock(), "bad line: {refused}");
+            examples.push(format!("bad line: {refused}"));
         }
         shown += 1;
         if let Some(file) = &mut dead_letters {
@@ -496,6 +499,13 @@ fn run_report(args: ReportArgs) -> Result<()> {
             return Err(error);
         }
         file.finish()?;
+    }
+    // Input with no valid record: its cause (the error, printed last) explains every line, so a
+    // few examples lead up to it rather than a screenful.
+    let hopeless = outcome.as_ref().err().is_some_and(|e| e.downcast_ref::<BadInput>().is_some());
+    let examples = if hopeless { &examples[..examples.len().min(HOPELESS_BAD_LINES)] } else { &examples[..] };
+    for line in examples {
+        eprintln!("{line}");
     }
     let outcome = outcome?;
     for file in &outcome.files {

@@ -44,7 +44,8 @@ fn a_csv_file_stops_with_its_likely_cause() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(out.stdout.is_empty(), "no report");
     assert!(err.lines().count() < 30, "a few lines, not one per CSV line:\n{err}");
-    assert_eq!(err.matches("bad line: ").count(), 20, "{err}");
+    // A few examples lead up to the cause, which explains every line.
+    assert_eq!(err.matches("bad line: ").count(), 3, "{err}");
     assert!(
         err.contains("no record of ") && err.contains("labels.csv is a valid label event: it looks like"),
         "{err}"
