@@ -61,6 +61,17 @@ impl Run {
         scope["truth"].clone()
     }
 
+    /// The live records, in key order, once the engine has finished.
+    fn finish(self) -> Vec<Record> {
+        let live = self
+            .records
+            .iter()
+            .map(|(key, value)| Record { key: key.clone(), value: value.to_vec() })
+            .collect();
+        self.engine.finish().unwrap();
+        live
+    }
+
     /// Submits one epoch of label and gold lines; returns the keys of the records it changed.
     fn epoch(&mut self, labels: &[String], gold: &[String]) -> Vec<RecordKey> {
         let mut updates = Vec::new();
@@ -155,12 +166,7 @@ fn a_gate_flip_re_decides_the_annotators_items_in_both_directions() {
         report.engine.submit(updates, report.source.catalog.take_new()).unwrap();
         let mut finals: Vec<Record> = report.engine.finish().unwrap().into_iter().flatten().collect();
         finals.sort();
-        let live: Vec<Record> = run
-            .records
-            .iter()
-            .map(|(key, value)| Record { key: key.clone(), value: value.to_vec() })
-            .collect();
-        run.engine.finish().unwrap();
+        let live = run.finish();
         assert_eq!(live, finals, "{workers} workers");
     }
 }
@@ -203,12 +209,7 @@ fn live_truth_is_refreshed_at_most_every_interval_and_converges_to_the_report() 
         std::thread::sleep(refresh + std::time::Duration::from_millis(50));
         run.epoch(&[], &[]);
         let all: Vec<String> = labels().into_iter().chain(relabel.clone()).collect();
-        let live: Vec<Record> = run
-            .records
-            .iter()
-            .map(|(key, value)| Record { key: key.clone(), value: value.to_vec() })
-            .collect();
-        run.engine.finish().unwrap();
+        let live = run.finish();
         assert_eq!(live, report(&all, &[], workers), "{workers} workers");
     }
 }
@@ -257,12 +258,7 @@ fn a_warm_refit_republishes_only_the_items_whose_truth_moved_beyond_the_toleranc
         // Once the scope stops changing, the cold fit publishes every change: the report's records.
         std::thread::sleep(refresh + std::time::Duration::from_millis(50));
         run.epoch(&[], &[]);
-        let live: Vec<Record> = run
-            .records
-            .iter()
-            .map(|(key, value)| Record { key: key.clone(), value: value.to_vec() })
-            .collect();
-        run.engine.finish().unwrap();
+        let live = run.finish();
         assert_eq!(live, report(&all, &[], 1), "tolerance {tolerance}");
     }
     // Republishing every change moves more items than the labels that changed.
