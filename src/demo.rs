@@ -1,7 +1,7 @@
 //! `labelqc demo`: the main job on an embedded default, with no Kafka. A simulated workforce
 //! that a quality manager would call healthy labels live (event time is now), with a few planted
 //! problems: spammers, a biased annotator and one who turns careless part-way. The full dataflows
-//! keep every number current, `/metrics`, `/healthz` and `/readyz` are served, and a terminal
+//! keep every number current, `/metrics`, `/healthz`, `/readyz` and the query API are served, and a terminal
 //! view ([`screen`]) fitting 80x24 shows throughput, each scope's agreement and gold accuracy,
 //! gates and drift, and the alerts firing grouped per annotator, critical first. At the end it
 //! says which planted problems were caught and whether any healthy annotator was alerted.
@@ -26,6 +26,7 @@ use labelqc_dataflows::records::{Entity, Record, Records};
 use labelqc_dataflows::source::{Catalog, Source, Stream};
 use labelqc_dataflows::summary::DriftSummary;
 
+use crate::api::{Api, Store};
 use crate::gen::preferences::{PreferenceSpec, PreferenceTraffic};
 use crate::gen::{GenSpec, Traffic};
 use crate::http::HttpServer;
@@ -36,7 +37,7 @@ pub use screen::{render, LeaderboardRow, ScopeRow, ScreenAlert, Snapshot};
 /// How the demo runs.
 #[derive(Clone, Debug)]
 pub struct DemoSettings {
-    /// Where to serve `/metrics`, `/healthz` and `/readyz`.
+    /// Where to serve `/metrics`, `/healthz`, `/readyz` and the query API (`/v1/...`).
     pub http: SocketAddr,
     /// Label events per second.
     pub rate: u64,
@@ -76,9 +77,16 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     let telemetry = Arc::new(Telemetry::new()?);
     let ready = Arc::new(AtomicBool::new(false));
     let interrupted = crate::signals::install()?;
-    let server = HttpServer::start(settings.http, telemetry.clone(), ready.clone())?;
+    // The query API answers from what the topics would hold: the demo publishes nothing, so its
+    // store takes each epoch's records as publishing them would.
+    let store = Arc::new(Store::default());
+    let api = Api { store: store.clone(), token: None };
+    let server = HttpServer::start_with_api(settings.http, telemetry.clone(), ready.clone(), Some(api))?;
     let metrics_url = format!("http://{}/metrics", server.local_addr());
-    eprintln!("labelqc demo: metrics on {metrics_url} (Ctrl-C stops)");
+    eprintln!(
+        "labelqc demo: metrics on {metrics_url}, the query API on http://{}/v1/scopes (Ctrl-C stops)",
+        server.local_addr()
+    );
 
     let mut engine = Engine::start(&EngineConfig {
         workers: settings.workers,
@@ -173,6 +181,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
             telemetry.observe_records(&output.records);
             let gates = gate_log.records(&output.records);
             telemetry.count_gate_records(&gates);
+            crate::service::remember_changes(&store, &output.records, &gates, &crate::service::updated_at());
             blocked
                 .extend(gates.iter().filter(|r| r.state == GateState::Block).map(|r| r.annotator_id.clone()));
             for (severity, annotator) in started_firing(&shown, &output.records) {

@@ -32,6 +32,9 @@ mod pipeline;
 mod producer;
 mod readback;
 
+pub(crate) use outputs::remember_changes;
+pub(crate) use pipeline::updated_at;
+
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

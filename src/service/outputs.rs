@@ -18,12 +18,14 @@
 use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState;
+use labelqc_dataflows::dataflow::Diff;
 use labelqc_dataflows::drift::{rfc3339, Gate};
 use labelqc_dataflows::gates::{gate_records_since, GateRecord, PublishedGate};
 use labelqc_dataflows::label::stable_id;
-use labelqc_dataflows::records::{Entity, RecordKey, Records};
+use labelqc_dataflows::records::{Entity, Record, RecordKey, Records};
 use labelqc_dataflows::source::window_size_name;
 
+use crate::api::{Kind, Store};
 use crate::config::OutputTopics;
 
 /// The output topics of spec section 4, as the configuration names them.
@@ -227,10 +229,41 @@ pub fn message(key: &RecordKey, value: Option<&[u8]>, updated_at: &str) -> Optio
             self::key(&[project, task, system]),
             value.map(|v| with_names(project, task, None, v)),
         ),
-        // The scope's own preference numbers are in the report only, for now.
+        // A scope's preference numbers are joined to its record in the dataflow.
         Entity::Gate(_) | Entity::Preferences => return None,
     };
     Some(Message { topic, key, value })
+}
+
+/// Tells the query API's store what a message makes its topic hold.
+pub fn remember(store: &Store, message: &Message) {
+    let kind = match message.topic {
+        OutputTopic::Scopes => Kind::Scopes,
+        OutputTopic::Annotators => Kind::Annotators,
+        OutputTopic::Items => Kind::Items,
+        OutputTopic::Leaderboard => Kind::Leaderboard,
+        _ => return,
+    };
+    store.apply(kind, &message.key, message.value.as_deref());
+}
+
+/// Tells the query API's store what an epoch's record changes (consolidated, each key's changes
+/// adjacent) and gate records make the topics hold, as publishing them would: for `labelqc demo`,
+/// which answers the API without a broker.
+pub fn remember_changes(store: &Store, changes: &[(Record, Diff)], gates: &[GateRecord], updated_at: &str) {
+    let mut rest = changes;
+    while let Some((first, _)) = rest.first() {
+        let len = rest.iter().take_while(|(r, _)| r.key == first.key).count();
+        let value = rest[..len].iter().find(|(_, d)| *d > 0).map(|(r, _)| r.value.as_slice());
+        for message in messages(&first.key, value, updated_at) {
+            remember(store, &message);
+        }
+        rest = &rest[len..];
+    }
+    for gate in gates {
+        let value = serde_json::to_vec(gate).expect("a gate record serialises");
+        store.apply(Kind::Gates, &key(&[&gate.project, &gate.annotator_id]), Some(&value));
+    }
 }
 
 type Map<K, V> = HashMap<K, V, RandomState>;

@@ -28,7 +28,7 @@ use rdkafka::producer::Producer;
 
 use super::feed::{EpochMeta, FeedState, InputDeadLetter, Partitions};
 use super::health::{Connectivity, HealthConsumer};
-use super::outputs::{self, gate_of, reconcile, Message, OutputTopic, Published};
+use super::outputs::{self, gate_of, reconcile, remember, OutputTopic, Published};
 use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
     TRANSACTION_TIMEOUT,
@@ -54,7 +54,7 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn updated_at() -> String {
+pub(crate) fn updated_at() -> String {
     chrono::DateTime::from_timestamp_millis(now_ms())
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
@@ -160,18 +160,6 @@ impl DriftMetrics {
             self.set = Instant::now();
         }
     }
-}
-
-/// Tells the query API's store what a message makes its topic hold.
-fn remember(store: &Store, record: &Message) {
-    let kind = match record.topic {
-        OutputTopic::Scopes => Kind::Scopes,
-        OutputTopic::Annotators => Kind::Annotators,
-        OutputTopic::Items => Kind::Items,
-        OutputTopic::Leaderboard => Kind::Leaderboard,
-        _ => return,
-    };
-    store.apply(kind, &record.key, record.value.as_deref());
 }
 
 /// The closing, publishing and committing pipeline of `labelqc run`'s first process.

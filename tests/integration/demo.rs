@@ -110,6 +110,22 @@ fn demo_serves_live_metrics_and_stops_by_itself() {
     }
     assert_eq!(get(&addr, "/healthz").0, 200);
     assert_eq!(get(&addr, "/readyz").0, 200);
+    // The query API answers from what the topics would hold: the scopes, each with the numbers
+    // its gauges show, and every gate the metrics count.
+    let (status, body) = get(&addr, "/v1/scopes");
+    assert_eq!(status, 200, "{body}");
+    let scopes: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(scopes.as_array().map(Vec::len), Some(4), "{body}");
+    let (status, body) = get(&addr, "/v1/scopes/project-0/task-0");
+    assert_eq!(status, 200, "{body}");
+    let scope: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(scope["n_labels"].as_i64().unwrap() > 0 && scope["routing"].is_object(), "{scope}");
+    let (status, body) = get(&addr, "/v1/gates/project-0/ann-00000");
+    assert_eq!(status, 200, "{body}");
+    let gate: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(["allow", "warmup", "probation", "block"].contains(&gate["state"].as_str().unwrap()), "{gate}");
+    assert_eq!(get(&addr, "/v1/gates/project-0/nobody").0, 404);
+    assert_eq!(get(&addr, "/openapi.json").0, 200);
 
     // It stops by itself after --duration and says what it did.
     let status = demo.0.wait().unwrap();
