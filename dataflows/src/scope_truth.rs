@@ -52,8 +52,11 @@ pub enum TruthOut {
 /// A scope's live labels and gold answers, and what its last fit derived (live).
 #[derive(Debug, Default)]
 pub struct ScopeLabels {
-    /// `(item, annotator, label)` with multiplicity.
+    /// `(item, annotator, label)` with multiplicity (live: updated in place).
     labels: HashMap<(ItemId, AnnotatorId, LabelId), Diff, RandomState>,
+    /// Without refresh (a report): the same as a log of updates, consolidated when the scope is
+    /// fitted (appending is cheaper than a million hash map entries, and the fit wants them sorted).
+    log: Vec<((ItemId, AnnotatorId, LabelId), Diff)>,
     /// `(item, gold answer)` with multiplicity.
     gold: HashMap<(ItemId, LabelId), Diff, RandomState>,
     /// Live: when the scope was last fitted, what that derived, and where the next fit starts.
@@ -275,6 +278,9 @@ impl Keyed for TruthLogic {
             // more than the rest of the report (spec 2.2: a scope's preference numbers are the
             // leaderboard, position bias and tie rate).
             ItemRow::Label { compared: true, .. } => {}
+            ItemRow::Label { annotator, label, compared: false } if self.refresh.is_none() => {
+                s.log.push(((item, annotator, label), diff))
+            }
             ItemRow::Label { annotator, label, compared: false } => {
                 add(&mut s.labels, (item, annotator, label), diff)
             }
@@ -290,8 +296,12 @@ impl Keyed for TruthLogic {
                 return;
             }
         }
-        let labels: Vec<(ItemId, AnnotatorId, LabelId)> =
-            s.labels.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
+        let labels: Vec<(ItemId, AnnotatorId, LabelId)> = if self.refresh.is_none() {
+            differential_dataflow::consolidation::consolidate(&mut s.log);
+            s.log.iter().filter(|(_, n)| *n > 0).map(|&(k, _)| k).collect()
+        } else {
+            s.labels.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect()
+        };
         if labels.is_empty() {
             return;
         }
@@ -341,7 +351,7 @@ impl Keyed for TruthLogic {
     }
 
     fn is_empty(s: &ScopeLabels) -> bool {
-        s.labels.is_empty() && s.gold.is_empty()
+        s.labels.is_empty() && s.log.is_empty() && s.gold.is_empty()
     }
 }
 
