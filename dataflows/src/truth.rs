@@ -157,7 +157,7 @@ impl TruthSettings {
             return Err(SettingsError {
                 field: "truth.live_tolerance",
                 message: format!(
-                    "{} is out of range; use a probability from 0 (republish every change) to 1",
+                    "{} is out of range; use 0 (republish every change) to 1 (republish only when an item's truth label changes)",
                     self.live_tolerance
                 ),
             });
