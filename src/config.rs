@@ -322,6 +322,10 @@ impl Config {
         Config::parse_with(&text, &|name| std::env::var(name).ok()).map_err(|e| match e {
             ConfigError::Invalid { message, .. } => ConfigError::Invalid { path: path.into(), message },
             ConfigError::Env { source, .. } => ConfigError::Env { path: path.into(), source },
+            // A value out of range: name the file it is in, as for a parse error.
+            value @ ConfigError::Value { .. } => {
+                ConfigError::Invalid { path: path.into(), message: value.to_string() }
+            }
             other => other,
         })
     }
@@ -518,6 +522,15 @@ mod tests {
         assert_eq!(config.preferences, labelqc_dataflows::preferences::PreferenceSettings::default());
         assert_eq!(config.truth, TruthSettings::default());
         assert_eq!(config.routing, RoutingSettings::default());
+    }
+
+    #[test]
+    fn a_value_out_of_range_in_a_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out-of-range.toml");
+        std::fs::write(&path, "[truth]\nlive_tolerance = 2.0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("out-of-range.toml") && err.contains("truth.live_tolerance"), "{err}");
     }
 
     #[test]
