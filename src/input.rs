@@ -234,7 +234,9 @@ impl FileSummary {
 /// A warning's description for one record: `have` as `has`, `send` as `sends`, `carry` as
 /// `carries`.
 fn singular(describe: &str) -> String {
-    for (plural, one) in [("have ", "has "), ("send ", "sends "), ("carry ", "carries ")] {
+    for (plural, one) in
+        [("have ", "has "), ("send ", "sends "), ("carry ", "carries "), ("arrive ", "arrives ")]
+    {
         if let Some(rest) = describe.strip_prefix(plural) {
             return format!("{one}{rest}");
         }

@@ -185,9 +185,9 @@ impl InputWarning {
                  given as gold?"
             }
             InputWarning::MixedKinds => {
-                "are plain label events in a scope that also has preference events (`left`, \
-                 `right`), or the reverse: give comparisons a task of their own (the scope's \
-                 preference numbers use its preference events only)"
+                "arrive in a scope that has both plain label events and preference events (`left`, \
+                 `right`): give comparisons a task of their own (the report names the scope in its \
+                 `warnings`; its preference numbers use its preference events only)"
             }
         }
     }
