@@ -212,7 +212,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
                 live_labels: live_labels(&shown),
                 latency_p99: telemetry.latency_quantile(0.99),
                 metrics_url: metrics_url.clone(),
-                planted: planted.clone(),
+                planted: planted_all.clone(),
                 raised,
                 ..Snapshot::default()
             };

@@ -30,7 +30,8 @@ pub struct Snapshot {
     /// Annotators whose most telling drift state over every scope and signal is alarm, and watch.
     pub in_alarm: usize,
     pub in_watch: usize,
-    /// The planted problem annotators: (name, `spammer` | `biased` | `careless`).
+    /// The planted problem annotators: (name, `spammer` | `biased` | `careless`, and with
+    /// comparisons `left_biased` | `right_biased` | `tie_happy`).
     pub planted: Vec<(String, &'static str)>,
     /// Every alert firing now.
     pub alerts: Vec<ScreenAlert>,
@@ -258,6 +259,15 @@ pub fn render(snapshot: &Snapshot, width: usize, height: usize) -> Vec<String> {
             .filter_map(|(kind, title)| Some(format!("{title} {}", kinds.get(kind)?.join(" "))))
             .collect();
         lines.push(format!("planted: {}", parts.join("; ")));
+        // With --comparisons, the comparisons' planted raters on a line of their own.
+        let raters: Vec<String> =
+            [("left_biased", "left-side"), ("right_biased", "right-side"), ("tie_happy", "ties")]
+                .iter()
+                .filter_map(|(kind, title)| Some(format!("{title} {}", kinds.get(kind)?.join(" "))))
+                .collect();
+        if !raters.is_empty() {
+            lines.push(format!("planted raters: {}", raters.join("; ")));
+        }
     }
     for board in s.leaderboards.iter().take(2) {
         let systems: Vec<String> =
@@ -464,6 +474,26 @@ mod tests {
         assert_eq!(heads[0].as_str(), "WARNING  ann-00000  gate block  3 scopes: agreement with others");
         assert!(text.contains("  project-0/task-0: agrees with the others"), "{text}");
         assert!(text.contains("planted: spammers ann-00017 ann-00052; biased ann-00033; careless ann-00071"));
+        assert!(!text.contains("planted raters"), "no comparisons, no raters line");
+    }
+
+    #[test]
+    fn the_comparisons_planted_raters_have_a_line_of_their_own() {
+        let mut s = snapshot(4, 3);
+        s.planted.extend([
+            ("rater-024".to_string(), "left_biased"),
+            ("rater-039".to_string(), "right_biased"),
+            ("rater-012".to_string(), "tie_happy"),
+        ]);
+        let lines = render(&s, 80, 24);
+        assert!(lines.len() <= 24);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "planted raters: left-side rater-024; right-side rater-039; ties rater-012"),
+            "{}",
+            lines.join("\n")
+        );
     }
 
     #[test]
