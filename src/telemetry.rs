@@ -21,7 +21,7 @@ use labelqc_dataflows::gates::GateRecord;
 
 mod systems;
 use labelqc_dataflows::objects::ScopeSummary;
-use labelqc_dataflows::records::{Entity, Record, RecordKey};
+use labelqc_dataflows::records::{new_values, Entity, Record};
 use labelqc_dataflows::routing::RoutingCounts;
 use labelqc_dataflows::source::window_size_name;
 use labelqc_dataflows::source::Applied;
@@ -354,14 +354,7 @@ impl Telemetry {
         let mut seen = self.seen.lock().expect("telemetry poisoned");
         let mut windows: BTreeMap<WindowsOf, ()> = BTreeMap::new();
         let mut fired = Vec::new();
-        // Changes of one key are adjacent: a new value (`+1`) replaces the old; `-1` alone removes.
-        let mut rest = changes;
-        while let Some((first, _)) = rest.first() {
-            let len = rest.iter().take_while(|(r, _)| r.key == first.key).count();
-            let (group, tail) = rest.split_at(len);
-            rest = tail;
-            let key: &RecordKey = &first.key;
-            let now = group.iter().find(|(_, d)| *d > 0).map(|(r, _)| r.value.as_slice());
+        for (key, now) in new_values(changes) {
             match &key.entity {
                 Entity::Scope => {
                     if let Some(summary) = now.and_then(|v| serde_json::from_slice::<ScopeSummary>(v).ok()) {

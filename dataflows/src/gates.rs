@@ -319,15 +319,10 @@ impl GateLog {
     /// The gate records of an epoch's record changes (consolidated: each key's changes adjacent).
     pub fn records(&mut self, changes: &[(Record, Diff)]) -> Vec<GateRecord> {
         let mut out = Vec::new();
-        let mut rest = changes;
-        while let Some((first, _)) = rest.first() {
-            let len = rest.iter().take_while(|(r, _)| r.key == first.key).count();
-            let group = &rest[..len];
-            rest = &rest[len..];
-            let Entity::Gate(annotator) = &first.key.entity else { continue };
-            let gate: Option<Gate> =
-                group.iter().find(|(_, d)| *d > 0).and_then(|(r, _)| serde_json::from_slice(&r.value).ok());
-            let key = (first.key.project.clone(), annotator.clone());
+        for (key, now) in crate::records::new_values(changes) {
+            let Entity::Gate(annotator) = &key.entity else { continue };
+            let gate: Option<Gate> = now.and_then(|v| serde_json::from_slice(v).ok());
+            let key = (key.project.clone(), annotator.clone());
             let records = gate_records_since(&key.0, &key.1, self.published.get(&key), gate.as_ref());
             if let Some(last) = records.last() {
                 self.published.insert(key, PublishedGate::of(last));

@@ -77,6 +77,19 @@ pub struct Records {
     pub records: BTreeMap<RecordKey, Vec<u8>>,
 }
 
+/// Each key's new value after one epoch's changes, consolidated so that each key's changes are
+/// adjacent: the value of its `+1` change, or `None` when it only lost its value (it is gone).
+pub fn new_values(changes: &[(Record, Diff)]) -> impl Iterator<Item = (&RecordKey, Option<&[u8]>)> {
+    let mut rest = changes;
+    std::iter::from_fn(move || {
+        let (first, _) = rest.first()?;
+        let len = rest.iter().take_while(|(r, _)| r.key == first.key).count();
+        let (group, tail) = rest.split_at(len);
+        rest = tail;
+        Some((&first.key, group.iter().find(|(_, d)| *d > 0).map(|(r, _)| r.value.as_slice())))
+    })
+}
+
 impl Records {
     /// Applies changes of one epoch (in any order): `+1` sets a record, `-1` withdraws the value
     /// it names (a record replaced in the same epoch keeps its new value).

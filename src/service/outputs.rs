@@ -22,7 +22,7 @@ use labelqc_dataflows::dataflow::Diff;
 use labelqc_dataflows::drift::{rfc3339, Gate};
 use labelqc_dataflows::gates::{gate_records_since, GateRecord, PublishedGate};
 use labelqc_dataflows::label::stable_id;
-use labelqc_dataflows::records::{Entity, Record, RecordKey, Records};
+use labelqc_dataflows::records::{new_values, Entity, Record, RecordKey, Records};
 use labelqc_dataflows::source::window_size_name;
 
 use crate::api::{Kind, Store};
@@ -251,14 +251,10 @@ pub fn remember(store: &Store, message: &Message) {
 /// adjacent) and gate records make the topics hold, as publishing them would: for `labelqc demo`,
 /// which answers the API without a broker.
 pub fn remember_changes(store: &Store, changes: &[(Record, Diff)], gates: &[GateRecord], updated_at: &str) {
-    let mut rest = changes;
-    while let Some((first, _)) = rest.first() {
-        let len = rest.iter().take_while(|(r, _)| r.key == first.key).count();
-        let value = rest[..len].iter().find(|(_, d)| *d > 0).map(|(r, _)| r.value.as_slice());
-        for message in messages(&first.key, value, updated_at) {
+    for (key, value) in new_values(changes) {
+        for message in messages(key, value, updated_at) {
             remember(store, &message);
         }
-        rest = &rest[len..];
     }
     for gate in gates {
         let value = serde_json::to_vec(gate).expect("a gate record serialises");

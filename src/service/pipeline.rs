@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use labelqc_dataflows::engine::{Engine, EpochOutput};
-use labelqc_dataflows::records::{Entity, RecordKey, Records};
+use labelqc_dataflows::records::{new_values, Entity, RecordKey, Records};
 use labelqc_dataflows::summary::DriftSummary;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::Producer;
@@ -344,14 +344,8 @@ impl<'a> Pipeline<'a> {
                 self.current.apply(&records);
                 continue;
             }
-            // Changes of one key are adjacent: a new value replaces the old; a retraction alone
-            // removes it.
-            let mut rest = &records[..];
-            while let Some((first, _)) = rest.first() {
-                let len = rest.iter().take_while(|(r, _)| r.key == first.key).count();
-                let now = rest[..len].iter().find(|(_, d)| *d > 0).map(|(r, _)| r.value.clone());
-                changed.insert(first.key.clone(), now);
-                rest = &rest[len..];
+            for (key, now) in new_values(&records) {
+                changed.insert(key.clone(), now.map(<[u8]>::to_vec));
             }
         }
         let updated_at = updated_at();
