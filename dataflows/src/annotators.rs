@@ -19,7 +19,7 @@ use crate::alerts::AlertInput;
 use crate::dataflow::{Diff, Sums};
 use crate::drift::{self, AnnotatorInputs, DriftSettings, ScopeInputs, Signal, SignalState, Timeline};
 use crate::gates::{project_id, GateInput, GateKey};
-use crate::keyed::Keyed;
+use crate::keyed::{add_part, present, Keyed};
 use crate::label::LabelId;
 use crate::objects::AnnotatorReport;
 use crate::preferences::{preference_quality, PreferenceSettings, SideCounts};
@@ -261,18 +261,6 @@ pub struct JoinState {
 /// depends on the annotator's drift, feeds back without a cycle).
 pub struct JoinLogic;
 
-fn add_part<T: PartialEq>(parts: &mut Vec<(T, Diff)>, part: T, diff: Diff) {
-    match parts.iter().position(|(p, _)| *p == part) {
-        Some(i) => {
-            parts[i].1 += diff;
-            if parts[i].1 == 0 {
-                parts.swap_remove(i);
-            }
-        }
-        None => parts.push((part, diff)),
-    }
-}
-
 impl Keyed for JoinLogic {
     type Key = AnnotatorKey;
     type Update = JoinInput;
@@ -294,9 +282,9 @@ impl Keyed for JoinLogic {
     }
 
     fn derive(&mut self, _: &AnnotatorKey, s: &mut JoinState, _: &Catalog, out: &mut Vec<Record>) {
-        let Some((own, _)) = s.own.iter().find(|(_, d)| *d > 0) else { return };
-        let gate = s.gate.iter().find(|(_, d)| *d > 0).map_or(&b"null"[..], |(g, _)| g);
-        let confusion = s.confusion.iter().find(|(_, d)| *d > 0).map_or(&b"null"[..], |(c, _)| c);
+        let Some(own) = present(&s.own) else { return };
+        let gate = present(&s.gate).map_or(&b"null"[..], Vec::as_slice);
+        let confusion = present(&s.confusion).map_or(&b"null"[..], Vec::as_slice);
         let mut value = Vec::with_capacity(own.value.len() + gate.len() + confusion.len() + 22);
         value.extend_from_slice(&own.value[..own.value.len() - 1]);
         value.extend_from_slice(b",\"gate\":");

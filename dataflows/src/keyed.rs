@@ -33,6 +33,26 @@ use crate::dataflow::{Changes, Diff, Time};
 use crate::names::Names;
 use crate::source::Catalog;
 
+/// Adds `part` with multiplicity `diff` to a small multiset of parts (a joined record's inputs,
+/// a gate with its multiplicity), dropping it when its multiplicity is back to zero.
+pub fn add_part<T: PartialEq>(parts: &mut Vec<(T, Diff)>, part: T, diff: Diff) {
+    match parts.iter().position(|(p, _)| *p == part) {
+        Some(i) => {
+            parts[i].1 += diff;
+            if parts[i].1 == 0 {
+                parts.swap_remove(i);
+            }
+        }
+        None => parts.push((part, diff)),
+    }
+}
+
+/// The part of a multiset that is present (positive multiplicity), if any: within an epoch a
+/// replaced part is still there with `-1` beside its successor's `+1`.
+pub fn present<T>(parts: &[(T, Diff)]) -> Option<&T> {
+    parts.iter().find(|(_, d)| *d > 0).map(|(p, _)| p)
+}
+
 /// How the state of one key changes and what it derives.
 pub trait Keyed: 'static {
     type Key: timely::ExchangeData + Hash + Eq + Ord + Copy;

@@ -20,7 +20,7 @@ use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::{Diff, Sums};
-use crate::keyed::Keyed;
+use crate::keyed::{add_part, Keyed};
 use crate::label::{Label, LabelId};
 use crate::preferences::{leaderboard, preference_quality, PairCounts, PreferenceSettings, SideCounts};
 use crate::records::{Entity, Record};
@@ -138,15 +138,7 @@ impl Keyed for BoardLogic {
             BoardInput::Gate { annotator, blocked } => {
                 let before = s.blocked(annotator);
                 let gates = s.gates.entry(annotator).or_default();
-                match gates.iter().position(|(b, _)| *b == blocked) {
-                    Some(i) => {
-                        gates[i].1 += x;
-                        if gates[i].1 == 0 {
-                            gates.swap_remove(i);
-                        }
-                    }
-                    None => gates.push((blocked, x)),
-                }
+                add_part(gates, blocked, x);
                 if gates.is_empty() {
                     s.gates.remove(&annotator);
                 }

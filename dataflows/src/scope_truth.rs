@@ -31,7 +31,7 @@ use timely::dataflow::operators::Capability;
 
 use crate::dataflow::{Changes, Diff, Time};
 use crate::items::ItemRow;
-use crate::keyed::Keyed;
+use crate::keyed::{add_part, present, Keyed};
 use crate::label::{JsonLabel, LabelId};
 use crate::records::Record;
 use crate::routing::{Route, RoutingCounts};
@@ -402,18 +402,6 @@ fn counts(value: &[u8]) -> Counts {
 /// `mixed_kinds` warning.
 pub struct ScopePartsLogic;
 
-fn add_part<T: PartialEq + Clone>(parts: &mut Vec<(T, Diff)>, part: &T, diff: Diff) {
-    match parts.iter().position(|(p, _)| p == part) {
-        Some(i) => {
-            parts[i].1 += diff;
-            if parts[i].1 == 0 {
-                parts.swap_remove(i);
-            }
-        }
-        None => parts.push((part.clone(), diff)),
-    }
-}
-
 impl Keyed for ScopePartsLogic {
     type Key = ScopeId;
     type Update = ScopePart;
@@ -429,9 +417,9 @@ impl Keyed for ScopePartsLogic {
 
     fn apply(&mut self, _: &ScopeId, s: &mut ScopeParts, update: &ScopePart, &diff: &Diff) {
         match update {
-            ScopePart::Own(record) => add_part(&mut s.own, record, diff),
-            ScopePart::Truth(json) => add_part(&mut s.truth, json, diff),
-            ScopePart::Preferences(json) => add_part(&mut s.preferences, json, diff),
+            ScopePart::Own(record) => add_part(&mut s.own, record.clone(), diff),
+            ScopePart::Truth(json) => add_part(&mut s.truth, json.clone(), diff),
+            ScopePart::Preferences(json) => add_part(&mut s.preferences, json.clone(), diff),
             &ScopePart::Route { route, labels_saved } => {
                 s.routing.apply(crate::routing::RouteDecision { route, labels_saved }, diff)
             }
@@ -439,8 +427,8 @@ impl Keyed for ScopePartsLogic {
     }
 
     fn derive(&mut self, _: &ScopeId, s: &mut ScopeParts, _: &Catalog, out: &mut Vec<Record>) {
-        let Some((own, _)) = s.own.iter().find(|(_, d)| *d > 0) else { return };
-        let truth = s.truth.iter().find(|(_, d)| *d > 0).map_or(&b"null"[..], |(t, _)| t);
+        let Some(own) = present(&s.own) else { return };
+        let truth = present(&s.truth).map_or(&b"null"[..], Vec::as_slice);
         let routing = serde_json::to_vec(&s.routing).expect("routing counts serialise");
         let mut value = Vec::with_capacity(own.value.len() + truth.len() + routing.len() + 24);
         value.extend_from_slice(&own.value[..own.value.len() - 1]);
@@ -448,7 +436,7 @@ impl Keyed for ScopePartsLogic {
         value.extend_from_slice(truth);
         value.extend_from_slice(b",\"routing\":");
         value.extend_from_slice(&routing);
-        if let Some((preferences, _)) = s.preferences.iter().find(|(_, d)| *d > 0) {
+        if let Some(preferences) = present(&s.preferences) {
             value.extend_from_slice(b",\"preferences\":");
             value.extend_from_slice(preferences);
             // Live labels that are not comparisons: the scope mixes kinds (spec 2.2).
