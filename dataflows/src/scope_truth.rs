@@ -52,10 +52,9 @@ pub enum TruthOut {
 /// A scope's live labels and gold answers, and what its last fit derived (live).
 #[derive(Debug, Default)]
 pub struct ScopeLabels {
-    /// `(item, annotator, label)` with multiplicity (live: updated in place).
-    labels: HashMap<(ItemId, AnnotatorId, LabelId), Diff, RandomState>,
-    /// Without refresh (a report): the same as a log of updates, consolidated when the scope is
-    /// fitted (appending is cheaper than a million hash map entries, and the fit wants them sorted).
+    /// `(item, annotator, label)` with multiplicity: the labels as of the last fit, consolidated
+    /// and sorted, then the updates since, appended. A fit consolidates them (appending is cheaper
+    /// than a hash map of a million entries, and the fit wants them sorted).
     log: Vec<((ItemId, AnnotatorId, LabelId), Diff)>,
     /// `(item, gold answer)` with multiplicity.
     gold: HashMap<(ItemId, LabelId), Diff, RandomState>,
@@ -236,7 +235,6 @@ impl TruthLogic {
                 }
             }
         }
-        drop(previous);
         s.published = published;
         for confusion in fit.annotators() {
             let cells: Vec<Cell> = confusion
@@ -278,11 +276,8 @@ impl Keyed for TruthLogic {
             // more than the rest of the report (spec 2.2: a scope's preference numbers are the
             // leaderboard, position bias and tie rate).
             ItemRow::Label { compared: true, .. } => {}
-            ItemRow::Label { annotator, label, compared: false } if self.refresh.is_none() => {
-                s.log.push(((item, annotator, label), diff))
-            }
             ItemRow::Label { annotator, label, compared: false } => {
-                add(&mut s.labels, (item, annotator, label), diff)
+                s.log.push(((item, annotator, label), diff))
             }
             ItemRow::Gold { label } => add(&mut s.gold, (item, label), diff),
         }
@@ -296,12 +291,13 @@ impl Keyed for TruthLogic {
                 return;
             }
         }
-        let labels: Vec<(ItemId, AnnotatorId, LabelId)> = if self.refresh.is_none() {
-            differential_dataflow::consolidation::consolidate(&mut s.log);
-            s.log.iter().filter(|(_, n)| *n > 0).map(|&(k, _)| k).collect()
-        } else {
-            s.labels.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect()
-        };
+        // A sorted run (the labels as of the last fit) and the updates since: a stable sort finds
+        // the run, sorts the few others and merges, in about linear time, and leaves consolidation
+        // a sorted slice.
+        s.log.sort_by(|a, b| a.0.cmp(&b.0));
+        differential_dataflow::consolidation::consolidate(&mut s.log);
+        let labels: Vec<(ItemId, AnnotatorId, LabelId)> =
+            s.log.iter().filter(|(_, n)| *n > 0).map(|&(k, _)| k).collect();
         if labels.is_empty() {
             return;
         }
@@ -351,7 +347,7 @@ impl Keyed for TruthLogic {
     }
 
     fn is_empty(s: &ScopeLabels) -> bool {
-        s.labels.is_empty() && s.log.is_empty() && s.gold.is_empty()
+        s.log.is_empty() && s.gold.is_empty()
     }
 }
 
