@@ -69,8 +69,9 @@ fn scope_field(v: &Value, field: &str) -> String {
 
 type ScopeName = (String, String);
 
-/// The report the spec defines for these label and gold records (already valid JSON objects).
-pub fn report(label_records: &[Value], gold_records: &[Value], with_items: bool) -> Value {
+/// The live label of each (scope, item, annotator) after these records, in order: the latest
+/// wins, a delete removes.
+fn live_labels(label_records: &[Value]) -> BTreeMap<(ScopeName, String, String), Value> {
     let mut labels: BTreeMap<(ScopeName, String, String), Value> = BTreeMap::new();
     for r in label_records {
         let key = (
@@ -84,6 +85,12 @@ pub fn report(label_records: &[Value], gold_records: &[Value], with_items: bool)
             labels.insert(key, r["label"].clone());
         }
     }
+    labels
+}
+
+/// The report the spec defines for these label and gold records (already valid JSON objects).
+pub fn report(label_records: &[Value], gold_records: &[Value], with_items: bool) -> Value {
+    let labels = live_labels(label_records);
     let mut gold: HashMap<(ScopeName, String), Value> = HashMap::new();
     for r in gold_records {
         let key =
@@ -111,19 +118,7 @@ pub fn trusted(
     label_records: &[Value],
     blocked: &BTreeSet<(String, String)>,
 ) -> BTreeMap<(ScopeName, String), Value> {
-    let mut labels: BTreeMap<(ScopeName, String, String), Value> = BTreeMap::new();
-    for r in label_records {
-        let key = (
-            (scope_field(r, "project"), scope_field(r, "task")),
-            r["item_id"].as_str().unwrap().to_string(),
-            r["annotator_id"].as_str().unwrap().to_string(),
-        );
-        if r.get("op").and_then(Value::as_str) == Some("delete") {
-            labels.remove(&key);
-        } else {
-            labels.insert(key, r["label"].clone());
-        }
-    }
+    let labels = live_labels(label_records);
     let mut items: BTreeMap<(ScopeName, String), Vec<(String, Value)>> = BTreeMap::new();
     for ((scope, item, annotator), label) in labels {
         items.entry((scope, item)).or_default().push((annotator, label));
