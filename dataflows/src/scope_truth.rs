@@ -294,7 +294,7 @@ impl Keyed for TruthLogic {
         // A sorted run (the labels as of the last fit) and the updates since: a stable sort finds
         // the run, sorts the few others and merges, in about linear time, and leaves consolidation
         // a sorted slice.
-        s.log.sort_by(|a, b| a.0.cmp(&b.0));
+        s.log.sort_by_key(|&(key, _)| key);
         differential_dataflow::consolidation::consolidate(&mut s.log);
         let labels: Vec<(ItemId, AnnotatorId, LabelId)> =
             s.log.iter().filter(|(_, n)| *n > 0).map(|&(k, _)| k).collect();
