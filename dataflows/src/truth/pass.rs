@@ -118,14 +118,14 @@ impl LogProduct {
 ///
 /// `K` is the number of categories, or 0 for any number (`problem.k`): the common small `K` get
 /// their own unrolled copy. The E-step runs by blocks of [`BLOCK`] items: their shifted logits,
-/// then `exp2` over the whole block (a tight loop of C library calls, three times faster than a
-/// call amid each item's work), then normalisation and the M-step's sums. Fusing the E-step with
+/// then `2^x` over the whole block ([`exp2_block`], a vectorised loop), then normalisation and the M-step's sums. Fusing the E-step with
 /// the M-step's sums leaves every sum in the order of separate passes and reads each item's
 /// labels once. The entropy term `sum q ln q` (q clipped at EPS) uses ln q = (L - max) ln 2 -
 /// ln z for an item's normaliser z, with the sum of ln z taken as the logarithm of the product
 /// of the z (no logarithm per item; see [`Entropy`]).
 // Index loops over `0..k` with `k` a constant let the compiler unroll them across several arrays.
 #[allow(clippy::needless_range_loop)]
+#[inline(always)]
 fn pass<const K: usize>(
     problem: &Problem,
     model: Option<&Model<'_>>,
@@ -169,9 +169,7 @@ fn pass<const K: usize>(
                     *a -= max;
                 }
             }
-            for (out, l) in block.iter_mut().zip(logits.iter()) {
-                *out = l.exp2();
-            }
+            exp2_block(logits, block);
         }
         for (i, (out, shifted)) in (first..last).zip(block.chunks_exact_mut(k).zip(logits.chunks_exact(k))) {
             let out = &mut out[..k];
@@ -218,8 +216,41 @@ fn pass<const K: usize>(
     entropy
 }
 
-/// [`pass`] with the copy for the problem's number of categories.
+/// [`pass_k_generic`] compiled for AVX2: the same IEEE operations in the same order on wider
+/// vectors (no fused multiply-add), so the same bits as without it, 8% sooner on the benchmark.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn pass_k_avx2(
+    problem: &Problem,
+    model: Option<&Model<'_>>,
+    items: Range<usize>,
+    post: &mut [f64],
+    prior_sum: &mut [f64],
+    sums: &mut [f64],
+) -> Entropy {
+    pass_k_generic(problem, model, items, post, prior_sum, sums)
+}
+
+/// [`pass_k_generic`], in its AVX2 copy when the CPU has AVX2.
 fn pass_k(
+    problem: &Problem,
+    model: Option<&Model<'_>>,
+    items: Range<usize>,
+    post: &mut [f64],
+    prior_sum: &mut [f64],
+    sums: &mut [f64],
+) -> Entropy {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { pass_k_avx2(problem, model, items, post, prior_sum, sums) };
+    }
+    pass_k_generic(problem, model, items, post, prior_sum, sums)
+}
+
+/// [`pass`] with the copy for the problem's number of categories.
+#[inline(always)]
+fn pass_k_generic(
     problem: &Problem,
     model: Option<&Model<'_>>,
     items: Range<usize>,
@@ -234,6 +265,48 @@ fn pass_k(
         5 => pass::<5>(problem, model, items, post, prior_sum, sums),
         6 => pass::<6>(problem, model, items, post, prior_sum, sums),
         _ => pass::<0>(problem, model, items, post, prior_sum, sums),
+    }
+}
+
+/// `out[j] = 2^x[j]` for the E-step's shifted logits (`x[j] <= 0`), in a loop the compiler
+/// vectorises: no call and no branch per value, where `f64::exp2` is a call into the C library
+/// per value (a third of a pass). `x = n + f` with `n` the nearest integer and `|f| <= 1/2`;
+/// `2^f = e^(f ln 2)` by its Taylor series to degree 13 (truncation under 2e-17, Horner's rule),
+/// times `2^n` built in the exponent field. Within 4 ulp of `f64::exp2` (tested), far inside the
+/// 1e-6 the spec allows. Arguments under -1022 (results under 2.3e-308, where `2^n` would need a
+/// subnormal) give 0: the E-step clips probabilities at 1e-10 anyway.
+#[inline(always)]
+fn exp2_block(x: &[f64], out: &mut [f64]) {
+    // Adding 1.5 * 2^52 rounds to the nearest integer and leaves it in the mantissa's low bits.
+    const SHIFT: f64 = 6_755_399_441_055_744.0;
+    // 1 / i! for i = 13 down to 2.
+    const INVERSE_FACTORIALS: [f64; 12] = [
+        1.0 / 6_227_020_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+    ];
+    for (o, &v) in out.iter_mut().zip(x) {
+        let clamped = v.max(-1022.0);
+        let t = clamped + SHIFT;
+        let n = t - SHIFT;
+        let y = (clamped - n) * std::f64::consts::LN_2;
+        let mut e = 0.0;
+        for c in INVERSE_FACTORIALS {
+            e = e * y + c;
+        }
+        let e = (e * y + 1.0) * y + 1.0;
+        // The exponent field of 2^n: the low bits of t hold n, as two's complement.
+        let scale = f64::from_bits(t.to_bits().wrapping_add(1023) << 52);
+        *o = if v < -1022.0 { 0.0 } else { e * scale };
     }
 }
 
@@ -345,6 +418,13 @@ pub(super) mod tests {
         let (mut one, mut prior_one, mut sums_one) = (post.clone(), vec![0.0; k], vec![0.0; rows * k]);
         let whole =
             pass_k(&problem, Some(&model), 0..n, &mut one, &mut prior_one, &mut sums_one).sum_q_ln_q();
+        // The copy the CPU picked (AVX2 here, as a rule) and the plain one: the same bits.
+        let (mut plain, mut prior_plain, mut sums_plain) = (post.clone(), vec![0.0; k], vec![0.0; rows * k]);
+        let plain_entropy =
+            pass_k_generic(&problem, Some(&model), 0..n, &mut plain, &mut prior_plain, &mut sums_plain)
+                .sum_q_ln_q();
+        assert_eq!((&plain, &prior_plain, &sums_plain), (&one, &prior_one, &sums_one));
+        assert_eq!(plain_entropy.to_bits(), whole.to_bits());
         for threads in [1, 2, 3, 8] {
             let (mut striped, mut prior, mut sums) = (post.clone(), vec![0.0; k], vec![0.0; rows * k]);
             let mut buffers = Vec::new();
@@ -355,6 +435,33 @@ pub(super) mod tests {
             assert!(prior.iter().zip(&prior_one).all(|(a, b)| close(*a, *b)));
             assert!(sums.iter().zip(&sums_one).all(|(a, b)| close(*a, *b)));
             assert!(close(by_stripes, whole), "{by_stripes} vs {whole}");
+        }
+    }
+
+    #[test]
+    fn exp2_block_is_within_4_ulp_of_exp2() {
+        let mut x: Vec<f64> = (0..=2_000_000).map(|i| -(i as f64) * 1022.0 / 2_000_000.0).collect();
+        x.extend([
+            0.0,
+            -0.5,
+            -0.499_999_999_999,
+            -1.5,
+            -1021.999,
+            -1022.0,
+            -1022.5,
+            -2000.0,
+            f64::NEG_INFINITY,
+        ]);
+        let mut out = vec![f64::NAN; x.len()];
+        exp2_block(&x, &mut out);
+        for (&v, &got) in x.iter().zip(&out) {
+            if v < -1022.0 {
+                assert_eq!(got, 0.0, "2^{v}");
+                continue;
+            }
+            let want = v.exp2();
+            let ulp = f64::from_bits(want.to_bits() + 1) - want;
+            assert!((got - want).abs() <= 4.0 * ulp, "2^{v}: {got} against {want}");
         }
     }
 
