@@ -291,6 +291,7 @@ impl Keyed for TruthLogic {
                 return;
             }
         }
+        let start = Instant::now();
         // A sorted run (the labels as of the last fit) and the updates since: a stable sort finds
         // the run, sorts the few others and merges, in about linear time, and leaves consolidation
         // a sorted slice.
@@ -311,7 +312,7 @@ impl Keyed for TruthLogic {
         // Live, changed labels start from the previous fit; a scope that stopped changing gets
         // the cold fit, the report's.
         let warm = self.refresh.and(s.warm.as_ref()).filter(|_| s.dirty);
-        let start = Instant::now();
+        let gathered = start.elapsed();
         let fitted = match fit(&labels, &gold, order, &options, warm) {
             Ok(fitted) => fitted,
             Err(error) => {
@@ -320,6 +321,7 @@ impl Keyed for TruthLogic {
             }
         };
         let warm = warm.is_some();
+        let fitted_at = start.elapsed();
         let from = out.len();
         let items = self.outputs(scope, &fitted, warm, s, names, out);
         tracing::debug!(
@@ -328,6 +330,8 @@ impl Keyed for TruthLogic {
             iterations = fitted.iterations(),
             warm,
             items_formed = items,
+            gather_ms = gathered.as_millis() as u64,
+            fit_ms = (fitted_at - gathered).as_millis() as u64,
             elapsed_ms = start.elapsed().as_millis() as u64,
             "truth fitted"
         );
