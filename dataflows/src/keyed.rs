@@ -98,6 +98,14 @@ pub trait Keyed: 'static {
 
     /// After the keys touched by an epoch's side updates were derived again.
     fn side_done(&mut self) {}
+
+    /// With [`Keyed::KEEP_OUTPUTS`], after an epoch's updates to a key that still has state:
+    /// whether its kept outputs stand as they are, so that it is not derived (nor its outputs
+    /// compared) this epoch. For logic that derives at its own pace (a live refit at most so
+    /// often), where deriving only to repeat the kept outputs would copy and compare them all.
+    fn unchanged(&mut self, _key: &Self::Key, _state: &Self::State) -> bool {
+        false
+    }
 }
 
 /// When a keyed operator derives its outputs.
@@ -263,6 +271,9 @@ pub fn keyed<'s, L: Keyed>(
                 for key in &changed {
                     after.clear();
                     if let Entry::Occupied(mut state) = states.entry(*key) {
+                        if !L::is_empty(state.get()) && logic.unchanged(key, state.get()) {
+                            continue;
+                        }
                         if L::is_empty(state.get()) {
                             state.remove();
                         } else {
