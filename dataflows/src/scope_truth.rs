@@ -58,17 +58,29 @@ pub struct ScopeLabels {
     log: Vec<((ItemId, AnnotatorId, LabelId), Diff)>,
     /// `(item, gold answer)` with multiplicity.
     gold: HashMap<(ItemId, LabelId), Diff, RandomState>,
-    /// Live: when the scope was last fitted, what that derived, and where the next fit starts.
+    /// Live: when the scope was last fitted, and what that derived for its annotators and itself
+    /// (its items' outputs are in `published`).
     last: Option<(Instant, Vec<TruthOut>)>,
+    /// Live: where the next fit starts.
     warm: Option<WarmStart>,
     /// Live: how long the last fit took, with its outputs (see [`ScopeLabels::interval`]).
     cost: Duration,
     /// Live: labels changed since the last fit; the last fit was warm started.
     dirty: bool,
     warm_fit: bool,
-    /// Live: the posterior of each item's published truth, against which a warm refit's is held
-    /// (`truth.live_tolerance`).
-    published: HashMap<ItemId, Posterior, RandomState>,
+    /// Live: each item's published output and the posterior it was formed from, against which a
+    /// warm refit's is held (`truth.live_tolerance`), ascending by item (as a fit lists them, so
+    /// that a refit walks both in step).
+    published: Vec<Published>,
+}
+
+/// An item's published truth: its output and the posterior and label it was formed from.
+#[derive(Debug)]
+struct Published {
+    item: ItemId,
+    label: LabelId,
+    posterior: Posterior,
+    out: TruthOut,
 }
 
 /// An item's posterior: `(label, probability)` in label order.
@@ -187,10 +199,10 @@ impl TruthLogic {
         TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json }
     }
 
-    /// The outputs of a fit: its items' (after a warm refit, an item's previous output, from
-    /// `s.last`, when its truth label is the same and its posterior within `live_tolerance` of
-    /// the published one), its annotators' and the scope's. Live, records what was published.
-    /// Returns the number of items whose output was formed anew.
+    /// The outputs of a fit: its items' (after a warm refit, an item's published output when its
+    /// truth label is the same and its posterior within `live_tolerance` of the published one),
+    /// its annotators' and the scope's. Live, keeps what was published in `s.published`. Returns
+    /// the number of items whose output was formed anew.
     fn outputs(
         &self,
         scope: ScopeId,
@@ -202,36 +214,30 @@ impl TruthLogic {
     ) -> usize {
         let label = |id: LabelId| JsonLabel(names.labels.get(id));
         let tolerance = self.settings.live_tolerance;
-        let previous: HashMap<ItemId, &TruthOut, RandomState> = match &s.last {
-            Some((_, last)) if warm && tolerance > 0.0 => last
-                .iter()
-                .filter_map(|o| match o {
-                    TruthOut::Item { item, .. } => Some((*item, o)),
-                    _ => None,
-                })
-                .collect(),
-            _ => HashMap::default(),
-        };
+        let hold = warm && tolerance > 0.0;
         let live = self.refresh.is_some();
-        let mut published = HashMap::default();
+        let mut before = std::mem::take(&mut s.published).into_iter().peekable();
+        let mut published = Vec::with_capacity(if live { fit.items().len() } else { 0 });
         let mut formed = 0;
         for item in fit.items() {
-            let kept =
-                previous.get(&item.item).zip(s.published.get(&item.item)).filter(|(old, posterior)| {
-                    matches!(old, TruthOut::Item { label, .. } if *label == item.label)
-                        && within(posterior, &item.posterior, tolerance)
-                });
-            match kept {
-                Some((old, posterior)) => {
-                    out.push((*old).clone());
-                    published.insert(item.item, posterior.clone());
+            // Both ascend by item: skip the items that lost their labels.
+            while before.next_if(|p| p.item < item.item).is_some() {}
+            let previous = before.next_if(|p| p.item == item.item).filter(|p| {
+                hold && p.label == item.label && within(&p.posterior, &item.posterior, tolerance)
+            });
+            match previous {
+                Some(previous) => {
+                    out.push(previous.out.clone());
+                    published.push(previous);
                 }
                 None => {
                     formed += 1;
-                    out.push(self.item_output(scope, &item, names));
+                    let output = self.item_output(scope, &item, names);
                     if live {
-                        published.insert(item.item, item.posterior);
+                        let ItemTruth { item, label, posterior, .. } = item;
+                        published.push(Published { item, label, posterior, out: output.clone() });
                     }
+                    out.push(output);
                 }
             }
         }
@@ -285,6 +291,7 @@ impl Keyed for TruthLogic {
 
     fn derive(&mut self, &scope: &ScopeId, s: &mut ScopeLabels, names: &Catalog, out: &mut Vec<TruthOut>) {
         if self.stands(s) {
+            out.extend(s.published.iter().map(|p| p.out.clone()));
             if let Some((_, last)) = &s.last {
                 out.extend(last.iter().cloned());
             }
@@ -336,7 +343,9 @@ impl Keyed for TruthLogic {
         );
         if self.refresh.is_some() {
             s.cost = start.elapsed();
-            s.last = Some((Instant::now(), out[from..].to_vec()));
+            let others =
+                out[from..].iter().filter(|o| !matches!(o, TruthOut::Item { .. })).cloned().collect();
+            s.last = Some((Instant::now(), others));
             s.warm_fit = warm;
             s.dirty = false;
             s.warm = Some(fitted.into_warm_start());

@@ -60,8 +60,15 @@ impl Problem {
         clamp: bool,
     ) -> Result<Problem, TruthError> {
         index_u32("labels", labels.len())?;
-        let mut sorted = labels.to_vec();
-        sorted.sort_unstable_by_key(|&(item, annotator, _)| (item, annotator));
+        // The operators pass their labels sorted (a consolidated log): no copy then.
+        let sorted: std::borrow::Cow<'_, [(u64, u64, LabelId)]> =
+            if labels.is_sorted_by_key(|&(item, annotator, _)| (item, annotator)) {
+                labels.into()
+            } else {
+                let mut sorted = labels.to_vec();
+                sorted.sort_unstable_by_key(|&(item, annotator, _)| (item, annotator));
+                sorted.into()
+            };
         if let Some(w) = sorted.windows(2).find(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1)) {
             return Err(TruthError::DuplicateLabel { item: w[0].0, annotator: w[0].1 });
         }
@@ -90,7 +97,7 @@ impl Problem {
         // Rows: the distinct (annotator index, label index) pairs, ascending.
         let mut keys: Vec<u64> = Vec::with_capacity(sorted.len());
         let mut label_key: Vec<u64> = Vec::with_capacity(sorted.len());
-        for &(_, annotator, label) in &sorted {
+        for &(_, annotator, label) in sorted.iter() {
             let a = annotators.binary_search(&annotator).expect("an annotator") as u64;
             let y = u64::from(label_index(&label).expect("a category"));
             let key = a * k as u64 + y;
