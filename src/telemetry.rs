@@ -4,12 +4,9 @@
 //! most `watchlist_size` annotators per project and signal. An undefined number (null in the report) has no series rather than NaN.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -19,7 +16,10 @@ use labelqc_dataflows::drift::{GateState, Severity, Signal, SignalState};
 use labelqc_dataflows::event::{InputWarning, Op};
 use labelqc_dataflows::gates::GateRecord;
 
+mod latency;
 mod systems;
+mod warnings;
+
 use labelqc_dataflows::objects::ScopeSummary;
 use labelqc_dataflows::records::{new_values, Entity, Record};
 use labelqc_dataflows::routing::RoutingCounts;
@@ -27,6 +27,8 @@ use labelqc_dataflows::source::window_size_name;
 use labelqc_dataflows::source::Applied;
 use labelqc_dataflows::source::Stream;
 use labelqc_dataflows::summary::DriftSummary;
+use latency::LatencySummary;
+use warnings::WarningLog;
 
 /// The routing counts of a scope record.
 #[derive(serde::Deserialize)]
@@ -583,114 +585,5 @@ fn set_or_remove(gauge: &GaugeVec, labels: &[&str], value: Option<f64>) {
         None => {
             let _ = gauge.remove_label_values(labels);
         }
-    }
-}
-
-/// The quantiles published for the processing latency.
-const LATENCY_QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
-
-/// A Prometheus summary (quantiles, `_sum`, `_count`) over an HDR histogram of every latency
-/// recorded since start. Quantiles appear once there is an observation. Clones share the data.
-#[derive(Clone)]
-struct LatencySummary {
-    desc: Desc,
-    /// The distribution in microseconds, and the exact sum in seconds.
-    state: Arc<Mutex<(Histogram<u64>, f64)>>,
-}
-
-impl LatencySummary {
-    fn new(name: &str, help: &str) -> Result<LatencySummary, TelemetryError> {
-        Ok(LatencySummary {
-            desc: Desc::new(name.into(), help.into(), Vec::new(), Default::default())?,
-            state: Arc::new(Mutex::new((
-                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
-                0.0,
-            ))),
-        })
-    }
-
-    fn observe(&self, latency: Duration) {
-        let mut state = self.state.lock().expect("latency histogram poisoned");
-        let _ = state.0.record((latency.as_micros() as u64).max(1));
-        state.1 += latency.as_secs_f64();
-    }
-
-    fn quantile(&self, q: f64) -> Duration {
-        Duration::from_micros(self.state.lock().expect("latency histogram poisoned").0.value_at_quantile(q))
-    }
-}
-
-impl Collector for LatencySummary {
-    fn desc(&self) -> Vec<&Desc> {
-        vec![&self.desc]
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let state = self.state.lock().expect("latency histogram poisoned");
-        let mut summary = prometheus::proto::Summary::default();
-        summary.set_sample_count(state.0.len());
-        summary.set_sample_sum(state.1);
-        if !state.0.is_empty() {
-            summary.set_quantile(
-                LATENCY_QUANTILES
-                    .iter()
-                    .map(|&q| {
-                        let mut quantile = prometheus::proto::Quantile::default();
-                        quantile.set_quantile(q);
-                        quantile.set_value(state.0.value_at_quantile(q) as f64 / 1e6);
-                        quantile
-                    })
-                    .collect(),
-            );
-        }
-        let mut metric = prometheus::proto::Metric::default();
-        metric.set_summary(summary);
-        let mut family = MetricFamily::default();
-        family.set_name(self.desc.fq_name.clone());
-        family.set_help(self.desc.help.clone());
-        family.set_field_type(MetricType::SUMMARY);
-        family.set_metric(vec![metric]);
-        vec![family]
-    }
-}
-
-/// When each kind of input warning was last logged, and how many came since: one log line per
-/// kind a minute at most.
-#[derive(Default)]
-struct WarningLog {
-    kinds: [(Option<Instant>, u64); InputWarning::ALL.len()],
-}
-
-impl WarningLog {
-    const EVERY: Duration = Duration::from_secs(60);
-
-    /// Notes one warning at `now`; returns the number of warnings of its kind to log (this one
-    /// and those not logged before it) when a log line is due.
-    fn note(&mut self, warning: InputWarning, now: Instant) -> Option<u64> {
-        let (last, since) = &mut self.kinds[warning as usize];
-        *since += 1;
-        if last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(since))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn warnings_are_logged_once_a_minute_per_kind() {
-        let mut log = WarningLog::default();
-        let start = Instant::now();
-        let at = |s: u64| start + Duration::from_secs(s);
-        assert_eq!(log.note(InputWarning::TsBefore1973, at(0)), Some(1));
-        assert_eq!(log.note(InputWarning::TsBefore1973, at(1)), None);
-        assert_eq!(log.note(InputWarning::NumberAndString, at(2)), Some(1), "kinds are apart");
-        assert_eq!(log.note(InputWarning::TsBefore1973, at(59)), None);
-        assert_eq!(log.note(InputWarning::TsBefore1973, at(61)), Some(3), "the two held back, and this one");
-        assert_eq!(log.note(InputWarning::TsBefore1973, at(62)), None);
     }
 }
