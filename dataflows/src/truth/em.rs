@@ -11,6 +11,9 @@
 //! does not depend on the order of the input.
 
 use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+
+use foldhash::fast::RandomState;
 
 use super::pass::{pass_all, Model, StripeSums};
 use super::{FitOptions, TruthError, WarmStart, EPS};
@@ -73,39 +76,31 @@ impl Problem {
             return Err(TruthError::DuplicateLabel { item: w[0].0, annotator: w[0].1 });
         }
 
-        // Categories: distinct label ids, in the caller's order.
-        let mut by_id: Vec<LabelId> = sorted.iter().map(|l| l.2).collect();
-        by_id.sort_unstable();
-        by_id.dedup();
-        let mut ordered = by_id.clone();
-        ordered.sort_by(|a, b| order(a, b).then(a.cmp(b)));
+        // Categories: distinct label ids, in the caller's order; each id's index in a hash map
+        // (a pass over the labels, not a sort of them).
+        let mut by_id: Vec<LabelId> = distinct(sorted.iter().map(|l| l.2));
+        by_id.sort_by(|a, b| order(a, b).then(a.cmp(b)));
+        let ordered = by_id;
         let k = ordered.len();
         index_u32("labels", k)?;
-        // Label index of the id at each position of `by_id`.
-        let mut index_by_id = vec![0u32; k];
-        for (index, id) in ordered.iter().enumerate() {
-            let at = by_id.binary_search(id).expect("a category");
-            index_by_id[at] = index as u32;
-        }
-        let label_index = |id: &LabelId| by_id.binary_search(id).ok().map(|at| index_by_id[at]);
+        let label_of: HashMap<LabelId, u32, RandomState> =
+            ordered.iter().enumerate().map(|(index, &id)| (id, index as u32)).collect();
+        let label_index = |id: &LabelId| label_of.get(id).copied();
 
-        let mut annotators: Vec<u64> = sorted.iter().map(|l| l.1).collect();
+        let mut annotators: Vec<u64> = distinct(sorted.iter().map(|l| l.1));
         annotators.sort_unstable();
-        annotators.dedup();
         index_u32("annotators", annotators.len())?;
+        let annotator_of: HashMap<u64, u64, RandomState> =
+            annotators.iter().enumerate().map(|(index, &id)| (id, index as u64)).collect();
 
         // Rows: the distinct (annotator index, label index) pairs, ascending.
-        let mut keys: Vec<u64> = Vec::with_capacity(sorted.len());
-        let mut label_key: Vec<u64> = Vec::with_capacity(sorted.len());
-        for &(_, annotator, label) in sorted.iter() {
-            let a = annotators.binary_search(&annotator).expect("an annotator") as u64;
-            let y = u64::from(label_index(&label).expect("a category"));
-            let key = a * k as u64 + y;
-            label_key.push(key);
-            keys.push(key);
-        }
-        keys.sort_unstable();
-        keys.dedup();
+        let label_key: Vec<u64> = sorted
+            .iter()
+            .map(|(_, annotator, label)| {
+                annotator_of[annotator] * k as u64 + u64::from(label_index(label).expect("a category"))
+            })
+            .collect();
+        let (keys, label_row) = rows(&label_key, annotators.len() * k);
         index_u32("confusion rows", keys.len())?;
         let mut annotator_rows = vec![0u32; annotators.len() + 1];
         let mut row_label = Vec::with_capacity(keys.len());
@@ -116,8 +111,6 @@ impl Problem {
         for a in 0..annotators.len() {
             annotator_rows[a + 1] += annotator_rows[a];
         }
-        let label_row: Vec<u32> =
-            label_key.iter().map(|key| keys.binary_search(key).expect("a row") as u32).collect();
         drop(label_key);
         drop(keys);
 
@@ -203,6 +196,39 @@ impl Problem {
             }
         }
         post
+    }
+}
+
+/// The distinct values of `values`, in no particular order.
+fn distinct<T: Copy + Eq + std::hash::Hash>(values: impl Iterator<Item = T>) -> Vec<T> {
+    let set: HashSet<T, RandomState> = values.collect();
+    set.into_iter().collect()
+}
+
+/// The distinct keys of `label_key` (each below `span`), ascending, and each label's index among
+/// them. A table indexed by key when `span` is small next to the labels (annotators times
+/// categories: the usual case), a sort otherwise.
+fn rows(label_key: &[u64], span: usize) -> (Vec<u64>, Vec<u32>) {
+    if span <= 4 * label_key.len().max(1 << 14) {
+        let mut row_of = vec![u32::MAX; span];
+        for &key in label_key {
+            row_of[key as usize] = 0;
+        }
+        let mut keys = Vec::new();
+        for (key, row) in row_of.iter_mut().enumerate() {
+            if *row == 0 {
+                *row = keys.len() as u32;
+                keys.push(key as u64);
+            }
+        }
+        let label_row = label_key.iter().map(|&key| row_of[key as usize]).collect();
+        (keys, label_row)
+    } else {
+        let mut keys = label_key.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        let label_row = label_key.iter().map(|key| keys.binary_search(key).expect("a row") as u32).collect();
+        (keys, label_row)
     }
 }
 
@@ -343,4 +369,19 @@ pub(super) fn run(problem: &Problem, mut post: Vec<f64>, options: &FitOptions) -
         }
     }
     Em { post, prior: state.prior, err: state.err, iterations, converged, elbo: loss }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_by_table_and_by_sort_agree() {
+        let label_key: Vec<u64> = vec![7, 3, 7, 12, 0, 3, 40_000];
+        // A span this small next to the labels uses the table; a huge one the sort.
+        let by_table = rows(&label_key, 40_001);
+        let by_sort = rows(&label_key, usize::MAX / 2);
+        assert_eq!(by_table, by_sort);
+        assert_eq!(by_table, (vec![0, 3, 7, 12, 40_000], vec![2, 1, 2, 3, 0, 1, 4]));
+    }
 }
