@@ -58,9 +58,8 @@ pub struct ScopeLabels {
     log: Vec<((ItemId, AnnotatorId, LabelId), Diff)>,
     /// `(item, gold answer)` with multiplicity.
     gold: HashMap<(ItemId, LabelId), Diff, RandomState>,
-    /// Live: when the scope was last fitted, and what that derived for its annotators and itself
-    /// (its items' outputs are in `published`).
-    last: Option<(Instant, Vec<TruthOut>)>,
+    /// Live: when the scope was last fitted.
+    last: Option<Instant>,
     /// Live: where the next fit starts.
     warm: Option<WarmStart>,
     /// Live: how long the last fit took, with its outputs (see [`ScopeLabels::interval`]).
@@ -291,13 +290,8 @@ impl Keyed for TruthLogic {
     }
 
     fn derive(&mut self, &scope: &ScopeId, s: &mut ScopeLabels, names: &Catalog, out: &mut Vec<TruthOut>) {
-        if self.stands(s) {
-            out.extend(s.published.iter().map(|p| p.out.clone()));
-            if let Some((_, last)) = &s.last {
-                out.extend(last.iter().cloned());
-            }
-            return;
-        }
+        // A standing scope is not derived: its kept outputs stand (`unchanged`).
+        debug_assert!(!self.stands(s), "a standing scope derived");
         let start = Instant::now();
         // A sorted run (the labels as of the last fit) and the updates since: a stable sort finds
         // the run, sorts the few others and merges, in about linear time, and leaves consolidation
@@ -329,7 +323,6 @@ impl Keyed for TruthLogic {
         };
         let warm = warm.is_some();
         let fitted_at = start.elapsed();
-        let from = out.len();
         let items = self.outputs(scope, &fitted, warm, s, names, out);
         tracing::debug!(
             scope,
@@ -344,9 +337,7 @@ impl Keyed for TruthLogic {
         );
         if self.refresh.is_some() {
             s.cost = start.elapsed();
-            let others =
-                out[from..].iter().filter(|o| !matches!(o, TruthOut::Item { .. })).cloned().collect();
-            s.last = Some((Instant::now(), others));
+            s.last = Some(Instant::now());
             s.warm_fit = warm;
             s.dirty = false;
             s.warm = Some(fitted.into_warm_start());
@@ -354,9 +345,7 @@ impl Keyed for TruthLogic {
     }
 
     fn touched(&mut self, _: &ScopeId, s: &ScopeLabels) -> bool {
-        let due =
-            |refresh: Duration| s.last.as_ref().is_none_or(|(at, _)| at.elapsed() >= s.interval(refresh));
-        self.refresh.is_some_and(|refresh| (s.dirty || s.warm_fit) && due(refresh))
+        self.refresh.is_some() && (s.dirty || s.warm_fit) && !self.stands(s)
     }
 
     fn is_empty(s: &ScopeLabels) -> bool {
@@ -375,7 +364,7 @@ impl TruthLogic {
     /// to refit (no label changed, and the last fit was the settling cold one).
     fn stands(&self, s: &ScopeLabels) -> bool {
         match (self.refresh, &s.last) {
-            (Some(refresh), Some((at, _))) => at.elapsed() < s.interval(refresh) || !(s.dirty || s.warm_fit),
+            (Some(refresh), Some(at)) => at.elapsed() < s.interval(refresh) || !(s.dirty || s.warm_fit),
             _ => false,
         }
     }
