@@ -36,7 +36,8 @@ pub fn cores() -> usize {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSettings {
-    /// Timely worker threads; by default one per core of the machine. The processes of a cluster
+    /// Timely worker threads; by default one per core of the machine. A Dawid–Skene fit of a large
+    /// scope shares its passes over as many threads of its process. The processes of a cluster
     /// need the same number: set it there.
     pub workers: usize,
     /// Input events per epoch (the unit of incremental update). Results do not depend on it.

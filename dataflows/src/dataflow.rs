@@ -196,6 +196,10 @@ pub struct QualityConfig {
     /// Live: the shortest time between two fits of a scope's truth, warm started; `None`: a cold
     /// fit whenever the scope changes.
     pub truth_refresh: Option<std::time::Duration>,
+    /// Threads one Dawid–Skene fit may use: the engine gives it the worker threads of its process
+    /// (`--workers`), so that a run never uses more threads than it was given; 0 is taken as 1.
+    /// The result does not depend on it ([`crate::truth::FitOptions::threads`]).
+    pub truth_threads: usize,
 }
 
 /// The quality dataflow's output: every record, and the drift summary's facts.

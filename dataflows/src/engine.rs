@@ -283,6 +283,7 @@ impl Engine {
             truth: config.truth.clone(),
             routing: config.routing.clone(),
             truth_refresh: config.truth_refresh,
+            truth_threads: workers,
         };
         let failed = {
             let shared = Arc::clone(&shared);

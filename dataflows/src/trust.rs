@@ -80,7 +80,7 @@ pub fn derive<'s>(
 ) -> Derived<'s> {
     let records = config.items.records.is_some();
     let refresh = config.truth_refresh.filter(|_| emit == Emit::Changes);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = config.truth_threads.max(1);
     let logic = TruthLogic { settings: config.truth.clone(), refresh, threads, item_json: records };
     let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
     // Live with a refresh interval: a tick per epoch lets due scopes be refitted.

@@ -321,6 +321,24 @@ struct State {
     buffers: Vec<StripeSums>,
 }
 
+/// The threads that share a fit's passes for its whole run: `threads` of them when the problem
+/// has more than one stripe ([`super::pass::stripes`]), none otherwise (and none, with a warning,
+/// when the system refuses them: the fit then runs in the caller's thread, to the same result).
+fn pool(problem: &Problem, threads: usize) -> Option<rayon::ThreadPool> {
+    let threads = threads.min(super::pass::stripes(problem));
+    if threads <= 1 {
+        return None;
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("labelqc-fit-{i}"))
+        .build()
+        .inspect_err(
+            |error| tracing::warn!(%error, threads, "cannot start the fit's threads; fitting on one"),
+        )
+        .ok()
+}
+
 /// Runs EM from `post` (the starting posteriors): clamping, priors and M-step, then up to
 /// `options.max_iterations` times E-step, priors, M-step and the bound per label, stopping when
 /// the bound rises by less than `options.tolerance` or falls.
@@ -346,8 +364,9 @@ pub(super) fn run(problem: &Problem, mut post: Vec<f64>, options: &FitOptions) -
         };
     }
     clamp(problem, &mut post);
-    let threads = options.threads;
-    pass_all(problem, None, &mut post, &mut state.prior_sum, &mut state.sums, &mut state.buffers, threads);
+    let pool = pool(problem, options.threads);
+    let pool = pool.as_ref();
+    pass_all(problem, None, &mut post, &mut state.prior_sum, &mut state.sums, &mut state.buffers, pool);
     finish(problem, &mut state);
     let n_labels = problem.label_row.len() as f64;
     let mut loss = f64::NEG_INFINITY;
@@ -356,7 +375,7 @@ pub(super) fn run(problem: &Problem, mut post: Vec<f64>, options: &FitOptions) -
     while iterations < options.max_iterations {
         let model = Model { log2_prior: &state.log2_prior, log2_err: &state.log2_err };
         let (prior_sum, sums, buffers) = (&mut state.prior_sum, &mut state.sums, &mut state.buffers);
-        let neg_entropy = pass_all(problem, Some(&model), &mut post, prior_sum, sums, buffers, threads);
+        let neg_entropy = pass_all(problem, Some(&model), &mut post, prior_sum, sums, buffers, pool);
         finish(problem, &mut state);
         let elbo = (joint_expectation(problem, &state) - neg_entropy) / n_labels;
         iterations += 1;

@@ -8,6 +8,8 @@
 
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 use super::em::Problem;
 use super::EPS;
 
@@ -20,22 +22,22 @@ pub(super) struct Model<'a> {
 /// Items per block of [`pass`]: a block's logits and posteriors stay in the L1 cache.
 const BLOCK: usize = 256;
 
-/// Stripes of a problem large enough to share: more than threads will use on two cores, few
+/// The most stripes of a problem: as many as the threads of a 32-core machine can share, few
 /// enough that their buffers stay small next to the labels.
-const STRIPES: usize = 4;
+const MAX_STRIPES: usize = 32;
 
-/// The number of stripes of `problem`: [`STRIPES`] when each stripe has at least 16 blocks of
-/// items and adding up the stripes' confusion sums costs under a quarter of a pass over the
-/// labels; 1 otherwise.
+/// Items in a stripe, at least: 16 blocks, so that a stripe is worth a thread.
+const STRIPE_ITEMS: usize = 16 * BLOCK;
+
+/// The number of stripes of `problem`, a function of its size alone (never of the threads, so
+/// that the sums are the same on any machine): one per [`STRIPE_ITEMS`] items, at most
+/// [`MAX_STRIPES`], and no more than keeps the adding up of the stripes' confusion sums under a
+/// quarter of a pass over the labels. 1 for a problem too small to share.
 pub(super) fn stripes(problem: &Problem) -> usize {
-    let rows = problem.row_label.len();
-    let big = problem.items.len() >= STRIPES * 16 * BLOCK;
-    let cheap = rows * STRIPES * 4 <= problem.label_row.len();
-    if big && cheap {
-        STRIPES
-    } else {
-        1
-    }
+    let rows = problem.row_label.len().max(1);
+    let by_items = problem.items.len() / STRIPE_ITEMS;
+    let by_cost = problem.label_row.len() / (rows * 4);
+    by_items.min(by_cost).clamp(1, MAX_STRIPES)
 }
 
 /// The entropy term's parts over a range of items (see [`pass`]).
@@ -341,9 +343,10 @@ struct Stripe<'a> {
 /// The sums of one stripe: `K` prior sums, then `rows x K` confusion sums.
 pub(super) type StripeSums = Vec<f64>;
 
-/// One pass over every item, stripe by stripe, on up to `threads` threads: fills `prior_sum` and
-/// `sums` (see [`pass`]) and returns the E-step's `sum q ln q` (0 without a model). `buffers`
-/// holds one [`StripeSums`] per stripe beyond the first (grown on first use).
+/// One pass over every item, stripe by stripe, the stripes shared by the threads of `pool` (in
+/// the caller's thread without one): fills `prior_sum` and `sums` (see [`pass`]) and returns the
+/// E-step's `sum q ln q` (0 without a model). `buffers` holds one [`StripeSums`] per stripe
+/// beyond the first (grown on first use).
 pub(super) fn pass_all(
     problem: &Problem,
     model: Option<&Model<'_>>,
@@ -351,7 +354,7 @@ pub(super) fn pass_all(
     prior_sum: &mut [f64],
     sums: &mut [f64],
     buffers: &mut Vec<StripeSums>,
-    threads: usize,
+    pool: Option<&rayon::ThreadPool>,
 ) -> f64 {
     let (n, k) = (problem.items.len(), problem.k);
     let stripes = stripes(problem);
@@ -371,20 +374,12 @@ pub(super) fn pass_all(
         let (prior, sums) = outputs.next().expect("a buffer per stripe");
         work.push(Stripe { items: bounds[s]..bounds[s + 1], post, prior, sums });
     }
-    let run = |part: &mut [Stripe<'_>]| -> Vec<Entropy> {
-        part.iter_mut().map(|s| pass_k(problem, model, s.items.clone(), s.post, s.prior, s.sums)).collect()
+    let one = |s: &mut Stripe<'_>| pass_k(problem, model, s.items.clone(), s.post, s.prior, s.sums);
+    // Each stripe is summed by one thread, in item order; the parts come back in stripe order.
+    let parts: Vec<Entropy> = match pool {
+        Some(pool) => pool.install(|| work.par_iter_mut().map(one).collect()),
+        None => work.iter_mut().map(one).collect(),
     };
-    let threads = threads.clamp(1, stripes);
-    let parts: Vec<Entropy> = std::thread::scope(|scope| {
-        let mut chunks = work.chunks_mut(stripes.div_ceil(threads));
-        let mine = chunks.next().expect("a stripe");
-        let others: Vec<_> = chunks.map(|chunk| scope.spawn(move || run(chunk))).collect();
-        let mut all = run(mine);
-        for handle in others {
-            all.extend(handle.join().expect("a pass thread"));
-        }
-        all
-    });
     // Add the stripes' sums in stripe order.
     let (first, rest) = work.split_at_mut(1);
     for stripe in rest.iter() {
@@ -428,7 +423,8 @@ pub(super) mod tests {
     fn stripes_sum_what_one_pass_sums() {
         let labels = generated(20_000);
         let mut problem = Problem::new(&labels, &[], |a, b| a.cmp(b), false).unwrap();
-        assert_eq!(stripes(&problem), STRIPES);
+        // 20,000 items: one stripe per 4,096 items.
+        assert_eq!(stripes(&problem), 4);
         let post = problem.initial_posteriors(None);
         let (k, rows) = (problem.k, problem.row_label.len());
         let log2_prior = vec![-2.0; k];
@@ -445,11 +441,19 @@ pub(super) mod tests {
                 .sum_q_ln_q();
         assert_eq!((&plain, &prior_plain, &sums_plain), (&one, &prior_one, &sums_one));
         assert_eq!(plain_entropy.to_bits(), whole.to_bits());
-        for threads in [1, 2, 3, 8] {
+        for threads in [1, 2, 3, 4, 8] {
             let (mut striped, mut prior, mut sums) = (post.clone(), vec![0.0; k], vec![0.0; rows * k]);
             let mut buffers = Vec::new();
-            let by_stripes =
-                pass_all(&problem, Some(&model), &mut striped, &mut prior, &mut sums, &mut buffers, threads);
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let by_stripes = pass_all(
+                &problem,
+                Some(&model),
+                &mut striped,
+                &mut prior,
+                &mut sums,
+                &mut buffers,
+                Some(&pool),
+            );
             assert_eq!(striped, one, "posteriors are per item");
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
             assert!(prior.iter().zip(&prior_one).all(|(a, b)| close(*a, *b)));
