@@ -18,6 +18,7 @@
 //! to the scope record).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use differential_dataflow::{AsCollection, VecCollection};
@@ -42,7 +43,9 @@ use crate::truth::{fit, FitOptions, ItemTruth, TruthFit, TruthSettings, WarmStar
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TruthOut {
     /// An item's truth label, its posterior (`f64` bits) and its `truth` object as JSON.
-    Item { scope: ScopeId, item: ItemId, label: LabelId, p: u64, json: Vec<u8> },
+    /// The JSON is shared: a warm refit re-emits an unchanged item's output without copying it,
+    /// and the kept outputs compare equal by pointer first.
+    Item { scope: ScopeId, item: ItemId, label: LabelId, p: u64, json: Arc<[u8]> },
     /// An annotator's `confusion` as JSON.
     Annotator { scope: ScopeId, annotator: AnnotatorId, json: Vec<u8> },
     /// The scope's `truth` object as JSON.
@@ -192,9 +195,9 @@ impl TruthLogic {
                 label: label(item.label),
                 posterior: item.posterior.iter().map(|&(l, p)| Prob { label: label(l), p }).collect(),
             };
-            serde_json::to_vec(&object).expect("a truth serialises")
+            serde_json::to_vec(&object).expect("a truth serialises").into()
         } else {
-            Vec::new()
+            Arc::from(&[][..])
         };
         TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json }
     }

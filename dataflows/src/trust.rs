@@ -42,7 +42,7 @@ pub enum ItemUpdate {
     Blocked(AnnotatorId),
     /// The item's Dawid–Skene truth: the truth label, its posterior (`f64` bits) and the
     /// `truth` object as JSON.
-    Truth { label: LabelId, p: u64, json: Vec<u8> },
+    Truth { label: LabelId, p: u64, json: std::sync::Arc<[u8]> },
 }
 
 /// The labels of blocked annotators, as updates of their items: a join of every live label
