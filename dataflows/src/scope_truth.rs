@@ -296,10 +296,15 @@ impl Keyed for TruthLogic {
         // A standing scope is not derived: its kept outputs stand (`unchanged`).
         debug_assert!(!self.stands(s), "a standing scope derived");
         let start = Instant::now();
-        // A sorted run (the labels as of the last fit) and the updates since: a stable sort finds
-        // the run, sorts the few others and merges, in about linear time, and leaves consolidation
-        // a sorted slice.
-        s.log.sort_by_key(|&(key, _)| key);
+        // Live, a sorted run (the labels as of the last fit) and the updates since: a stable sort
+        // finds the run, sorts the few others and merges, in about linear time. The report's one
+        // fit gets the labels in no order: they are sorted on the fit's threads. Either way
+        // consolidation gets a sorted slice.
+        if self.refresh.is_some() {
+            s.log.sort_by_key(|&(key, _)| key);
+        } else {
+            sort_on(&mut s.log, self.threads);
+        }
         differential_dataflow::consolidation::consolidate(&mut s.log);
         let labels: Vec<(ItemId, AnnotatorId, LabelId)> =
             s.log.iter().filter(|(_, n)| *n > 0).map(|&(k, _)| k).collect();
@@ -371,6 +376,21 @@ impl TruthLogic {
             _ => false,
         }
     }
+}
+
+/// Sorts a scope's label log by label on `threads` threads (in this one for a small log, or when
+/// the system refuses threads): the order of equal labels does not matter, as they are
+/// consolidated next.
+fn sort_on(log: &mut [((ItemId, AnnotatorId, LabelId), Diff)], threads: usize) {
+    use rayon::slice::ParallelSliceMut;
+    const PARALLEL: usize = 1 << 16;
+    if threads > 1 && log.len() >= PARALLEL {
+        if let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+            pool.install(|| log.par_sort_unstable_by_key(|&(key, _)| key));
+            return;
+        }
+    }
+    log.sort_unstable_by_key(|&(key, _)| key);
 }
 
 /// A row of one of the scope's items: `(item, row)`.
