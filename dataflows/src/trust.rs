@@ -109,12 +109,17 @@ pub fn derive<'s>(
         .concat(item_truth);
     let logic = ItemRecordLogic { routing: config.routing.clone(), records };
     let items = keyed(updates, None, names, logic, emit, "ItemRecords");
-    let routes = items.others.flat_map(|out| match out {
-        ItemOut::Route { scope, route, labels_saved } => {
-            Some((scope, ScopePart::Route { route, labels_saved }))
-        }
-        ItemOut::Record(_) => None,
-    });
+    // Every item's route goes to its scope's worker, which counts them: consolidated on the
+    // way, a worker sends each (route, labels saved) once with its count, not once per item.
+    let routes = items
+        .others
+        .flat_map(|out| match out {
+            ItemOut::Route { scope, route, labels_saved } => {
+                Some((scope, ScopePart::Route { route, labels_saved }))
+            }
+            ItemOut::Record(_) => None,
+        })
+        .consolidate_stream();
     let item_records = items.records.flat_map(|out| match out {
         ItemOut::Record(record) => Some(record),
         ItemOut::Route { .. } => None,
