@@ -31,6 +31,7 @@ mod outputs;
 mod pipeline;
 mod producer;
 mod readback;
+mod rebuild;
 
 pub(crate) use outputs::remember_changes;
 pub(crate) use pipeline::updated_at;
@@ -55,8 +56,9 @@ use crate::http::HttpServer;
 use crate::telemetry::Telemetry;
 use feed::{EpochMeta, FeedState, KafkaFeed, OpenEpoch, Partitions, RecordCounts};
 use health::{Connectivity, LagMonitor, LagPartition};
-use pipeline::{Pipeline, Rebuild};
+use pipeline::Pipeline;
 use producer::{Publisher, TRANSACTION_TIMEOUT};
+use rebuild::Rebuild;
 
 /// How long one metadata, watermark or offset request may take before it is retried.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);

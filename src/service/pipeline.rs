@@ -26,13 +26,14 @@ use labelqc_dataflows::summary::DriftSummary;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::Producer;
 
-use super::feed::{EpochMeta, FeedState, InputDeadLetter, Partitions};
+use super::feed::{EpochMeta, FeedState, Partitions};
 use super::health::{Connectivity, HealthConsumer};
 use super::outputs::{self, gate_of, reconcile, remember, OutputTopic, Published};
 use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
     TRANSACTION_TIMEOUT,
 };
+use super::rebuild::{Input, Rebuild};
 use crate::api::{Kind, Store};
 use crate::config::Config;
 use crate::telemetry::Telemetry;
@@ -58,63 +59,6 @@ pub(crate) fn updated_at() -> String {
     chrono::DateTime::from_timestamp_millis(now_ms())
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
-}
-
-/// What the epochs of a group read: messages per stream, their oldest and newest timestamps,
-/// and the records refused.
-#[derive(Default)]
-struct Input {
-    messages: [u64; 2],
-    oldest_ts: Option<i64>,
-    newest_ts: Option<i64>,
-    dead_letters: Vec<InputDeadLetter>,
-}
-
-impl Input {
-    fn add(&mut self, meta: EpochMeta) {
-        self.messages[0] += meta.messages[0];
-        self.messages[1] += meta.messages[1];
-        self.oldest_ts = match (self.oldest_ts, meta.oldest_ts) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.newest_ts = self.newest_ts.max(meta.newest_ts);
-        self.dead_letters.extend(meta.dead_letters);
-    }
-}
-
-/// The state of a start: rebuilding until every input partition is read up to its end at start.
-pub struct Rebuild {
-    /// High watermark per input partition at start (`-1` for a partition with nothing to read).
-    pub targets: Vec<i64>,
-    /// Committed offset per input partition at start (`-1`: none): refused records before it
-    /// were dead-lettered by an earlier run.
-    pub committed: Vec<i64>,
-    /// What the rebuild read, published and committed with the first group.
-    input: Input,
-    pub started: Instant,
-}
-
-impl Rebuild {
-    pub fn new(targets: Vec<i64>, committed: Vec<i64>) -> Rebuild {
-        Rebuild { targets, committed, input: Input::default(), started: Instant::now() }
-    }
-
-    fn caught_up(&self, positions: &[i64]) -> bool {
-        self.targets.iter().zip(positions).all(|(&target, &position)| position >= target)
-    }
-
-    fn absorb(&mut self, mut input: Input) {
-        let committed = &self.committed;
-        input.dead_letters.retain(|l| committed.get(l.index).is_none_or(|&c| l.offset >= c));
-        self.input.add(EpochMeta {
-            messages: input.messages,
-            oldest_ts: input.oldest_ts,
-            newest_ts: input.newest_ts,
-            dead_letters: input.dead_letters,
-            ..EpochMeta::default()
-        });
-    }
 }
 
 /// The published outputs of one or more consecutive epochs, awaiting delivery.
