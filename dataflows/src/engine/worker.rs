@@ -1,0 +1,199 @@
+//! A timely worker of the engine: its dataflow, the loop that reads its feed into the open
+//! epoch and closes epochs as the closes reach it, and the shipping of its outputs to the sink.
+
+use super::*;
+
+/// An input of a worker's dataflow.
+type Input<D> = InputHandle<Time, CapacityContainerBuilder<Vec<D>>>;
+
+/// Sent as a close by the first worker when it stops: no more closes come.
+pub(super) const FINISH: Time = Time::MAX;
+
+/// Sends a batch of the first worker's output to the sink, one message per epoch in it.
+fn send_batch<D: Clone>(
+    sink: &Sender<WorkerEvent>,
+    batch: &[(D, Time, Diff)],
+    event: fn(Time, Vec<(D, Diff)>) -> WorkerEvent,
+) {
+    let mut rest = batch;
+    while let Some((_, time, _)) = rest.first() {
+        let len = rest.iter().take_while(|(_, t, _)| t == time).count();
+        let data = rest[..len].iter().map(|(d, _, diff)| (d.clone(), *diff)).collect();
+        // The engine may be gone (dropped without finishing); nothing then needs the output.
+        let _ = sink.send(event(*time, data));
+        rest = &rest[len..];
+    }
+}
+
+/// The loop of a worker: reads its feed into the open epoch, closes the epoch when the close
+/// reaches it, and ships the outputs and its reports to the first worker, which passes them on to
+/// the sink. Ends once the first worker stops issuing closes. Returns the worker's final records
+/// ([`Emit::Final`]), sorted.
+pub(super) fn run_worker(
+    worker: &mut timely::worker::Worker,
+    config: &QualityConfig,
+    commands: Option<Receiver<Time>>,
+    mut feed: Box<dyn Feed>,
+    events: Sender<WorkerEvent>,
+    failed: Arc<dyn Fn(String) + Send + Sync>,
+) -> Vec<Record> {
+    let index = worker.index();
+    let mut inputs: Input<Update> = InputHandle::new();
+    let mut names: Input<Name> = InputHandle::new();
+    let mut reports: Input<(Time, Vec<u8>)> = InputHandle::new();
+    let mut closes: Input<Time> = InputHandle::new();
+    // The newest close seen by this worker.
+    let latest_close = std::rc::Rc::new(std::cell::Cell::new(None::<Time>));
+    // Whether the first worker said that no more closes come.
+    let finished = std::rc::Rc::new(std::cell::Cell::new(false));
+    // Emit::Final: this worker's records.
+    let kept = std::rc::Rc::new(std::cell::RefCell::new(Vec::<(Record, Diff)>::new()));
+    let probe = {
+        let latest = latest_close.clone();
+        let finish = finished.clone();
+        let probe = worker.dataflow::<Time, _, _>(|scope| {
+            let output = quality(inputs.to_stream(scope), names.to_stream(scope), config, failed);
+            let sink = events.clone();
+            let reports = reports.to_stream(scope).exchange(|_| 0).inspect_core(move |event| {
+                let Ok((_, batch)) = event else { return };
+                for (time, meta) in batch {
+                    let _ = sink.send(WorkerEvent::Report(*time, meta.clone()));
+                }
+            });
+            let (probe, _) = reports.probe();
+            match config.emit {
+                Emit::Changes => {
+                    let sink = events.clone();
+                    sink::replacements_only(output.records.inner)
+                        .exchange(|_| 0)
+                        .inspect_core(move |event| {
+                            if let Ok((_, batch)) = event {
+                                send_batch(&sink, batch, WorkerEvent::Records);
+                            }
+                        })
+                        .probe_with(&probe);
+                    let sink = events.clone();
+                    output
+                        .metrics
+                        .inner
+                        .exchange(|_| 0)
+                        .inspect_core(move |event| {
+                            if let Ok((_, batch)) = event {
+                                send_batch(&sink, batch, WorkerEvent::Metrics);
+                            }
+                        })
+                        .probe_with(&probe);
+                }
+                Emit::Final => {
+                    let kept = kept.clone();
+                    output.records.inner.probe_with(&probe).sink(
+                        Pipeline,
+                        "KeepRecords",
+                        move |(input, _)| {
+                            input.for_each(|_, data| {
+                                kept.borrow_mut()
+                                    .extend(data.drain(..).map(|(record, _, diff)| (record, diff)));
+                            })
+                        },
+                    );
+                }
+            }
+            probe
+        });
+        // The closes flow in a dataflow of their own: their progress has nothing to do with the
+        // epochs'.
+        worker.dataflow::<Time, _, _>(|scope| {
+            closes.to_stream(scope).broadcast().inspect(move |&epoch| {
+                if epoch == FINISH {
+                    finish.set(true);
+                } else {
+                    latest.set(Some(latest.get().map_or(epoch, |e: Time| e.max(epoch))));
+                }
+            });
+        });
+        probe
+    };
+    // Only the first worker issues closes, and at the end `FINISH`; every worker keeps its input
+    // of closes open until it sees `FINISH`. (Dropping it early does not work: in timely 0.32 an
+    // input handle dropped before the other workers built the dataflow may never release its
+    // initial capability.)
+    let mut closes = Some(closes);
+
+    let mut reported: Option<Option<Time>> = None;
+    let mut report_progress = |probe: &ProbeHandle<Time>| {
+        if index != 0 {
+            return;
+        }
+        let frontier = probe.with_frontier(|f| f.first().copied());
+        if reported != Some(frontier) {
+            reported = Some(frontier);
+            let _ = events.send(WorkerEvent::Frontier(frontier));
+        }
+    };
+
+    let mut open: Time = 0;
+    let mut finish_sent = false;
+    let mut updates = Vec::new();
+    loop {
+        if let (Some(commands), Some(input)) = (commands.as_ref().filter(|_| !finish_sent), &mut closes) {
+            // Closes are issued by the first worker only.
+            loop {
+                match commands.try_recv() {
+                    Ok(epoch) => {
+                        input.send(epoch);
+                        input.advance_to(epoch + 1);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        let next = input.time() + 1;
+                        input.send(FINISH);
+                        input.advance_to(next);
+                        finish_sent = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let read = feed.read(&mut updates).unwrap_or_else(|reason| panic!("worker {index}: {reason}"));
+        for update in updates.drain(..) {
+            inputs.send(update);
+        }
+        if let Some(close) = latest_close.get().filter(|&e| e >= open) {
+            let report = feed.close(close, &mut updates);
+            for update in updates.drain(..) {
+                inputs.send(update);
+            }
+            for name in report.names {
+                names.send(name);
+            }
+            reports.send((open, report.meta));
+            open = close + 1;
+            inputs.advance_to(open);
+            names.advance_to(open);
+            reports.advance_to(open);
+            inputs.flush();
+            names.flush();
+        }
+        if finished.get() {
+            break;
+        }
+        worker.step_or_park((read == 0).then_some(Duration::from_millis(1)).or(Some(Duration::ZERO)));
+        report_progress(&probe);
+    }
+    drop(inputs);
+    drop(names);
+    drop(reports);
+    drop(closes);
+    while worker.step_or_park(None) {
+        report_progress(&probe);
+    }
+    report_progress(&probe);
+    let mut records = std::mem::take(&mut *kept.borrow_mut());
+    // Final records come once each; otherwise what remains of the changes is the final state.
+    if records.iter().any(|(_, diff)| *diff != 1) {
+        crate::records::consolidate(&mut records);
+    }
+    let mut records: Vec<Record> = records.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| r).collect();
+    records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    records
+}
