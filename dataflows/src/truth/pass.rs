@@ -419,6 +419,31 @@ pub(super) mod tests {
         labels
     }
 
+    /// `items` items labelled by 3 of `annotators` annotators each (4 categories).
+    fn spread(items: u64, annotators: u64) -> Vec<(u64, u64, u64)> {
+        (0..items)
+            .flat_map(|i| (0..3).map(move |j| (i, (i * 7 + j * 13) % annotators, 50 + (i + j) % 4)))
+            .collect()
+    }
+
+    #[test]
+    fn stripes_follow_the_problem_not_the_threads() {
+        let order = |a: &u64, b: &u64| a.cmp(b);
+        // Under 16 blocks of items: one stripe.
+        let small = Problem::new(&spread(4_000, 40), &[], order, false).unwrap();
+        assert_eq!(stripes(&small), 1);
+        // One stripe per 4,096 items: 40,000 items make 9.
+        let middle = Problem::new(&spread(40_000, 40), &[], order, false).unwrap();
+        assert_eq!(stripes(&middle), 9);
+        // Capped at 32, however many items.
+        let large = Problem::new(&spread(200_000, 40), &[], order, false).unwrap();
+        assert_eq!(stripes(&large), MAX_STRIPES);
+        // Many confusion rows for few labels: adding up the stripes' sums would cost more than a
+        // quarter of a pass, so fewer stripes (120,000 labels over 40,000 x 4 rows: none to spare).
+        let sparse = Problem::new(&spread(40_000, 40_000), &[], order, false).unwrap();
+        assert_eq!(stripes(&sparse), 1);
+    }
+
     #[test]
     fn stripes_sum_what_one_pass_sums() {
         let labels = generated(20_000);
