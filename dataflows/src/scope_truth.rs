@@ -384,13 +384,11 @@ impl TruthLogic {
 fn sort_on(log: &mut [((ItemId, AnnotatorId, LabelId), Diff)], threads: usize) {
     use rayon::slice::ParallelSliceMut;
     const PARALLEL: usize = 1 << 16;
-    if threads > 1 && log.len() >= PARALLEL {
-        if let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
-            pool.install(|| log.par_sort_unstable_by_key(|&(key, _)| key));
-            return;
-        }
+    let pool = if log.len() >= PARALLEL { crate::truth::fit_threads(threads) } else { None };
+    match pool {
+        Some(pool) => pool.install(|| log.par_sort_unstable_by_key(|&(key, _)| key)),
+        None => log.sort_unstable_by_key(|&(key, _)| key),
     }
-    log.sort_unstable_by_key(|&(key, _)| key);
 }
 
 /// A row of one of the scope's items: `(item, row)`.

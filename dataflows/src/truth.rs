@@ -234,6 +234,23 @@ pub struct TruthFit {
     em: em::Em,
 }
 
+/// `threads` threads for a fit's work (its passes, the report's sort of a scope's labels), named
+/// `labelqc-fit-N`; `None` for one thread, or, with a warning, when the system refuses them: the
+/// caller then does the work itself, to the same result.
+pub(crate) fn fit_threads(threads: usize) -> Option<rayon::ThreadPool> {
+    if threads <= 1 {
+        return None;
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("labelqc-fit-{i}"))
+        .build()
+        .inspect_err(
+            |error| tracing::warn!(%error, threads, "cannot start the fit's threads; working on one"),
+        )
+        .ok()
+}
+
 /// Fits Dawid–Skene to one scope's live labels.
 ///
 /// - `labels`: `(item, annotator, label)`, one per (item, annotator), in any order.

@@ -78,9 +78,8 @@ impl Problem {
 
         // Categories: distinct label ids, in the caller's order; each id's index in a hash map
         // (a pass over the labels, not a sort of them).
-        let mut by_id: Vec<LabelId> = distinct(sorted.iter().map(|l| l.2));
-        by_id.sort_by(|a, b| order(a, b).then(a.cmp(b)));
-        let ordered = by_id;
+        let mut ordered: Vec<LabelId> = distinct(sorted.iter().map(|l| l.2));
+        ordered.sort_by(|a, b| order(a, b).then(a.cmp(b)));
         let k = ordered.len();
         index_u32("labels", k)?;
         let label_of: HashMap<LabelId, u32, RandomState> =
@@ -321,22 +320,10 @@ struct State {
     buffers: Vec<StripeSums>,
 }
 
-/// The threads that share a fit's passes for its whole run: `threads` of them when the problem
-/// has more than one stripe ([`super::pass::stripes`]), none otherwise (and none, with a warning,
-/// when the system refuses them: the fit then runs in the caller's thread, to the same result).
+/// The threads that share a fit's passes for its whole run: `threads` of them, at most one per
+/// stripe ([`super::pass::stripes`]); none for a problem of one stripe.
 fn pool(problem: &Problem, threads: usize) -> Option<rayon::ThreadPool> {
-    let threads = threads.min(super::pass::stripes(problem));
-    if threads <= 1 {
-        return None;
-    }
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("labelqc-fit-{i}"))
-        .build()
-        .inspect_err(
-            |error| tracing::warn!(%error, threads, "cannot start the fit's threads; fitting on one"),
-        )
-        .ok()
+    super::fit_threads(threads.min(super::pass::stripes(problem)))
 }
 
 /// Runs EM from `post` (the starting posteriors): clamping, priors and M-step, then up to
