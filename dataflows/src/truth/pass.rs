@@ -456,10 +456,33 @@ pub(super) mod tests {
         // Capped at 32, however many items.
         let large = Problem::new(&spread(200_000, 40), &[], order, false).unwrap();
         assert_eq!(stripes(&large), MAX_STRIPES);
-        // Many confusion rows for few labels: adding up the stripes' sums would cost more than a
-        // quarter of a pass, so fewer stripes (120,000 labels over 40,000 x 4 rows: none to spare).
+        // About as many confusion rows as labels: adding up the stripes' sums would cost more than
+        // a quarter of a pass, so one stripe.
         let sparse = Problem::new(&spread(40_000, 40_000), &[], order, false).unwrap();
         assert_eq!(stripes(&sparse), 1);
+    }
+
+    #[test]
+    fn threads_give_the_same_bits() {
+        // 2,000 annotators: 32,000 confusion sums, added up in chunks that the threads share.
+        let mut problem = Problem::new(&spread(40_000, 2_000), &[], |a, b| a.cmp(b), false).unwrap();
+        let (k, rows) = (problem.k, problem.row_label.len());
+        assert!(stripes(&problem) > 1 && rows * k > MERGE_CHUNK, "the shared passes and merge");
+        let post = problem.initial_posteriors(None);
+        let log2_prior = vec![-2.0; k];
+        let log2_err: Vec<f64> = (0..rows * k).map(|j| -1.0 - (j % 7) as f64 * 0.3).collect();
+        let model = Model { log2_prior: &log2_prior, log2_err: &log2_err };
+        let run = |pool: Option<&rayon::ThreadPool>| {
+            let (mut post, mut prior, mut sums) = (post.clone(), vec![0.0; k], vec![0.0; rows * k]);
+            let entropy =
+                pass_all(&problem, Some(&model), &mut post, &mut prior, &mut sums, &mut Vec::new(), pool);
+            (post, prior, sums, entropy.to_bits())
+        };
+        let alone = run(None);
+        for threads in [2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            assert!(run(Some(&pool)) == alone, "{threads} threads");
+        }
     }
 
     #[test]
