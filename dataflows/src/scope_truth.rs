@@ -94,18 +94,28 @@ fn within(old: &Posterior, new: &Posterior, tolerance: f64) -> bool {
 }
 
 impl ScopeLabels {
-    /// Live: the shortest time between two fits of the scope: `refresh`, or ten times the last
-    /// fit's own time when that is longer, so that refitting a large scope takes at most about a
-    /// tenth of a worker (a refit also forms the outputs of every item whose truth moved). A
-    /// scope of a million labels (a warm refit about 0.15 s all told on two cores) is then
-    /// refitted about every 1.5 s.
+    /// Live: the time from one fit of the scope to the next. Ten times the last fit's own time
+    /// (a refit also forms the outputs of every item whose truth moved), so that refits of a
+    /// large scope take about a tenth of the workers; but at least `refresh`, and at most what
+    /// keeps the time between two refits within twice `refresh` (counting the next fit and the
+    /// epoch that starts it as the last fit's time again). So a changed scope's truth is refitted
+    /// within about `2 refresh` while a fit takes at most a fifth of that (0.4 s with the
+    /// default); beyond, refits take a quarter of the workers' time, no more. A warm refit of a
+    /// million labels (about 0.2 s all told on two cores) is then spaced by 1.6 s, where ten
+    /// times the fit would be 2 s.
     fn interval(&self, refresh: Duration) -> Duration {
-        refresh.max(self.cost * FIT_SHARE)
+        let within = (refresh * 2).saturating_sub(self.cost * 2).max(self.cost * MAX_SHARE);
+        refresh.max((self.cost * FIT_SHARE).min(within))
     }
 }
 
-/// The inverse of the share of a worker that live refits of one scope may take.
+/// The inverse of the share of the workers that live refits of one scope take, when their
+/// spacing need not be shorter to keep truth within twice `truth.refresh_ms`.
 const FIT_SHARE: u32 = 10;
+
+/// The inverse of the largest share of the workers that live refits of one scope take (with the
+/// fit itself, one refit in four of the time).
+const MAX_SHARE: u32 = 3;
 
 /// One tick per epoch, on every worker: `((), t, +1)` at each time `t` the frontier of `stream`
 /// reaches, so that an operator taking the ticks as its side input sees every epoch, empty ones
@@ -158,6 +168,11 @@ pub struct TruthLogic {
     /// Whether the items' `truth` objects are rendered (for the item records); without, items
     /// carry only their truth label and posterior, for their routes.
     pub item_json: bool,
+    /// Whether each scope is derived once, from its final labels (a report, `Emit::Final`): the
+    /// fit then frees the scope's label log, which nothing needs again.
+    pub once: bool,
+    /// The shared empty text of items whose `truth` object is not rendered.
+    pub no_json: Arc<[u8]>,
 }
 
 #[derive(Serialize)]
@@ -197,7 +212,8 @@ impl TruthLogic {
             };
             serde_json::to_vec(&object).expect("a truth serialises").into()
         } else {
-            Arc::from(&[][..])
+            // One shared empty text, not an allocation per item.
+            self.no_json.clone()
         };
         TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json }
     }
@@ -308,6 +324,11 @@ impl Keyed for TruthLogic {
         differential_dataflow::consolidation::consolidate(&mut s.log);
         let labels: Vec<(ItemId, AnnotatorId, LabelId)> =
             s.log.iter().filter(|(_, n)| *n > 0).map(|&(k, _)| k).collect();
+        if self.once {
+            // A report fits once: its log is not needed again, and freeing it before the fit
+            // takes it out of the report's peak memory (32 bytes a label).
+            s.log = Vec::new();
+        }
         if labels.is_empty() {
             return;
         }
@@ -493,5 +514,31 @@ impl Keyed for ScopePartsLogic {
 
     fn is_record(_: &Record) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(cost_ms: u64) -> u64 {
+        let s = ScopeLabels { cost: Duration::from_millis(cost_ms), ..ScopeLabels::default() };
+        s.interval(Duration::from_secs(1)).as_millis() as u64
+    }
+
+    #[test]
+    fn refits_are_spaced_by_their_cost_within_twice_the_refresh() {
+        // Small scopes: every `refresh`.
+        assert_eq!(interval(20), 1_000);
+        assert_eq!(interval(100), 1_000);
+        // Ten times the fit, up to what keeps two refits within twice `refresh`.
+        assert_eq!(interval(150), 1_500);
+        assert_eq!(interval(200), 1_600);
+        for cost in (0..=400).step_by(10) {
+            assert!(interval(cost) + 2 * cost <= 2_000, "a fit of {cost} ms");
+        }
+        // Refits take at most a quarter of the time, however large the scope.
+        assert_eq!(interval(500), 1_500);
+        assert_eq!(interval(2_000), 6_000);
     }
 }

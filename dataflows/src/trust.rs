@@ -81,7 +81,14 @@ pub fn derive<'s>(
     let records = config.items.records.is_some();
     let refresh = config.truth_refresh.filter(|_| emit == Emit::Changes);
     let threads = config.truth_threads.max(1);
-    let logic = TruthLogic { settings: config.truth.clone(), refresh, threads, item_json: records };
+    let logic = TruthLogic {
+        settings: config.truth.clone(),
+        refresh,
+        threads,
+        item_json: records,
+        once: emit == Emit::Final,
+        no_json: std::sync::Arc::from(&[][..]),
+    };
     let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
     // Live with a refresh interval: a tick per epoch lets due scopes be refitted.
     let ticks = refresh.map(|_| crate::scope_truth::ticks(rows.inner.clone()));

@@ -118,7 +118,9 @@ impl Default for FitOptions {
 #[serde(default, deny_unknown_fields)]
 pub struct TruthSettings {
     /// Live: the shortest time between two refreshes of one scope's truth, in milliseconds
-    /// (default 1000). The report always computes the converged values once.
+    /// (default 1000); a changed scope is refreshed within about twice this while a warm fit of
+    /// it takes at most a fifth of that (see [`crate::scope_truth`]). The report always computes
+    /// the converged values once.
     pub refresh_ms: u64,
     /// Clamp gold items' posteriors to their gold answers (default `false`: crowd-kit's
     /// `fit(df)` without `true_labels`).
