@@ -223,7 +223,10 @@ impl Report {
         struct Labels {
             n_labels: i64,
         }
-        self.records()
+        // Scope records are few: a scan of each worker's records, not the merge of all of them.
+        self.parts
+            .iter()
+            .flatten()
             .filter(|r| r.key.entity == Entity::Scope)
             .filter_map(|r| serde_json::from_slice::<Labels>(&r.value).ok())
             .map(|l| l.n_labels)
