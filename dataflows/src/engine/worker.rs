@@ -194,6 +194,6 @@ pub(super) fn run_worker(
         crate::records::consolidate(&mut records);
     }
     let mut records: Vec<Record> = records.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| r).collect();
-    records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    crate::records::sort_records(&mut records);
     records
 }
