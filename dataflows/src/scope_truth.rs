@@ -98,14 +98,17 @@ impl ScopeLabels {
     /// (a refit also forms the outputs of every item whose truth moved), so that refits of a
     /// large scope take about a tenth of the workers; but at least `refresh`, and at most what
     /// keeps the time between two refits within twice `refresh` (counting the next fit and the
-    /// epoch that starts it as the last fit's time again). So a changed scope's truth is refitted
-    /// within about `2 refresh` while a fit takes at most a fifth of that (0.4 s with the
-    /// default); beyond, refits take a quarter of the workers' time, no more. A warm refit of a
-    /// million labels (about 0.2 s all told on two cores) is then spaced by 1.6 s, where ten
-    /// times the fit would be 2 s.
+    /// epoch that starts it as the last fit's time again), as long as that leaves at least three
+    /// times the fit between refits. So a changed scope's truth is refitted within about
+    /// `2 refresh` while a fit takes at most a fifth of that (0.4 s with the default), with
+    /// refits taking at most a quarter of the workers' time; a scope too large for that goes back
+    /// to a tenth. A warm refit of a million labels (about 0.2 s all told on two cores) is spaced
+    /// by 1.6 s, where ten times the fit would be 2 s.
     fn interval(&self, refresh: Duration) -> Duration {
-        let within = (refresh * 2).saturating_sub(self.cost * 2).max(self.cost * MAX_SHARE);
-        refresh.max((self.cost * FIT_SHARE).min(within))
+        let spaced = self.cost * FIT_SHARE;
+        let within = (refresh * 2).saturating_sub(self.cost * 2);
+        let interval = if within >= self.cost * MIN_SHARE { spaced.min(within) } else { spaced };
+        refresh.max(interval)
     }
 }
 
@@ -113,9 +116,9 @@ impl ScopeLabels {
 /// spacing need not be shorter to keep truth within twice `truth.refresh_ms`.
 const FIT_SHARE: u32 = 10;
 
-/// The inverse of the largest share of the workers that live refits of one scope take (with the
-/// fit itself, one refit in four of the time).
-const MAX_SHARE: u32 = 3;
+/// The least spacing of refits, in fits: refits shortened to keep truth within twice
+/// `truth.refresh_ms` take at most a quarter of the workers' time.
+const MIN_SHARE: u32 = 3;
 
 /// One tick per epoch, on every worker: `((), t, +1)` at each time `t` the frontier of `stream`
 /// reaches, so that an operator taking the ticks as its side input sees every epoch, empty ones
@@ -537,8 +540,10 @@ mod tests {
         for cost in (0..=400).step_by(10) {
             assert!(interval(cost) + 2 * cost <= 2_000, "a fit of {cost} ms");
         }
-        // Refits take at most a quarter of the time, however large the scope.
-        assert_eq!(interval(500), 1_500);
-        assert_eq!(interval(2_000), 6_000);
+        // At 0.4 s, refits shortened to keep within twice `refresh` would take more than a
+        // quarter of the time: a scope that large is refitted every ten fits again.
+        assert_eq!(interval(400), 1_200);
+        assert_eq!(interval(410), 4_100);
+        assert_eq!(interval(2_000), 20_000);
     }
 }
