@@ -146,6 +146,7 @@ pub struct DemoArgs {
     /// one biased annotator and one who turns careless planted among them.
     #[arg(long, default_value_t = 100)]
     pub annotators: u32,
+    /// Projects the simulated traffic spreads over (each task of a project is a scope).
     #[arg(long, default_value_t = 2)]
     pub projects: u32,
     /// Tasks per project.
@@ -268,6 +269,7 @@ pub struct GenArgs {
     /// Share of annotators who favour one class.
     #[arg(long, default_value_t = GenSpec::default().biased_share)]
     pub biased: f64,
+    /// Projects the generated events spread over (each task of a project is a scope).
     #[arg(long, default_value_t = GenSpec::default().projects)]
     pub projects: u32,
     /// Tasks per project.

@@ -247,12 +247,12 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     engine.finish()?;
     let summary = traffic.summary();
     eprintln!(
-        "labelqc demo: stopped after {:.1} s; {} labels, {} relabels, {} deletes, {} gold items; {} scopes",
+        "labelqc demo: stopped after {:.1} s; {} label events sent, {} relabels, {} deletes, {} gold items; {} scopes",
         start.elapsed().as_secs_f64(),
-        summary.labels,
-        summary.relabels,
-        summary.deletes,
-        summary.gold_items,
+        screen::thousands(summary.labels),
+        screen::thousands(summary.relabels),
+        screen::thousands(summary.deletes),
+        screen::thousands(summary.gold_items),
         shown.iter().filter(|(k, _)| k.entity == Entity::Scope).count()
     );
     let (caught, missed): (Vec<_>, Vec<_>) =
