@@ -10,6 +10,7 @@ pub mod env;
 pub mod gen;
 pub mod http;
 pub mod input;
+pub mod memory;
 pub mod report;
 pub mod service;
 pub mod signals;

@@ -140,6 +140,11 @@ pub fn run(request: &ReportRequest, on_refused: impl FnMut(&Refused<'_>)) -> Res
     }
     engine.sync()?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "input read");
+    // The input's blocks, parsed lines and exchanged batches are freed by now: their pages go
+    // back before the final epoch and the fits allocate theirs (the report's peak memory).
+    if let Err(errno) = crate::memory::release_freed_pages() {
+        tracing::debug!(errno, "freed pages not released");
+    }
     let parts = engine.finish()?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "dataflows finished");
 
