@@ -134,7 +134,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     // Annotators with an alert that fired at some point, and those blocked at some point.
     let mut alerted: BTreeSet<String> = BTreeSet::new();
     let mut blocked: BTreeSet<String> = BTreeSet::new();
-    let mut screen = Vec::new();
+    let mut last_view: Option<Snapshot> = None;
     // The comparisons behind the live leaderboard, when asked for.
     let mut comparisons =
         (settings.comparisons > 0).then(|| PreferenceTraffic::new(&PreferenceSpec::default())).transpose()?;
@@ -216,7 +216,9 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
                 raised,
                 ..Snapshot::default()
             };
-            screen = render(&observe(&shown, snapshot), SCREEN_WIDTH, SCREEN_HEIGHT);
+            let observed = observe(&shown, snapshot);
+            let screen = render(&observed, SCREEN_WIDTH, SCREEN_HEIGHT);
+            last_view = Some(observed);
             let mut out = std::io::stdout().lock();
             if full_screen {
                 // Home, each line cleared to its end, and the rest of the screen cleared: no
@@ -234,13 +236,20 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
             std::thread::sleep(rest);
         }
     }
+    // The last view says the demo has stopped, not how to stop it.
+    let stopped =
+        last_view.take().map(|last| render(&Snapshot { stopped: true, ..last }, SCREEN_WIDTH, SCREEN_HEIGHT));
     {
         let mut out = std::io::stdout().lock();
         if full_screen {
+            if let Some(view) = &stopped {
+                let body: Vec<String> = view.iter().map(|l| format!("{l}\x1b[K")).collect();
+                let _ = write!(out, "\x1b[H{}\x1b[J", body.join("\n"));
+            }
             let _ = writeln!(out, "\x1b[?25h");
-        } else if !screen.is_empty() {
+        } else if let Some(view) = &stopped {
             // The last view, for whoever reads the lines.
-            let _ = writeln!(out, "\n{}", screen.join("\n"));
+            let _ = writeln!(out, "\n{}", view.join("\n"));
         }
         let _ = out.flush();
     }

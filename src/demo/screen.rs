@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub raised: u64,
     /// The leaderboards of the scopes with comparisons.
     pub leaderboards: Vec<LeaderboardRow>,
+    /// Whether the demo has stopped (the last view, printed once it has).
+    pub stopped: bool,
 }
 
 /// One scope's leaderboard: its systems by rank, with their Elo ratings.
@@ -206,7 +208,7 @@ pub fn render(snapshot: &Snapshot, width: usize, height: usize) -> Vec<String> {
             thousands(s.live_labels as u64),
             s.latency_p99.as_secs_f64() * 1e3
         ),
-        format!("metrics: {}   Ctrl-C stops", s.metrics_url),
+        format!("metrics: {}   {}", s.metrics_url, if s.stopped { "stopped" } else { "Ctrl-C stops" }),
         format!(
             "{:<22} {:>9} {:>6} {:>6} {:>9} {:>8} {:>6}",
             "scope", "labels", "annot.", "alpha", "agreement", "gold acc", "alerts"
@@ -439,7 +441,16 @@ mod tests {
                 scope: "default/preference".into(),
                 systems: (0..8).map(|i| (format!("sys-{i:02}"), 1200.0 - 40.0 * f64::from(i))).collect(),
             }],
+            stopped: false,
         }
+    }
+
+    #[test]
+    fn the_last_view_says_the_demo_stopped() {
+        let running = render(&snapshot(2, 100), 80, 24);
+        assert!(running[1].ends_with("Ctrl-C stops"), "{}", running[1]);
+        let stopped = render(&Snapshot { stopped: true, ..snapshot(2, 100) }, 80, 24);
+        assert!(stopped[1].ends_with("stopped") && !stopped[1].contains("Ctrl-C"), "{}", stopped[1]);
     }
 
     #[test]
