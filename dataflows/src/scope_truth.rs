@@ -174,9 +174,11 @@ pub struct TruthLogic {
     /// Whether each scope is derived once, from its final labels (a report, `Emit::Final`): the
     /// fit then frees the scope's label log, which nothing needs again.
     pub once: bool,
-    /// The shared empty text of items whose `truth` object is not rendered.
-    pub no_json: Arc<[u8]>,
 }
+
+/// The text of items whose `truth` object is not rendered: one shared empty text, not an
+/// allocation per item.
+static NO_JSON: std::sync::LazyLock<Arc<[u8]>> = std::sync::LazyLock::new(|| Arc::from(&[][..]));
 
 #[derive(Serialize)]
 struct Prob<'a> {
@@ -215,8 +217,7 @@ impl TruthLogic {
             };
             serde_json::to_vec(&object).expect("a truth serialises").into()
         } else {
-            // One shared empty text, not an allocation per item.
-            self.no_json.clone()
+            NO_JSON.clone()
         };
         TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json }
     }

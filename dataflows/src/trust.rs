@@ -87,7 +87,6 @@ pub fn derive<'s>(
         threads,
         item_json: records,
         once: emit == Emit::Final,
-        no_json: std::sync::Arc::from(&[][..]),
     };
     let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
     // Live with a refresh interval: a tick per epoch lets due scopes be refitted.
