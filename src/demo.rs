@@ -221,10 +221,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
             last_view = Some(observed);
             let mut out = std::io::stdout().lock();
             if full_screen {
-                // Home, each line cleared to its end, and the rest of the screen cleared: no
-                // flicker, no scrolling (no newline after the last line).
-                let body: Vec<String> = screen.iter().map(|l| format!("{l}\x1b[K")).collect();
-                let _ = write!(out, "\x1b[H{}\x1b[J", body.join("\n"));
+                redraw(&mut out, &screen);
             } else {
                 let _ = writeln!(out, "{}", screen.first().map_or("", String::as_str));
             }
@@ -238,13 +235,12 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     }
     // The last view says the demo has stopped, not how to stop it.
     let stopped =
-        last_view.take().map(|last| render(&Snapshot { stopped: true, ..last }, SCREEN_WIDTH, SCREEN_HEIGHT));
+        last_view.map(|last| render(&Snapshot { stopped: true, ..last }, SCREEN_WIDTH, SCREEN_HEIGHT));
     {
         let mut out = std::io::stdout().lock();
         if full_screen {
             if let Some(view) = &stopped {
-                let body: Vec<String> = view.iter().map(|l| format!("{l}\x1b[K")).collect();
-                let _ = write!(out, "\x1b[H{}\x1b[J", body.join("\n"));
+                redraw(&mut out, view);
             }
             let _ = writeln!(out, "\x1b[?25h");
         } else if let Some(view) = &stopped {
@@ -347,6 +343,13 @@ fn live_labels(shown: &Records) -> usize {
         .filter_map(|(_, v)| serde_json::from_slice::<ScopeSummary>(v).ok())
         .map(|s| s.n_labels.max(0) as usize)
         .sum()
+}
+
+/// Draws `view` over the full-screen view: home, each line cleared to its end, and the rest of
+/// the screen cleared: no flicker, no scrolling (no newline after the last line).
+fn redraw(out: &mut impl Write, view: &[String]) {
+    let body: Vec<String> = view.iter().map(|l| format!("{l}\x1b[K")).collect();
+    let _ = write!(out, "\x1b[H{}\x1b[J", body.join("\n"));
 }
 
 /// An alert kind as the screen names it.
