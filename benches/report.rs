@@ -12,7 +12,9 @@
 //!    them to a `Source` (ids, upserts), in nanoseconds per event (best of the runs).
 //!
 //! Run with `cargo bench --bench report` (`-- --runs N --events N --relabels N` to change the
-//! defaults).
+//! defaults; `--runs 0` measures only the relabels). The relabels are also split by kind: those
+//! on gold items (which change the scope's gold accuracy, the baseline of every annotator's gold
+//! drift) and the others.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -110,6 +112,51 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse from it.
     let o = options();
     let (labels, gold) = dataset(o.events);
+    if o.runs > 0 {
+        report_runs(&o, &labels, &gold);
+    }
+    println!("# one relabel after {} events of history ({} relabels)\n", o.events, o.relabels);
+    println!("| workers | relabels | p50 (ms) | p99 (ms) | max (ms) |");
+    println!("|---|---|---|---|---|");
+    let gold_items = gold_items(&gold);
+    for workers in [1usize, 2] {
+        let latencies = relabel_latencies(&labels, &gold, workers, o.relabels);
+        let on_gold: Vec<Duration> =
+            latencies.iter().filter(|(_, item)| gold_items.contains(item)).map(|l| l.0).collect();
+        let others: Vec<Duration> =
+            latencies.iter().filter(|(_, item)| !gold_items.contains(item)).map(|l| l.0).collect();
+        let all: Vec<Duration> = latencies.iter().map(|l| l.0).collect();
+        for (kind, latencies) in [("all", all), ("on gold items", on_gold), ("on other items", others)] {
+            let mut latencies = latencies;
+            if latencies.is_empty() {
+                continue;
+            }
+            latencies.sort();
+            println!(
+                "| {workers} | {kind} ({}) | {:.3} | {:.3} | {:.3} |",
+                latencies.len(),
+                quantile(&latencies, 0.5).as_secs_f64() * 1e3,
+                quantile(&latencies, 0.99).as_secs_f64() * 1e3,
+                latencies.last().unwrap().as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
+/// The (project, task, item) of every gold answer.
+fn gold_items(gold: &Path) -> std::collections::HashSet<(String, String, String)> {
+    BufReader::new(std::fs::File::open(gold).unwrap())
+        .lines()
+        .filter_map(|line| {
+            let line = line.unwrap();
+            let e = parse_gold_event(&line).ok()?;
+            Some((e.project.into_owned(), e.task.into_owned(), e.item_id.into_owned()))
+        })
+        .collect()
+}
+
+/// The report's runs with 1 and 2 workers, and the input side in-process.
+fn report_runs(o: &Options, labels: &Path, gold: &Path) {
     let report_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-report.json");
     println!("# labelqc report benchmark ({} events, {} runs each)\n", o.events, o.runs);
     println!("| workers | median wall (s) | events/s | peak RSS (MiB) | bytes per live label |");
@@ -122,9 +169,9 @@ fn main() {
             let (elapsed, rss) = run_measured(
                 Command::new(env!("CARGO_BIN_EXE_labelqc"))
                     .args(["report", "--labels"])
-                    .arg(&labels)
+                    .arg(labels)
                     .arg("--gold")
-                    .arg(&gold)
+                    .arg(gold)
                     .arg("--workers")
                     .arg(workers.to_string())
                     .arg("--output")
@@ -150,24 +197,11 @@ fn main() {
     }
     println!("\nlive labels: {live_labels}\n");
 
-    let (parse, apply) = input_costs(&labels, &gold, o.runs);
+    let (parse, apply) = input_costs(labels, gold, o.runs);
     println!("# input side, in-process (best of {} runs)\n", o.runs);
     println!("| parse (ns/event) | parse and apply to the source (ns/event) |");
     println!("|---|---|");
     println!("| {:.0} | {:.0} |\n", parse * 1e9 / o.events as f64, apply * 1e9 / o.events as f64);
-
-    println!("# one relabel after {} events of history ({} relabels)\n", o.events, o.relabels);
-    println!("| workers | p50 (ms) | p99 (ms) | max (ms) |");
-    println!("|---|---|---|---|");
-    for workers in [1usize, 2] {
-        let latencies = relabel_latencies(&labels, &gold, workers, o.relabels);
-        println!(
-            "| {workers} | {:.3} | {:.3} | {:.3} |",
-            quantile(&latencies, 0.5).as_secs_f64() * 1e3,
-            quantile(&latencies, 0.99).as_secs_f64() * 1e3,
-            latencies.last().unwrap().as_secs_f64() * 1e3
-        );
-    }
 }
 
 /// The best times, in seconds, to parse every label line, and to parse and apply every line (gold
@@ -204,7 +238,13 @@ fn input_costs(labels: &Path, gold: &Path, runs: usize) -> (f64, f64) {
 
 /// Loads the history, then applies single relabels one at a time, timing each from submission
 /// to re-formed outputs.
-fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize) -> Vec<Duration> {
+/// Each relabel's latency with its (project, task, item).
+fn relabel_latencies(
+    labels: &Path,
+    gold: &Path,
+    workers: usize,
+    relabels: usize,
+) -> Vec<(Duration, (String, String, String))> {
     // The service's live truth (`truth.refresh_ms`, default 1000): a relabel's epoch re-forms
     // every exact output; Dawid–Skene, global to a scope, follows at the scope's next refit.
     let engine_config = EngineConfig {
@@ -259,10 +299,13 @@ fn relabel_latencies(labels: &Path, gold: &Path, workers: usize, relabels: usize
         for output in engine.take_completed().1 {
             formed += output.records.iter().filter(|(_, diff)| *diff > 0).count();
         }
-        latencies.push(start.elapsed());
+        let elapsed = start.elapsed();
+        latencies.push((
+            elapsed,
+            (event.project.into_owned(), event.task.into_owned(), event.item_id.into_owned()),
+        ));
     }
     assert!(formed > 0, "relabels re-formed no outputs");
     engine.finish().unwrap();
-    latencies.sort();
     latencies
 }
