@@ -114,7 +114,7 @@ pub struct Telemetry {
 }
 
 /// The windows of one size of one scope: `(project, task, size_ms)`.
-type WindowsOf = (Box<str>, Box<str>, i64);
+type WindowsOf = (std::sync::Arc<str>, std::sync::Arc<str>, i64);
 
 /// What the gauges remember of the records: every window with its value (a scope's gauges show
 /// its newest window of each size), and the alerts firing (to count those that start firing).
@@ -123,7 +123,7 @@ struct Seen {
     /// Each scope's windows of each size: `start -> value`.
     windows: BTreeMap<WindowsOf, BTreeMap<i64, Vec<u8>>>,
     /// Ids of the alerts firing now.
-    firing: std::collections::HashSet<Box<str>>,
+    firing: std::collections::HashSet<std::sync::Arc<str>>,
 }
 
 /// The parts of an alert record the counters need.

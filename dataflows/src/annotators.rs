@@ -162,7 +162,7 @@ impl Keyed for AnnotatorLogic {
             };
             out.push(AnnotatorOut::Own(
                 key,
-                Record::new(project, task, Entity::Annotator(name.into()), &object),
+                Record::new(project, task, Entity::Annotator(names.annotators.shared(annotator)), &object),
             ));
         }
         let gate = (project_id(project), annotator);

@@ -202,11 +202,7 @@ impl Keyed for GateLogic {
 
 /// The key of the gate record of `annotator` in `project`.
 pub fn gate_key(project: &str, annotator: &str) -> crate::records::RecordKey {
-    crate::records::RecordKey {
-        project: project.into(),
-        task: "".into(),
-        entity: Entity::Gate(annotator.into()),
-    }
+    crate::records::RecordKey::new(project, "", Entity::Gate(annotator.into()))
 }
 
 /// A gate decision as published to the gating topic (spec section 4): one per change.
@@ -312,7 +308,7 @@ pub fn gate_records_since(
 /// each (project, annotator), and the gate records each epoch's gate changes publish.
 #[derive(Debug, Default)]
 pub struct GateLog {
-    published: BTreeMap<(Box<str>, Box<str>), PublishedGate>,
+    published: BTreeMap<(std::sync::Arc<str>, std::sync::Arc<str>), PublishedGate>,
 }
 
 impl GateLog {

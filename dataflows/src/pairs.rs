@@ -13,7 +13,7 @@ use crate::dataflow::Diff;
 use crate::keyed::Keyed;
 use crate::label::LabelId;
 use crate::objects::PairReport;
-use crate::records::{Entity, Record};
+use crate::records::{Entity, Record, RecordKey};
 use crate::source::{AnnotatorId, Catalog, ScopeId};
 use crate::stats;
 
@@ -98,17 +98,18 @@ impl Keyed for PairLogic {
         let (project, task) = names.scope_name(scope);
         // Ids order the pair inside the dataflow; the spec orders it bytewise by name. Every pair
         // statistic is symmetric in the two annotators, so only the names swap.
-        let (name_a, name_b) = (names.annotators.name(a), names.annotators.name(b));
+        let (name_a, name_b) = (names.annotators.shared(a), names.annotators.shared(b));
         let (a, b) = if name_a > name_b { (name_b, name_a) } else { (name_a, name_b) };
         let object = PairReport {
-            a,
-            b,
+            a: &a,
+            b: &b,
             n_shared: stats.n_shared,
             percent_agreement: stats.percent_agreement,
             cohen_kappa: stats.cohen_kappa,
             scott_pi: stats.scott_pi,
         };
-        out.push(PairOut::Record(Record::new(project, task, Entity::Pair(a.into(), b.into()), &object)));
+        let value = crate::records::json(&object);
+        out.push(PairOut::Record(Record { key: RecordKey::new(project, task, Entity::Pair(a, b)), value }));
     }
 
     fn is_empty(pair: &PairState) -> bool {

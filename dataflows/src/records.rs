@@ -10,6 +10,7 @@
 //! size and start); see [`Entity`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,19 +23,19 @@ pub enum Entity {
     /// The scope object ([`crate::objects::ScopeSummary`]).
     Scope,
     /// An annotator pair by names, `a < b` bytewise ([`crate::objects::PairReport`]).
-    Pair(Box<str>, Box<str>),
+    Pair(Arc<str>, Arc<str>),
     /// An annotator by name ([`crate::objects::AnnotatorReport`] with its gate).
-    Annotator(Box<str>),
+    Annotator(Arc<str>),
     /// An item by name: its consensus, trusted consensus, truth and route ([`crate::trust`]).
-    Item(Box<str>),
+    Item(Arc<str>),
     /// An alert by id ([`crate::drift::Alert`]).
-    Alert(Box<str>),
+    Alert(Arc<str>),
     /// A tumbling window of the scope by size and start, milliseconds
     /// ([`crate::objects::WindowSummary`]).
     Window { size_ms: i64, start_ms: i64 },
     /// The gate of an annotator (by name) in the record's project ([`crate::drift::Gate`]); gates
     /// belong to a project, so the record's task is empty.
-    Gate(Box<str>),
+    Gate(Arc<str>),
     /// The scope's preference numbers over all its comparisons, spec 2.2
     /// ([`crate::preferences::PreferenceQuality`]): joined to the scope's own record as its
     /// `preferences` ([`crate::scope_truth::ScopePartsLogic`]), not a record of its own outside
@@ -42,15 +43,46 @@ pub enum Entity {
     Preferences,
     /// A system's leaderboard entry by name, spec 2.2
     /// ([`crate::preferences::LeaderboardEntry`]).
-    System(Box<str>),
+    System(Arc<str>),
 }
 
-/// The identity of a record: its scope's names and the entity within it.
+/// The identity of a record: its scope's names and the entity within it. The scope's names are
+/// shared by the records of a scope formed on one thread ([`scope_name`]): a report holds
+/// hundreds of thousands of records of a few scopes at once.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RecordKey {
-    pub project: Box<str>,
-    pub task: Box<str>,
+    pub project: Arc<str>,
+    pub task: Arc<str>,
     pub entity: Entity,
+}
+
+impl RecordKey {
+    /// The key of `entity` in the scope `(project, task)`.
+    pub fn new(project: &str, task: &str, entity: Entity) -> RecordKey {
+        RecordKey { project: scope_name(project), task: scope_name(task), entity }
+    }
+}
+
+/// `name` as a shared string: the same allocation as the last few scope names this thread
+/// formed records for (a small cache, most recent first), or a new one.
+pub fn scope_name(name: &str) -> Arc<str> {
+    /// Scope names kept per thread; a thread forming records of more scopes allocates the
+    /// others anew, as it did before names were shared.
+    const CACHED: usize = 8;
+    thread_local! {
+        static NAMES: std::cell::RefCell<Vec<Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    NAMES.with_borrow_mut(|names| {
+        if let Some(i) = names.iter().position(|n| **n == *name) {
+            names[..=i].rotate_right(1);
+        } else {
+            if names.len() == CACHED {
+                names.pop();
+            }
+            names.insert(0, Arc::from(name));
+        }
+        names[0].clone()
+    })
 }
 
 /// One output record: its identity and its object as compact JSON.
@@ -63,11 +95,28 @@ pub struct Record {
 impl Record {
     /// A record of `entity` in the scope `(project, task)` whose object is `object`.
     pub fn new(project: &str, task: &str, entity: Entity, object: &impl Serialize) -> Record {
-        Record {
-            key: RecordKey { project: project.into(), task: task.into(), entity },
-            value: serde_json::to_vec(object).expect("objects serialise"),
-        }
+        Record { key: RecordKey::new(project, task, entity), value: json(object) }
     }
+}
+
+/// `object` as JSON, in a vector of exactly its length. `serde_json::to_vec` starts at 128
+/// bytes and doubles, so that a record of 129-255 bytes would hold 256 for as long as it lives
+/// (a report holds every pair's record at once); this serialises into a buffer kept per thread
+/// and copies out only the bytes.
+pub fn json(object: &impl Serialize) -> Vec<u8> {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        serde_json::to_writer(&mut *buffer, object).expect("objects serialise");
+        let value = buffer.to_vec();
+        // A rare large object (a scope's) does not stay as the thread's buffer.
+        if buffer.capacity() > 1 << 16 {
+            *buffer = Vec::new();
+        }
+        value
+    })
 }
 
 /// The current records, built from the record changes of epochs: what a reader of the output
@@ -217,6 +266,34 @@ pub fn sort_records(records: &mut Vec<Record>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_is_held_in_exactly_its_length() {
+        let object: Vec<String> = (0..20).map(|i| format!("value {i}")).collect();
+        let value = super::json(&object);
+        assert_eq!(value, serde_json::to_vec(&object).unwrap());
+        assert!(value.len() > 128);
+        assert_eq!(value.capacity(), value.len());
+    }
+
+    #[test]
+    fn records_of_a_scope_share_its_names() {
+        let a = super::RecordKey::new("project", "task", super::Entity::Scope);
+        // Other scopes in between, fewer than the cache holds.
+        for i in 0..5 {
+            super::scope_name(&format!("other {i}"));
+        }
+        let b = super::RecordKey::new("project", "task", super::Entity::Scope);
+        assert!(std::sync::Arc::ptr_eq(&a.project, &b.project) && std::sync::Arc::ptr_eq(&a.task, &b.task));
+        assert_eq!((&*b.project, &*b.task), ("project", "task"));
+        // More scopes than it holds: the name is formed anew, equal.
+        for i in 0..20 {
+            super::scope_name(&format!("other {i}"));
+        }
+        let c = super::RecordKey::new("project", "task", super::Entity::Scope);
+        assert!(!std::sync::Arc::ptr_eq(&a.project, &c.project));
+        assert_eq!(a, c);
+    }
+
     use super::*;
 
     #[test]

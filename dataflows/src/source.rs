@@ -13,6 +13,7 @@
 //! names behind ids from another process's catalog ([`Catalog::take_new`], [`Catalog::learn`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
@@ -86,10 +87,11 @@ impl Stamp {
 pub type Day = i32;
 
 /// The names behind ids of one kind (items or annotators); a name's id is [`stable_id`] of it.
+/// Names are shared ([`Interner::shared`]) with the records that name them.
 #[derive(Debug)]
 pub struct Interner {
     kind: &'static str,
-    names: HashMap<u64, Box<str>, RandomState>,
+    names: HashMap<u64, Arc<str>, RandomState>,
 }
 
 impl Interner {
@@ -128,6 +130,12 @@ impl Interner {
     /// The name with id `id`. Panics on an id whose name this catalog has not seen.
     pub fn name(&self, id: u64) -> &str {
         &self.names[&id]
+    }
+
+    /// The name with id `id`, shared (a record's key holds it without a copy). Panics on an id
+    /// whose name this catalog has not seen.
+    pub fn shared(&self, id: u64) -> Arc<str> {
+        self.names[&id].clone()
     }
 
     /// Number of names seen.

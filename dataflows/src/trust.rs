@@ -253,11 +253,7 @@ impl Keyed for ItemRecordLogic {
         value.extend_from_slice(decision.route.name().as_bytes());
         value.extend_from_slice(b"\"}");
         let (project, task) = names.scope_name(scope);
-        let key = crate::records::RecordKey {
-            project: project.into(),
-            task: task.into(),
-            entity: Entity::Item(names.items.name(item).into()),
-        };
+        let key = crate::records::RecordKey::new(project, task, Entity::Item(names.items.shared(item)));
         out.push(ItemOut::Record(Record { key, value }));
     }
 

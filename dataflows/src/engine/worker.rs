@@ -46,8 +46,10 @@ pub(super) fn run_worker(
     let latest_close = std::rc::Rc::new(std::cell::Cell::new(None::<Time>));
     // Whether the first worker said that no more closes come.
     let finished = std::rc::Rc::new(std::cell::Cell::new(false));
-    // Emit::Final: this worker's records.
-    let kept = std::rc::Rc::new(std::cell::RefCell::new(Vec::<(Record, Diff)>::new()));
+    // Emit::Final: this worker's records, in the batches they came in (kept as they are: one
+    // vector grown to hold them all would copy them at every doubling and leave the freed halves
+    // resident, at the report's peak).
+    let kept = std::rc::Rc::new(std::cell::RefCell::new(Vec::<Vec<(Record, Time, Diff)>>::new()));
     let probe = {
         let latest = latest_close.clone();
         let finish = finished.clone();
@@ -90,10 +92,7 @@ pub(super) fn run_worker(
                         Pipeline,
                         "KeepRecords",
                         move |(input, _)| {
-                            input.for_each(|_, data| {
-                                kept.borrow_mut()
-                                    .extend(data.drain(..).map(|(record, _, diff)| (record, diff)));
-                            })
+                            input.for_each(|_, data| kept.borrow_mut().push(std::mem::take(data)))
                         },
                     );
                 }
@@ -188,12 +187,24 @@ pub(super) fn run_worker(
         report_progress(&probe);
     }
     report_progress(&probe);
-    let mut records = std::mem::take(&mut *kept.borrow_mut());
+    let batches = std::mem::take(&mut *kept.borrow_mut());
+    let total = batches.iter().map(Vec::len).sum();
     // Final records come once each; otherwise what remains of the changes is the final state.
-    if records.iter().any(|(_, diff)| *diff != 1) {
-        crate::records::consolidate(&mut records);
-    }
-    let mut records: Vec<Record> = records.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| r).collect();
+    let mut records: Vec<Record> = if batches.iter().flatten().all(|(_, _, diff)| *diff == 1) {
+        // Each batch is freed once moved: the records are held once, plus one batch.
+        let mut records = Vec::with_capacity(total);
+        for batch in batches {
+            records.extend(batch.into_iter().map(|(record, ..)| record));
+        }
+        records
+    } else {
+        let mut changes = Vec::with_capacity(total);
+        for batch in batches {
+            changes.extend(batch.into_iter().map(|(record, _, diff)| (record, diff)));
+        }
+        crate::records::consolidate(&mut changes);
+        changes.into_iter().filter(|(_, d)| *d > 0).map(|(r, _)| r).collect()
+    };
     crate::records::sort_records(&mut records);
     records
 }
