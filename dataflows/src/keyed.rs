@@ -108,6 +108,10 @@ pub trait Keyed: 'static {
     }
 }
 
+/// With [`Emit::Final`], an operator that held at least this many keys hands the freed memory
+/// back ([`crate::freed`]) once it has derived them: the pairs of a large scope, its items.
+const RELEASE_AFTER_KEYS: usize = 1 << 14;
+
 /// When a keyed operator derives its outputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Emit {
@@ -312,8 +316,12 @@ pub fn keyed<'s, L: Keyed>(
                         }
                     }
                 }
+                let large = states.capacity() >= RELEASE_AFTER_KEYS;
                 states = HashMap::default();
                 kept = HashMap::default();
+                if large {
+                    crate::freed::release();
+                }
             }
         }
     });

@@ -16,6 +16,7 @@ pub mod dataflow;
 pub mod drift;
 pub mod engine;
 pub mod event;
+pub mod freed;
 pub mod gates;
 pub mod items;
 pub mod keyed;

@@ -145,6 +145,11 @@ pub fn run(request: &ReportRequest, on_refused: impl FnMut(&Refused<'_>)) -> Res
     if let Err(errno) = crate::memory::release_freed_pages() {
         tracing::debug!(errno, "freed pages not released");
     }
+    labelqc_dataflows::freed::set_release(|| {
+        if let Err(errno) = crate::memory::release_freed_pages() {
+            tracing::debug!(errno, "freed pages not released");
+        }
+    });
     let parts = engine.finish()?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "dataflows finished");
 

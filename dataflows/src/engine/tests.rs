@@ -396,3 +396,36 @@ fn window_records_follow_the_labels() {
 fn refuses_zero_workers() {
     assert!(matches!(Engine::start(&config(0, Emit::Changes)), Err(EngineError::NoWorkers)));
 }
+
+/// How often the report handed freed memory back ([`crate::freed`]).
+static RELEASED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+fn a_report_hands_back_the_memory_of_a_large_operator_once_it_is_derived() {
+    crate::freed::set_release(|| {
+        RELEASED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    // 200 annotators on one item: 19,900 pairs, more than an operator may hold before its final
+    // derivation hands its freed states back.
+    let mut engine = Engine::start(&config(1, Emit::Final)).unwrap();
+    let mut source = source();
+    let mut updates = Vec::new();
+    for a in 0..200 {
+        let line = format!(r#"{{"item_id":"i","annotator_id":"a{a:03}","label":"x","ts":{a}}}"#);
+        source.apply_label(&parse_label_event(&line).unwrap(), &mut updates).unwrap();
+    }
+    engine.submit(updates, source.catalog.take_new()).unwrap();
+    let records: Vec<Record> = engine.finish().unwrap().into_iter().flatten().collect();
+    let pairs = records.iter().filter(|r| matches!(r.key.entity, Entity::Pair(..))).count();
+    assert_eq!(pairs, 19_900);
+    assert!(RELEASED.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the pairs' memory was not handed back");
+    // The records of a scope share its names, and a pair's names are the catalog's.
+    let first = records.iter().find(|r| matches!(r.key.entity, Entity::Pair(..))).unwrap();
+    assert!(records.iter().all(|r| std::sync::Arc::ptr_eq(&r.key.project, &first.key.project)));
+    let Entity::Pair(a, _) = &first.key.entity else { unreachable!() };
+    let same_a = records.iter().filter_map(|r| match &r.key.entity {
+        Entity::Pair(x, _) if x == a => Some(x),
+        _ => None,
+    });
+    assert!(same_a.clone().count() > 1 && same_a.clone().all(|x| std::sync::Arc::ptr_eq(x, a)));
+}
