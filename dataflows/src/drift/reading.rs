@@ -300,8 +300,8 @@ impl DayContext<'_> {
         for (&(_, bucket), &[count]) in self.inputs.speed.range((*days.start(), 0)..=(*days.end(), u16::MAX))
         {
             n += count;
-            let center = bucket_center_ms(bucket);
-            sum_ln += count as f64 * center.ln();
+            let (center, ln_center) = bucket_center(bucket);
+            sum_ln += count as f64 * ln_center;
             if center < limit_ms {
                 fast += count;
             }
