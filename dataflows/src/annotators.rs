@@ -81,8 +81,20 @@ pub struct AnnotatorLogic {
     pub preferences: PreferenceSettings,
     /// The drift inputs of every scope (restricted as [`crate::scopes`] says).
     basis: HashMap<ScopeId, ScopeInputs, RandomState>,
-    /// Scopes whose drift inputs changed in this epoch, with the earliest day changed.
-    changed: HashMap<ScopeId, Day, RandomState>,
+    /// Scopes whose drift inputs changed in this epoch, and the days changed.
+    changed: HashMap<ScopeId, ChangedDays, RandomState>,
+    /// Of a changed scope in this epoch: whether its annotators' gold readings on a day read one
+    /// of its changed gold days (the same for all of them: computed once per scope and day).
+    gold_read: HashMap<(ScopeId, Day), bool, RandomState>,
+}
+
+/// The days of a scope's drift inputs an epoch changed.
+#[derive(Debug, Default)]
+struct ChangedDays {
+    /// Days of pooled gold answers, ascending, each once.
+    gold: Vec<Day>,
+    /// The earliest day of label times.
+    speed: Option<Day>,
 }
 
 impl AnnotatorLogic {
@@ -92,6 +104,7 @@ impl AnnotatorLogic {
             preferences: PreferenceSettings::default(),
             basis: HashMap::default(),
             changed: HashMap::default(),
+            gold_read: HashMap::default(),
         }
     }
 }
@@ -209,20 +222,43 @@ impl Keyed for AnnotatorLogic {
 
     fn side(&mut self, update: &Basis, diff: Diff) {
         let (scope, day) = update.apply(&mut self.basis, diff);
-        let earliest = self.changed.entry(scope).or_insert(day);
-        *earliest = (*earliest).min(day);
+        let changed = self.changed.entry(scope).or_default();
+        match update {
+            Basis::Gold { .. } => {
+                if let Err(at) = changed.gold.binary_search(&day) {
+                    changed.gold.insert(at, day);
+                }
+            }
+            Basis::Speed { .. } => changed.speed = Some(changed.speed.map_or(day, |d| d.min(day))),
+        }
     }
 
-    /// A reading on day `d` uses its scope's days before `d` (and, without a baseline lag, the
-    /// gold answers of `d`): an annotator is touched when it has a reading on or after the
-    /// earliest day that changed.
-    fn touched(&mut self, &(scope, _): &AnnotatorKey, a: &AnnotatorState) -> bool {
-        let Some(&changed) = self.changed.get(&scope) else { return false };
-        a.timeline.as_ref().and_then(|t| t.days.last()).is_some_and(|&(day, _)| day >= changed)
+    /// An annotator is touched when it has a day whose readings read a changed day of its scope:
+    /// for label times, any day on or after the earliest changed ([`drift`]'s speed signals
+    /// compare with the scope's days before theirs); for gold answers, a day whose gold baseline
+    /// reads a changed day ([`drift::reads_scope_gold_of`]).
+    fn touched(&mut self, &(scope, _): &AnnotatorKey, a: &AnnotatorState, names: &Catalog) -> bool {
+        let Some(changed) = self.changed.get(&scope) else { return false };
+        let Some(days) = a.timeline.as_ref().map(|t| &t.days) else { return false };
+        let Some(&(last, _)) = days.last() else { return false };
+        if changed.speed.is_some_and(|day| last >= day) {
+            return true;
+        }
+        let Some(&first) = changed.gold.first() else { return false };
+        let config = self.drift.for_project(names.scope_name(scope).0);
+        let empty = ScopeInputs::default();
+        let basis = self.basis.get(&scope).unwrap_or(&empty);
+        let from = days.partition_point(|&(day, _)| day < first);
+        days[from..].iter().any(|&(day, _)| {
+            *self.gold_read.entry((scope, day)).or_insert_with(|| {
+                changed.gold.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g))
+            })
+        })
     }
 
     fn side_done(&mut self) {
         self.changed.clear();
+        self.gold_read.clear();
         self.basis.retain(|_, inputs| !(inputs.gold_days.is_empty() && inputs.speed.is_empty()));
     }
 }
@@ -301,5 +337,66 @@ impl Keyed for JoinLogic {
 
     fn is_record(_: &Record) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::parse_label_event;
+    use crate::source::{scope_id, Source};
+
+    /// An annotator whose timeline has these active days.
+    fn active_on(days: &[Day]) -> AnnotatorState {
+        let days = days.iter().map(|&day| (day, [SignalState::Ok; Signal::COUNT])).collect();
+        AnnotatorState {
+            timeline: Some(Timeline { days, ..Timeline::default() }),
+            ..AnnotatorState::default()
+        }
+    }
+
+    #[test]
+    fn a_changed_scope_day_touches_only_the_annotators_whose_readings_read_it() {
+        let mut source = Source::default();
+        let label = parse_label_event(r#"{"item_id":"i","annotator_id":"a","label":"x","ts":0}"#).unwrap();
+        source.apply_label(&label, &mut Vec::new()).unwrap();
+        let names = &source.catalog;
+        let scope = scope_id("default", "default");
+        let key = (scope, 1);
+        let mut logic = AnnotatorLogic::new(DriftSettings::default());
+        // 100 gold answers a day on days 0-59.
+        for day in 0..60 {
+            logic.side(&Basis::Gold { scope, day, answers: 100, errors: 10 }, 1);
+        }
+        logic.side_done();
+        // Day 50 corrected. With the defaults (a 28-day baseline ending 14 days back) the readings
+        // of days 64-91 read it, and those of a day whose baseline period is thin (under 200
+        // answers) read every day before theirs: from day 100 on the period holds day 59 alone.
+        logic.side(&Basis::Gold { scope, day: 50, answers: 0, errors: 1 }, 1);
+        for (days, touched) in [
+            (&[10, 50, 59, 63][..], false),
+            (&[64], true),
+            (&[30, 91], true),
+            (&[86], true),
+            (&[92, 99], false),
+            (&[100], true),
+            (&[40, 49], false),
+        ] {
+            assert_eq!(logic.touched(&key, &active_on(days), names), touched, "active on {days:?}");
+        }
+        logic.side_done();
+        // Only day 20 corrected, and the thin periods read it too.
+        logic.side(&Basis::Gold { scope, day: 20, answers: 0, errors: 1 }, 1);
+        assert!(!logic.touched(&key, &active_on(&[20, 33, 62, 70]), names));
+        assert!(logic.touched(&key, &active_on(&[34]), names));
+        assert!(logic.touched(&key, &active_on(&[120]), names));
+        logic.side_done();
+        // Label times of a day: every reading on or after it.
+        logic.side(&Basis::Speed { scope, day: 50, bucket: 60, count: 1 }, 1);
+        assert!(logic.touched(&key, &active_on(&[50]), names));
+        assert!(!logic.touched(&key, &active_on(&[10, 49]), names));
+        logic.side_done();
+        // Nothing changed: nobody.
+        assert!(!logic.touched(&key, &active_on(&[50, 80]), names));
     }
 }

@@ -91,8 +91,9 @@ pub trait Keyed: 'static {
     /// Applies a side update with multiplicity `diff`.
     fn side(&mut self, _update: &Self::Side, _diff: Diff) {}
 
-    /// After an epoch's side updates: whether they change what `key` derives.
-    fn touched(&mut self, _key: &Self::Key, _state: &Self::State) -> bool {
+    /// After an epoch's side updates: whether they change what `key` derives (`names` has the
+    /// names of every id of the epoch).
+    fn touched(&mut self, _key: &Self::Key, _state: &Self::State, _names: &Catalog) -> bool {
         false
     }
 
@@ -257,7 +258,7 @@ pub fn keyed<'s, L: Keyed>(
                 if !side.is_empty() {
                     let start = changed.len();
                     for (key, state) in &states {
-                        if logic.touched(key, state) {
+                        if logic.touched(key, state, &names) {
                             changed.push(*key);
                         }
                     }

@@ -377,7 +377,7 @@ impl Keyed for TruthLogic {
         }
     }
 
-    fn touched(&mut self, _: &ScopeId, s: &ScopeLabels) -> bool {
+    fn touched(&mut self, _: &ScopeId, s: &ScopeLabels, _: &Catalog) -> bool {
         self.refresh.is_some() && (s.dirty || s.warm_fit) && !self.stands(s)
     }
 

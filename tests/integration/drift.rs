@@ -400,6 +400,56 @@ fn live_drift_with_late_events_equals_a_full_evaluation() {
     assert_eq!(Value::from(alerts), full["scopes"][0]["alerts"]);
 }
 
+/// Gold answers withdrawn late, in the middle and early in 40 days of history, each in an epoch of
+/// its own: an annotator is re-evaluated only when one of its readings reads a changed day of the
+/// scope, and the live records still equal a full evaluation. Withdrawing the newest gold answer
+/// changes only the records of the annotators who answered it.
+#[test]
+fn gold_withdrawn_anywhere_in_the_history_leaves_live_drift_equal_to_a_full_evaluation() {
+    let spec = GenSpec { careless_share: 0.3, ..daily_spec(12, 40) };
+    let (labels, gold, _) = traffic(&spec);
+    let mut live = Live::start();
+    live.feed(Stream::Gold, &gold);
+    live.feed(Stream::Labels, &labels);
+    let annotators_now = |live: &Live| {
+        live.objects(|e| match e {
+            Entity::Annotator(name) => Some(name),
+            _ => None,
+        })
+    };
+    let withdraw = |line: &String| {
+        let v: Value = serde_json::from_str(line).unwrap();
+        (
+            v["item_id"].as_str().unwrap().to_string(),
+            format!(r#"{{"item_id":{},"op":"delete"}}"#, v["item_id"]),
+        )
+    };
+    let mut deletes = Vec::new();
+    for (at, newest) in [(gold.len() - 1, true), (gold.len() / 2, false), (0, false)] {
+        let (item, delete) = withdraw(&gold[at]);
+        let before = annotators_now(&live);
+        live.feed(Stream::Gold, std::slice::from_ref(&delete));
+        deletes.push(delete);
+        if newest {
+            let after = annotators_now(&live);
+            let changed: Vec<&String> =
+                after.keys().filter(|name| before.get(*name) != after.get(*name)).collect();
+            let answered: Vec<String> = labels
+                .iter()
+                .map(|line| serde_json::from_str::<Value>(line).unwrap())
+                .filter(|v| v["item_id"] == item.as_str())
+                .map(|v| v["annotator_id"].as_str().unwrap().to_string())
+                .collect();
+            assert!(!changed.is_empty(), "withdrawing {item} changed no annotator");
+            assert!(changed.iter().all(|name| answered.contains(name)), "{changed:?} beyond {answered:?}");
+        }
+    }
+    let annotators: Vec<Value> = annotators_now(&live).into_values().collect();
+    live.engine.finish().unwrap();
+    let full = report(&labels, &[gold, deletes].concat(), DriftConfig::default());
+    assert_eq!(Value::from(annotators), full["scopes"][0]["annotators"]);
+}
+
 /// Scope alerts carry when their condition began and ended, in event-time days, read as of the
 /// end of each day: two annotators agree on every item of 2026-01-01 (alpha 1, gold all right),
 /// disagree on every item of the 2nd (alpha and gold accuracy fall under their floor and target)

@@ -115,7 +115,8 @@ impl DayContext<'_> {
         }
     }
 
-    /// The error rate the gold evidence compares against, on `day`.
+    /// The error rate the gold evidence compares against, on `day` (which of the scope's days it
+    /// reads: [`reads_scope_gold_of`]).
     pub(super) fn gold_baseline(&self, day: Day) -> Option<f64> {
         let c = self.config;
         let end = day - c.gold_baseline_lag_days as Day;
@@ -379,4 +380,17 @@ impl DayContext<'_> {
             }),
         })
     }
+}
+
+/// Whether an annotator's gold reading on `day` reads the scope's gold answers of `changed`, as
+/// [`DayContext::gold_baseline`] does: the scope's baseline period `[day - lag - days + 1,
+/// day - lag]` (`gold_baseline_lag_days`, `gold_baseline_days`), or, where that period has fewer
+/// than `gold_baseline_min_answers` answers, every day before `day`. No other reading reads the
+/// scope's gold answers, so a corrected gold answer re-evaluates only the annotators with such a
+/// day (for an answer of the scope's latest days, none but its own annotators).
+pub fn reads_scope_gold_of(config: &DriftConfig, scope: &ScopeInputs, day: Day, changed: Day) -> bool {
+    let end = day - config.gold_baseline_lag_days as Day;
+    let period = (end - config.gold_baseline_days as Day + 1)..=end;
+    period.contains(&changed)
+        || (changed < day && sum_range(&scope.gold_days, period)[0] < config.gold_baseline_min_answers)
 }
