@@ -38,16 +38,24 @@ impl AnnotatorInputs {
         days
     }
 
-    /// The days with any input, ascending.
+    /// The days with any input, ascending. Each map is ordered by day first, so each gives its
+    /// days in order, each once; only the few days of all the maps together are sorted.
     pub(super) fn active_days(&self, gold_days: &BTreeMap<Day, [i64; 2]>) -> Vec<Day> {
-        let mut days: Vec<Day> = gold_days
-            .keys()
-            .copied()
-            .chain(self.gap.keys().copied())
-            .chain(self.mix.keys().map(|(d, _)| *d))
-            .chain(self.speed.keys().map(|(d, _)| *d))
-            .chain(self.sides.keys().copied())
-            .collect();
+        fn distinct(days: impl Iterator<Item = Day>, out: &mut Vec<Day>) {
+            let mut last = None;
+            for day in days {
+                if last != Some(day) {
+                    out.push(day);
+                    last = Some(day);
+                }
+            }
+        }
+        let mut days = Vec::new();
+        distinct(gold_days.keys().copied(), &mut days);
+        distinct(self.gap.keys().copied(), &mut days);
+        distinct(self.mix.keys().map(|(d, _)| *d), &mut days);
+        distinct(self.speed.keys().map(|(d, _)| *d), &mut days);
+        distinct(self.sides.keys().copied(), &mut days);
         days.sort_unstable();
         days.dedup();
         days

@@ -86,6 +86,9 @@ pub(super) struct DayContext<'a> {
     pub(super) label_name: &'a dyn Fn(LabelId) -> String,
     pub(super) inputs: &'a AnnotatorInputs,
     pub(super) gold_days: &'a BTreeMap<Day, [i64; 2]>,
+    /// The annotator's timed labels (`inputs.speed`) as a sorted slice: the speed signals sum
+    /// weeks of it at every day, in the same order, faster than walking the tree.
+    pub(super) speed: &'a [((Day, u16), i64)],
     pub(super) scope: &'a ScopeInputs,
     pub(super) median_ms: Option<f64>,
     pub(super) preferences: &'a PreferenceSettings,
@@ -298,8 +301,9 @@ impl DayContext<'_> {
     /// Timed labels `(count, sum of ln ms)` in `days`, and those under `limit_ms`.
     pub(super) fn timing(&self, days: std::ops::RangeInclusive<Day>, limit_ms: f64) -> (i64, f64, i64) {
         let (mut n, mut sum_ln, mut fast) = (0, 0.0, 0);
-        for (&(_, bucket), &[count]) in self.inputs.speed.range((*days.start(), 0)..=(*days.end(), u16::MAX))
-        {
+        let from = self.speed.partition_point(|&((day, _), _)| day < *days.start());
+        let to = self.speed.partition_point(|&((day, _), _)| day <= *days.end());
+        for &((_, bucket), count) in &self.speed[from..to.max(from)] {
             n += count;
             let (center, ln_center) = bucket_center(bucket);
             sum_ln += count as f64 * ln_center;

@@ -82,11 +82,13 @@ pub fn evaluate_with(
     label_name: &dyn Fn(LabelId) -> String,
 ) -> Timeline {
     let gold_days = inputs.gold_days();
+    let speed: Vec<((Day, u16), i64)> = inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect();
     let mut context = DayContext {
         config,
         label_name,
         inputs,
         gold_days: &gold_days,
+        speed: &speed,
         scope,
         median_ms: None,
         preferences,
