@@ -61,6 +61,8 @@ pub struct AnnotatorState {
     timeline: Option<Timeline>,
     /// The sides chosen in its comparisons (preference events).
     sides: SideCounts,
+    /// Whether an update changed its own sums since it was last derived.
+    updated: bool,
 }
 
 /// What an annotator derives, and where it goes.
@@ -86,6 +88,12 @@ pub struct AnnotatorLogic {
     /// Of a changed scope in this epoch: whether its annotators' gold readings on a day read one
     /// of its changed gold days (the same for all of them: computed once per scope and day).
     gold_read: HashMap<(ScopeId, Day), bool, RandomState>,
+    /// Touched in this epoch by its scope's gold answers alone: its timeline is re-evaluated
+    /// from its last one, reading again only the gold readings that read a changed day
+    /// ([`drift::reevaluate_gold`]).
+    reread: std::collections::HashSet<AnnotatorKey, RandomState>,
+    /// The gold days of each scope changed in this epoch, for [`AnnotatorLogic::reread`].
+    reread_days: HashMap<ScopeId, Vec<Day>, RandomState>,
 }
 
 /// The days of a scope's drift inputs an epoch changed.
@@ -105,6 +113,8 @@ impl AnnotatorLogic {
             basis: HashMap::default(),
             changed: HashMap::default(),
             gold_read: HashMap::default(),
+            reread: Default::default(),
+            reread_days: HashMap::default(),
         }
     }
 }
@@ -123,6 +133,7 @@ impl Keyed for AnnotatorLogic {
     }
 
     fn apply(&mut self, _: &AnnotatorKey, a: &mut AnnotatorState, update: &AnnotatorSum, &(x, y, z): &Sums) {
+        a.updated = true;
         match *update {
             AnnotatorSum::Items { raters } => add(&mut a.by_raters, raters, [x, y]),
             AnnotatorSum::Gold => {
@@ -160,8 +171,20 @@ impl Keyed for AnnotatorLogic {
         let label_name = |l: LabelId| names.labels.get(l).to_json_text();
         let empty = ScopeInputs::default();
         let basis = self.basis.get(&scope).unwrap_or(&empty);
-        a.timeline = (!a.drift.is_empty())
-            .then(|| drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name));
+        let changed_gold = self.reread.remove(&key).then(|| self.reread_days.get(&scope)).flatten();
+        a.timeline = match (changed_gold, a.timeline.take()) {
+            (Some(changed), Some(previous)) if !a.updated && !a.drift.is_empty() => {
+                let reread = |day| changed.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g));
+                let p = &self.preferences;
+                let timeline =
+                    drift::reevaluate_gold(&a.drift, basis, config, p, &label_name, &previous, &reread);
+                debug_assert_eq!(timeline, drift::evaluate_with(&a.drift, basis, config, p, &label_name));
+                Some(timeline)
+            }
+            _ => (!a.drift.is_empty())
+                .then(|| drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name)),
+        };
+        a.updated = false;
         let name = names.annotators.name(annotator);
         if !a.by_raters.is_empty() {
             let object = AnnotatorReport {
@@ -237,7 +260,8 @@ impl Keyed for AnnotatorLogic {
     /// for label times, any day on or after the earliest changed ([`drift`]'s speed signals
     /// compare with the scope's days before theirs); for gold answers, a day whose gold baseline
     /// reads a changed day ([`drift::reads_scope_gold_of`]).
-    fn touched(&mut self, &(scope, _): &AnnotatorKey, a: &AnnotatorState, names: &Catalog) -> bool {
+    fn touched(&mut self, &key: &AnnotatorKey, a: &AnnotatorState, names: &Catalog) -> bool {
+        let (scope, _) = key;
         let Some(changed) = self.changed.get(&scope) else { return false };
         let Some(days) = a.timeline.as_ref().map(|t| &t.days) else { return false };
         let Some(&(last, _)) = days.last() else { return false };
@@ -249,15 +273,24 @@ impl Keyed for AnnotatorLogic {
         let empty = ScopeInputs::default();
         let basis = self.basis.get(&scope).unwrap_or(&empty);
         let from = days.partition_point(|&(day, _)| day < first);
-        days[from..].iter().any(|&(day, _)| {
+        let touched = days[from..].iter().any(|&(day, _)| {
             *self.gold_read.entry((scope, day)).or_insert_with(|| {
                 changed.gold.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g))
             })
-        })
+        });
+        if touched && !a.updated {
+            self.reread.insert(key);
+        }
+        touched
     }
 
     fn side_done(&mut self) {
-        self.changed.clear();
+        self.reread_days.clear();
+        for (scope, changed) in self.changed.drain() {
+            if !changed.gold.is_empty() {
+                self.reread_days.insert(scope, changed.gold);
+            }
+        }
         self.gold_read.clear();
         self.basis.retain(|_, inputs| !(inputs.gold_days.is_empty() && inputs.speed.is_empty()));
     }

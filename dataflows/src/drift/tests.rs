@@ -88,3 +88,27 @@ fn config_validation_names_the_field() {
     assert_eq!(c.validate().unwrap_err().field, "gate_threshold");
     assert!(DriftConfig::default().validate().is_ok());
 }
+
+#[test]
+fn a_timeline_re_evaluated_after_a_gold_change_of_the_scope_is_the_full_evaluation() {
+    // An annotator at 20% errors for 70 days, too few answers for a baseline of its own; the
+    // scope's pooled answers at 10%, its usual rate, against which 20% is evidence. Then the
+    // scope's day 20 turns out much worse (a corrected answer key), which raises the baseline,
+    // and changes the evidence, of the days whose baseline period holds day 20.
+    let (a, mut s) = gold_inputs((0..70).map(|d| (d, 5, 1)));
+    for day in 0..70 {
+        s.gold_days.insert(day, [400, 40]);
+    }
+    let config = DriftConfig::default();
+    let name = |l: LabelId| format!("#{l}");
+    let before = evaluate(&a, &s, &config, &name);
+    s.gold_days.insert(20, [2000, 1500]);
+    let full = evaluate(&a, &s, &config, &name);
+    assert_ne!(full, before, "the change should move some reading");
+    let reads = |day| reads_scope_gold_of(&config, &s, day, 20);
+    let prefs = PreferenceSettings::default();
+    assert_eq!(reevaluate_gold(&a, &s, &config, &prefs, &name, &before, &reads), full);
+    // Reading again only the days outside the baseline periods that hold day 20 misses them.
+    let misses = |day| !reads(day);
+    assert_ne!(reevaluate_gold(&a, &s, &config, &prefs, &name, &before, &misses), full);
+}

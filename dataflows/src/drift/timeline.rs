@@ -37,6 +37,9 @@ pub struct Timeline {
     pub episodes: Vec<Episode>,
     /// The current state of every signal.
     pub current: Vec<(Signal, SignalReport)>,
+    /// Each signal's level from its own reading on each day of `days` (before speed and
+    /// too-fast are held at watch): what [`reevaluate_gold`] reuses.
+    pub levels: Vec<[SignalState; Signal::COUNT]>,
 }
 
 impl Timeline {
@@ -81,6 +84,35 @@ pub fn evaluate_with(
     preferences: &PreferenceSettings,
     label_name: &dyn Fn(LabelId) -> String,
 ) -> Timeline {
+    evaluate_reusing(inputs, scope, config, preferences, label_name, None)
+}
+
+/// [`evaluate_with`] after a change of the scope's pooled gold answers alone, from `previous`,
+/// this annotator's timeline over the same inputs of its own: only the gold readings of the days
+/// for which `reread` says so are read again, every other reading's level is `previous`'s, and
+/// the state rules, the alarm episodes and the current readings are formed again. The result is
+/// [`evaluate_with`]'s when `reread` holds for every day whose gold reading reads a changed day
+/// of the scope ([`reads_scope_gold_of`]): no other reading reads the scope's gold answers.
+pub fn reevaluate_gold(
+    inputs: &AnnotatorInputs,
+    scope: &ScopeInputs,
+    config: &DriftConfig,
+    preferences: &PreferenceSettings,
+    label_name: &dyn Fn(LabelId) -> String,
+    previous: &Timeline,
+    reread: &dyn Fn(Day) -> bool,
+) -> Timeline {
+    evaluate_reusing(inputs, scope, config, preferences, label_name, Some((previous, reread)))
+}
+
+fn evaluate_reusing(
+    inputs: &AnnotatorInputs,
+    scope: &ScopeInputs,
+    config: &DriftConfig,
+    preferences: &PreferenceSettings,
+    label_name: &dyn Fn(LabelId) -> String,
+    reuse: Option<(&Timeline, &dyn Fn(Day) -> bool)>,
+) -> Timeline {
     let gold_days = inputs.gold_days();
     let speed: Vec<((Day, u16), i64)> = inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect();
     let mut context = DayContext {
@@ -104,17 +136,35 @@ pub fn evaluate_with(
     let mut open: [Option<usize>; Signal::COUNT] = [None; Signal::COUNT];
     let mut latest: [Option<Reading>; Signal::COUNT] = Default::default();
     let mut last_day = None;
-    for day in inputs.active_days(&gold_days) {
+    let active = inputs.active_days(&gold_days);
+    if let Some((previous, _)) = reuse {
+        debug_assert!(previous.days.iter().map(|(day, _)| *day).eq(active.iter().copied()), "other days");
+        debug_assert_eq!(previous.levels.len(), active.len());
+    }
+    for (at, &day) in active.iter().enumerate() {
         while let Some((&(_, bucket), &[n])) = scope_speed.next_if(|((d, _), _)| *d < day) {
             *histogram.entry(bucket).or_default() += n;
         }
         context.median_ms = median_ms(&histogram);
         let mut levels = [SignalState::Insufficient; Signal::COUNT];
-        for signal in Signal::ALL {
-            let i = signal.index();
-            latest[i] = context.read(signal, day);
-            levels[i] = latest[i].as_ref().map_or(SignalState::Insufficient, Reading::level);
+        match reuse {
+            Some((previous, reread)) => {
+                levels = previous.levels[at];
+                if reread(day) {
+                    let gold = context.read(Signal::Gold, day);
+                    levels[Signal::Gold.index()] =
+                        gold.as_ref().map_or(SignalState::Insufficient, Reading::level);
+                }
+            }
+            None => {
+                for signal in Signal::ALL {
+                    let i = signal.index();
+                    latest[i] = context.read(signal, day);
+                    levels[i] = latest[i].as_ref().map_or(SignalState::Insufficient, Reading::level);
+                }
+            }
         }
+        timeline.levels.push(levels);
         let primary = levels[Signal::Gold.index()].max(levels[Signal::Agreement.index()]);
         for signal in [Signal::Speed, Signal::TooFast] {
             let i = signal.index();
@@ -162,11 +212,12 @@ pub fn evaluate_with(
         timeline.days.push((day, state));
         last_day = Some(day);
     }
-    // The current readings, now with their explanations.
+    // The current readings, now with their explanations (a signal without a reading has none
+    // with an explanation either).
     if let Some(day) = last_day {
         context.explain = true;
         for signal in Signal::ALL {
-            if latest[signal.index()].is_some() {
+            if reuse.is_some() || latest[signal.index()].is_some() {
                 latest[signal.index()] = context.read(signal, day);
             }
         }
