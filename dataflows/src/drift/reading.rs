@@ -86,9 +86,10 @@ pub(super) struct DayContext<'a> {
     pub(super) label_name: &'a dyn Fn(LabelId) -> String,
     pub(super) inputs: &'a AnnotatorInputs,
     pub(super) gold_days: &'a BTreeMap<Day, [i64; 2]>,
-    /// The annotator's timed labels (`inputs.speed`) as a sorted slice: the speed signals sum
-    /// weeks of it at every day, in the same order, faster than walking the tree.
-    pub(super) speed: &'a [((Day, u16), i64)],
+    /// The annotator's timed labels (`inputs.speed`) as a sorted slice, where it reads them at
+    /// every day: the speed signals sum weeks of it, in the same order, faster than walking the
+    /// tree (which they walk without it).
+    pub(super) speed: Option<&'a [((Day, u16), i64)]>,
     pub(super) scope: &'a ScopeInputs,
     pub(super) median_ms: Option<f64>,
     pub(super) preferences: &'a PreferenceSettings,
@@ -301,14 +302,23 @@ impl DayContext<'_> {
     /// Timed labels `(count, sum of ln ms)` in `days`, and those under `limit_ms`.
     pub(super) fn timing(&self, days: std::ops::RangeInclusive<Day>, limit_ms: f64) -> (i64, f64, i64) {
         let (mut n, mut sum_ln, mut fast) = (0, 0.0, 0);
-        let from = self.speed.partition_point(|&((day, _), _)| day < *days.start());
-        let to = self.speed.partition_point(|&((day, _), _)| day <= *days.end());
-        for &((_, bucket), count) in &self.speed[from..to.max(from)] {
+        let mut add = |bucket: u16, count: i64| {
             n += count;
             let (center, ln_center) = bucket_center(bucket);
             sum_ln += count as f64 * ln_center;
             if center < limit_ms {
                 fast += count;
+            }
+        };
+        match self.speed {
+            Some(speed) => {
+                let from = speed.partition_point(|&((day, _), _)| day < *days.start());
+                let to = speed.partition_point(|&((day, _), _)| day <= *days.end());
+                speed[from..to.max(from)].iter().for_each(|&((_, bucket), count)| add(bucket, count));
+            }
+            None => {
+                let range = self.inputs.speed.range((*days.start(), 0)..=(*days.end(), u16::MAX));
+                range.for_each(|(&(_, bucket), &[count])| add(bucket, count));
             }
         }
         (n, sum_ln, fast)

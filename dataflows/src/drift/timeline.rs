@@ -114,13 +114,18 @@ fn evaluate_reusing(
     reuse: Option<(&Timeline, &dyn Fn(Day) -> bool)>,
 ) -> Timeline {
     let gold_days = inputs.gold_days();
-    let speed: Vec<((Day, u16), i64)> = inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect();
+    // Read at every day in a full evaluation: laid out flat once. A re-evaluation reads speed at
+    // its last day only, from the tree.
+    let speed: Vec<((Day, u16), i64)> = match reuse {
+        None => inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect(),
+        Some(_) => Vec::new(),
+    };
     let mut context = DayContext {
         config,
         label_name,
         inputs,
         gold_days: &gold_days,
-        speed: &speed,
+        speed: reuse.is_none().then_some(&speed[..]),
         scope,
         median_ms: None,
         preferences,
@@ -136,16 +141,22 @@ fn evaluate_reusing(
     let mut open: [Option<usize>; Signal::COUNT] = [None; Signal::COUNT];
     let mut latest: [Option<Reading>; Signal::COUNT] = Default::default();
     let mut last_day = None;
-    let active = inputs.active_days(&gold_days);
-    if let Some((previous, _)) = reuse {
-        debug_assert!(previous.days.iter().map(|(day, _)| *day).eq(active.iter().copied()), "other days");
-        debug_assert_eq!(previous.levels.len(), active.len());
-    }
+    let active = match reuse {
+        None => inputs.active_days(&gold_days),
+        // The same inputs of its own: the same days.
+        Some((previous, _)) => {
+            debug_assert!(previous.days.iter().map(|(day, _)| *day).eq(inputs.active_days(&gold_days)));
+            previous.days.iter().map(|(day, _)| *day).collect()
+        }
+    };
     for (at, &day) in active.iter().enumerate() {
         while let Some((&(_, bucket), &[n])) = scope_speed.next_if(|((d, _), _)| *d < day) {
             *histogram.entry(bucket).or_default() += n;
         }
-        context.median_ms = median_ms(&histogram);
+        // The scope's median label time, which too-fast reads: a re-evaluation reads that signal
+        // only where an alarm starts and on its last day.
+        let reads_all = reuse.is_none() || at + 1 == active.len();
+        context.median_ms = if reads_all { median_ms(&histogram) } else { None };
         let mut levels = [SignalState::Insufficient; Signal::COUNT];
         match reuse {
             Some((previous, reread)) => {
@@ -195,6 +206,9 @@ fn evaluate_reusing(
             if next == SignalState::Alarm && state[i] != SignalState::Alarm {
                 open[i] = Some(timeline.episodes.len());
                 context.explain = true;
+                if !reads_all {
+                    context.median_ms = median_ms(&histogram);
+                }
                 let explanation = context.read(signal, day).map(|r| r.explanation).unwrap_or_default();
                 context.explain = false;
                 timeline.episodes.push(Episode { signal, start: day, end: None, explanation });
