@@ -252,8 +252,9 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     engine.finish()?;
     let summary = traffic.summary();
     eprintln!(
-        "labelqc demo: stopped after {:.1} s; {} label events sent, {} relabels, {} deletes, {} gold items; {} scopes",
+        "labelqc demo: stopped after {:.1} s; {} label events sent ({} new labels, {} relabels, {} deletes), {} gold items; {} scopes",
         start.elapsed().as_secs_f64(),
+        screen::thousands(summary.labels + summary.relabels + summary.deletes),
         screen::thousands(summary.labels),
         screen::thousands(summary.relabels),
         screen::thousands(summary.deletes),
@@ -270,6 +271,15 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     };
     eprintln!("labelqc demo: alerts raised: {raised} ({raised_critical} critical)");
     eprintln!("labelqc demo: planted problems caught: {}; missed: {}", named(&caught), named(&missed));
+    if missed.iter().any(|(_, kind)| *kind == "careless") {
+        // The careless ones turn part-way: a short demo may end before their labels show it.
+        eprintln!(
+            "labelqc demo: the careless annotators turn careless {:.0} s after the start and this run lasted {:.0} s; a run of {:.0} s or more (or a smaller --careless-after) shows them caught",
+            settings.careless_after.as_secs_f64(),
+            start.elapsed().as_secs_f64(),
+            settings.careless_after.as_secs_f64() * 2.0
+        );
+    }
     let planted_names: BTreeSet<&String> = planted_all.iter().map(|(name, _)| name).collect();
     let healthy: Vec<&String> = alerted
         .iter()
