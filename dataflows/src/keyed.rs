@@ -286,7 +286,9 @@ pub fn keyed<'s, L: Keyed>(
                         }
                     }
                     let mut last = kept.remove(key).unwrap_or_default();
-                    after.sort_unstable();
+                    // A stable sort merges the runs a derivation pushes in order (an annotator's
+                    // gold answers, its days) in about linear time.
+                    after.sort();
                     emit_sorted_difference(&last, &after, &mut emit);
                     if !after.is_empty() {
                         last.clear();
