@@ -123,8 +123,7 @@ impl DayContext<'_> {
     /// reads: [`reads_scope_gold_of`]).
     pub(super) fn gold_baseline(&self, day: Day) -> Option<f64> {
         let c = self.config;
-        let end = day - c.gold_baseline_lag_days as Day;
-        let range = (end - c.gold_baseline_days as Day + 1)..=end;
+        let range = gold_baseline_period(c, day);
         let [scope_n, scope_errors] = sum_range(&self.scope.gold_days, range.clone());
         // The scope's rate over the same period, or over everything before today if that is thin.
         let scope_rate = if scope_n >= c.gold_baseline_min_answers {
@@ -396,6 +395,13 @@ impl DayContext<'_> {
     }
 }
 
+/// The days of a gold reading's baseline period on `day`: the `gold_baseline_days` that end
+/// `gold_baseline_lag_days` before it.
+fn gold_baseline_period(config: &DriftConfig, day: Day) -> std::ops::RangeInclusive<Day> {
+    let end = day - config.gold_baseline_lag_days as Day;
+    (end - config.gold_baseline_days as Day + 1)..=end
+}
+
 /// Whether an annotator's gold reading on `day` reads the scope's gold answers of `changed`, as
 /// [`DayContext::gold_baseline`] does: the scope's baseline period `[day - lag - days + 1,
 /// day - lag]` (`gold_baseline_lag_days`, `gold_baseline_days`), or, where that period has fewer
@@ -403,8 +409,7 @@ impl DayContext<'_> {
 /// scope's gold answers, so a corrected gold answer re-evaluates only the annotators with such a
 /// day (for an answer of the scope's latest days, none but its own annotators).
 pub fn reads_scope_gold_of(config: &DriftConfig, scope: &ScopeInputs, day: Day, changed: Day) -> bool {
-    let end = day - config.gold_baseline_lag_days as Day;
-    let period = (end - config.gold_baseline_days as Day + 1)..=end;
+    let period = gold_baseline_period(config, day);
     period.contains(&changed)
         || (changed < day && sum_range(&scope.gold_days, period)[0] < config.gold_baseline_min_answers)
 }
