@@ -306,6 +306,7 @@ pub fn keyed<'s, L: Keyed>(
                     let mut record_session = record_handle.session(&capabilities[0]);
                     let mut other_session = other_handle.session(&capabilities[1]);
                     let time = *capabilities[0].time();
+                    let large = states.len() >= RELEASE_AFTER_KEYS;
                     // Each state is dropped once derived: nothing follows the final outputs.
                     for (key, mut state) in states.drain() {
                         after.clear();
@@ -318,13 +319,14 @@ pub fn keyed<'s, L: Keyed>(
                             }
                         }
                     }
+                    if large {
+                        // The drained table too, before its pages go back.
+                        drop(std::mem::take(&mut states));
+                        crate::freed::release();
+                    }
                 }
-                let large = states.capacity() >= RELEASE_AFTER_KEYS;
                 states = HashMap::default();
                 kept = HashMap::default();
-                if large {
-                    crate::freed::release();
-                }
             }
         }
     });
