@@ -171,18 +171,25 @@ impl Keyed for AnnotatorLogic {
         let label_name = |l: LabelId| names.labels.get(l).to_json_text();
         let empty = ScopeInputs::default();
         let basis = self.basis.get(&scope).unwrap_or(&empty);
+        let (inputs, preferences) = (&a.drift, &self.preferences);
+        let full = || drift::evaluate_with(inputs, basis, config, preferences, &label_name);
         let changed_gold = self.reread.remove(&key).then(|| self.reread_days.get(&scope)).flatten();
         a.timeline = match (changed_gold, a.timeline.take()) {
-            (Some(changed), Some(previous)) if !a.updated && !a.drift.is_empty() => {
+            (Some(changed), Some(previous)) if !a.updated && !inputs.is_empty() => {
                 let reread = |day| changed.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g));
-                let p = &self.preferences;
-                let timeline =
-                    drift::reevaluate_gold(&a.drift, basis, config, p, &label_name, &previous, &reread);
-                debug_assert_eq!(timeline, drift::evaluate_with(&a.drift, basis, config, p, &label_name));
+                let timeline = drift::reevaluate_gold(
+                    inputs,
+                    basis,
+                    config,
+                    preferences,
+                    &label_name,
+                    &previous,
+                    &reread,
+                );
+                debug_assert_eq!(timeline, full());
                 Some(timeline)
             }
-            _ => (!a.drift.is_empty())
-                .then(|| drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name)),
+            _ => (!inputs.is_empty()).then(full),
         };
         a.updated = false;
         let name = names.annotators.name(annotator);
