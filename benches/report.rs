@@ -2,7 +2,9 @@
 //!
 //! 1. `labelqc report` throughput over a generated 1,000,000-event file (1,000 annotators, 5
 //!    labels per item, 4 classes, 5% gold items, 1% relabels), end to end through the real
-//!    binary, with 1 and 2 workers; the median of several runs.
+//!    binary, with 1 and 2 workers; the median of several runs. Each run is made with Dawid–Skene
+//!    truth (the default) and again without it (`truth.enabled = false`), and the bench prints
+//!    what truth adds to the report's time.
 //! 2. Peak resident memory of those runs per live label.
 //! 3. The time to apply one relabel after the 1,000,000 events: from submitting it to having
 //!    every affected output record (scope, pairs, annotators, item, gate) re-formed and handed out
@@ -83,6 +85,23 @@ fn dataset(events: u64) -> (PathBuf, PathBuf) {
     (labels, gold)
 }
 
+/// The live labels of a report: the sum of its scopes' `n_labels`. Read as a stream into a
+/// struct of those fields alone, so that this process stays small: a child's peak resident size
+/// (`wait4`) counts the pages it shared with this process until `exec`.
+fn count_live_labels(report: &Path) -> i64 {
+    #[derive(serde::Deserialize)]
+    struct Report {
+        scopes: Vec<Scope>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Scope {
+        n_labels: i64,
+    }
+    let file = std::fs::File::open(report).expect("the report");
+    let report: Report = serde_json::from_reader(BufReader::new(file)).expect("report JSON");
+    report.scopes.iter().map(|s| s.n_labels).sum()
+}
+
 /// Runs a command, returning its wall time and peak resident set size in bytes.
 fn run_measured(cmd: &mut Command) -> (Duration, u64) {
     let start = Instant::now();
@@ -155,46 +174,55 @@ fn gold_items(gold: &Path) -> std::collections::HashSet<(String, String, String)
         .collect()
 }
 
-/// The report's runs with 1 and 2 workers, and the input side in-process.
+/// The report's runs with 1 and 2 workers, each run with Dawid–Skene truth (the default) and
+/// then without it (`truth.enabled = false`), and the input side in-process.
 fn report_runs(o: &Options, labels: &Path, gold: &Path) {
-    let report_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-report.json");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let report_path = tmp.join("bench-report.json");
+    let truth_off = tmp.join("bench-truth-off.toml");
+    std::fs::write(&truth_off, "[truth]\nenabled = false\n").expect("write the truth-off config");
     println!("# labelqc report benchmark ({} events, {} runs each)\n", o.events, o.runs);
-    println!("| workers | median wall (s) | events/s | peak RSS (MiB) | bytes per live label |");
-    println!("|---|---|---|---|---|");
+    println!("| workers | truth | median wall (s) | events/s | peak RSS (MiB) | bytes per live label |");
+    println!("|---|---|---|---|---|---|");
     let mut live_labels = 0i64;
+    let mut adds = Vec::new();
     for workers in [1usize, 2] {
-        let mut times = Vec::new();
-        let mut peak = 0;
+        // Each run with truth, then without: the two medians come from the same minutes.
+        let mut times = [Vec::new(), Vec::new()];
+        let mut peaks = [0, 0];
         for _ in 0..o.runs {
-            let (elapsed, rss) = run_measured(
-                Command::new(env!("CARGO_BIN_EXE_labelqc"))
-                    .args(["report", "--labels"])
-                    .arg(labels)
-                    .arg("--gold")
-                    .arg(gold)
-                    .arg("--workers")
-                    .arg(workers.to_string())
-                    .arg("--output")
-                    .arg(&report_path),
-            );
-            times.push(elapsed);
-            peak = peak.max(rss);
+            for (off, config) in [None, Some(&truth_off)].into_iter().enumerate() {
+                let mut command = Command::new(env!("CARGO_BIN_EXE_labelqc"));
+                command.args(["report", "--labels"]).arg(labels).arg("--gold").arg(gold);
+                command.arg("--workers").arg(workers.to_string()).arg("--output").arg(&report_path);
+                if let Some(config) = config {
+                    command.arg("--config").arg(config);
+                }
+                let (elapsed, rss) = run_measured(&mut command);
+                times[off].push(elapsed);
+                peaks[off] = peaks[off].max(rss);
+            }
         }
         if live_labels == 0 {
-            let report: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&report_path).unwrap()).expect("report JSON");
-            live_labels =
-                report["scopes"].as_array().unwrap().iter().map(|s| s["n_labels"].as_i64().unwrap()).sum();
+            live_labels = count_live_labels(&report_path);
         }
-        let m = median(times);
-        println!(
-            "| {workers} | {:.2} | {:.0} | {:.0} | {:.0} |",
-            m.as_secs_f64(),
-            o.events as f64 / m.as_secs_f64(),
-            peak as f64 / (1 << 20) as f64,
-            peak as f64 / live_labels as f64
-        );
+        let [with, without] = times.map(median);
+        for (truth, m, peak) in [("on", with, peaks[0]), ("off", without, peaks[1])] {
+            println!(
+                "| {workers} | {truth} | {:.2} | {:.0} | {:.0} | {:.0} |",
+                m.as_secs_f64(),
+                o.events as f64 / m.as_secs_f64(),
+                peak as f64 / (1 << 20) as f64,
+                peak as f64 / live_labels as f64
+            );
+        }
+        adds.push(format!(
+            "{:+.0}% with {workers} worker{}",
+            (with.as_secs_f64() / without.as_secs_f64() - 1.0) * 100.0,
+            if workers == 1 { "" } else { "s" }
+        ));
     }
+    println!("\nDawid–Skene truth adds {} to the report's time.", adds.join(", "));
     println!("\nlive labels: {live_labels}\n");
 
     let (parse, apply) = input_costs(labels, gold, o.runs);

@@ -88,9 +88,12 @@ pub fn derive<'s>(
         item_json: records,
         once: emit == Emit::Final,
     };
-    let truth_rows = rows.clone().map(|((scope, item), row)| (scope, (item, row)));
+    // With truth off (`truth.enabled = false`) the truth operator gets no rows: it fits nothing
+    // and forms nothing, so its outputs below are empty.
+    let enabled = config.truth.enabled;
+    let truth_rows = rows.clone().filter(move |_| enabled).map(|((scope, item), row)| (scope, (item, row)));
     // Live with a refresh interval: a tick per epoch lets due scopes be refitted.
-    let ticks = refresh.map(|_| crate::scope_truth::ticks(rows.inner.clone()));
+    let ticks = refresh.filter(|_| enabled).map(|_| crate::scope_truth::ticks(rows.inner.clone()));
     let truth = keyed(truth_rows, ticks, names, logic, emit, "Truth");
     let confusion = truth.others.clone().flat_map(|out| match out {
         TruthOut::Annotator { scope, annotator, json } => {

@@ -117,6 +117,13 @@ impl Default for FitOptions {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TruthSettings {
+    /// Whether Dawid–Skene truth is inferred at all (default `true`). Off, no scope is fitted:
+    /// every `truth` (item and scope) and every annotator's `confusion` is `null`, and routing,
+    /// which settles an item on its posterior, settles only items with a gold answer. Consensus,
+    /// trusted consensus and every other number are unchanged. For reports and services that do
+    /// not use truth or routes: the fit is the report's largest single cost, and live refits of
+    /// large scopes take a share of the workers.
+    pub enabled: bool,
     /// Live: the shortest time between two refreshes of one scope's truth, in milliseconds
     /// (default 1000); a changed scope is refreshed within about twice this while a warm fit of
     /// it takes at most a fifth of that (see [`crate::scope_truth`]). The report always computes
@@ -134,7 +141,7 @@ pub struct TruthSettings {
 
 impl Default for TruthSettings {
     fn default() -> Self {
-        TruthSettings { refresh_ms: 1000, clamp_gold: false, live_tolerance: 0.001 }
+        TruthSettings { enabled: true, refresh_ms: 1000, clamp_gold: false, live_tolerance: 0.001 }
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`tests/conformance/truth/NAME.json`, crowd-kit 1.4.2's values) with one worker, with two
 //! workers and tiny epochs, and on the dataset's live labels shuffled: each item's `truth`, each
 //! annotator's `confusion` and the scope's `truth.priors` within 1e-6, the scope's `routing`
-//! counting every item once.
+//! counting every item once; and with truth off, nothing fitted and nothing else changed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -159,4 +159,76 @@ fn dawid_skene_in_the_report_equals_crowd_kit_whatever_the_workers_epochs_and_or
         }
     }
     assert!(problems.is_empty(), "{} mismatches:\n{}", problems.len(), problems.join("\n"));
+}
+
+/// `truth.enabled = false` on generated traffic with gold answers (two projects): nothing is
+/// fitted (every scope's and item's `truth` and every annotator's `confusion` null), only items
+/// with a gold answer are settled, and every other number is what the report with truth says.
+#[test]
+fn truth_off_fits_nothing_and_changes_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (labels, gold, config) =
+        (dir.path().join("labels.jsonl"), dir.path().join("gold.jsonl"), dir.path().join("off.toml"));
+    let gen = Command::new(env!("CARGO_BIN_EXE_labelqc"))
+        .args(["gen", "--events", "3000", "--annotators", "30", "--projects", "2", "--seed", "11"])
+        .arg("--out")
+        .arg(&labels)
+        .arg("--gold-out")
+        .arg(&gold)
+        .output()
+        .expect("run labelqc gen");
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    std::fs::write(&config, "[truth]\nenabled = false\n").unwrap();
+    let on = report(&labels, &gold, &[]);
+    let off = report(&labels, &gold, &["--config", config.to_str().unwrap()]);
+
+    let gold_items: std::collections::HashSet<(String, String)> = std::fs::read_to_string(&gold)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let g: Value = serde_json::from_str(line).unwrap();
+            (g["project"].as_str().unwrap().to_owned(), g["item_id"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    // What truth decides: removed from both reports, which must then be the same.
+    let strip = |report: &Value| {
+        let mut report = report.clone();
+        for scope in report["scopes"].as_array_mut().unwrap() {
+            let scope = scope.as_object_mut().unwrap();
+            scope.remove("truth");
+            scope.remove("routing");
+            for annotator in scope["annotators"].as_array_mut().unwrap() {
+                annotator.as_object_mut().unwrap().remove("confusion");
+            }
+            for item in scope["items"].as_object_mut().unwrap().values_mut() {
+                let item = item.as_object_mut().unwrap();
+                item.remove("truth");
+                item.remove("route");
+            }
+        }
+        report
+    };
+    let scopes = off["scopes"].as_array().unwrap();
+    assert_eq!(scopes.len(), 2, "two projects");
+    let mut gold_seen = 0;
+    for (scope, with_truth) in scopes.iter().zip(on["scopes"].as_array().unwrap()) {
+        assert!(with_truth["truth"]["iterations"].as_u64().unwrap() > 0, "fitted with truth on");
+        assert!(scope["truth"].is_null(), "{}", scope["truth"]);
+        for annotator in scope["annotators"].as_array().unwrap() {
+            assert!(annotator["confusion"].is_null(), "{}", annotator["confusion"]);
+        }
+        let project = scope["project"].as_str().unwrap().to_owned();
+        let items = scope["items"].as_object().unwrap();
+        for (id, item) in items {
+            assert!(item["truth"].is_null(), "{id}: {}", item["truth"]);
+            let has_gold = gold_items.contains(&(project.clone(), id.clone()));
+            assert_eq!(item["route"] == "settled", has_gold, "{id}: {}", item["route"]);
+            gold_seen += usize::from(has_gold);
+        }
+        let routing = &scope["routing"];
+        let counted = ["settled", "needs_labels", "escalate"].map(|r| routing[r].as_u64().unwrap());
+        assert_eq!(counted.iter().sum::<u64>(), items.len() as u64, "every item routed once");
+    }
+    assert!(gold_seen > 0, "some items have a gold answer");
+    assert_eq!(strip(&off), strip(&on), "everything truth does not decide is the same");
 }

@@ -134,7 +134,10 @@ fn a_warm_start_maps_labels_and_items_by_id() {
 #[test]
 fn settings_defaults_and_validation() {
     let defaults: TruthSettings = serde_json::from_str("{}").unwrap();
-    assert_eq!(defaults, TruthSettings { refresh_ms: 1000, clamp_gold: false, live_tolerance: 0.001 });
+    assert_eq!(
+        defaults,
+        TruthSettings { enabled: true, refresh_ms: 1000, clamp_gold: false, live_tolerance: 0.001 }
+    );
     defaults.validate().unwrap();
     assert_eq!(defaults.fit_options(), FitOptions::default());
     let clamp: TruthSettings = serde_json::from_str(r#"{"clamp_gold": true}"#).unwrap();
@@ -148,7 +151,9 @@ fn settings_defaults_and_validation() {
         let err = TruthSettings { live_tolerance, ..TruthSettings::default() }.validate().unwrap_err();
         assert_eq!(err.field, "truth.live_tolerance");
     }
-    TruthSettings { refresh_ms: 1, clamp_gold: true, live_tolerance: 0.0 }.validate().unwrap();
+    TruthSettings { enabled: false, refresh_ms: 1, clamp_gold: true, live_tolerance: 0.0 }
+        .validate()
+        .unwrap();
 }
 
 #[test]
