@@ -264,3 +264,31 @@ fn a_warm_refit_republishes_only_the_items_whose_truth_moved_beyond_the_toleranc
     // Republishing every change moves more items than the labels that changed.
     assert!(moved[0].0 > moved[1].0, "{moved:?}");
 }
+
+#[test]
+fn live_with_truth_off_fits_nothing_and_trust_still_follows_the_gates() {
+    let refresh = std::time::Duration::from_millis(100);
+    let truth = crate::truth::TruthSettings { enabled: false, ..Default::default() };
+    let mut run = Run::with(EngineConfig { truth_refresh: Some(refresh), truth, ..config(Emit::Changes, 2) });
+    run.epoch(&labels(), &gold("x"));
+    // Past the refresh interval, with and without changes: still nothing fitted.
+    std::thread::sleep(refresh + std::time::Duration::from_millis(50));
+    run.epoch(&[r#"{"item_id":"u","annotator_id":"g2","label":"x","ts":30}"#.to_string()], &[]);
+    std::thread::sleep(refresh + std::time::Duration::from_millis(50));
+    run.epoch(&[], &[]);
+    assert!(run.scope_truth().is_null(), "{}", run.scope_truth());
+    let truths = item_truths(&run);
+    assert!(!truths.is_empty() && truths.values().all(|t| t.is_null()), "{truths:?}");
+    for (key, value) in run.records.iter() {
+        if let Entity::Annotator(who) = &key.entity {
+            let record: serde_json::Value = serde_json::from_slice(value).unwrap();
+            assert!(record["confusion"].is_null(), "{who}: {}", record["confusion"]);
+        }
+    }
+    // `s` answers every gold question wrong: blocked, its labels leave the trusted consensus of
+    // `t` (where only `g1`'s `x` remains), with or without truth.
+    assert_eq!(run.gate("s"), "block");
+    assert_eq!(trusted(&run.item("t")), ("x".to_string(), 1));
+    assert_eq!(run.item("t")["route"], "needs_labels");
+    assert_eq!(run.item("q0")["route"], "settled", "a gold item settles");
+}
