@@ -116,16 +116,14 @@ fn evaluate_reusing(
     let gold_days = inputs.gold_days();
     // Read at every day in a full evaluation: laid out flat once. A re-evaluation reads speed at
     // its last day only, from the tree.
-    let speed: Vec<((Day, u16), i64)> = match reuse {
-        None => inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect(),
-        Some(_) => Vec::new(),
-    };
+    let speed: Option<Vec<((Day, u16), i64)>> =
+        reuse.is_none().then(|| inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect());
     let mut context = DayContext {
         config,
         label_name,
         inputs,
         gold_days: &gold_days,
-        speed: reuse.is_none().then_some(&speed[..]),
+        speed: speed.as_deref(),
         scope,
         median_ms: None,
         preferences,
