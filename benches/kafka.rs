@@ -11,7 +11,7 @@
 //!
 //! Run with `cargo bench --bench kafka` (`-- --events N --seconds S` to change the defaults,
 //! `-- --truth-refresh-ms N` for another live Dawid–Skene refit interval, `-- --truth-tolerance X`
-//! for another `[truth] live_tolerance`;
+//! for another `[truth] live_tolerance`, `-- --no-truth` for `[truth] enabled = false`;
 //! `-- --processes N [--workers W]` runs the service as a cluster of N processes on 127.0.0.1).
 //! `-- --brokers HOST:PORT` runs 1 and 2 on that broker instead (tansu, say): the benchmark
 //! creates its topics there through the admin API, so the broker must not have them yet; 3 is
@@ -179,8 +179,12 @@ fn start_service(brokers: &str, group: &str, config_dir: &std::path::Path) -> Ve
     };
     drop(listeners);
     // `--truth-refresh-ms N` sets `[truth] refresh_ms` (the live Dawid–Skene refit interval),
-    // `--truth-tolerance X` its `live_tolerance` (0 republishes every item a refit moves).
+    // `--truth-tolerance X` its `live_tolerance` (0 republishes every item a refit moves),
+    // `--no-truth` sets `enabled = false` (what the live fits cost).
     let mut truth = String::from("[truth]\n");
+    if std::env::args().any(|a| a == "--no-truth") {
+        truth.push_str("enabled = false\n");
+    }
     if let Some(ms) = arg_value("--truth-refresh-ms") {
         truth.push_str(&format!("refresh_ms = {ms}\n"));
     }
