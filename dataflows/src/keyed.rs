@@ -104,7 +104,9 @@ pub trait Keyed: 'static {
     /// whether its kept outputs stand as they are, so that it is not derived (nor its outputs
     /// compared) this epoch. For logic that derives at its own pace (a live refit at most so
     /// often), where deriving only to repeat the kept outputs would copy and compare them all.
-    fn unchanged(&mut self, _key: &Self::Key, _state: &Self::State) -> bool {
+    /// It may start work in the background whose result a later epoch derives (returning `true`
+    /// meanwhile), with `names` as of this epoch.
+    fn unchanged(&mut self, _key: &Self::Key, _state: &mut Self::State, _names: &Catalog) -> bool {
         false
     }
 }
@@ -276,7 +278,7 @@ pub fn keyed<'s, L: Keyed>(
                 for key in &changed {
                     after.clear();
                     if let Entry::Occupied(mut state) = states.entry(*key) {
-                        if !L::is_empty(state.get()) && logic.unchanged(key, state.get()) {
+                        if !L::is_empty(state.get()) && logic.unchanged(key, state.get_mut(), &names) {
                             continue;
                         }
                         if L::is_empty(state.get()) {

@@ -1,6 +1,6 @@
 //! Dawid–Skene truth per scope, in the dataflow ([`TruthLogic`]), and the scope's record with the
-//! parts formed downstream of it ([`ScopePartsLogic`]): its `truth`, its `routing` and, in a scope
-//! of comparisons, its `preferences` (with the `mixed_kinds` warning, spec 2.2).
+//! parts formed downstream of it ([`ScopePartsLogic`], in `parts.rs`): its `truth`, its `routing`
+//! and, in a scope of comparisons, its `preferences` (with the `mixed_kinds` warning, spec 2.2).
 //!
 //! EM is global to a scope, so the truth operator keeps every live label of a scope (and its
 //! gold answers, for `truth.clamp_gold`) on the worker that owns the scope, and fits the scope
@@ -8,6 +8,9 @@
 //! crowd-kit ([`crate::truth`]). Live, with [`TruthLogic::refresh`] (`truth.refresh_ms`), a
 //! changed scope is refitted at most once per interval, warm started from its previous fit (a
 //! few iterations near a fixed point); an epoch that changes it sooner keeps its previous truth.
+//! A refit runs in the background (`refit.rs`): the worker that owns the scope takes a snapshot of
+//! its labels and goes on with its epochs, and the first epoch after the fit has finished
+//! publishes it (the scope's first fit is done in place, in the epoch of its first labels).
 //! Every epoch carries a tick ([`ticks`]) that lets the operator look at every scope: a scope
 //! whose refit is due is refitted even when that epoch did not change it, and a scope that has
 //! stopped changing gets one cold fit once due, which makes its truth the report's. Without
@@ -32,12 +35,15 @@ use timely::dataflow::operators::Capability;
 
 use crate::dataflow::{Changes, Diff, Time};
 use crate::items::ItemRow;
-use crate::keyed::{add_part, present, Keyed};
+use crate::keyed::Keyed;
 use crate::label::{JsonLabel, LabelId};
-use crate::records::Record;
-use crate::routing::{Route, RoutingCounts};
 use crate::source::{AnnotatorId, Catalog, ItemId, ScopeId};
 use crate::truth::{fit, FitOptions, ItemTruth, TruthFit, TruthSettings, WarmStart};
+pub use parts::{ScopePart, ScopeParts, ScopePartsLogic};
+use refit::Refit;
+
+mod parts;
+mod refit;
 
 /// What the truth operator derives.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -74,6 +80,8 @@ pub struct ScopeLabels {
     /// warm refit's is held (`truth.live_tolerance`), ascending by item (as a fit lists them, so
     /// that a refit walks both in step).
     published: Vec<Published>,
+    /// Live: the refit running in the background, if any (`refit.rs`).
+    refit: Option<Refit>,
 }
 
 /// An item's published truth: its output and the posterior and label it was formed from.
@@ -315,7 +323,120 @@ impl Keyed for TruthLogic {
     fn derive(&mut self, &scope: &ScopeId, s: &mut ScopeLabels, names: &Catalog, out: &mut Vec<TruthOut>) {
         // A standing scope is not derived: its kept outputs stand (`unchanged`).
         debug_assert!(!self.stands(s), "a standing scope derived");
-        let start = Instant::now();
+        if let Some(refit) = s.refit.take() {
+            // A background refit has finished: its outputs, in this epoch.
+            let (warm, labels, started, gathered) = (refit.warm, refit.labels, refit.started, refit.gathered);
+            match refit.join() {
+                (Ok(fitted), fit_time) => {
+                    let fit = Fit { warm, labels, started, gathered, fit_time, background: true };
+                    self.finish_fit(scope, fitted, fit, s, names, out);
+                }
+                (Err(error), _) => {
+                    tracing::error!(%error, scope, "truth not refitted");
+                    s.last = Some(Instant::now());
+                }
+            }
+            return;
+        }
+        let started = Instant::now();
+        let (labels, gold) = self.snapshot(s);
+        if labels.is_empty() {
+            return;
+        }
+        let order = |a: &LabelId, b: &LabelId| names.labels.get(*a).spec_cmp(names.labels.get(*b));
+        // Live, changed labels start from the previous fit; a scope that stopped changing gets
+        // the cold fit, the report's.
+        let warm = self.refresh.and(s.warm.as_ref()).filter(|_| s.dirty);
+        let gathered = started.elapsed();
+        let fitted = match fit(&labels, &gold, order, &self.options(), warm) {
+            Ok(fitted) => fitted,
+            Err(error) => {
+                tracing::error!(%error, scope, "truth not fitted");
+                return;
+            }
+        };
+        let fit_time = started.elapsed() - gathered;
+        let fit = Fit {
+            warm: warm.is_some(),
+            labels: labels.len(),
+            started,
+            gathered,
+            fit_time,
+            background: false,
+        };
+        self.finish_fit(scope, fitted, fit, s, names, out);
+    }
+
+    fn touched(&mut self, _: &ScopeId, s: &ScopeLabels, _: &Catalog) -> bool {
+        self.refresh.is_some() && (s.refit.is_some() || s.dirty || s.warm_fit) && !self.stands(s)
+    }
+
+    fn is_empty(s: &ScopeLabels) -> bool {
+        s.log.is_empty() && s.gold.is_empty()
+    }
+
+    /// Live, between refits: the kept outputs stand, and the operator neither copies nor
+    /// compares them (a scope of a million labels has about 200,000 item outputs). A refit that
+    /// is due starts in the background (`refit.rs`) and the outputs stand until it has finished;
+    /// only a scope's first fit is done in place, so that a new scope has truth in the epoch of
+    /// its first labels.
+    fn unchanged(&mut self, &scope: &ScopeId, s: &mut ScopeLabels, names: &Catalog) -> bool {
+        if self.stands(s) {
+            return true;
+        }
+        if s.refit.is_some() || s.last.is_none() {
+            return false;
+        }
+        let started = Instant::now();
+        let (labels, gold) = self.snapshot(s);
+        if labels.is_empty() {
+            return false;
+        }
+        let warm = if s.dirty { s.warm.take() } else { None };
+        match Refit::start(labels, gold, names, self.options(), warm, started) {
+            Ok(refit) => {
+                s.refit = Some(refit);
+                // Labels that change from now on are the next refit's.
+                s.dirty = false;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, scope, "no thread for the refit; refitting in place");
+                false
+            }
+        }
+    }
+}
+
+/// A label as a fit takes it: `(item, annotator, label)`.
+type FitLabel = (ItemId, AnnotatorId, LabelId);
+
+/// How a fit went, for its log line and the spacing of the next ([`ScopeLabels::interval`]).
+struct Fit {
+    warm: bool,
+    labels: usize,
+    started: Instant,
+    gathered: Duration,
+    fit_time: Duration,
+    background: bool,
+}
+
+impl TruthLogic {
+    /// Live, whether the last fit's outputs stand: a refit is running, or not due yet, or there
+    /// is nothing to refit (no label changed, and the last fit was the settling cold one).
+    fn stands(&self, s: &ScopeLabels) -> bool {
+        if let Some(refit) = &s.refit {
+            return !refit.finished();
+        }
+        match (self.refresh, &s.last) {
+            (Some(refresh), Some(at)) => at.elapsed() < s.interval(refresh) || !(s.dirty || s.warm_fit),
+            _ => false,
+        }
+    }
+
+    /// The scope's live labels (`(item, annotator, label)`, sorted) and gold answers: what a fit
+    /// takes. Consolidates the label log (a report's fit then frees it).
+    fn snapshot(&self, s: &mut ScopeLabels) -> (Vec<FitLabel>, Vec<(ItemId, LabelId)>) {
         // Live, a sorted run (the labels as of the last fit) and the updates since: a stable sort
         // finds the run, sorts the few others and merges, in about linear time. The report's one
         // fit gets the labels in no order: they are sorted on the fit's threads. Either way
@@ -326,79 +447,54 @@ impl Keyed for TruthLogic {
             sort_on(&mut s.log, self.threads);
         }
         differential_dataflow::consolidation::consolidate(&mut s.log);
-        let labels: Vec<(ItemId, AnnotatorId, LabelId)> =
-            s.log.iter().filter(|(_, n)| *n > 0).map(|&(k, _)| k).collect();
+        let labels = s.log.iter().filter(|(_, n)| *n > 0).map(|&(k, _)| k).collect();
         if self.once {
             // A report fits once: its log is not needed again, and freeing it before the fit
             // takes it out of the report's peak memory (32 bytes a label).
             s.log = Vec::new();
         }
-        if labels.is_empty() {
-            return;
-        }
-        let gold: Vec<(ItemId, LabelId)> = s.gold.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
-        let order = |a: &LabelId, b: &LabelId| names.labels.get(*a).spec_cmp(names.labels.get(*b));
-        let options = FitOptions {
-            clamp_gold: self.settings.clamp_gold,
-            threads: self.threads,
-            ..FitOptions::default()
-        };
-        // Live, changed labels start from the previous fit; a scope that stopped changing gets
-        // the cold fit, the report's.
-        let warm = self.refresh.and(s.warm.as_ref()).filter(|_| s.dirty);
-        let gathered = start.elapsed();
-        let fitted = match fit(&labels, &gold, order, &options, warm) {
-            Ok(fitted) => fitted,
-            Err(error) => {
-                tracing::error!(%error, scope, "truth not fitted");
-                return;
-            }
-        };
-        let warm = warm.is_some();
-        let fitted_at = start.elapsed();
-        let items = self.outputs(scope, &fitted, warm, s, names, out);
+        let gold = s.gold.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
+        (labels, gold)
+    }
+
+    fn options(&self) -> FitOptions {
+        FitOptions { clamp_gold: self.settings.clamp_gold, threads: self.threads, ..FitOptions::default() }
+    }
+
+    /// The outputs of a finished fit, its log line, and (live) where the next one starts.
+    fn finish_fit(
+        &self,
+        scope: ScopeId,
+        fitted: TruthFit,
+        fit: Fit,
+        s: &mut ScopeLabels,
+        names: &Catalog,
+        out: &mut Vec<TruthOut>,
+    ) {
+        let formed_at = Instant::now();
+        let items = self.outputs(scope, &fitted, fit.warm, s, names, out);
+        let outputs = formed_at.elapsed();
         tracing::debug!(
             scope,
-            labels = labels.len(),
+            labels = fit.labels,
             iterations = fitted.iterations(),
-            warm,
+            warm = fit.warm,
+            background = fit.background,
             items_formed = items,
-            gather_ms = gathered.as_millis() as u64,
-            fit_ms = (fitted_at - gathered).as_millis() as u64,
-            elapsed_ms = start.elapsed().as_millis() as u64,
+            gather_ms = fit.gathered.as_millis() as u64,
+            fit_ms = fit.fit_time.as_millis() as u64,
+            outputs_ms = outputs.as_millis() as u64,
+            elapsed_ms = fit.started.elapsed().as_millis() as u64,
             "truth fitted"
         );
         if self.refresh.is_some() {
-            s.cost = start.elapsed();
+            s.cost = fit.gathered + fit.fit_time + outputs;
             s.last = Some(Instant::now());
-            s.warm_fit = warm;
-            s.dirty = false;
+            s.warm_fit = fit.warm;
+            if !fit.background {
+                s.dirty = false;
+            }
             s.warm = Some(fitted.into_warm_start());
-        }
-    }
-
-    fn touched(&mut self, _: &ScopeId, s: &ScopeLabels, _: &Catalog) -> bool {
-        self.refresh.is_some() && (s.dirty || s.warm_fit) && !self.stands(s)
-    }
-
-    fn is_empty(s: &ScopeLabels) -> bool {
-        s.log.is_empty() && s.gold.is_empty()
-    }
-
-    /// Live, between refits: the kept outputs stand, and the operator neither copies nor
-    /// compares them (a scope of a million labels has about 200,000 item outputs).
-    fn unchanged(&mut self, _: &ScopeId, s: &ScopeLabels) -> bool {
-        self.stands(s)
-    }
-}
-
-impl TruthLogic {
-    /// Live, whether the last fit's outputs stand: a refit is not due yet, or there is nothing
-    /// to refit (no label changed, and the last fit was the settling cold one).
-    fn stands(&self, s: &ScopeLabels) -> bool {
-        match (self.refresh, &s.last) {
-            (Some(refresh), Some(at)) => at.elapsed() < s.interval(refresh) || !(s.dirty || s.warm_fit),
-            _ => false,
         }
     }
 }
@@ -418,108 +514,6 @@ fn sort_on(log: &mut [((ItemId, AnnotatorId, LabelId), Diff)], threads: usize) {
 
 /// A row of one of the scope's items: `(item, row)`.
 pub type ItemRowOf = (ItemId, ItemRow);
-
-/// A part of a scope's record.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum ScopePart {
-    /// The scope's own record ([`crate::scopes`]).
-    Own(Record),
-    /// The scope's `truth` object as JSON.
-    Truth(Vec<u8>),
-    /// One item's route and the labels it saves (summed with multiplicities).
-    Route { route: Route, labels_saved: u32 },
-    /// The scope's `preferences` object as JSON ([`crate::leaderboard`]).
-    Preferences(Vec<u8>),
-}
-
-/// A scope's record parts.
-#[derive(Debug, Default)]
-pub struct ScopeParts {
-    own: Vec<(Record, Diff)>,
-    truth: Vec<(Vec<u8>, Diff)>,
-    routing: RoutingCounts,
-    preferences: Vec<(Vec<u8>, Diff)>,
-}
-
-/// The scope's warning when it has both plain label events and comparisons (spec 2.2).
-const MIXED_KINDS: &[u8] = br#","warnings":[{"kind":"mixed_kinds","message":"the scope has both plain label events and preference events (left, right); its preference numbers use the preference events only: give comparisons a task of their own"}]"#;
-
-/// A scope's `n_labels` (from its own record) and its preference numbers' `events`.
-#[derive(Deserialize)]
-struct Counts {
-    n_labels: Option<i64>,
-    events: Option<i64>,
-}
-
-/// The counts of a compact JSON object (none when it has neither).
-fn counts(value: &[u8]) -> Counts {
-    serde_json::from_slice(value).unwrap_or(Counts { n_labels: None, events: None })
-}
-
-/// Joins each scope's own record with its `truth`, `routing` and `preferences`: the scope record
-/// of the report, of the scopes topic and of the query API (an operator of its own, since truth
-/// and routing depend on the gates, which depend on the scope's own numbers). A scope with both
-/// plain label events and comparisons (more live labels than comparisons) also gets the
-/// `mixed_kinds` warning.
-pub struct ScopePartsLogic;
-
-impl Keyed for ScopePartsLogic {
-    type Key = ScopeId;
-    type Update = ScopePart;
-    type Diff = Diff;
-    type State = ScopeParts;
-    type Out = Record;
-    type Side = ();
-    const KEEP_OUTPUTS: bool = true;
-
-    fn route(key: &ScopeId) -> u64 {
-        *key
-    }
-
-    fn apply(&mut self, _: &ScopeId, s: &mut ScopeParts, update: &ScopePart, &diff: &Diff) {
-        match update {
-            ScopePart::Own(record) => add_part(&mut s.own, record.clone(), diff),
-            ScopePart::Truth(json) => add_part(&mut s.truth, json.clone(), diff),
-            ScopePart::Preferences(json) => add_part(&mut s.preferences, json.clone(), diff),
-            &ScopePart::Route { route, labels_saved } => {
-                s.routing.apply(crate::routing::RouteDecision { route, labels_saved }, diff)
-            }
-        }
-    }
-
-    fn derive(&mut self, _: &ScopeId, s: &mut ScopeParts, _: &Catalog, out: &mut Vec<Record>) {
-        let Some(own) = present(&s.own) else { return };
-        let truth = present(&s.truth).map_or(&b"null"[..], Vec::as_slice);
-        let routing = serde_json::to_vec(&s.routing).expect("routing counts serialise");
-        let mut value = Vec::with_capacity(own.value.len() + truth.len() + routing.len() + 24);
-        value.extend_from_slice(&own.value[..own.value.len() - 1]);
-        value.extend_from_slice(b",\"truth\":");
-        value.extend_from_slice(truth);
-        value.extend_from_slice(b",\"routing\":");
-        value.extend_from_slice(&routing);
-        if let Some(preferences) = present(&s.preferences) {
-            value.extend_from_slice(b",\"preferences\":");
-            value.extend_from_slice(preferences);
-            // Live labels that are not comparisons: the scope mixes kinds (spec 2.2).
-            if counts(&own.value).n_labels.unwrap_or(0) > counts(preferences).events.unwrap_or(0) {
-                value.extend_from_slice(MIXED_KINDS);
-            }
-        }
-        value.push(b'}');
-        out.push(Record { key: own.key.clone(), value });
-    }
-
-    fn is_empty(s: &ScopeParts) -> bool {
-        s.own.is_empty()
-            && s.truth.is_empty()
-            && s.routing == RoutingCounts::default()
-            && s.preferences.is_empty()
-    }
-
-    fn is_record(_: &Record) -> bool {
-        true
-    }
-}
 
 #[cfg(test)]
 mod tests {
