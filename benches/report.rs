@@ -14,7 +14,8 @@
 //!    them to a `Source` (ids, upserts), in nanoseconds per event (best of the runs).
 //!
 //! Run with `cargo bench --bench report` (`-- --runs N --events N --relabels N` to change the
-//! defaults; `--runs 0` measures only the relabels). The relabels are also split by kind: those
+//! defaults; `--runs 0` measures only the relabels; `--relabel-every-ms N` spaces them, so that
+//! live refits of Dawid–Skene, due every second or two, fall among them). The relabels are also split by kind: those
 //! on gold items (which change the scope's gold accuracy, the baseline of every annotator's gold
 //! drift) and the others.
 
@@ -39,10 +40,12 @@ struct Options {
     events: u64,
     runs: usize,
     relabels: usize,
+    /// Time between two relabels (0: back to back).
+    relabel_every: Duration,
 }
 
 fn options() -> Options {
-    let mut o = Options { events: 1_000_000, runs: 3, relabels: 300 };
+    let mut o = Options { events: 1_000_000, runs: 3, relabels: 300, relabel_every: Duration::ZERO };
     let args: Vec<String> = std::env::args().collect();
     let value = |name: &str| {
         args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
@@ -55,6 +58,9 @@ fn options() -> Options {
     }
     if let Some(v) = value("--relabels") {
         o.relabels = v as usize;
+    }
+    if let Some(v) = value("--relabel-every-ms") {
+        o.relabel_every = Duration::from_millis(v);
     }
     o
 }
@@ -134,12 +140,17 @@ fn main() {
     if o.runs > 0 {
         report_runs(&o, &labels, &gold);
     }
-    println!("# one relabel after {} events of history ({} relabels)\n", o.events, o.relabels);
+    let spacing = if o.relabel_every.is_zero() {
+        String::new()
+    } else {
+        format!(", one every {} ms", o.relabel_every.as_millis())
+    };
+    println!("# one relabel after {} events of history ({} relabels{spacing})\n", o.events, o.relabels);
     println!("| workers | relabels | p50 (ms) | p99 (ms) | max (ms) |");
     println!("|---|---|---|---|---|");
     let gold_items = gold_items(&gold);
     for workers in [1usize, 2] {
-        let latencies = relabel_latencies(&labels, &gold, workers, o.relabels);
+        let latencies = relabel_latencies(&labels, &gold, workers, o.relabels, o.relabel_every);
         let on_gold: Vec<Duration> =
             latencies.iter().filter(|(_, item)| gold_items.contains(item)).map(|l| l.0).collect();
         let others: Vec<Duration> =
@@ -272,6 +283,7 @@ fn relabel_latencies(
     gold: &Path,
     workers: usize,
     relabels: usize,
+    every: Duration,
 ) -> Vec<(Duration, (String, String, String))> {
     // The service's live truth (`truth.refresh_ms`, default 1000): a relabel's epoch re-forms
     // every exact output; Dawid–Skene, global to a scope, follows at the scope's next refit.
@@ -320,6 +332,7 @@ fn relabel_latencies(
             .replace(classes[3], classes[2])
             .replace("\"@\"", classes[3]);
         let mut one: Vec<Update> = Vec::new();
+        std::thread::sleep(every);
         let start = Instant::now();
         source.apply_label(&parse_label_event(&relabel).unwrap(), &mut one).unwrap();
         engine.submit(one, source.catalog.take_new()).unwrap();

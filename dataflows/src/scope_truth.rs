@@ -36,7 +36,7 @@ use timely::dataflow::operators::Capability;
 use crate::dataflow::{Changes, Diff, Time};
 use crate::items::ItemRow;
 use crate::keyed::Keyed;
-use crate::label::{JsonLabel, LabelId};
+use crate::label::{JsonLabel, Label, LabelId};
 use crate::source::{AnnotatorId, Catalog, ItemId, ScopeId};
 use crate::truth::{fit, FitOptions, ItemTruth, TruthFit, TruthSettings, WarmStart};
 pub use parts::{ScopePart, ScopeParts, ScopePartsLogic};
@@ -64,7 +64,7 @@ pub struct ScopeLabels {
     /// `(item, annotator, label)` with multiplicity: the labels as of the last fit, consolidated
     /// and sorted, then the updates since, appended. A fit consolidates them (appending is cheaper
     /// than a hash map of a million entries, and the fit wants them sorted).
-    log: Vec<((ItemId, AnnotatorId, LabelId), Diff)>,
+    log: LabelLog,
     /// `(item, gold answer)` with multiplicity.
     gold: HashMap<(ItemId, LabelId), Diff, RandomState>,
     /// Live: when the scope was last fitted.
@@ -214,10 +214,40 @@ struct ScopeTruthObject<'a> {
     iterations: u32,
 }
 
-impl TruthLogic {
+/// The names of the categories whose JSON a fit's outputs carry: the catalog in the worker, a
+/// copy of the scope's categories on a refit's thread.
+pub(crate) trait CategoryNames {
+    fn name(&self, id: LabelId) -> &Label;
+}
+
+impl CategoryNames for Catalog {
+    fn name(&self, id: LabelId) -> &Label {
+        self.labels.get(id)
+    }
+}
+
+impl CategoryNames for HashMap<LabelId, Label, RandomState> {
+    fn name(&self, id: LabelId) -> &Label {
+        &self[&id]
+    }
+}
+
+/// How a fit's outputs are formed (from [`TruthLogic`]; `Copy`, for a refit's thread).
+#[derive(Clone, Copy, Debug)]
+struct Forming {
+    scope: ScopeId,
+    /// [`TruthLogic::item_json`].
+    item_json: bool,
+    /// `truth.live_tolerance`.
+    tolerance: f64,
+    /// Live: the published item outputs are kept, for the next warm refit.
+    live: bool,
+}
+
+impl Forming {
     /// An item's truth output.
-    fn item_output(&self, scope: ScopeId, item: &ItemTruth, names: &Catalog) -> TruthOut {
-        let label = |id: LabelId| JsonLabel(names.labels.get(id));
+    fn item_output(&self, item: &ItemTruth, names: &impl CategoryNames) -> TruthOut {
+        let label = |id: LabelId| JsonLabel(names.name(id));
         let json = if self.item_json {
             let object = ItemTruthObject {
                 label: label(item.label),
@@ -227,34 +257,31 @@ impl TruthLogic {
         } else {
             NO_JSON.clone()
         };
-        TruthOut::Item { scope, item: item.item, label: item.label, p: item.p.to_bits(), json }
+        TruthOut::Item { scope: self.scope, item: item.item, label: item.label, p: item.p.to_bits(), json }
     }
 
     /// The outputs of a fit: its items' (after a warm refit, an item's published output when its
     /// truth label is the same and its posterior within `live_tolerance` of the published one),
-    /// its annotators' and the scope's. Live, keeps what was published in `s.published`. Returns
-    /// the number of items whose output was formed anew.
+    /// its annotators' and the scope's. Returns what is published of the items from now on (live;
+    /// else nothing) and the number of items whose output was formed anew.
     fn outputs(
         &self,
-        scope: ScopeId,
         fit: &TruthFit,
         warm: bool,
-        s: &mut ScopeLabels,
-        names: &Catalog,
+        before: Vec<Published>,
+        names: &impl CategoryNames,
         out: &mut Vec<TruthOut>,
-    ) -> usize {
-        let label = |id: LabelId| JsonLabel(names.labels.get(id));
-        let tolerance = self.settings.live_tolerance;
-        let hold = warm && tolerance > 0.0;
-        let live = self.refresh.is_some();
-        let mut before = std::mem::take(&mut s.published).into_iter().peekable();
-        let mut published = Vec::with_capacity(if live { fit.items().len() } else { 0 });
+    ) -> (Vec<Published>, usize) {
+        let label = |id: LabelId| JsonLabel(names.name(id));
+        let hold = warm && self.tolerance > 0.0;
+        let mut before = before.into_iter().peekable();
+        let mut published = Vec::with_capacity(if self.live { fit.items().len() } else { 0 });
         let mut formed = 0;
         for item in fit.items() {
             // Both ascend by item: skip the items that lost their labels.
             while before.next_if(|p| p.item < item.item).is_some() {}
             let previous = before.next_if(|p| p.item == item.item).filter(|p| {
-                hold && p.label == item.label && within(&p.posterior, &item.posterior, tolerance)
+                hold && p.label == item.label && within(&p.posterior, &item.posterior, self.tolerance)
             });
             match previous {
                 Some(previous) => {
@@ -263,8 +290,8 @@ impl TruthLogic {
                 }
                 None => {
                     formed += 1;
-                    let output = self.item_output(scope, &item, names);
-                    if live {
+                    let output = self.item_output(&item, names);
+                    if self.live {
                         let ItemTruth { item, label, posterior, .. } = item;
                         published.push(Published { item, label, posterior, out: output.clone() });
                     }
@@ -272,7 +299,6 @@ impl TruthLogic {
                 }
             }
         }
-        s.published = published;
         for confusion in fit.annotators() {
             let cells: Vec<Cell> = confusion
                 .cells
@@ -280,14 +306,15 @@ impl TruthLogic {
                 .map(|c| Cell { observed: label(c.observed), truth: label(c.truth), p: c.p })
                 .collect();
             let json = serde_json::to_vec(&cells).expect("a confusion matrix serialises");
-            out.push(TruthOut::Annotator { scope, annotator: confusion.annotator, json });
+            out.push(TruthOut::Annotator { scope: self.scope, annotator: confusion.annotator, json });
         }
         let object = ScopeTruthObject {
             priors: fit.priors().map(|(l, p)| Prob { label: label(l), p }).collect(),
             iterations: fit.iterations(),
         };
-        out.push(TruthOut::Scope { scope, json: serde_json::to_vec(&object).expect("priors serialise") });
-        formed
+        let json = serde_json::to_vec(&object).expect("priors serialise");
+        out.push(TruthOut::Scope { scope: self.scope, json });
+        (published, formed)
     }
 }
 
@@ -325,17 +352,7 @@ impl Keyed for TruthLogic {
         debug_assert!(!self.stands(s), "a standing scope derived");
         if let Some(refit) = s.refit.take() {
             // A background refit has finished: its outputs, in this epoch.
-            let (warm, labels, started, gathered) = (refit.warm, refit.labels, refit.started, refit.gathered);
-            match refit.join() {
-                (Ok(fitted), fit_time) => {
-                    let fit = Fit { warm, labels, started, gathered, fit_time, background: true };
-                    self.finish_fit(scope, fitted, fit, s, names, out);
-                }
-                (Err(error), _) => {
-                    tracing::error!(%error, scope, "truth not refitted");
-                    s.last = Some(Instant::now());
-                }
-            }
+            self.collect(scope, refit, s, out);
             return;
         }
         let started = Instant::now();
@@ -356,14 +373,7 @@ impl Keyed for TruthLogic {
             }
         };
         let fit_time = started.elapsed() - gathered;
-        let fit = Fit {
-            warm: warm.is_some(),
-            labels: labels.len(),
-            started,
-            gathered,
-            fit_time,
-            background: false,
-        };
+        let fit = Fit { warm: warm.is_some(), labels: labels.len(), started, gathered, fit_time };
         self.finish_fit(scope, fitted, fit, s, names, out);
     }
 
@@ -372,7 +382,8 @@ impl Keyed for TruthLogic {
     }
 
     fn is_empty(s: &ScopeLabels) -> bool {
-        s.log.is_empty() && s.gold.is_empty()
+        // A refit holds the log until it gives it back.
+        s.log.is_empty() && s.gold.is_empty() && s.refit.is_none()
     }
 
     /// Live, between refits: the kept outputs stand, and the operator neither copies nor
@@ -387,21 +398,19 @@ impl Keyed for TruthLogic {
         if s.refit.is_some() || s.last.is_none() {
             return false;
         }
-        let started = Instant::now();
-        let (labels, gold) = self.snapshot(s);
-        if labels.is_empty() {
-            return false;
-        }
+        let gold = s.gold.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
         let warm = if s.dirty { s.warm.take() } else { None };
-        match Refit::start(labels, gold, names, self.options(), warm, started) {
+        let (log, published) = (std::mem::take(&mut s.log), std::mem::take(&mut s.published));
+        match Refit::start(log, gold, names, self.options(), warm, self.forming(scope), published) {
             Ok(refit) => {
                 s.refit = Some(refit);
                 // Labels that change from now on are the next refit's.
                 s.dirty = false;
                 true
             }
-            Err(error) => {
-                tracing::warn!(%error, scope, "no thread for the refit; refitting in place");
+            Err(refused) => {
+                tracing::warn!(error = %refused.error, scope, "no thread for the refit; refitting in place");
+                (s.log, s.warm, s.published) = (refused.log, refused.warm, refused.published);
                 false
             }
         }
@@ -411,14 +420,17 @@ impl Keyed for TruthLogic {
 /// A label as a fit takes it: `(item, annotator, label)`.
 type FitLabel = (ItemId, AnnotatorId, LabelId);
 
-/// How a fit went, for its log line and the spacing of the next ([`ScopeLabels::interval`]).
+/// A scope's labels with multiplicities ([`ScopeLabels`]).
+type LabelLog = Vec<(FitLabel, Diff)>;
+
+/// How a fit in place went, for its log line and the spacing of the next
+/// ([`ScopeLabels::interval`]).
 struct Fit {
     warm: bool,
     labels: usize,
     started: Instant,
     gathered: Duration,
     fit_time: Duration,
-    background: bool,
 }
 
 impl TruthLogic {
@@ -432,6 +444,50 @@ impl TruthLogic {
             (Some(refresh), Some(at)) => at.elapsed() < s.interval(refresh) || !(s.dirty || s.warm_fit),
             _ => false,
         }
+    }
+
+    /// Takes a finished background refit's log back (the updates since it started go after it)
+    /// and its outputs.
+    fn collect(&self, scope: ScopeId, refit: Refit, s: &mut ScopeLabels, out: &mut Vec<TruthOut>) {
+        let (warm, started) = (refit.warm, refit.started);
+        s.last = Some(Instant::now());
+        let done = match refit.join() {
+            Ok(done) => done,
+            Err(error) => {
+                // Not reached: the refit's own work catches its panics and gives the log back.
+                tracing::error!(%error, scope, "the scope's labels are lost to its truth; restart the service");
+                return;
+            }
+        };
+        let mut log = done.log;
+        log.append(&mut s.log);
+        s.log = log;
+        let formed = match done.formed {
+            Ok(Some(formed)) => formed,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, scope, "truth not refitted");
+                return;
+            }
+        };
+        out.extend(formed.out);
+        s.published = formed.published;
+        s.warm = Some(formed.warm);
+        s.warm_fit = warm;
+        s.cost = done.gathered + done.fit_time + formed.outputs_time;
+        tracing::debug!(
+            scope,
+            labels = formed.labels,
+            iterations = formed.iterations,
+            warm,
+            background = true,
+            items_formed = formed.items_formed,
+            gather_ms = done.gathered.as_millis() as u64,
+            fit_ms = done.fit_time.as_millis() as u64,
+            outputs_ms = formed.outputs_time.as_millis() as u64,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "truth fitted"
+        );
     }
 
     /// The scope's live labels (`(item, annotator, label)`, sorted) and gold answers: what a fit
@@ -457,6 +513,15 @@ impl TruthLogic {
         (labels, gold)
     }
 
+    fn forming(&self, scope: ScopeId) -> Forming {
+        Forming {
+            scope,
+            item_json: self.item_json,
+            tolerance: self.settings.live_tolerance,
+            live: self.refresh.is_some(),
+        }
+    }
+
     fn options(&self) -> FitOptions {
         FitOptions { clamp_gold: self.settings.clamp_gold, threads: self.threads, ..FitOptions::default() }
     }
@@ -472,14 +537,16 @@ impl TruthLogic {
         out: &mut Vec<TruthOut>,
     ) {
         let formed_at = Instant::now();
-        let items = self.outputs(scope, &fitted, fit.warm, s, names, out);
+        let before = std::mem::take(&mut s.published);
+        let (published, items) = self.forming(scope).outputs(&fitted, fit.warm, before, names, out);
+        s.published = published;
         let outputs = formed_at.elapsed();
         tracing::debug!(
             scope,
             labels = fit.labels,
             iterations = fitted.iterations(),
             warm = fit.warm,
-            background = fit.background,
+            background = false,
             items_formed = items,
             gather_ms = fit.gathered.as_millis() as u64,
             fit_ms = fit.fit_time.as_millis() as u64,
@@ -491,9 +558,7 @@ impl TruthLogic {
             s.cost = fit.gathered + fit.fit_time + outputs;
             s.last = Some(Instant::now());
             s.warm_fit = fit.warm;
-            if !fit.background {
-                s.dirty = false;
-            }
+            s.dirty = false;
             s.warm = Some(fitted.into_warm_start());
         }
     }

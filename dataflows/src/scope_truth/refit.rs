@@ -8,139 +8,258 @@
 //! epoch they appear in is later.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::FitLabel;
-use crate::label::LabelId;
+use foldhash::fast::RandomState;
+
+use super::{CategoryNames, FitLabel, Forming, LabelLog, Published, TruthOut};
+use crate::label::{Label, LabelId};
 use crate::source::{Catalog, ItemId};
-use crate::truth::{fit, FitOptions, TruthFit, WarmStart};
+use crate::truth::{fit, FitOptions, WarmStart};
 
 /// A fit running on its own thread.
 #[derive(Debug)]
 pub(super) struct Refit {
-    thread: JoinHandle<(Fitted, Duration)>,
+    thread: JoinHandle<Done>,
     /// Whether it started from the previous fit (else cold: the scope stopped changing).
     pub warm: bool,
-    /// How many labels it fits.
-    pub labels: usize,
-    /// When the snapshot was started, and how long taking it took.
+    /// When it started.
     pub started: Instant,
-    pub gathered: Duration,
 }
 
-/// A finished refit's fit, or what went wrong.
-pub(super) type Fitted = Result<TruthFit, String>;
+/// What a refit gives back: the scope's label log, consolidated (the updates since the refit
+/// started go after it), and its outputs.
+pub(super) struct Done {
+    pub log: LabelLog,
+    /// `None`: the scope has no live label.
+    pub formed: Result<Option<Formed>, String>,
+    /// How long consolidating the log and listing the labels took, and the fit.
+    pub gathered: Duration,
+    pub fit_time: Duration,
+}
+
+/// A refit's outputs.
+pub(super) struct Formed {
+    pub out: Vec<TruthOut>,
+    /// The items' outputs as published from now on, and how many were formed anew.
+    pub published: Vec<Published>,
+    pub items_formed: usize,
+    pub labels: usize,
+    pub iterations: u32,
+    pub warm: WarmStart,
+    pub outputs_time: Duration,
+}
 
 impl Refit {
-    /// Starts fitting `labels` (`(item, annotator, label)`, one per item and annotator) and `gold`
-    /// on a thread named `labelqc-refit`, warm started from `warm` when given. The categories'
-    /// order is taken from `names` now: the thread does not read the catalog, which the workers
-    /// keep changing.
+    /// Starts a refit on a thread named `labelqc-refit`: it consolidates the scope's label `log`
+    /// (a sorted run and the updates since, appended), fits its live labels with `gold`, warm
+    /// started from `warm` when given, and forms the outputs against the `published` ones. The
+    /// names of the categories are copied from `names` now: the thread does not read the catalog,
+    /// which the workers keep changing. A panic in the thread is caught, and the log comes back.
     ///
     /// # Errors
-    /// The system refused the thread: the caller fits in place.
+    /// The system refused the thread; the log, the warm start and the published outputs come back
+    /// with the error, for the caller to fit in place.
     pub fn start(
-        labels: Vec<FitLabel>,
+        log: LabelLog,
         gold: Vec<(ItemId, LabelId)>,
         names: &Catalog,
         options: FitOptions,
         warm: Option<WarmStart>,
-        started: Instant,
-    ) -> std::io::Result<Refit> {
-        let rank = category_ranks(&labels, &gold, names);
-        let count = labels.len();
+        forming: Forming,
+        published: Vec<Published>,
+    ) -> Result<Refit, Box<Refused>> {
+        let started = Instant::now();
+        let categories = categories(&log, &gold, names);
         let is_warm = warm.is_some();
-        let gathered = started.elapsed();
-        let thread = std::thread::Builder::new().name("labelqc-refit".into()).spawn(move || {
-            let start = Instant::now();
-            let order = |a: &LabelId, b: &LabelId| rank[a].cmp(&rank[b]);
-            let fitted = fit(&labels, &gold, order, &options, warm.as_ref()).map_err(|e| e.to_string());
-            (fitted, start.elapsed())
-        })?;
-        Ok(Refit { thread, warm: is_warm, labels: count, started, gathered })
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(Some((log, warm, published))));
+        let taken = shared.clone();
+        let spawned = std::thread::Builder::new().name("labelqc-refit".into()).spawn(move || {
+            let (mut log, warm, published) =
+                taken.lock().expect("the refit's input is whole").take().expect("the refit's input");
+            let work = AssertUnwindSafe(|| {
+                refit(&mut log, &gold, &categories, &options, warm.as_ref(), forming, published)
+            });
+            let (formed, gathered, fit_time) = std::panic::catch_unwind(work).unwrap_or_else(|panic| {
+                let cause = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                (Err(format!("the refit panicked: {cause}")), Duration::ZERO, Duration::ZERO)
+            });
+            Done { log, formed, gathered, fit_time }
+        });
+        match spawned {
+            Ok(thread) => Ok(Refit { thread, warm: is_warm, started }),
+            Err(error) => {
+                let (log, warm, published) =
+                    shared.lock().expect("the refit's input is whole").take().expect("not taken");
+                Err(Box::new(Refused { error, log, warm, published }))
+            }
+        }
     }
 
-    /// Whether the fit has finished (then [`Refit::join`] does not wait).
+    /// Whether the refit has finished (then [`Refit::join`] does not wait).
     pub fn finished(&self) -> bool {
         self.thread.is_finished()
     }
 
-    /// The fit and the time it took (waiting for it if it has not finished); a panic in it as an
-    /// error.
-    pub fn join(self) -> (Fitted, Duration) {
-        let started = self.started;
-        self.thread.join().unwrap_or_else(|panic| {
-            let cause = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("a panic");
-            (Err(format!("the refit thread stopped: {cause}")), started.elapsed())
-        })
+    /// What the refit gives back (waiting for it if it has not finished).
+    ///
+    /// # Errors
+    /// The thread stopped without giving the log back (a panic outside the refit's own work).
+    pub fn join(self) -> Result<Done, String> {
+        self.thread.join().map_err(|_| "the refit thread stopped without giving its labels back".to_string())
     }
 }
 
-/// Each category's rank in the spec's label order (`Label::spec_cmp`), for the categories the
-/// labels and gold answers use.
-fn category_ranks(
-    labels: &[FitLabel],
+/// A refit the system had no thread for, with what it was given back.
+pub(super) struct Refused {
+    pub error: std::io::Error,
+    pub log: LabelLog,
+    pub warm: Option<WarmStart>,
+    pub published: Vec<Published>,
+}
+
+/// The refit's work: consolidate, fit, form the outputs.
+fn refit(
+    log: &mut LabelLog,
     gold: &[(ItemId, LabelId)],
-    names: &Catalog,
-) -> HashMap<LabelId, usize> {
-    let mut categories: Vec<LabelId> = Vec::new();
+    categories: &Categories,
+    options: &FitOptions,
+    warm: Option<&WarmStart>,
+    forming: Forming,
+    published: Vec<Published>,
+) -> (Result<Option<Formed>, String>, Duration, Duration) {
+    let start = Instant::now();
+    // A sorted run (the labels as of the last fit) and the updates since: a stable sort finds
+    // the run, sorts the few others and merges, in about linear time.
+    log.sort_by_key(|&(key, _)| key);
+    differential_dataflow::consolidation::consolidate(log);
+    let labels: Vec<FitLabel> = log.iter().filter(|(_, n)| *n > 0).map(|&(k, _)| k).collect();
+    let gathered = start.elapsed();
+    if labels.is_empty() {
+        return (Ok(None), gathered, Duration::ZERO);
+    }
+    let order = |a: &LabelId, b: &LabelId| categories.rank[a].cmp(&categories.rank[b]);
+    let fitted = match fit(&labels, gold, order, options, warm) {
+        Ok(fitted) => fitted,
+        Err(error) => return (Err(error.to_string()), gathered, start.elapsed() - gathered),
+    };
+    let fit_time = start.elapsed() - gathered;
+    let formed_at = Instant::now();
+    let mut out = Vec::new();
+    let (published, items_formed) =
+        forming.outputs(&fitted, warm.is_some(), published, &categories.names, &mut out);
+    let outputs_time = formed_at.elapsed();
+    let iterations = fitted.iterations();
+    let formed = Formed {
+        out,
+        published,
+        items_formed,
+        labels: labels.len(),
+        iterations,
+        warm: fitted.into_warm_start(),
+        outputs_time,
+    };
+    (Ok(Some(formed)), gathered, fit_time)
+}
+
+/// The categories a scope's labels and gold answers use: their names, and their ranks in the
+/// spec's label order (`Label::spec_cmp`).
+struct Categories {
+    names: HashMap<LabelId, Label, RandomState>,
+    rank: HashMap<LabelId, usize, RandomState>,
+}
+
+fn categories(log: &LabelLog, gold: &[(ItemId, LabelId)], names: &Catalog) -> Categories {
+    let mut ids: Vec<LabelId> = Vec::new();
+    let mut limit = 4096;
     let mut last = None;
-    for id in labels.iter().map(|&(_, _, l)| l).chain(gold.iter().map(|&(_, l)| l)) {
-        // Labels come sorted by item and annotator, so runs of one category are short; the
-        // list is deduplicated below.
+    for id in log.iter().map(|&((_, _, l), _)| l).chain(gold.iter().map(|&(_, l)| l)) {
+        // Runs of one category are short: the list is deduplicated when it grows.
         if last != Some(id) {
-            categories.push(id);
+            ids.push(id);
             last = Some(id);
         }
-        if categories.len() > 4096 {
-            categories.sort_unstable();
-            categories.dedup();
+        if ids.len() > limit {
+            ids.sort_unstable();
+            ids.dedup();
+            limit = 2 * ids.len() + 4096;
         }
     }
-    categories.sort_unstable();
-    categories.dedup();
-    categories.sort_by(|a, b| names.labels.get(*a).spec_cmp(names.labels.get(*b)));
-    categories.into_iter().enumerate().map(|(rank, id)| (id, rank)).collect()
+    ids.sort_unstable();
+    ids.dedup();
+    ids.sort_by(|a, b| names.name(*a).spec_cmp(names.name(*b)));
+    Categories {
+        names: ids.iter().map(|&id| (id, names.name(id).clone())).collect(),
+        rank: ids.iter().enumerate().map(|(rank, &id)| (id, rank)).collect(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::truth::TruthFit;
 
-    #[test]
-    fn a_refit_gives_the_fit_in_place() {
-        let mut catalog = Catalog::default();
-        let labels_named = ["b", "a", "c"];
-        let ids: Vec<LabelId> = labels_named
+    /// `item x annotator` labels over three categories, and two gold answers.
+    fn scope(catalog: &mut Catalog) -> (Vec<FitLabel>, Vec<(ItemId, LabelId)>) {
+        let ids: Vec<LabelId> = ["b", "a", "c"]
             .iter()
             .map(|n| catalog.label(&crate::label::RawLabel::String((*n).into())).unwrap())
             .collect();
         let mut labels = Vec::new();
         for item in 0..40u64 {
             for annotator in 0..5u64 {
-                let l = ids[((item + annotator * (item % 3)) % 3) as usize];
-                labels.push((item, annotator, l));
+                labels.push((item, annotator, ids[((item + annotator * (item % 3)) % 3) as usize]));
             }
         }
-        let gold = vec![(0, ids[1]), (1, ids[0])];
+        (labels, vec![(0, ids[1]), (1, ids[0])])
+    }
+
+    #[test]
+    fn a_refit_gives_the_outputs_of_a_fit_in_place_and_the_log_back() {
+        let mut catalog = Catalog::default();
+        let (labels, gold) = scope(&mut catalog);
+        let forming = Forming { scope: 7, item_json: true, tolerance: 0.0, live: true };
         let options = FitOptions::default();
         let order = |a: &LabelId, b: &LabelId| catalog.labels.get(*a).spec_cmp(catalog.labels.get(*b));
-        let in_place = fit(&labels, &gold, order, &options, None).unwrap();
-        let refit =
-            Refit::start(labels.clone(), gold.clone(), &catalog, options, None, Instant::now()).unwrap();
-        while !refit.finished() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let background = refit.join().0.unwrap();
-        assert_eq!(background.iterations(), in_place.iterations());
-        let a: Vec<_> = in_place.items().map(|i| (i.item, i.label, i.posterior.to_vec())).collect();
-        let b: Vec<_> = background.items().map(|i| (i.item, i.label, i.posterior.to_vec())).collect();
-        assert_eq!(a, b);
-        assert_eq!(in_place.priors().collect::<Vec<_>>(), background.priors().collect::<Vec<_>>());
+        let in_place: TruthFit = fit(&labels, &gold, order, &options, None).unwrap();
+        let mut expected = Vec::new();
+        let _ = forming.outputs(&in_place, false, Vec::new(), &catalog, &mut expected);
+
+        // The log as the worker keeps it: a run, then a relabel's retraction and insertion, and a
+        // label added and deleted.
+        let mut log: LabelLog = labels.iter().map(|&l| (l, 1)).collect();
+        let (item, annotator, label) = labels[3];
+        log.push(((item, annotator, label), -1));
+        log.push(((item, annotator, label), 1));
+        log.push(((99, 0, label), 1));
+        log.push(((99, 0, label), -1));
+        let refit = Refit::start(log, gold, &catalog, options, None, forming, Vec::new()).ok().unwrap();
+        let done = refit.join().unwrap();
+        let formed = done.formed.unwrap().unwrap();
+        assert_eq!(formed.out, expected);
+        assert_eq!(formed.iterations, in_place.iterations());
+        assert_eq!(formed.labels, labels.len());
+        let consolidated: LabelLog = labels.iter().map(|&l| (l, 1)).collect();
+        assert_eq!(done.log, consolidated, "the log comes back consolidated");
+    }
+
+    #[test]
+    fn a_scope_without_live_labels_forms_nothing() {
+        let mut catalog = Catalog::default();
+        let (labels, _) = scope(&mut catalog);
+        let log: LabelLog = vec![(labels[0], 1), (labels[0], -1)];
+        let forming = Forming { scope: 7, item_json: true, tolerance: 0.0, live: true };
+        let refit = Refit::start(log, Vec::new(), &catalog, FitOptions::default(), None, forming, Vec::new())
+            .ok()
+            .unwrap();
+        let done = refit.join().unwrap();
+        assert!(done.formed.unwrap().is_none());
+        assert!(done.log.is_empty());
     }
 }
