@@ -1,11 +1,13 @@
-//! Live refits in the background. A refit of a large scope takes about a second (a million labels,
-//! a few hundred EM iterations cold): done in the worker that owns the scope, it would hold back
-//! every epoch of that worker, and so the freshness of every output, for that long. Instead the
-//! worker takes a snapshot of the scope's labels and gold answers ([`Refit::start`]) and goes on;
-//! the fit runs on a thread of its own, and the first epoch after it has finished derives its
-//! outputs ([`Refit::finished`], [`Refit::join`]). A fit is a deterministic function of the
-//! snapshot, so the outputs are the ones an in-place fit of the same labels would give; only the
-//! epoch they appear in is later.
+//! Live refits in the background. A refit of a large scope takes from a tenth of a second (warm)
+//! to about a second (a million labels, a few hundred EM iterations cold): done in the worker that
+//! owns the scope, it would hold back every epoch of that worker, and so the freshness of every
+//! output, for that long. Instead the worker hands the scope's label log, its gold answers, the
+//! names of its categories and its published item outputs to a thread of its own
+//! ([`Refit::start`]) and goes on; labels that change meanwhile are logged afresh. The thread
+//! consolidates the log, fits, and forms the outputs; the first epoch after it has finished takes
+//! the log back (the updates since go after it) and the outputs ([`Refit::finished`],
+//! [`Refit::join`]). A fit is a deterministic function of the labels it is given, so the outputs
+//! are the ones an in-place fit of the same labels gives; only the epoch they appear in is later.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
