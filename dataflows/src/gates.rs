@@ -43,10 +43,14 @@ pub enum GateInput {
     Signal { scope: ScopeId, signal: Signal, state: SignalState, score: Option<u64> },
 }
 
-/// What a gate keeps: its inputs, with multiplicities.
+/// What a gate keeps: its inputs, with multiplicities, and its last decision.
 #[derive(Debug, Default)]
 pub struct GateInputs {
     inputs: BTreeMap<GateInput, Diff>,
+    /// The gate and its JSON as last decided, while no gold answer or alarm has changed since:
+    /// a signal's state or score (which moves for every annotator of a scope when the scope's
+    /// gold accuracy moves) feeds the drift summary's facts, not the decision.
+    decided: Option<(Gate, Vec<u8>)>,
 }
 
 /// What a gate derives.
@@ -112,6 +116,9 @@ impl Keyed for GateLogic {
     }
 
     fn apply(&mut self, _: &GateKey, s: &mut GateInputs, update: &GateInput, &diff: &Diff) {
+        if matches!(update, GateInput::Answer { .. } | GateInput::Alarm { .. }) {
+            s.decided = None;
+        }
         let m = s.inputs.entry(*update).or_default();
         *m += diff;
         if *m == 0 {
@@ -139,35 +146,42 @@ impl Keyed for GateLogic {
         }
         let project_name = names.project(project);
         let config = self.drift.for_project(project_name);
-        let mut answers: Vec<(i64, ScopeId, ItemId, bool)> = Vec::new();
-        let mut alarms: Vec<(Signal, Day, Option<Day>)> = Vec::new();
         // Per signal, the worst state and the best score over the project's scopes.
         let mut worst: BTreeMap<Signal, (SignalState, Option<f64>)> = BTreeMap::new();
-        for (input, &m) in live {
-            match *input {
-                GateInput::Answer { ts_ms, scope, item, correct } => {
-                    answers.extend((0..m).map(|_| (ts_ms, scope, item, correct)))
+        for (input, _) in live.clone() {
+            if let GateInput::Signal { signal, state, score, .. } = *input {
+                let e = worst.entry(signal).or_insert((SignalState::Insufficient, None));
+                e.0 = e.0.max(state);
+                if let Some(score) = score.map(f64::from_bits) {
+                    e.1 = Some(e.1.map_or(score, |b: f64| b.max(score)));
                 }
-                GateInput::Alarm { signal, start, end, .. } => alarms.push((signal, start, end)),
-                GateInput::Signal { signal, state, score, .. } => {
-                    let e = worst.entry(signal).or_insert((SignalState::Insufficient, None));
-                    e.0 = e.0.max(state);
-                    if let Some(score) = score.map(f64::from_bits) {
-                        e.1 = Some(e.1.map_or(score, |b: f64| b.max(score)));
-                    }
-                }
-                GateInput::Present { .. } => {}
             }
         }
-        answers.sort_unstable();
-        let answers: Vec<(i64, bool)> = answers.into_iter().map(|(ts, _, _, c)| (ts, c)).collect();
-        let gated = |day: Day| {
-            alarms.iter().any(|&(signal, start, end)| {
-                config.gate_on_alarm.contains(&signal) && start <= day && end.is_none_or(|e| day < e)
-            })
-        };
-        let gate = drift::decide_gate(&answers, gated, config);
-        let json = serde_json::to_vec(&gate).expect("a gate serialises");
+        if s.decided.is_none() {
+            let mut answers: Vec<(i64, ScopeId, ItemId, bool)> = Vec::new();
+            let mut alarms: Vec<(Signal, Day, Option<Day>)> = Vec::new();
+            for (input, &m) in live {
+                match *input {
+                    GateInput::Answer { ts_ms, scope, item, correct } => {
+                        answers.extend((0..m).map(|_| (ts_ms, scope, item, correct)))
+                    }
+                    GateInput::Alarm { signal, start, end, .. } => alarms.push((signal, start, end)),
+                    GateInput::Signal { .. } | GateInput::Present { .. } => {}
+                }
+            }
+            answers.sort_unstable();
+            let answers: Vec<(i64, bool)> = answers.into_iter().map(|(ts, _, _, c)| (ts, c)).collect();
+            let gated = |day: Day| {
+                alarms.iter().any(|&(signal, start, end)| {
+                    config.gate_on_alarm.contains(&signal) && start <= day && end.is_none_or(|e| day < e)
+                })
+            };
+            let gate = drift::decide_gate(&answers, gated, config);
+            let json = serde_json::to_vec(&gate).expect("a gate serialises");
+            s.decided = Some((gate, json));
+        }
+        let (gate, json) = s.decided.as_ref().expect("decided above");
+        let json = json.clone();
         let name = names.annotators.name(annotator);
         let blocked = gate.state == drift::GateState::Block;
         for scope in scopes {
