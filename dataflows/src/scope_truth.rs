@@ -373,7 +373,14 @@ impl Keyed for TruthLogic {
             }
         };
         let fit_time = started.elapsed() - gathered;
-        let fit = Fit { warm: warm.is_some(), labels: labels.len(), started, gathered, fit_time };
+        let fit = Fit {
+            warm: warm.is_some(),
+            labels: labels.len(),
+            started,
+            gathered,
+            fit_time,
+            background: false,
+        };
         self.finish_fit(scope, fitted, fit, s, names, out);
     }
 
@@ -423,14 +430,33 @@ type FitLabel = (ItemId, AnnotatorId, LabelId);
 /// A scope's labels with multiplicities ([`ScopeLabels`]).
 type LabelLog = Vec<(FitLabel, Diff)>;
 
-/// How a fit in place went, for its log line and the spacing of the next
-/// ([`ScopeLabels::interval`]).
+/// How a fit went, for its log line and the spacing of the next ([`ScopeLabels::interval`]).
 struct Fit {
     warm: bool,
     labels: usize,
     started: Instant,
     gathered: Duration,
     fit_time: Duration,
+    /// Whether it ran in the background ([`Refit`]), else in place.
+    background: bool,
+}
+
+impl Fit {
+    fn log(&self, scope: ScopeId, iterations: u32, items_formed: usize, outputs: Duration) {
+        tracing::debug!(
+            scope,
+            labels = self.labels,
+            iterations,
+            warm = self.warm,
+            background = self.background,
+            items_formed,
+            gather_ms = self.gathered.as_millis() as u64,
+            fit_ms = self.fit_time.as_millis() as u64,
+            outputs_ms = outputs.as_millis() as u64,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "truth fitted"
+        );
+    }
 }
 
 impl TruthLogic {
@@ -475,19 +501,15 @@ impl TruthLogic {
         s.warm = Some(formed.warm);
         s.warm_fit = warm;
         s.cost = done.gathered + done.fit_time + formed.outputs_time;
-        tracing::debug!(
-            scope,
-            labels = formed.labels,
-            iterations = formed.iterations,
+        let fit = Fit {
             warm,
-            background = true,
-            items_formed = formed.items_formed,
-            gather_ms = done.gathered.as_millis() as u64,
-            fit_ms = done.fit_time.as_millis() as u64,
-            outputs_ms = formed.outputs_time.as_millis() as u64,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "truth fitted"
-        );
+            labels: formed.labels,
+            started,
+            gathered: done.gathered,
+            fit_time: done.fit_time,
+            background: true,
+        };
+        fit.log(scope, formed.iterations, formed.items_formed, formed.outputs_time);
     }
 
     /// The scope's live labels (`(item, annotator, label)`, sorted) and gold answers: what a fit
@@ -541,19 +563,7 @@ impl TruthLogic {
         let (published, items) = self.forming(scope).outputs(&fitted, fit.warm, before, names, out);
         s.published = published;
         let outputs = formed_at.elapsed();
-        tracing::debug!(
-            scope,
-            labels = fit.labels,
-            iterations = fitted.iterations(),
-            warm = fit.warm,
-            background = false,
-            items_formed = items,
-            gather_ms = fit.gathered.as_millis() as u64,
-            fit_ms = fit.fit_time.as_millis() as u64,
-            outputs_ms = outputs.as_millis() as u64,
-            elapsed_ms = fit.started.elapsed().as_millis() as u64,
-            "truth fitted"
-        );
+        fit.log(scope, fitted.iterations(), items, outputs);
         if self.refresh.is_some() {
             s.cost = fit.gathered + fit.fit_time + outputs;
             s.last = Some(Instant::now());
