@@ -37,3 +37,9 @@ pub mod stats;
 pub mod summary;
 pub mod trust;
 pub mod truth;
+
+/// The message a panic carried (`panic!` with a literal or a formatted string), if any: for
+/// reporting a panic caught on another thread (`payload` of `catch_unwind` or a panic hook).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied())
+}

@@ -111,12 +111,7 @@ fn exit_when_a_peer_is_lost(addresses: Vec<String>) {
         let name = thread.name().unwrap_or_default();
         let peer = name.strip_prefix("timely:recv-").or_else(|| name.strip_prefix("timely:send-"));
         if let Some(index) = peer.and_then(|p| p.parse::<usize>().ok()) {
-            let cause = info
-                .payload()
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| info.payload().downcast_ref::<&str>().copied())
-                .unwrap_or("the connection broke");
+            let cause = labelqc_dataflows::panic_message(info.payload()).unwrap_or("the connection broke");
             let address = addresses.get(index).map_or("?", String::as_str);
             eprintln!(
                 "labelqc: lost cluster process {index} ({address}): {cause}; a timely cluster cannot go on \

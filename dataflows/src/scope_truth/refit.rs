@@ -76,31 +76,26 @@ impl Refit {
         let started = Instant::now();
         let categories = categories(&log, &gold, names);
         let is_warm = warm.is_some();
-        let shared = std::sync::Arc::new(std::sync::Mutex::new(Some((log, warm, published))));
-        let taken = shared.clone();
+        // The log, warm start and published outputs go to the thread once it runs, so that they
+        // are still here if the system refuses it.
+        let (give, take) = std::sync::mpsc::channel::<(LabelLog, Option<WarmStart>, Vec<Published>)>();
         let spawned = std::thread::Builder::new().name("labelqc-refit".into()).spawn(move || {
-            let (mut log, warm, published) =
-                taken.lock().expect("the refit's input is whole").take().expect("the refit's input");
+            let (mut log, warm, published) = take.recv().expect("the worker sends the refit its input");
             let work = AssertUnwindSafe(|| {
                 refit(&mut log, &gold, &categories, &options, warm.as_ref(), forming, published)
             });
             let (formed, gathered, fit_time) = std::panic::catch_unwind(work).unwrap_or_else(|panic| {
-                let cause = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic");
+                let cause = crate::panic_message(panic.as_ref()).unwrap_or("a panic");
                 (Err(format!("the refit panicked: {cause}")), Duration::ZERO, Duration::ZERO)
             });
             Done { log, formed, gathered, fit_time }
         });
         match spawned {
-            Ok(thread) => Ok(Refit { thread, warm: is_warm, started }),
-            Err(error) => {
-                let (log, warm, published) =
-                    shared.lock().expect("the refit's input is whole").take().expect("not taken");
-                Err(Box::new(Refused { error, log, warm, published }))
+            Ok(thread) => {
+                give.send((log, warm, published)).expect("the refit thread waits for its input");
+                Ok(Refit { thread, warm: is_warm, started })
             }
+            Err(error) => Err(Box::new(Refused { error, log, warm, published })),
         }
     }
 
