@@ -181,7 +181,6 @@ impl Keyed for GateLogic {
             s.decided = Some((gate, json));
         }
         let (gate, json) = s.decided.as_ref().expect("decided above");
-        let json = json.clone();
         let name = names.annotators.name(annotator);
         let blocked = gate.state == drift::GateState::Block;
         for scope in scopes {
@@ -190,7 +189,7 @@ impl Keyed for GateLogic {
                 out.push(GateOut::Blocked { scope, annotator });
             }
         }
-        out.push(GateOut::Record(Record { key: gate_key(project_name, name), value: json }));
+        out.push(GateOut::Record(Record { key: gate_key(project_name, name), value: json.clone() }));
         out.push(GateOut::Metric(Metric::Gate { project: project_name.into(), state: gate.state }));
         for (signal, (state, score)) in worst {
             out.push(GateOut::Metric(Metric::Signal { project: project_name.into(), signal, state }));
