@@ -15,9 +15,9 @@
 //!
 //! Run with `cargo bench --bench report` (`-- --runs N --events N --relabels N` to change the
 //! defaults; `--runs 0` measures only the relabels; `--relabel-every-ms N` spaces them, so that
-//! live refits of Dawid–Skene, due every second or two, fall among them). The relabels are also split by kind: those
-//! on gold items (which change the scope's gold accuracy, the baseline of every annotator's gold
-//! drift) and the others.
+//! live refits of Dawid–Skene, due every second or two, fall among them). The relabels are also
+//! split by kind: those on gold items (which change the scope's gold accuracy, the baseline of
+//! every annotator's gold drift) and the others.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
