@@ -544,20 +544,19 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// One turn of the loop: delivery reports, commits, publishing, closing epochs.
+    /// One turn of the loop: commits (of what the delivery reports say is delivered), publishing,
+    /// closing epochs.
     pub fn turn(&mut self) -> Result<()> {
         self.drift_metrics.refresh(self.telemetry);
-        self.publisher.producer.poll(Duration::ZERO);
         self.retire_delivered()?;
         self.engine.check()?;
         self.publish_completed()?;
         self.maybe_close()?;
         self.ready.store(self.caught_up && self.connectivity.is_up(), Ordering::SeqCst);
-        // Wait for delivery reports (which the poll serves) or input, briefly: the workers'
-        // progress does not wake this thread, and this bounds how late it notices.
+        // Wait briefly: neither the workers' progress nor delivery reports (the producer's thread
+        // serves them) wake this thread, and this bounds how late it notices them.
         let busy = self.in_pipeline() || self.feeds.open_messages() > 0;
-        let wait = if busy { TEND_INTERVAL } else { IDLE_INTERVAL };
-        self.publisher.producer.poll(wait);
+        std::thread::sleep(if busy { TEND_INTERVAL } else { IDLE_INTERVAL });
         Ok(())
     }
 
@@ -591,7 +590,7 @@ impl<'a> Pipeline<'a> {
                     self.config.kafka.shutdown_timeout_ms
                 );
             }
-            self.publisher.producer.poll(TEND_INTERVAL);
+            std::thread::sleep(TEND_INTERVAL);
             self.retire_delivered()?;
             self.engine.check()?;
             self.publish_completed()?;

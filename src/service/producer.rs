@@ -1,5 +1,9 @@
 //! Publishing to the output topics: one producer, every message tagged with its output group so
 //! that delivery reports can be counted per group, and Kafka transactions in exactly-once mode.
+//! Delivery reports are served by the producer's own thread (`ThreadedProducer`), as they arrive:
+//! the pipeline only reads the counts. (rust-rdkafka's `poll` with a timeout busy-waits through
+//! its last millisecond, as it rounds the time left down to whole milliseconds; polled from the
+//! pipeline's loop every millisecond, that spun a core.)
 //!
 //! A record that cannot be published however often it is retried (over the producer's
 //! `message.max.bytes`, or refused by the broker as too large or invalid) does not stop the
@@ -15,7 +19,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use serde::Serialize;
@@ -25,6 +29,9 @@ use crate::deadletter::{RawExcerpt, KAFKA_EXCERPT_BYTES};
 
 /// How long a transaction step may take before it counts as failed.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long [`Publisher::send`] waits for room when the producer's queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(5);
 
 /// Room kept below `message.max.bytes` for the record's framing.
 const RECORD_OVERHEAD: usize = 512;
@@ -117,7 +124,8 @@ pub enum Sent {
 
 /// Publishes keyed values (or tombstones), each tagged with its output group.
 pub struct Publisher {
-    pub producer: BaseProducer<DeliveryTracker>,
+    /// Its thread serves the delivery reports into [`DeliveryTracker`].
+    pub producer: ThreadedProducer<DeliveryTracker>,
     /// The largest key plus value the producer takes.
     max_bytes: usize,
 }
@@ -151,8 +159,9 @@ impl Publisher {
             match self.producer.send(record) {
                 Ok(()) => return Ok(Sent::Queued),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    // The producer's queue is full: serve delivery reports until there is room.
-                    self.producer.poll(Duration::from_millis(10));
+                    // The producer's queue is full: its thread serves delivery reports, which
+                    // make room.
+                    std::thread::sleep(QUEUE_FULL_WAIT);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
                     return Ok(Sent::TooLarge { limit: self.max_bytes });
