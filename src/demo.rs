@@ -161,9 +161,11 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
                 telemetry.count_record(stream, &source.apply_record(stream, text, &mut updates));
             }
         }
+        let mut events = due - fed;
         fed = due;
         if let Some(comparisons) = comparisons.as_mut() {
             let due = (start.elapsed().as_secs_f64() * settings.comparisons as f64) as u64;
+            events += due - compared;
             comparison_lines.clear();
             for _ in compared..due {
                 comparisons.next_event(Some(created), &mut comparison_lines);
@@ -198,7 +200,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         telemetry.epochs.inc();
         telemetry.output_event_time.set(created as f64 / 1000.0);
         telemetry.output_updated.set(now_ms() as f64 / 1000.0);
-        telemetry.observe_latency(Duration::from_millis((now_ms() - created).max(0) as u64));
+        telemetry.observe_latency(Duration::from_millis((now_ms() - created).max(0) as u64), events);
         // The demo's input backlog: events the simulated workforce has given by now and the
         // dataflows have not yet taken (it grows when the demo cannot keep up with --rate).
         let given = (start.elapsed().as_secs_f64() * settings.rate as f64) as u64;

@@ -561,9 +561,11 @@ impl Telemetry {
         }
     }
 
-    /// Records one processing latency.
-    pub fn observe_latency(&self, latency: Duration) {
-        self.latency.observe(latency);
+    /// Records the processing latency of `events` input events: each counts once in the summary
+    /// (`_count` is in events), all with the latency given, which callers take from the oldest
+    /// event of those published together (an upper bound for the others).
+    pub fn observe_latency(&self, latency: Duration, events: u64) {
+        self.latency.observe(latency, events);
     }
 
     /// A quantile of the processing latencies recorded so far.

@@ -530,7 +530,10 @@ impl<'a> Pipeline<'a> {
                 self.telemetry.output_event_time.set(ts as f64 / 1000.0);
             }
             if let Some(ts) = group.input.oldest_ts {
-                self.telemetry.observe_latency(Duration::from_millis((now - ts).max(0) as u64));
+                let latency_ms = (now - ts).max(0);
+                // Every message of the group counts, with the latency of its oldest.
+                self.telemetry.observe_latency(Duration::from_millis(latency_ms as u64), labels + gold);
+                tracing::debug!(group = group.id, labels, gold, latency_ms, "group committed");
             }
             if group.first {
                 self.caught_up = true;

@@ -33,10 +33,14 @@ impl LatencySummary {
         })
     }
 
-    pub(super) fn observe(&self, latency: Duration) {
+    /// Records `events` events of this latency.
+    pub(super) fn observe(&self, latency: Duration, events: u64) {
+        if events == 0 {
+            return;
+        }
         let mut state = self.state.lock().expect("latency histogram poisoned");
-        let _ = state.0.record((latency.as_micros() as u64).max(1));
-        state.1 += latency.as_secs_f64();
+        let _ = state.0.record_n((latency.as_micros() as u64).max(1), events);
+        state.1 += latency.as_secs_f64() * events as f64;
     }
 
     pub(super) fn quantile(&self, q: f64) -> Duration {
