@@ -29,13 +29,19 @@ impl AnnotatorInputs {
 
     /// Gold answers per day: `day -> [answers, errors]`.
     pub(super) fn gold_days(&self) -> BTreeMap<Day, [i64; 2]> {
-        let mut days: BTreeMap<Day, [i64; 2]> = BTreeMap::new();
+        // The answers are in time order, so their days come in order: each day's sums are added
+        // up in a run, and the map is built from the runs at once.
+        let mut days: Vec<(Day, [i64; 2])> = Vec::new();
         for (&(ts, _, correct), &m) in &self.gold {
-            let d = days.entry(ts.div_euclid(DAY_MS) as Day).or_default();
+            let day = ts.div_euclid(DAY_MS) as Day;
+            if days.last().is_none_or(|&(last, _)| last != day) {
+                days.push((day, [0, 0]));
+            }
+            let (_, d) = days.last_mut().expect("pushed");
             d[0] += m;
             d[1] += if correct { 0 } else { m };
         }
-        days
+        days.into_iter().collect()
     }
 
     /// The days with any input, ascending. Each map is ordered by day first, so each gives its
@@ -73,17 +79,38 @@ pub struct ScopeInputs {
     pub speed: BTreeMap<(Day, u16), [i64; 1]>,
 }
 
-/// The median label time (ms) of a duration histogram `bucket -> labels`.
-pub(super) fn median_ms(histogram: &BTreeMap<u16, i64>) -> Option<f64> {
-    let total: i64 = histogram.values().sum();
-    let mut seen = 0;
-    for (&bucket, &n) in histogram {
-        seen += n;
-        if total > 0 && 2 * seen >= total {
-            return Some(bucket_center_ms(bucket));
+/// A duration histogram `bucket -> labels`, dense by bucket (a `u32` of milliseconds reaches
+/// bucket 177): adding to it is an index, where a tree of buckets took a search per label count
+/// (a re-evaluation adds up every day of the scope's label times).
+#[derive(Debug, Default)]
+pub(super) struct Histogram {
+    counts: Vec<i64>,
+    total: i64,
+}
+
+impl Histogram {
+    /// Adds `n` labels in `bucket`.
+    pub(super) fn add(&mut self, bucket: u16, n: i64) {
+        let b = usize::from(bucket);
+        if b >= self.counts.len() {
+            self.counts.resize(b + 1, 0);
         }
+        self.counts[b] += n;
+        self.total += n;
     }
-    None
+
+    /// The median label time (ms): the centre of the first bucket by which half the labels are
+    /// counted; `None` without labels.
+    pub(super) fn median_ms(&self) -> Option<f64> {
+        let mut seen = 0;
+        for (bucket, &n) in self.counts.iter().enumerate() {
+            seen += n;
+            if self.total > 0 && 2 * seen >= self.total {
+                return Some(bucket_center_ms(bucket as u16));
+            }
+        }
+        None
+    }
 }
 
 /// The label time (ms) a duration bucket stands for: `exp((bucket + 0.5) / DURATION_BUCKETS_PER_E)`.

@@ -112,3 +112,32 @@ fn a_timeline_re_evaluated_after_a_gold_change_of_the_scope_is_the_full_evaluati
     let misses = |day| !reads(day);
     assert_ne!(reevaluate_gold(&a, &s, &config, &prefs, &name, &before, &misses), full);
 }
+
+#[test]
+fn a_re_evaluation_keeps_the_readings_that_do_not_read_the_scope_gold() {
+    // As above, and the annotator's labels turn fast (1 s against a scope median of 20 s) from
+    // day 40: too-fast and speed have readings, too-fast alarms while gold is at watch or worse
+    // (so a re-evaluation reads the scope's median where that alarm starts), and the current
+    // readings of those signals are the last evaluation's.
+    let (mut a, mut s) = gold_inputs((0..70).map(|d| (d, 5, 1)));
+    let (usual, fast) = (crate::dataflow::duration_bucket(20_000), crate::dataflow::duration_bucket(1_000));
+    for day in 0..70 {
+        s.gold_days.insert(day, [400, 40]);
+        s.speed.insert((day, usual), [400]);
+        a.speed.insert((day, if day < 40 { usual } else { fast }), [20]);
+    }
+    let config = DriftConfig::default();
+    let name = |l: LabelId| format!("#{l}");
+    let before = evaluate(&a, &s, &config, &name);
+    assert!(before.episodes.iter().any(|e| e.signal == Signal::TooFast), "{:?}", before.episodes);
+    assert!(before.current.iter().any(|(signal, r)| *signal == Signal::Speed && r.reading.is_some()));
+    for changed in [20, 50] {
+        let mut s = s.clone();
+        s.gold_days.insert(changed, [2000, 1500]);
+        let full = evaluate(&a, &s, &config, &name);
+        assert_ne!(full, before, "a change of day {changed} should move some reading");
+        let reads = |day| reads_scope_gold_of(&config, &s, day, changed);
+        let prefs = PreferenceSettings::default();
+        assert_eq!(reevaluate_gold(&a, &s, &config, &prefs, &name, &before, &reads), full, "day {changed}");
+    }
+}

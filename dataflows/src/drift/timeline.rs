@@ -129,9 +129,16 @@ fn evaluate_reusing(
         preferences,
         explain: false,
     };
-    // The scope's duration histogram of the days before the one being evaluated.
+    // The scope's duration histogram of the days before the one being evaluated, caught up to a
+    // day when the scope's median label time is read there.
     let mut scope_speed = scope.speed.iter().peekable();
-    let mut histogram: BTreeMap<u16, i64> = BTreeMap::new();
+    let mut histogram = Histogram::default();
+    let mut median_before = |histogram: &mut Histogram, day: Day| {
+        while let Some((&(_, bucket), &[n])) = scope_speed.next_if(|((d, _), _)| *d < day) {
+            histogram.add(bucket, n);
+        }
+        histogram.median_ms()
+    };
     let mut timeline = Timeline::default();
     let mut state = [SignalState::Insufficient; Signal::COUNT];
     let mut since: [Option<Day>; Signal::COUNT] = [None; Signal::COUNT];
@@ -148,13 +155,11 @@ fn evaluate_reusing(
         }
     };
     for (at, &day) in active.iter().enumerate() {
-        while let Some((&(_, bucket), &[n])) = scope_speed.next_if(|((d, _), _)| *d < day) {
-            *histogram.entry(bucket).or_default() += n;
-        }
         // The scope's median label time, which too-fast reads: a re-evaluation reads that signal
-        // only where an alarm starts and on its last day.
-        let reads_all = reuse.is_none() || at + 1 == active.len();
-        context.median_ms = if reads_all { median_ms(&histogram) } else { None };
+        // only where an alarm starts.
+        if reuse.is_none() {
+            context.median_ms = median_before(&mut histogram, day);
+        }
         let mut levels = [SignalState::Insufficient; Signal::COUNT];
         match reuse {
             Some((previous, reread)) => {
@@ -204,8 +209,8 @@ fn evaluate_reusing(
             if next == SignalState::Alarm && state[i] != SignalState::Alarm {
                 open[i] = Some(timeline.episodes.len());
                 context.explain = true;
-                if !reads_all {
-                    context.median_ms = median_ms(&histogram);
+                if reuse.is_some() {
+                    context.median_ms = median_before(&mut histogram, day);
                 }
                 let explanation = context.read(signal, day).map(|r| r.explanation).unwrap_or_default();
                 context.explain = false;
@@ -225,12 +230,25 @@ fn evaluate_reusing(
         last_day = Some(day);
     }
     // The current readings, now with their explanations (a signal without a reading has none
-    // with an explanation either).
+    // with an explanation either). A re-evaluation reads gold again; no other reading reads the
+    // scope's gold answers, so the others are the last evaluation's, on the same last day.
     if let Some(day) = last_day {
         context.explain = true;
-        for signal in Signal::ALL {
-            if reuse.is_some() || latest[signal.index()].is_some() {
-                latest[signal.index()] = context.read(signal, day);
+        match reuse {
+            Some((previous, _)) => {
+                for (signal, report) in &previous.current {
+                    latest[signal.index()] = match signal {
+                        Signal::Gold => context.read(Signal::Gold, day),
+                        _ => report.reading.clone(),
+                    };
+                }
+            }
+            None => {
+                for signal in Signal::ALL {
+                    if latest[signal.index()].is_some() {
+                        latest[signal.index()] = context.read(signal, day);
+                    }
+                }
             }
         }
     }
