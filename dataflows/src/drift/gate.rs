@@ -39,9 +39,8 @@ pub struct Gate {
     pub history: Vec<Decision>,
 }
 
-pub(super) fn evidence(window: &std::collections::VecDeque<(i64, bool)>, threshold: f64) -> Evidence {
-    let n = window.len() as i64;
-    let correct = window.iter().filter(|(_, c)| *c).count() as i64;
+/// The evidence of `n` gold answers of which `correct` were right.
+pub(super) fn evidence(n: i64, correct: i64, threshold: f64) -> Evidence {
     let interval = stats::wilson(n, correct as f64, stats::WILSON_Z);
     Evidence {
         n,
@@ -81,6 +80,8 @@ pub fn decide_gate(answers: &[(i64, bool)], gated_alarm: impl Fn(Day) -> bool, c
     let c = config;
     let theta = c.gate_threshold;
     let mut window: std::collections::VecDeque<(i64, bool)> = std::collections::VecDeque::new();
+    // The right answers in the window, counted as answers enter and leave it.
+    let mut right = 0i64;
     let mut state = GateState::Warmup;
     let mut history: Vec<Decision> = Vec::new();
     let mut blocked_at = i64::MIN;
@@ -90,39 +91,47 @@ pub fn decide_gate(answers: &[(i64, bool)], gated_alarm: impl Fn(Day) -> bool, c
     for &(ts, correct) in answers {
         seen += 1;
         window.push_back((ts, correct));
+        right += i64::from(correct);
         while window.len() > c.gate_window_answers
             || window.front().is_some_and(|&(t, _)| t <= ts - i64::from(c.gate_window_days) * DAY_MS)
         {
-            window.pop_front();
+            if let Some((_, left)) = window.pop_front() {
+                right -= i64::from(left);
+            }
         }
-        let e = evidence(&window, theta);
+        let e = evidence(window.len() as i64, right, theta);
         let alarm = gated_alarm(ts.div_euclid(DAY_MS) as Day);
         if state == GateState::Probation {
             probation_answers += 1;
         }
         let judged = e.n >= c.gate_min_answers;
         let (low, high) = (e.wilson_low.unwrap_or(0.0), e.wilson_high.unwrap_or(1.0));
+        // Why it would block now; its words are formed only when it does (a blocked annotator's
+        // every answer would otherwise format one).
         let block_reason = if judged && high < theta {
-            Some(format!("{}: even at best under the required {}", describe(&e), percent(theta)))
+            Some(false)
         } else if alarm && seen >= c.gate_min_answers {
-            let signals: Vec<&str> = c.gate_on_alarm.iter().map(|s| s.title()).collect();
-            Some(format!(
-                "an alarm on {}, which the project blocks on; {}",
-                signals.join(" or "),
-                describe(&e)
-            ))
+            Some(true)
         } else {
             None
         };
-        let next: Option<(GateState, String)> = match state {
-            GateState::Warmup | GateState::Allow | GateState::Probation if block_reason.is_some() => {
-                Some((GateState::Block, block_reason.unwrap_or_default()))
+        let block_words = |alarm: bool| {
+            if !alarm {
+                format!("{}: even at best under the required {}", describe(&e), percent(theta))
+            } else {
+                let signals: Vec<&str> = c.gate_on_alarm.iter().map(|s| s.title()).collect();
+                format!("an alarm on {}, which the project blocks on; {}", signals.join(" or "), describe(&e))
             }
-            GateState::Warmup if judged => Some((
+        };
+        let next: Option<(GateState, String)> = match (state, block_reason) {
+            (GateState::Warmup | GateState::Allow | GateState::Probation, Some(alarm)) => {
+                Some((GateState::Block, block_words(alarm)))
+            }
+            (GateState::Warmup, _) if judged => Some((
                 GateState::Allow,
                 format!("{}: enough to judge, and not under the required {}", describe(&e), percent(theta)),
             )),
-            GateState::Block
+            (GateState::Block, _)
                 if judged
                     && !alarm
                     && ts >= blocked_at + i64::from(c.gate_block_days) * DAY_MS
@@ -138,7 +147,7 @@ pub fn decide_gate(answers: &[(i64, bool)], gated_alarm: impl Fn(Day) -> bool, c
                     ),
                 ))
             }
-            GateState::Probation if probation_answers >= c.gate_probation_answers && low >= theta => Some((
+            (GateState::Probation, _) if probation_answers >= c.gate_probation_answers && low >= theta => Some((
                 GateState::Allow,
                 format!(
                     "{} after {probation_answers} gold questions on probation: even at worst at the required {}",
@@ -167,7 +176,7 @@ pub fn decide_gate(answers: &[(i64, bool)], gated_alarm: impl Fn(Day) -> bool, c
             state = to;
         }
     }
-    let evidence = evidence(&window, theta);
+    let evidence = evidence(window.len() as i64, right, theta);
     if state == GateState::Warmup {
         reason = format!("{} gold answer(s), fewer than the {} needed to judge", seen, c.gate_min_answers);
     }
