@@ -86,7 +86,8 @@ pub struct AnnotatorLogic {
     /// Scopes whose drift inputs changed in this epoch, and the days changed.
     changed: HashMap<ScopeId, ChangedDays, RandomState>,
     /// Of a changed scope in this epoch: whether its annotators' gold readings on a day read one
-    /// of its changed gold days (the same for all of them: computed once per scope and day).
+    /// of its changed gold days (the same for all of them: computed once per scope and day, when
+    /// touched and when re-evaluated).
     gold_read: HashMap<(ScopeId, Day), bool, RandomState>,
     /// Touched in this epoch by its scope's gold answers alone: its timeline is re-evaluated
     /// from its last one, reading again only the gold readings that read a changed day
@@ -176,7 +177,13 @@ impl Keyed for AnnotatorLogic {
         let changed_gold = self.reread.remove(&key).then(|| self.reread_days.get(&scope)).flatten();
         a.timeline = match (changed_gold, a.timeline.take()) {
             (Some(changed), Some(previous)) if !a.updated && !inputs.is_empty() => {
-                let reread = |day| changed.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g));
+                // The same for every annotator of the scope: each day is worked out once.
+                let memo = std::cell::RefCell::new(&mut self.gold_read);
+                let reread = |day| {
+                    *memo.borrow_mut().entry((scope, day)).or_insert_with(|| {
+                        changed.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g))
+                    })
+                };
                 let timeline = drift::reevaluate_gold(
                     inputs,
                     basis,
@@ -251,6 +258,7 @@ impl Keyed for AnnotatorLogic {
     }
 
     fn side(&mut self, update: &Basis, diff: Diff) {
+        self.gold_read.clear();
         let (scope, day) = update.apply(&mut self.basis, diff);
         let changed = self.changed.entry(scope).or_default();
         match update {
@@ -298,7 +306,6 @@ impl Keyed for AnnotatorLogic {
                 self.reread_days.insert(scope, changed.gold);
             }
         }
-        self.gold_read.clear();
         self.basis.retain(|_, inputs| !(inputs.gold_days.is_empty() && inputs.speed.is_empty()));
     }
 }
