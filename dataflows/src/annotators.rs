@@ -217,11 +217,6 @@ impl Keyed for AnnotatorLogic {
         }
         let gate = (project_id(project), annotator);
         out.push(AnnotatorOut::Gate(gate, GateInput::Present { scope }));
-        for (&(ts_ms, item, correct), &m) in &a.drift.gold {
-            for _ in 0..m.max(0) {
-                out.push(AnnotatorOut::Gate(gate, GateInput::Answer { ts_ms, scope, item, correct }));
-            }
-        }
         let Some(timeline) = &a.timeline else { return };
         for episode in &timeline.episodes {
             if config.gate_on_alarm.contains(&episode.signal) {

@@ -17,10 +17,10 @@ use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::Stream;
 
 use crate::alerts::{AlertLogic, AlertOut};
-use crate::annotators::{AnnotatorLogic, AnnotatorOut, JoinInput, JoinLogic};
+use crate::annotators::{AnnotatorLogic, AnnotatorOut, AnnotatorSum, JoinInput, JoinLogic};
 use crate::combine::combine;
 use crate::drift::DriftSettings;
-use crate::gates::{GateLogic, GateOut};
+use crate::gates::{GateLogic, GateOut, GoldAnswerLogic};
 use crate::items::{items, Items, ItemsConfig};
 use crate::keyed::{keyed, Emit};
 use crate::label::LabelId;
@@ -219,7 +219,7 @@ pub struct Quality<'s> {
 ///                  |           | drift inputs (to every worker)
 ///                  +-----------+-> annotators -> (own records) --> join --> annotator records
 ///                  |                |  |                            ^
-///                  |                |  +-> gates ---> gate records -+-> watchlists
+///                  +-> gold answers +--+-> gates ---> gate records -+-> watchlists
 ///                  |                +----> alerts --> drift alert records
 ///                  |                   gates --blocked--+
 ///                  +-> rows --> truth, trust and routes (crate::trust::derive) --> item records
@@ -269,11 +269,27 @@ pub fn quality<'s>(
 
     let mut annotator_logic = AnnotatorLogic::new(drift.clone());
     annotator_logic.preferences = config.preferences;
+    // Each gold answer goes to its gate once, not with every change of its annotator's record.
+    let answers = annotator_sums
+        .inner
+        .clone()
+        .flat_map(|(((scope, annotator), sum), time, (m, _, _))| match sum {
+            AnnotatorSum::Answer { ts_ms, item, correct } => {
+                Some((((scope, annotator, ts_ms, item, correct), ()), time, m))
+            }
+            _ => None,
+        })
+        .as_collection();
+    let answers = keyed(answers, None, &names, GoldAnswerLogic, emit, "Gold answers");
     let annotators = keyed(annotator_sums, Some(basis), &names, annotator_logic, emit, "Annotators");
-    let gate_inputs = annotators.others.clone().flat_map(|out| match out {
-        AnnotatorOut::Gate(key, input) => Some((key, input)),
-        _ => None,
-    });
+    let gate_inputs = annotators
+        .others
+        .clone()
+        .flat_map(|out| match out {
+            AnnotatorOut::Gate(key, input) => Some((key, input)),
+            _ => None,
+        })
+        .concat(answers.others);
     let alert_inputs = annotators.others.clone().flat_map(|out| match out {
         AnnotatorOut::Alert(scope, input) => Some((scope, input)),
         _ => None,

@@ -2,7 +2,8 @@
 //! an annotator in a project. The gate of a (project, annotator) is [`drift::decide_gate`] over the
 //! annotator's gold answers in every scope of the project, in event-time order, and the alarm days
 //! of the signals the project gates on; it is kept by the worker that owns the (project,
-//! annotator), from what the annotator's records in each scope send ([`GateInput`]).
+//! annotator), from what the annotator's records in each scope send ([`GateInput`]) and its gold
+//! answers, each sent once ([`GoldAnswerLogic`]).
 //!
 //! A gate derives: its record (the gate with its decisions), the gate JSON for the annotator's
 //! record in each scope it labels in ([`crate::annotators::JoinLogic`]), and the drift summary's
@@ -30,7 +31,8 @@ pub fn project_id(project: &str) -> u64 {
 /// An annotator within a project: `(project id, annotator)`.
 pub type GateKey = (u64, AnnotatorId);
 
-/// What an annotator's record in one scope of the project tells its gate.
+/// What an annotator's record in one scope of the project tells its gate. The variants' order
+/// is the order of a gate's inputs ([`GateLogic`] reads them by kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum GateInput {
     /// The annotator has labels or gold answers in `scope`.
@@ -97,6 +99,51 @@ impl GateOut {
     }
 }
 
+/// One gold answer of an annotator: `(scope, annotator, ts_ms, item, correct)`.
+pub type AnswerKey = (ScopeId, AnnotatorId, i64, ItemId, bool);
+
+/// Sends each gold answer to the gate of its annotator in its scope's project
+/// ([`GateInput::Answer`]), keyed by the answer: an answer is derived when it comes or goes, and
+/// not again when anything else of its annotator changes (a corrected gold answer elsewhere in
+/// the scope re-evaluates every annotator's drift, whose gold answers stay as they are). The
+/// state is the answer's multiplicity.
+pub struct GoldAnswerLogic;
+
+impl Keyed for GoldAnswerLogic {
+    type Key = AnswerKey;
+    type Update = ();
+    type Diff = Diff;
+    type State = Diff;
+    type Out = (GateKey, GateInput);
+    type Side = ();
+
+    fn route(&(scope, annotator, ts_ms, item, _): &AnswerKey) -> u64 {
+        scope.rotate_left(32) ^ annotator ^ item.rotate_left(16) ^ ts_ms as u64
+    }
+
+    fn apply(&mut self, _: &AnswerKey, m: &mut Diff, _: &(), &diff: &Diff) {
+        *m += diff;
+    }
+
+    fn derive(
+        &mut self,
+        key: &AnswerKey,
+        m: &mut Diff,
+        names: &Catalog,
+        out: &mut Vec<(GateKey, GateInput)>,
+    ) {
+        let &(scope, annotator, ts_ms, item, correct) = key;
+        let gate = (project_id(names.scope_name(scope).0), annotator);
+        for _ in 0..(*m).max(0) {
+            out.push((gate, GateInput::Answer { ts_ms, scope, item, correct }));
+        }
+    }
+
+    fn is_empty(m: &Diff) -> bool {
+        *m == 0
+    }
+}
+
 /// The keyed logic of gates.
 pub struct GateLogic {
     pub drift: DriftSettings,
@@ -134,8 +181,19 @@ impl Keyed for GateLogic {
         out: &mut Vec<GateOut>,
     ) {
         let live = s.inputs.iter().filter(|(_, m)| **m > 0);
-        let scopes: Vec<ScopeId> = live
-            .clone()
+        // The inputs are ordered by kind (presence, answers, alarms, signals): a decided gate reads
+        // its presence and signals without going over its gold answers.
+        let first_answer = GateInput::Answer { ts_ms: i64::MIN, scope: 0, item: 0, correct: false };
+        let first_signal = GateInput::Signal {
+            scope: 0,
+            signal: Signal::Gold,
+            state: SignalState::Insufficient,
+            score: None,
+        };
+        let scopes: Vec<ScopeId> = s
+            .inputs
+            .range(..first_answer)
+            .filter(|(_, m)| **m > 0)
             .filter_map(|(i, _)| match i {
                 GateInput::Present { scope } => Some(*scope),
                 _ => None,
@@ -148,7 +206,7 @@ impl Keyed for GateLogic {
         let config = self.drift.for_project(project_name);
         // Per signal, the worst state and the best score over the project's scopes.
         let mut worst: BTreeMap<Signal, (SignalState, Option<f64>)> = BTreeMap::new();
-        for (input, _) in live.clone() {
+        for (input, _) in s.inputs.range(first_signal..).filter(|(_, m)| **m > 0) {
             if let GateInput::Signal { signal, state, score, .. } = *input {
                 let e = worst.entry(signal).or_insert((SignalState::Insufficient, None));
                 e.0 = e.0.max(state);
