@@ -101,6 +101,12 @@ impl Signal {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// The signal's bit in a set of signals held as a `u8` (there are fewer than eight).
+    pub fn bit(self) -> u8 {
+        const _: () = assert!(Signal::COUNT <= 8);
+        1 << self.index()
+    }
 }
 
 /// The state of one (annotator, signal), ordered from least to most telling: a state with data
