@@ -144,14 +144,7 @@ impl Keyed for AnnotatorLogic {
             AnnotatorSum::Gap { day } => add(&mut a.drift.gap, day, [x, y, z]),
             AnnotatorSum::Mix { day, label } => add(&mut a.drift.mix, (day, label), [x, y]),
             AnnotatorSum::Speed { day, bucket } => add(&mut a.drift.speed, (day, bucket), [x]),
-            AnnotatorSum::Answer { ts_ms, item, correct } => {
-                let key = (ts_ms, item, correct);
-                let m = a.drift.gold.entry(key).or_default();
-                *m += x;
-                if *m == 0 {
-                    a.drift.gold.remove(&key);
-                }
-            }
+            AnnotatorSum::Answer { ts_ms, correct, .. } => a.drift.add_gold(ts_ms, correct, x),
             AnnotatorSum::Side { day } => {
                 a.sides += SideCounts { left: x, right: y, ties: z };
                 add(&mut a.drift.sides, day, [x, y, z]);

@@ -12,8 +12,9 @@ pub struct AnnotatorInputs {
     pub mix: BTreeMap<(Day, LabelId), [i64; 2]>,
     /// `(day, duration bucket) -> [labels]`.
     pub speed: BTreeMap<(Day, u16), [i64; 1]>,
-    /// Gold answers `(ts_ms, item, correct) -> multiplicity`.
-    pub gold: BTreeMap<(i64, ItemId, bool), i64>,
+    /// Gold answers per day: `day -> [answers, errors]` (the answers themselves go to the gates,
+    /// [`crate::gates::GoldAnswerLogic`]).
+    pub gold_days: BTreeMap<Day, [i64; 2]>,
     /// `day -> [left, right, ties]`: comparisons (preference events) by the side chosen.
     pub sides: BTreeMap<Day, [i64; 3]>,
 }
@@ -23,25 +24,14 @@ impl AnnotatorInputs {
         self.gap.is_empty()
             && self.mix.is_empty()
             && self.speed.is_empty()
-            && self.gold.is_empty()
+            && self.gold_days.is_empty()
             && self.sides.is_empty()
     }
 
-    /// Gold answers per day: `day -> [answers, errors]`.
-    pub(super) fn gold_days(&self) -> BTreeMap<Day, [i64; 2]> {
-        // The answers are in time order, so their days come in order: each day's sums are added
-        // up in a run, and the map is built from the runs at once.
-        let mut days: Vec<(Day, [i64; 2])> = Vec::new();
-        for (&(ts, _, correct), &m) in &self.gold {
-            let day = ts.div_euclid(DAY_MS) as Day;
-            if days.last().is_none_or(|&(last, _)| last != day) {
-                days.push((day, [0, 0]));
-            }
-            let (_, d) = days.last_mut().expect("pushed");
-            d[0] += m;
-            d[1] += if correct { 0 } else { m };
-        }
-        days.into_iter().collect()
+    /// Adds `m` gold answers given at `ts_ms`, right or not.
+    pub fn add_gold(&mut self, ts_ms: i64, correct: bool, m: i64) {
+        let day = ts_ms.div_euclid(DAY_MS) as Day;
+        crate::scopes::add(&mut self.gold_days, day, [m, if correct { 0 } else { m }]);
     }
 
     /// The days with any input, ascending. Each map is ordered by day first, so each gives its

@@ -5,11 +5,9 @@ use super::*;
 fn gold_inputs(days: impl IntoIterator<Item = (Day, i64, i64)>) -> (AnnotatorInputs, ScopeInputs) {
     let mut a = AnnotatorInputs::default();
     let mut s = ScopeInputs::default();
-    let mut item = 0;
     for (day, n, errors) in days {
         for i in 0..n {
-            item += 1;
-            a.gold.insert((i64::from(day) * DAY_MS + i, item, i >= errors), 1);
+            a.add_gold(i64::from(day) * DAY_MS + i, i >= errors, 1);
         }
         let e = s.gold_days.entry(day).or_default();
         e[0] += n;

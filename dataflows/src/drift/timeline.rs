@@ -113,7 +113,7 @@ fn evaluate_reusing(
     label_name: &dyn Fn(LabelId) -> String,
     reuse: Option<(&Timeline, &dyn Fn(Day) -> bool)>,
 ) -> Timeline {
-    let gold_days = inputs.gold_days();
+    let gold_days = &inputs.gold_days;
     // Read at every day in a full evaluation: laid out flat once. A re-evaluation reads speed at
     // its last day only, from the tree.
     let speed: Option<Vec<((Day, u16), i64)>> =
@@ -122,7 +122,7 @@ fn evaluate_reusing(
         config,
         label_name,
         inputs,
-        gold_days: &gold_days,
+        gold_days,
         speed: speed.as_deref(),
         scope,
         median_ms: None,
@@ -147,10 +147,10 @@ fn evaluate_reusing(
     let mut latest: [Option<Reading>; Signal::COUNT] = Default::default();
     let mut last_day = None;
     let active = match reuse {
-        None => inputs.active_days(&gold_days),
+        None => inputs.active_days(gold_days),
         // The same inputs of its own: the same days.
         Some((previous, _)) => {
-            debug_assert!(previous.days.iter().map(|(day, _)| *day).eq(inputs.active_days(&gold_days)));
+            debug_assert!(previous.days.iter().map(|(day, _)| *day).eq(inputs.active_days(gold_days)));
             previous.days.iter().map(|(day, _)| *day).collect()
         }
     };
