@@ -122,6 +122,48 @@ pub(super) fn bucket_center(bucket: u16) -> (f64, f64) {
     TABLE.get(usize::from(bucket)).copied().unwrap_or_else(|| computed(bucket))
 }
 
+/// Per-day `[answers, errors]` as running sums, so that the sum over any range of days takes two
+/// binary searches: a gold reading sums weeks of them, on every day it reads.
+#[derive(Debug, Default)]
+pub(super) struct DaySums {
+    days: Vec<Day>,
+    /// `running[i]`: the sum over `days[..i]`.
+    running: Vec<[i64; 2]>,
+}
+
+impl DaySums {
+    pub(super) fn new(by_day: &BTreeMap<Day, [i64; 2]>) -> DaySums {
+        let mut running = Vec::with_capacity(by_day.len() + 1);
+        let mut total = [0, 0];
+        running.push(total);
+        for [n, e] in by_day.values() {
+            total = [total[0] + n, total[1] + e];
+            running.push(total);
+        }
+        DaySums { days: by_day.keys().copied().collect(), running }
+    }
+
+    /// The sum over the days of `range`, as [`sum_range`] over the map would give it.
+    pub(super) fn sum(&self, range: impl std::ops::RangeBounds<Day>) -> [i64; 2] {
+        use std::ops::Bound;
+        let from = match range.start_bound() {
+            Bound::Included(&d) => self.days.partition_point(|&x| x < d),
+            Bound::Excluded(&d) => self.days.partition_point(|&x| x <= d),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(&d) => self.days.partition_point(|&x| x <= d),
+            Bound::Excluded(&d) => self.days.partition_point(|&x| x < d),
+            Bound::Unbounded => self.days.len(),
+        };
+        if to <= from {
+            return [0, 0];
+        }
+        let ([n1, e1], [n0, e0]) = (self.running[to], self.running[from]);
+        [n1 - n0, e1 - e0]
+    }
+}
+
 pub(super) fn sum_range<K: Ord, const N: usize>(
     map: &BTreeMap<K, [i64; N]>,
     range: impl std::ops::RangeBounds<K>,
@@ -137,6 +179,24 @@ pub(super) fn sum_range<K: Ord, const N: usize>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn day_sums_are_the_range_sums() {
+        use super::{sum_range, DaySums};
+        use std::collections::BTreeMap;
+        let by_day: BTreeMap<i32, [i64; 2]> = [(-3, [2, 1]), (0, [5, 0]), (4, [7, 3]), (9, [1, 1])].into();
+        let sums = DaySums::new(&by_day);
+        for a in -5..12 {
+            assert_eq!(sums.sum(..a), sum_range(&by_day, ..a));
+            assert_eq!(sums.sum(a..), sum_range(&by_day, a..));
+            assert_eq!(sums.sum(a..=a - 1), [0, 0]);
+            for b in a..12 {
+                assert_eq!(sums.sum(a..=b), sum_range(&by_day, a..=b), "{a}..={b}");
+                assert_eq!(sums.sum(a..b), sum_range(&by_day, a..b), "{a}..{b}");
+            }
+        }
+        assert_eq!(DaySums::new(&BTreeMap::new()).sum(..), [0, 0]);
+    }
+
     #[test]
     fn tabled_bucket_centres_are_the_computed_ones() {
         for bucket in (0..=400u16).chain([u16::MAX]) {

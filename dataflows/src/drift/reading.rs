@@ -85,12 +85,13 @@ pub(super) struct DayContext<'a> {
     pub(super) config: &'a DriftConfig,
     pub(super) label_name: &'a dyn Fn(LabelId) -> String,
     pub(super) inputs: &'a AnnotatorInputs,
-    pub(super) gold_days: &'a BTreeMap<Day, [i64; 2]>,
+    /// The annotator's gold answers by day, and its scope's, as running sums.
+    pub(super) gold_days: &'a DaySums,
+    pub(super) scope_gold_days: &'a DaySums,
     /// The annotator's timed labels (`inputs.speed`) as a sorted slice, where it reads them at
     /// every day: the speed signals sum weeks of it, in the same order, faster than walking the
     /// tree (which they walk without it).
     pub(super) speed: Option<&'a [((Day, u16), i64)]>,
-    pub(super) scope: &'a ScopeInputs,
     pub(super) median_ms: Option<f64>,
     pub(super) preferences: &'a PreferenceSettings,
     /// Whether readings carry their explanation: only the ones an output shows need one (a
@@ -124,18 +125,18 @@ impl DayContext<'_> {
     pub(super) fn gold_baseline(&self, day: Day) -> Option<f64> {
         let c = self.config;
         let range = gold_baseline_period(c, day);
-        let [scope_n, scope_errors] = sum_range(&self.scope.gold_days, range.clone());
+        let [scope_n, scope_errors] = self.scope_gold_days.sum(range.clone());
         // The scope's rate over the same period, or over everything before today if that is thin.
         let scope_rate = if scope_n >= c.gold_baseline_min_answers {
             scope_errors as f64 / scope_n as f64
         } else {
-            let [n, errors] = sum_range(&self.scope.gold_days, ..day);
+            let [n, errors] = self.scope_gold_days.sum(..day);
             if n == 0 {
                 return None;
             }
             errors as f64 / n as f64
         };
-        let [own_n, own_errors] = sum_range(self.gold_days, range);
+        let [own_n, own_errors] = self.gold_days.sum(range);
         let (rate, n_eff) = if own_n >= c.gold_baseline_min_answers {
             let shrunk = (own_errors as f64 + c.gold_shrink_answers * scope_rate)
                 / (own_n as f64 + c.gold_shrink_answers);
@@ -153,7 +154,7 @@ impl DayContext<'_> {
         let e1 = (2.0 * e0).min(0.6);
         let mut best: Option<(f64, u32, i64, i64)> = None;
         for &w in &c.gold_windows_days {
-            let [n, k] = sum_range(self.gold_days, (day - w as Day + 1)..=day);
+            let [n, k] = self.gold_days.sum((day - w as Day + 1)..=day);
             if n < c.gold_min_answers {
                 continue;
             }

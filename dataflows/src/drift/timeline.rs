@@ -114,6 +114,7 @@ fn evaluate_reusing(
     reuse: Option<(&Timeline, &dyn Fn(Day) -> bool)>,
 ) -> Timeline {
     let gold_days = &inputs.gold_days;
+    let (own_gold, scope_gold) = (DaySums::new(gold_days), DaySums::new(&scope.gold_days));
     // Read at every day in a full evaluation: laid out flat once. A re-evaluation reads speed at
     // its last day only, from the tree.
     let speed: Option<Vec<((Day, u16), i64)>> =
@@ -122,9 +123,9 @@ fn evaluate_reusing(
         config,
         label_name,
         inputs,
-        gold_days,
+        gold_days: &own_gold,
+        scope_gold_days: &scope_gold,
         speed: speed.as_deref(),
-        scope,
         median_ms: None,
         preferences,
         explain: false,
