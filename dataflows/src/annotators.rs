@@ -6,9 +6,10 @@
 //! ([`crate::scopes::Basis`], which every worker receives).
 //!
 //! Each (scope, annotator) is kept by the worker that owns it. What it derives goes on: its own
-//! record (without its gate) to [`JoinLogic`], which adds the gate of its project; its gold
-//! answers, alarm days and signal states to its project's gate ([`crate::gates`]); its day-by-day
-//! states and alarm episodes to its scope's drift alerts ([`crate::alerts`]).
+//! record (without its gate) to [`JoinLogic`], which adds the gate of its project; its presence,
+//! alarm days and signal states to its project's gate ([`crate::gates`], which has its gold answers
+//! from [`crate::gates::GoldAnswerLogic`]); its day-by-day states and alarm episodes to its scope's
+//! drift alerts ([`crate::alerts`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -44,7 +45,8 @@ pub enum AnnotatorSum {
     Mix { day: Day, label: LabelId },
     /// Timed labels of `day` in a duration bucket: `(labels, 0, 0)`.
     Speed { day: Day, bucket: u16 },
-    /// One gold answer: `(multiplicity, 0, 0)`.
+    /// One gold answer: `(multiplicity, 0, 0)`. The annotator sums it by day for its drift; the
+    /// answer itself goes to its gate ([`crate::gates::GoldAnswerLogic`]).
     Answer { ts_ms: i64, item: ItemId, correct: bool },
     /// Comparisons of preference events of `day` by the side chosen: `(left, right, ties)`.
     Side { day: Day },
