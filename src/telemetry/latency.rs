@@ -33,13 +33,14 @@ impl LatencySummary {
         })
     }
 
-    /// Records `events` events of this latency.
+    /// Records `events` events of this latency. A latency over the histogram's hour counts in the
+    /// quantiles as an hour (and in `_sum` as it was), so that `_count` counts every event.
     pub(super) fn observe(&self, latency: Duration, events: u64) {
         if events == 0 {
             return;
         }
         let mut state = self.state.lock().expect("latency histogram poisoned");
-        let _ = state.0.record_n((latency.as_micros() as u64).max(1), events);
+        state.0.saturating_record_n((latency.as_micros() as u64).max(1), events);
         state.1 += latency.as_secs_f64() * events as f64;
     }
 
@@ -79,5 +80,26 @@ impl Collector for LatencySummary {
         family.set_field_type(MetricType::SUMMARY);
         family.set_metric(vec![metric]);
         vec![family]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_counts_once_and_an_hour_bounds_the_quantiles() {
+        let summary = LatencySummary::new("latency", "help").unwrap();
+        summary.observe(Duration::from_millis(20), 99);
+        summary.observe(Duration::from_secs(2 * 3600), 1);
+        summary.observe(Duration::from_secs(1), 0);
+        let family = &summary.collect()[0];
+        let proto = family.get_metric()[0].get_summary();
+        assert_eq!(proto.sample_count(), 100);
+        assert!((proto.sample_sum() - (99.0 * 0.02 + 7200.0)).abs() < 1e-6);
+        let median = summary.quantile(0.5).as_secs_f64();
+        assert!((median - 0.02).abs() < 0.001, "{median}");
+        let top = summary.quantile(1.0).as_secs_f64();
+        assert!((top - 3600.0).abs() < 3600.0 * 0.001, "{top}");
     }
 }
