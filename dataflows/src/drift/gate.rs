@@ -67,6 +67,13 @@ pub(super) fn describe(e: &Evidence) -> String {
     }
 }
 
+/// Why a gate blocks: its recent gold accuracy, or an alarm the project blocks on.
+#[derive(Clone, Copy)]
+enum BlockCause {
+    Accuracy,
+    Alarm,
+}
+
 /// Decides the gate from a project's gold answers `(ts_ms, correct)` (in event-time order) and
 /// the alarms the project gates on (`gated_alarm(day)` says whether one covers `day`).
 ///
@@ -109,23 +116,24 @@ pub fn decide_gate(answers: &[(i64, bool)], gated_alarm: impl Fn(Day) -> bool, c
         // Why it would block now; its words are formed only when it does (a blocked annotator's
         // every answer would otherwise format one).
         let block_reason = if judged && high < theta {
-            Some(false)
+            Some(BlockCause::Accuracy)
         } else if alarm && seen >= c.gate_min_answers {
-            Some(true)
+            Some(BlockCause::Alarm)
         } else {
             None
         };
-        let block_words = |alarm: bool| {
-            if !alarm {
+        let block_words = |cause: BlockCause| match cause {
+            BlockCause::Accuracy => {
                 format!("{}: even at best under the required {}", describe(&e), percent(theta))
-            } else {
+            }
+            BlockCause::Alarm => {
                 let signals: Vec<&str> = c.gate_on_alarm.iter().map(|s| s.title()).collect();
                 format!("an alarm on {}, which the project blocks on; {}", signals.join(" or "), describe(&e))
             }
         };
         let next: Option<(GateState, String)> = match (state, block_reason) {
-            (GateState::Warmup | GateState::Allow | GateState::Probation, Some(alarm)) => {
-                Some((GateState::Block, block_words(alarm)))
+            (GateState::Warmup | GateState::Allow | GateState::Probation, Some(cause)) => {
+                Some((GateState::Block, block_words(cause)))
             }
             (GateState::Warmup, _) if judged => Some((
                 GateState::Allow,
