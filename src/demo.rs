@@ -105,6 +105,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
         truth_refresh: Some(Duration::from_millis(
             labelqc_dataflows::truth::TruthSettings::default().refresh_ms,
         )),
+        publishers: None,
     })?;
     let mut spec = settings.traffic.clone();
     spec.careless_from_ms = now_ms() + settings.careless_after.as_millis() as i64;

@@ -69,6 +69,8 @@ pub struct Telemetry {
     pub committed: IntCounterVec,
     /// Kafka transactions committed (exactly-once mode).
     pub transactions: IntCounter,
+    /// Output messages this process queued for its producer, by output topic.
+    pub output_messages: IntCounterVec,
     /// Epochs submitted to the dataflows whose outputs are not yet delivered and committed.
     pub epochs_in_flight: IntGauge,
     /// The most epochs that were ever in flight at once.
@@ -199,6 +201,11 @@ impl Telemetry {
             "Input messages whose outputs are delivered and offsets committed, by topic.",
             &["topic"],
         )?;
+        let output_messages = counter_vec(
+            "labelqc_output_messages_total",
+            "Output messages this process published (queued for delivery), by output topic.",
+            &["topic"],
+        )?;
         let transactions = IntCounter::new(
             "labelqc_transactions_committed_total",
             "Kafka transactions committed, each an epoch's outputs with its input offsets.",
@@ -272,6 +279,7 @@ impl Telemetry {
             latency,
             consumer_lag,
             committed,
+            output_messages,
             transactions,
             routing_items: int_gauge_vec(
                 "labelqc_routing_items",

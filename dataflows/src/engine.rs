@@ -12,7 +12,9 @@
 //! live service) each epoch's record changes, drift summary facts and reports are sent to the
 //! first worker, whose process hands them out whole epochs at a time ([`Engine::take_completed`]),
 //! in order, once every worker has finished the epoch; the number of epochs in flight is bounded.
-//! With [`Emit::Final`] (a one-shot report) every worker keeps its own final records, which
+//! In a cluster with [`Publishers`], each record change goes instead to the first worker of the
+//! process that publishes it, and the reports to the first worker of every process, so that each
+//! process hands out its own share of the records. With [`Emit::Final`] (a one-shot report) every worker keeps its own final records, which
 //! [`Engine::finish`] returns.
 
 use std::collections::VecDeque;
@@ -34,7 +36,7 @@ use crate::dataflow::{quality, Diff, QualityConfig, Time};
 use crate::drift::DriftSettings;
 use crate::items::ItemsConfig;
 use crate::keyed::Emit;
-use crate::records::Record;
+use crate::records::{Record, RecordKey};
 use crate::source::{Name, Update};
 use crate::summary::Metric;
 
@@ -93,6 +95,23 @@ pub struct EngineConfig {
     /// the demo: `truth.refresh_ms`); `None`: a cold fit whenever a scope changes (exact, for
     /// small inputs and tests).
     pub truth_refresh: Option<std::time::Duration>,
+    /// In a cluster, which process publishes each record ([`Publishers`]); `None`: the first
+    /// process publishes every record.
+    pub publishers: Option<Publishers>,
+}
+
+/// Which process of a cluster publishes a record: a function of its key, returning a process
+/// index below the number of processes, the same in every process. With it, each epoch's record
+/// changes go to the first worker of their publishing process (not all to the first process),
+/// every worker's report goes to the first worker of every process, and each process's engine
+/// hands out only the records it publishes ([`Engine::take_completed`]).
+#[derive(Clone)]
+pub struct Publishers(pub Arc<dyn Fn(&RecordKey) -> usize + Send + Sync>);
+
+impl std::fmt::Debug for Publishers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Publishers(..)")
+    }
 }
 
 impl Default for EngineConfig {
@@ -107,6 +126,7 @@ impl Default for EngineConfig {
             truth: Default::default(),
             routing: Default::default(),
             truth_refresh: None,
+            publishers: None,
         }
     }
 }
@@ -168,6 +188,9 @@ struct Shared {
     failed: Mutex<Option<String>>,
     progress: Mutex<Progress>,
     advanced: Condvar,
+    /// On the first process, with [`Publishers`]: per process, every epoch below this one has its
+    /// records delivered, as the process last said ([`Engine::report_delivered`]).
+    delivered: Mutex<Vec<Time>>,
 }
 
 /// Batches submitted to an engine started with [`Engine::start`]: `(epoch, updates, names)`.
@@ -209,6 +232,8 @@ impl Feed for NoFeed {
 
 /// A running quality dataflow.
 pub struct Engine {
+    /// What this process's publisher has delivered ([`Engine::report_delivered`]).
+    delivered: Arc<std::sync::atomic::AtomicU64>,
     commands: Option<Sender<Time>>,
     submitted: Option<Submitted>,
     shared: Arc<Shared>,
@@ -255,7 +280,9 @@ impl Engine {
             failed: Mutex::new(None),
             progress: Mutex::new(Progress { frontier: Some(0), disconnected: false }),
             advanced: Condvar::new(),
+            delivered: Mutex::new(vec![0; cluster.map_or(1, |c| c.addresses.len().max(1))]),
         });
+        let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sink = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -291,6 +318,8 @@ impl Engine {
                 shared.failed.lock().expect("failure poisoned").get_or_insert(reason);
             })
         };
+        let publishers = config.publishers.clone();
+        let (delivered_here, shared_here) = (delivered.clone(), shared.clone());
         let guards = timely::execute(timely_config, move |worker| {
             let commands = if worker.index() == 0 {
                 commands.lock().expect("command table poisoned").take()
@@ -299,10 +328,18 @@ impl Engine {
             };
             let feed = feed(worker.index(), worker.peers())
                 .unwrap_or_else(|reason| panic!("worker {} cannot start reading: {reason}", worker.index()));
-            run_worker(worker, &quality, commands, feed, event_tx.clone(), failed.clone())
+            let shipping = Shipping {
+                local_workers: workers,
+                publishers: publishers.clone(),
+                delivered: delivered.clone(),
+                shared: shared.clone(),
+            };
+            run_worker(worker, &quality, &shipping, commands, feed, event_tx.clone(), failed.clone())
         })
         .map_err(|reason| EngineError::Start { workers, reason })?;
+        let (delivered, shared) = (delivered_here, shared_here);
         Ok(Engine {
+            delivered,
             commands: Some(command_tx),
             submitted: None,
             shared,
@@ -341,6 +378,20 @@ impl Engine {
             self.submitted.as_ref().expect("only engines started with Engine::start take submissions");
         submitted.lock().expect("submissions poisoned").push_back((self.next_epoch, updates, names));
         self.close_epoch()
+    }
+
+    /// With [`Publishers`], on a later process: every epoch below `epoch` has all the records this
+    /// process publishes delivered. The first worker of the process passes it on to the first
+    /// process, outside the epochs (so that it arrives while the epochs in flight wait for it).
+    pub fn report_delivered(&self, epoch: Time) {
+        self.delivered.fetch_max(epoch, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// With [`Publishers`], on the first process: per process, every epoch below the number has
+    /// all the records that process publishes delivered, as it last reported (this process's
+    /// entry is 0).
+    pub fn delivered(&self) -> Vec<Time> {
+        self.shared.delivered.lock().expect("deliveries poisoned").clone()
     }
 
     /// Number of epochs closed so far; they are numbered `0..submitted()`.
@@ -441,7 +492,7 @@ impl Engine {
 }
 
 mod worker;
-use worker::run_worker;
+use worker::{run_worker, Shipping};
 
 mod sink;
 

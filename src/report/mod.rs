@@ -104,6 +104,7 @@ pub fn run(request: &ReportRequest, on_refused: impl FnMut(&Refused<'_>)) -> Res
         truth: request.truth.clone(),
         routing: request.routing.clone(),
         truth_refresh: None,
+        publishers: None,
     };
     let mut engine = Engine::start_fed(&config, None, factory)?;
     let reader = {

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use labelqc_dataflows::engine::{ClusterConfig, Engine, EngineConfig, Feed, FeedFactory};
+use labelqc_dataflows::engine::{ClusterConfig, Engine, EngineConfig, Feed, FeedFactory, Publishers};
 use labelqc_dataflows::items::ItemsConfig;
 use labelqc_dataflows::keyed::Emit;
 use labelqc_dataflows::source::{Catalog, Source};
@@ -56,6 +56,7 @@ use crate::http::HttpServer;
 use crate::telemetry::Telemetry;
 use feed::{EpochMeta, FeedState, KafkaFeed, OpenEpoch, Partitions, RecordCounts};
 use health::{Connectivity, LagMonitor, LagPartition};
+use outputs::Share;
 use pipeline::Pipeline;
 use producer::{Publisher, TRANSACTION_TIMEOUT};
 use rebuild::Rebuild;
@@ -204,14 +205,21 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         telemetry.clone(),
     )?;
 
-    // Process 0 publishes: it learns what the output topics hold while the state is rebuilt.
-    let published = if cluster.process == 0 {
+    // At least once, every process of a cluster publishes its share of the records; in
+    // exactly-once mode process 0 publishes them all, in its transactions. A publishing process
+    // learns what the output topics hold of its keys while the state is rebuilt.
+    let share = if processes > 1 && !config.kafka.exactly_once {
+        Share { process: cluster.process, processes }
+    } else {
+        Share::default()
+    };
+    let published = if cluster.process == 0 || share.processes > 1 {
         let (client, outputs, connectivity, stop) =
             (client(&[]), config.outputs.clone(), connectivity.clone(), stop.clone());
         Some(
             std::thread::Builder::new()
                 .name("labelqc-read-back".into())
-                .spawn(move || readback::read_back(&client, &outputs, &connectivity, &stop))?,
+                .spawn(move || readback::read_back(share, &client, &outputs, &connectivity, &stop))?,
         )
     } else {
         None
@@ -273,6 +281,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         // it stops changing, one cold fit makes it the report's (the pipeline closes an empty
         // epoch every `truth.refresh_ms` while idle, so that this fit comes).
         truth_refresh: Some(std::time::Duration::from_millis(config.truth.refresh_ms)),
+        publishers: (share.processes > 1).then(|| Publishers(Arc::new(move |key| share.publisher_of(key)))),
     };
     let cluster_config = (!cluster.addresses.is_empty())
         .then(|| ClusterConfig { process: cluster.process, addresses: cluster.addresses.clone() });
@@ -292,8 +301,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let shutdown = Duration::from_millis(config.kafka.shutdown_timeout_ms);
 
     let Some(published) = published else {
-        // A later process of a cluster: its workers read and compute; the first process
-        // publishes and commits. Ready once it has read its partitions' input present at start.
+        // A later process of an exactly-once cluster: its workers read and compute; the first
+        // process publishes and commits. Ready once it has read its partitions' input present at
+        // start.
         let caught_up = || mine.iter().all(|&i| feeds.positions[i].load(Ordering::Relaxed) >= starts[i]);
         while !stop.load(Ordering::SeqCst) && !engine.stopped() {
             ready.store(caught_up() && connectivity.is_up(), Ordering::SeqCst);
@@ -339,7 +349,25 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         rebuild,
         ready,
         store,
+        share,
     );
+    if cluster.process > 0 {
+        // A later process publishes its share until the first process finishes.
+        let result = pipeline.publish_share(&stop, shutdown);
+        lag.stop();
+        drop(server);
+        return match result {
+            Ok(true) => finish(pipeline.engine, Instant::now() + shutdown),
+            Ok(false) => {
+                // Stopped on its own: the cluster cannot go on without this process, and its
+                // workers stop only with the first process. Leave them; the process exits.
+                tracing::warn!("stopping one process of a cluster stops the cluster; restart all processes");
+                std::mem::forget(pipeline.engine);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        };
+    }
     let result = (|| {
         while !stop.load(Ordering::SeqCst) {
             pipeline.turn()?;

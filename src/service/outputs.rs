@@ -262,6 +262,60 @@ pub fn remember_changes(store: &Store, changes: &[(Record, Diff)], gates: &[Gate
     }
 }
 
+/// Which keys a process of a cluster publishes (at least once; in exactly-once mode the first
+/// process publishes them all, in its transactions): the scopes' topics (scopes, windows,
+/// leaderboard), which the query API lists, and the dead letters are the first process's; any
+/// other key (an annotator's, a pair's, an item's and its route, an alert's, a gate's) belongs to
+/// the process its key's hash picks, `stable_id(key) % processes`. The engine sends each record to
+/// its publisher ([`labelqc_dataflows::engine::Publishers`]), and a process reads back only its
+/// own keys, so that the processes divide the published state and the publishing between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// This process's index.
+    pub process: usize,
+    /// The number of processes that publish (1: this one publishes everything).
+    pub processes: usize,
+}
+
+impl Default for Share {
+    fn default() -> Share {
+        Share { process: 0, processes: 1 }
+    }
+}
+
+impl Share {
+    /// The process that publishes `key` on `topic`.
+    pub fn publisher(&self, topic: OutputTopic, key: &str) -> usize {
+        match topic {
+            _ if self.processes <= 1 => 0,
+            OutputTopic::Scopes
+            | OutputTopic::ScopeWindows
+            | OutputTopic::Leaderboard
+            | OutputTopic::DeadLetter => 0,
+            _ => (stable_id(key.as_bytes()) % self.processes as u64) as usize,
+        }
+    }
+
+    /// Whether this process publishes `key` on `topic`.
+    pub fn owns(&self, topic: OutputTopic, key: &str) -> bool {
+        self.publisher(topic, key) == self.process
+    }
+
+    /// The process that publishes the messages of a record (an item's route goes with its item:
+    /// both have the same key).
+    pub fn publisher_of(&self, record: &RecordKey) -> usize {
+        if self.processes <= 1 {
+            return 0;
+        }
+        match &record.entity {
+            Entity::Gate(annotator) => {
+                self.publisher(OutputTopic::Gating, &key(&[&record.project, annotator]))
+            }
+            _ => message(record, None, "").map_or(0, |m| self.publisher(m.topic, &m.key)),
+        }
+    }
+}
+
 type Map<K, V> = HashMap<K, V, RandomState>;
 
 /// Gate records with their keys on the gating topic.
@@ -278,11 +332,22 @@ pub struct Published {
     /// The last gate record per gating key, and its value.
     gates: Map<String, PublishedGate>,
     gate_values: Map<String, Vec<u8>>,
+    /// The keys this process publishes: it keeps only theirs.
+    share: Share,
 }
 
 impl Published {
-    /// Records what a message read back from an output topic says (`value` `None`: a tombstone).
+    /// What the topics hold of the keys of `share`, nothing read yet.
+    pub fn of(share: Share) -> Published {
+        Published { share, ..Published::default() }
+    }
+
+    /// Records what a message read back from an output topic says (`value` `None`: a tombstone),
+    /// if this process publishes its key.
     pub fn read_back(&mut self, topic: OutputTopic, key: &str, value: Option<&[u8]>) {
+        if !self.share.owns(topic, key) {
+            return;
+        }
         match topic {
             OutputTopic::Gating => {
                 let state = value.and_then(|v| serde_json::from_slice::<GateRecordRead>(v).ok());

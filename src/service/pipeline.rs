@@ -1,6 +1,6 @@
-//! The closing, publishing and committing pipeline of `labelqc run`'s first process.
+//! The closing, publishing and committing pipeline of `labelqc run`.
 //!
-//! It closes epochs without waiting for earlier ones, publishes the outputs of the epochs the
+//! On the first process (the coordinator) it closes epochs without waiting for earlier ones, publishes the outputs of the epochs the
 //! dataflows have completed (with the refused records the workers reported) as one output group,
 //! and commits each group's input offsets once the delivery reports say its outputs are all
 //! acknowledged, in epoch order (in exactly-once mode: commits the group's transaction with them).
@@ -11,6 +11,13 @@
 //! included, and from then on each group publishes only records that change what their topic
 //! holds. A reader of the output topics therefore never sees a state older than the one it has
 //! seen, nor a gate record that is no new decision.
+//!
+//! In a cluster (at least once) every process runs a pipeline for the records it publishes
+//! ([`Share`]): each reads back, rebuilds, publishes and awaits delivery of its own keys, and
+//! tells the coordinator which epochs it has delivered ([`Engine::report_delivered`]). The
+//! coordinator commits a group's input offsets only once every
+//! process has delivered its epochs. In exactly-once mode the coordinator publishes every record
+//! in its transactions.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +35,7 @@ use rdkafka::producer::Producer;
 
 use super::feed::{EpochMeta, FeedState, Partitions};
 use super::health::{Connectivity, HealthConsumer};
-use super::outputs::{self, gate_of, reconcile, remember, OutputTopic, Published};
+use super::outputs::{self, gate_of, reconcile, remember, OutputTopic, Published, Share};
 use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
     TRANSACTION_TIMEOUT,
@@ -106,7 +113,7 @@ impl DriftMetrics {
     }
 }
 
-/// The closing, publishing and committing pipeline of `labelqc run`'s first process.
+/// The closing, publishing and committing pipeline of a process of `labelqc run`.
 pub struct Pipeline<'a> {
     pub config: &'a Config,
     pub telemetry: &'a Telemetry,
@@ -119,8 +126,15 @@ pub struct Pipeline<'a> {
     pub connectivity: Arc<Connectivity>,
     /// Whether other processes read input too (their open epochs are not visible here).
     pub cluster: bool,
-    /// What the output topics hold.
+    /// What the output topics hold (of the keys this process publishes).
     pub published: Published,
+    /// The keys this process publishes.
+    share: Share,
+    /// Whether this process closes epochs and commits input offsets (the first process).
+    coordinator: bool,
+    /// Per process: every epoch below this one has its records delivered, as the process's last
+    /// epoch report says (this process's entry unused).
+    delivered: Vec<u64>,
     /// Reading the output topics back, until the rebuild has caught up.
     read_back: Option<std::thread::JoinHandle<Result<Published>>>,
     /// `Some` until the first publish after the start.
@@ -166,6 +180,7 @@ impl<'a> Pipeline<'a> {
         rebuild: Rebuild,
         ready: Arc<AtomicBool>,
         store: Arc<Store>,
+        share: Share,
     ) -> Pipeline<'a> {
         let n = partitions.list.len();
         Pipeline {
@@ -178,7 +193,10 @@ impl<'a> Pipeline<'a> {
             feeds,
             connectivity,
             cluster: !config.cluster.addresses.is_empty(),
-            published: Published::default(),
+            published: Published::of(share),
+            share,
+            coordinator: share.process == 0,
+            delivered: vec![0; share.processes],
             read_back: Some(read_back),
             rebuild: Some(rebuild),
             caught_up: false,
@@ -200,7 +218,13 @@ impl<'a> Pipeline<'a> {
 
     /// Epochs closed whose offsets are not committed yet.
     fn in_flight(&self) -> u64 {
-        self.engine.submitted() - self.retired
+        self.engine.submitted().saturating_sub(self.retired)
+    }
+
+    /// Whether every other publishing process has delivered its records of every epoch up to
+    /// `epoch`.
+    fn delivered_by_all(&self, epoch: u64) -> bool {
+        self.delivered.iter().enumerate().all(|(process, &d)| process == self.share.process || d > epoch)
     }
 
     /// Closes the open epoch on every worker if the pipeline can take it: fewer than
@@ -250,15 +274,23 @@ impl<'a> Pipeline<'a> {
     /// records that changed are published as one group. In exactly-once mode a group is one
     /// transaction, and waits until the previous group's transaction is committed.
     fn publish_completed(&mut self) -> Result<()> {
-        let Some(&first) = self.unpublished.front() else { return Ok(()) };
-        if self.engine.completed() <= first {
-            return Ok(());
-        }
-        if self.config.kafka.exactly_once && !self.groups.is_empty() {
-            return Ok(());
-        }
         let started = Instant::now();
-        let (applied, outputs) = self.engine.take_completed();
+        let (applied, outputs) = if self.coordinator {
+            let Some(&first) = self.unpublished.front() else { return Ok(()) };
+            if self.engine.completed() <= first {
+                return Ok(());
+            }
+            if self.config.kafka.exactly_once && !self.groups.is_empty() {
+                return Ok(());
+            }
+            self.engine.take_completed()
+        } else {
+            // The coordinator closes the epochs; every complete epoch comes with the workers'
+            // reports of it.
+            let (applied, outputs) = self.engine.take_completed();
+            self.unpublished.extend(outputs.iter().map(|o| o.epoch));
+            (applied, outputs)
+        };
         let mut epochs = 0u64;
         let mut last_epoch = 0;
         while let Some(&epoch) = self.unpublished.front().filter(|&&e| e < applied) {
@@ -291,6 +323,10 @@ impl<'a> Pipeline<'a> {
             for (key, now) in new_values(&records) {
                 changed.insert(key.clone(), now.map(<[u8]>::to_vec));
             }
+        }
+        if !self.coordinator {
+            // The coordinator publishes the refused records.
+            input.dead_letters.clear();
         }
         let updated_at = updated_at();
         let (messages, gates, first_group) = if self.rebuild.is_some() {
@@ -352,8 +388,11 @@ impl<'a> Pipeline<'a> {
             (messages, gates, false)
         };
         self.telemetry.count_gate_records(gates.iter().map(|(_, r)| r));
-        self.drift_metrics.due = true;
-        self.drift_metrics.refresh(self.telemetry);
+        if self.coordinator {
+            // The drift summary reaches the coordinator alone.
+            self.drift_metrics.due = true;
+            self.drift_metrics.refresh(self.telemetry);
+        }
 
         let id = self.next_group;
         self.next_group += 1;
@@ -407,7 +446,10 @@ impl<'a> Pipeline<'a> {
     /// dead-lettered instead.
     fn send(&self, group: &mut Group, topic: &str, key: &str, value: Option<&[u8]>) -> Result<()> {
         match self.publisher.send(group.id, topic, key, value)? {
-            Sent::Queued => group.sent += 1,
+            Sent::Queued => {
+                group.sent += 1;
+                self.telemetry.output_messages.with_label_values(&[topic]).inc();
+            }
             Sent::TooLarge { limit } => {
                 let failed = FailedOutput {
                     topic: topic.to_string(),
@@ -445,7 +487,10 @@ impl<'a> Pipeline<'a> {
         let (letter_key, value) = output_dead_letter(failed, value, input)?;
         let topic = OutputTopic::DeadLetter.name(&self.config.outputs);
         match self.publisher.send(group.id, topic, &letter_key, Some(&value))? {
-            Sent::Queued => group.sent += 1,
+            Sent::Queued => {
+                group.sent += 1;
+                self.telemetry.output_messages.with_label_values(&[topic]).inc();
+            }
             Sent::TooLarge { .. } => {
                 bail!("the dead letter of an output of {} is too large to publish", failed.topic)
             }
@@ -459,6 +504,9 @@ impl<'a> Pipeline<'a> {
     fn retire_delivered(&mut self) -> Result<()> {
         let mut commit: Option<Vec<i64>> = None;
         let mut retired = Vec::new();
+        if self.coordinator && self.share.processes > 1 {
+            self.delivered = self.engine.delivered();
+        }
         while let Some(mut group) = self.groups.pop_front() {
             let failed = self.publisher.take_failed(group.id);
             if !failed.is_empty() {
@@ -481,13 +529,21 @@ impl<'a> Pipeline<'a> {
                 }
             }
             let delivered = self.publisher.delivered(group.id);
-            if delivered.ok + group.replaced < group.sent {
+            // A group that moves the input positions waits for the other processes' records of
+            // its epochs too: committing them says they are all published.
+            let moves = group.first || group.positions != *commit.as_ref().unwrap_or(&self.committed);
+            let others = !self.coordinator || !moves || self.delivered_by_all(group.last_epoch);
+            if delivered.ok + group.replaced < group.sent || !others {
                 let waited = group.published.elapsed();
                 if waited >= group.warned + DELIVERY_WARN {
                     group.warned = waited;
+                    let waiting: Vec<usize> = (0..self.delivered.len())
+                        .filter(|&p| p != self.share.process && self.delivered[p] <= group.last_epoch)
+                        .collect();
                     tracing::warn!(
                         waited_s = waited.as_secs(),
-                        outstanding = group.sent - delivered.ok - group.replaced,
+                        outstanding = group.sent.saturating_sub(delivered.ok + group.replaced),
+                        processes = ?waiting,
                         "waiting for output delivery"
                     );
                 }
@@ -499,7 +555,7 @@ impl<'a> Pipeline<'a> {
                 let offsets = self.partitions.offsets(&group.positions)?;
                 self.publisher.commit_transaction(&self.consumer, &offsets)?;
                 self.telemetry.transactions.inc();
-            } else {
+            } else if self.coordinator {
                 commit = Some(group.positions.clone());
             }
             tracing::debug!(
@@ -522,6 +578,21 @@ impl<'a> Pipeline<'a> {
         let now = now_ms();
         for group in &retired {
             self.retired = self.retired.max(group.last_epoch + 1);
+            if group.first {
+                self.caught_up = true;
+                if self.coordinator {
+                    tracing::info!(
+                        "caught up: the outputs of the input present at start are published and committed"
+                    );
+                } else {
+                    tracing::info!(
+                        "caught up: this process's outputs of the input present at start are delivered"
+                    );
+                }
+            }
+            if !self.coordinator {
+                continue;
+            }
             let [labels, gold] = group.input.messages;
             self.telemetry.committed.with_label_values(&["labels"]).inc_by(labels);
             self.telemetry.committed.with_label_values(&["gold"]).inc_by(gold);
@@ -535,12 +606,9 @@ impl<'a> Pipeline<'a> {
                 self.telemetry.observe_latency(Duration::from_millis(latency_ms as u64), labels + gold);
                 tracing::debug!(group = group.id, labels, gold, latency_ms, "group committed");
             }
-            if group.first {
-                self.caught_up = true;
-                tracing::info!(
-                    "caught up: the outputs of the input present at start are published and committed"
-                );
-            }
+        }
+        if self.caught_up && !self.coordinator {
+            self.engine.report_delivered(self.retired);
         }
         self.telemetry.output_updated.set(now as f64 / 1000.0);
         self.telemetry.epochs_in_flight.set(self.in_flight() as i64);
@@ -552,9 +620,14 @@ impl<'a> Pipeline<'a> {
     pub fn turn(&mut self) -> Result<()> {
         self.drift_metrics.refresh(self.telemetry);
         self.retire_delivered()?;
-        self.engine.check()?;
+        if self.coordinator {
+            // A later process's workers stop when the first process finishes ([`Self::publish_share`]).
+            self.engine.check()?;
+        }
         self.publish_completed()?;
-        self.maybe_close()?;
+        if self.coordinator {
+            self.maybe_close()?;
+        }
         self.ready.store(self.caught_up && self.connectivity.is_up(), Ordering::SeqCst);
         // Wait briefly: neither the workers' progress nor delivery reports (the producer's thread
         // serves them) wake this thread, and this bounds how late it notices them.
@@ -599,5 +672,31 @@ impl<'a> Pipeline<'a> {
             self.publish_completed()?;
         }
         Ok(())
+    }
+
+    /// A later process of a cluster whose processes publish: publishes its share of every
+    /// epoch until the first process finishes (its workers then stop), and awaits the delivery
+    /// of what it published, until `shutdown` after that. Stopped (`stop`) on its own, it goes
+    /// on for `shutdown` in case the first process is stopping too, and returns `false` if that
+    /// did not finish in time.
+    pub fn publish_share(&mut self, stop: &AtomicBool, shutdown: Duration) -> Result<bool> {
+        let mut stopping: Option<Instant> = None;
+        while !self.engine.stopped() {
+            if stop.load(Ordering::SeqCst) {
+                let since = *stopping.get_or_insert_with(Instant::now);
+                if since.elapsed() >= shutdown {
+                    return Ok(false);
+                }
+            }
+            self.turn()?;
+        }
+        self.ready.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + shutdown;
+        self.publish_completed()?;
+        while !self.groups.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(TEND_INTERVAL);
+            self.retire_delivered()?;
+        }
+        Ok(true)
     }
 }

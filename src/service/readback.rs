@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::health::{consumer, Connectivity, HealthConsumer};
-use super::outputs::{OutputTopic, Published};
+use super::outputs::{OutputTopic, Published, Share};
 use super::METADATA_TIMEOUT;
 use crate::config::OutputTopics;
 
@@ -25,9 +25,10 @@ use crate::config::OutputTopics;
 const STALL_WARN: Duration = Duration::from_secs(10);
 
 /// Reads every keyed output topic and the gating topic to its end, each on its own consumer and
-/// thread. `client` holds the brokers and the client settings; stops early (with an error) when
-/// `stop` is set.
+/// thread, keeping what they hold of the keys of `share`. `client` holds the brokers and the
+/// client settings; stops early (with an error) when `stop` is set.
 pub fn read_back(
+    share: Share,
     client: &ClientConfig,
     outputs: &OutputTopics,
     connectivity: &Arc<Connectivity>,
@@ -50,7 +51,7 @@ pub fn read_back(
                 scope.spawn(move || {
                     let reader = consumer(config, connectivity)
                         .context("cannot create the Kafka consumer that reads the outputs back")?;
-                    let mut published = Published::default();
+                    let mut published = Published::of(share);
                     let messages = read_topic(&reader, topic, topic.name(outputs), &mut published, stop)?;
                     Ok((published, messages))
                 })
@@ -58,7 +59,7 @@ pub fn read_back(
             .collect();
         readers.into_iter().map(|r| r.join().expect("a read-back thread panicked")).collect()
     });
-    let mut published = Published::default();
+    let mut published = Published::of(share);
     let mut messages = 0;
     for part in read {
         let (part, n) = part?;

@@ -115,9 +115,10 @@ fn survives_a_broker_outage() {
 }
 
 /// Two `labelqc run` processes on 127.0.0.1 as one timely cluster of 2 x 2 workers: the 4 input
-/// partitions are dealt out over the 4 workers, each process reads only its share, the first
-/// process publishes and commits, and the outputs equal the report, as with one process, in both
-/// delivery modes. Stopping the first process stops the second.
+/// partitions are dealt out over the 4 workers, each process reads only its share, each publishes
+/// its share of the keys (exactly once: the first publishes them all), the first commits, and the
+/// outputs equal the report, as with one process, in both delivery modes. Stopping the first
+/// process stops the second.
 #[test]
 fn two_processes_as_one_cluster_equal_the_report() {
     for (seed, extra) in [(47, &[][..]), (59, &["--exactly-once"][..])] {
@@ -160,6 +161,17 @@ fn two_processes(seed: u64, extra: &[&str]) {
     if !extra.is_empty() {
         // Exactly once: the first process committed every partition's offsets in transactions.
         assert!(metric(&leader.1, "labelqc_transactions_committed_total ") > 0.0);
+    }
+    // At least once, each process published its share; exactly once, the first published all.
+    let published = |service: &crate::scenario::Service| metric(&service.1, "labelqc_output_messages_total{");
+    let annotators = |service: &crate::scenario::Service| {
+        metric(&service.1, "labelqc_output_messages_total{topic=\"labelqc.annotators\"}")
+    };
+    assert!(annotators(&leader) > 0.0);
+    if extra.is_empty() {
+        assert!(annotators(&later) > 0.0, "the second process published no annotator");
+    } else {
+        assert_eq!(published(&later), 0.0, "exactly once, the first process publishes everything");
     }
     // Both report ready.
     for service in [&leader, &later] {
@@ -240,13 +252,84 @@ fn assert_lost_peer(service: &crate::scenario::Service, peer: usize) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A cluster of two processes whose processes publish their own keys, stopped and started again
+/// without new input: the restart publishes nothing (each process read back what the topics hold
+/// of its keys and found its state equal); then one relabel publishes what it changes, and the
+/// topics equal the report. Truth is off, so that no refit differs between the runs.
+#[test]
+fn a_restarted_cluster_publishes_only_what_changed() {
+    let s = setup(61);
+    produce(&s.producer, GOLD, &s.gold);
+    produce(&s.producer, LABELS, &s.labels);
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config_with(dir.path(), "[truth]\nenabled = false\n");
+    let config = config.to_str().unwrap();
+    let start = || {
+        let later = start_service(&s.brokers, &["--config", config, "--process", "1"]);
+        let leader = start_service(&s.brokers, &["--config", config, "--process", "0"]);
+        (leader, later)
+    };
+    let stop = |leader: crate::scenario::Service, mut later: crate::scenario::Service| {
+        let mut leader = leader;
+        leader.signal(libc::SIGINT);
+        for service in [&mut leader, &mut later] {
+            let status = service.wait_exit(Duration::from_secs(30)).expect("the cluster stops");
+            assert!(status.success(), "{status:?}: {}", service.stderr());
+        }
+    };
+    let keyed = [0, 1, 2, 3, 5, 6, 7, 8, 9];
+    let counts = || keyed.map(|t| crate::scenario::read_all(&s.brokers, crate::scenario::OUTPUTS[t]).len());
+
+    let (leader, later) = start();
+    wait_for_events(&leader, s.labels.len() as u64, s.gold.len() as u64);
+    stop(leader, later);
+    let before = counts();
+    assert!(before[1] > 0 && before[2] > 0, "{before:?}");
+
+    let (leader, later) = start();
+    wait_for_events(&leader, s.labels.len() as u64, s.gold.len() as u64);
+    for service in [&leader, &later] {
+        let (status, _) = crate::http::get(&service.1, "/readyz").unwrap();
+        assert_eq!(status, 200, "{}", service.stderr());
+    }
+    assert_eq!(counts(), before, "a restart without new input published something");
+
+    // One relabel: its item, annotator and pairs change; the topics equal the report.
+    let mut relabel: serde_json::Value = serde_json::from_str(&s.labels[0]).unwrap();
+    let old = relabel["label"].clone();
+    let other = s
+        .labels
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["label"].clone())
+        .find(|l| *l != old)
+        .expect("two labels");
+    relabel["label"] = other;
+    // As late as the newest label: the relabel is the item's latest event from its annotator.
+    relabel["ts"] =
+        serde_json::from_str::<serde_json::Value>(s.labels.last().unwrap()).unwrap()["ts"].clone();
+    let mut labels = s.labels.clone();
+    labels.push(relabel.to_string());
+    produce(&s.producer, LABELS, &labels[labels.len() - 1..]);
+    wait_for_events(&leader, labels.len() as u64, s.gold.len() as u64);
+    let after = counts();
+    assert!(after[3] > before[3], "the relabelled item was not published: {before:?} {after:?}");
+    crate::scenario::assert_outputs_match_report_but_truth(&s.brokers, &report(&labels, &s.gold));
+    stop(leader, later);
+}
+
 /// A cluster configuration of two processes of two workers each on free ports of 127.0.0.1.
 fn cluster_config(dir: &std::path::Path) -> std::path::PathBuf {
+    cluster_config_with(dir, "")
+}
+
+/// [`cluster_config`] with more settings (whole TOML sections) after it.
+fn cluster_config_with(dir: &std::path::Path, more: &str) -> std::path::PathBuf {
     let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let addresses: Vec<String> =
         listeners.iter().map(|l| format!("\"{}\"", l.local_addr().unwrap())).collect();
     let config = dir.join("cluster.toml");
-    let settings = format!("[engine]\nworkers = 2\n[cluster]\naddresses = [{}]\n", addresses.join(", "));
+    let settings =
+        format!("[engine]\nworkers = 2\n[cluster]\naddresses = [{}]\n{more}", addresses.join(", "));
     std::fs::write(&config, settings).unwrap();
     config
 }

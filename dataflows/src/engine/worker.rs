@@ -9,6 +9,27 @@ type Input<D> = InputHandle<Time, CapacityContainerBuilder<Vec<D>>>;
 /// Sent as a close by the first worker when it stops: no more closes come.
 pub(super) const FINISH: Time = Time::MAX;
 
+/// Where a worker ships its outputs.
+pub(super) struct Shipping {
+    /// Worker threads per process: the workers of process `p` are `p * local_workers ..`.
+    pub local_workers: usize,
+    pub publishers: Option<Publishers>,
+    /// What this process's publisher has delivered ([`Engine::report_delivered`]).
+    pub delivered: Arc<std::sync::atomic::AtomicU64>,
+    pub shared: Arc<Shared>,
+}
+
+impl Shipping {
+    /// Whether `worker` hands its process's outputs to the sink: the first worker, or with
+    /// [`Publishers`] the first worker of each process.
+    fn ships(&self, worker: usize) -> bool {
+        match self.publishers {
+            Some(_) => worker.is_multiple_of(self.local_workers),
+            None => worker == 0,
+        }
+    }
+}
+
 /// Sends a batch of the first worker's output to the sink, one message per epoch in it.
 fn send_batch<D: Clone>(
     sink: &Sender<WorkerEvent>,
@@ -32,6 +53,7 @@ fn send_batch<D: Clone>(
 pub(super) fn run_worker(
     worker: &mut timely::worker::Worker,
     config: &QualityConfig,
+    shipping: &Shipping,
     commands: Option<Receiver<Time>>,
     mut feed: Box<dyn Feed>,
     events: Sender<WorkerEvent>,
@@ -42,6 +64,7 @@ pub(super) fn run_worker(
     let mut names: Input<Name> = InputHandle::new();
     let mut reports: Input<(Time, Vec<u8>)> = InputHandle::new();
     let mut closes: Input<Time> = InputHandle::new();
+    let mut deliveries: Input<(usize, Time)> = InputHandle::new();
     // The newest close seen by this worker.
     let latest_close = std::rc::Rc::new(std::cell::Cell::new(None::<Time>));
     // Whether the first worker said that no more closes come.
@@ -56,8 +79,19 @@ pub(super) fn run_worker(
         let probe = worker.dataflow::<Time, _, _>(|scope| {
             let output = quality(inputs.to_stream(scope), names.to_stream(scope), config, failed);
             let sink = events.clone();
-            let reports = reports.to_stream(scope).exchange(|_| 0).inspect_core(move |event| {
+            let reports = reports.to_stream(scope);
+            // With publishers every process's first worker needs every report (the input
+            // positions and delivery of the whole cluster); without, the first worker alone.
+            let reports = match shipping.publishers {
+                Some(_) => reports.broadcast(),
+                None => reports.exchange(|_| 0),
+            };
+            let ships = shipping.ships(index);
+            let reports = reports.inspect_core(move |event| {
                 let Ok((_, batch)) = event else { return };
+                if !ships {
+                    return;
+                }
                 for (time, meta) in batch {
                     let _ = sink.send(WorkerEvent::Report(*time, meta.clone()));
                 }
@@ -66,8 +100,15 @@ pub(super) fn run_worker(
             match config.emit {
                 Emit::Changes => {
                     let sink = events.clone();
-                    sink::replacements_only(output.records.inner)
-                        .exchange(|_| 0)
+                    let records = sink::replacements_only(output.records.inner);
+                    let records = match shipping.publishers.clone() {
+                        Some(Publishers(publisher)) => {
+                            let local = shipping.local_workers;
+                            records.exchange(move |(record, _, _)| (publisher(&record.key) * local) as u64)
+                        }
+                        None => records.exchange(|_| 0),
+                    };
+                    records
                         .inspect_core(move |event| {
                             if let Ok((_, batch)) = event {
                                 send_batch(&sink, batch, WorkerEvent::Records);
@@ -110,8 +151,23 @@ pub(super) fn run_worker(
                 }
             });
         });
+        // So do the reports of what each process delivered: they must reach the first process
+        // while the epochs they let it commit are in flight.
+        let shared = shipping.shared.clone();
+        worker.dataflow::<Time, _, _>(|scope| {
+            deliveries.to_stream(scope).exchange(|_| 0).inspect(move |&(process, epoch)| {
+                let mut delivered = shared.delivered.lock().expect("deliveries poisoned");
+                if let Some(d) = delivered.get_mut(process) {
+                    *d = (*d).max(epoch);
+                }
+            });
+        });
         probe
     };
+    // The first worker of a later process passes on what its publisher delivered.
+    let reports_deliveries = shipping.publishers.is_some() && shipping.ships(index) && index != 0;
+    let process = index / shipping.local_workers;
+    let mut delivered_sent: Time = 0;
     // Only the first worker issues closes, and at the end `FINISH`; every worker keeps its input
     // of closes open until it sees `FINISH`. (Dropping it early does not work: in timely 0.32 an
     // input handle dropped before the other workers built the dataflow may never release its
@@ -119,8 +175,9 @@ pub(super) fn run_worker(
     let mut closes = Some(closes);
 
     let mut reported: Option<Option<Time>> = None;
+    let ships = shipping.ships(index);
     let mut report_progress = |probe: &ProbeHandle<Time>| {
-        if index != 0 {
+        if !ships {
             return;
         }
         let frontier = probe.with_frontier(|f| f.first().copied());
@@ -173,6 +230,15 @@ pub(super) fn run_worker(
             inputs.flush();
             names.flush();
         }
+        if reports_deliveries {
+            let delivered = shipping.delivered.load(std::sync::atomic::Ordering::Relaxed);
+            if delivered > delivered_sent {
+                delivered_sent = delivered;
+                deliveries.send((process, delivered));
+                let next = deliveries.time() + 1;
+                deliveries.advance_to(next);
+            }
+        }
         if finished.get() {
             break;
         }
@@ -183,6 +249,7 @@ pub(super) fn run_worker(
     drop(names);
     drop(reports);
     drop(closes);
+    drop(deliveries);
     while worker.step_or_park(None) {
         report_progress(&probe);
     }
