@@ -13,13 +13,24 @@
 //! | `/v1/annotators/{project}/{task}/{annotator_id}` | one annotator object |
 //! | `/v1/items/{project}/{task}/{item_id}` | one item object (consensus and, where computed, truth, trusted consensus and route) |
 //! | `/v1/leaderboard/{project}/{task}` | the scope's leaderboard entries, by rank |
+//!
+//! In a cluster whose processes publish their own keys ([`crate::service::Share`]), every
+//! process serves the API: it answers for the keys it publishes (the scopes and leaderboards are
+//! the first process's) and forwards a request for another key to the process that publishes it
+//! (`cluster.api_addresses`), relaying its answer ([`Forwarding`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::service::{OutputTopic, Share};
 
 /// The OpenAPI 3.1 document of the API.
 pub const OPENAPI: &str = include_str!("../docs/openapi.json");
@@ -83,6 +94,95 @@ pub struct Api {
     pub store: Arc<Store>,
     /// The bearer token every `/v1` request must carry, if set.
     pub token: Option<Arc<str>>,
+    /// In a cluster whose processes publish their own keys: where the others answer.
+    pub forwarding: Option<Arc<Forwarding>>,
+}
+
+/// Marks a request one process forwarded to another: it is answered where it arrives, never
+/// forwarded again.
+const FORWARDED: HeaderName = HeaderName::from_static("x-labelqc-forwarded");
+
+/// How long a forwarded request may take.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Which process of a cluster answers for a key, and where each process's API listens.
+pub struct Forwarding {
+    /// This process and the number of processes that publish.
+    pub share: Share,
+    /// Every process's HTTP listener, `host:port` by process index (empty: not configured).
+    pub addresses: Vec<String>,
+    client: Client<HttpConnector, Body>,
+}
+
+impl Forwarding {
+    pub fn new(share: Share, addresses: Vec<String>) -> Forwarding {
+        Forwarding { share, addresses, client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    /// The process that answers for `key` of `kind`, if not this one.
+    fn elsewhere(&self, kind: Kind, key: &[&str]) -> Option<usize> {
+        let topic = match kind {
+            Kind::Scopes => OutputTopic::Scopes,
+            Kind::Annotators => OutputTopic::Annotators,
+            Kind::Items => OutputTopic::Items,
+            Kind::Gates => OutputTopic::Gating,
+            Kind::Leaderboard => OutputTopic::Leaderboard,
+        };
+        let process = self.share.publisher(topic, &crate::service::key(key));
+        (process != self.share.process).then_some(process)
+    }
+
+    /// Sends the request for `uri` to `process` and relays its answer; `502` or `504` with a
+    /// message if it cannot, `503` if `cluster.api_addresses` is not set.
+    async fn forward(&self, process: usize, uri: &Uri, headers: &HeaderMap) -> Response {
+        let Some(address) = self.addresses.get(process) else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "process {process} of the cluster answers for this key; set cluster.api_addresses (every \
+                     process's http.listen) so that this process can forward the request, or ask process \
+                     {process}"
+                ),
+            );
+        };
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let mut request = Request::get(format!("http://{address}{path}")).header(FORWARDED, "1");
+        if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let request = match request.body(Body::empty()) {
+            Ok(request) => request,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, format!("cannot forward to {address}: {e}")),
+        };
+        match tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(request)).await {
+            Ok(Ok(response)) => response.map(Body::new).into_response(),
+            Ok(Err(e)) => error(
+                StatusCode::BAD_GATEWAY,
+                format!("process {process} ({address}) answers for this key and cannot be reached: {e}"),
+            ),
+            Err(_) => error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "process {process} ({address}) answers for this key and did not answer within {} s",
+                    FORWARD_TIMEOUT.as_secs()
+                ),
+            ),
+        }
+    }
+}
+
+/// Where a request for `key` of `kind` must be answered, if not here: unless it was forwarded
+/// already.
+fn elsewhere(api: &Api, headers: &HeaderMap, kind: Kind, key: &[&str]) -> Option<(Arc<Forwarding>, usize)> {
+    if headers.contains_key(FORWARDED) {
+        return None;
+    }
+    let forwarding = api.forwarding.as_ref()?;
+    forwarding.elsewhere(kind, key).map(|process| (forwarding.clone(), process))
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    json(status, serde_json::json!({ "error": message }).to_string().into_bytes())
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response {
@@ -131,16 +231,21 @@ fn unauthorised(api: &Api, headers: &HeaderMap) -> Option<Response> {
     )
 }
 
-/// One stored entity as JSON, or the `401` or a `404` that names `what`.
-fn entity(
+/// One stored entity as JSON, or the `401` or a `404` that names `what` (in a cluster, the
+/// answer of the process that publishes it).
+async fn entity(
     api: &Api,
     headers: &HeaderMap,
+    uri: &Uri,
     kind: Kind,
     key: &[&str],
     what: impl FnOnce() -> String,
 ) -> Response {
     if let Some(response) = unauthorised(api, headers) {
         return response;
+    }
+    if let Some((forwarding, process)) = elsewhere(api, headers, kind, key) {
+        return forwarding.forward(process, uri, headers).await;
     }
     match api.store.get(kind, key) {
         Some(value) => json(StatusCode::OK, value.to_vec()),
@@ -152,9 +257,12 @@ pub async fn openapi() -> Response {
     json(StatusCode::OK, OPENAPI.as_bytes().to_vec())
 }
 
-pub async fn scopes(State(api): State<Api>, headers: HeaderMap) -> Response {
+pub async fn scopes(State(api): State<Api>, headers: HeaderMap, uri: Uri) -> Response {
     if let Some(response) = unauthorised(&api, &headers) {
         return response;
+    }
+    if let Some((forwarding, process)) = elsewhere(&api, &headers, Kind::Scopes, &[]) {
+        return forwarding.forward(process, &uri, &headers).await;
     }
     json(StatusCode::OK, array(&api.store.prefixed(Kind::Scopes, &[])))
 }
@@ -162,48 +270,59 @@ pub async fn scopes(State(api): State<Api>, headers: HeaderMap) -> Response {
 pub async fn scope(
     State(api): State<Api>,
     headers: HeaderMap,
+    uri: Uri,
     Path((project, task)): Path<(String, String)>,
 ) -> Response {
-    entity(&api, &headers, Kind::Scopes, &[&project, &task], || format!("scope {project}/{task}"))
+    entity(&api, &headers, &uri, Kind::Scopes, &[&project, &task], || format!("scope {project}/{task}")).await
 }
 
 pub async fn gate(
     State(api): State<Api>,
     headers: HeaderMap,
+    uri: Uri,
     Path((project, annotator)): Path<(String, String)>,
 ) -> Response {
-    entity(&api, &headers, Kind::Gates, &[&project, &annotator], || {
+    entity(&api, &headers, &uri, Kind::Gates, &[&project, &annotator], || {
         format!("gate for annotator {annotator} in project {project}")
     })
+    .await
 }
 
 pub async fn annotator(
     State(api): State<Api>,
     headers: HeaderMap,
+    uri: Uri,
     Path((project, task, annotator)): Path<(String, String, String)>,
 ) -> Response {
-    entity(&api, &headers, Kind::Annotators, &[&project, &task, &annotator], || {
+    entity(&api, &headers, &uri, Kind::Annotators, &[&project, &task, &annotator], || {
         format!("annotator {annotator} in scope {project}/{task}")
     })
+    .await
 }
 
 pub async fn item(
     State(api): State<Api>,
     headers: HeaderMap,
+    uri: Uri,
     Path((project, task, item)): Path<(String, String, String)>,
 ) -> Response {
-    entity(&api, &headers, Kind::Items, &[&project, &task, &item], || {
+    entity(&api, &headers, &uri, Kind::Items, &[&project, &task, &item], || {
         format!("item {item} in scope {project}/{task}")
     })
+    .await
 }
 
 pub async fn leaderboard(
     State(api): State<Api>,
     headers: HeaderMap,
+    uri: Uri,
     Path((project, task)): Path<(String, String)>,
 ) -> Response {
     if let Some(response) = unauthorised(&api, &headers) {
         return response;
+    }
+    if let Some((forwarding, process)) = elsewhere(&api, &headers, Kind::Leaderboard, &[&project, &task]) {
+        return forwarding.forward(process, &uri, &headers).await;
     }
     if api.store.get(Kind::Scopes, &[&project, &task]).is_none() {
         return not_found(format!("scope {project}/{task}"));
@@ -243,6 +362,37 @@ mod tests {
         assert!(store.get(Kind::Scopes, &["p", "t"]).is_none());
         store.apply(Kind::Scopes, r#"["x",1]"#, Some(b"{}"));
         assert_eq!(store.prefixed(Kind::Scopes, &[]).len(), 2);
+    }
+
+    /// In a cluster, a key another process publishes is forwarded; without
+    /// `cluster.api_addresses` the answer is a 503 that names the setting, and a forwarded
+    /// request is answered where it arrives.
+    #[tokio::test]
+    async fn a_key_of_another_process_needs_its_address() {
+        let share = Share { process: 0, processes: 2 };
+        let forwarding = Arc::new(Forwarding::new(share, Vec::new()));
+        let api =
+            Api { store: Arc::new(Store::default()), token: None, forwarding: Some(forwarding.clone()) };
+        // Scopes and leaderboards are the first process's; annotators are dealt out by key.
+        assert_eq!(forwarding.elsewhere(Kind::Scopes, &["p", "t"]), None);
+        assert_eq!(forwarding.elsewhere(Kind::Leaderboard, &["p", "t"]), None);
+        let names: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+        let theirs = names.iter().find(|n| forwarding.elsewhere(Kind::Annotators, &["p", "t", n]) == Some(1));
+        let ours = names.iter().find(|n| forwarding.elsewhere(Kind::Annotators, &["p", "t", n]).is_none());
+        let (theirs, ours) = (theirs.expect("a key of process 1"), ours.expect("a key of process 0"));
+        let ask = |name: &str, headers: HeaderMap| {
+            let uri: Uri = format!("/v1/annotators/p/t/{name}").parse().unwrap();
+            annotator(State(api.clone()), headers, uri, Path(("p".into(), "t".into(), name.to_string())))
+        };
+        let response = ask(theirs, HeaderMap::new()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.contains("cluster.api_addresses") && body.contains("process 1"), "{body}");
+        assert_eq!(ask(ours, HeaderMap::new()).await.status(), StatusCode::NOT_FOUND);
+        let mut forwarded = HeaderMap::new();
+        forwarded.insert(FORWARDED, "1".parse().unwrap());
+        assert_eq!(ask(theirs, forwarded).await.status(), StatusCode::NOT_FOUND);
     }
 
     #[test]

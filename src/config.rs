@@ -261,8 +261,9 @@ impl Default for HttpSettings {
 }
 
 /// Several `labelqc run` processes as one timely cluster (`[cluster]`). Each process reads its
-/// share of the input partitions; the first process (index 0) keeps the view, publishes every
-/// output and commits every input offset.
+/// share of the input partitions and keeps its share of the state; at least once, each publishes
+/// its share of the output keys and answers the query API for them (exactly once, the first
+/// publishes every output); the first process (index 0) commits every input offset.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSettings {
@@ -271,6 +272,10 @@ pub struct ClusterSettings {
     pub addresses: Vec<String>,
     /// This process's index in `addresses` (flag `--process`).
     pub process: usize,
+    /// `host:port` of every process's HTTP listener (`http.listen`) as the other processes reach
+    /// it, in the order of `addresses`: a query API request for a key another process publishes
+    /// is forwarded there. Empty: such a request is answered `503`, naming this setting.
+    pub api_addresses: Vec<String>,
 }
 
 /// The validated configuration.
@@ -472,13 +477,29 @@ impl Config {
                 message: "a process index needs cluster.addresses, the address of every process".into(),
             });
         }
-        for address in &cluster.addresses {
-            let port = address.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port));
-            if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
-                return Err(ConfigError::Value {
-                    field: "cluster.addresses",
-                    message: format!("{address:?} is not host:port"),
-                });
+        if !cluster.api_addresses.is_empty() && cluster.api_addresses.len() != cluster.addresses.len() {
+            return Err(ConfigError::Value {
+                field: "cluster.api_addresses",
+                message: format!(
+                    "names {} HTTP listeners for {} processes: list every process's, in the order of \
+                     cluster.addresses, or none",
+                    cluster.api_addresses.len(),
+                    cluster.addresses.len()
+                ),
+            });
+        }
+        for (field, addresses) in
+            [("cluster.addresses", &cluster.addresses), ("cluster.api_addresses", &cluster.api_addresses)]
+        {
+            for address in addresses {
+                let port =
+                    address.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port));
+                if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                    return Err(ConfigError::Value {
+                        field,
+                        message: format!("{address:?} is not host:port"),
+                    });
+                }
             }
         }
         let setting = |e: labelqc_dataflows::truth::SettingsError| ConfigError::Value {

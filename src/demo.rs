@@ -80,7 +80,7 @@ pub fn run(settings: &DemoSettings) -> Result<()> {
     // The query API answers from what the topics would hold: the demo publishes nothing, so its
     // store takes each epoch's records as publishing them would.
     let store = Arc::new(Store::default());
-    let api = Api { store: store.clone(), token: None };
+    let api = Api { store: store.clone(), token: None, forwarding: None };
     let server = HttpServer::start_with_api(settings.http, telemetry.clone(), ready.clone(), Some(api))?;
     let metrics_url = format!("http://{}/metrics", server.local_addr());
     eprintln!(

@@ -80,6 +80,12 @@ fn refuses_unknown_and_bad_fields() {
     assert!(err.to_string().contains("cluster.addresses"), "{err}");
     let c = Config::parse("[cluster]\naddresses = [\"a:1\", \"b:2\"]\nprocess = 1\n").unwrap();
     assert_eq!(c.cluster.process, 1);
+    let err =
+        Config::parse("[cluster]\naddresses = [\"a:1\", \"b:2\"]\napi_addresses = [\"a:9\"]\n").unwrap_err();
+    assert!(err.to_string().contains("cluster.api_addresses") && err.to_string().contains("1 HTTP"), "{err}");
+    let err = Config::parse("[cluster]\naddresses = [\"a:1\", \"b:2\"]\napi_addresses = [\"a:9\", \"b\"]\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("cluster.api_addresses") && err.to_string().contains("\"b\""), "{err}");
     let err = Config::parse("[topics]\nreplication_factor = 0\n").unwrap_err();
     assert!(err.to_string().contains("topics.replication_factor"), "{err}");
     let err = Config::parse("[topics]\nlabels_partitions = 0\n").unwrap_err();

@@ -34,6 +34,7 @@ mod readback;
 mod rebuild;
 
 pub(crate) use outputs::remember_changes;
+pub use outputs::{key, OutputTopic, Share};
 pub(crate) use pipeline::updated_at;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -56,7 +57,6 @@ use crate::http::HttpServer;
 use crate::telemetry::Telemetry;
 use feed::{EpochMeta, FeedState, KafkaFeed, OpenEpoch, Partitions, RecordCounts};
 use health::{Connectivity, LagMonitor, LagPartition};
-use outputs::Share;
 use pipeline::Pipeline;
 use producer::{Publisher, TRANSACTION_TIMEOUT};
 use rebuild::Rebuild;
@@ -129,10 +129,23 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     let telemetry = Arc::new(Telemetry::new()?);
     let ready = Arc::new(AtomicBool::new(false));
     let store = Arc::new(crate::api::Store::default());
-    let api =
-        crate::api::Api { store: store.clone(), token: config.http.api_token.as_deref().map(Arc::from) };
-    // The query API answers from what process 0 publishes.
-    let api = (config.cluster.process == 0).then_some(api);
+    // At least once, every process of a cluster publishes its share of the records; in
+    // exactly-once mode process 0 publishes them all, in its transactions.
+    let processes = config.cluster.addresses.len().max(1);
+    let share = if processes > 1 && !config.kafka.exactly_once {
+        Share { process: config.cluster.process, processes }
+    } else {
+        Share::default()
+    };
+    // The query API answers from what a process publishes: in a cluster whose processes publish,
+    // each answers for its keys and forwards the rest.
+    let api = crate::api::Api {
+        store: store.clone(),
+        token: config.http.api_token.as_deref().map(Arc::from),
+        forwarding: (share.processes > 1)
+            .then(|| Arc::new(crate::api::Forwarding::new(share, config.cluster.api_addresses.clone()))),
+    };
+    let api = (config.cluster.process == 0 || share.processes > 1).then_some(api);
     let server = HttpServer::start_with_api(config.http.listen, telemetry.clone(), ready.clone(), api)?;
     eprintln!("labelqc run: metrics on http://{}/metrics", server.local_addr());
     let connectivity = Connectivity::new(&config.kafka.brokers);
@@ -166,7 +179,6 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
 
     // Which partitions this process reads: those of its workers.
     let workers = config.engine.workers;
-    let processes = cluster.addresses.len().max(1);
     let peers = workers * processes;
     let first_worker = cluster.process * workers;
     let mine: Vec<usize> =
@@ -205,14 +217,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         telemetry.clone(),
     )?;
 
-    // At least once, every process of a cluster publishes its share of the records; in
-    // exactly-once mode process 0 publishes them all, in its transactions. A publishing process
-    // learns what the output topics hold of its keys while the state is rebuilt.
-    let share = if processes > 1 && !config.kafka.exactly_once {
-        Share { process: cluster.process, processes }
-    } else {
-        Share::default()
-    };
+    // A publishing process learns what the output topics hold of its keys while the state is
+    // rebuilt.
     let published = if cluster.process == 0 || share.processes > 1 {
         let (client, outputs, connectivity, stop) =
             (client(&[]), config.outputs.clone(), connectivity.clone(), stop.clone());

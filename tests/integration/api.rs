@@ -72,8 +72,75 @@ fn the_api_answers_what_the_report_says() {
     unknown_paths_answer_404(addr);
 }
 
+/// Two processes as one cluster, each publishing its share of the keys: each answers every
+/// request the report can check, for its own keys from what it published and for the other's by
+/// forwarding the request (`cluster.api_addresses`), the bearer token with it; unknown paths are
+/// 404s on both.
+#[test]
+fn every_process_of_a_cluster_answers_the_whole_api() {
+    let (cluster, brokers) = mock_cluster();
+    let s = Setup::new(cluster, brokers, 131);
+    produce(&s.producer, GOLD, &s.gold);
+    produce(&s.producer, LABELS, &s.labels);
+    let ports: Vec<u16> = (0..4)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let list =
+        |ports: &[u16]| ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect::<Vec<_>>().join(", ");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let settings = format!(
+        "[http]\napi_token = \"s3cret\"\n[cluster]\naddresses = [{}]\napi_addresses = [{}]\n",
+        list(&ports[..2]),
+        list(&ports[2..])
+    );
+    std::fs::write(&config, settings).unwrap();
+    let config = config.to_str().unwrap();
+    let start = |process: usize| {
+        let http = format!("127.0.0.1:{}", ports[2 + process]);
+        let process = process.to_string();
+        crate::scenario::start_service_at(
+            &s.brokers,
+            &http,
+            &["--config", config, "--process", &process],
+            &[],
+        )
+    };
+    let later = start(1);
+    let leader = start(0);
+    wait_for_events(&leader, s.labels.len() as u64, s.gold.len() as u64);
+    let expected = report(&s.labels, &s.gold);
+    let report_scopes = expected["scopes"].as_array().unwrap();
+    let token = [("Authorization", "Bearer s3cret")];
+    for service in [&leader, &later] {
+        let addr = &service.1;
+        assert_eq!(get(addr, "/v1/annotators/default/default/ann-00001").unwrap().0, 401);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let problems = answers_vs_report_with(addr, report_scopes, &token);
+            if problems.is_empty() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{addr}: {problems:#?}");
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+}
+
 /// The differences between the API's answers and the report's scopes.
 fn answers_vs_report(addr: &str, report_scopes: &[Value]) -> Vec<String> {
+    answers_vs_report_with(addr, report_scopes, &[])
+}
+
+/// [`answers_vs_report`], each request with `headers`.
+fn answers_vs_report_with(addr: &str, report_scopes: &[Value], headers: &[(&str, &str)]) -> Vec<String> {
+    let json = |addr: &str, path: &str| -> (u16, Value) {
+        let (status, body) = get_with(addr, path, headers).unwrap_or_else(|| panic!("no answer to {path}"));
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+    };
     let mut problems = Vec::new();
     for scope in report_scopes {
         let (project, task) = (scope["project"].as_str().unwrap(), scope["task"].as_str().unwrap());

@@ -77,8 +77,13 @@ pub fn start_service(brokers: &str, extra: &[&str]) -> Service {
 
 /// Starts the service with extra environment variables (such as `LABELQC_LOG`).
 pub fn start_service_with_env(brokers: &str, extra: &[&str], env: &[(&str, &str)]) -> Service {
+    start_service_at(brokers, "127.0.0.1:0", extra, env)
+}
+
+/// Starts the service with its HTTP listener on `http`.
+pub fn start_service_at(brokers: &str, http: &str, extra: &[&str], env: &[(&str, &str)]) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_labelqc"))
-        .args(["run", "--brokers", brokers, "--http", "127.0.0.1:0", "--group-id", "labelqc-test"])
+        .args(["run", "--brokers", brokers, "--http", http, "--group-id", "labelqc-test"])
         .args(extra)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
