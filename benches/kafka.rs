@@ -314,9 +314,14 @@ fn main() {
     let (labels, gold) = lines(&stream_spec);
     let processes = start_service(&brokers, "bench-fresh", config_dir.path());
     let service = &processes[0];
-    std::thread::sleep(Duration::from_millis(500));
-    // The gold answers too once the service runs: input present at its start would be counted
-    // with the time the service took to start (the latency summary counts every event).
+    // The gold answers too once the service is ready (every process of a cluster): input present
+    // at its start would be counted with the time the service took to start (the latency summary
+    // counts every event).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !processes.iter().all(|p| http::get(&p.1, "/readyz").is_some_and(|(status, _)| status == 200)) {
+        assert!(Instant::now() < deadline, "the service did not become ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let start = Instant::now();
     produce(&producer, GOLD, &gold);
     for (i, chunk) in labels.chunks(rate / 100).enumerate() {
