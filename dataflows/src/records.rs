@@ -47,13 +47,65 @@ pub enum Entity {
 }
 
 /// The identity of a record: its scope's names and the entity within it. The scope's names are
-/// shared by the records of a scope formed on one thread ([`scope_name`]): a report holds
-/// hundreds of thousands of records of a few scopes at once.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// shared by the records of a scope ([`scope_name`]): a report holds hundreds of thousands of
+/// records of a few scopes at once, and keys compare their scopes by pointer first (keys are
+/// compared in every sort and map of records, and most compared keys share their scope).
+/// Ordered and compared as the derived order would: by project, task, then entity.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecordKey {
+    #[serde(deserialize_with = "shared_scope_name")]
     pub project: Arc<str>,
+    #[serde(deserialize_with = "shared_scope_name")]
     pub task: Arc<str>,
     pub entity: Entity,
+}
+
+/// A scope name read (from another process of a cluster) as the process's shared allocation.
+fn shared_scope_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+    let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+    Ok(scope_name(&name))
+}
+
+/// Two names in byte order, without reading them when they are one allocation.
+fn name_cmp(a: &Arc<str>, b: &Arc<str>) -> std::cmp::Ordering {
+    if Arc::ptr_eq(a, b) {
+        std::cmp::Ordering::Equal
+    } else {
+        a.as_bytes().cmp(b.as_bytes())
+    }
+}
+
+impl Ord for RecordKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        name_cmp(&self.project, &other.project)
+            .then_with(|| name_cmp(&self.task, &other.task))
+            .then_with(|| self.entity.cmp(&other.entity))
+    }
+}
+
+impl PartialOrd for RecordKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for RecordKey {
+    fn eq(&self, other: &Self) -> bool {
+        (Arc::ptr_eq(&self.project, &other.project) || self.project == other.project)
+            && (Arc::ptr_eq(&self.task, &other.task) || self.task == other.task)
+            && self.entity == other.entity
+    }
+}
+
+impl Eq for RecordKey {}
+
+/// Hashes the names, as equality compares them (by bytes: a shared allocation is one case of it).
+impl std::hash::Hash for RecordKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.project.hash(state);
+        self.task.hash(state);
+        self.entity.hash(state);
+    }
 }
 
 impl RecordKey {
@@ -63,15 +115,21 @@ impl RecordKey {
     }
 }
 
-/// `name` as a shared string: the same allocation as the last few scope names this thread
-/// formed records for (a small cache, most recent first), or a new one.
+/// `name` as a shared string: the same allocation for every thread of the process (so that
+/// keys compare their scopes by pointer, [`RecordKey`]), from a small cache per thread (the
+/// last few scope names it formed records for, most recent first) in front of the process's
+/// table of scope names. The table keeps at most `INTERNED` names, for as long as the process
+/// runs; names beyond them are allocated anew each time a thread's cache misses them (equal all
+/// the same, compared by their bytes).
 pub fn scope_name(name: &str) -> Arc<str> {
-    /// Scope names kept per thread; a thread forming records of more scopes allocates the
-    /// others anew, as it did before names were shared.
+    /// Scope names kept per thread.
     const CACHED: usize = 8;
+    /// Scope names kept by the process.
+    const INTERNED: usize = 4096;
     thread_local! {
         static NAMES: std::cell::RefCell<Vec<Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    static TABLE: std::sync::Mutex<Option<std::collections::HashSet<Arc<str>>>> = std::sync::Mutex::new(None);
     NAMES.with_borrow_mut(|names| {
         if let Some(i) = names.iter().position(|n| **n == *name) {
             names[..=i].rotate_right(1);
@@ -79,7 +137,19 @@ pub fn scope_name(name: &str) -> Arc<str> {
             if names.len() == CACHED {
                 names.pop();
             }
-            names.insert(0, Arc::from(name));
+            let mut table = TABLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let table = table.get_or_insert_with(Default::default);
+            let shared = match table.get(name) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared: Arc<str> = Arc::from(name);
+                    if table.len() < INTERNED {
+                        table.insert(shared.clone());
+                    }
+                    shared
+                }
+            };
+            names.insert(0, shared);
         }
         names[0].clone()
     })
@@ -139,6 +209,21 @@ pub fn new_values(changes: &[(Record, Diff)]) -> impl Iterator<Item = (&RecordKe
     })
 }
 
+/// [`new_values`] of changes the caller owns: each key with its new value, moved out.
+pub fn into_new_values(changes: Vec<(Record, Diff)>) -> impl Iterator<Item = (RecordKey, Option<Vec<u8>>)> {
+    let mut changes = changes.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let (first, diff) = changes.next()?;
+        let mut value = (diff > 0).then_some(first.value);
+        while let Some((record, diff)) = changes.next_if(|(r, _)| r.key == first.key) {
+            if value.is_none() && diff > 0 {
+                value = Some(record.value);
+            }
+        }
+        Some((first.key, value))
+    })
+}
+
 impl Records {
     /// Applies changes of one epoch (in any order): `+1` sets a record, `-1` withdraws the value
     /// it names (a record replaced in the same epoch keeps its new value).
@@ -146,6 +231,17 @@ impl Records {
         for (record, diff) in changes {
             if *diff > 0 {
                 self.records.insert(record.key.clone(), record.value.clone());
+            } else if self.records.get(&record.key) == Some(&record.value) {
+                self.records.remove(&record.key);
+            }
+        }
+    }
+
+    /// [`Records::apply`] of changes the caller owns: the records are moved in, not copied.
+    pub fn apply_owned(&mut self, changes: Vec<(Record, Diff)>) {
+        for (record, diff) in changes {
+            if diff > 0 {
+                self.records.insert(record.key, record.value);
             } else if self.records.get(&record.key) == Some(&record.value) {
                 self.records.remove(&record.key);
             }
@@ -285,13 +381,28 @@ mod tests {
         let b = super::RecordKey::new("project", "task", super::Entity::Scope);
         assert!(std::sync::Arc::ptr_eq(&a.project, &b.project) && std::sync::Arc::ptr_eq(&a.task, &b.task));
         assert_eq!((&*b.project, &*b.task), ("project", "task"));
-        // More scopes than it holds: the name is formed anew, equal.
+        // More scopes than a thread's cache holds: the process's table has it.
         for i in 0..20 {
             super::scope_name(&format!("other {i}"));
         }
         let c = super::RecordKey::new("project", "task", super::Entity::Scope);
-        assert!(!std::sync::Arc::ptr_eq(&a.project, &c.project));
-        assert_eq!(a, c);
+        assert!(std::sync::Arc::ptr_eq(&a.project, &c.project));
+        // Another thread gets the same allocation.
+        let d = std::thread::spawn(|| super::RecordKey::new("project", "task", super::Entity::Scope))
+            .join()
+            .unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a.project, &d.project) && std::sync::Arc::ptr_eq(&a.task, &d.task));
+        // Keys compare as the derived order would: by bytes where the allocations differ.
+        let e = super::RecordKey {
+            project: std::sync::Arc::from("project"),
+            task: std::sync::Arc::from("task"),
+            entity: super::Entity::Scope,
+        };
+        assert_eq!(a, e);
+        assert_eq!(a.cmp(&e), std::cmp::Ordering::Equal);
+        let f = super::RecordKey::new("project", "task", super::Entity::Annotator("x".into()));
+        let g = super::RecordKey::new("projecu", "", super::Entity::Scope);
+        assert!(a < f && f < g && e < f);
     }
 
     use super::*;
@@ -398,5 +509,38 @@ mod tests {
         let mut records = Records::default();
         records.apply(&[(old.clone(), 1), (old, -1)]);
         assert!(records.is_empty());
+    }
+
+    #[test]
+    fn owned_changes_read_and_apply_as_borrowed_ones() {
+        let record = |name: &str, value: &str| Record {
+            key: RecordKey::new("p", "t", Entity::Annotator(name.into())),
+            value: value.as_bytes().to_vec(),
+        };
+        // Consolidated, each key's changes adjacent, additions first: a replaced value, a new
+        // one, a removed one, and a key whose old value comes first.
+        let changes = vec![
+            (record("a", "2"), 1),
+            (record("a", "1"), -1),
+            (record("b", "1"), 1),
+            (record("c", "1"), -1),
+            (record("d", "1"), -1),
+            (record("d", "2"), 1),
+        ];
+        let borrowed: Vec<(RecordKey, Option<Vec<u8>>)> =
+            new_values(&changes).map(|(k, v)| (k.clone(), v.map(<[u8]>::to_vec))).collect();
+        let owned: Vec<(RecordKey, Option<Vec<u8>>)> = into_new_values(changes.clone()).collect();
+        assert_eq!(owned, borrowed);
+        assert_eq!(
+            owned.iter().map(|(_, v)| v.as_deref()).collect::<Vec<_>>(),
+            [Some(&b"2"[..]), Some(b"1"), None, Some(b"2")]
+        );
+        let mut by_ref = Records::default();
+        by_ref.apply(&[(record("c", "1"), 1), (record("a", "1"), 1)]);
+        let mut by_value = by_ref.clone();
+        by_ref.apply(&changes);
+        by_value.apply_owned(changes);
+        assert_eq!(by_ref, by_value);
+        assert_eq!(by_value.len(), 3);
     }
 }

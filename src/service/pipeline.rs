@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use labelqc_dataflows::engine::{Engine, EpochOutput};
-use labelqc_dataflows::records::{new_values, Entity, RecordKey, Records};
+use labelqc_dataflows::records::{into_new_values, Entity, RecordKey, Records};
 use labelqc_dataflows::summary::DriftSummary;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::Producer;
@@ -317,12 +317,10 @@ impl<'a> Pipeline<'a> {
             self.telemetry.observe_records(&records);
             self.drift_metrics.summary.apply(&metrics);
             if self.rebuild.is_some() {
-                self.current.apply(&records);
+                self.current.apply_owned(records);
                 continue;
             }
-            for (key, now) in new_values(&records) {
-                changed.insert(key.clone(), now.map(<[u8]>::to_vec));
-            }
+            changed.extend(into_new_values(records));
         }
         if !self.coordinator {
             // The coordinator publishes the refused records.
