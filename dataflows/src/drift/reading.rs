@@ -70,8 +70,29 @@ pub(super) fn points_range(low: f64, high: f64) -> String {
 
 /// Date of an event-time day, `YYYY-MM-DD`.
 pub fn date(day: Day) -> String {
-    chrono::DateTime::from_timestamp(i64::from(day) * DAY_MS / 1000, 0)
-        .map_or_else(|| day.to_string(), |t| t.format("%Y-%m-%d").to_string())
+    use chrono::Datelike;
+    let Some(t) = chrono::DateTime::from_timestamp(i64::from(day) * DAY_MS / 1000, 0) else {
+        return day.to_string();
+    };
+    let (year, month, dom) = (t.year(), t.month(), t.day());
+    if !(0..=9999).contains(&year) {
+        return t.format("%Y-%m-%d").to_string();
+    }
+    // `%Y-%m-%d` without parsing the format each time: every re-evaluation of an annotator forms
+    // the dates its signals' states hold since.
+    let digits = [
+        year / 1000,
+        year / 100 % 10,
+        year / 10 % 10,
+        year % 10,
+        -1,
+        month as i32 / 10,
+        month as i32 % 10,
+        -1,
+        dom as i32 / 10,
+        dom as i32 % 10,
+    ];
+    digits.iter().map(|&d| if d < 0 { '-' } else { char::from(b'0' + d as u8) }).collect()
 }
 
 /// RFC 3339 (UTC, milliseconds) of an event time.
@@ -413,4 +434,22 @@ pub fn reads_scope_gold_of(config: &DriftConfig, scope: &ScopeInputs, day: Day, 
     let period = gold_baseline_period(config, day);
     period.contains(&changed)
         || (changed < day && sum_range(&scope.gold_days, period)[0] < config.gold_baseline_min_answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_read_as_strftime_writes_them() {
+        let strftime = |day: Day| {
+            chrono::DateTime::from_timestamp(i64::from(day) * DAY_MS / 1000, 0)
+                .map_or_else(|| day.to_string(), |t| t.format("%Y-%m-%d").to_string())
+        };
+        // From before 1 CE to past 9999, across leap years and every month.
+        for day in (-800_000..3_000_000).step_by(7).chain([-719_528, -719_529, 0, 2_932_896, 2_932_897]) {
+            assert_eq!(date(day), strftime(day), "day {day}");
+        }
+        assert_eq!(date(20_454), "2026-01-01");
+    }
 }

@@ -259,9 +259,18 @@ fn evaluate_reusing(
         .map(|&signal| {
             let i = signal.index();
             let reading = latest[i].take();
-            let note = reading.is_none().then(|| match signal {
-                Signal::Position | Signal::Ties => sides::not_enough(signal == Signal::Position, preferences),
-                _ => not_enough(signal, config),
+            // What a signal lacks depends on the settings alone: a re-evaluation keeps the words.
+            let kept = || {
+                let (previous, _) = reuse?;
+                previous.current.iter().find(|(s, _)| *s == signal).and_then(|(_, r)| r.note.clone())
+            };
+            let note = reading.is_none().then(|| {
+                kept().unwrap_or_else(|| match signal {
+                    Signal::Position | Signal::Ties => {
+                        sides::not_enough(signal == Signal::Position, preferences)
+                    }
+                    _ => not_enough(signal, config),
+                })
             });
             (signal, SignalReport { state: state[i], since: since[i].map(date), reading, note })
         })
