@@ -241,6 +241,27 @@ fn cluster_restarted_after_a_process_dies_converges() {
     assert_lost_peer(&later, 0);
 }
 
+/// Two processes whose settings differ (one in exactly-once mode, which builds other dataflows)
+/// do not start as one cluster: both stop, with an error that says so (each process logs it; the
+/// one that stops last may be told first that it lost the other).
+#[test]
+fn processes_with_different_settings_refuse_to_run_as_one_cluster() {
+    let s = setup(67);
+    produce(&s.producer, LABELS, &s.labels[..100]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_config(dir.path());
+    let config = config.to_str().unwrap();
+    let mut later = start_service(&s.brokers, &["--config", config, "--process", "1", "--exactly-once"]);
+    let mut leader = start_service(&s.brokers, &["--config", config, "--process", "0"]);
+    for service in [&mut leader, &mut later] {
+        let status = service.wait_exit(Duration::from_secs(30)).expect("a process with other settings stops");
+        assert!(!status.success(), "{status:?}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let said: Vec<String> = [&leader, &later].iter().map(|s| s.stderr()).collect();
+    assert!(said.iter().any(|e| e.contains("of the cluster run with different settings")), "{said:#?}");
+}
+
 /// A process that lost a peer exits with one error line naming it, and no panic.
 fn assert_lost_peer(service: &crate::scenario::Service, peer: usize) {
     // The line is the last the process wrote; give the reader thread a moment to take it.

@@ -30,6 +30,58 @@ impl Shipping {
     }
 }
 
+/// In a cluster, every process must build the same dataflows from the same settings: a process
+/// whose settings differ (another `exactly_once`, other `workers`, other drift or truth settings)
+/// would wire its channels to the others' wrongly. Before anything else, each process's first
+/// worker sends a hash of the settings that shape the dataflows to every worker, and a worker
+/// that sees two different hashes logs an error that says so, records it as the engine's failure
+/// and returns `false`: it stops before building anything else.
+fn same_settings_everywhere(
+    worker: &mut timely::worker::Worker,
+    config: &QualityConfig,
+    shipping: &Shipping,
+    failed: &Arc<dyn Fn(String) + Send + Sync>,
+) -> bool {
+    let local = shipping.local_workers.max(1);
+    let processes = worker.peers() / local;
+    if processes <= 1 {
+        return true;
+    }
+    let settings =
+        format!("{config:?} workers={local} per-process-publishing={}", shipping.publishers.is_some());
+    let fingerprint = crate::label::stable_id(settings.as_bytes());
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::<(usize, u64)>::new()));
+    let mut input: Input<(usize, u64)> = InputHandle::new();
+    let probe = {
+        let seen = seen.clone();
+        worker.dataflow::<Time, _, _>(|scope| {
+            let (probe, _) =
+                input.to_stream(scope).broadcast().inspect(move |&sent| seen.borrow_mut().push(sent)).probe();
+            probe
+        })
+    };
+    if worker.index().is_multiple_of(local) {
+        input.send((worker.index() / local, fingerprint));
+    }
+    input.advance_to(1);
+    while probe.less_than(&1) {
+        worker.step();
+    }
+    let seen = seen.borrow();
+    if let Some(&(other, _)) = seen.iter().find(|(_, f)| *f != fingerprint) {
+        let process = worker.index() / local;
+        let reason = format!(
+            "processes {process} and {other} of the cluster run with different settings (engine, drift, truth, \
+             routing, preferences, windows or kafka.exactly_once): give every process the same configuration \
+             file, then restart them all"
+        );
+        tracing::error!("{reason}");
+        failed(reason);
+        return false;
+    }
+    true
+}
+
 /// Sends a batch of the first worker's output to the sink, one message per epoch in it.
 fn send_batch<D: Clone>(
     sink: &Sender<WorkerEvent>,
@@ -60,6 +112,9 @@ pub(super) fn run_worker(
     failed: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Vec<Record> {
     let index = worker.index();
+    if !same_settings_everywhere(worker, config, shipping, &failed) {
+        return Vec::new();
+    }
     let mut inputs: Input<Update> = InputHandle::new();
     let mut names: Input<Name> = InputHandle::new();
     let mut reports: Input<(Time, Vec<u8>)> = InputHandle::new();
