@@ -1,7 +1,7 @@
 //! The closing, publishing and committing pipeline of `labelqc run`.
 //!
-//! On the first process (the coordinator) it closes epochs without waiting for earlier ones, publishes the outputs of the epochs the
-//! dataflows have completed (with the refused records the workers reported) as one output group,
+//! On the first process (the coordinator) it closes epochs without waiting for earlier ones,
+//! publishes the outputs of the epochs the dataflows have completed (with the refused records the workers reported) as one output group,
 //! and commits each group's input offsets once the delivery reports say its outputs are all
 //! acknowledged, in epoch order (in exactly-once mode: commits the group's transaction with them).
 //!
@@ -15,8 +15,7 @@
 //! In a cluster (at least once) every process runs a pipeline for the records it publishes
 //! ([`Share`]): each reads back, rebuilds, publishes and awaits delivery of its own keys, and
 //! tells the coordinator which epochs it has delivered ([`Engine::report_delivered`]). The
-//! coordinator commits a group's input offsets only once every
-//! process has delivered its epochs. In exactly-once mode the coordinator publishes every record
+//! coordinator commits a group's input offsets only once every process has delivered its epochs. In exactly-once mode the coordinator publishes every record
 //! in its transactions.
 
 use std::collections::VecDeque;
@@ -30,7 +29,6 @@ use anyhow::{bail, Context, Result};
 use labelqc_dataflows::engine::{Engine, EpochOutput};
 use labelqc_dataflows::records::{into_new_values, Entity, RecordKey, Records};
 use labelqc_dataflows::summary::DriftSummary;
-
 use rdkafka::producer::Producer;
 
 use super::feed::{EpochMeta, FeedState, Partitions};
@@ -40,11 +38,11 @@ use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
 };
 use super::rebuild::{Input, Rebuild};
-
-mod commit;
 use crate::api::{Kind, Store};
 use crate::config::Config;
 use crate::telemetry::Telemetry;
+
+mod commit;
 
 /// How long output delivery may be outstanding before it is logged (and logged again).
 const DELIVERY_WARN: Duration = Duration::from_secs(5);
@@ -131,11 +129,6 @@ pub struct Pipeline<'a> {
     pub published: Published,
     /// The keys this process publishes.
     share: Share,
-    /// Whether this process closes epochs and commits input offsets (the first process).
-    coordinator: bool,
-    /// Per process: every epoch below this one has its records delivered, as the process's last
-    /// epoch report says (this process's entry unused).
-    delivered: Vec<u64>,
     /// Reading the output topics back, until the rebuild has caught up.
     read_back: Option<std::thread::JoinHandle<Result<Published>>>,
     /// `Some` until the first publish after the start.
@@ -196,8 +189,6 @@ impl<'a> Pipeline<'a> {
             cluster: !config.cluster.addresses.is_empty(),
             published: Published::of(share),
             share,
-            coordinator: share.process == 0,
-            delivered: vec![0; share.processes],
             read_back: Some(read_back),
             rebuild: Some(rebuild),
             caught_up: false,
@@ -215,6 +206,11 @@ impl<'a> Pipeline<'a> {
             peak_in_flight: 0,
             peak_epoch: 0,
         }
+    }
+
+    /// Whether this process closes epochs and commits input offsets (the first process).
+    fn coordinator(&self) -> bool {
+        self.share.process == 0
     }
 
     /// Epochs closed whose offsets are not committed yet.
@@ -270,7 +266,7 @@ impl<'a> Pipeline<'a> {
     /// transaction, and waits until the previous group's transaction is committed.
     fn publish_completed(&mut self) -> Result<()> {
         let started = Instant::now();
-        let (applied, outputs) = if self.coordinator {
+        let (applied, outputs) = if self.coordinator() {
             let Some(&first) = self.unpublished.front() else { return Ok(()) };
             if self.engine.completed() <= first {
                 return Ok(());
@@ -317,7 +313,7 @@ impl<'a> Pipeline<'a> {
             }
             changed.extend(into_new_values(records));
         }
-        if !self.coordinator {
+        if !self.coordinator() {
             // The coordinator publishes the refused records.
             input.dead_letters.clear();
         }
@@ -381,7 +377,7 @@ impl<'a> Pipeline<'a> {
             (messages, gates, false)
         };
         self.telemetry.count_gate_records(gates.iter().map(|(_, r)| r));
-        if self.coordinator {
+        if self.coordinator() {
             // The drift summary reaches the coordinator alone.
             self.drift_metrics.due = true;
             self.drift_metrics.refresh(self.telemetry);
@@ -496,12 +492,12 @@ impl<'a> Pipeline<'a> {
     pub fn turn(&mut self) -> Result<()> {
         self.drift_metrics.refresh(self.telemetry);
         self.retire_delivered()?;
-        if self.coordinator {
+        if self.coordinator() {
             // A later process's workers stop when the first process finishes ([`Self::publish_share`]).
             self.engine.check()?;
         }
         self.publish_completed()?;
-        if self.coordinator {
+        if self.coordinator() {
             self.maybe_close()?;
         }
         self.ready.store(self.caught_up && self.connectivity.is_up(), Ordering::SeqCst);

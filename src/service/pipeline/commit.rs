@@ -13,21 +13,21 @@ use super::{now_ms, Pipeline, DELIVERY_WARN, TEND_INTERVAL};
 use crate::service::producer::{excerpt, KEY_EXCERPT_BYTES, TRANSACTION_TIMEOUT};
 
 impl Pipeline<'_> {
-    /// Whether every other publishing process has delivered its records of every epoch up to
-    /// `epoch`.
-    pub(super) fn delivered_by_all(&self, epoch: u64) -> bool {
-        self.delivered.iter().enumerate().all(|(process, &d)| process == self.share.process || d > epoch)
-    }
-
     /// Commits, in order, the input offsets of every published group whose outputs are all
     /// delivered (in exactly-once mode: commits its transaction with them). A delivery that
     /// failed for good is dead-lettered; any other failure stops the service without committing.
     pub(super) fn retire_delivered(&mut self) -> Result<()> {
         let mut commit: Option<Vec<i64>> = None;
         let mut retired = Vec::new();
-        if self.coordinator && self.share.processes > 1 {
-            self.delivered = self.engine.delivered();
-        }
+        // Per process: every epoch below the number has its records delivered, as the process
+        // last reported (`Engine::report_delivered`); only the coordinator waits for others.
+        let reported =
+            if self.coordinator() && self.share.processes > 1 { self.engine.delivered() } else { Vec::new() };
+        let own = self.share.process;
+        // The other processes that have not yet delivered `epoch`.
+        let behind = |epoch: u64| -> Vec<usize> {
+            reported.iter().enumerate().filter(|&(p, &d)| p != own && d <= epoch).map(|(p, _)| p).collect()
+        };
         while let Some(mut group) = self.groups.pop_front() {
             let failed = self.publisher.take_failed(group.id);
             if !failed.is_empty() {
@@ -53,14 +53,11 @@ impl Pipeline<'_> {
             // A group that moves the input positions waits for the other processes' records of
             // its epochs too: committing them says they are all published.
             let moves = group.first || group.positions != *commit.as_ref().unwrap_or(&self.committed);
-            let others = !self.coordinator || !moves || self.delivered_by_all(group.last_epoch);
-            if delivered.ok + group.replaced < group.sent || !others {
+            let waiting = if moves { behind(group.last_epoch) } else { Vec::new() };
+            if delivered.ok + group.replaced < group.sent || !waiting.is_empty() {
                 let waited = group.published.elapsed();
                 if waited >= group.warned + DELIVERY_WARN {
                     group.warned = waited;
-                    let waiting: Vec<usize> = (0..self.delivered.len())
-                        .filter(|&p| p != self.share.process && self.delivered[p] <= group.last_epoch)
-                        .collect();
                     tracing::warn!(
                         waited_s = waited.as_secs(),
                         outstanding = group.sent.saturating_sub(delivered.ok + group.replaced),
@@ -76,7 +73,7 @@ impl Pipeline<'_> {
                 let offsets = self.partitions.offsets(&group.positions)?;
                 self.publisher.commit_transaction(&self.consumer, &offsets)?;
                 self.telemetry.transactions.inc();
-            } else if self.coordinator {
+            } else if self.coordinator() {
                 commit = Some(group.positions.clone());
             }
             tracing::debug!(
@@ -101,7 +98,7 @@ impl Pipeline<'_> {
             self.retired = self.retired.max(group.last_epoch + 1);
             if group.first {
                 self.caught_up = true;
-                if self.coordinator {
+                if self.coordinator() {
                     tracing::info!(
                         "caught up: the outputs of the input present at start are published and committed"
                     );
@@ -111,7 +108,7 @@ impl Pipeline<'_> {
                     );
                 }
             }
-            if !self.coordinator {
+            if !self.coordinator() {
                 continue;
             }
             let [labels, gold] = group.input.messages;
@@ -128,7 +125,7 @@ impl Pipeline<'_> {
                 tracing::debug!(group = group.id, labels, gold, latency_ms, "group committed");
             }
         }
-        if self.caught_up && !self.coordinator {
+        if self.caught_up && !self.coordinator() {
             self.engine.report_delivered(self.retired);
         }
         self.telemetry.output_updated.set(now as f64 / 1000.0);
