@@ -145,7 +145,9 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         forwarding: (share.processes > 1)
             .then(|| Arc::new(crate::api::Forwarding::new(share, config.cluster.api_addresses.clone()))),
     };
-    let api = (config.cluster.process == 0 || share.processes > 1).then_some(api);
+    // Process 0 publishes, and in such a cluster every process does.
+    let publishes = config.cluster.process == 0 || share.processes > 1;
+    let api = publishes.then_some(api);
     let server = HttpServer::start_with_api(config.http.listen, telemetry.clone(), ready.clone(), api)?;
     eprintln!("labelqc run: metrics on http://{}/metrics", server.local_addr());
     let connectivity = Connectivity::new(&config.kafka.brokers);
@@ -219,7 +221,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
 
     // A publishing process learns what the output topics hold of its keys while the state is
     // rebuilt.
-    let published = if cluster.process == 0 || share.processes > 1 {
+    let published = if publishes {
         let (client, outputs, connectivity, stop) =
             (client(&[]), config.outputs.clone(), connectivity.clone(), stop.clone());
         Some(
@@ -322,10 +324,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
             // The first process finished (or a worker failed): the workers are done.
             return finish(engine, Instant::now() + shutdown);
         }
-        // Stopped on its own: the cluster cannot go on without this process, and its workers
-        // stop only with the first process. Leave them; the process exits.
-        tracing::warn!("stopping one process of a cluster stops the cluster; restart all processes");
-        std::mem::forget(engine);
+        leave_the_cluster(engine);
         return Ok(());
     };
 
@@ -365,10 +364,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         return match result {
             Ok(true) => finish(pipeline.engine, Instant::now() + shutdown),
             Ok(false) => {
-                // Stopped on its own: the cluster cannot go on without this process, and its
-                // workers stop only with the first process. Leave them; the process exits.
-                tracing::warn!("stopping one process of a cluster stops the cluster; restart all processes");
-                std::mem::forget(pipeline.engine);
+                leave_the_cluster(pipeline.engine);
                 Ok(())
             }
             Err(error) => Err(error),
@@ -387,6 +383,13 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     drop(server);
     result?;
     finished
+}
+
+/// A later process stopped on its own: the cluster cannot go on without it, and its workers stop
+/// only with the first process. Leaves them; the process exits.
+fn leave_the_cluster(engine: Engine) {
+    tracing::warn!("stopping one process of a cluster stops the cluster; restart all processes");
+    std::mem::forget(engine);
 }
 
 /// The committed offset of every input partition (`-1`: none).
