@@ -14,8 +14,8 @@
 //! in order, once every worker has finished the epoch; the number of epochs in flight is bounded.
 //! In a cluster with [`Publishers`], each record change goes instead to the first worker of the
 //! process that publishes it, and the reports to the first worker of every process, so that each
-//! process hands out its own share of the records. With [`Emit::Final`] (a one-shot report) every worker keeps its own final records, which
-//! [`Engine::finish`] returns.
+//! process hands out its own share of the records. With [`Emit::Final`] (a one-shot report)
+//! every worker keeps its own final records, which [`Engine::finish`] returns.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -319,7 +319,7 @@ impl Engine {
             })
         };
         let publishers = config.publishers.clone();
-        let (delivered_here, shared_here) = (delivered.clone(), shared.clone());
+        let (to_workers, shared_by_workers) = (delivered.clone(), shared.clone());
         let guards = timely::execute(timely_config, move |worker| {
             let commands = if worker.index() == 0 {
                 commands.lock().expect("command table poisoned").take()
@@ -331,13 +331,12 @@ impl Engine {
             let shipping = Shipping {
                 local_workers: workers,
                 publishers: publishers.clone(),
-                delivered: delivered.clone(),
-                shared: shared.clone(),
+                delivered: to_workers.clone(),
+                shared: shared_by_workers.clone(),
             };
             run_worker(worker, &quality, &shipping, commands, feed, event_tx.clone(), failed.clone())
         })
         .map_err(|reason| EngineError::Start { workers, reason })?;
-        let (delivered, shared) = (delivered_here, shared_here);
         Ok(Engine {
             delivered,
             commands: Some(command_tx),
