@@ -89,6 +89,28 @@ impl Histogram {
         self.total += n;
     }
 
+    /// Removes `n` labels from `bucket` (which holds them).
+    fn remove(&mut self, bucket: u16, n: i64) {
+        self.add(bucket, -n);
+    }
+
+    /// Timed labels `(count, sum of ln ms, those under limit_ms)`: the log-times summed bucket by
+    /// bucket, in bucket order, from the exact counts (so that the same labels give the same sum
+    /// however they were gathered).
+    pub(super) fn timing(&self, limit_ms: f64) -> (i64, f64, i64) {
+        let (mut sum_ln, mut fast) = (0.0, 0);
+        for (bucket, &count) in self.counts.iter().enumerate() {
+            if count != 0 {
+                let (center, ln_center) = bucket_center(bucket as u16);
+                sum_ln += count as f64 * ln_center;
+                if center < limit_ms {
+                    fast += count;
+                }
+            }
+        }
+        (self.total, sum_ln, fast)
+    }
+
     /// The median label time (ms): the centre of the first bucket by which half the labels are
     /// counted; `None` without labels.
     pub(super) fn median_ms(&self) -> Option<f64> {
@@ -120,6 +142,47 @@ pub(super) fn bucket_center(bucket: u16) -> (f64, f64) {
     static TABLE: std::sync::LazyLock<[(f64, f64); TABLED]> =
         std::sync::LazyLock::new(|| std::array::from_fn(|b| computed(b as u16)));
     TABLE.get(usize::from(bucket)).copied().unwrap_or_else(|| computed(bucket))
+}
+
+/// An annotator's timed labels (`(day, bucket) -> labels`, as a sorted slice) over a window of
+/// days that moves forward: each label enters and leaves the histogram once, where summing the
+/// window's days anew on every day took weeks of buckets per reading. A window that moves back
+/// starts again.
+#[derive(Debug, Default)]
+pub(super) struct SlidingTiming<'a> {
+    entries: &'a [((Day, u16), i64)],
+    /// `entries[from..to]` are in the window.
+    from: usize,
+    to: usize,
+    window: Option<(Day, Day)>,
+    histogram: Histogram,
+}
+
+impl<'a> SlidingTiming<'a> {
+    pub(super) fn new(entries: &'a [((Day, u16), i64)]) -> SlidingTiming<'a> {
+        SlidingTiming { entries, ..SlidingTiming::default() }
+    }
+
+    /// The histogram of the labels of `days`.
+    pub(super) fn over(&mut self, days: std::ops::RangeInclusive<Day>) -> &Histogram {
+        let (start, end) = (*days.start(), *days.end());
+        if self.window.is_none_or(|(s, e)| start < s || end < e) {
+            let at = self.entries.partition_point(|&((day, _), _)| day < start);
+            (self.from, self.to, self.histogram) = (at, at, Histogram::default());
+        }
+        while let Some(&((_, bucket), n)) = self.entries.get(self.to).filter(|((day, _), _)| *day <= end) {
+            self.histogram.add(bucket, n);
+            self.to += 1;
+        }
+        while let Some(&((_, bucket), n)) =
+            self.entries[..self.to].get(self.from).filter(|((day, _), _)| *day < start)
+        {
+            self.histogram.remove(bucket, n);
+            self.from += 1;
+        }
+        self.window = Some((start, end));
+        &self.histogram
+    }
 }
 
 /// Per-day `[answers, errors]` as running sums, so that the sum over any range of days takes two
@@ -195,6 +258,39 @@ mod tests {
             }
         }
         assert_eq!(DaySums::new(&BTreeMap::new()).sum(..), [0, 0]);
+    }
+
+    #[test]
+    fn a_sliding_window_holds_the_labels_of_its_days() {
+        use super::{Histogram, SlidingTiming};
+        // Days -2..=20, some without labels, several buckets a day (one emptied again).
+        let mut entries = Vec::new();
+        for day in -2i32..=20 {
+            if day % 4 == 1 {
+                continue;
+            }
+            for bucket in [50u16, 57, 63, 90 + (day as u16 % 3)] {
+                entries.push(((day, bucket), i64::from(bucket % 5) + i64::from(day.unsigned_abs() % 3)));
+            }
+        }
+        let direct = |from: i32, to: i32| {
+            let mut histogram = Histogram::default();
+            for &((day, bucket), n) in &entries {
+                if (from..=to).contains(&day) {
+                    histogram.add(bucket, n);
+                }
+            }
+            histogram
+        };
+        let mut sliding = SlidingTiming::new(&entries);
+        // Forward a day at a time, by jumps past every label, and back.
+        let windows = (-10..30).map(|d| (d - 6, d)).chain([(3, 9), (25, 40), (-40, -3), (0, 0), (0, 20)]);
+        for (from, to) in windows {
+            for limit in [0.0, 500.0, 1e9] {
+                let expected = direct(from, to).timing(limit);
+                assert_eq!(sliding.over(from..=to).timing(limit), expected, "{from}..={to} under {limit}");
+            }
+        }
     }
 
     #[test]

@@ -109,10 +109,11 @@ pub(super) struct DayContext<'a> {
     /// The annotator's gold answers by day, and its scope's, as running sums.
     pub(super) gold_days: &'a DaySums,
     pub(super) scope_gold_days: &'a DaySums,
-    /// The annotator's timed labels (`inputs.speed`) as a sorted slice, where it reads them at
-    /// every day: the speed signals sum weeks of it, in the same order, faster than walking the
-    /// tree (which they walk without it).
-    pub(super) speed: Option<&'a [((Day, u16), i64)]>,
+    /// The annotator's timed labels (`inputs.speed`) over the recent and the baseline period of
+    /// the day read, where it reads them at every day in order: each window slides forward,
+    /// where summing weeks of the tree on every day took most of an evaluation (a re-evaluation,
+    /// which reads them on few days, sums the tree).
+    pub(super) speed: Option<std::cell::RefCell<[SlidingTiming<'a>; 2]>>,
     pub(super) median_ms: Option<f64>,
     pub(super) preferences: &'a PreferenceSettings,
     /// Whether readings carry their explanation: only the ones an output shows need one (a
@@ -320,29 +321,23 @@ impl DayContext<'_> {
         })
     }
 
-    /// Timed labels `(count, sum of ln ms)` in `days`, and those under `limit_ms`.
-    pub(super) fn timing(&self, days: std::ops::RangeInclusive<Day>, limit_ms: f64) -> (i64, f64, i64) {
-        let (mut n, mut sum_ln, mut fast) = (0, 0.0, 0);
-        let mut add = |bucket: u16, count: i64| {
-            n += count;
-            let (center, ln_center) = bucket_center(bucket);
-            sum_ln += count as f64 * ln_center;
-            if center < limit_ms {
-                fast += count;
-            }
-        };
-        match self.speed {
-            Some(speed) => {
-                let from = speed.partition_point(|&((day, _), _)| day < *days.start());
-                let to = speed.partition_point(|&((day, _), _)| day <= *days.end());
-                speed[from..to.max(from)].iter().for_each(|&((_, bucket), count)| add(bucket, count));
-            }
+    /// Timed labels `(count, sum of ln ms, those under limit_ms)` in `days`, the recent period
+    /// (`window` 0) or the baseline period (1) of a day ([`DayContext::periods`]).
+    pub(super) fn timing(
+        &self,
+        window: usize,
+        days: std::ops::RangeInclusive<Day>,
+        limit_ms: f64,
+    ) -> (i64, f64, i64) {
+        match &self.speed {
+            Some(windows) => windows.borrow_mut()[window].over(days).timing(limit_ms),
             None => {
+                let mut histogram = Histogram::default();
                 let range = self.inputs.speed.range((*days.start(), 0)..=(*days.end(), u16::MAX));
-                range.for_each(|(&(_, bucket), &[count])| add(bucket, count));
+                range.for_each(|(&(_, bucket), &[count])| histogram.add(bucket, count));
+                histogram.timing(limit_ms)
             }
         }
-        (n, sum_ln, fast)
     }
 
     pub(super) fn periods(&self, day: Day) -> (std::ops::RangeInclusive<Day>, std::ops::RangeInclusive<Day>) {
@@ -354,8 +349,8 @@ impl DayContext<'_> {
     pub(super) fn speed(&self, day: Day) -> Option<Reading> {
         let c = self.config;
         let (recent, baseline) = self.periods(day);
-        let (n, sum_ln, _) = self.timing(recent, 0.0);
-        let (nb, sum_ln_b, _) = self.timing(baseline, 0.0);
+        let (n, sum_ln, _) = self.timing(0, recent, 0.0);
+        let (nb, sum_ln_b, _) = self.timing(1, baseline, 0.0);
         if n < c.speed_min_labels || nb < c.speed_min_labels {
             return None;
         }
@@ -385,8 +380,8 @@ impl DayContext<'_> {
             .median_ms
             .map_or(c.too_fast_floor_ms, |m| (c.too_fast_median_share * m).max(c.too_fast_floor_ms));
         let (recent, baseline) = self.periods(day);
-        let (n, _, fast) = self.timing(recent, limit);
-        let (nb, _, fast_b) = self.timing(baseline, limit);
+        let (n, _, fast) = self.timing(0, recent, limit);
+        let (nb, _, fast_b) = self.timing(1, baseline, limit);
         if n < c.speed_min_labels || nb < c.speed_min_labels {
             return None;
         }

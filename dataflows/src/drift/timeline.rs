@@ -125,7 +125,9 @@ fn evaluate_reusing(
         inputs,
         gold_days: &own_gold,
         scope_gold_days: &scope_gold,
-        speed: speed.as_deref(),
+        speed: speed
+            .as_deref()
+            .map(|s| std::cell::RefCell::new([SlidingTiming::new(s), SlidingTiming::new(s)])),
         median_ms: None,
         preferences,
         explain: false,
