@@ -91,12 +91,12 @@ pub struct AnnotatorLogic {
     /// of its changed gold days (the same for all of them: computed once per scope and day, when
     /// touched and when re-evaluated).
     gold_read: HashMap<(ScopeId, Day), bool, RandomState>,
-    /// Touched in this epoch by its scope's gold answers alone: its timeline is re-evaluated
-    /// from its last one, reading again only the gold readings that read a changed day
-    /// ([`drift::reevaluate_gold`]).
+    /// Touched in this epoch by its scope's drift inputs alone: its timeline is re-evaluated
+    /// from its last one, reading again only the readings that read a changed day
+    /// ([`drift::reevaluate`]).
     reread: std::collections::HashSet<AnnotatorKey, RandomState>,
-    /// The gold days of each scope changed in this epoch, for [`AnnotatorLogic::reread`].
-    reread_days: HashMap<ScopeId, Vec<Day>, RandomState>,
+    /// What changed of each scope's drift inputs in this epoch, for [`AnnotatorLogic::reread`].
+    reread_days: HashMap<ScopeId, ChangedDays, RandomState>,
 }
 
 /// The days of a scope's drift inputs an epoch changed.
@@ -169,25 +169,22 @@ impl Keyed for AnnotatorLogic {
         let basis = self.basis.get(&scope).unwrap_or(&empty);
         let (inputs, preferences) = (&a.drift, &self.preferences);
         let full = || drift::evaluate_with(inputs, basis, config, preferences, &label_name);
-        let changed_gold = self.reread.remove(&key).then(|| self.reread_days.get(&scope)).flatten();
-        a.timeline = match (changed_gold, a.timeline.take()) {
-            (Some(changed), Some(previous)) if !a.updated && !inputs.is_empty() => {
+        let reread = self.reread.remove(&key);
+        a.timeline = match a.timeline.take() {
+            Some(previous) if reread && !a.updated && !inputs.is_empty() => {
+                let changed = self.reread_days.get(&scope);
+                let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
                 // The same for every annotator of the scope: each day is worked out once.
                 let memo = std::cell::RefCell::new(&mut self.gold_read);
-                let reread = |day| {
-                    *memo.borrow_mut().entry((scope, day)).or_insert_with(|| {
-                        changed.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g))
-                    })
+                let gold = |day| {
+                    !gold_days.is_empty()
+                        && *memo.borrow_mut().entry((scope, day)).or_insert_with(|| {
+                            gold_days.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g))
+                        })
                 };
-                let timeline = drift::reevaluate_gold(
-                    inputs,
-                    basis,
-                    config,
-                    preferences,
-                    &label_name,
-                    &previous,
-                    &reread,
-                );
+                let reread = drift::Reread { gold: &gold, speed_from: changed.and_then(|c| c.speed) };
+                let timeline =
+                    drift::reevaluate(inputs, basis, config, preferences, &label_name, &previous, reread);
                 debug_assert_eq!(timeline, full());
                 Some(timeline)
             }
@@ -273,19 +270,18 @@ impl Keyed for AnnotatorLogic {
         let Some(changed) = self.changed.get(&scope) else { return false };
         let Some(days) = a.timeline.as_ref().map(|t| &t.days) else { return false };
         let Some(&(last, _)) = days.last() else { return false };
-        if changed.speed.is_some_and(|day| last >= day) {
-            return true;
-        }
-        let Some(&first) = changed.gold.first() else { return false };
-        let config = self.drift.for_project(names.scope_name(scope).0);
-        let empty = ScopeInputs::default();
-        let basis = self.basis.get(&scope).unwrap_or(&empty);
-        let from = days.partition_point(|&(day, _)| day < first);
-        let touched = days[from..].iter().any(|&(day, _)| {
-            *self.gold_read.entry((scope, day)).or_insert_with(|| {
-                changed.gold.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g))
+        let touched = changed.speed.is_some_and(|day| last >= day) || {
+            let Some(&first) = changed.gold.first() else { return false };
+            let config = self.drift.for_project(names.scope_name(scope).0);
+            let empty = ScopeInputs::default();
+            let basis = self.basis.get(&scope).unwrap_or(&empty);
+            let from = days.partition_point(|&(day, _)| day < first);
+            days[from..].iter().any(|&(day, _)| {
+                *self.gold_read.entry((scope, day)).or_insert_with(|| {
+                    changed.gold.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g))
+                })
             })
-        });
+        };
         if touched && !a.updated {
             self.reread.insert(key);
         }
@@ -294,11 +290,7 @@ impl Keyed for AnnotatorLogic {
 
     fn side_done(&mut self) {
         self.reread_days.clear();
-        for (scope, changed) in self.changed.drain() {
-            if !changed.gold.is_empty() {
-                self.reread_days.insert(scope, changed.gold);
-            }
-        }
+        self.reread_days.extend(self.changed.drain());
         self.basis.retain(|_, inputs| !(inputs.gold_days.is_empty() && inputs.speed.is_empty()));
     }
 }

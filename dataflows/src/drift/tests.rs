@@ -105,10 +105,16 @@ fn a_timeline_re_evaluated_after_a_gold_change_of_the_scope_is_the_full_evaluati
     assert_ne!(full, before, "the change should move some reading");
     let reads = |day| reads_scope_gold_of(&config, &s, day, 20);
     let prefs = PreferenceSettings::default();
-    assert_eq!(reevaluate_gold(&a, &s, &config, &prefs, &name, &before, &reads), full);
+    assert_eq!(
+        reevaluate(&a, &s, &config, &prefs, &name, &before, Reread { gold: &reads, speed_from: None }),
+        full
+    );
     // Reading again only the days outside the baseline periods that hold day 20 misses them.
     let misses = |day| !reads(day);
-    assert_ne!(reevaluate_gold(&a, &s, &config, &prefs, &name, &before, &misses), full);
+    assert_ne!(
+        reevaluate(&a, &s, &config, &prefs, &name, &before, Reread { gold: &misses, speed_from: None }),
+        full
+    );
 }
 
 #[test]
@@ -136,6 +142,38 @@ fn a_re_evaluation_keeps_the_readings_that_do_not_read_the_scope_gold() {
         assert_ne!(full, before, "a change of day {changed} should move some reading");
         let reads = |day| reads_scope_gold_of(&config, &s, day, changed);
         let prefs = PreferenceSettings::default();
-        assert_eq!(reevaluate_gold(&a, &s, &config, &prefs, &name, &before, &reads), full, "day {changed}");
+        assert_eq!(
+            reevaluate(&a, &s, &config, &prefs, &name, &before, Reread { gold: &reads, speed_from: None }),
+            full,
+            "day {changed}"
+        );
     }
+}
+
+#[test]
+fn a_timeline_re_evaluated_after_a_change_of_the_scope_label_times_is_the_full_evaluation() {
+    // The annotator of the test above, fast from day 40 against a scope median of 20 s. Then the
+    // scope's labels of day 45 turn out fast too (its producer had sent the wrong durations), which
+    // moves the scope's median, and too-fast, on the days after it.
+    let (mut a, mut s) = gold_inputs((0..70).map(|d| (d, 5, 1)));
+    let (usual, fast) = (crate::dataflow::duration_bucket(20_000), crate::dataflow::duration_bucket(1_000));
+    for day in 0..70 {
+        s.gold_days.insert(day, [400, 40]);
+        s.speed.insert((day, usual), [400]);
+        a.speed.insert((day, if day < 40 { usual } else { fast }), [20]);
+    }
+    let config = DriftConfig::default();
+    let name = |l: LabelId| format!("#{l}");
+    let prefs = PreferenceSettings::default();
+    let before = evaluate(&a, &s, &config, &name);
+    s.speed.remove(&(45, usual));
+    s.speed.insert((45, fast), [40_000]);
+    let full = evaluate(&a, &s, &config, &name);
+    assert_ne!(full.current, before.current, "the change should move the current too-fast reading");
+    let no_gold = |_| false;
+    let reread = Reread { gold: &no_gold, speed_from: Some(45) };
+    assert_eq!(reevaluate(&a, &s, &config, &prefs, &name, &before, reread), full);
+    // Reading too-fast again only after the last day misses them all.
+    let late = Reread { gold: &no_gold, speed_from: Some(69) };
+    assert_ne!(reevaluate(&a, &s, &config, &prefs, &name, &before, late), full);
 }

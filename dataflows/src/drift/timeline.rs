@@ -87,20 +87,33 @@ pub fn evaluate_with(
     evaluate_reusing(inputs, scope, config, preferences, label_name, None)
 }
 
-/// [`evaluate_with`] after a change of the scope's pooled gold answers alone, from `previous`,
-/// this annotator's timeline over the same inputs of its own: only the gold readings of the days
-/// for which `reread` says so are read again, every other reading's level is `previous`'s, and
-/// the state rules, the alarm episodes and the current readings are formed again. The result is
-/// [`evaluate_with`]'s when `reread` holds for every day whose gold reading reads a changed day
-/// of the scope ([`reads_scope_gold_of`]): no other reading reads the scope's gold answers.
-pub fn reevaluate_gold(
+/// What a re-evaluation ([`reevaluate`]) reads again, after a change of its scope's inputs alone.
+#[derive(Clone, Copy)]
+pub struct Reread<'a> {
+    /// Whether the gold reading of a day reads a changed day of the scope's pooled gold answers
+    /// ([`reads_scope_gold_of`]).
+    pub gold: &'a dyn Fn(Day) -> bool,
+    /// The earliest day of the scope's label times that changed: the too-fast readings of the
+    /// days after it read the scope's median label time of the days before theirs.
+    pub speed_from: Option<Day>,
+}
+
+/// [`evaluate_with`] after a change of the scope's inputs alone, from `previous`, this
+/// annotator's timeline over the same inputs of its own: only the readings `reread` names are
+/// read again (gold on the days it says; too-fast on the days after `speed_from`), every other
+/// reading's level is `previous`'s, and the state rules, the alarm episodes and the current
+/// readings are formed again. The result is [`evaluate_with`]'s when `reread.gold` holds for
+/// every day whose gold reading reads a changed day of the scope ([`reads_scope_gold_of`]) and
+/// `speed_from` is at or before the earliest changed day of its label times: no other reading
+/// reads the scope's inputs.
+pub fn reevaluate(
     inputs: &AnnotatorInputs,
     scope: &ScopeInputs,
     config: &DriftConfig,
     preferences: &PreferenceSettings,
     label_name: &dyn Fn(LabelId) -> String,
     previous: &Timeline,
-    reread: &dyn Fn(Day) -> bool,
+    reread: Reread<'_>,
 ) -> Timeline {
     evaluate_reusing(inputs, scope, config, preferences, label_name, Some((previous, reread)))
 }
@@ -111,14 +124,19 @@ fn evaluate_reusing(
     config: &DriftConfig,
     preferences: &PreferenceSettings,
     label_name: &dyn Fn(LabelId) -> String,
-    reuse: Option<(&Timeline, &dyn Fn(Day) -> bool)>,
+    reuse: Option<(&Timeline, Reread<'_>)>,
 ) -> Timeline {
     let gold_days = &inputs.gold_days;
     let (own_gold, scope_gold) = (DaySums::new(gold_days), DaySums::new(&scope.gold_days));
-    // Read at every day in a full evaluation: laid out flat once. A re-evaluation reads speed at
-    // its last day only, from the tree.
+    // Days after this one read too-fast again (every day in a full evaluation).
+    let too_fast_after = match reuse {
+        None => Some(Day::MIN),
+        Some((_, reread)) => reread.speed_from,
+    };
+    // Read day after day where too-fast is: laid out flat once, for windows that slide. A
+    // re-evaluation of gold alone reads the label times on few days, from the tree.
     let speed: Option<Vec<((Day, u16), i64)>> =
-        reuse.is_none().then(|| inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect());
+        too_fast_after.map(|_| inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect());
     let mut context = DayContext {
         config,
         label_name,
@@ -167,10 +185,17 @@ fn evaluate_reusing(
         match reuse {
             Some((previous, reread)) => {
                 levels = previous.levels[at];
-                if reread(day) {
-                    let gold = context.read(Signal::Gold, day);
-                    levels[Signal::Gold.index()] =
-                        gold.as_ref().map_or(SignalState::Insufficient, Reading::level);
+                let mut read_again = |signal: Signal, context: &DayContext| {
+                    let reading = context.read(signal, day);
+                    levels[signal.index()] =
+                        reading.as_ref().map_or(SignalState::Insufficient, Reading::level);
+                };
+                if (reread.gold)(day) {
+                    read_again(Signal::Gold, &context);
+                }
+                if too_fast_after.is_some_and(|after| day > after) {
+                    context.median_ms = median_before(&mut histogram, day);
+                    read_again(Signal::TooFast, &context);
                 }
             }
             None => {
@@ -233,15 +258,18 @@ fn evaluate_reusing(
         last_day = Some(day);
     }
     // The current readings, now with their explanations (a signal without a reading has none
-    // with an explanation either). A re-evaluation reads gold again; no other reading reads the
-    // scope's gold answers, so the others are the last evaluation's, on the same last day.
+    // with an explanation either). A re-evaluation reads gold again, and too-fast where its last
+    // day read it again; no other reading reads the scope's inputs, so the others are the last
+    // evaluation's, on the same last day.
     if let Some(day) = last_day {
         context.explain = true;
         match reuse {
             Some((previous, _)) => {
+                let too_fast = too_fast_after.is_some_and(|after| day > after);
                 for (signal, report) in &previous.current {
                     latest[signal.index()] = match signal {
                         Signal::Gold => context.read(Signal::Gold, day),
+                        Signal::TooFast if too_fast => context.read(Signal::TooFast, day),
                         _ => report.reading.clone(),
                     };
                 }
