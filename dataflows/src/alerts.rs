@@ -240,9 +240,10 @@ fn with_run(mut alert: Alert, run: Option<(Day, Option<Day>)>) -> Alert {
 /// What an annotator's drift timeline contributes to its scope's drift alerts.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum AlertInput {
-    /// The annotator was evaluated on `day` on the signals of `evaluated`, and was in alarm on
-    /// those of `alarmed` (sets of [`Signal::bit`]).
-    Population { day: Day, evaluated: u8, alarmed: u8 },
+    /// The annotator was evaluated on the signals of `evaluated` on each of its active days, and
+    /// was in alarm on those of `alarmed`: `(day, alarmed)` (sets of [`Signal::bit`]). One input
+    /// for all its days, so that a re-evaluation that moves no state compares one value.
+    Population { evaluated: u8, alarmed: Vec<(Day, u8)> },
     /// An alarm episode of the annotator (only when the project's annotator alerts are on).
     Episode { annotator: AnnotatorId, signal: Signal, start: Day, end: Option<Day>, explanation: String },
 }
@@ -301,10 +302,12 @@ impl Keyed for AlertLogic {
 
     fn apply(&mut self, _: &ScopeId, s: &mut AlertState, update: &AlertInput, &diff: &Diff) {
         match update {
-            AlertInput::Population { day, evaluated, alarmed } => {
+            AlertInput::Population { evaluated, alarmed } => {
                 for signal in Signal::ALL.into_iter().filter(|s| evaluated & s.bit() != 0) {
-                    let alarm = i64::from(alarmed & signal.bit() != 0);
-                    crate::scopes::add(&mut s.population, (signal, *day), [diff, diff * alarm]);
+                    for &(day, alarmed) in alarmed {
+                        let alarm = i64::from(alarmed & signal.bit() != 0);
+                        crate::scopes::add(&mut s.population, (signal, day), [diff, diff * alarm]);
+                    }
                 }
             }
             AlertInput::Episode { annotator, signal, start, end, explanation } => {

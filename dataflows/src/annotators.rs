@@ -231,16 +231,21 @@ impl Keyed for AnnotatorLogic {
                 GateInput::Signal { scope, signal: *signal, state: report.state, score },
             ));
         }
-        // One input a day for all its signals (a re-evaluation compares them all again).
+        // One input for all its days and signals (a re-evaluation compares them all again).
         let counted = Signal::ALL.into_iter().filter(|s| !s.is_preference() || !a.drift.sides.is_empty());
         let evaluated = counted.clone().fold(0u8, |mask, signal| mask | signal.bit());
-        for (day, states) in &timeline.days {
-            let alarmed = counted
-                .clone()
-                .filter(|&signal| states[signal as usize] == SignalState::Alarm)
-                .fold(0u8, |mask, signal| mask | signal.bit());
-            out.push(AnnotatorOut::Alert(scope, AlertInput::Population { day: *day, evaluated, alarmed }));
-        }
+        let alarmed = timeline
+            .days
+            .iter()
+            .map(|(day, states)| {
+                let alarmed = counted
+                    .clone()
+                    .filter(|&signal| states[signal as usize] == SignalState::Alarm)
+                    .fold(0u8, |mask, signal| mask | signal.bit());
+                (*day, alarmed)
+            })
+            .collect();
+        out.push(AnnotatorOut::Alert(scope, AlertInput::Population { evaluated, alarmed }));
     }
 
     fn is_empty(a: &AnnotatorState) -> bool {
