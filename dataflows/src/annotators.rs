@@ -184,7 +184,7 @@ impl Keyed for AnnotatorLogic {
                 };
                 let reread = drift::Reread { gold: &gold, speed_from: changed.and_then(|c| c.speed) };
                 let timeline =
-                    drift::reevaluate(inputs, basis, config, preferences, &label_name, &previous, reread);
+                    drift::reevaluate(inputs, basis, config, preferences, &label_name, previous, reread);
                 debug_assert_eq!(timeline, full());
                 Some(timeline)
             }

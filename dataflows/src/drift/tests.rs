@@ -106,13 +106,21 @@ fn a_timeline_re_evaluated_after_a_gold_change_of_the_scope_is_the_full_evaluati
     let reads = |day| reads_scope_gold_of(&config, &s, day, 20);
     let prefs = PreferenceSettings::default();
     assert_eq!(
-        reevaluate(&a, &s, &config, &prefs, &name, &before, Reread { gold: &reads, speed_from: None }),
+        reevaluate(&a, &s, &config, &prefs, &name, before.clone(), Reread { gold: &reads, speed_from: None }),
         full
     );
     // Reading again only the days outside the baseline periods that hold day 20 misses them.
     let misses = |day| !reads(day);
     assert_ne!(
-        reevaluate(&a, &s, &config, &prefs, &name, &before, Reread { gold: &misses, speed_from: None }),
+        reevaluate(
+            &a,
+            &s,
+            &config,
+            &prefs,
+            &name,
+            before.clone(),
+            Reread { gold: &misses, speed_from: None }
+        ),
         full
     );
 }
@@ -143,7 +151,15 @@ fn a_re_evaluation_keeps_the_readings_that_do_not_read_the_scope_gold() {
         let reads = |day| reads_scope_gold_of(&config, &s, day, changed);
         let prefs = PreferenceSettings::default();
         assert_eq!(
-            reevaluate(&a, &s, &config, &prefs, &name, &before, Reread { gold: &reads, speed_from: None }),
+            reevaluate(
+                &a,
+                &s,
+                &config,
+                &prefs,
+                &name,
+                before.clone(),
+                Reread { gold: &reads, speed_from: None }
+            ),
             full,
             "day {changed}"
         );
@@ -172,8 +188,8 @@ fn a_timeline_re_evaluated_after_a_change_of_the_scope_label_times_is_the_full_e
     assert_ne!(full.current, before.current, "the change should move the current too-fast reading");
     let no_gold = |_| false;
     let reread = Reread { gold: &no_gold, speed_from: Some(45) };
-    assert_eq!(reevaluate(&a, &s, &config, &prefs, &name, &before, reread), full);
+    assert_eq!(reevaluate(&a, &s, &config, &prefs, &name, before.clone(), reread), full);
     // Reading too-fast again only after the last day misses them all.
     let late = Reread { gold: &no_gold, speed_from: Some(69) };
-    assert_ne!(reevaluate(&a, &s, &config, &prefs, &name, &before, late), full);
+    assert_ne!(reevaluate(&a, &s, &config, &prefs, &name, before.clone(), late), full);
 }

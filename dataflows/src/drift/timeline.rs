@@ -84,7 +84,7 @@ pub fn evaluate_with(
     preferences: &PreferenceSettings,
     label_name: &dyn Fn(LabelId) -> String,
 ) -> Timeline {
-    evaluate_reusing(inputs, scope, config, preferences, label_name, None)
+    evaluate_reusing(inputs, scope, config, preferences, label_name, None, Vec::new())
 }
 
 /// What a re-evaluation ([`reevaluate`]) reads again, after a change of its scope's inputs alone.
@@ -112,10 +112,12 @@ pub fn reevaluate(
     config: &DriftConfig,
     preferences: &PreferenceSettings,
     label_name: &dyn Fn(LabelId) -> String,
-    previous: &Timeline,
+    mut previous: Timeline,
     reread: Reread<'_>,
 ) -> Timeline {
-    evaluate_reusing(inputs, scope, config, preferences, label_name, Some((previous, reread)))
+    // Its current readings that are not read again move to the new timeline.
+    let current = std::mem::take(&mut previous.current);
+    evaluate_reusing(inputs, scope, config, preferences, label_name, Some((&previous, reread)), current)
 }
 
 fn evaluate_reusing(
@@ -125,6 +127,7 @@ fn evaluate_reusing(
     preferences: &PreferenceSettings,
     label_name: &dyn Fn(LabelId) -> String,
     reuse: Option<(&Timeline, Reread<'_>)>,
+    mut previous_current: Vec<(Signal, SignalReport)>,
 ) -> Timeline {
     let gold_days = &inputs.gold_days;
     let (own_gold, scope_gold) = (DaySums::new(gold_days), DaySums::new(&scope.gold_days));
@@ -161,6 +164,8 @@ fn evaluate_reusing(
         histogram.median_ms()
     };
     let mut timeline = Timeline::default();
+    let days = reuse.map_or(0, |(previous, _)| previous.days.len());
+    (timeline.days, timeline.levels) = (Vec::with_capacity(days), Vec::with_capacity(days));
     let mut state = [SignalState::Insufficient; Signal::COUNT];
     let mut since: [Option<Day>; Signal::COUNT] = [None; Signal::COUNT];
     let mut last_bad: [Option<Day>; Signal::COUNT] = [None; Signal::COUNT];
@@ -264,13 +269,13 @@ fn evaluate_reusing(
     if let Some(day) = last_day {
         context.explain = true;
         match reuse {
-            Some((previous, _)) => {
+            Some(_) => {
                 let too_fast = too_fast_after.is_some_and(|after| day > after);
-                for (signal, report) in &previous.current {
+                for (signal, report) in &mut previous_current {
                     latest[signal.index()] = match signal {
                         Signal::Gold => context.read(Signal::Gold, day),
                         Signal::TooFast if too_fast => context.read(Signal::TooFast, day),
-                        _ => report.reading.clone(),
+                        _ => report.reading.take(),
                     };
                 }
             }
@@ -290,10 +295,8 @@ fn evaluate_reusing(
             let i = signal.index();
             let reading = latest[i].take();
             // What a signal lacks depends on the settings alone: a re-evaluation keeps the words.
-            let kept = || {
-                let (previous, _) = reuse?;
-                previous.current.iter().find(|(s, _)| *s == signal).and_then(|(_, r)| r.note.clone())
-            };
+            let mut kept =
+                || previous_current.iter_mut().find(|(s, _)| *s == signal).and_then(|(_, r)| r.note.take());
             let note = reading.is_none().then(|| {
                 kept().unwrap_or_else(|| match signal {
                     Signal::Position | Signal::Ties => {
