@@ -180,7 +180,43 @@ fn evaluate_reusing(
             previous.days.iter().map(|(day, _)| *day).collect()
         }
     };
-    for (at, &day) in active.iter().enumerate() {
+    // A re-evaluation resumes at the first day it reads again: the state rules read only the days
+    // before, so the states of the days before it and the alarm episodes begun before it are the
+    // last timeline's.
+    let mut resume = 0;
+    if let Some((previous, reread)) = reuse {
+        let reads_again = |day: Day| (reread.gold)(day) || too_fast_after.is_some_and(|after| day > after);
+        resume = active.iter().position(|&day| reads_again(day)).unwrap_or(active.len());
+        if resume > 0 {
+            let kept = &previous.days[..resume];
+            timeline.days.extend_from_slice(kept);
+            timeline.levels.extend_from_slice(&previous.levels[..resume]);
+            state = kept[resume - 1].1;
+            for i in 0..Signal::COUNT {
+                // The day the state began: the first of the run of days that end in it.
+                let run = kept.iter().rev().take_while(|(_, states)| states[i] == state[i]).count();
+                since[i] = Some(kept[resume - run].0);
+                // Speed and too-fast are held at watch at most, which is still a watch-level day.
+                last_bad[i] = kept
+                    .iter()
+                    .zip(&previous.levels[..resume])
+                    .rev()
+                    .find(|(_, levels)| levels[i] >= SignalState::Watch)
+                    .map(|((day, _), _)| *day);
+            }
+            // Episodes begun before the resumed day; one that ended on or after it is open there.
+            let from = active.get(resume).copied().unwrap_or(Day::MAX);
+            for episode in previous.episodes.iter().take_while(|e| e.start < from) {
+                let end = episode.end.filter(|&end| end < from);
+                if end.is_none() {
+                    open[episode.signal.index()] = Some(timeline.episodes.len());
+                }
+                timeline.episodes.push(Episode { end, ..episode.clone() });
+            }
+            last_day = Some(kept[resume - 1].0);
+        }
+    }
+    for (at, &day) in active.iter().enumerate().skip(resume) {
         // The scope's median label time, which too-fast reads: a re-evaluation reads that signal
         // only where an alarm starts.
         if reuse.is_none() {
