@@ -38,7 +38,7 @@ pub struct Timeline {
     /// The current state of every signal.
     pub current: Vec<(Signal, SignalReport)>,
     /// Each signal's level from its own reading on each day of `days` (before speed and
-    /// too-fast are held at watch): what [`reevaluate_gold`] reuses.
+    /// too-fast are held at watch): what [`reevaluate`] reuses.
     pub levels: Vec<[SignalState; Signal::COUNT]>,
 }
 
