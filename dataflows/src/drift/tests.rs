@@ -104,25 +104,37 @@ fn a_timeline_re_evaluated_after_a_gold_change_of_the_scope_is_the_full_evaluati
     let full = evaluate(&a, &s, &config, &name);
     assert_ne!(full, before, "the change should move some reading");
     let reads = |day| reads_scope_gold_of(&config, &s, day, 20);
-    let prefs = PreferenceSettings::default();
-    assert_eq!(
-        reevaluate(&a, &s, &config, &prefs, &name, before.clone(), Reread { gold: &reads, speed_from: None }),
-        full
-    );
+    assert_eq!(reevaluated(&a, &s, &before, &reads, None), full);
     // Reading again only the days outside the baseline periods that hold day 20 misses them.
     let misses = |day| !reads(day);
-    assert_ne!(
-        reevaluate(
-            &a,
-            &s,
-            &config,
-            &prefs,
-            &name,
-            before.clone(),
-            Reread { gold: &misses, speed_from: None }
-        ),
-        full
-    );
+    assert_ne!(reevaluated(&a, &s, &before, &misses, None), full);
+}
+
+/// [`reevaluate`] with the default settings: gold read again on the days `gold` says, too-fast on
+/// the days after `speed_from`.
+fn reevaluated(
+    a: &AnnotatorInputs,
+    s: &ScopeInputs,
+    before: &Timeline,
+    gold: &dyn Fn(Day) -> bool,
+    speed_from: Option<Day>,
+) -> Timeline {
+    let (config, prefs) = (DriftConfig::default(), PreferenceSettings::default());
+    let name = |l: LabelId| format!("#{l}");
+    reevaluate(a, s, &config, &prefs, &name, before.clone(), Reread { gold, speed_from })
+}
+
+/// An annotator at 20% gold errors for 70 days against its scope's 10%, whose labels take 1 s from
+/// day 40 (20 s before, as the scope's): too-fast and speed have readings from then on.
+fn fast_from_day_40() -> (AnnotatorInputs, ScopeInputs) {
+    let (mut a, mut s) = gold_inputs((0..70).map(|d| (d, 5, 1)));
+    let (usual, fast) = (crate::dataflow::duration_bucket(20_000), crate::dataflow::duration_bucket(1_000));
+    for day in 0..70 {
+        s.gold_days.insert(day, [400, 40]);
+        s.speed.insert((day, usual), [400]);
+        a.speed.insert((day, if day < 40 { usual } else { fast }), [20]);
+    }
+    (a, s)
 }
 
 #[test]
@@ -131,13 +143,7 @@ fn a_re_evaluation_keeps_the_readings_that_do_not_read_the_scope_gold() {
     // day 40: too-fast and speed have readings, too-fast alarms while gold is at watch or worse
     // (so a re-evaluation reads the scope's median where that alarm starts), and the current
     // readings of those signals are the last evaluation's.
-    let (mut a, mut s) = gold_inputs((0..70).map(|d| (d, 5, 1)));
-    let (usual, fast) = (crate::dataflow::duration_bucket(20_000), crate::dataflow::duration_bucket(1_000));
-    for day in 0..70 {
-        s.gold_days.insert(day, [400, 40]);
-        s.speed.insert((day, usual), [400]);
-        a.speed.insert((day, if day < 40 { usual } else { fast }), [20]);
-    }
+    let (a, s) = fast_from_day_40();
     let config = DriftConfig::default();
     let name = |l: LabelId| format!("#{l}");
     let before = evaluate(&a, &s, &config, &name);
@@ -149,20 +155,7 @@ fn a_re_evaluation_keeps_the_readings_that_do_not_read_the_scope_gold() {
         let full = evaluate(&a, &s, &config, &name);
         assert_ne!(full, before, "a change of day {changed} should move some reading");
         let reads = |day| reads_scope_gold_of(&config, &s, day, changed);
-        let prefs = PreferenceSettings::default();
-        assert_eq!(
-            reevaluate(
-                &a,
-                &s,
-                &config,
-                &prefs,
-                &name,
-                before.clone(),
-                Reread { gold: &reads, speed_from: None }
-            ),
-            full,
-            "day {changed}"
-        );
+        assert_eq!(reevaluated(&a, &s, &before, &reads, None), full, "day {changed}");
     }
 }
 
@@ -171,25 +164,17 @@ fn a_timeline_re_evaluated_after_a_change_of_the_scope_label_times_is_the_full_e
     // The annotator of the test above, fast from day 40 against a scope median of 20 s. Then the
     // scope's labels of day 45 turn out fast too (its producer had sent the wrong durations), which
     // moves the scope's median, and too-fast, on the days after it.
-    let (mut a, mut s) = gold_inputs((0..70).map(|d| (d, 5, 1)));
+    let (a, mut s) = fast_from_day_40();
     let (usual, fast) = (crate::dataflow::duration_bucket(20_000), crate::dataflow::duration_bucket(1_000));
-    for day in 0..70 {
-        s.gold_days.insert(day, [400, 40]);
-        s.speed.insert((day, usual), [400]);
-        a.speed.insert((day, if day < 40 { usual } else { fast }), [20]);
-    }
     let config = DriftConfig::default();
     let name = |l: LabelId| format!("#{l}");
-    let prefs = PreferenceSettings::default();
     let before = evaluate(&a, &s, &config, &name);
     s.speed.remove(&(45, usual));
     s.speed.insert((45, fast), [40_000]);
     let full = evaluate(&a, &s, &config, &name);
     assert_ne!(full.current, before.current, "the change should move the current too-fast reading");
     let no_gold = |_| false;
-    let reread = Reread { gold: &no_gold, speed_from: Some(45) };
-    assert_eq!(reevaluate(&a, &s, &config, &prefs, &name, before.clone(), reread), full);
+    assert_eq!(reevaluated(&a, &s, &before, &no_gold, Some(45)), full);
     // Reading too-fast again only after the last day misses them all.
-    let late = Reread { gold: &no_gold, speed_from: Some(69) };
-    assert_ne!(reevaluate(&a, &s, &config, &prefs, &name, before.clone(), late), full);
+    assert_ne!(reevaluated(&a, &s, &before, &no_gold, Some(69)), full);
 }
