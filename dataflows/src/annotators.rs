@@ -169,19 +169,14 @@ impl Keyed for AnnotatorLogic {
         let basis = self.basis.get(&scope).unwrap_or(&empty);
         let (inputs, preferences) = (&a.drift, &self.preferences);
         let full = || drift::evaluate_with(inputs, basis, config, preferences, &label_name);
-        let reread = self.reread.remove(&key);
+        let side_only = self.reread.remove(&key);
         a.timeline = match a.timeline.take() {
-            Some(previous) if reread && !a.updated && !inputs.is_empty() => {
+            Some(previous) if side_only && !a.updated && !inputs.is_empty() => {
                 let changed = self.reread_days.get(&scope);
                 let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
-                // The same for every annotator of the scope: each day is worked out once.
                 let memo = std::cell::RefCell::new(&mut self.gold_read);
-                let gold = |day| {
-                    !gold_days.is_empty()
-                        && *memo.borrow_mut().entry((scope, day)).or_insert_with(|| {
-                            gold_days.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g))
-                        })
-                };
+                let gold =
+                    |day| reads_changed_gold(&mut memo.borrow_mut(), scope, day, gold_days, config, basis);
                 let reread = drift::Reread { gold: &gold, speed_from: changed.and_then(|c| c.speed) };
                 let timeline =
                     drift::reevaluate(inputs, basis, config, preferences, &label_name, previous, reread);
@@ -282,9 +277,7 @@ impl Keyed for AnnotatorLogic {
             let basis = self.basis.get(&scope).unwrap_or(&empty);
             let from = days.partition_point(|&(day, _)| day < first);
             days[from..].iter().any(|&(day, _)| {
-                *self.gold_read.entry((scope, day)).or_insert_with(|| {
-                    changed.gold.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g))
-                })
+                reads_changed_gold(&mut self.gold_read, scope, day, &changed.gold, config, basis)
             })
         };
         if touched && !a.updated {
@@ -298,6 +291,23 @@ impl Keyed for AnnotatorLogic {
         self.reread_days.extend(self.changed.drain());
         self.basis.retain(|_, inputs| !(inputs.gold_days.is_empty() && inputs.speed.is_empty()));
     }
+}
+
+/// Whether the gold reading of `day` in `scope` reads one of the scope's `changed` gold days
+/// ([`drift::reads_scope_gold_of`]). The same for every annotator of the scope: `memo` keeps it
+/// per scope and day for the epoch, for the annotators touched and then re-evaluated.
+fn reads_changed_gold(
+    memo: &mut HashMap<(ScopeId, Day), bool, RandomState>,
+    scope: ScopeId,
+    day: Day,
+    changed: &[Day],
+    config: &drift::DriftConfig,
+    basis: &ScopeInputs,
+) -> bool {
+    !changed.is_empty()
+        && *memo
+            .entry((scope, day))
+            .or_insert_with(|| changed.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g)))
 }
 
 /// `agreement_with_others` from `raters -> [labels, agreeing others]`: `None` without a pairable
