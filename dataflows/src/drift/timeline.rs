@@ -136,6 +136,7 @@ fn evaluate_reusing(
         None => Some(Day::MIN),
         Some((_, reread)) => reread.speed_from,
     };
+    let reads_too_fast = |day: Day| too_fast_after.is_some_and(|after| day > after);
     // Read day after day where too-fast is: laid out flat once, for windows that slide. A
     // re-evaluation of gold alone reads the label times on few days, from the tree.
     let speed: Option<Vec<((Day, u16), i64)>> =
@@ -185,7 +186,7 @@ fn evaluate_reusing(
     // last timeline's.
     let mut resume = 0;
     if let Some((previous, reread)) = reuse {
-        let reads_again = |day: Day| (reread.gold)(day) || too_fast_after.is_some_and(|after| day > after);
+        let reads_again = |day: Day| (reread.gold)(day) || reads_too_fast(day);
         resume = active.iter().position(|&day| reads_again(day)).unwrap_or(active.len());
         if resume > 0 {
             let kept = &previous.days[..resume];
@@ -234,7 +235,7 @@ fn evaluate_reusing(
                 if (reread.gold)(day) {
                     read_again(Signal::Gold, &context);
                 }
-                if too_fast_after.is_some_and(|after| day > after) {
+                if reads_too_fast(day) {
                     context.median_ms = median_before(&mut histogram, day);
                     read_again(Signal::TooFast, &context);
                 }
@@ -306,7 +307,7 @@ fn evaluate_reusing(
         context.explain = true;
         match reuse {
             Some(_) => {
-                let too_fast = too_fast_after.is_some_and(|after| day > after);
+                let too_fast = reads_too_fast(day);
                 for (signal, report) in &mut previous_current {
                     latest[signal.index()] = match signal {
                         Signal::Gold => context.read(Signal::Gold, day),
