@@ -312,6 +312,13 @@ fn relabel_latencies(
     }
     engine.submit(std::mem::take(&mut updates), source.catalog.take_new()).unwrap();
     engine.sync().unwrap();
+    // Item truths of the history's refits that wait to be published go out first, as the
+    // service's idle epochs publish them ([`Engine::truth_backlog`]): the relabels start from a
+    // caught-up engine. A refit that lands among the relabels is published among them.
+    while engine.truth_backlog() > 0 {
+        engine.submit(Vec::new(), Vec::new()).unwrap();
+        engine.sync().unwrap();
+    }
     engine.take_completed();
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);

@@ -200,6 +200,9 @@ pub struct QualityConfig {
     /// (`--workers`), so that a run never uses more threads than it was given; 0 is taken as 1.
     /// The result does not depend on it ([`crate::truth::FitOptions::threads`]).
     pub truth_threads: usize,
+    /// Live: the item truths waiting to be published on this process's workers
+    /// ([`crate::scope_truth::PUBLISH_PER_EPOCH`]), shared with the engine.
+    pub truth_backlog: crate::scope_truth::TruthBacklog,
 }
 
 /// The quality dataflow's output: every record, and the drift summary's facts.

@@ -232,6 +232,8 @@ impl Feed for NoFeed {
 
 /// A running quality dataflow.
 pub struct Engine {
+    /// The item truths this process's workers have waiting to be published.
+    truth_backlog: crate::scope_truth::TruthBacklog,
     /// What this process's publisher has delivered ([`Engine::report_delivered`]).
     delivered: Arc<std::sync::atomic::AtomicU64>,
     commands: Option<Sender<Time>>,
@@ -283,6 +285,7 @@ impl Engine {
             delivered: Mutex::new(vec![0; cluster.map_or(1, |c| c.addresses.len().max(1))]),
         });
         let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let truth_backlog = crate::scope_truth::TruthBacklog::default();
         let sink = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -311,6 +314,7 @@ impl Engine {
             routing: config.routing.clone(),
             truth_refresh: config.truth_refresh,
             truth_threads: workers,
+            truth_backlog: truth_backlog.clone(),
         };
         let failed = {
             let shared = Arc::clone(&shared);
@@ -338,6 +342,7 @@ impl Engine {
         })
         .map_err(|reason| EngineError::Start { workers, reason })?;
         Ok(Engine {
+            truth_backlog,
             delivered,
             commands: Some(command_tx),
             submitted: None,
@@ -391,6 +396,13 @@ impl Engine {
     /// entry is 0).
     pub fn delivered(&self) -> Vec<Time> {
         self.shared.delivered.lock().expect("deliveries poisoned").clone()
+    }
+
+    /// The item truths this process's workers have formed and not yet published: live, each
+    /// worker publishes at most [`crate::scope_truth::PUBLISH_PER_EPOCH`] of them per epoch, so
+    /// a caller that closes epochs only on input should close some while this is above zero.
+    pub fn truth_backlog(&self) -> usize {
+        self.truth_backlog.waiting()
     }
 
     /// Number of epochs closed so far; they are numbered `0..submitted()`.

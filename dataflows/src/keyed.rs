@@ -109,6 +109,12 @@ pub trait Keyed: 'static {
     fn unchanged(&mut self, _key: &Self::Key, _state: &mut Self::State, _names: &Catalog) -> bool {
         false
     }
+
+    /// With [`Keyed::KEEP_OUTPUTS`] (live), once per epoch after its keys were derived: outputs
+    /// the logic emits itself, as differences, rather than as a key's kept outputs. For outputs
+    /// too many to keep and compare per key, which change in bulk at the logic's own pace and
+    /// are spread over epochs (a scope's item truths after a refit: [`crate::scope_truth`]).
+    fn drain(&mut self, _emit: &mut dyn FnMut(Self::Out, Diff)) {}
 }
 
 /// With [`Emit::Final`], an operator that held at least this many keys hands the freed memory
@@ -298,6 +304,7 @@ pub fn keyed<'s, L: Keyed>(
                         kept.insert(*key, last);
                     }
                 }
+                logic.drain(&mut emit);
             }
             for capability in held.iter_mut().flatten() {
                 hold_at_frontier(capability, frontiers);

@@ -19,8 +19,16 @@
 //! A fit derives each item's `truth` (to the item records, [`crate::trust`]), each annotator's
 //! `confusion` (to the annotator records) and the scope's `truth` object (priors and iterations,
 //! to the scope record).
+//!
+//! Live (with `refresh`), the items' truths are not kept as the scope's outputs: a fit lists the
+//! items whose published truth it changes (`publish.rs`), and the operator publishes them in
+//! order, at most [`PUBLISH_PER_EPOCH`] per worker and epoch ([`Keyed::drain`]). A fit that moves
+//! every item (the cold settling fit, or the first after a bulk load: a million items at 10M
+//! labels) would otherwise re-form every item record in one epoch, holding back every output of
+//! that epoch for seconds. While some wait, the engine closes epochs without waiting for input
+//! ([`TruthBacklog`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,13 +44,16 @@ use timely::dataflow::operators::Capability;
 use crate::dataflow::{Changes, Diff, Time};
 use crate::items::ItemRow;
 use crate::keyed::Keyed;
-use crate::label::{JsonLabel, Label, LabelId};
+use crate::label::LabelId;
 use crate::source::{AnnotatorId, Catalog, ItemId, ScopeId};
-use crate::truth::{fit, FitOptions, ItemTruth, TruthFit, TruthSettings, WarmStart};
+use crate::truth::{fit, FitOptions, TruthFit, TruthSettings, WarmStart};
 pub use parts::{ScopePart, ScopeParts, ScopePartsLogic};
+use publish::{retract_all, CategoryNames, Forming, ItemChange, Published};
+pub use publish::{TruthBacklog, PUBLISH_PER_EPOCH};
 use refit::Refit;
 
 mod parts;
+mod publish;
 mod refit;
 
 /// What the truth operator derives.
@@ -78,27 +89,13 @@ pub struct ScopeLabels {
     warm_fit: bool,
     /// Live: each item's published output and the posterior it was formed from, against which a
     /// warm refit's is held (`truth.live_tolerance`), ascending by item (as a fit lists them, so
-    /// that a refit walks both in step).
-    published: Vec<Published>,
+    /// that a refit walks both in step). What the last fit published, including changes still
+    /// waiting in [`TruthLogic`]'s queue (which come out in order, before any later fit's).
+    /// Shared with a running refit, which reads it, so that the worker never loses track of what
+    /// it has published.
+    published: Arc<Vec<Published>>,
     /// Live: the refit running in the background, if any (`refit.rs`).
     refit: Option<Refit>,
-}
-
-/// An item's published truth: its output and the posterior and label it was formed from.
-#[derive(Debug)]
-struct Published {
-    item: ItemId,
-    label: LabelId,
-    posterior: Posterior,
-    out: TruthOut,
-}
-
-/// An item's posterior: `(label, probability)` in label order.
-type Posterior = smallvec::SmallVec<[(LabelId, f64); 4]>;
-
-/// Whether `new` is within `tolerance` of `old`: the same labels, each probability closer than it.
-fn within(old: &Posterior, new: &Posterior, tolerance: f64) -> bool {
-    old.len() == new.len() && old.iter().zip(new).all(|(a, b)| a.0 == b.0 && (a.1 - b.1).abs() < tolerance)
 }
 
 impl ScopeLabels {
@@ -182,140 +179,9 @@ pub struct TruthLogic {
     /// Whether each scope is derived once, from its final labels (a report, `Emit::Final`): the
     /// fit then frees the scope's label log, which nothing needs again.
     pub once: bool,
-}
-
-/// The text of items whose `truth` object is not rendered: one shared empty text, not an
-/// allocation per item.
-static NO_JSON: std::sync::LazyLock<Arc<[u8]>> = std::sync::LazyLock::new(|| Arc::from(&[][..]));
-
-#[derive(Serialize)]
-struct Prob<'a> {
-    label: JsonLabel<'a>,
-    p: f64,
-}
-
-#[derive(Serialize)]
-struct ItemTruthObject<'a> {
-    label: JsonLabel<'a>,
-    posterior: Vec<Prob<'a>>,
-}
-
-#[derive(Serialize)]
-struct Cell<'a> {
-    observed: JsonLabel<'a>,
-    #[serde(rename = "true")]
-    truth: JsonLabel<'a>,
-    p: f64,
-}
-
-#[derive(Serialize)]
-struct ScopeTruthObject<'a> {
-    priors: Vec<Prob<'a>>,
-    iterations: u32,
-}
-
-/// The names of the categories whose JSON a fit's outputs carry: the catalog in the worker, a
-/// copy of the scope's categories on a refit's thread.
-pub(crate) trait CategoryNames {
-    fn name(&self, id: LabelId) -> &Label;
-}
-
-impl CategoryNames for Catalog {
-    fn name(&self, id: LabelId) -> &Label {
-        self.labels.get(id)
-    }
-}
-
-impl CategoryNames for HashMap<LabelId, Label, RandomState> {
-    fn name(&self, id: LabelId) -> &Label {
-        &self[&id]
-    }
-}
-
-/// How a fit's outputs are formed (from [`TruthLogic`]; `Copy`, for a refit's thread).
-#[derive(Clone, Copy, Debug)]
-struct Forming {
-    scope: ScopeId,
-    /// [`TruthLogic::item_json`].
-    item_json: bool,
-    /// `truth.live_tolerance`.
-    tolerance: f64,
-    /// Live: the published item outputs are kept, for the next warm refit.
-    live: bool,
-}
-
-impl Forming {
-    /// An item's truth output.
-    fn item_output(&self, item: &ItemTruth, names: &impl CategoryNames) -> TruthOut {
-        let label = |id: LabelId| JsonLabel(names.name(id));
-        let json = if self.item_json {
-            let object = ItemTruthObject {
-                label: label(item.label),
-                posterior: item.posterior.iter().map(|&(l, p)| Prob { label: label(l), p }).collect(),
-            };
-            serde_json::to_vec(&object).expect("a truth serialises").into()
-        } else {
-            NO_JSON.clone()
-        };
-        TruthOut::Item { scope: self.scope, item: item.item, label: item.label, p: item.p.to_bits(), json }
-    }
-
-    /// The outputs of a fit: its items' (after a warm refit, an item's published output when its
-    /// truth label is the same and its posterior within `live_tolerance` of the published one),
-    /// its annotators' and the scope's. Returns what is published of the items from now on (live;
-    /// else nothing) and the number of items whose output was formed anew.
-    fn outputs(
-        &self,
-        fit: &TruthFit,
-        warm: bool,
-        before: Vec<Published>,
-        names: &impl CategoryNames,
-        out: &mut Vec<TruthOut>,
-    ) -> (Vec<Published>, usize) {
-        let label = |id: LabelId| JsonLabel(names.name(id));
-        let hold = warm && self.tolerance > 0.0;
-        let mut before = before.into_iter().peekable();
-        let mut published = Vec::with_capacity(if self.live { fit.items().len() } else { 0 });
-        let mut formed = 0;
-        for item in fit.items() {
-            // Both ascend by item: skip the items that lost their labels.
-            while before.next_if(|p| p.item < item.item).is_some() {}
-            let previous = before.next_if(|p| p.item == item.item).filter(|p| {
-                hold && p.label == item.label && within(&p.posterior, &item.posterior, self.tolerance)
-            });
-            match previous {
-                Some(previous) => {
-                    out.push(previous.out.clone());
-                    published.push(previous);
-                }
-                None => {
-                    formed += 1;
-                    let output = self.item_output(&item, names);
-                    if self.live {
-                        let ItemTruth { item, label, posterior, .. } = item;
-                        published.push(Published { item, label, posterior, out: output.clone() });
-                    }
-                    out.push(output);
-                }
-            }
-        }
-        for confusion in fit.annotators() {
-            let cells: Vec<Cell> = confusion
-                .cells
-                .iter()
-                .map(|c| Cell { observed: label(c.observed), truth: label(c.truth), p: c.p })
-                .collect();
-            let json = serde_json::to_vec(&cells).expect("a confusion matrix serialises");
-            out.push(TruthOut::Annotator { scope: self.scope, annotator: confusion.annotator, json });
-        }
-        let object = ScopeTruthObject {
-            priors: fit.priors().map(|(l, p)| Prob { label: label(l), p }).collect(),
-            iterations: fit.iterations(),
-        };
-        let json = serde_json::to_vec(&object).expect("priors serialise");
-        out.push(TruthOut::Scope { scope: self.scope, json });
-        (published, formed)
-    }
+    /// Live: the item truths waiting to be published, in order, and their count for the engine.
+    pub(crate) staged: VecDeque<ItemChange>,
+    pub backlog: TruthBacklog,
 }
 
 impl Keyed for TruthLogic {
@@ -358,6 +224,7 @@ impl Keyed for TruthLogic {
         let started = Instant::now();
         let (labels, gold) = self.snapshot(s);
         if labels.is_empty() {
+            self.unpublish(s);
             return;
         }
         let order = |a: &LabelId, b: &LabelId| names.labels.get(*a).spec_cmp(names.labels.get(*b));
@@ -369,6 +236,7 @@ impl Keyed for TruthLogic {
             Ok(fitted) => fitted,
             Err(error) => {
                 tracing::error!(%error, scope, "truth not fitted");
+                self.unpublish(s);
                 return;
             }
         };
@@ -382,6 +250,20 @@ impl Keyed for TruthLogic {
             background: false,
         };
         self.finish_fit(scope, fitted, fit, s, names, out);
+    }
+
+    /// Live: the item truths waiting, in order, at most [`PUBLISH_PER_EPOCH`] in this epoch.
+    fn drain(&mut self, emit: &mut dyn FnMut(TruthOut, Diff)) {
+        let n = self.staged.len().min(PUBLISH_PER_EPOCH);
+        for change in self.staged.drain(..n) {
+            if let Some(old) = change.retract {
+                emit(old, -1);
+            }
+            if let Some(new) = change.insert {
+                emit(new, 1);
+            }
+        }
+        self.backlog.sub(n);
     }
 
     fn touched(&mut self, _: &ScopeId, s: &ScopeLabels, _: &Catalog) -> bool {
@@ -407,7 +289,7 @@ impl Keyed for TruthLogic {
         }
         let gold = s.gold.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
         let warm = if s.dirty { s.warm.take() } else { None };
-        let (log, published) = (std::mem::take(&mut s.log), std::mem::take(&mut s.published));
+        let (log, published) = (std::mem::take(&mut s.log), Arc::clone(&s.published));
         match Refit::start(log, gold, names, self.options(), warm, self.forming(scope), published) {
             Ok(refit) => {
                 s.refit = Some(refit);
@@ -417,7 +299,7 @@ impl Keyed for TruthLogic {
             }
             Err(refused) => {
                 tracing::warn!(error = %refused.error, scope, "no thread for the refit; refitting in place");
-                (s.log, s.warm, s.published) = (refused.log, refused.warm, refused.published);
+                (s.log, s.warm) = (refused.log, refused.warm);
                 false
             }
         }
@@ -474,7 +356,7 @@ impl TruthLogic {
 
     /// Takes a finished background refit's log back (the updates since it started go after it)
     /// and its outputs.
-    fn collect(&self, scope: ScopeId, refit: Refit, s: &mut ScopeLabels, out: &mut Vec<TruthOut>) {
+    fn collect(&mut self, scope: ScopeId, refit: Refit, s: &mut ScopeLabels, out: &mut Vec<TruthOut>) {
         let (warm, started) = (refit.warm, refit.started);
         s.last = Some(Instant::now());
         let done = match refit.join() {
@@ -482,6 +364,7 @@ impl TruthLogic {
             Err(error) => {
                 // Not reached: the refit's own work catches its panics and gives the log back.
                 tracing::error!(%error, scope, "the scope's labels are lost to its truth; restart the service");
+                self.unpublish(s);
                 return;
             }
         };
@@ -490,14 +373,15 @@ impl TruthLogic {
         s.log = log;
         let formed = match done.formed {
             Ok(Some(formed)) => formed,
-            Ok(None) => return,
+            Ok(None) => return self.unpublish(s),
             Err(error) => {
                 tracing::error!(%error, scope, "truth not refitted");
-                return;
+                return self.unpublish(s);
             }
         };
         out.extend(formed.out);
-        s.published = formed.published;
+        s.published = Arc::new(formed.published);
+        self.stage(formed.changes);
         s.warm = Some(formed.warm);
         s.warm_fit = warm;
         s.cost = done.gathered + done.fit_time + formed.outputs_time;
@@ -535,6 +419,19 @@ impl TruthLogic {
         (labels, gold)
     }
 
+    /// Live: queues changes of item truths, to be published in order ([`Keyed::drain`]).
+    fn stage(&mut self, changes: Vec<ItemChange>) {
+        self.backlog.add(changes.len());
+        self.staged.extend(changes);
+    }
+
+    /// Live: retracts every item truth the scope has published (it has no live label, or its
+    /// fit failed: its other outputs go too, as it derives none).
+    fn unpublish(&mut self, s: &mut ScopeLabels) {
+        let published = std::mem::take(&mut s.published);
+        self.stage(retract_all(&published));
+    }
+
     fn forming(&self, scope: ScopeId) -> Forming {
         Forming {
             scope,
@@ -550,7 +447,7 @@ impl TruthLogic {
 
     /// The outputs of a finished fit, its log line, and (live) where the next one starts.
     fn finish_fit(
-        &self,
+        &mut self,
         scope: ScopeId,
         fitted: TruthFit,
         fit: Fit,
@@ -559,9 +456,10 @@ impl TruthLogic {
         out: &mut Vec<TruthOut>,
     ) {
         let formed_at = Instant::now();
-        let before = std::mem::take(&mut s.published);
-        let (published, items) = self.forming(scope).outputs(&fitted, fit.warm, before, names, out);
-        s.published = published;
+        let outputs = self.forming(scope).outputs(&fitted, fit.warm, &s.published, names, out);
+        s.published = Arc::new(outputs.published);
+        self.stage(outputs.changes);
+        let items = outputs.formed;
         let outputs = formed_at.elapsed();
         fit.log(scope, fitted.iterations(), items, outputs);
         if self.refresh.is_some() {

@@ -94,6 +94,8 @@ pub fn derive<'s>(
         threads,
         item_json: records,
         once: emit == Emit::Final,
+        staged: Default::default(),
+        backlog: config.truth_backlog.clone(),
     };
     // With truth off (`truth.enabled = false`) the truth operator gets no rows: it fits nothing
     // and forms nothing, so its outputs below are empty.

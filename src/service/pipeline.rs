@@ -224,7 +224,9 @@ impl<'a> Pipeline<'a> {
     /// while the service is behind). In a cluster the other processes' input is not visible
     /// here, so an epoch is also closed every `CLUSTER_TICK` (an empty epoch costs a round of
     /// progress messages); and, idle, every `truth.refresh_ms`, so that a scope's due truth
-    /// refit (the cold one that makes it the report's) happens without new input.
+    /// refit (the cold one that makes it the report's) happens without new input, or at once
+    /// while item truths wait to be published (a few hundred per worker and epoch:
+    /// [`labelqc_dataflows::engine::Engine::truth_backlog`]).
     fn maybe_close(&mut self) -> Result<()> {
         if self.in_flight() >= self.config.engine.max_epochs_in_flight {
             return Ok(());
@@ -233,8 +235,10 @@ impl<'a> Pipeline<'a> {
         let full = self.feeds.full();
         let since = self.last_close.elapsed();
         let old = since >= Duration::from_millis(self.config.kafka.epoch_interval_ms);
-        // Idle, an empty epoch every `truth.refresh_ms` lets due truth refits happen.
-        let truth_tick = since >= Duration::from_millis(self.config.truth.refresh_ms);
+        // Idle, an empty epoch every `truth.refresh_ms` lets due truth refits happen, and one at
+        // once lets waiting item truths out.
+        let truth_tick =
+            since >= Duration::from_millis(self.config.truth.refresh_ms) || self.engine.truth_backlog() > 0;
         let input = open > 0 || (self.cluster && since >= CLUSTER_TICK) || truth_tick;
         if !input || !(self.unpublished.is_empty() || full || old) {
             return Ok(());

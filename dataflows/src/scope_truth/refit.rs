@@ -12,12 +12,13 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use foldhash::fast::RandomState;
 
-use super::{CategoryNames, FitLabel, Forming, LabelLog, Published, TruthOut};
+use super::{CategoryNames, FitLabel, Forming, ItemChange, LabelLog, Published, TruthOut};
 use crate::label::{Label, LabelId};
 use crate::source::{Catalog, ItemId};
 use crate::truth::{fit, FitOptions, WarmStart};
@@ -73,8 +74,10 @@ pub(super) struct Done {
 /// A refit's outputs.
 pub(super) struct Formed {
     pub out: Vec<TruthOut>,
-    /// The items' outputs as published from now on, and how many were formed anew.
+    /// The items' outputs as published from now on, the changes of their published ones, and
+    /// how many were formed anew.
     pub published: Vec<Published>,
+    pub changes: Vec<ItemChange>,
     pub items_formed: usize,
     pub labels: usize,
     pub iterations: u32,
@@ -99,19 +102,19 @@ impl Refit {
         options: FitOptions,
         warm: Option<WarmStart>,
         forming: Forming,
-        published: Vec<Published>,
+        published: Arc<Vec<Published>>,
     ) -> Result<Refit, Box<Refused>> {
         let started = Instant::now();
         let categories = categories(&log, &gold, names);
         let is_warm = warm.is_some();
-        // The log, warm start and published outputs go to the thread once it runs, so that they
-        // are still here if the system refuses it.
-        let (give, take) = std::sync::mpsc::channel::<(LabelLog, Option<WarmStart>, Vec<Published>)>();
+        // The log and the warm start go to the thread once it runs, so that they are still here if
+        // the system refuses it. It reads the published outputs, which the worker keeps.
+        let (give, take) = std::sync::mpsc::channel::<(LabelLog, Option<WarmStart>)>();
         let spawned = std::thread::Builder::new().name("labelqc-refit".into()).spawn(move || {
-            let (mut log, warm, published) = take.recv().expect("the worker sends the refit its input");
+            let (mut log, warm) = take.recv().expect("the worker sends the refit its input");
             run_behind_the_workers();
             let work = AssertUnwindSafe(|| {
-                refit(&mut log, &gold, &categories, &options, warm.as_ref(), forming, published)
+                refit(&mut log, &gold, &categories, &options, warm.as_ref(), forming, &published)
             });
             let (formed, gathered, fit_time) = std::panic::catch_unwind(work).unwrap_or_else(|panic| {
                 let cause = crate::panic_message(panic.as_ref()).unwrap_or("a panic");
@@ -121,10 +124,10 @@ impl Refit {
         });
         match spawned {
             Ok(thread) => {
-                give.send((log, warm, published)).expect("the refit thread waits for its input");
+                give.send((log, warm)).expect("the refit thread waits for its input");
                 Ok(Refit { thread, warm: is_warm, started })
             }
-            Err(error) => Err(Box::new(Refused { error, log, warm, published })),
+            Err(error) => Err(Box::new(Refused { error, log, warm })),
         }
     }
 
@@ -147,7 +150,6 @@ pub(super) struct Refused {
     pub error: std::io::Error,
     pub log: LabelLog,
     pub warm: Option<WarmStart>,
-    pub published: Vec<Published>,
 }
 
 /// The refit's work: consolidate, fit, form the outputs.
@@ -158,7 +160,7 @@ fn refit(
     options: &FitOptions,
     warm: Option<&WarmStart>,
     forming: Forming,
-    published: Vec<Published>,
+    published: &[Published],
 ) -> (Result<Option<Formed>, String>, Duration, Duration) {
     let start = Instant::now();
     // A sorted run (the labels as of the last fit) and the updates since: a stable sort finds
@@ -178,14 +180,14 @@ fn refit(
     let fit_time = start.elapsed() - gathered;
     let formed_at = Instant::now();
     let mut out = Vec::new();
-    let (published, items_formed) =
-        forming.outputs(&fitted, warm.is_some(), published, &categories.names, &mut out);
+    let outputs = forming.outputs(&fitted, warm.is_some(), published, &categories.names, &mut out);
     let outputs_time = formed_at.elapsed();
     let iterations = fitted.iterations();
     let formed = Formed {
         out,
-        published,
-        items_formed,
+        published: outputs.published,
+        changes: outputs.changes,
+        items_formed: outputs.formed,
         labels: labels.len(),
         iterations,
         warm: fitted.into_warm_start(),
@@ -255,7 +257,7 @@ mod tests {
         let order = |a: &LabelId, b: &LabelId| catalog.labels.get(*a).spec_cmp(catalog.labels.get(*b));
         let in_place: TruthFit = fit(&labels, &gold, order, &options, None).unwrap();
         let mut expected = Vec::new();
-        let _ = forming.outputs(&in_place, false, Vec::new(), &catalog, &mut expected);
+        let outputs = forming.outputs(&in_place, false, &[], &catalog, &mut expected);
 
         // The log as the worker keeps it: a run, then a relabel's retraction and insertion, and a
         // label added and deleted.
@@ -265,10 +267,13 @@ mod tests {
         log.push(((item, annotator, label), 1));
         log.push(((99, 0, label), 1));
         log.push(((99, 0, label), -1));
-        let refit = Refit::start(log, gold, &catalog, options, None, forming, Vec::new()).ok().unwrap();
+        let refit = Refit::start(log, gold, &catalog, options, None, forming, Arc::default()).ok().unwrap();
         let done = refit.join().unwrap();
         let formed = done.formed.unwrap().unwrap();
         assert_eq!(formed.out, expected);
+        // Live, every item's truth is a change to publish: an insertion, as none was published.
+        assert_eq!(formed.changes.len(), 40);
+        assert_eq!(formed.changes, outputs.changes);
         assert_eq!(formed.iterations, in_place.iterations());
         assert_eq!(formed.labels, labels.len());
         let consolidated: LabelLog = labels.iter().map(|&l| (l, 1)).collect();
@@ -281,9 +286,10 @@ mod tests {
         let (labels, _) = scope(&mut catalog);
         let log: LabelLog = vec![(labels[0], 1), (labels[0], -1)];
         let forming = Forming { scope: 7, item_json: true, tolerance: 0.0, live: true };
-        let refit = Refit::start(log, Vec::new(), &catalog, FitOptions::default(), None, forming, Vec::new())
-            .ok()
-            .unwrap();
+        let refit =
+            Refit::start(log, Vec::new(), &catalog, FitOptions::default(), None, forming, Arc::default())
+                .ok()
+                .unwrap();
         let done = refit.join().unwrap();
         assert!(done.formed.unwrap().is_none());
         assert!(done.log.is_empty());

@@ -307,3 +307,29 @@ fn live_with_truth_off_fits_nothing_and_trust_still_follows_the_gates() {
     assert_eq!(run.item("t")["route"], "needs_labels");
     assert_eq!(run.item("q0")["route"], "settled", "a gold item settles");
 }
+
+#[test]
+fn live_item_truths_are_published_at_most_a_bound_per_epoch_and_in_full() {
+    use crate::scope_truth::PUBLISH_PER_EPOCH;
+    let items = PUBLISH_PER_EPOCH + 100;
+    let mut lines = Vec::new();
+    for item in 0..items {
+        for (who, label) in [("a", "x"), ("b", if item % 3 == 0 { "y" } else { "x" }), ("c", "y")] {
+            lines.push(format!(r#"{{"item_id":"i{item}","annotator_id":"{who}","label":"{label}","ts":0}}"#));
+        }
+    }
+    let refresh = std::time::Duration::from_secs(3600);
+    let mut run = Run::with(EngineConfig { truth_refresh: Some(refresh), ..config(Emit::Changes, 1) });
+    let with_truth = |run: &Run| item_truths(run).values().filter(|truth| !truth.is_null()).count();
+    // The scope's first fit, in place: its items' truths come out in this epoch up to the bound,
+    // and the rest wait for the next epoch, empty or not.
+    run.epoch(&lines, &[]);
+    assert_eq!(item_truths(&run).len(), items, "every item has its record");
+    assert_eq!(with_truth(&run), PUBLISH_PER_EPOCH);
+    assert_eq!(run.engine.truth_backlog(), 100);
+    run.epoch(&[], &[]);
+    assert_eq!(with_truth(&run), items);
+    assert_eq!(run.engine.truth_backlog(), 0);
+    // That fit was cold, from every label: the records are the report's.
+    assert_eq!(run.finish(), report(&lines, &[], 1));
+}
