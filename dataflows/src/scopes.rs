@@ -79,8 +79,7 @@ impl Basis {
     ) -> (ScopeId, Day) {
         match *self {
             Basis::Gold { scope, day, answers, errors } => {
-                let gold = &mut inputs.entry(scope).or_default().gold_days;
-                add(gold, day, [answers * diff, errors * diff]);
+                inputs.entry(scope).or_default().gold_days.add(day, [answers * diff, errors * diff]);
                 (scope, day)
             }
             Basis::Speed { scope, day, bucket, count } => {

@@ -12,9 +12,9 @@ pub struct AnnotatorInputs {
     pub mix: BTreeMap<(Day, LabelId), [i64; 2]>,
     /// `(day, duration bucket) -> [labels]`.
     pub speed: BTreeMap<(Day, u16), [i64; 1]>,
-    /// Gold answers per day: `day -> [answers, errors]` (the answers themselves go to the gates,
+    /// Gold answers per day (the answers themselves go to the gates,
     /// [`crate::gates::GoldAnswerLogic`]).
-    pub gold_days: BTreeMap<Day, [i64; 2]>,
+    pub gold_days: GoldDays,
     /// `day -> [left, right, ties]`: comparisons (preference events) by the side chosen.
     pub sides: BTreeMap<Day, [i64; 3]>,
 }
@@ -31,7 +31,7 @@ impl AnnotatorInputs {
     /// Adds `m` gold answers given at `ts_ms`, right or not.
     pub fn add_gold(&mut self, ts_ms: i64, correct: bool, m: i64) {
         let day = ts_ms.div_euclid(DAY_MS) as Day;
-        crate::scopes::add(&mut self.gold_days, day, [m, if correct { 0 } else { m }]);
+        self.gold_days.add(day, [m, if correct { 0 } else { m }]);
     }
 
     /// The days with any input, ascending. Each map is ordered by day first, so each gives its
@@ -63,10 +63,48 @@ impl AnnotatorInputs {
 /// re-evaluating every annotator.
 #[derive(Clone, Debug, Default)]
 pub struct ScopeInputs {
-    /// Pooled gold answers per day: `day -> [answers, errors]`.
-    pub gold_days: BTreeMap<Day, [i64; 2]>,
+    /// Pooled gold answers per day.
+    pub gold_days: GoldDays,
     /// All timed labels of the scope per day and duration bucket.
     pub speed: BTreeMap<(Day, u16), [i64; 1]>,
+}
+
+/// Gold answers per day, `day -> [answers, errors]`, with their running sums ([`DaySums`]),
+/// formed when first read after a change: a gold reading sums weeks of them on every day it reads,
+/// and every annotator of a scope reads the scope's, which a re-evaluation of each annotator formed
+/// again. Changed only through [`GoldDays::add`] and [`GoldDays::insert`], which drop the sums.
+#[derive(Clone, Debug, Default)]
+pub struct GoldDays {
+    by_day: BTreeMap<Day, [i64; 2]>,
+    sums: std::cell::OnceCell<DaySums>,
+}
+
+impl GoldDays {
+    /// Adds `[answers, errors]` to `day` (a day back at zero is removed).
+    pub fn add(&mut self, day: Day, answers_errors: [i64; 2]) {
+        crate::scopes::add(&mut self.by_day, day, answers_errors);
+        self.sums.take();
+    }
+
+    /// Sets `day` to `[answers, errors]`.
+    pub fn insert(&mut self, day: Day, answers_errors: [i64; 2]) {
+        self.by_day.insert(day, answers_errors);
+        self.sums.take();
+    }
+
+    /// `day -> [answers, errors]`, ascending by day.
+    pub fn by_day(&self) -> &BTreeMap<Day, [i64; 2]> {
+        &self.by_day
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_day.is_empty()
+    }
+
+    /// The running sums, formed on the first read since the last change.
+    pub(super) fn sums(&self) -> &DaySums {
+        self.sums.get_or_init(|| DaySums::new(&self.by_day))
+    }
 }
 
 /// A duration histogram `bucket -> labels`, dense by bucket (a `u32` of milliseconds reaches
@@ -187,7 +225,7 @@ impl<'a> SlidingTiming<'a> {
 
 /// Per-day `[answers, errors]` as running sums, so that the sum over any range of days takes two
 /// binary searches: a gold reading sums weeks of them, on every day it reads.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct DaySums {
     days: Vec<Day>,
     /// `running[i]`: the sum over `days[..i]`.

@@ -428,7 +428,7 @@ fn gold_baseline_period(config: &DriftConfig, day: Day) -> std::ops::RangeInclus
 pub fn reads_scope_gold_of(config: &DriftConfig, scope: &ScopeInputs, day: Day, changed: Day) -> bool {
     let period = gold_baseline_period(config, day);
     period.contains(&changed)
-        || (changed < day && sum_range(&scope.gold_days, period)[0] < config.gold_baseline_min_answers)
+        || (changed < day && scope.gold_days.sums().sum(period)[0] < config.gold_baseline_min_answers)
 }
 
 #[cfg(test)]

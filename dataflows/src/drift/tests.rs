@@ -9,9 +9,7 @@ fn gold_inputs(days: impl IntoIterator<Item = (Day, i64, i64)>) -> (AnnotatorInp
         for i in 0..n {
             a.add_gold(i64::from(day) * DAY_MS + i, i >= errors, 1);
         }
-        let e = s.gold_days.entry(day).or_default();
-        e[0] += n;
-        e[1] += errors;
+        s.gold_days.add(day, [n, errors]);
     }
     (a, s)
 }

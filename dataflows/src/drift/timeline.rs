@@ -129,8 +129,8 @@ fn evaluate_reusing(
     reuse: Option<(&Timeline, Reread<'_>)>,
     mut previous_current: Vec<(Signal, SignalReport)>,
 ) -> Timeline {
-    let gold_days = &inputs.gold_days;
-    let (own_gold, scope_gold) = (DaySums::new(gold_days), DaySums::new(&scope.gold_days));
+    let gold_days = inputs.gold_days.by_day();
+    let (own_gold, scope_gold) = (inputs.gold_days.sums(), scope.gold_days.sums());
     // Days after this one read too-fast again (every day in a full evaluation).
     let too_fast_after = match reuse {
         None => Some(Day::MIN),
@@ -145,8 +145,8 @@ fn evaluate_reusing(
         config,
         label_name,
         inputs,
-        gold_days: &own_gold,
-        scope_gold_days: &scope_gold,
+        gold_days: own_gold,
+        scope_gold_days: scope_gold,
         speed: speed
             .as_deref()
             .map(|s| std::cell::RefCell::new([SlidingTiming::new(s), SlidingTiming::new(s)])),
