@@ -455,8 +455,8 @@ impl TruthLogic {
     /// Live: retracts every item truth the scope has published (it has no live label, or its
     /// fit failed: its other outputs go too, as it derives none).
     fn unpublish(&mut self, s: &mut ScopeLabels) {
-        let published = std::mem::take(&mut s.published);
-        self.stage(retract_all(&published));
+        self.stage(retract_all(&s.published));
+        Self::publish(s, Vec::new());
     }
 
     fn forming(&self, scope: ScopeId) -> Forming {

@@ -66,9 +66,16 @@ pub(crate) struct ItemChange {
     pub(super) insert: Option<TruthOut>,
 }
 
+impl ItemChange {
+    /// The retraction of an item that has no truth any more.
+    fn gone(published: &Published) -> ItemChange {
+        ItemChange { retract: Some(published.out.clone()), insert: None }
+    }
+}
+
 /// The changes that retract every item of `published`.
 pub(super) fn retract_all(published: &[Published]) -> Vec<ItemChange> {
-    published.iter().map(|p| ItemChange { retract: Some(p.out.clone()), insert: None }).collect()
+    published.iter().map(ItemChange::gone).collect()
 }
 
 /// What a fit's outputs are, beside the annotators' and the scope's.
@@ -185,7 +192,7 @@ impl Forming {
         for item in fit.items() {
             // Both ascend by item: the items that lost their labels are retracted.
             while let Some(gone) = before.next_if(|p| p.item < item.item) {
-                changes.push(ItemChange { retract: Some(gone.out.clone()), insert: None });
+                changes.push(ItemChange::gone(gone));
             }
             let previous = before.next_if(|p| p.item == item.item);
             if let Some(previous) = previous.filter(|p| {
@@ -207,9 +214,7 @@ impl Forming {
             }
             published.push(Published { item, label, posterior, out: output });
         }
-        for gone in before {
-            changes.push(ItemChange { retract: Some(gone.out.clone()), insert: None });
-        }
+        changes.extend(before.map(ItemChange::gone));
         for confusion in fit.annotators() {
             let cells: Vec<Cell> = confusion
                 .cells
