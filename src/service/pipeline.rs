@@ -219,10 +219,12 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Closes the open epoch on every worker if the pipeline can take it: fewer than
-    /// `max_epochs_in_flight` epochs in flight, some input read, and either nothing unpublished (so epochs stay small while the service keeps up),
-    /// or a worker's open epoch full, or `epoch_interval_ms` since the last close (so epochs grow
-    /// while the service is behind). In a cluster the other processes' input is not visible
-    /// here, so an epoch is also closed every `CLUSTER_TICK` (an empty epoch costs a round of
+    /// `max_epochs_in_flight` epochs in flight, some input read, and either the dataflows free
+    /// (every closed epoch complete: the next one then runs while the last is published, and
+    /// epochs stay small while the service keeps up), or a worker's open epoch full, or
+    /// `epoch_interval_ms` since the last close (so epochs grow while the service is behind). In
+    /// a cluster the other processes' input is not visible here, so an epoch is also closed
+    /// every `CLUSTER_TICK` (an empty epoch costs a round of
     /// progress messages); and, idle, every `truth.refresh_ms`, so that a scope's due truth
     /// refit (the cold one that makes it the report's) happens without new input, or at once
     /// while item truths wait to be published (a few hundred per worker and epoch:
@@ -240,7 +242,8 @@ impl<'a> Pipeline<'a> {
         let truth_tick =
             since >= Duration::from_millis(self.config.truth.refresh_ms) || self.engine.truth_backlog() > 0;
         let input = open > 0 || (self.cluster && since >= CLUSTER_TICK) || truth_tick;
-        if !input || !(self.unpublished.is_empty() || full || old) {
+        let idle = self.engine.completed() >= self.engine.submitted();
+        if !input || !(idle || full || old) {
             return Ok(());
         }
         self.close(open)
@@ -491,8 +494,9 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// One turn of the loop: commits (of what the delivery reports say is delivered), publishing,
-    /// closing epochs.
+    /// One turn of the loop: commits (of what the delivery reports say is delivered), closing
+    /// epochs (before publishing, so that the next epoch runs in the dataflows while the last
+    /// one's outputs are formed and sent), publishing.
     pub fn turn(&mut self) -> Result<()> {
         self.drift_metrics.refresh(self.telemetry);
         self.retire_delivered()?;
@@ -500,10 +504,10 @@ impl<'a> Pipeline<'a> {
             // A later process's workers stop when the first process finishes ([`Self::publish_share`]).
             self.engine.check()?;
         }
-        self.publish_completed()?;
         if self.coordinator() {
             self.maybe_close()?;
         }
+        self.publish_completed()?;
         self.ready.store(self.caught_up && self.connectivity.is_up(), Ordering::SeqCst);
         // Wait briefly: neither the workers' progress nor delivery reports (the producer's thread
         // serves them) wake this thread, and this bounds how late it notices them.
