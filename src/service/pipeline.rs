@@ -23,8 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, Context, Result};
 use labelqc_dataflows::engine::{Engine, EpochOutput};
 use labelqc_dataflows::records::{into_new_values, Entity, RecordKey, Records};
@@ -300,8 +298,10 @@ impl<'a> Pipeline<'a> {
             return Ok(());
         }
         let mut input = Input::default();
-        // Each key's value after the group's epochs (`None`: gone).
-        let mut changed: BTreeMap<RecordKey, Option<Vec<u8>>> = BTreeMap::new();
+        // Each key's value after the group's epochs (`None`: gone), in key order. An epoch's
+        // records come sorted by key, so a group of one epoch needs no sorting.
+        let mut changed: Vec<(RecordKey, Option<Vec<u8>>)> = Vec::new();
+        let mut changed_epochs = 0;
         for output in outputs {
             let EpochOutput { records, metrics, reports, .. } = output;
             for meta in &reports {
@@ -319,6 +319,13 @@ impl<'a> Pipeline<'a> {
                 continue;
             }
             changed.extend(into_new_values(records));
+            changed_epochs += 1;
+        }
+        if changed_epochs > 1 {
+            // Later epochs first, then a stable sort: a key's first entry is its newest value.
+            changed.reverse();
+            changed.sort_by(|(a, _), (b, _)| a.cmp(b));
+            changed.dedup_by(|(later, _), (kept, _)| later == kept);
         }
         if !self.coordinator() {
             // The coordinator publishes the refused records.

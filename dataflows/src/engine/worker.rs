@@ -82,19 +82,26 @@ fn same_settings_everywhere(
     true
 }
 
-/// Sends a batch of the first worker's output to the sink, one message per epoch in it.
-fn send_batch<D: Clone>(
+/// Sends a batch of the first worker's output to the sink, one message per epoch in it. The
+/// batch's records are moved out, not copied.
+fn send_batch<D>(
     sink: &Sender<WorkerEvent>,
-    batch: &[(D, Time, Diff)],
+    batch: &mut Vec<(D, Time, Diff)>,
     event: fn(Time, Vec<(D, Diff)>) -> WorkerEvent,
 ) {
-    let mut rest = batch;
-    while let Some((_, time, _)) = rest.first() {
-        let len = rest.iter().take_while(|(_, t, _)| t == time).count();
-        let data = rest[..len].iter().map(|(d, _, diff)| (d.clone(), *diff)).collect();
-        // The engine may be gone (dropped without finishing); nothing then needs the output.
-        let _ = sink.send(event(*time, data));
-        rest = &rest[len..];
+    let mut epoch = None;
+    let mut data = Vec::new();
+    for (d, time, diff) in batch.drain(..) {
+        if epoch != Some(time) {
+            if let Some(done) = epoch.replace(time) {
+                // The engine may be gone (dropped without finishing); nothing then needs the output.
+                let _ = sink.send(event(done, std::mem::take(&mut data)));
+            }
+        }
+        data.push((d, diff));
+    }
+    if let Some(done) = epoch {
+        let _ = sink.send(event(done, data));
     }
 }
 
@@ -163,23 +170,33 @@ pub(super) fn run_worker(
                         }
                         None => records.exchange(|_| 0),
                     };
+                    // An operator that ships what it takes: its (empty) output is probed, so an
+                    // epoch completes only once its records are with the sink.
                     records
-                        .inspect_core(move |event| {
-                            if let Ok((_, batch)) = event {
-                                send_batch(&sink, batch, WorkerEvent::Records);
-                            }
-                        })
+                        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                            Pipeline,
+                            "ShipRecords",
+                            |_, _| {
+                                move |input, _| {
+                                    input.for_each(|_, batch| send_batch(&sink, batch, WorkerEvent::Records))
+                                }
+                            },
+                        )
                         .probe_with(&probe);
                     let sink = events.clone();
                     output
                         .metrics
                         .inner
                         .exchange(|_| 0)
-                        .inspect_core(move |event| {
-                            if let Ok((_, batch)) = event {
-                                send_batch(&sink, batch, WorkerEvent::Metrics);
-                            }
-                        })
+                        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                            Pipeline,
+                            "ShipMetrics",
+                            |_, _| {
+                                move |input, _| {
+                                    input.for_each(|_, batch| send_batch(&sink, batch, WorkerEvent::Metrics))
+                                }
+                            },
+                        )
                         .probe_with(&probe);
                 }
                 Emit::Final => {
