@@ -4,7 +4,8 @@
 //!    cluster and data;
 //! 2. sustained throughput of the real `labelqc run` binary, Kafka to Kafka (all outputs
 //!    delivered and offsets committed), over a backlog of the same events (what a restart
-//!    rebuilds from), and the service's resident memory once it holds them all, per live label;
+//!    rebuilds from), the service's CPU time for it per event (steadier than throughput on a
+//!    shared machine), and its resident memory once it holds them all, per live label;
 //! 3. freshness at a fixed input rate (20,000 events/s unless `--rate N`): the service's own
 //!    p50/p99 of the time from a message's Kafka timestamp to the delivery of the outputs it
 //!    changed.
@@ -48,6 +49,17 @@ fn partitions() -> i32 {
 }
 
 struct Service(Child, String);
+
+/// The CPU time a process has used, user and system, in seconds (Linux: `/proc/PID/stat`, in
+/// clock ticks of 10 ms; the service's own metric counts whole seconds).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses: utime and stime are the 12th
+    // and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = rest.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
 
 impl Drop for Service {
     fn drop(&mut self) {
@@ -264,9 +276,10 @@ fn main() {
     let processes = start_service(&brokers, "bench-backlog", config_dir.path());
     let service = &processes[0];
     // Time from the first message seen, as for the ceiling: process start-up is not throughput.
-    let start = loop {
+    let cpu = || cpu_seconds(service.0.id());
+    let (start, cpu_start) = loop {
         if processes.iter().any(|p| sample(&metrics(&p.1), "labelqc_events_total{") > 0.0) {
-            break Instant::now();
+            break (Instant::now(), cpu());
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -274,6 +287,8 @@ fn main() {
     let throughput = labels.len() as f64 / (done - start).as_secs_f64();
     eprintln!("backlog of {} processed in {:?}", labels.len(), done - start);
     let m = metrics(&service.1);
+    // CPU time per event moves less than throughput with what else runs on the machine.
+    let cpu_used = cpu() - cpu_start;
     let pipeline = pipeline_stats(&m);
     // What the service holds once it has every label: resident memory over live labels, and that
     // of each process of a cluster.
@@ -292,6 +307,12 @@ fn main() {
     println!("| labelqc run, Kafka to Kafka, {shape} | {throughput:.0} |");
     println!("| ratio | {:.0}% |\n", 100.0 * throughput / ceiling);
     println!("{pipeline}\n");
+    if arg("--processes", 1) == 1 {
+        println!(
+            "service CPU for the backlog: {cpu_used:.2} s, {:.1} µs per event (process 0)\n",
+            cpu_used * 1e6 / labels.len() as f64
+        );
+    }
     println!(
         "memory after the backlog: {:.0} MiB resident, {live:.0} live labels, {:.0} bytes per live label \
          (process 0)\n",
