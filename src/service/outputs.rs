@@ -22,11 +22,14 @@ use labelqc_dataflows::dataflow::Diff;
 use labelqc_dataflows::drift::{rfc3339, Gate};
 use labelqc_dataflows::gates::{gate_records_since, GateRecord, PublishedGate};
 use labelqc_dataflows::label::stable_id;
-use labelqc_dataflows::records::{new_values, Entity, Record, RecordKey, Records};
+use labelqc_dataflows::records::{new_values, Entity, Record, RecordKey};
 use labelqc_dataflows::source::window_size_name;
 
 use crate::api::{Kind, Store};
 use crate::config::OutputTopics;
+
+mod reconcile;
+pub use reconcile::reconcile;
 
 /// The output topics of spec section 4, as the configuration names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -395,13 +398,14 @@ impl Published {
     /// Whether `record` changes what its topic holds; if so, records it as held. A record that
     /// repeats the held value (or tombstones a key the topic does not hold) need not be sent.
     pub fn observe(&mut self, record: &Message) -> bool {
-        let k = (record.topic, stable_id(record.key.as_bytes()));
-        match &record.value {
-            Some(value) => {
-                let hash = value_hash(record.topic, value);
-                self.values.insert(k, hash) != Some(hash)
-            }
-            None => self.values.remove(&k).is_some(),
+        self.observe_hashed(Hashed::of(record))
+    }
+
+    /// [`Published::observe`] of a message whose hashes are formed.
+    fn observe_hashed(&mut self, hashed: Hashed) -> bool {
+        match hashed.value {
+            Some(hash) => self.values.insert(hashed.key, hash) != Some(hash),
+            None => self.values.remove(&hashed.key).is_some(),
         }
     }
 
@@ -466,47 +470,26 @@ pub fn record_key(record: &Message) -> (OutputTopic, u64) {
     (record.topic, stable_id(record.key.as_bytes()))
 }
 
+/// What [`Published`] keeps of a message: its topic and key's hash, and its value's (`None`: a
+/// tombstone).
+#[derive(Clone, Copy)]
+struct Hashed {
+    key: (OutputTopic, u64),
+    value: Option<u64>,
+}
+
+impl Hashed {
+    fn of(record: &Message) -> Hashed {
+        Hashed {
+            key: record_key(record),
+            value: record.value.as_deref().map(|v| value_hash(record.topic, v)),
+        }
+    }
+}
+
 /// A gate record's value, read back.
 pub fn gate_of(value: &[u8]) -> Option<Gate> {
     serde_json::from_slice(value).ok()
-}
-
-/// The whole state (`current`, every record) as its difference from what the topics hold: the
-/// messages that change what their topic holds (each message of the state is also passed to
-/// `on_current`), the tombstones of entities the topics hold and the state lacks, and the gate
-/// records of every decision the gating topic has not seen.
-pub fn reconcile(
-    published: &mut Published,
-    current: &Records,
-    updated_at: &str,
-    mut on_current: impl FnMut(&Message),
-) -> (Vec<Message>, GateRecords) {
-    let mut changed = Vec::new();
-    let mut held: HashSet<(OutputTopic, u64), RandomState> = HashSet::default();
-    let mut gates = Vec::new();
-    let mut decided: HashSet<(String, String), RandomState> = HashSet::default();
-    for (key, value) in current.iter() {
-        if let Entity::Gate(annotator) = &key.entity {
-            decided.insert((key.project.to_string(), annotator.to_string()));
-            gates.extend(published.gate_records(&key.project, annotator, gate_of(value).as_ref()));
-            continue;
-        }
-        for message in messages(key, Some(value), updated_at) {
-            held.insert(record_key(&message));
-            on_current(&message);
-            if published.observe(&message) {
-                changed.push(message);
-            }
-        }
-    }
-    changed.extend(published.vanished(&held));
-    // Annotators the gating topic knows who have left their project while the service was down.
-    for (project, name) in published.gate_keys() {
-        if !decided.contains(&(project.clone(), name.clone())) {
-            gates.extend(published.gate_records(&project, &name, None));
-        }
-    }
-    (changed, gates)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //! coordinator commits a group's input offsets only once every process has delivered its epochs. In exactly-once mode the coordinator publishes every record
 //! in its transactions.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +31,7 @@ use rdkafka::producer::Producer;
 
 use super::feed::{EpochMeta, FeedState, Partitions};
 use super::health::{Connectivity, HealthConsumer};
-use super::outputs::{self, gate_of, reconcile, remember, OutputTopic, Published, Share};
+use super::outputs::{self, gate_of, reconcile, remember, GateRecords, OutputTopic, Published, Share};
 use super::producer::{
     excerpt, output_dead_letter, FailedOutput, InputPosition, Publisher, Sent, KEY_EXCERPT_BYTES,
 };
@@ -82,6 +82,15 @@ struct Group {
     first: bool,
     published: Instant,
     warned: Duration,
+}
+
+/// What a group publishes.
+enum Publish {
+    /// The records that changed in its epochs, as messages, and the gate records.
+    Changes { messages: Vec<outputs::Message>, gates: GateRecords },
+    /// The whole state, once a rebuild (started then) has caught up: reconciled with what the
+    /// topics hold as it is sent.
+    State { current: Records, started: Instant },
 }
 
 /// When the drift gauges are set: from the drift summary the dataflows keep, not after every small
@@ -332,7 +341,7 @@ impl<'a> Pipeline<'a> {
             input.dead_letters.clear();
         }
         let updated_at = updated_at();
-        let (messages, gates, first_group) = if self.rebuild.is_some() {
+        let (publish, first_group) = if self.rebuild.is_some() {
             // Nothing is published while rebuilding.
             let caught_up = {
                 let rebuild = self.rebuild.as_mut().expect("rebuilding");
@@ -350,28 +359,10 @@ impl<'a> Pipeline<'a> {
             if let Some(read_back) = self.read_back.take() {
                 self.published = read_back.join().expect("the read-back thread panicked")?;
             }
-            let current = std::mem::take(&mut self.current);
-            let store = &self.store;
-            let (messages, gates) =
-                reconcile(&mut self.published, &current, &updated_at, |message| remember(store, message));
             for (key, value) in self.published.gate_values() {
-                store.apply(Kind::Gates, key, Some(value));
+                self.store.apply(Kind::Gates, key, Some(value));
             }
-            let count = |topic| messages.iter().filter(|r| r.topic == topic && r.value.is_some()).count();
-            tracing::info!(
-                rebuild_ms = rebuild.started.elapsed().as_millis() as u64,
-                scopes = count(OutputTopic::Scopes) + count(OutputTopic::ScopeWindows),
-                annotators = count(OutputTopic::Annotators),
-                pairs = count(OutputTopic::Pairs),
-                items = count(OutputTopic::Items),
-                alerts = count(OutputTopic::Alerts),
-                tombstones = messages.iter().filter(|r| r.value.is_none()).count(),
-                gate_records = gates.len(),
-                "state rebuilt; publishing what changed while the service was down"
-            );
-            // Freeing every record of the state takes a while: not on the publishing thread.
-            std::thread::spawn(move || drop(current));
-            (messages, gates, true)
+            (Publish::State { current: std::mem::take(&mut self.current), started: rebuild.started }, true)
         } else {
             let mut messages = Vec::new();
             let mut gates = Vec::new();
@@ -388,9 +379,8 @@ impl<'a> Pipeline<'a> {
                     }
                 }
             }
-            (messages, gates, false)
+            (Publish::Changes { messages, gates }, false)
         };
-        self.telemetry.count_gate_records(gates.iter().map(|(_, r)| r));
         if self.coordinator() {
             // The drift summary reaches the coordinator alone.
             self.drift_metrics.due = true;
@@ -423,9 +413,23 @@ impl<'a> Pipeline<'a> {
                 Some(letter.value.as_bytes()),
             )?;
         }
-        for message in &messages {
-            self.send(&mut group, message.topic.name(outputs), &message.key, message.value.as_deref())?;
-        }
+        let gates = match publish {
+            Publish::Changes { messages, gates } => {
+                for message in &messages {
+                    self.send(
+                        &mut group,
+                        message.topic.name(outputs),
+                        &message.key,
+                        message.value.as_deref(),
+                    )?;
+                }
+                gates
+            }
+            Publish::State { current, started } => {
+                self.publish_state(&mut group, current, started, &updated_at)?
+            }
+        };
+        self.telemetry.count_gate_records(gates.iter().map(|(_, r)| r));
         for (key, record) in &gates {
             let value = serde_json::to_vec(record)?;
             self.store.apply(Kind::Gates, key, Some(&value));
@@ -443,6 +447,55 @@ impl<'a> Pipeline<'a> {
         group.published = Instant::now();
         self.groups.push_back(group);
         Ok(())
+    }
+
+    /// Publishes the whole state once a rebuild has caught up, as its difference from what the
+    /// topics hold ([`outputs::reconcile`]): each message is sent as soon as it is formed. Returns
+    /// the gate records to publish.
+    fn publish_state(
+        &mut self,
+        group: &mut Group,
+        current: Records,
+        started: Instant,
+        updated_at: &str,
+    ) -> Result<GateRecords> {
+        let reconciling = Instant::now();
+        let mut published = std::mem::take(&mut self.published);
+        let (mut sent, mut tombstones) = (HashMap::<OutputTopic, usize>::new(), 0);
+        let outputs = &self.config.outputs;
+        let store = &self.store;
+        let this = &*self;
+        let gates = reconcile(
+            &mut published,
+            &current,
+            updated_at,
+            |message| remember(store, message),
+            |message| {
+                match message.value {
+                    Some(_) => *sent.entry(message.topic).or_default() += 1,
+                    None => tombstones += 1,
+                }
+                this.send(group, message.topic.name(outputs), &message.key, message.value.as_deref())
+            },
+        );
+        self.published = published;
+        let gates = gates?;
+        let count = |topic| sent.get(&topic).copied().unwrap_or(0);
+        tracing::info!(
+            rebuild_ms = started.elapsed().as_millis() as u64,
+            reconcile_ms = reconciling.elapsed().as_millis() as u64,
+            scopes = count(OutputTopic::Scopes) + count(OutputTopic::ScopeWindows),
+            annotators = count(OutputTopic::Annotators),
+            pairs = count(OutputTopic::Pairs),
+            items = count(OutputTopic::Items),
+            alerts = count(OutputTopic::Alerts),
+            tombstones,
+            gate_records = gates.len(),
+            "state rebuilt; what changed while the service was down is queued for publishing"
+        );
+        // Freeing every record of the state takes a while: not on the publishing thread.
+        std::thread::spawn(move || drop(current));
+        Ok(gates)
     }
 
     /// Queues one output message in `group`; an output the producer can never take is
