@@ -2,6 +2,7 @@
 //! epoch and closes epochs as the closes reach it, and the shipping of its outputs to the sink.
 
 use super::*;
+use crate::dataflow::Changes;
 
 /// An input of a worker's dataflow.
 type Input<D> = InputHandle<Time, CapacityContainerBuilder<Vec<D>>>;
@@ -105,6 +106,23 @@ fn send_batch<D>(
     }
 }
 
+/// Ships a stream of the first worker's output to the sink: an operator that moves what it takes
+/// ([`send_batch`]), whose (empty) output is probed, so that an epoch completes only once its
+/// output is with the sink.
+fn ship<D: 'static>(
+    stream: Changes<'_, D>,
+    name: &str,
+    sink: Sender<WorkerEvent>,
+    event: fn(Time, Vec<(D, Diff)>) -> WorkerEvent,
+    probe: &ProbeHandle<Time>,
+) {
+    stream
+        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, |_, _| {
+            move |input, _| input.for_each(|_, batch| send_batch(&sink, batch, event))
+        })
+        .probe_with(probe);
+}
+
 /// The loop of a worker: reads its feed into the open epoch, closes the epoch when the close
 /// reaches it, and ships the outputs and its reports to the first worker, which passes them on to
 /// the sink. Ends once the first worker stops issuing closes. Returns the worker's final records
@@ -170,34 +188,9 @@ pub(super) fn run_worker(
                         }
                         None => records.exchange(|_| 0),
                     };
-                    // An operator that ships what it takes: its (empty) output is probed, so an
-                    // epoch completes only once its records are with the sink.
-                    records
-                        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                            Pipeline,
-                            "ShipRecords",
-                            |_, _| {
-                                move |input, _| {
-                                    input.for_each(|_, batch| send_batch(&sink, batch, WorkerEvent::Records))
-                                }
-                            },
-                        )
-                        .probe_with(&probe);
-                    let sink = events.clone();
-                    output
-                        .metrics
-                        .inner
-                        .exchange(|_| 0)
-                        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                            Pipeline,
-                            "ShipMetrics",
-                            |_, _| {
-                                move |input, _| {
-                                    input.for_each(|_, batch| send_batch(&sink, batch, WorkerEvent::Metrics))
-                                }
-                            },
-                        )
-                        .probe_with(&probe);
+                    ship(records, "ShipRecords", sink, WorkerEvent::Records, &probe);
+                    let metrics = output.metrics.inner.exchange(|_| 0);
+                    ship(metrics, "ShipMetrics", events.clone(), WorkerEvent::Metrics, &probe);
                 }
                 Emit::Final => {
                     let kept = kept.clone();
