@@ -97,6 +97,9 @@ pub struct AnnotatorLogic {
     reread: std::collections::HashSet<AnnotatorKey, RandomState>,
     /// What changed of each scope's drift inputs in this epoch, for [`AnnotatorLogic::reread`].
     reread_days: HashMap<ScopeId, ChangedDays, RandomState>,
+    /// Re-evaluated in this epoch ([`Keyed::unchanged`]) to a timeline that differs from its
+    /// last one: derived from it as it is.
+    fresh: std::collections::HashSet<AnnotatorKey, RandomState>,
 }
 
 /// The days of a scope's drift inputs an epoch changed.
@@ -118,6 +121,7 @@ impl AnnotatorLogic {
             gold_read: HashMap::default(),
             reread: Default::default(),
             reread_days: HashMap::default(),
+            fresh: Default::default(),
         }
     }
 }
@@ -167,24 +171,10 @@ impl Keyed for AnnotatorLogic {
         let label_name = |l: LabelId| names.labels.get(l).to_json_text();
         let empty = ScopeInputs::default();
         let basis = self.basis.get(&scope).unwrap_or(&empty);
-        let (inputs, preferences) = (&a.drift, &self.preferences);
-        let full = || drift::evaluate_with(inputs, basis, config, preferences, &label_name);
-        let side_only = self.reread.remove(&key);
-        a.timeline = match a.timeline.take() {
-            Some(previous) if side_only && !a.updated && !inputs.is_empty() => {
-                let changed = self.reread_days.get(&scope);
-                let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
-                let memo = std::cell::RefCell::new(&mut self.gold_read);
-                let gold =
-                    |day| reads_changed_gold(&mut memo.borrow_mut(), scope, day, gold_days, config, basis);
-                let reread = drift::Reread { gold: &gold, speed_from: changed.and_then(|c| c.speed) };
-                let timeline =
-                    drift::reevaluate(inputs, basis, config, preferences, &label_name, previous, reread);
-                debug_assert_eq!(timeline, full());
-                Some(timeline)
-            }
-            _ => (!inputs.is_empty()).then(full),
-        };
+        let full = || drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name);
+        if !self.fresh.remove(&key) {
+            a.timeline = (!a.drift.is_empty()).then(full);
+        }
         a.updated = false;
         let name = names.annotators.name(annotator);
         if !a.by_raters.is_empty() {
@@ -241,6 +231,39 @@ impl Keyed for AnnotatorLogic {
             })
             .collect();
         out.push(AnnotatorOut::Alert(scope, AlertInput::Population { evaluated, alarmed }));
+    }
+
+    /// Touched by its scope's drift inputs alone: its timeline is re-evaluated from its last one,
+    /// reading again only the readings that read a changed day ([`drift::reevaluate`]). When
+    /// that moves nothing (often: a scope's gold accuracy moves a reading's score, rarely its
+    /// level), every output stands as it was.
+    fn unchanged(&mut self, &key: &AnnotatorKey, a: &mut AnnotatorState, names: &Catalog) -> bool {
+        if !self.reread.remove(&key) || a.updated || a.drift.is_empty() {
+            return false;
+        }
+        let Some(previous) = &a.timeline else { return false };
+        let (scope, _) = key;
+        let config = self.drift.for_project(names.scope_name(scope).0);
+        let label_name = |l: LabelId| names.labels.get(l).to_json_text();
+        let empty = ScopeInputs::default();
+        let basis = self.basis.get(&scope).unwrap_or(&empty);
+        let changed = self.reread_days.get(&scope);
+        let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
+        let memo = std::cell::RefCell::new(&mut self.gold_read);
+        let gold = |day| reads_changed_gold(&mut memo.borrow_mut(), scope, day, gold_days, config, basis);
+        let reread = drift::Reread { gold: &gold, speed_from: changed.and_then(|c| c.speed) };
+        let timeline =
+            drift::reevaluate(&a.drift, basis, config, &self.preferences, &label_name, previous, reread);
+        debug_assert_eq!(
+            timeline,
+            drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name)
+        );
+        if timeline == *previous {
+            return true;
+        }
+        a.timeline = Some(timeline);
+        self.fresh.insert(key);
+        false
     }
 
     fn is_empty(a: &AnnotatorState) -> bool {
@@ -445,5 +468,62 @@ mod tests {
         logic.side_done();
         // Nothing changed: nobody.
         assert!(!logic.touched(&key, &active_on(&[50, 80]), names));
+    }
+
+    #[test]
+    fn a_re_evaluation_that_moves_no_reading_keeps_every_output_and_one_that_does_is_the_full_evaluation() {
+        let mut source = Source::default();
+        let label = parse_label_event(r#"{"item_id":"i","annotator_id":"a","label":"x","ts":0}"#).unwrap();
+        source.apply_label(&label, &mut Vec::new()).unwrap();
+        let names = &source.catalog;
+        let scope = scope_id("default", "default");
+        let key = (scope, names.annotators.lookup("a").unwrap());
+        let mut logic = AnnotatorLogic::new(DriftSettings::default());
+        // The scope at 10% gold errors for 70 days, and the annotator too, with 10 answers a day.
+        for day in 0..70 {
+            logic.side(&Basis::Gold { scope, day, answers: 400, errors: 40 }, 1);
+        }
+        logic.side_done();
+        let mut a = AnnotatorState::default();
+        logic.apply(&key, &mut a, &AnnotatorSum::Items { raters: 3 }, &(700, 400, 0));
+        for day in 0..70i64 {
+            for i in 0..10 {
+                let answer =
+                    AnnotatorSum::Answer { ts_ms: day * crate::source::DAY_MS + i, item: 0, correct: i > 0 };
+                logic.apply(&key, &mut a, &answer, &(1, 0, 0));
+            }
+        }
+        let derived = |logic: &mut AnnotatorLogic, a: &mut AnnotatorState| {
+            let mut out = Vec::new();
+            logic.derive(&key, a, names, &mut out);
+            out
+        };
+        let first = derived(&mut logic, &mut a);
+        let full = |logic: &AnnotatorLogic, a: &AnnotatorState| {
+            let config = logic.drift.for_project("default");
+            let name = |l: LabelId| names.labels.get(l).to_json_text();
+            drift::evaluate_with(&a.drift, &logic.basis[&scope], config, &logic.preferences, &name)
+        };
+        let gold_score = |a: &AnnotatorState| a.timeline.as_ref().unwrap().score(Signal::Gold).unwrap();
+        let score = gold_score(&a);
+        // One more error on day 20: read by the days whose baseline (28 days, ending 14 days
+        // back) holds it, 34-61, where it moves no level; the last day, 69, does not read it.
+        logic.side(&Basis::Gold { scope, day: 20, answers: 0, errors: 1 }, 1);
+        assert!(logic.touched(&key, &a, names));
+        logic.side_done();
+        assert!(logic.unchanged(&key, &mut a, names), "nothing moved: the outputs stand");
+        assert_eq!(a.timeline.as_ref(), Some(&full(&logic, &a)));
+        assert_eq!(gold_score(&a), score);
+        // One more on day 50, which the last day reads: its current score moves.
+        logic.side(&Basis::Gold { scope, day: 50, answers: 0, errors: 1 }, 1);
+        assert!(logic.touched(&key, &a, names));
+        logic.side_done();
+        assert!(!logic.unchanged(&key, &mut a, names), "the current gold reading moved");
+        assert_eq!(a.timeline.as_ref(), Some(&full(&logic, &a)));
+        assert_ne!(gold_score(&a), score);
+        let second = derived(&mut logic, &mut a);
+        assert_eq!(a.timeline.as_ref(), Some(&full(&logic, &a)), "derived from the re-evaluation");
+        assert_ne!(second, first);
+        assert_eq!(second.len(), first.len());
     }
 }

@@ -103,7 +103,9 @@ pub trait Keyed: 'static {
     /// With [`Keyed::KEEP_OUTPUTS`], after an epoch's updates to a key that still has state:
     /// whether its kept outputs stand as they are, so that it is not derived (nor its outputs
     /// compared) this epoch. For logic that derives at its own pace (a live refit at most so
-    /// often), where deriving only to repeat the kept outputs would copy and compare them all.
+    /// often), where deriving only to repeat the kept outputs would copy and compare them all,
+    /// and for keys touched by side updates whose state, evaluated again, came out as it was (an
+    /// annotator's drift timeline after its scope's gold accuracy moved).
     /// It may start work in the background whose result a later epoch derives (returning `true`
     /// meanwhile), with `names` as of this epoch.
     fn unchanged(&mut self, _key: &Self::Key, _state: &mut Self::State, _names: &Catalog) -> bool {

@@ -119,7 +119,7 @@ fn reevaluated(
 ) -> Timeline {
     let (config, prefs) = (DriftConfig::default(), PreferenceSettings::default());
     let name = |l: LabelId| format!("#{l}");
-    reevaluate(a, s, &config, &prefs, &name, before.clone(), Reread { gold, speed_from })
+    reevaluate(a, s, &config, &prefs, &name, before, Reread { gold, speed_from })
 }
 
 /// An annotator at 20% gold errors for 70 days against its scope's 10%, whose labels take 1 s from

@@ -84,7 +84,7 @@ pub fn evaluate_with(
     preferences: &PreferenceSettings,
     label_name: &dyn Fn(LabelId) -> String,
 ) -> Timeline {
-    evaluate_reusing(inputs, scope, config, preferences, label_name, None, Vec::new())
+    evaluate_reusing(inputs, scope, config, preferences, label_name, None)
 }
 
 /// What a re-evaluation ([`reevaluate`]) reads again, after a change of its scope's inputs alone.
@@ -112,12 +112,10 @@ pub fn reevaluate(
     config: &DriftConfig,
     preferences: &PreferenceSettings,
     label_name: &dyn Fn(LabelId) -> String,
-    mut previous: Timeline,
+    previous: &Timeline,
     reread: Reread<'_>,
 ) -> Timeline {
-    // Its current readings that are not read again move to the new timeline.
-    let current = std::mem::take(&mut previous.current);
-    evaluate_reusing(inputs, scope, config, preferences, label_name, Some((&previous, reread)), current)
+    evaluate_reusing(inputs, scope, config, preferences, label_name, Some((previous, reread)))
 }
 
 fn evaluate_reusing(
@@ -127,7 +125,6 @@ fn evaluate_reusing(
     preferences: &PreferenceSettings,
     label_name: &dyn Fn(LabelId) -> String,
     reuse: Option<(&Timeline, Reread<'_>)>,
-    mut previous_current: Vec<(Signal, SignalReport)>,
 ) -> Timeline {
     let gold_days = inputs.gold_days.by_day();
     let (own_gold, scope_gold) = (inputs.gold_days.sums(), scope.gold_days.sums());
@@ -300,19 +297,20 @@ fn evaluate_reusing(
         last_day = Some(day);
     }
     // The current readings, now with their explanations (a signal without a reading has none
-    // with an explanation either). A re-evaluation reads gold again, and too-fast where its last
-    // day read it again; no other reading reads the scope's inputs, so the others are the last
+    // with an explanation either). A re-evaluation reads gold and too-fast again where its last
+    // day read them again; no other reading reads the scope's inputs, so the others are the last
     // evaluation's, on the same last day.
+    let previous_current = reuse.map_or(&[][..], |(previous, _)| &previous.current[..]);
     if let Some(day) = last_day {
         context.explain = true;
         match reuse {
-            Some(_) => {
-                let too_fast = reads_too_fast(day);
-                for (signal, report) in &mut previous_current {
+            Some((_, reread)) => {
+                let (gold, too_fast) = ((reread.gold)(day), reads_too_fast(day));
+                for (signal, report) in previous_current {
                     latest[signal.index()] = match signal {
-                        Signal::Gold => context.read(Signal::Gold, day),
+                        Signal::Gold if gold => context.read(Signal::Gold, day),
                         Signal::TooFast if too_fast => context.read(Signal::TooFast, day),
-                        _ => report.reading.take(),
+                        _ => report.reading.clone(),
                     };
                 }
             }
@@ -332,8 +330,8 @@ fn evaluate_reusing(
             let i = signal.index();
             let reading = latest[i].take();
             // What a signal lacks depends on the settings alone: a re-evaluation keeps the words.
-            let mut kept =
-                || previous_current.iter_mut().find(|(s, _)| *s == signal).and_then(|(_, r)| r.note.take());
+            let kept =
+                || previous_current.iter().find(|(s, _)| *s == signal).and_then(|(_, r)| r.note.clone());
             let note = reading.is_none().then(|| {
                 kept().unwrap_or_else(|| match signal {
                     Signal::Position | Signal::Ties => {
