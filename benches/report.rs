@@ -17,7 +17,10 @@
 //! defaults; `--runs 0` measures only the relabels; `--relabel-every-ms N` spaces them, so that
 //! live refits of Dawid–Skene, due every second or two, fall among them). The relabels are also
 //! split by kind: those on gold items (which change the scope's gold accuracy, the baseline of
-//! every annotator's gold drift) and the others.
+//! every annotator's gold drift) and the others. `--gold-only` relabels only labels on gold items,
+//! `--workers N` measures the relabels with N workers alone (1 and 2 by default), and `--no-truth`
+//! turns Dawid–Skene off for them (`truth.enabled = false`), which takes its refits, running
+//! beside the workers, out of the measurement.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -42,11 +45,26 @@ struct Options {
     relabels: usize,
     /// Time between two relabels (0: back to back).
     relabel_every: Duration,
+    /// Relabels of labels on gold items alone.
+    gold_only: bool,
+    /// The numbers of workers the relabels are measured with.
+    workers: Vec<usize>,
+    /// Whether the relabels' engine infers Dawid–Skene truth.
+    truth: bool,
 }
 
 fn options() -> Options {
-    let mut o = Options { events: 1_000_000, runs: 3, relabels: 300, relabel_every: Duration::ZERO };
     let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let mut o = Options {
+        events: 1_000_000,
+        runs: 3,
+        relabels: 300,
+        relabel_every: Duration::ZERO,
+        gold_only: flag("--gold-only"),
+        workers: vec![1, 2],
+        truth: !flag("--no-truth"),
+    };
     let value = |name: &str| {
         args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
     };
@@ -61,6 +79,9 @@ fn options() -> Options {
     }
     if let Some(v) = value("--relabel-every-ms") {
         o.relabel_every = Duration::from_millis(v);
+    }
+    if let Some(v) = value("--workers") {
+        o.workers = vec![v as usize];
     }
     o
 }
@@ -140,17 +161,23 @@ fn main() {
     if o.runs > 0 {
         report_runs(&o, &labels, &gold);
     }
-    let spacing = if o.relabel_every.is_zero() {
+    let mut spacing = if o.relabel_every.is_zero() {
         String::new()
     } else {
         format!(", one every {} ms", o.relabel_every.as_millis())
     };
+    if o.gold_only {
+        spacing.push_str(", on gold items alone");
+    }
+    if !o.truth {
+        spacing.push_str(", truth off");
+    }
     println!("# one relabel after {} events of history ({} relabels{spacing})\n", o.events, o.relabels);
     println!("| workers | relabels | p50 (ms) | p99 (ms) | max (ms) |");
     println!("|---|---|---|---|---|");
     let gold_items = gold_items(&gold);
-    for workers in [1usize, 2] {
-        let latencies = relabel_latencies(&labels, &gold, workers, o.relabels, o.relabel_every);
+    for &workers in &o.workers {
+        let latencies = relabel_latencies(&labels, &gold, workers, &o, o.gold_only.then_some(&gold_items));
         let on_gold: Vec<Duration> =
             latencies.iter().filter(|(_, item)| gold_items.contains(item)).map(|l| l.0).collect();
         let others: Vec<Duration> =
@@ -277,22 +304,25 @@ fn input_costs(labels: &Path, gold: &Path, runs: usize) -> (f64, f64) {
 
 /// Loads the history, then applies single relabels one at a time, timing each from submission
 /// to re-formed outputs.
-/// Each relabel's latency with its (project, task, item).
+/// Each relabel's latency with its (project, task, item). With `only`, labels on those items alone
+/// are relabelled.
 fn relabel_latencies(
     labels: &Path,
     gold: &Path,
     workers: usize,
-    relabels: usize,
-    every: Duration,
+    o: &Options,
+    only: Option<&std::collections::HashSet<(String, String, String)>>,
 ) -> Vec<(Duration, (String, String, String))> {
+    let (relabels, every) = (o.relabels, o.relabel_every);
     // The service's live truth (`truth.refresh_ms`, default 1000): a relabel's epoch re-forms
     // every exact output; Dawid–Skene, global to a scope, follows at the scope's next refit.
-    let engine_config = EngineConfig {
+    let mut engine_config = EngineConfig {
         workers,
         max_epochs_in_flight: 2,
         truth_refresh: Some(Duration::from_millis(1000)),
         ..EngineConfig::default()
     };
+    engine_config.truth.enabled = o.truth;
     let mut engine = Engine::start(&engine_config).unwrap();
     let mut source = Source::default();
     source.catalog = Catalog::recording();
@@ -331,6 +361,10 @@ fn relabel_latencies(
             continue;
         };
         let Some(_) = event.label else { continue };
+        let item = (event.project.into_owned(), event.task.into_owned(), event.item_id.into_owned());
+        if only.is_some_and(|only| !only.contains(&item)) {
+            continue;
+        }
         let relabel = line
             .replace(classes[0], "\"@\"")
             .replace(classes[1], classes[0])
@@ -348,10 +382,7 @@ fn relabel_latencies(
             formed += output.records.iter().filter(|(_, diff)| *diff > 0).count();
         }
         let elapsed = start.elapsed();
-        latencies.push((
-            elapsed,
-            (event.project.into_owned(), event.task.into_owned(), event.item_id.into_owned()),
-        ));
+        latencies.push((elapsed, item));
     }
     assert!(formed > 0, "relabels re-formed no outputs");
     engine.finish().unwrap();
