@@ -176,8 +176,11 @@ fn main() {
     println!("| workers | relabels | p50 (ms) | p99 (ms) | max (ms) |");
     println!("|---|---|---|---|---|");
     let gold_items = gold_items(&gold);
+    let mut cpu = Vec::new();
     for &workers in &o.workers {
-        let latencies = relabel_latencies(&labels, &gold, workers, &o, o.gold_only.then_some(&gold_items));
+        let (latencies, cpu_time) =
+            relabel_latencies(&labels, &gold, workers, &o, o.gold_only.then_some(&gold_items));
+        cpu.push((workers, cpu_time / latencies.len() as u32));
         let on_gold: Vec<Duration> =
             latencies.iter().filter(|(_, item)| gold_items.contains(item)).map(|l| l.0).collect();
         let others: Vec<Duration> =
@@ -198,6 +201,23 @@ fn main() {
             );
         }
     }
+    // CPU time moves less than wall time with what else runs on the machine.
+    println!("\nthe process's CPU time (user and system) per relabel, over the relabels:");
+    for (workers, per) in cpu {
+        println!("- {workers} worker(s): {:.3} ms", per.as_secs_f64() * 1e3);
+    }
+}
+
+/// The CPU time (user and system) this process has used so far.
+fn process_cpu() -> Duration {
+    // SAFETY: `getrusage` writes the struct it is given, which is zeroed plain data.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0, "getrusage");
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// The (project, task, item) of every gold answer.
@@ -304,15 +324,15 @@ fn input_costs(labels: &Path, gold: &Path, runs: usize) -> (f64, f64) {
 
 /// Loads the history, then applies single relabels one at a time, timing each from submission
 /// to re-formed outputs.
-/// Each relabel's latency with its (project, task, item). With `only`, labels on those items alone
-/// are relabelled.
+/// Each relabel's latency with its (project, task, item), and the process's CPU time over them
+/// (truth's refits included, where on). With `only`, labels on those items alone are relabelled.
 fn relabel_latencies(
     labels: &Path,
     gold: &Path,
     workers: usize,
     o: &Options,
     only: Option<&std::collections::HashSet<(String, String, String)>>,
-) -> Vec<(Duration, (String, String, String))> {
+) -> (Vec<(Duration, (String, String, String))>, Duration) {
     let (relabels, every) = (o.relabels, o.relabel_every);
     // The service's live truth (`truth.refresh_ms`, default 1000): a relabel's epoch re-forms
     // every exact output; Dawid–Skene, global to a scope, follows at the scope's next refit.
@@ -355,6 +375,7 @@ fn relabel_latencies(
     let classes = ["\"positive\"", "\"negative\"", "\"neutral\"", "\"mixed\""];
     let mut latencies = Vec::with_capacity(relabels);
     let mut formed = 0usize;
+    let cpu_start = process_cpu();
     while latencies.len() < relabels {
         let line = &lines[rng.gen_range(0..lines.len())];
         let Ok(event) = parse_label_event(line) else {
@@ -384,7 +405,8 @@ fn relabel_latencies(
         let elapsed = start.elapsed();
         latencies.push((elapsed, item));
     }
+    let cpu = process_cpu() - cpu_start;
     assert!(formed > 0, "relabels re-formed no outputs");
     engine.finish().unwrap();
-    latencies
+    (latencies, cpu)
 }
