@@ -220,8 +220,11 @@ fn process_cpu() -> Duration {
     time(usage.ru_utime) + time(usage.ru_stime)
 }
 
+/// An item by its names: (project, task, item).
+type ItemName = (String, String, String);
+
 /// The (project, task, item) of every gold answer.
-fn gold_items(gold: &Path) -> std::collections::HashSet<(String, String, String)> {
+fn gold_items(gold: &Path) -> std::collections::HashSet<ItemName> {
     BufReader::new(std::fs::File::open(gold).unwrap())
         .lines()
         .filter_map(|line| {
@@ -331,8 +334,8 @@ fn relabel_latencies(
     gold: &Path,
     workers: usize,
     o: &Options,
-    only: Option<&std::collections::HashSet<(String, String, String)>>,
-) -> (Vec<(Duration, (String, String, String))>, Duration) {
+    only: Option<&std::collections::HashSet<ItemName>>,
+) -> (Vec<(Duration, ItemName)>, Duration) {
     let (relabels, every) = (o.relabels, o.relabel_every);
     // The service's live truth (`truth.refresh_ms`, default 1000): a relabel's epoch re-forms
     // every exact output; Dawid–Skene, global to a scope, follows at the scope's next refit.

@@ -425,13 +425,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_changed_scope_day_touches_only_the_annotators_whose_readings_read_it() {
+    /// A source that has seen one label, by annotator `a`, in the default scope.
+    fn one_label() -> (Source, ScopeId) {
         let mut source = Source::default();
         let label = parse_label_event(r#"{"item_id":"i","annotator_id":"a","label":"x","ts":0}"#).unwrap();
         source.apply_label(&label, &mut Vec::new()).unwrap();
+        (source, scope_id("default", "default"))
+    }
+
+    #[test]
+    fn a_changed_scope_day_touches_only_the_annotators_whose_readings_read_it() {
+        let (source, scope) = one_label();
         let names = &source.catalog;
-        let scope = scope_id("default", "default");
         let key = (scope, 1);
         let mut logic = AnnotatorLogic::new(DriftSettings::default());
         // 100 gold answers a day on days 0-59.
@@ -472,11 +477,8 @@ mod tests {
 
     #[test]
     fn a_re_evaluation_that_moves_no_reading_keeps_every_output_and_one_that_does_is_the_full_evaluation() {
-        let mut source = Source::default();
-        let label = parse_label_event(r#"{"item_id":"i","annotator_id":"a","label":"x","ts":0}"#).unwrap();
-        source.apply_label(&label, &mut Vec::new()).unwrap();
+        let (source, scope) = one_label();
         let names = &source.catalog;
-        let scope = scope_id("default", "default");
         let key = (scope, names.annotators.lookup("a").unwrap());
         let mut logic = AnnotatorLogic::new(DriftSettings::default());
         // The scope at 10% gold errors for 70 days, and the annotator too, with 10 answers a day.
