@@ -213,7 +213,8 @@ pub struct Quality<'s> {
 
 /// The quality dataflow: from label events and gold answers (`events`, routed to their items'
 /// owners inside) and the names the readers learnt (`names`), every output record of spec
-/// sections 3 and 4, each formed by the worker that owns its entity:
+/// sections 3 and 4, each formed by the worker that owns its entity. `holds` says which epochs
+/// are held, from each worker (a rebuild: [`crate::names::Names::holds`]); `None`: none is.
 ///
 /// ```text
 /// events -> items -+-> pairs ------------------> pair records
@@ -235,10 +236,12 @@ pub struct Quality<'s> {
 pub fn quality<'s>(
     events: Stream<'s, Time, Vec<Update>>,
     names: Stream<'s, Time, Vec<Name>>,
+    holds: Option<Stream<'s, Time, Vec<bool>>>,
     config: &QualityConfig,
     on_error: OnError,
 ) -> Quality<'s> {
-    let names = crate::names::names(names, on_error);
+    let mut names = crate::names::names(names, on_error);
+    names.holds = holds.map(|holds| holds.broadcast());
     let emit = config.emit;
     let drift = &config.drift;
     // The items leave their labels as rows; their records are formed downstream, with trust,

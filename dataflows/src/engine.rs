@@ -58,6 +58,11 @@ pub trait Feed {
 pub struct EpochReport {
     pub names: Vec<Name>,
     pub meta: Vec<u8>,
+    /// Whether the epoch is held: the feed's input is part of a rebuild that nobody reads until
+    /// it has caught up (the service reading its input partitions up to their ends at start), so
+    /// the dataflows need not derive anything from it yet ([`crate::names::Names::holds`]). Once
+    /// a feed says `false` after `true`, it holds no more.
+    pub hold: bool,
 }
 
 /// Makes the feed of worker `index` among `peers` workers (of all processes).
@@ -213,7 +218,7 @@ impl Feed for SubmittedFeed {
             out.extend(updates);
             names.extend(learnt);
         }
-        EpochReport { names, meta: Vec::new() }
+        EpochReport { names, meta: Vec::new(), hold: false }
     }
 }
 

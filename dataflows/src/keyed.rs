@@ -16,6 +16,13 @@
 //!
 //! With [`Emit::Final`] (a one-shot report) nothing is derived until every input is complete:
 //! states follow the epochs, and each key's outputs are derived once, from its final state.
+//!
+//! Live, an epoch may be *held* ([`crate::names::Names::holds`]): while the service rebuilds its
+//! state after a start, nobody reads the outputs until it has caught up, so a held epoch's updates
+//! change the states and nothing is derived. The first epoch that is not held derives every key
+//! changed since, once, from its state then, and emits the difference from what it derived
+//! before the hold: the outputs of that epoch are those of one epoch holding every held epoch's
+//! updates, which is the same result, since outputs do not depend on how updates are batched.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -117,6 +124,11 @@ pub trait Keyed: 'static {
     /// too many to keep and compare per key, which change in bulk at the logic's own pace and
     /// are spread over epochs (a scope's item truths after a refit: [`crate::scope_truth`]).
     fn drain(&mut self, _emit: &mut dyn FnMut(Self::Out, Diff)) {}
+
+    /// Whether the operator holds its derivation in held epochs (see the module's doc): `false`
+    /// for logic that derives at its own pace anyway (a live Dawid–Skene refit, which would
+    /// otherwise fit the whole rebuilt scope in place at the first epoch after the hold).
+    const HOLDS: bool = true;
 }
 
 /// With [`Emit::Final`], an operator that held at least this many keys hands the freed memory
@@ -139,6 +151,8 @@ struct Pending<L: Keyed> {
     capabilities: [Capability<Time>; 2],
     updates: Vec<(L::Key, L::Update, L::Diff)>,
     side: Vec<(L::Side, Diff)>,
+    /// Whether a worker held the epoch.
+    hold: bool,
 }
 
 /// What a keyed operator derives: its records ([`Keyed::is_record`]), and its other outputs.
@@ -165,6 +179,8 @@ pub fn keyed<'s, L: Keyed>(
     let keep = L::KEEP_OUTPUTS || side.is_some();
     let mut side_input = side.map(|side| builder.new_input(side.inner, Pipeline));
     let mut gate = builder.new_input(names.gate.clone(), Pipeline);
+    let holds = names.holds.clone().filter(|_| L::HOLDS && emit == Emit::Changes);
+    let mut holds = holds.map(|holds| builder.new_input(holds, Pipeline));
     let (records, records_stream): (_, Changes<'s, L::Out>) = builder.new_output();
     let (others, others_stream): (_, Changes<'s, L::Out>) = builder.new_output();
     let mut records =
@@ -178,6 +194,10 @@ pub fn keyed<'s, L: Keyed>(
         let mut kept: HashMap<L::Key, Vec<L::Out>, RandomState> = HashMap::default();
         let mut pending: BTreeMap<Time, Pending<L>> = BTreeMap::new();
         let (mut before, mut after, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        // Keys changed in held epochs, each with what it derived before them (logic that keeps
+        // its outputs has them kept), and whether side updates came in held epochs.
+        let mut on_hold: HashMap<L::Key, Vec<L::Out>, RandomState> = HashMap::default();
+        let mut held_side = false;
         move |frontiers| {
             input.for_each(|capability, data| {
                 let Some(p) = pending_at(&mut pending, capability) else { return };
@@ -190,14 +210,45 @@ pub fn keyed<'s, L: Keyed>(
                 });
             }
             gate.for_each(|_, _| {});
+            if let Some(holds) = holds.as_mut() {
+                holds.for_each(|capability, data| {
+                    let Some(p) = pending_at(&mut pending, capability) else { return };
+                    p.hold |= data.iter().any(|&hold| hold);
+                });
+            }
             let complete = |time: &Time| frontiers.iter().all(|f| !f.less_equal(time));
             let names = catalog.borrow();
             while let Some(entry) = pending.first_entry() {
                 if !complete(entry.key()) {
                     break;
                 }
-                let (time, Pending { capabilities, mut updates, side }) = entry.remove_entry();
+                let (time, Pending { capabilities, mut updates, side, hold }) = entry.remove_entry();
                 updates.sort_by_key(|(key, ..)| *key);
+                if hold {
+                    // States follow the updates; what changed is derived once the hold ends.
+                    for (update, diff) in &side {
+                        logic.side(update, *diff);
+                    }
+                    held_side |= !side.is_empty();
+                    let mut rest = &updates[..];
+                    while let Some(&(key, ..)) = rest.first() {
+                        let len = rest.iter().take_while(|(k, ..)| *k == key).count();
+                        let state = states.entry(key).or_default();
+                        if let Entry::Vacant(entry) = on_hold.entry(key) {
+                            let mut derived = Vec::new();
+                            if !keep {
+                                logic.derive(&key, state, &names, &mut derived);
+                            }
+                            entry.insert(derived);
+                        }
+                        for (_, update, diff) in &rest[..len] {
+                            logic.apply(&key, state, update, diff);
+                        }
+                        rest = &rest[len..];
+                    }
+                    drop(capabilities);
+                    continue;
+                }
                 if emit == Emit::Final {
                     for (update, diff) in &side {
                         logic.side(update, *diff);
@@ -236,7 +287,10 @@ pub fn keyed<'s, L: Keyed>(
                             Entry::Vacant(entry) => entry.insert_entry(L::State::default()),
                         };
                         before.clear();
-                        logic.derive(&key, state.get_mut(), &names, &mut before);
+                        match on_hold.remove(&key) {
+                            Some(mut derived) => before.append(&mut derived),
+                            None => logic.derive(&key, state.get_mut(), &names, &mut before),
+                        }
                         for (_, update, diff) in &rest[..len] {
                             logic.apply(&key, state.get_mut(), update, diff);
                         }
@@ -249,12 +303,27 @@ pub fn keyed<'s, L: Keyed>(
                         emit_difference(&mut before, &mut after, &mut emit);
                         rest = &rest[len..];
                     }
+                    // Keys changed in the held epochs alone.
+                    for (key, mut derived) in on_hold.drain() {
+                        after.clear();
+                        if let Entry::Occupied(mut state) = states.entry(key) {
+                            if L::is_empty(state.get()) {
+                                state.remove();
+                            } else {
+                                logic.derive(&key, state.get_mut(), &names, &mut after);
+                            }
+                        }
+                        emit_difference(&mut derived, &mut after, &mut emit);
+                    }
                     continue;
                 }
                 for (update, diff) in &side {
                     logic.side(update, *diff);
                 }
                 changed.clear();
+                // Keys changed in held epochs are derived now, with this epoch's.
+                changed.extend(on_hold.drain().map(|(key, _)| key));
+                let after_hold = !changed.is_empty();
                 let mut rest = &updates[..];
                 while let Some(&(key, ..)) = rest.first() {
                     let len = rest.iter().take_while(|(k, ..)| *k == key).count();
@@ -265,7 +334,12 @@ pub fn keyed<'s, L: Keyed>(
                     changed.push(key);
                     rest = &rest[len..];
                 }
-                if !side.is_empty() {
+                if after_hold {
+                    // A key changed both in a held epoch and in this one is derived once.
+                    changed.sort_unstable();
+                    changed.dedup();
+                }
+                if !side.is_empty() || std::mem::take(&mut held_side) {
                     let start = changed.len();
                     for (key, state) in &states {
                         if logic.touched(key, state, &names) {
@@ -385,6 +459,7 @@ fn pending_at<L: Keyed>(
         capabilities,
         updates: Vec::new(),
         side: Vec::new(),
+        hold: false,
     }))
 }
 

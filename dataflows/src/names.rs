@@ -29,6 +29,12 @@ pub type OnError = Arc<dyn Fn(String) + Send + Sync>;
 pub struct Names<'s> {
     pub catalog: Rc<RefCell<Catalog>>,
     pub gate: Stream<'s, Time, Vec<()>>,
+    /// Which epochs are held (live; `None`: none is): every worker's word on each epoch, on every
+    /// worker. `true` from a worker whose input is part of a rebuild that nobody reads until it
+    /// has caught up; an epoch is held when some worker says `true` of it. Keyed operators apply
+    /// a held epoch's updates without deriving ([`crate::keyed`]), and derive at the first epoch
+    /// that is not held, which a worker marks with `false` as its hold ends.
+    pub holds: Option<Stream<'s, Time, Vec<bool>>>,
 }
 
 /// Routes `names` (each at the epoch of the events that use it) to the workers that need them and
@@ -60,5 +66,5 @@ pub fn names<'s>(names: Stream<'s, Time, Vec<Name>>, on_error: OnError) -> Names
             }
         },
     );
-    Names { catalog, gate }
+    Names { catalog, gate, holds: None }
 }

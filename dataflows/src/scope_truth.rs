@@ -199,6 +199,10 @@ impl Keyed for TruthLogic {
     /// Ticks ([`ticks`]), live.
     type Side = ();
     const KEEP_OUTPUTS: bool = true;
+    /// Live, a scope is refitted at its own pace, in the background: held until a rebuild has
+    /// caught up, its first fit would be the whole rebuilt scope's, in place, holding back the
+    /// epoch that publishes the rebuilt state.
+    const HOLDS: bool = false;
 
     fn route(key: &ScopeId) -> u64 {
         *key

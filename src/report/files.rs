@@ -251,7 +251,7 @@ impl Feed for FileFeed {
     }
 
     fn close(&mut self, _: labelqc_dataflows::dataflow::Time, _: &mut Vec<Update>) -> EpochReport {
-        EpochReport { names: self.source.catalog.take_new(), meta: Vec::new() }
+        EpochReport { names: self.source.catalog.take_new(), meta: Vec::new(), hold: false }
     }
 }
 

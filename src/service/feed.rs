@@ -152,6 +152,10 @@ pub struct EpochMeta {
     pub newest_ts: Option<i64>,
     /// Refused records.
     pub dead_letters: Vec<InputDeadLetter>,
+    /// Whether the worker held the epoch: one of its partitions was not yet read up to its end
+    /// at start ([`EpochReport::hold`]).
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// What the main thread of a process sees of its workers' feeds.
@@ -186,6 +190,10 @@ pub struct KafkaFeed {
     pub paused: bool,
     /// When the consumer's positions were last read.
     pub positions_read: Instant,
+    /// This worker's partitions not yet read up to their ends at start, with those ends (by
+    /// index): until they are, its epochs are held ([`EpochReport::hold`]), as the rebuild
+    /// publishes nothing until every partition is read up to its end at start.
+    pub rebuilding: Vec<(usize, i64)>,
     pub epoch: OpenEpoch,
 }
 
@@ -374,6 +382,17 @@ impl Feed for KafkaFeed {
     }
 
     fn close(&mut self, _: labelqc_dataflows::dataflow::Time, _: &mut Vec<Update>) -> EpochReport {
+        let positions = &self.epoch.state.positions;
+        let was_holding = !self.rebuilding.is_empty();
+        self.rebuilding.retain(|&(index, end)| positions[index].load(Ordering::Relaxed) < end);
+        let hold = !self.rebuilding.is_empty();
+        if was_holding && !hold {
+            tracing::debug!(
+                worker = self.epoch.local,
+                "partitions read up to their ends at start: epochs no longer held"
+            );
+        }
+        self.epoch.meta.held = hold;
         let meta = std::mem::take(&mut self.epoch.meta);
         self.epoch.state.open[self.epoch.local].store(0, Ordering::Relaxed);
         self.full_since = None;
@@ -381,6 +400,7 @@ impl Feed for KafkaFeed {
         EpochReport {
             names: self.epoch.source.catalog.take_new(),
             meta: serde_json::to_vec(&meta).expect("epoch metadata is JSON"),
+            hold,
         }
     }
 }

@@ -234,6 +234,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
     };
 
     let factory: FeedFactory = {
+        let starts: Arc<[i64]> = starts.clone().into();
         let partitions = partitions.clone();
         let feeds = feeds.clone();
         let telemetry = telemetry.clone();
@@ -245,8 +246,8 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
         Arc::new(move |worker, peers| {
             let consumer = health::consumer(&consumer_config, &connectivity)
                 .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
-            let assignment =
-                partitions.assignment(&partitions.of_worker(worker, peers)).map_err(|e| e.to_string())?;
+            let indexes = partitions.of_worker(worker, peers);
+            let assignment = partitions.assignment(&indexes).map_err(|e| e.to_string())?;
             consumer.assign(&assignment).map_err(|e| format!("cannot assign the input partitions: {e}"))?;
             let mut source = Source::with_windows(&window_sizes);
             source.catalog = Catalog::recording();
@@ -257,6 +258,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<()> {
                 full_since: None,
                 paused: false,
                 positions_read: Instant::now(),
+                rebuilding: indexes
+                    .iter()
+                    .map(|&index| (index, starts[index]))
+                    .filter(|&(_, end)| end >= 0)
+                    .collect(),
                 epoch: OpenEpoch {
                     gold_topic: gold_topic.clone(),
                     source,

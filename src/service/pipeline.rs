@@ -311,11 +311,15 @@ impl<'a> Pipeline<'a> {
         // records come sorted by key, so a group of one epoch needs no sorting.
         let mut changed: Vec<(RecordKey, Option<Vec<u8>>)> = Vec::new();
         let mut changed_epochs = 0;
+        // Whether a worker held the last epoch taken: its outputs are not yet derived.
+        let mut held = false;
         for output in outputs {
             let EpochOutput { records, metrics, reports, .. } = output;
+            held = false;
             for meta in &reports {
                 let meta: EpochMeta =
                     serde_json::from_slice(meta).context("a worker's epoch report is not valid")?;
+                held |= meta.held;
                 for (&index, &next) in &meta.positions {
                     self.positions[index] = self.positions[index].max(next);
                 }
@@ -346,7 +350,10 @@ impl<'a> Pipeline<'a> {
             let caught_up = {
                 let rebuild = self.rebuild.as_mut().expect("rebuilding");
                 rebuild.absorb(std::mem::take(&mut input));
-                rebuild.caught_up(&self.positions)
+                // A worker holds its epochs until its partitions are read up to their ends at
+                // start, so the epoch that catches up is not held: its outputs hold the whole
+                // state. (Should one be, the next epoch, at most `truth.refresh_ms` away, is not.)
+                rebuild.caught_up(&self.positions) && !held
             };
             self.retired = last_epoch + 1;
             self.telemetry.epochs_in_flight.set(self.in_flight() as i64);
@@ -493,8 +500,15 @@ impl<'a> Pipeline<'a> {
             gate_records = gates.len(),
             "state rebuilt; what changed while the service was down is queued for publishing"
         );
-        // Freeing every record of the state takes a while: not on the publishing thread.
-        std::thread::spawn(move || drop(current));
+        // Freeing every record of the state takes a while: not on the publishing thread. Its
+        // pages, and those of the rebuild's one epoch of every record, then go back to the
+        // system: nothing that size is allocated again while the service keeps up.
+        std::thread::spawn(move || {
+            drop(current);
+            if let Err(errno) = crate::memory::release_freed_pages() {
+                tracing::debug!(errno, "freed pages not released");
+            }
+        });
         Ok(gates)
     }
 

@@ -235,12 +235,22 @@ struct LinesFeed {
     next: usize,
     read: u8,
     source: Source,
+    /// Whether it holds its epochs until it has read every line (as the service does while it
+    /// rebuilds); its meta is then `[lines, held]`.
+    holds: bool,
+    /// Whether the gold answer for i1 is still to be read, first.
+    gold: bool,
 }
 
 impl Feed for LinesFeed {
     fn read(&mut self, out: &mut Vec<Update>) -> Result<usize, String> {
         let mut n = 0;
-        while n < 2 && self.next < self.lines.len() {
+        if std::mem::take(&mut self.gold) {
+            let gold = parse_gold_event(r#"{"item_id":"i1","label":"x"}"#).map_err(|e| e.to_string())?;
+            self.source.apply_gold(&gold, out).map_err(|e| e.to_string())?;
+        }
+        // Holding, a line per epoch: several epochs are held.
+        while n < 2 && self.next < self.lines.len() && !(self.holds && self.read > 0) {
             let event = parse_label_event(self.lines[self.next]).map_err(|e| e.to_string())?;
             self.source.apply_label(&event, out).map_err(|e| e.to_string())?;
             self.next += 1;
@@ -251,15 +261,30 @@ impl Feed for LinesFeed {
     }
 
     fn close(&mut self, _: Time, _: &mut Vec<Update>) -> EpochReport {
-        let meta = vec![std::mem::take(&mut self.read)];
-        EpochReport { names: self.source.catalog.take_new(), meta }
+        let hold = self.holds && self.next < self.lines.len();
+        let mut meta = vec![std::mem::take(&mut self.read)];
+        if self.holds {
+            meta.push(u8::from(hold));
+        }
+        EpochReport { names: self.source.catalog.take_new(), meta, hold }
     }
 }
 
 fn lines_feed() -> FeedFactory {
     Arc::new(|worker, peers| {
         let lines = LABELS.iter().copied().skip(worker).step_by(peers).collect();
-        Ok(Box::new(LinesFeed { lines, next: 0, read: 0, source: source() }) as Box<dyn Feed>)
+        let feed = LinesFeed { lines, next: 0, read: 0, source: source(), holds: false, gold: false };
+        Ok(Box::new(feed) as Box<dyn Feed>)
+    })
+}
+
+/// [`lines_feed`], holding each worker's epochs until it has read its lines, with the gold
+/// answer for i1 on the first worker.
+fn held_lines_feed() -> FeedFactory {
+    Arc::new(|worker, peers| {
+        let lines = LABELS.iter().copied().skip(worker).step_by(peers).collect();
+        let feed = LinesFeed { lines, next: 0, read: 0, source: source(), holds: true, gold: worker == 0 };
+        Ok(Box::new(feed) as Box<dyn Feed>)
     })
 }
 
@@ -328,6 +353,32 @@ fn fed_workers_and_clusters_equal_the_submitted_input() {
     assert_eq!(later.join().unwrap(), 0, "the later process publishes nothing");
 }
 
+#[test]
+fn held_epochs_derive_nothing_and_the_first_epoch_after_them_derives_the_whole_state() {
+    let expected = report(1, 1);
+    for workers in [1, 2, 3] {
+        let mut engine = Engine::start_fed(&config(workers, Emit::Changes), None, held_lines_feed()).unwrap();
+        let (mut lines, mut records, mut held_epochs, mut held) = (0, Records::default(), 0, true);
+        while held {
+            let epoch = engine.close_epoch().unwrap();
+            engine.wait_for(epoch + 1).unwrap();
+            for output in engine.take_completed().1 {
+                lines += output.reports.iter().map(|meta| usize::from(meta[0])).sum::<usize>();
+                held = output.reports.iter().any(|meta| meta[1] == 1);
+                if held {
+                    held_epochs += 1;
+                    assert_eq!(output.records, Vec::new(), "a held epoch derives nothing");
+                }
+                records.apply(&output.records);
+            }
+        }
+        assert_eq!(lines, LABELS.len(), "{workers} workers: every line read by the epoch that ends the hold");
+        assert!(held_epochs > 0, "{workers} workers: some epochs held");
+        assert_eq!(sorted(&records), expected, "{workers} workers");
+        engine.finish().unwrap();
+    }
+}
+
 /// Worker `w` claims id 7 for the item name `w{w}`.
 struct ClashingFeed(usize);
 
@@ -338,7 +389,7 @@ impl Feed for ClashingFeed {
 
     fn close(&mut self, _: Time, _: &mut Vec<Update>) -> EpochReport {
         let names = vec![crate::source::Name::Item { id: 7, name: format!("w{}", self.0).into() }];
-        EpochReport { names, meta: Vec::new() }
+        EpochReport { names, meta: Vec::new(), hold: false }
     }
 }
 

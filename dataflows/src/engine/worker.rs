@@ -144,6 +144,8 @@ pub(super) fn run_worker(
     let mut names: Input<Name> = InputHandle::new();
     let mut reports: Input<(Time, Vec<u8>)> = InputHandle::new();
     let mut closes: Input<Time> = InputHandle::new();
+    // This worker's word on the epochs it holds ([`EpochReport::hold`]).
+    let mut holds: Input<bool> = InputHandle::new();
     let mut deliveries: Input<(usize, Time)> = InputHandle::new();
     // The newest close seen by this worker.
     let latest_close = std::rc::Rc::new(std::cell::Cell::new(None::<Time>));
@@ -157,7 +159,8 @@ pub(super) fn run_worker(
         let latest = latest_close.clone();
         let finish = finished.clone();
         let probe = worker.dataflow::<Time, _, _>(|scope| {
-            let output = quality(inputs.to_stream(scope), names.to_stream(scope), config, failed);
+            let holds = Some(holds.to_stream(scope));
+            let output = quality(inputs.to_stream(scope), names.to_stream(scope), holds, config, failed);
             let sink = events.clone();
             let reports = reports.to_stream(scope);
             // With publishers every process's first worker needs every report (the input
@@ -253,6 +256,8 @@ pub(super) fn run_worker(
     };
 
     let mut open: Time = 0;
+    // Whether this worker held its last epoch.
+    let mut holding = false;
     let mut finish_sent = false;
     let mut updates = Vec::new();
     loop {
@@ -288,10 +293,24 @@ pub(super) fn run_worker(
                 names.send(name);
             }
             reports.send((open, report.meta));
+            if report.hold {
+                // Every epoch this close ends is held: no other worker's input at one of them
+                // ends the hold.
+                for epoch in open..=close {
+                    holds.advance_to(epoch);
+                    holds.send(true);
+                }
+            } else if holding {
+                // The hold ends: an epoch with a word from this worker, at which the keyed
+                // operators derive, unless another worker still holds it.
+                holds.send(false);
+            }
+            holding = report.hold;
             open = close + 1;
             inputs.advance_to(open);
             names.advance_to(open);
             reports.advance_to(open);
+            holds.advance_to(open);
             inputs.flush();
             names.flush();
         }
@@ -313,6 +332,7 @@ pub(super) fn run_worker(
     drop(inputs);
     drop(names);
     drop(reports);
+    drop(holds);
     drop(closes);
     drop(deliveries);
     while worker.step_or_park(None) {
