@@ -68,6 +68,15 @@ impl Drop for Service {
     }
 }
 
+/// Stops every process of a cluster at once: killed one after the other, a later process would
+/// see an earlier one go and say it lost the cluster (which it did, but not as a failure).
+fn stop_all(mut processes: Vec<Service>) {
+    for process in &mut processes {
+        let _ = process.0.kill();
+    }
+    drop(processes);
+}
+
 fn arg_value(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
@@ -296,7 +305,7 @@ fn main() {
     let live = sample(&m, "labelqc_scope_labels{") - windowed_labels(&m);
     let per_process: Vec<f64> =
         processes.iter().map(|p| sample(&metrics(&p.1), "labelqc_process_resident_memory_bytes ")).collect();
-    drop(processes);
+    stop_all(processes);
     let shape = match arg("--processes", 1) {
         1 => format!("{} workers", arg("--workers", 2)),
         n => format!("{n} processes x {} workers", arg("--workers", (2 / n).max(1))),
@@ -369,6 +378,7 @@ fn main() {
     println!("|---|---|");
     println!("| {:.1} | {:.1} |\n", p50 * 1e3, p99 * 1e3);
     println!("{}", pipeline_stats(&m));
+    stop_all(processes);
 }
 
 /// The `labelqc_scope_labels` samples of windows (every label also counts in each window size).
