@@ -194,9 +194,11 @@ pub fn keyed<'s, L: Keyed>(
         let mut kept: HashMap<L::Key, Vec<L::Out>, RandomState> = HashMap::default();
         let mut pending: BTreeMap<Time, Pending<L>> = BTreeMap::new();
         let (mut before, mut after, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-        // Keys changed in held epochs, each with what it derived before them (logic that keeps
-        // its outputs has them kept), and whether side updates came in held epochs.
+        // Keys changed in held epochs: with what each derived before them, for logic that does
+        // not keep its outputs (`on_hold`); alone, for logic that keeps them (`held_keys`). And
+        // whether side updates came in held epochs.
         let mut on_hold: HashMap<L::Key, Vec<L::Out>, RandomState> = HashMap::default();
+        let mut held_keys: std::collections::HashSet<L::Key, RandomState> = Default::default();
         let mut held_side = false;
         move |frontiers| {
             input.for_each(|capability, data| {
@@ -234,11 +236,11 @@ pub fn keyed<'s, L: Keyed>(
                     while let Some(&(key, ..)) = rest.first() {
                         let len = rest.iter().take_while(|(k, ..)| *k == key).count();
                         let state = states.entry(key).or_default();
-                        if let Entry::Vacant(entry) = on_hold.entry(key) {
+                        if keep {
+                            held_keys.insert(key);
+                        } else if let Entry::Vacant(entry) = on_hold.entry(key) {
                             let mut derived = Vec::new();
-                            if !keep {
-                                logic.derive(&key, state, &names, &mut derived);
-                            }
+                            logic.derive(&key, state, &names, &mut derived);
                             entry.insert(derived);
                         }
                         for (_, update, diff) in &rest[..len] {
@@ -304,7 +306,8 @@ pub fn keyed<'s, L: Keyed>(
                         rest = &rest[len..];
                     }
                     // Keys changed in the held epochs alone.
-                    for (key, mut derived) in on_hold.drain() {
+                    // Taken, not drained: a rebuild's keys leave no table behind.
+                    for (key, mut derived) in std::mem::take(&mut on_hold) {
                         after.clear();
                         if let Entry::Occupied(mut state) = states.entry(key) {
                             if L::is_empty(state.get()) {
@@ -322,7 +325,7 @@ pub fn keyed<'s, L: Keyed>(
                 }
                 changed.clear();
                 // Keys changed in held epochs are derived now, with this epoch's.
-                changed.extend(on_hold.drain().map(|(key, _)| key));
+                changed.extend(std::mem::take(&mut held_keys));
                 let after_hold = !changed.is_empty();
                 let mut rest = &updates[..];
                 while let Some(&(key, ..)) = rest.first() {
