@@ -238,7 +238,14 @@ impl Records {
     }
 
     /// [`Records::apply`] of changes the caller owns: the records are moved in, not copied.
+    /// Records alone into an empty state (the epoch that ends a rebuild's hold, which derives
+    /// the whole state at once) are built into it at once, sorted, not inserted one by one.
     pub fn apply_owned(&mut self, changes: Vec<(Record, Diff)>) {
+        if self.records.is_empty() && changes.iter().all(|(_, diff)| *diff > 0) {
+            // Of records with the same key, the last is kept, as inserting them in turn would.
+            self.records = changes.into_iter().map(|(record, _)| (record.key, record.value)).collect();
+            return;
+        }
         for (record, diff) in changes {
             if diff > 0 {
                 self.records.insert(record.key, record.value);
@@ -369,6 +376,28 @@ mod tests {
         assert_eq!(value, serde_json::to_vec(&object).unwrap());
         assert!(value.len() > 128);
         assert_eq!(value.capacity(), value.len());
+    }
+
+    #[test]
+    fn records_moved_into_an_empty_state_equal_records_applied_one_by_one() {
+        use super::{Entity, Record, Records};
+        let record = |name: &str, value: &str| {
+            Record::new("p", "t", Entity::Annotator(name.into()), &serde_json::json!({ "v": value }))
+        };
+        // Out of order, with a key twice: the later value wins.
+        let changes =
+            vec![(record("b", "1"), 1), (record("a", "1"), 1), (record("b", "2"), 1), (record("c", "1"), 1)];
+        let (mut copied, mut moved) = (Records::default(), Records::default());
+        copied.apply(&changes);
+        moved.apply_owned(changes);
+        assert_eq!(moved, copied);
+        assert_eq!(moved.records.len(), 3);
+        // Into a state that holds records, and with withdrawals, one by one as before.
+        let more = vec![(record("a", "1"), -1), (record("d", "1"), 1)];
+        copied.apply(&more);
+        moved.apply_owned(more);
+        assert_eq!(moved, copied);
+        assert_eq!(moved.records.len(), 3);
     }
 
     #[test]
