@@ -232,9 +232,8 @@ pub fn keyed<'s, L: Keyed>(
                         logic.side(update, *diff);
                     }
                     held_side |= !side.is_empty();
-                    let mut rest = &updates[..];
-                    while let Some(&(key, ..)) = rest.first() {
-                        let len = rest.iter().take_while(|(k, ..)| *k == key).count();
+                    for group in by_key(&updates) {
+                        let key = group[0].0;
                         let state = states.entry(key).or_default();
                         if keep {
                             held_keys.insert(key);
@@ -243,10 +242,9 @@ pub fn keyed<'s, L: Keyed>(
                             logic.derive(&key, state, &names, &mut derived);
                             entry.insert(derived);
                         }
-                        for (_, update, diff) in &rest[..len] {
+                        for (_, update, diff) in group {
                             logic.apply(&key, state, update, diff);
                         }
-                        rest = &rest[len..];
                     }
                     drop(capabilities);
                     continue;
@@ -255,17 +253,15 @@ pub fn keyed<'s, L: Keyed>(
                     for (update, diff) in &side {
                         logic.side(update, *diff);
                     }
-                    let mut rest = &updates[..];
-                    while let Some(&(key, ..)) = rest.first() {
-                        let len = rest.iter().take_while(|(k, ..)| *k == key).count();
+                    for group in by_key(&updates) {
+                        let key = group[0].0;
                         let state = states.entry(key).or_default();
-                        for (_, update, diff) in &rest[..len] {
+                        for (_, update, diff) in group {
                             logic.apply(&key, state, update, diff);
                         }
                         if L::is_empty(state) {
                             states.remove(&key);
                         }
-                        rest = &rest[len..];
                     }
                     drop(capabilities);
                     continue;
@@ -281,9 +277,8 @@ pub fn keyed<'s, L: Keyed>(
                     }
                 };
                 if !keep {
-                    let mut rest = &updates[..];
-                    while let Some(&(key, ..)) = rest.first() {
-                        let len = rest.iter().take_while(|(k, ..)| *k == key).count();
+                    for group in by_key(&updates) {
+                        let key = group[0].0;
                         let mut state = match states.entry(key) {
                             Entry::Occupied(entry) => entry,
                             Entry::Vacant(entry) => entry.insert_entry(L::State::default()),
@@ -293,7 +288,7 @@ pub fn keyed<'s, L: Keyed>(
                             Some(mut derived) => before.append(&mut derived),
                             None => logic.derive(&key, state.get_mut(), &names, &mut before),
                         }
-                        for (_, update, diff) in &rest[..len] {
+                        for (_, update, diff) in group {
                             logic.apply(&key, state.get_mut(), update, diff);
                         }
                         after.clear();
@@ -303,7 +298,6 @@ pub fn keyed<'s, L: Keyed>(
                             logic.derive(&key, state.get_mut(), &names, &mut after);
                         }
                         emit_difference(&mut before, &mut after, &mut emit);
-                        rest = &rest[len..];
                     }
                     // Keys changed in the held epochs alone.
                     // Taken, not drained: a rebuild's keys leave no table behind.
@@ -327,15 +321,13 @@ pub fn keyed<'s, L: Keyed>(
                 // Keys changed in held epochs are derived now, with this epoch's.
                 changed.extend(std::mem::take(&mut held_keys));
                 let after_hold = !changed.is_empty();
-                let mut rest = &updates[..];
-                while let Some(&(key, ..)) = rest.first() {
-                    let len = rest.iter().take_while(|(k, ..)| *k == key).count();
+                for group in by_key(&updates) {
+                    let key = group[0].0;
                     let state = states.entry(key).or_default();
-                    for (_, update, diff) in &rest[..len] {
+                    for (_, update, diff) in group {
                         logic.apply(&key, state, update, diff);
                     }
                     changed.push(key);
-                    rest = &rest[len..];
                 }
                 if after_hold {
                     // A key changed both in a held epoch and in this one is derived once.
@@ -449,6 +441,11 @@ pub fn remove_at<T: Copy>(slice: &mut Box<[T]>, i: usize) {
     shrunk.extend_from_slice(&slice[..i]);
     shrunk.extend_from_slice(&slice[i + 1..]);
     *slice = shrunk.into_boxed_slice();
+}
+
+/// An epoch's updates, sorted by key, as one run per key.
+fn by_key<K: PartialEq, U, D>(updates: &[(K, U, D)]) -> impl Iterator<Item = &[(K, U, D)]> {
+    updates.chunk_by(|a, b| a.0 == b.0)
 }
 
 /// The input of the epoch of `capability`, created on its first update.
