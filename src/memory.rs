@@ -30,6 +30,13 @@ pub fn release_freed_pages() -> Result<(), i32> {
     Ok(())
 }
 
+/// [`release_freed_pages`] where a failure changes nothing but the memory held: logged at debug.
+pub fn release_freed_pages_or_log() {
+    if let Err(errno) = release_freed_pages() {
+        tracing::debug!(errno, "freed pages not released");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -143,14 +143,8 @@ pub fn run(request: &ReportRequest, on_refused: impl FnMut(&Refused<'_>)) -> Res
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "input read");
     // The input's blocks, parsed lines and exchanged batches are freed by now: their pages go
     // back before the final epoch and the fits allocate theirs (the report's peak memory).
-    if let Err(errno) = crate::memory::release_freed_pages() {
-        tracing::debug!(errno, "freed pages not released");
-    }
-    labelqc_dataflows::freed::set_release(|| {
-        if let Err(errno) = crate::memory::release_freed_pages() {
-            tracing::debug!(errno, "freed pages not released");
-        }
-    });
+    crate::memory::release_freed_pages_or_log();
+    labelqc_dataflows::freed::set_release(crate::memory::release_freed_pages_or_log);
     let parts = engine.finish()?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "dataflows finished");
 

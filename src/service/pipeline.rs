@@ -505,9 +505,7 @@ impl<'a> Pipeline<'a> {
         // system: nothing that size is allocated again while the service keeps up.
         std::thread::spawn(move || {
             drop(current);
-            if let Err(errno) = crate::memory::release_freed_pages() {
-                tracing::debug!(errno, "freed pages not released");
-            }
+            crate::memory::release_freed_pages_or_log();
         });
         Ok(gates)
     }
