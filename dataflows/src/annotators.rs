@@ -234,14 +234,16 @@ impl Keyed for AnnotatorLogic {
     }
 
     /// Touched by its scope's drift inputs alone: its timeline is re-evaluated from its last one,
-    /// reading again only the readings that read a changed day ([`drift::reevaluate`]). When
+    /// reading again only the readings that read a changed day ([`drift::reevaluate`]); after a
+    /// change of the scope's gold answers alone, where no level moves, it is restated in place
+    /// ([`drift::restate`]: the states stand, and only the numbers shown are read again). When
     /// that moves nothing (often: a scope's gold accuracy moves a reading's score, rarely its
     /// level), every output stands as it was.
     fn unchanged(&mut self, &key: &AnnotatorKey, a: &mut AnnotatorState, names: &Catalog) -> bool {
         if !self.reread.remove(&key) || a.updated || a.drift.is_empty() {
             return false;
         }
-        let Some(previous) = &a.timeline else { return false };
+        let Some(previous) = a.timeline.as_mut() else { return false };
         let (scope, _) = key;
         let config = self.drift.for_project(names.scope_name(scope).0);
         let label_name = |l: LabelId| names.labels.get(l).to_json_text();
@@ -251,7 +253,23 @@ impl Keyed for AnnotatorLogic {
         let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
         let memo = std::cell::RefCell::new(&mut self.gold_read);
         let gold = |day| reads_changed_gold(&mut memo.borrow_mut(), scope, day, gold_days, config, basis);
-        let reread = drift::Reread { gold: &gold, speed_from: changed.and_then(|c| c.speed) };
+        let speed_from = changed.and_then(|c| c.speed);
+        if speed_from.is_none() {
+            // Gold alone, and most often no level moves: the timeline is restated in place.
+            let restated =
+                drift::restate(&a.drift, basis, config, &self.preferences, &label_name, previous, &gold);
+            if let Some(moved) = restated {
+                debug_assert_eq!(
+                    *previous,
+                    drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name)
+                );
+                if moved {
+                    self.fresh.insert(key);
+                }
+                return !moved;
+            }
+        }
+        let reread = drift::Reread { gold: &gold, speed_from };
         let timeline =
             drift::reevaluate(&a.drift, basis, config, &self.preferences, &label_name, previous, reread);
         debug_assert_eq!(

@@ -176,3 +176,49 @@ fn a_timeline_re_evaluated_after_a_change_of_the_scope_label_times_is_the_full_e
     // Reading too-fast again only after the last day misses them all.
     assert_ne!(reevaluated(&a, &s, &before, &no_gold, Some(69)), full);
 }
+
+#[test]
+fn a_timeline_restated_after_a_gold_change_of_the_scope_is_the_full_evaluation() {
+    // The annotator of the first test: 10% errors, 30% on days 40-49 (a gold alarm from day 42,
+    // explained against its usual rate), 10% again; its scope's answers are its own. Then the
+    // scope's answers of one day change.
+    let days =
+        (0..40).map(|d| (d, 20, 2)).chain((40..50).map(|d| (d, 20, 6))).chain((50..70).map(|d| (d, 20, 2)));
+    let (a, s) = gold_inputs(days);
+    let (config, prefs) = (DriftConfig::default(), PreferenceSettings::default());
+    let name = |l: LabelId| format!("#{l}");
+    let before = evaluate(&a, &s, &config, &name);
+    assert_eq!(
+        before.episodes.iter().filter(|e| e.signal == Signal::Gold).count(),
+        1,
+        "{:?}",
+        before.episodes
+    );
+    // (day changed, its answers and errors, whether a level moves, the episode's explanation, the
+    // current reading)
+    let cases = [
+        (5, [20, 3], false, false, false),
+        (10, [200, 40], false, true, false),
+        (28, [200, 40], false, true, true),
+        (20, [400, 200], true, true, false),
+    ];
+    for (changed, answers, level_moves, explanation_moves, current_moves) in cases {
+        let mut s = s.clone();
+        s.gold_days.insert(changed, answers);
+        let full = evaluate(&a, &s, &config, &name);
+        assert_eq!(full.levels != before.levels, level_moves, "day {changed}");
+        assert_eq!(full.episodes != before.episodes, explanation_moves, "day {changed}");
+        assert_eq!(full.current != before.current, current_moves, "day {changed}");
+        let reads = |day| reads_scope_gold_of(&config, &s, day, changed);
+        let mut timeline = before.clone();
+        let restated = restate(&a, &s, &config, &prefs, &name, &mut timeline, &reads);
+        if level_moves {
+            // The state rules must run again; the timeline is left as it was.
+            assert_eq!(restated, None, "day {changed}");
+            assert_eq!(timeline, before);
+        } else {
+            assert_eq!(restated, Some(explanation_moves || current_moves), "day {changed}");
+            assert_eq!(timeline, full, "day {changed}");
+        }
+    }
+}

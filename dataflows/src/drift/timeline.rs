@@ -118,6 +118,69 @@ pub fn reevaluate(
     evaluate_reusing(inputs, scope, config, preferences, label_name, Some((previous, reread)))
 }
 
+/// [`reevaluate`] in place after a change of the scope's gold answers alone, where no gold
+/// reading read again changes its level: the state rules read levels alone, so the days' states
+/// and the alarm episodes stand, and only what shows a gold reading's numbers is read again (the
+/// explanation of a gold alarm that began on a day `gold` names, and the current gold reading if
+/// the last day is one). Most re-evaluations after a gold answer are such: the scope's gold
+/// accuracy moves a reading's score, rarely its level.
+///
+/// Returns whether `timeline` changed; `None`, leaving it as it was, where a level moved (then
+/// the state rules must run again: [`reevaluate`]). The result is [`evaluate_with`]'s under the
+/// same condition as [`reevaluate`]'s, with no label times changed.
+pub fn restate(
+    inputs: &AnnotatorInputs,
+    scope: &ScopeInputs,
+    config: &DriftConfig,
+    preferences: &PreferenceSettings,
+    label_name: &dyn Fn(LabelId) -> String,
+    timeline: &mut Timeline,
+    gold: &dyn Fn(Day) -> bool,
+) -> Option<bool> {
+    let mut context = DayContext {
+        config,
+        label_name,
+        inputs,
+        gold_days: inputs.gold_days.sums(),
+        scope_gold_days: scope.gold_days.sums(),
+        speed: None,
+        median_ms: None,
+        preferences,
+        explain: false,
+    };
+    let g = Signal::Gold.index();
+    for (&(day, _), levels) in timeline.days.iter().zip(&timeline.levels) {
+        if gold(day) {
+            let level =
+                context.read(Signal::Gold, day).as_ref().map_or(SignalState::Insufficient, Reading::level);
+            if level != levels[g] {
+                return None;
+            }
+        }
+    }
+    context.explain = true;
+    let mut changed = false;
+    for episode in timeline.episodes.iter_mut().filter(|e| e.signal == Signal::Gold && gold(e.start)) {
+        let explanation =
+            context.read(Signal::Gold, episode.start).map(|r| r.explanation).unwrap_or_default();
+        if explanation != episode.explanation {
+            episode.explanation = explanation;
+            changed = true;
+        }
+    }
+    if let Some(&(last, _)) = timeline.days.last().filter(|(last, _)| gold(*last)) {
+        // The same level, so a reading as before (a day without one is insufficient).
+        if let Some((_, report)) = timeline.current.iter_mut().find(|(s, _)| *s == Signal::Gold) {
+            let reading = context.read(Signal::Gold, last);
+            if reading != report.reading {
+                report.reading = reading;
+                changed = true;
+            }
+        }
+    }
+    Some(changed)
+}
+
 fn evaluate_reusing(
     inputs: &AnnotatorInputs,
     scope: &ScopeInputs,
