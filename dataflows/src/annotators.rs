@@ -100,6 +100,12 @@ pub struct AnnotatorLogic {
     /// Re-evaluated in this epoch ([`Keyed::unchanged`]) to a timeline that differs from its
     /// last one: derived from it as it is.
     fresh: std::collections::HashSet<AnnotatorKey, RandomState>,
+    /// Each scope's median label time as its annotators' too-fast readings read it, day by day
+    /// ([`drift::scope_medians`]), as of the last epoch that changed its label times.
+    medians: HashMap<ScopeId, Vec<(Day, Option<u16>)>, RandomState>,
+    /// Whether this epoch's changed label times were narrowed to the medians they move
+    /// ([`AnnotatorLogic::narrow_speed`]).
+    narrowed: bool,
 }
 
 /// The days of a scope's drift inputs an epoch changed.
@@ -122,6 +128,44 @@ impl AnnotatorLogic {
             reread: Default::default(),
             reread_days: HashMap::default(),
             fresh: Default::default(),
+            medians: HashMap::default(),
+            narrowed: false,
+        }
+    }
+
+    /// Narrows the changed label times of each scope to what its annotators' too-fast readings
+    /// read of them, the scope's median label time of the days before theirs: `speed` becomes the
+    /// last day before the first median that moved, or `None` if none did (a relabel that moves
+    /// one label's time among millions moves no median, and then re-evaluates nobody). Keeps the
+    /// medians for the next epoch. Once per epoch with side updates, before any key is touched.
+    fn narrow_speed(&mut self) {
+        if std::mem::replace(&mut self.narrowed, true) {
+            return;
+        }
+        for (scope, changed) in &mut self.changed {
+            let Some(from) = changed.speed else { continue };
+            let empty = ScopeInputs::default();
+            let basis = self.basis.get(scope).unwrap_or(&empty);
+            match self.medians.get_mut(scope) {
+                // The first label times of the scope seen: every day counts as changed.
+                None => {
+                    self.medians.insert(*scope, drift::scope_medians(basis, Day::MIN));
+                }
+                Some(kept) => {
+                    let at = kept.partition_point(|&(day, _)| day < from);
+                    let now = drift::scope_medians(basis, from);
+                    // Entries before the first difference are read alike by every day up to
+                    // and including the earlier of the two days that differ.
+                    let moved = kept[at..].iter().zip(&now).find(|(was, is)| was != is);
+                    changed.speed = match moved {
+                        Some((was, is)) => Some(was.0.min(is.0)),
+                        None if kept.len() - at == now.len() => None,
+                        None => kept.get(at + now.len()).or(now.get(kept.len() - at)).map(|&(day, _)| day),
+                    };
+                    kept.truncate(at);
+                    kept.extend(now);
+                }
+            }
         }
     }
 }
@@ -307,6 +351,7 @@ impl Keyed for AnnotatorLogic {
     /// compare with the scope's days before theirs); for gold answers, a day whose gold baseline
     /// reads a changed day ([`drift::reads_scope_gold_of`]).
     fn touched(&mut self, &key: &AnnotatorKey, a: &AnnotatorState, names: &Catalog) -> bool {
+        self.narrow_speed();
         let (scope, _) = key;
         let Some(changed) = self.changed.get(&scope) else { return false };
         let Some(days) = a.timeline.as_ref().map(|t| &t.days) else { return false };
@@ -328,9 +373,13 @@ impl Keyed for AnnotatorLogic {
     }
 
     fn side_done(&mut self) {
+        // The medians follow every change, whether or not this worker has a key to touch.
+        self.narrow_speed();
+        self.narrowed = false;
         self.reread_days.clear();
         self.reread_days.extend(self.changed.drain());
         self.basis.retain(|_, inputs| !(inputs.gold_days.is_empty() && inputs.speed.is_empty()));
+        self.medians.retain(|scope, _| self.basis.contains_key(scope));
     }
 }
 

@@ -450,6 +450,71 @@ fn gold_withdrawn_anywhere_in_the_history_leaves_live_drift_equal_to_a_full_eval
     assert_eq!(Value::from(annotators), full["scopes"][0]["annotators"]);
 }
 
+/// Label times changed in the history, each change in an epoch of its own. One label moved to
+/// another day among thousands moves no day's median label time of the scope (what too-fast
+/// readings compare with), so only the annotators of its item change. A burst of fast labels on
+/// one day from a new annotator moves the medians of the days after it, and the too-fast readings
+/// of annotators who labelled nothing in it move. The live records equal a full evaluation.
+#[test]
+fn label_times_changed_in_the_history_leave_live_drift_equal_to_a_full_evaluation() {
+    let spec = daily_spec(13, 40);
+    let (labels, gold, _) = traffic(&spec);
+    let mut live = Live::start();
+    live.feed(Stream::Gold, &gold);
+    live.feed(Stream::Labels, &labels);
+    let annotators_now = |live: &Live| {
+        live.objects(|e| match e {
+            Entity::Annotator(name) => Some(name),
+            _ => None,
+        })
+    };
+    // One label of day 5 labelled again ten days later, and slower.
+    let mut moved: Value = serde_json::from_str(&labels[3_000]).unwrap();
+    let ts = chrono::DateTime::parse_from_rfc3339(moved["ts"].as_str().unwrap()).unwrap().timestamp_millis();
+    moved["ts"] = Value::from(ts + 10 * DAY_MS);
+    moved["duration_ms"] = Value::from(moved["duration_ms"].as_i64().unwrap() * 3);
+    let item = moved["item_id"].as_str().unwrap().to_string();
+    let moved = moved.to_string();
+    let before = annotators_now(&live);
+    live.feed(Stream::Labels, std::slice::from_ref(&moved));
+    let after = annotators_now(&live);
+    let changed: Vec<&String> = after.keys().filter(|name| before.get(*name) != after.get(*name)).collect();
+    let of_item: Vec<String> = labels
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|v| v["item_id"] == item.as_str())
+        .map(|v| v["annotator_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!changed.is_empty(), "moving a label of {item} changed no annotator");
+    assert!(changed.iter().all(|name| of_item.contains(name)), "{changed:?} beyond {of_item:?}");
+    // 30,000 labels of 50 ms on day 20, more than all the others: the scope's median label time
+    // of the days after it falls to 50 ms.
+    let day20 = (start_day() + 20) * DAY_MS;
+    let burst: Vec<String> = (0..30_000)
+        .map(|i| {
+            format!(
+                r#"{{"item_id":"burst-{i}","annotator_id":"fast-bot","label":"positive","ts":{},"duration_ms":50}}"#,
+                day20 + i
+            )
+        })
+        .collect();
+    let before = annotators_now(&live);
+    live.feed(Stream::Labels, &burst);
+    let after = annotators_now(&live);
+    let moved_too_fast = before
+        .iter()
+        .filter(|(_, was)| {
+            let is = &after[was["annotator_id"].as_str().unwrap()];
+            was["drift"]["too_fast"] != is["drift"]["too_fast"]
+        })
+        .count();
+    assert!(moved_too_fast >= 5, "the burst moved the too-fast reading of {moved_too_fast} annotators");
+    let annotators: Vec<Value> = after.into_values().collect();
+    live.engine.finish().unwrap();
+    let full = report(&[labels, vec![moved], burst].concat(), &gold, DriftConfig::default());
+    assert_eq!(Value::from(annotators), full["scopes"][0]["annotators"]);
+}
+
 /// Scope alerts carry when their condition began and ended, in event-time days, read as of the
 /// end of each day: two annotators agree on every item of 2026-01-01 (alpha 1, gold all right),
 /// disagree on every item of the 2nd (alpha and gold accuracy fall under their floor and target)

@@ -152,15 +152,45 @@ impl Histogram {
     /// The median label time (ms): the centre of the first bucket by which half the labels are
     /// counted; `None` without labels.
     pub(super) fn median_ms(&self) -> Option<f64> {
+        self.median_bucket().map(bucket_center_ms)
+    }
+
+    /// The bucket of [`Histogram::median_ms`].
+    fn median_bucket(&self) -> Option<u16> {
         let mut seen = 0;
         for (bucket, &n) in self.counts.iter().enumerate() {
             seen += n;
             if self.total > 0 && 2 * seen >= self.total {
-                return Some(bucket_center_ms(bucket as u16));
+                return Some(bucket as u16);
             }
         }
         None
     }
+}
+
+/// The scope's median label time as too-fast readings read it, day by day: for each day of the
+/// scope's label times from `from` on, ascending, the duration bucket of the median over the days
+/// up to and including it (`None`: no labels). A too-fast reading of day `d` reads the entry of
+/// the last day before `d` (and nothing before the first): where two such lists agree, so do the
+/// too-fast readings of every annotator of the scope, which is how a change of the scope's label
+/// times that moves no median (one label of millions moved) re-evaluates nobody.
+pub fn scope_medians(scope: &ScopeInputs, from: Day) -> Vec<(Day, Option<u16>)> {
+    let mut histogram = Histogram::default();
+    let mut medians = Vec::new();
+    for (&(day, bucket), &[n]) in &scope.speed {
+        if day >= from && medians.last().is_none_or(|&(last, _)| last != day) {
+            // The first entry of a day from `from` on: the days before it are counted.
+            if let Some(last) = medians.last_mut() {
+                last.1 = histogram.median_bucket();
+            }
+            medians.push((day, None));
+        }
+        histogram.add(bucket, n);
+    }
+    if let Some(last) = medians.last_mut() {
+        last.1 = histogram.median_bucket();
+    }
+    medians
 }
 
 /// The label time (ms) a duration bucket stands for: `exp((bucket + 0.5) / DURATION_BUCKETS_PER_E)`.

@@ -222,3 +222,27 @@ fn a_timeline_restated_after_a_gold_change_of_the_scope_is_the_full_evaluation()
         }
     }
 }
+
+#[test]
+fn the_scope_medians_move_only_where_enough_label_times_move() {
+    let (usual, fast) = (crate::dataflow::duration_bucket(20_000), crate::dataflow::duration_bucket(1_000));
+    let mut s = ScopeInputs::default();
+    for day in 0..10 {
+        s.speed.insert((day, usual), [100]);
+    }
+    let before = scope_medians(&s, 3);
+    assert_eq!(before, (3..10).map(|day| (day, Some(usual))).collect::<Vec<_>>());
+    // One label of day 3 made fast: no median moves.
+    s.speed.insert((3, usual), [99]);
+    s.speed.insert((3, fast), [1]);
+    assert_eq!(scope_medians(&s, 3), before);
+    // 2,000 fast labels on day 6: the medians from day 6 on are fast, those before stand.
+    s.speed.insert((6, fast), [2_000]);
+    let after = scope_medians(&s, 3);
+    assert_eq!(after[..3], before[..3]);
+    assert!(after[3..].iter().all(|&(_, median)| median == Some(fast)), "{after:?}");
+    // From the first day, a day without label times has no entry.
+    s.speed.retain(|&(day, _), _| day != 8);
+    let days: Vec<Day> = scope_medians(&s, Day::MIN).iter().map(|&(day, _)| day).collect();
+    assert_eq!(days, [0, 1, 2, 3, 4, 5, 6, 7, 9]);
+}
