@@ -282,6 +282,23 @@ impl Live {
         records
     }
 
+    /// A live engine fed `spec`'s gold answers, then its labels, with the lines.
+    fn fed(spec: &GenSpec) -> (Vec<String>, Vec<String>, Live) {
+        let (labels, gold, _) = traffic(spec);
+        let mut live = Live::start();
+        live.feed(Stream::Gold, &gold);
+        live.feed(Stream::Labels, &labels);
+        (labels, gold, live)
+    }
+
+    /// The annotators' records in the default scope, by name.
+    fn annotators(&self) -> BTreeMap<String, Value> {
+        self.objects(|e| match e {
+            Entity::Annotator(name) => Some(name),
+            _ => None,
+        })
+    }
+
     /// The objects of one kind in the default scope (or project, for gates), by name.
     fn objects(&self, kind: fn(&Entity) -> Option<&str>) -> BTreeMap<String, Value> {
         self.records
@@ -400,23 +417,32 @@ fn live_drift_with_late_events_equals_a_full_evaluation() {
     assert_eq!(Value::from(alerts), full["scopes"][0]["alerts"]);
 }
 
+/// Asserts that from `before` to `after` some annotator's record changed, and only those of the
+/// annotators who labelled `item` in `labels`.
+fn changed_only_its_annotators(
+    before: &BTreeMap<String, Value>,
+    after: &BTreeMap<String, Value>,
+    labels: &[String],
+    item: &str,
+) {
+    let changed: Vec<&String> = after.keys().filter(|name| before.get(*name) != after.get(*name)).collect();
+    let of_item: Vec<String> = labels
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|v| v["item_id"] == item)
+        .map(|v| v["annotator_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!changed.is_empty(), "a change of {item} changed no annotator");
+    assert!(changed.iter().all(|name| of_item.contains(name)), "{changed:?} beyond {of_item:?}");
+}
+
 /// Gold answers withdrawn late, in the middle and early in 40 days of history, each in an epoch of
 /// its own: an annotator is re-evaluated only when one of its readings reads a changed day of the
 /// scope, and the live records still equal a full evaluation. Withdrawing the newest gold answer
 /// changes only the records of the annotators who answered it.
 #[test]
 fn gold_withdrawn_anywhere_in_the_history_leaves_live_drift_equal_to_a_full_evaluation() {
-    let spec = GenSpec { careless_share: 0.3, ..daily_spec(12, 40) };
-    let (labels, gold, _) = traffic(&spec);
-    let mut live = Live::start();
-    live.feed(Stream::Gold, &gold);
-    live.feed(Stream::Labels, &labels);
-    let annotators_now = |live: &Live| {
-        live.objects(|e| match e {
-            Entity::Annotator(name) => Some(name),
-            _ => None,
-        })
-    };
+    let (labels, gold, mut live) = Live::fed(&GenSpec { careless_share: 0.3, ..daily_spec(12, 40) });
     let withdraw = |line: &String| {
         let v: Value = serde_json::from_str(line).unwrap();
         (
@@ -427,24 +453,14 @@ fn gold_withdrawn_anywhere_in_the_history_leaves_live_drift_equal_to_a_full_eval
     let mut deletes = Vec::new();
     for (at, newest) in [(gold.len() - 1, true), (gold.len() / 2, false), (0, false)] {
         let (item, delete) = withdraw(&gold[at]);
-        let before = annotators_now(&live);
+        let before = live.annotators();
         live.feed(Stream::Gold, std::slice::from_ref(&delete));
         deletes.push(delete);
         if newest {
-            let after = annotators_now(&live);
-            let changed: Vec<&String> =
-                after.keys().filter(|name| before.get(*name) != after.get(*name)).collect();
-            let answered: Vec<String> = labels
-                .iter()
-                .map(|line| serde_json::from_str::<Value>(line).unwrap())
-                .filter(|v| v["item_id"] == item.as_str())
-                .map(|v| v["annotator_id"].as_str().unwrap().to_string())
-                .collect();
-            assert!(!changed.is_empty(), "withdrawing {item} changed no annotator");
-            assert!(changed.iter().all(|name| answered.contains(name)), "{changed:?} beyond {answered:?}");
+            changed_only_its_annotators(&before, &live.annotators(), &labels, &item);
         }
     }
-    let annotators: Vec<Value> = annotators_now(&live).into_values().collect();
+    let annotators: Vec<Value> = live.annotators().into_values().collect();
     live.engine.finish().unwrap();
     let full = report(&labels, &[gold, deletes].concat(), DriftConfig::default());
     assert_eq!(Value::from(annotators), full["scopes"][0]["annotators"]);
@@ -457,17 +473,7 @@ fn gold_withdrawn_anywhere_in_the_history_leaves_live_drift_equal_to_a_full_eval
 /// of annotators who labelled nothing in it move. The live records equal a full evaluation.
 #[test]
 fn label_times_changed_in_the_history_leave_live_drift_equal_to_a_full_evaluation() {
-    let spec = daily_spec(13, 40);
-    let (labels, gold, _) = traffic(&spec);
-    let mut live = Live::start();
-    live.feed(Stream::Gold, &gold);
-    live.feed(Stream::Labels, &labels);
-    let annotators_now = |live: &Live| {
-        live.objects(|e| match e {
-            Entity::Annotator(name) => Some(name),
-            _ => None,
-        })
-    };
+    let (labels, gold, mut live) = Live::fed(&daily_spec(13, 40));
     // One label of day 5 labelled again ten days later, and slower.
     let mut moved: Value = serde_json::from_str(&labels[3_000]).unwrap();
     let ts = chrono::DateTime::parse_from_rfc3339(moved["ts"].as_str().unwrap()).unwrap().timestamp_millis();
@@ -475,18 +481,9 @@ fn label_times_changed_in_the_history_leave_live_drift_equal_to_a_full_evaluatio
     moved["duration_ms"] = Value::from(moved["duration_ms"].as_i64().unwrap() * 3);
     let item = moved["item_id"].as_str().unwrap().to_string();
     let moved = moved.to_string();
-    let before = annotators_now(&live);
+    let before = live.annotators();
     live.feed(Stream::Labels, std::slice::from_ref(&moved));
-    let after = annotators_now(&live);
-    let changed: Vec<&String> = after.keys().filter(|name| before.get(*name) != after.get(*name)).collect();
-    let of_item: Vec<String> = labels
-        .iter()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .filter(|v| v["item_id"] == item.as_str())
-        .map(|v| v["annotator_id"].as_str().unwrap().to_string())
-        .collect();
-    assert!(!changed.is_empty(), "moving a label of {item} changed no annotator");
-    assert!(changed.iter().all(|name| of_item.contains(name)), "{changed:?} beyond {of_item:?}");
+    changed_only_its_annotators(&before, &live.annotators(), &labels, &item);
     // 30,000 labels of 50 ms on day 20, more than all the others: the scope's median label time
     // of the days after it falls to 50 ms.
     let day20 = (start_day() + 20) * DAY_MS;
@@ -498,9 +495,9 @@ fn label_times_changed_in_the_history_leave_live_drift_equal_to_a_full_evaluatio
             )
         })
         .collect();
-    let before = annotators_now(&live);
+    let before = live.annotators();
     live.feed(Stream::Labels, &burst);
-    let after = annotators_now(&live);
+    let after = live.annotators();
     let moved_too_fast = before
         .iter()
         .filter(|(_, was)| {
