@@ -48,7 +48,12 @@ pub enum GateInput {
 /// What a gate keeps: its inputs, with multiplicities, and its last decision.
 #[derive(Debug, Default)]
 pub struct GateInputs {
+    /// Presence, gold answers and alarms, in their order.
     inputs: BTreeMap<GateInput, Diff>,
+    /// The signals' states and scores (a few per scope): apart from the gold answers, as a
+    /// signal's score moves for every annotator of a scope when its gold accuracy moves, and then
+    /// each of them takes a search of its answers' tree no more.
+    signals: Vec<(GateInput, Diff)>,
     /// The gate and its JSON as last decided, while no gold answer or alarm has changed since:
     /// a signal's state or score (which moves for every annotator of a scope when the scope's
     /// gold accuracy moves) feeds the drift summary's facts, not the decision.
@@ -163,6 +168,10 @@ impl Keyed for GateLogic {
     }
 
     fn apply(&mut self, _: &GateKey, s: &mut GateInputs, update: &GateInput, &diff: &Diff) {
+        if matches!(update, GateInput::Signal { .. }) {
+            crate::keyed::add_part(&mut s.signals, *update, diff);
+            return;
+        }
         if matches!(update, GateInput::Answer { .. } | GateInput::Alarm { .. }) {
             s.decided = None;
         }
@@ -181,23 +190,17 @@ impl Keyed for GateLogic {
         out: &mut Vec<GateOut>,
     ) {
         let live = s.inputs.iter().filter(|(_, m)| **m > 0);
-        // The inputs are ordered by kind (presence, answers, alarms, signals): a decided gate reads
-        // its presence and signals without going over its gold answers.
-        let first_answer = GateInput::Answer { ts_ms: i64::MIN, scope: 0, item: 0, correct: false };
-        let first_signal = GateInput::Signal {
-            scope: 0,
-            signal: Signal::Gold,
-            state: SignalState::Insufficient,
-            score: None,
-        };
+        // The inputs are ordered by kind (presence, answers, alarms): a decided gate reads its
+        // presence, first, without going over its gold answers.
         let scopes: Vec<ScopeId> = s
             .inputs
-            .range(..first_answer)
-            .filter(|(_, m)| **m > 0)
-            .filter_map(|(i, _)| match i {
-                GateInput::Present { scope } => Some(*scope),
+            .iter()
+            .map_while(|(i, m)| match i {
+                GateInput::Present { scope } => Some((*scope, *m)),
                 _ => None,
             })
+            .filter(|(_, m)| *m > 0)
+            .map(|(scope, _)| scope)
             .collect();
         if scopes.is_empty() {
             return;
@@ -206,7 +209,7 @@ impl Keyed for GateLogic {
         let config = self.drift.for_project(project_name);
         // Per signal, the worst state and the best score over the project's scopes.
         let mut worst: BTreeMap<Signal, (SignalState, Option<f64>)> = BTreeMap::new();
-        for (input, _) in s.inputs.range(first_signal..).filter(|(_, m)| **m > 0) {
+        for (input, _) in s.signals.iter().filter(|(_, m)| *m > 0) {
             if let GateInput::Signal { signal, state, score, .. } = *input {
                 let e = worst.entry(signal).or_insert((SignalState::Insufficient, None));
                 e.0 = e.0.max(state);
@@ -263,7 +266,7 @@ impl Keyed for GateLogic {
     }
 
     fn is_empty(s: &GateInputs) -> bool {
-        s.inputs.is_empty()
+        s.inputs.is_empty() && s.signals.is_empty()
     }
 
     fn is_record(out: &GateOut) -> bool {
