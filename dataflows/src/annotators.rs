@@ -298,34 +298,27 @@ impl Keyed for AnnotatorLogic {
         let memo = std::cell::RefCell::new(&mut self.gold_read);
         let gold = |day| reads_changed_gold(&mut memo.borrow_mut(), scope, day, gold_days, config, basis);
         let speed_from = changed.and_then(|c| c.speed);
-        if speed_from.is_none() {
-            // Gold alone, and most often no level moves: the timeline is restated in place.
-            let restated =
-                drift::restate(&a.drift, basis, config, &self.preferences, &label_name, previous, &gold);
-            if let Some(moved) = restated {
-                debug_assert_eq!(
-                    *previous,
-                    drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name)
-                );
-                if moved {
-                    self.fresh.insert(key);
-                }
-                return !moved;
-            }
-        }
-        let reread = drift::Reread { gold: &gold, speed_from };
-        let timeline =
-            drift::reevaluate(&a.drift, basis, config, &self.preferences, &label_name, previous, reread);
+        // Gold alone, where most often no level moves: the timeline is restated in place.
+        let restated = speed_from
+            .is_none()
+            .then(|| drift::restate(&a.drift, basis, config, &self.preferences, &label_name, previous, &gold))
+            .flatten();
+        let moved = restated.unwrap_or_else(|| {
+            let reread = drift::Reread { gold: &gold, speed_from };
+            let timeline =
+                drift::reevaluate(&a.drift, basis, config, &self.preferences, &label_name, previous, reread);
+            let moved = timeline != *previous;
+            *previous = timeline;
+            moved
+        });
         debug_assert_eq!(
-            timeline,
+            *previous,
             drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name)
         );
-        if timeline == *previous {
-            return true;
+        if moved {
+            self.fresh.insert(key);
         }
-        a.timeline = Some(timeline);
-        self.fresh.insert(key);
-        false
+        !moved
     }
 
     fn is_empty(a: &AnnotatorState) -> bool {
