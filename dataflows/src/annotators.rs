@@ -441,9 +441,9 @@ impl Keyed for JoinLogic {
 
     fn apply(&mut self, _: &AnnotatorKey, s: &mut JoinState, update: &JoinInput, &diff: &Diff) {
         match update {
-            JoinInput::Own(record) => add_part(&mut s.own, record.clone(), diff),
-            JoinInput::Gate(gate) => add_part(&mut s.gate, gate.clone(), diff),
-            JoinInput::Confusion(json) => add_part(&mut s.confusion, json.clone(), diff),
+            JoinInput::Own(record) => add_part(&mut s.own, record, diff),
+            JoinInput::Gate(gate) => add_part(&mut s.gate, gate, diff),
+            JoinInput::Confusion(json) => add_part(&mut s.confusion, json, diff),
         }
     }
 

@@ -169,7 +169,7 @@ impl Keyed for GateLogic {
 
     fn apply(&mut self, _: &GateKey, s: &mut GateInputs, update: &GateInput, &diff: &Diff) {
         if matches!(update, GateInput::Signal { .. }) {
-            crate::keyed::add_part(&mut s.signals, *update, diff);
+            crate::keyed::add_part(&mut s.signals, update, diff);
             return;
         }
         if matches!(update, GateInput::Answer { .. } | GateInput::Alarm { .. }) {

@@ -41,16 +41,17 @@ use crate::names::Names;
 use crate::source::Catalog;
 
 /// Adds `part` with multiplicity `diff` to a small multiset of parts (a joined record's inputs,
-/// a gate with its multiplicity), dropping it when its multiplicity is back to zero.
-pub fn add_part<T: PartialEq>(parts: &mut Vec<(T, Diff)>, part: T, diff: Diff) {
-    match parts.iter().position(|(p, _)| *p == part) {
+/// a gate with its multiplicity), dropping it when its multiplicity is back to zero. A part
+/// already there is not copied (a replaced record's retraction finds it).
+pub fn add_part<T: PartialEq + Clone>(parts: &mut Vec<(T, Diff)>, part: &T, diff: Diff) {
+    match parts.iter().position(|(p, _)| p == part) {
         Some(i) => {
             parts[i].1 += diff;
             if parts[i].1 == 0 {
                 parts.swap_remove(i);
             }
         }
-        None => parts.push((part, diff)),
+        None => parts.push((part.clone(), diff)),
     }
 }
 
@@ -368,9 +369,8 @@ pub fn keyed<'s, L: Keyed>(
                     // A stable sort merges the runs a derivation pushes in order (an annotator's
                     // gold answers, its days) in about linear time.
                     after.sort();
-                    emit_sorted_difference(&last, &after, &mut emit);
+                    emit_sorted_difference(&mut last, &after, &mut emit);
                     if !after.is_empty() {
-                        last.clear();
                         last.append(&mut after);
                         kept.insert(*key, last);
                     }
@@ -483,18 +483,19 @@ pub fn emit_difference<T: Ord>(before: &mut Vec<T>, after: &mut Vec<T>, mut emit
     }
 }
 
-/// Emits `after - before`, both sorted, as clones: what stayed the same is not sent.
-fn emit_sorted_difference<T: Ord + Clone>(before: &[T], after: &[T], mut emit: impl FnMut(T, Diff)) {
-    let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+/// Emits `after - before`, both sorted: what stayed the same is not sent, what left is moved out
+/// of `before` (emptied), what came is cloned from `after` (which is kept).
+fn emit_sorted_difference<T: Ord + Clone>(before: &mut Vec<T>, after: &[T], mut emit: impl FnMut(T, Diff)) {
+    let (mut b, mut a) = (before.drain(..).peekable(), after.iter().peekable());
     loop {
         match (b.peek(), a.peek()) {
-            (Some(x), Some(y)) if x == y => {
+            (Some(x), Some(&y)) if x == y => {
                 b.next();
                 a.next();
             }
-            (Some(x), Some(y)) if x < y => emit((*b.next().expect("peeked")).clone(), -1),
+            (Some(x), Some(&y)) if x < y => emit(b.next().expect("peeked"), -1),
             (Some(_), Some(_)) => emit((*a.next().expect("peeked")).clone(), 1),
-            (Some(_), None) => emit((*b.next().expect("peeked")).clone(), -1),
+            (Some(_), None) => emit(b.next().expect("peeked"), -1),
             (None, Some(_)) => emit((*a.next().expect("peeked")).clone(), 1),
             (None, None) => break,
         }

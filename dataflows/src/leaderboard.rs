@@ -138,7 +138,7 @@ impl Keyed for BoardLogic {
             BoardInput::Gate { annotator, blocked } => {
                 let before = s.blocked(annotator);
                 let gates = s.gates.entry(annotator).or_default();
-                add_part(gates, blocked, x);
+                add_part(gates, &blocked, x);
                 if gates.is_empty() {
                     s.gates.remove(&annotator);
                 }

@@ -69,9 +69,9 @@ impl Keyed for ScopePartsLogic {
 
     fn apply(&mut self, _: &ScopeId, s: &mut ScopeParts, update: &ScopePart, &diff: &Diff) {
         match update {
-            ScopePart::Own(record) => add_part(&mut s.own, record.clone(), diff),
-            ScopePart::Truth(json) => add_part(&mut s.truth, json.clone(), diff),
-            ScopePart::Preferences(json) => add_part(&mut s.preferences, json.clone(), diff),
+            ScopePart::Own(record) => add_part(&mut s.own, record, diff),
+            ScopePart::Truth(json) => add_part(&mut s.truth, json, diff),
+            ScopePart::Preferences(json) => add_part(&mut s.preferences, json, diff),
             &ScopePart::Route { route, labels_saved } => {
                 s.routing.apply(crate::routing::RouteDecision { route, labels_saved }, diff)
             }
