@@ -58,6 +58,34 @@ pub struct GateInputs {
     /// a signal's state or score (which moves for every annotator of a scope when the scope's
     /// gold accuracy moves) feeds the drift summary's facts, not the decision.
     decided: Option<(Gate, Vec<u8>)>,
+    /// What the last derivation read of the signals ([`signal_facts`]), while no presence, gold
+    /// answer or alarm has changed since: a signal's score that moves without moving these facts
+    /// (a scope's gold accuracy moves every annotator's gold score, most often a little) leaves
+    /// every output as it was ([`GateLogic::unchanged`]).
+    facts: Option<Vec<SignalFacts>>,
+}
+
+/// What a gate's outputs read of one signal over the project's scopes: its worst state, and its
+/// best score where that is at least 0.5 (a watchlist candidate).
+type SignalFacts = (Signal, SignalState, Option<u64>);
+
+/// The signals' facts of `signals` ([`SignalFacts`]), by signal.
+fn signal_facts(signals: &[(GateInput, Diff)]) -> Vec<SignalFacts> {
+    // Per signal, the worst state and the best score over the project's scopes.
+    let mut worst: BTreeMap<Signal, (SignalState, Option<f64>)> = BTreeMap::new();
+    for (input, _) in signals.iter().filter(|(_, m)| *m > 0) {
+        if let GateInput::Signal { signal, state, score, .. } = *input {
+            let e = worst.entry(signal).or_insert((SignalState::Insufficient, None));
+            e.0 = e.0.max(state);
+            if let Some(score) = score.map(f64::from_bits) {
+                e.1 = Some(e.1.map_or(score, |b: f64| b.max(score)));
+            }
+        }
+    }
+    worst
+        .into_iter()
+        .map(|(signal, (state, score))| (signal, state, score.filter(|s| *s >= 0.5).map(f64::to_bits)))
+        .collect()
 }
 
 /// What a gate derives.
@@ -172,6 +200,7 @@ impl Keyed for GateLogic {
             crate::keyed::add_part(&mut s.signals, update, diff);
             return;
         }
+        s.facts = None;
         if matches!(update, GateInput::Answer { .. } | GateInput::Alarm { .. }) {
             s.decided = None;
         }
@@ -207,17 +236,7 @@ impl Keyed for GateLogic {
         }
         let project_name = names.project(project);
         let config = self.drift.for_project(project_name);
-        // Per signal, the worst state and the best score over the project's scopes.
-        let mut worst: BTreeMap<Signal, (SignalState, Option<f64>)> = BTreeMap::new();
-        for (input, _) in s.signals.iter().filter(|(_, m)| *m > 0) {
-            if let GateInput::Signal { signal, state, score, .. } = *input {
-                let e = worst.entry(signal).or_insert((SignalState::Insufficient, None));
-                e.0 = e.0.max(state);
-                if let Some(score) = score.map(f64::from_bits) {
-                    e.1 = Some(e.1.map_or(score, |b: f64| b.max(score)));
-                }
-            }
-        }
+        let facts = signal_facts(&s.signals);
         if s.decided.is_none() {
             let mut answers: Vec<(i64, ScopeId, ItemId, bool)> = Vec::new();
             let mut alarms: Vec<(Signal, Day, Option<Day>)> = Vec::new();
@@ -252,17 +271,20 @@ impl Keyed for GateLogic {
         }
         out.push(GateOut::Record(Record { key: gate_key(project_name, name), value: json.clone() }));
         out.push(GateOut::Metric(Metric::Gate { project: project_name.into(), state: gate.state }));
-        for (signal, (state, score)) in worst {
+        for &(signal, state, score) in &facts {
             out.push(GateOut::Metric(Metric::Signal { project: project_name.into(), signal, state }));
-            if let Some(score) = score.filter(|s| *s >= 0.5) {
-                let candidate = WatchCandidate {
-                    score: score.to_bits(),
-                    annotator: name.into(),
-                    gold_accuracy: gate.evidence.accuracy.map(f64::to_bits),
-                };
+            if let Some(score) = score {
+                let candidate =
+                    WatchCandidate { score, annotator: name.into(), gold_accuracy: gate.evidence.accuracy.map(f64::to_bits) };
                 out.push(GateOut::Watch { project, signal, candidate });
             }
         }
+        s.facts = Some(facts);
+    }
+
+    /// Only signals changed, and not what the outputs read of them ([`GateInputs::facts`]).
+    fn unchanged(&mut self, _: &GateKey, s: &mut GateInputs, _: &Catalog) -> bool {
+        s.facts.as_ref().is_some_and(|facts| *facts == signal_facts(&s.signals))
     }
 
     fn is_empty(s: &GateInputs) -> bool {
