@@ -321,6 +321,12 @@ impl Keyed for AnnotatorLogic {
         !moved
     }
 
+    /// Its own records leave apart, for [`JoinLogic`] alone: the other outputs go to two readers,
+    /// each of which gets a copy of what it reads.
+    fn is_record(out: &AnnotatorOut) -> bool {
+        matches!(out, AnnotatorOut::Own(..))
+    }
+
     fn is_empty(a: &AnnotatorState) -> bool {
         a.by_raters.is_empty() && a.gold == [0, 0] && a.drift.is_empty() && a.sides == SideCounts::default()
     }

@@ -300,7 +300,7 @@ pub fn quality<'s>(
         AnnotatorOut::Alert(scope, input) => Some((scope, input)),
         _ => None,
     });
-    let own = annotators.others.flat_map(|out| match out {
+    let own = annotators.records.flat_map(|out| match out {
         AnnotatorOut::Own(key, record) => Some((key, JoinInput::Own(record))),
         _ => None,
     });
