@@ -22,27 +22,45 @@ pub struct Reading {
 
 impl Reading {
     pub(super) fn level(&self) -> SignalState {
-        if self.score >= 1.0 {
-            SignalState::Alarm
-        } else if self.score >= 0.5 {
-            SignalState::Watch
-        } else {
-            SignalState::Ok
-        }
+        level(self.score)
     }
 }
 
-pub(super) fn percent(x: f64) -> String {
-    format!("{:.0}%", 100.0 * x)
+/// The level of a reading's score: at least 1 is alarm, at least 0.5 watch.
+fn level(score: f64) -> SignalState {
+    if score >= 1.0 {
+        SignalState::Alarm
+    } else if score >= 0.5 {
+        SignalState::Watch
+    } else {
+        SignalState::Ok
+    }
+}
+
+/// A share as a whole percentage, `42%`, written where it is formatted (explanations are formed
+/// for every annotator whose record changes).
+pub(super) fn percent(x: f64) -> impl std::fmt::Display {
+    struct Percent(f64);
+    impl std::fmt::Display for Percent {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:.0}%", 100.0 * self.0)
+        }
+    }
+    Percent(x)
 }
 
 /// `N days` (or `1 day`).
-pub(super) fn days(n: u32) -> String {
-    if n == 1 {
-        "1 day".to_string()
-    } else {
-        format!("{n} days")
+pub(super) fn days(n: u32) -> impl std::fmt::Display {
+    struct Days(u32);
+    impl std::fmt::Display for Days {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self.0 {
+                1 => f.write_str("1 day"),
+                n => write!(f, "{n} days"),
+            }
+        }
     }
+    Days(n)
 }
 
 /// A difference of shares in plain words: `17 points less often`, `3 points more often`.
@@ -170,22 +188,39 @@ impl DayContext<'_> {
         Some(high.clamp(0.02, 0.45))
     }
 
-    pub(super) fn gold(&self, day: Day) -> Option<Reading> {
+    /// The gold evidence on `day`: `(llr, window, answers, errors, e0)`, the log-likelihood ratio
+    /// of the window (of `gold_windows_days`) with the most evidence that the annotator's error
+    /// rate is `e1 = min(2 e0, 0.6)` rather than the baseline `e0` ([`DayContext::gold_baseline`]),
+    /// with that window's days and answers. `None` without a baseline or a window of at least
+    /// `gold_min_answers` answers.
+    fn gold_evidence(&self, day: Day) -> Option<(f64, u32, i64, i64, f64)> {
         let c = self.config;
         let e0 = self.gold_baseline(day)?;
         let e1 = (2.0 * e0).min(0.6);
+        // The log-likelihood ratio of an error and of a correct answer, the same in every window.
+        let (error_llr, correct_llr) = ((e1 / e0).ln(), ((1.0 - e1) / (1.0 - e0)).ln());
         let mut best: Option<(f64, u32, i64, i64)> = None;
         for &w in &c.gold_windows_days {
             let [n, k] = self.gold_days.sum((day - w as Day + 1)..=day);
             if n < c.gold_min_answers {
                 continue;
             }
-            let llr = k as f64 * (e1 / e0).ln() + (n - k) as f64 * ((1.0 - e1) / (1.0 - e0)).ln();
+            let llr = k as f64 * error_llr + (n - k) as f64 * correct_llr;
             if best.is_none_or(|(b, ..)| llr > b) {
                 best = Some((llr, w, n, k));
             }
         }
-        let (llr, w, n, k) = best?;
+        best.map(|(llr, w, n, k)| (llr, w, n, k, e0))
+    }
+
+    /// The level of the gold reading on `day` ([`DayContext::gold`]'s), without forming it.
+    pub(super) fn gold_level(&self, day: Day) -> SignalState {
+        self.gold_evidence(day).map_or(SignalState::Insufficient, |(llr, ..)| level(llr / self.config.gold_threshold))
+    }
+
+    pub(super) fn gold(&self, day: Day) -> Option<Reading> {
+        let c = self.config;
+        let (llr, w, n, k, e0) = self.gold_evidence(day)?;
         let correct = n - k;
         let (low, high) = stats::wilson(n, correct as f64, stats::WILSON_Z)?;
         Some(Reading {

@@ -150,12 +150,8 @@ pub fn restate(
     };
     let g = Signal::Gold.index();
     for (&(day, _), levels) in timeline.days.iter().zip(&timeline.levels) {
-        if gold(day) {
-            let level =
-                context.read(Signal::Gold, day).as_ref().map_or(SignalState::Insufficient, Reading::level);
-            if level != levels[g] {
-                return None;
-            }
+        if gold(day) && context.gold_level(day) != levels[g] {
+            return None;
         }
     }
     context.explain = true;
@@ -287,17 +283,14 @@ fn evaluate_reusing(
         match reuse {
             Some((previous, reread)) => {
                 levels = previous.levels[at];
-                let mut read_again = |signal: Signal, context: &DayContext| {
-                    let reading = context.read(signal, day);
-                    levels[signal.index()] =
-                        reading.as_ref().map_or(SignalState::Insufficient, Reading::level);
-                };
                 if (reread.gold)(day) {
-                    read_again(Signal::Gold, &context);
+                    levels[Signal::Gold.index()] = context.gold_level(day);
                 }
                 if reads_too_fast(day) {
                     context.median_ms = median_before(&mut histogram, day);
-                    read_again(Signal::TooFast, &context);
+                    let reading = context.read(Signal::TooFast, day);
+                    levels[Signal::TooFast.index()] =
+                        reading.as_ref().map_or(SignalState::Insufficient, Reading::level);
                 }
             }
             None => {
