@@ -15,10 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::alerts::AlertInput;
 use crate::dataflow::{Diff, Sums};
-use crate::drift::{self, AnnotatorInputs, DriftSettings, ScopeInputs, Signal, SignalState, Timeline};
+use crate::drift::{
+    self, AnnotatorInputs, DriftSettings, ScopeInputs, Signal, SignalReport, SignalState, Timeline,
+};
 use crate::gates::{project_id, GateInput, GateKey};
 use crate::keyed::{add_part, present, Keyed};
 use crate::label::LabelId;
@@ -65,6 +68,10 @@ pub struct AnnotatorState {
     sides: SideCounts,
     /// Whether an update changed its own sums since it was last derived.
     updated: bool,
+    /// The JSON of drift signals' current reports in its last record, each kept while its report
+    /// stands: dropped when the timeline is evaluated again, the gold report's alone when it is
+    /// restated ([`reports_json`]).
+    reports: Vec<(Signal, Box<RawValue>)>,
 }
 
 /// What an annotator derives, and where it goes.
@@ -90,7 +97,7 @@ pub struct AnnotatorLogic {
     /// Of a changed scope in this epoch: whether its annotators' gold readings on a day read one
     /// of its changed gold days (the same for all of them: computed once per scope and day, when
     /// touched and when re-evaluated).
-    gold_read: HashMap<(ScopeId, Day), bool, RandomState>,
+    gold_read: HashMap<ScopeId, DaysRead, RandomState>,
     /// Touched in this epoch by its scope's drift inputs alone: its timeline is re-evaluated
     /// from its last one, reading again only the readings that read a changed day
     /// ([`drift::reevaluate`]).
@@ -218,6 +225,7 @@ impl Keyed for AnnotatorLogic {
         let full = || drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name);
         if !self.fresh.remove(&key) {
             a.timeline = (!a.drift.is_empty()).then(full);
+            a.reports.clear();
         }
         a.updated = false;
         let name = names.annotators.name(annotator);
@@ -227,7 +235,10 @@ impl Keyed for AnnotatorLogic {
                 n_labels: a.by_raters.values().map(|[labels, _]| labels).sum(),
                 agreement_with_others: agreement_with_others(&a.by_raters),
                 gold: stats::gold_accuracy(a.gold[0], a.gold[1]),
-                drift: a.timeline.as_ref().map(|t| t.current.iter().map(|(s, r)| (s.name(), r)).collect()),
+                drift: a.timeline.as_ref().map(|t| {
+                    reports_json(&mut a.reports, &t.current);
+                    a.reports.iter().map(|(s, json)| (s.name(), &**json)).collect()
+                }),
                 preferences: (a.sides != SideCounts::default())
                     .then(|| preference_quality(a.sides, self.preferences.position_margin)),
             };
@@ -295,20 +306,25 @@ impl Keyed for AnnotatorLogic {
         let basis = self.basis.get(&scope).unwrap_or(&empty);
         let changed = self.reread_days.get(&scope);
         let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
-        let memo = std::cell::RefCell::new(&mut self.gold_read);
-        let gold = |day| reads_changed_gold(&mut memo.borrow_mut(), scope, day, gold_days, config, basis);
+        let memo = std::cell::RefCell::new(self.gold_read.entry(scope).or_default());
+        let gold = |day| reads_changed_gold(&mut memo.borrow_mut(), day, gold_days, config, basis);
         let speed_from = changed.and_then(|c| c.speed);
         // Gold alone, where most often no level moves: the timeline is restated in place.
         let restated = speed_from
             .is_none()
             .then(|| drift::restate(&a.drift, basis, config, &self.preferences, &label_name, previous, &gold))
             .flatten();
+        // Of the reports its record shows, a restatement moves only gold's.
+        if restated == Some(true) {
+            a.reports.retain(|(signal, _)| *signal != Signal::Gold);
+        }
         let moved = restated.unwrap_or_else(|| {
             let reread = drift::Reread { gold: &gold, speed_from };
             let timeline =
                 drift::reevaluate(&a.drift, basis, config, &self.preferences, &label_name, previous, reread);
             let moved = timeline != *previous;
             *previous = timeline;
+            a.reports.clear();
             moved
         });
         debug_assert_eq!(
@@ -361,9 +377,8 @@ impl Keyed for AnnotatorLogic {
             let empty = ScopeInputs::default();
             let basis = self.basis.get(&scope).unwrap_or(&empty);
             let from = days.partition_point(|&(day, _)| day < first);
-            days[from..].iter().any(|&(day, _)| {
-                reads_changed_gold(&mut self.gold_read, scope, day, &changed.gold, config, basis)
-            })
+            let memo = self.gold_read.entry(scope).or_default();
+            days[from..].iter().any(|&(day, _)| reads_changed_gold(memo, day, &changed.gold, config, basis))
         };
         if touched && !a.updated {
             self.reread.insert(key);
@@ -382,21 +397,71 @@ impl Keyed for AnnotatorLogic {
     }
 }
 
-/// Whether the gold reading of `day` in `scope` reads one of the scope's `changed` gold days
+/// Whether the gold reading of `day` in a scope reads one of the scope's `changed` gold days
 /// ([`drift::reads_scope_gold_of`]). The same for every annotator of the scope: `memo` keeps it
-/// per scope and day for the epoch, for the annotators touched and then re-evaluated.
+/// per day for the epoch, for the annotators touched and then re-evaluated.
 fn reads_changed_gold(
-    memo: &mut HashMap<(ScopeId, Day), bool, RandomState>,
-    scope: ScopeId,
+    memo: &mut DaysRead,
     day: Day,
     changed: &[Day],
     config: &drift::DriftConfig,
     basis: &ScopeInputs,
 ) -> bool {
     !changed.is_empty()
-        && *memo
-            .entry((scope, day))
-            .or_insert_with(|| changed.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g)))
+        && memo.get(day, || changed.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g)))
+}
+
+/// Of one scope in an epoch, a yes or no per day, computed once: `read[i]` is of day `first + i`
+/// (`None` until computed). Dense, as every annotator of the scope asks for each of its days.
+#[derive(Debug, Default)]
+struct DaysRead {
+    first: Day,
+    read: Vec<Option<bool>>,
+}
+
+impl DaysRead {
+    /// Days one covers at most: a day beyond them is computed each time.
+    const SPAN: usize = 1 << 16;
+
+    /// The answer for `day`, from `compute` the first time.
+    fn get(&mut self, day: Day, compute: impl FnOnce() -> bool) -> bool {
+        if self.read.is_empty() {
+            self.first = day;
+        }
+        let offset = i64::from(day) - i64::from(self.first);
+        if offset < 0 {
+            let before = offset.unsigned_abs() as usize;
+            if before + self.read.len() > Self::SPAN {
+                return compute();
+            }
+            self.read.splice(0..0, std::iter::repeat_n(None, before));
+            self.first = day;
+        } else if offset as usize >= self.read.len() {
+            if offset as usize >= Self::SPAN {
+                return compute();
+            }
+            self.read.resize(offset as usize + 1, None);
+        }
+        let i = (i64::from(day) - i64::from(self.first)) as usize;
+        *self.read[i].get_or_insert_with(compute)
+    }
+}
+
+/// Brings `reports` to the JSON of each report of `current`, in its order: a report whose JSON
+/// `reports` holds is not serialised again (its JSON is dropped whenever the report may have
+/// moved, see [`AnnotatorState::reports`]). After a change of a scope's gold accuracy most of its
+/// annotators' gold readings move and nothing else of theirs, and serialising every signal's
+/// explanation again was most of forming their records.
+fn reports_json(reports: &mut Vec<(Signal, Box<RawValue>)>, current: &[(Signal, SignalReport)]) {
+    let mut last = std::mem::take(reports);
+    for (signal, report) in current {
+        let json = match last.iter().position(|(s, _)| s == signal) {
+            Some(i) => last.swap_remove(i).1,
+            None => serde_json::value::to_raw_value(report).expect("a signal's report serialises"),
+        };
+        debug_assert_eq!(json.get(), serde_json::to_string(report).expect("serialises"), "{signal:?}");
+        reports.push((*signal, json));
+    }
 }
 
 /// `agreement_with_others` from `raters -> [labels, agreeing others]`: `None` without a pairable
@@ -497,6 +562,21 @@ mod tests {
         let label = parse_label_event(r#"{"item_id":"i","annotator_id":"a","label":"x","ts":0}"#).unwrap();
         source.apply_label(&label, &mut Vec::new()).unwrap();
         (source, scope_id("default", "default"))
+    }
+
+    #[test]
+    fn a_day_read_is_computed_once_whichever_side_of_the_others_it_falls() {
+        let mut memo = DaysRead::default();
+        let mut computed = Vec::new();
+        for day in [10, 7, 12, 10, 7, 300_000, 8, 12, 300_000, -5, 10] {
+            let read = memo.get(day, || {
+                computed.push(day);
+                day % 2 == 0
+            });
+            assert_eq!(read, day % 2 == 0, "day {day}");
+        }
+        // Day 300,000 lies beyond the days one memo covers (from day 7): computed each time.
+        assert_eq!(computed, [10, 7, 12, 300_000, 8, 300_000, -5]);
     }
 
     #[test]

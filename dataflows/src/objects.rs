@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::drift::SignalReport;
 use crate::stats::GoldAccuracy;
 
 /// The scope object: the numbers of one (project, task) scope, without its entities.
@@ -85,8 +84,10 @@ pub struct AnnotatorReport<'a> {
     pub n_labels: i64,
     pub agreement_with_others: Option<f64>,
     pub gold: Option<GoldAccuracy>,
-    /// Every drift signal's state and latest reading, by signal name.
-    pub drift: Option<BTreeMap<&'static str, &'a SignalReport>>,
+    /// Every drift signal's state and latest reading, by signal name: each
+    /// [`crate::drift::SignalReport`] as its JSON (an annotator's record is formed again whenever
+    /// one of them moves, and the others' JSON is kept).
+    pub drift: Option<BTreeMap<&'static str, &'a serde_json::value::RawValue>>,
     /// For an annotator of preference events (spec 2.2): `position`, `ties`, `events`,
     /// `tie_rate`, as fields of its own.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
