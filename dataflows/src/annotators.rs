@@ -68,6 +68,9 @@ pub struct AnnotatorState {
     sides: SideCounts,
     /// Whether an update changed its own sums since it was last derived.
     updated: bool,
+    /// The earliest day of its drift inputs an update changed since it was last derived: its
+    /// timeline is evaluated again from that day ([`drift::reevaluate`]).
+    own_from: Option<Day>,
     /// The JSON of drift signals' current reports in its last record, each kept while its report
     /// stands: dropped when the timeline is evaluated again, the gold report's alone when it is
     /// restated ([`reports_json`]).
@@ -192,6 +195,15 @@ impl Keyed for AnnotatorLogic {
 
     fn apply(&mut self, _: &AnnotatorKey, a: &mut AnnotatorState, update: &AnnotatorSum, &(x, y, z): &Sums) {
         a.updated = true;
+        let day = match *update {
+            AnnotatorSum::Gap { day } | AnnotatorSum::Side { day } => Some(day),
+            AnnotatorSum::Mix { day, .. } | AnnotatorSum::Speed { day, .. } => Some(day),
+            AnnotatorSum::Answer { ts_ms, .. } => Some(ts_ms.div_euclid(crate::source::DAY_MS) as Day),
+            AnnotatorSum::Items { .. } | AnnotatorSum::Gold => None,
+        };
+        if let Some(day) = day {
+            a.own_from = Some(a.own_from.map_or(day, |from| from.min(day)));
+        }
         match *update {
             AnnotatorSum::Items { raters } => add(&mut a.by_raters, raters, [x, y]),
             AnnotatorSum::Gold => {
@@ -224,10 +236,26 @@ impl Keyed for AnnotatorLogic {
         let basis = self.basis.get(&scope).unwrap_or(&empty);
         let full = || drift::evaluate_with(&a.drift, basis, config, &self.preferences, &label_name);
         if !self.fresh.remove(&key) {
-            a.timeline = (!a.drift.is_empty()).then(full);
+            a.timeline = match a.timeline.take() {
+                // Evaluated before: again from the first day its own inputs changed, and where
+                // its scope's changes of this epoch are read.
+                Some(previous) if !a.drift.is_empty() => {
+                    let changed = self.reread_days.get(&scope);
+                    let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
+                    let memo = std::cell::RefCell::new(self.gold_read.entry(scope).or_default());
+                    let gold = |day| reads_changed_gold(&mut memo.borrow_mut(), day, gold_days, config, basis);
+                    let speed_from = changed.and_then(|c| c.speed);
+                    let reread = drift::Reread { gold: &gold, speed_from, own_from: a.own_from };
+                    let timeline =
+                        drift::reevaluate(&a.drift, basis, config, &self.preferences, &label_name, &previous, reread);
+                    Some(timeline)
+                }
+                _ => (!a.drift.is_empty()).then(full),
+            };
+            debug_assert!(a.timeline.as_ref().is_none_or(|timeline| *timeline == full()));
             a.reports.clear();
         }
-        a.updated = false;
+        (a.updated, a.own_from) = (false, None);
         let name = names.annotators.name(annotator);
         if !a.by_raters.is_empty() {
             let object = AnnotatorReport {
@@ -319,7 +347,7 @@ impl Keyed for AnnotatorLogic {
             a.reports.retain(|(signal, _)| *signal != Signal::Gold);
         }
         let moved = restated.unwrap_or_else(|| {
-            let reread = drift::Reread { gold: &gold, speed_from };
+            let reread = drift::Reread { gold: &gold, speed_from, own_from: None };
             let timeline =
                 drift::reevaluate(&a.drift, basis, config, &self.preferences, &label_name, previous, reread);
             let moved = timeline != *previous;
@@ -384,6 +412,11 @@ impl Keyed for AnnotatorLogic {
             self.reread.insert(key);
         }
         touched
+    }
+
+    /// The scopes' changes of an epoch are read by the keys it derives alone.
+    fn drain(&mut self, _: &mut dyn FnMut(AnnotatorOut, Diff)) {
+        self.reread_days.clear();
     }
 
     fn side_done(&mut self) {

@@ -119,7 +119,7 @@ fn reevaluated(
 ) -> Timeline {
     let (config, prefs) = (DriftConfig::default(), PreferenceSettings::default());
     let name = |l: LabelId| format!("#{l}");
-    reevaluate(a, s, &config, &prefs, &name, before, Reread { gold, speed_from })
+    reevaluate(a, s, &config, &prefs, &name, before, Reread { gold, speed_from, own_from: None })
 }
 
 /// An annotator at 20% gold errors for 70 days against its scope's 10%, whose labels take 1 s from
@@ -133,6 +133,37 @@ fn fast_from_day_40() -> (AnnotatorInputs, ScopeInputs) {
         a.speed.insert((day, if day < 40 { usual } else { fast }), [20]);
     }
     (a, s)
+}
+
+#[test]
+fn a_timeline_re_evaluated_from_the_first_day_its_own_inputs_changed_is_the_full_evaluation() {
+    let (mut a, s) = fast_from_day_40();
+    let (config, prefs) = (DriftConfig::default(), PreferenceSettings::default());
+    let name = |l: LabelId| format!("#{l}");
+    let no_gold = |_| false;
+    let from = |before: &Timeline, a: &AnnotatorInputs, own_from: Day| {
+        let reread = Reread { gold: &no_gold, speed_from: None, own_from: Some(own_from) };
+        reevaluate(a, &s, &config, &prefs, &name, before, reread)
+    };
+    // Twenty wrong gold answers on day 30, which the gold readings of days 30 on read.
+    let before = evaluate(&a, &s, &config, &name);
+    for i in 0..20 {
+        a.add_gold(30 * DAY_MS + 100 + i, false, 1);
+    }
+    let full = evaluate(&a, &s, &config, &name);
+    assert_ne!(full, before, "the change should move some reading");
+    assert_eq!(from(&before, &a, 30), full);
+    assert_eq!(from(&before, &a, 10), full, "from an earlier day, the same");
+    assert_ne!(from(&before, &a, 31), full, "from the day after, day 30 is missed");
+    // The last day's inputs withdrawn: its day goes, and the current readings are the day before's.
+    let before = full;
+    for i in 0..5 {
+        a.add_gold(69 * DAY_MS + i, i >= 1, -1);
+    }
+    a.speed.retain(|&(day, _), _| day != 69);
+    let full = evaluate(&a, &s, &config, &name);
+    assert_eq!(full.days.last().map(|(day, _)| *day), Some(68));
+    assert_eq!(from(&before, &a, 69), full);
 }
 
 #[test]

@@ -87,7 +87,8 @@ pub fn evaluate_with(
     evaluate_reusing(inputs, scope, config, preferences, label_name, None)
 }
 
-/// What a re-evaluation ([`reevaluate`]) reads again, after a change of its scope's inputs alone.
+/// What a re-evaluation ([`reevaluate`]) reads again, after a change of its scope's inputs or of
+/// its own.
 #[derive(Clone, Copy)]
 pub struct Reread<'a> {
     /// Whether the gold reading of a day reads a changed day of the scope's pooled gold answers
@@ -96,16 +97,21 @@ pub struct Reread<'a> {
     /// The earliest day of the scope's label times that changed: the too-fast readings of the
     /// days after it read the scope's median label time of the days before theirs.
     pub speed_from: Option<Day>,
+    /// The earliest day of the annotator's own inputs that changed: every reading from it on is
+    /// read again (a reading reads its own day and the days before it, never a later one).
+    pub own_from: Option<Day>,
 }
 
-/// [`evaluate_with`] after a change of the scope's inputs alone, from `previous`, this
-/// annotator's timeline over the same inputs of its own: only the readings `reread` names are
-/// read again (gold on the days it says; too-fast on the days after `speed_from`), every other
-/// reading's level is `previous`'s, and the state rules, the alarm episodes and the current
-/// readings are formed again. The result is [`evaluate_with`]'s when `reread.gold` holds for
-/// every day whose gold reading reads a changed day of the scope ([`reads_scope_gold_of`]) and
-/// `speed_from` is at or before the earliest changed day of its label times: no other reading
-/// reads the scope's inputs.
+/// [`evaluate_with`] after a change of the scope's inputs, or of the annotator's own inputs on
+/// `reread.own_from` and later days, from `previous`, this annotator's timeline before the
+/// change: only the readings `reread` names are read again (gold on the days it says; too-fast
+/// on the days after `speed_from`; every signal on the days from `own_from` on, and on the last
+/// day), every other reading's level is `previous`'s, and the state rules, the alarm episodes
+/// and the current readings are formed again from the first day read again. The result is
+/// [`evaluate_with`]'s when `reread.gold` holds for every day whose gold reading reads a changed
+/// day of the scope ([`reads_scope_gold_of`]), `speed_from` is at or before the earliest changed
+/// day of its label times, and no own input of a day before `own_from` changed (none changed
+/// where it is `None`): no other reading reads the scope's inputs.
 pub fn reevaluate(
     inputs: &AnnotatorInputs,
     scope: &ScopeInputs,
@@ -187,16 +193,40 @@ fn evaluate_reusing(
 ) -> Timeline {
     let gold_days = inputs.gold_days.by_day();
     let (own_gold, scope_gold) = (inputs.gold_days.sums(), scope.gold_days.sums());
-    // Days after this one read too-fast again (every day in a full evaluation).
+    let active = match reuse {
+        // The same inputs of its own before `own_from`: the same days before it.
+        Some((previous, reread)) => {
+            let kept = previous.days.iter().map(|(day, _)| *day);
+            match reread.own_from {
+                None => kept.collect(),
+                Some(from) => {
+                    let mut active = kept.take_while(|&day| day < from).collect::<Vec<_>>();
+                    let from = active.len();
+                    active.extend(inputs.active_days(gold_days).split_off(from));
+                    active
+                }
+            }
+        }
+        None => inputs.active_days(gold_days),
+    };
+    debug_assert_eq!(active, inputs.active_days(gold_days));
+    // Every signal is read again from this day on (every day in a full evaluation). The last day
+    // always is, where the own inputs changed: the current readings are of the last day.
+    let all_from = match reuse {
+        None => Some(Day::MIN),
+        Some((_, reread)) => reread.own_from.map(|from| active.last().map_or(from, |&last| from.min(last))),
+    };
+    let reads_all = |day: Day| all_from.is_some_and(|from| day >= from);
+    // Days after this one read too-fast again.
     let too_fast_after = match reuse {
         None => Some(Day::MIN),
         Some((_, reread)) => reread.speed_from,
     };
-    let reads_too_fast = |day: Day| too_fast_after.is_some_and(|after| day > after);
+    let reads_too_fast = |day: Day| too_fast_after.is_some_and(|after| day > after) || reads_all(day);
     // Read day after day where too-fast is: laid out flat once, for windows that slide. A
     // re-evaluation of gold alone reads the label times on few days, from the tree.
-    let speed: Option<Vec<((Day, u16), i64)>> =
-        too_fast_after.map(|_| inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect());
+    let speed: Option<Vec<((Day, u16), i64)>> = (too_fast_after.is_some() || all_from.is_some())
+        .then(|| inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect());
     let mut context = DayContext {
         config,
         label_name,
@@ -229,20 +259,12 @@ fn evaluate_reusing(
     let mut open: [Option<usize>; Signal::COUNT] = [None; Signal::COUNT];
     let mut latest: [Option<Reading>; Signal::COUNT] = Default::default();
     let mut last_day = None;
-    let active = match reuse {
-        None => inputs.active_days(gold_days),
-        // The same inputs of its own: the same days.
-        Some((previous, _)) => {
-            debug_assert!(previous.days.iter().map(|(day, _)| *day).eq(inputs.active_days(gold_days)));
-            previous.days.iter().map(|(day, _)| *day).collect()
-        }
-    };
     // A re-evaluation resumes at the first day it reads again: the state rules read only the days
     // before, so the states of the days before it and the alarm episodes begun before it are the
     // last timeline's.
     let mut resume = 0;
     if let Some((previous, reread)) = reuse {
-        let reads_again = |day: Day| (reread.gold)(day) || reads_too_fast(day);
+        let reads_again = |day: Day| (reread.gold)(day) || reads_too_fast(day) || reads_all(day);
         resume = active.iter().position(|&day| reads_again(day)).unwrap_or(active.len());
         if resume > 0 {
             let kept = &previous.days[..resume];
@@ -276,11 +298,11 @@ fn evaluate_reusing(
     for (at, &day) in active.iter().enumerate().skip(resume) {
         // The scope's median label time, which too-fast reads: a re-evaluation reads that signal
         // only where an alarm starts.
-        if reuse.is_none() {
+        if reads_all(day) {
             context.median_ms = median_before(&mut histogram, day);
         }
         let mut levels = [SignalState::Insufficient; Signal::COUNT];
-        match reuse {
+        match reuse.filter(|_| !reads_all(day)) {
             Some((previous, reread)) => {
                 levels = previous.levels[at];
                 if (reread.gold)(day) {
@@ -359,7 +381,7 @@ fn evaluate_reusing(
     let previous_current = reuse.map_or(&[][..], |(previous, _)| &previous.current[..]);
     if let Some(day) = last_day {
         context.explain = true;
-        match reuse {
+        match reuse.filter(|_| !reads_all(day)) {
             Some((_, reread)) => {
                 let (gold, too_fast) = ((reread.gold)(day), reads_too_fast(day));
                 for (signal, report) in previous_current {
