@@ -35,23 +35,28 @@ impl AnnotatorInputs {
     }
 
     /// The days with any input, ascending. Each map is ordered by day first, so each gives its
-    /// days in order, each once; only the few days of all the maps together are sorted.
+    /// days in order; only the few days of all the maps together are sorted.
     pub(super) fn active_days(&self, gold_days: &BTreeMap<Day, [i64; 2]>) -> Vec<Day> {
-        fn distinct(days: impl Iterator<Item = Day>, out: &mut Vec<Day>) {
-            let mut last = None;
-            for day in days {
-                if last != Some(day) {
-                    out.push(day);
-                    last = Some(day);
-                }
+        self.active_days_from(gold_days, Day::MIN)
+    }
+
+    /// The days with any input from `from` on, ascending. A map keyed by `(day, _)` is searched
+    /// day by day, not walked entry by entry: a day holds up to a hundred duration buckets.
+    pub(super) fn active_days_from(&self, gold_days: &BTreeMap<Day, [i64; 2]>, from: Day) -> Vec<Day> {
+        /// Each day of `map` from `from` on, once.
+        fn days_of<K: Ord + Copy, V>(map: &BTreeMap<(Day, K), V>, from: Day, least: K, out: &mut Vec<Day>) {
+            let mut next = Some(from);
+            while let Some((&(day, _), _)) = next.and_then(|next| map.range((next, least)..).next()) {
+                out.push(day);
+                next = day.checked_add(1);
             }
         }
         let mut days = Vec::new();
-        distinct(gold_days.keys().copied(), &mut days);
-        distinct(self.gap.keys().copied(), &mut days);
-        distinct(self.mix.keys().map(|(d, _)| *d), &mut days);
-        distinct(self.speed.keys().map(|(d, _)| *d), &mut days);
-        distinct(self.sides.keys().copied(), &mut days);
+        days.extend(gold_days.range(from..).map(|(&day, _)| day));
+        days.extend(self.gap.range(from..).map(|(&day, _)| day));
+        days_of(&self.mix, from, LabelId::MIN, &mut days);
+        days_of(&self.speed, from, u16::MIN, &mut days);
+        days.extend(self.sides.range(from..).map(|(&day, _)| day));
         days.sort_unstable();
         days.dedup();
         days

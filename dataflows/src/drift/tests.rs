@@ -277,3 +277,23 @@ fn the_scope_medians_move_only_where_enough_label_times_move() {
     let days: Vec<Day> = scope_medians(&s, Day::MIN).iter().map(|&(day, _)| day).collect();
     assert_eq!(days, [0, 1, 2, 3, 4, 5, 6, 7, 9]);
 }
+
+#[test]
+fn active_days_are_the_days_with_an_input_from_the_day_asked_on() {
+    let mut a = AnnotatorInputs::default();
+    a.gap.insert(3, [1, 0, 0]);
+    a.mix.insert((5, 2), [1, 0]);
+    a.mix.insert((5, 7), [1, 0]);
+    a.mix.insert((9, 0), [1, 0]);
+    a.speed.insert((5, 40), [1]);
+    a.speed.insert((12, 0), [1]);
+    a.speed.insert((12, u16::MAX), [1]);
+    a.speed.insert((Day::MAX, 3), [1]);
+    a.sides.insert(-4, [1, 0, 0]);
+    a.add_gold(20 * DAY_MS, true, 1);
+    let gold = a.gold_days.by_day();
+    assert_eq!(a.active_days(gold), [-4, 3, 5, 9, 12, 20, Day::MAX]);
+    assert_eq!(a.active_days_from(gold, 5), [5, 9, 12, 20, Day::MAX]);
+    assert_eq!(a.active_days_from(gold, 6), [9, 12, 20, Day::MAX]);
+    assert_eq!(a.active_days_from(gold, Day::MAX), [Day::MAX]);
+}

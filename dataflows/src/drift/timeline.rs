@@ -201,8 +201,7 @@ fn evaluate_reusing(
                 None => kept.collect(),
                 Some(from) => {
                     let mut active = kept.take_while(|&day| day < from).collect::<Vec<_>>();
-                    let from = active.len();
-                    active.extend(inputs.active_days(gold_days).split_off(from));
+                    active.extend(inputs.active_days_from(gold_days, from));
                     active
                 }
             }
