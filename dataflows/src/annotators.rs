@@ -243,11 +243,19 @@ impl Keyed for AnnotatorLogic {
                     let changed = self.reread_days.get(&scope);
                     let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
                     let memo = std::cell::RefCell::new(self.gold_read.entry(scope).or_default());
-                    let gold = |day| reads_changed_gold(&mut memo.borrow_mut(), day, gold_days, config, basis);
+                    let gold =
+                        |day| reads_changed_gold(&mut memo.borrow_mut(), day, gold_days, config, basis);
                     let speed_from = changed.and_then(|c| c.speed);
                     let reread = drift::Reread { gold: &gold, speed_from, own_from: a.own_from };
-                    let timeline =
-                        drift::reevaluate(&a.drift, basis, config, &self.preferences, &label_name, &previous, reread);
+                    let timeline = drift::reevaluate(
+                        &a.drift,
+                        basis,
+                        config,
+                        &self.preferences,
+                        &label_name,
+                        &previous,
+                        reread,
+                    );
                     Some(timeline)
                 }
                 _ => (!a.drift.is_empty()).then(full),

@@ -274,8 +274,11 @@ impl Keyed for GateLogic {
         for &(signal, state, score) in &facts {
             out.push(GateOut::Metric(Metric::Signal { project: project_name.into(), signal, state }));
             if let Some(score) = score {
-                let candidate =
-                    WatchCandidate { score, annotator: name.into(), gold_accuracy: gate.evidence.accuracy.map(f64::to_bits) };
+                let candidate = WatchCandidate {
+                    score,
+                    annotator: name.into(),
+                    gold_accuracy: gate.evidence.accuracy.map(f64::to_bits),
+                };
                 out.push(GateOut::Watch { project, signal, candidate });
             }
         }

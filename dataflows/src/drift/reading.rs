@@ -215,7 +215,8 @@ impl DayContext<'_> {
 
     /// The level of the gold reading on `day` ([`DayContext::gold`]'s), without forming it.
     pub(super) fn gold_level(&self, day: Day) -> SignalState {
-        self.gold_evidence(day).map_or(SignalState::Insufficient, |(llr, ..)| level(llr / self.config.gold_threshold))
+        self.gold_evidence(day)
+            .map_or(SignalState::Insufficient, |(llr, ..)| level(llr / self.config.gold_threshold))
     }
 
     pub(super) fn gold(&self, day: Day) -> Option<Reading> {
