@@ -139,7 +139,29 @@ pub(super) struct DayContext<'a> {
     pub(super) explain: bool,
 }
 
-impl DayContext<'_> {
+impl<'a> DayContext<'a> {
+    /// The context of `inputs` in `scope`, its label times read from their tree, the scope's
+    /// median label time unknown and readings without explanations, until set.
+    pub(super) fn new(
+        config: &'a DriftConfig,
+        label_name: &'a dyn Fn(LabelId) -> String,
+        inputs: &'a AnnotatorInputs,
+        scope: &'a ScopeInputs,
+        preferences: &'a PreferenceSettings,
+    ) -> DayContext<'a> {
+        DayContext {
+            config,
+            label_name,
+            inputs,
+            gold_days: inputs.gold_days.sums(),
+            scope_gold_days: scope.gold_days.sums(),
+            speed: None,
+            median_ms: None,
+            preferences,
+            explain: false,
+        }
+    }
+
     pub(super) fn explained(&self, explanation: impl FnOnce() -> String) -> String {
         if self.explain {
             explanation()

@@ -143,17 +143,7 @@ pub fn restate(
     timeline: &mut Timeline,
     gold: &dyn Fn(Day) -> bool,
 ) -> Option<bool> {
-    let mut context = DayContext {
-        config,
-        label_name,
-        inputs,
-        gold_days: inputs.gold_days.sums(),
-        scope_gold_days: scope.gold_days.sums(),
-        speed: None,
-        median_ms: None,
-        preferences,
-        explain: false,
-    };
+    let mut context = DayContext::new(config, label_name, inputs, scope, preferences);
     let g = Signal::Gold.index();
     for (&(day, _), levels) in timeline.days.iter().zip(&timeline.levels) {
         if gold(day) && context.gold_level(day) != levels[g] {
@@ -192,7 +182,6 @@ fn evaluate_reusing(
     reuse: Option<(&Timeline, Reread<'_>)>,
 ) -> Timeline {
     let gold_days = inputs.gold_days.by_day();
-    let (own_gold, scope_gold) = (inputs.gold_days.sums(), scope.gold_days.sums());
     let active = match reuse {
         // The same inputs of its own before `own_from`: the same days before it.
         Some((previous, reread)) => {
@@ -227,17 +216,10 @@ fn evaluate_reusing(
     let speed: Option<Vec<((Day, u16), i64)>> = (too_fast_after.is_some() || all_from.is_some())
         .then(|| inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect());
     let mut context = DayContext {
-        config,
-        label_name,
-        inputs,
-        gold_days: own_gold,
-        scope_gold_days: scope_gold,
         speed: speed
             .as_deref()
             .map(|s| std::cell::RefCell::new([SlidingTiming::new(s), SlidingTiming::new(s)])),
-        median_ms: None,
-        preferences,
-        explain: false,
+        ..DayContext::new(config, label_name, inputs, scope, preferences)
     };
     // The scope's duration histogram of the days before the one being evaluated, caught up to a
     // day when the scope's median label time is read there.
