@@ -240,12 +240,8 @@ impl Keyed for AnnotatorLogic {
                 // Evaluated before: again from the first day its own inputs changed, and where
                 // its scope's changes of this epoch are read.
                 Some(previous) if !a.drift.is_empty() => {
-                    let changed = self.reread_days.get(&scope);
-                    let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
-                    let memo = std::cell::RefCell::new(self.gold_read.entry(scope).or_default());
-                    let gold =
-                        |day| reads_changed_gold(&mut memo.borrow_mut(), day, gold_days, config, basis);
-                    let speed_from = changed.and_then(|c| c.speed);
+                    let (gold, speed_from) =
+                        scope_reread(&mut self.gold_read, &self.reread_days, scope, config, basis);
                     let reread = drift::Reread { gold: &gold, speed_from, own_from: a.own_from };
                     let timeline = drift::reevaluate(
                         &a.drift,
@@ -340,11 +336,7 @@ impl Keyed for AnnotatorLogic {
         let label_name = |l: LabelId| names.labels.get(l).to_json_text();
         let empty = ScopeInputs::default();
         let basis = self.basis.get(&scope).unwrap_or(&empty);
-        let changed = self.reread_days.get(&scope);
-        let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
-        let memo = std::cell::RefCell::new(self.gold_read.entry(scope).or_default());
-        let gold = |day| reads_changed_gold(&mut memo.borrow_mut(), day, gold_days, config, basis);
-        let speed_from = changed.and_then(|c| c.speed);
+        let (gold, speed_from) = scope_reread(&mut self.gold_read, &self.reread_days, scope, config, basis);
         // Gold alone, where most often no level moves: the timeline is restated in place.
         let restated = speed_from
             .is_none()
@@ -436,6 +428,23 @@ impl Keyed for AnnotatorLogic {
         self.basis.retain(|_, inputs| !(inputs.gold_days.is_empty() && inputs.speed.is_empty()));
         self.medians.retain(|scope, _| self.basis.contains_key(scope));
     }
+}
+
+/// What this epoch's changes of `scope` (`reread_days`) make its annotators' readings read again:
+/// whether the gold reading of a day does ([`reads_changed_gold`], kept per day in `gold_read`),
+/// and the earliest changed day of its label times, after which too-fast readings do.
+fn scope_reread<'a>(
+    gold_read: &'a mut HashMap<ScopeId, DaysRead, RandomState>,
+    reread_days: &'a HashMap<ScopeId, ChangedDays, RandomState>,
+    scope: ScopeId,
+    config: &'a drift::DriftConfig,
+    basis: &'a ScopeInputs,
+) -> (impl Fn(Day) -> bool + 'a, Option<Day>) {
+    let changed = reread_days.get(&scope);
+    let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
+    let memo = std::cell::RefCell::new(gold_read.entry(scope).or_default());
+    let gold = move |day| reads_changed_gold(&mut memo.borrow_mut(), day, gold_days, config, basis);
+    (gold, changed.and_then(|c| c.speed))
 }
 
 /// Whether the gold reading of `day` in a scope reads one of the scope's `changed` gold days
