@@ -31,7 +31,7 @@ use crate::preferences::PreferenceSettings;
 use crate::records::{Entity, Record};
 use crate::routing::RoutingSettings;
 use crate::scope_truth::{ScopePart, ScopePartsLogic};
-use crate::scopes::{ScopeLogic, ScopeOut, ScopeSum};
+use crate::scopes::{kappa_sums, ScopeLogic, ScopeOut, ScopeSum};
 use crate::source::{scope_id, AnnotatorId, Day, Name, Stamp, Update};
 use crate::summary::{Metric, WatchLogic};
 use crate::truth::TruthSettings;
@@ -251,14 +251,18 @@ pub fn quality<'s>(
         items(events, &names, items_config);
 
     let pairs = keyed(pair_cells, None, &names, PairLogic, emit, "Pairs");
+    // A scope's pair kappas, summed within each batch before they go to the scope's worker.
     let kappas = pairs
         .others
         .inner
         .flat_map(|(out, time, diff)| match out {
-            PairOut::Kappa { scope, kappa } => Some(((scope, ScopeSum::Kappa { kappa }), time, (diff, 0, 0))),
+            PairOut::Kappa { scope, kappa } => {
+                Some(((scope, ScopeSum::Kappa), time, kappa_sums(kappa, diff)))
+            }
             PairOut::Record(_) => None,
         })
-        .as_collection();
+        .as_collection()
+        .consolidate_stream();
 
     let scopes =
         keyed(scope_sums.concat(kappas), None, &names, ScopeLogic { drift: drift.clone() }, emit, "Scopes");

@@ -36,10 +36,11 @@ pub struct PairState {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum PairOut {
     Record(Record),
-    /// The pair's Cohen's kappa in fixed point, when defined.
+    /// The pair's Cohen's kappa in fixed point ([`KAPPA_SCALE`]; kappa is within `[-1, 1]`, so
+    /// this is within `±10^18`), when defined.
     Kappa {
         scope: ScopeId,
-        kappa: i128,
+        kappa: i64,
     },
 }
 
@@ -93,7 +94,7 @@ impl Keyed for PairLogic {
     ) {
         let Some(stats) = stats::pair_agreement(&pair.cells) else { return };
         if let Some(kappa) = stats.cohen_kappa {
-            out.push(PairOut::Kappa { scope, kappa: (kappa * KAPPA_SCALE).round() as i128 });
+            out.push(PairOut::Kappa { scope, kappa: (kappa * KAPPA_SCALE).round() as i64 });
         }
         let (project, task) = names.scope_name(scope);
         // Ids order the pair inside the dataflow; the spec orders it bytewise by name. Every pair

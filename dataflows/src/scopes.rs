@@ -56,8 +56,23 @@ pub enum ScopeSum {
     GoldDay { day: Day },
     /// Timed labels of `day` in a duration bucket (scopes, not windows): `(labels, 0, 0)`.
     Speed { day: Day, bucket: u16 },
-    /// A pair with a defined Cohen's kappa, `kappa` in fixed point: `(pairs, 0, 0)`.
-    Kappa { kappa: i128 },
+    /// Pairs with a defined Cohen's kappa: `(pairs, high, low)`, the kappas' fixed-point sum in
+    /// two parts that sum exactly in 64 bits ([`kappa_sums`]). The kappas are in the differences,
+    /// not the data, so that a scope's pairs consolidate to one update an epoch before they are
+    /// exchanged: the pairs of a large scope are hundreds of thousands, all sent to one worker.
+    Kappa,
+}
+
+/// The bits of a pair's fixed-point kappa in the low part of its [`ScopeSum::Kappa`] sums.
+const KAPPA_LOW_BITS: u32 = 32;
+
+/// The [`Sums`] of `diff` pairs of fixed-point kappa `kappa` ([`crate::pairs::KAPPA_SCALE`]):
+/// `(diff, diff * high, diff * low)` with `kappa = high * 2^32 + low`, `0 <= low < 2^32`. As a
+/// pair's kappa is within `±10^18 < 2^60`, each part stays within `2^32` a pair, and the sums of
+/// both are exact in 64 bits for up to `2^31` pairs a scope; the scope adds them up in 128 bits.
+pub fn kappa_sums(kappa: i64, diff: i64) -> Sums {
+    let (high, low) = (kappa >> KAPPA_LOW_BITS, kappa & ((1 << KAPPA_LOW_BITS) - 1));
+    (diff, diff * high, diff * low)
 }
 
 /// A scope's drift input of one day, as its annotators on every worker receive it (see the
@@ -309,9 +324,9 @@ impl Keyed for ScopeLogic {
             }
             ScopeSum::GoldDay { day } => add(&mut s.gold_days, day, [x, y]),
             ScopeSum::Speed { day, bucket } => add(&mut s.speed, (day, bucket), [x]),
-            ScopeSum::Kappa { kappa } => {
+            ScopeSum::Kappa => {
                 s.kappa_count += x;
-                s.kappa_sum += kappa * i128::from(x);
+                s.kappa_sum += (i128::from(y) << KAPPA_LOW_BITS) + i128::from(z);
             }
         }
     }
@@ -382,5 +397,42 @@ impl Keyed for ScopeLogic {
 
     fn is_record(out: &ScopeOut) -> bool {
         matches!(out, ScopeOut::Record(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The split kappas add up to the fixed-point sum exactly, whatever their signs, and cancel
+    /// on retraction.
+    #[test]
+    fn kappa_parts_sum_to_the_exact_fixed_point_sum() {
+        let kappas: Vec<i64> = vec![
+            1_000_000_000_000_000_000,
+            -1_000_000_000_000_000_000,
+            0,
+            1,
+            -1,
+            (1 << 32) - 1,
+            -(1 << 32),
+            333_333_333_333_333_333,
+            -999_999_999_999_999_999,
+            123_456_789,
+        ];
+        let mut state = ScopeState::default();
+        let mut logic = ScopeLogic { drift: DriftSettings::default() };
+        let mut exact: i128 = 0;
+        for (i, &kappa) in kappas.iter().cycle().take(1000).enumerate() {
+            let diff = if i % 7 == 3 { 2 } else { 1 };
+            exact += i128::from(kappa) * i128::from(diff);
+            logic.apply(&0, &mut state, &ScopeSum::Kappa, &kappa_sums(kappa, diff));
+        }
+        assert_eq!((state.kappa_count, state.kappa_sum), (1000 + 1000 / 7 + 1, exact));
+        for (i, &kappa) in kappas.iter().cycle().take(1000).enumerate() {
+            let diff = if i % 7 == 3 { 2 } else { 1 };
+            logic.apply(&0, &mut state, &ScopeSum::Kappa, &kappa_sums(kappa, -diff));
+        }
+        assert!(ScopeLogic::is_empty(&state));
     }
 }
