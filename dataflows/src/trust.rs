@@ -43,13 +43,36 @@ use crate::source::{AnnotatorId, Catalog, ItemKey, ScopeId};
 /// What changes an item's record.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ItemUpdate {
-    /// A live label or the gold answer.
-    Row(ItemRow),
+    /// A live label ([`ItemRow::Label`]; its fields inline rather than the row, whose own tag
+    /// would add a word to every part).
+    Label { annotator: AnnotatorId, label: LabelId, compared: bool },
+    /// The gold answer ([`ItemRow::Gold`]).
+    Gold { label: LabelId },
     /// `annotator`, who labelled the item, is blocked in the item's project.
     Blocked(AnnotatorId),
-    /// The item's Dawid–Skene truth: the truth label, its posterior (`f64` bits) and the
-    /// `truth` object as JSON.
-    Truth { label: LabelId, p: u64, json: std::sync::Arc<[u8]> },
+    /// The item's Dawid–Skene truth, behind a pointer: an item keeps a few of these parts
+    /// inline (every item of a report is kept until the end), and the truth is the largest.
+    Truth(std::sync::Arc<ItemTruthPart>),
+}
+
+impl From<ItemRow> for ItemUpdate {
+    fn from(row: ItemRow) -> ItemUpdate {
+        match row {
+            ItemRow::Label { annotator, label, compared } => ItemUpdate::Label { annotator, label, compared },
+            ItemRow::Gold { label } => ItemUpdate::Gold { label },
+        }
+    }
+}
+
+/// An item's Dawid–Skene truth as its record shows it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ItemTruthPart {
+    /// The truth label.
+    pub label: LabelId,
+    /// Its posterior probability, as `f64` bits.
+    pub p: u64,
+    /// The item's `truth` object as JSON.
+    pub json: std::sync::Arc<[u8]>,
 }
 
 /// The labels of blocked annotators, as updates of their items: a join of every live label
@@ -112,7 +135,7 @@ pub fn derive<'s>(
     });
     let item_truth = truth.others.clone().flat_map(|out| match out {
         TruthOut::Item { scope, item, label, p, json } => {
-            Some(((scope, item), ItemUpdate::Truth { label, p, json }))
+            Some(((scope, item), ItemUpdate::Truth(std::sync::Arc::new(ItemTruthPart { label, p, json }))))
         }
         _ => None,
     });
@@ -120,7 +143,7 @@ pub fn derive<'s>(
         TruthOut::Scope { scope, json } => Some((scope, ScopePart::Truth(json))),
         _ => None,
     });
-    let mut updates = rows.clone().map(|(item, row)| (item, ItemUpdate::Row(row))).concat(item_truth);
+    let mut updates = rows.clone().map(|(item, row)| (item, ItemUpdate::from(row))).concat(item_truth);
     let logic = ItemRecordLogic { routing: config.routing.clone(), records, blocked: HashMap::default() };
     let items = match emit {
         // Live: a gate's flip re-decides exactly its annotator's items, through the join.
@@ -240,7 +263,7 @@ impl Keyed for ItemRecordLogic {
         let live = || s.parts.iter().filter(|(_, d)| *d > 0).map(|(p, _)| p);
         let labels: SmallVec<[(AnnotatorId, LabelId); 8]> = live()
             .filter_map(|p| match p {
-                ItemUpdate::Row(ItemRow::Label { annotator, label, .. }) => Some((*annotator, *label)),
+                ItemUpdate::Label { annotator, label, .. } => Some((*annotator, *label)),
                 _ => None,
             })
             .collect();
@@ -254,9 +277,9 @@ impl Keyed for ItemRecordLogic {
         };
         let all = trusted_consensus(&labels, |_| false, order).expect("an item with labels has a consensus");
         let trusted = trusted_consensus(&labels, blocked, order);
-        let gold = live().any(|p| matches!(p, ItemUpdate::Row(ItemRow::Gold { .. })));
+        let gold = live().any(|p| matches!(p, ItemUpdate::Gold { .. }));
         let truth = live().find_map(|p| match p {
-            ItemUpdate::Truth { p, json, .. } => Some((f64::from_bits(*p), json)),
+            ItemUpdate::Truth(truth) => Some((f64::from_bits(truth.p), &truth.json)),
             _ => None,
         });
         let decision = route(

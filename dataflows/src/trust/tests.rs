@@ -333,3 +333,11 @@ fn live_item_truths_are_published_at_most_a_bound_per_epoch_and_in_full() {
     // That fit was cold, from every label: the records are the report's.
     assert_eq!(run.finish(), report(&lines, &[], 1));
 }
+
+/// An item's parts are kept inline, every item of a report until the end: a part with its
+/// multiplicity stays within four words (the truth, the largest, is behind a pointer; a label's
+/// fields are inline, not an [`crate::items::ItemRow`] with a tag of its own).
+#[test]
+fn an_item_part_is_four_words() {
+    assert_eq!(std::mem::size_of::<(super::ItemUpdate, crate::dataflow::Diff)>(), 32);
+}
