@@ -210,40 +210,45 @@ impl<'a> DayContext<'a> {
         Some(high.clamp(0.02, 0.45))
     }
 
-    /// The gold evidence on `day`: `(llr, window, answers, errors, e0)`, the log-likelihood ratio
-    /// of the window (of `gold_windows_days`) with the most evidence that the annotator's error
-    /// rate is `e1 = min(2 e0, 0.6)` rather than the baseline `e0` ([`DayContext::gold_baseline`]),
-    /// with that window's days and answers. `None` without a baseline or a window of at least
-    /// `gold_min_answers` answers.
-    fn gold_evidence(&self, day: Day) -> Option<(f64, u32, i64, i64, f64)> {
+    /// The gold evidence on `day`: of the windows (`gold_windows_days`) with at least
+    /// `gold_min_answers` answers, the one with the most evidence that the annotator's error
+    /// rate is `e1 = min(2 e0, 0.6)` rather than the baseline `e0` ([`DayContext::gold_baseline`]).
+    /// `None` without such a window or without a baseline (the windows are summed first: where
+    /// none has enough answers, the baseline is not formed).
+    fn gold_evidence(&self, day: Day) -> Option<GoldEvidence> {
         let c = self.config;
-        let e0 = self.gold_baseline(day)?;
-        let e1 = (2.0 * e0).min(0.6);
+        let mut windows = c
+            .gold_windows_days
+            .iter()
+            .map(|&w| (w, self.gold_days.sum((day - w as Day + 1)..=day)))
+            .filter(|&(_, [n, _])| n >= c.gold_min_answers)
+            .peekable();
+        windows.peek()?;
+        let baseline_error = self.gold_baseline(day)?;
+        let e1 = (2.0 * baseline_error).min(0.6);
         // The log-likelihood ratio of an error and of a correct answer, the same in every window.
-        let (error_llr, correct_llr) = ((e1 / e0).ln(), ((1.0 - e1) / (1.0 - e0)).ln());
-        let mut best: Option<(f64, u32, i64, i64)> = None;
-        for &w in &c.gold_windows_days {
-            let [n, k] = self.gold_days.sum((day - w as Day + 1)..=day);
-            if n < c.gold_min_answers {
-                continue;
-            }
-            let llr = k as f64 * error_llr + (n - k) as f64 * correct_llr;
-            if best.is_none_or(|(b, ..)| llr > b) {
-                best = Some((llr, w, n, k));
+        let (error_llr, correct_llr) =
+            ((e1 / baseline_error).ln(), ((1.0 - e1) / (1.0 - baseline_error)).ln());
+        let mut best: Option<GoldEvidence> = None;
+        for (window_days, [answers, errors]) in windows {
+            let llr = errors as f64 * error_llr + (answers - errors) as f64 * correct_llr;
+            if best.as_ref().is_none_or(|b| llr > b.llr) {
+                best = Some(GoldEvidence { llr, window_days, answers, errors, baseline_error });
             }
         }
-        best.map(|(llr, w, n, k)| (llr, w, n, k, e0))
+        best
     }
 
     /// The level of the gold reading on `day` ([`DayContext::gold`]'s), without forming it.
     pub(super) fn gold_level(&self, day: Day) -> SignalState {
         self.gold_evidence(day)
-            .map_or(SignalState::Insufficient, |(llr, ..)| level(llr / self.config.gold_threshold))
+            .map_or(SignalState::Insufficient, |evidence| level(evidence.llr / self.config.gold_threshold))
     }
 
     pub(super) fn gold(&self, day: Day) -> Option<Reading> {
         let c = self.config;
-        let (llr, w, n, k, e0) = self.gold_evidence(day)?;
+        let GoldEvidence { llr, window_days: w, answers: n, errors: k, baseline_error: e0 } =
+            self.gold_evidence(day)?;
         let correct = n - k;
         let (low, high) = stats::wilson(n, correct as f64, stats::WILSON_Z)?;
         Some(Reading {
@@ -468,6 +473,20 @@ impl<'a> DayContext<'a> {
             }),
         })
     }
+}
+
+/// The evidence of a gold reading ([`DayContext::gold_evidence`]): of its best window, the
+/// log-likelihood ratio `llr = errors ln(e1 / e0) + (answers - errors) ln((1 - e1) / (1 - e0))`
+/// (natural log; `e0` the baseline error rate, `e1 = min(2 e0, 0.6)`), the window's length in
+/// days, and its answers and errors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct GoldEvidence {
+    llr: f64,
+    window_days: u32,
+    answers: i64,
+    errors: i64,
+    /// `e0`: the annotator's usual error rate, raised to its upper bound ([`DayContext::gold_baseline`]).
+    baseline_error: f64,
 }
 
 /// The days of a gold reading's baseline period on `day`: the `gold_baseline_days` that end
