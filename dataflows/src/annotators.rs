@@ -55,6 +55,19 @@ pub enum AnnotatorSum {
     Side { day: Day },
 }
 
+impl AnnotatorSum {
+    /// The event-time day of the drift input this adds to; `None` for the sums drift does not
+    /// read by day.
+    fn day(&self) -> Option<Day> {
+        match *self {
+            AnnotatorSum::Gap { day } | AnnotatorSum::Side { day } => Some(day),
+            AnnotatorSum::Mix { day, .. } | AnnotatorSum::Speed { day, .. } => Some(day),
+            AnnotatorSum::Answer { ts_ms, .. } => Some(crate::source::day_of(ts_ms)),
+            AnnotatorSum::Items { .. } | AnnotatorSum::Gold => None,
+        }
+    }
+}
+
 /// The exact sums of one annotator in one scope, and its drift timeline as last evaluated.
 #[derive(Debug, Default)]
 pub struct AnnotatorState {
@@ -195,13 +208,7 @@ impl Keyed for AnnotatorLogic {
 
     fn apply(&mut self, _: &AnnotatorKey, a: &mut AnnotatorState, update: &AnnotatorSum, &(x, y, z): &Sums) {
         a.updated = true;
-        let day = match *update {
-            AnnotatorSum::Gap { day } | AnnotatorSum::Side { day } => Some(day),
-            AnnotatorSum::Mix { day, .. } | AnnotatorSum::Speed { day, .. } => Some(day),
-            AnnotatorSum::Answer { ts_ms, .. } => Some(ts_ms.div_euclid(crate::source::DAY_MS) as Day),
-            AnnotatorSum::Items { .. } | AnnotatorSum::Gold => None,
-        };
-        if let Some(day) = day {
+        if let Some(day) = update.day() {
             a.own_from = Some(a.own_from.map_or(day, |from| from.min(day)));
         }
         match *update {

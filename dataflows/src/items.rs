@@ -42,7 +42,7 @@ use crate::pairs::PairKey;
 use crate::preferences::Compared;
 use crate::scopes::ScopeSum;
 use crate::source::{
-    is_window, window_id, AnnotatorId, Day, ItemId, ItemKey, ScopeId, Stamp, Update, Window, DAY_MS,
+    day_of, is_window, window_id, AnnotatorId, Day, ItemId, ItemKey, ScopeId, Stamp, Update, Window,
 };
 
 /// A change to one item, as a reader parsed it.
@@ -441,7 +441,7 @@ fn distribute(
         ItemOutput::Gold { scope, annotator, item, ts_ms, correct } => {
             accumulate(scopes, (scope, ScopeSum::Gold), (1, i64::from(correct), 0), diff);
             if !is_window(scope) {
-                let day = ts_ms.div_euclid(DAY_MS) as Day;
+                let day = day_of(ts_ms);
                 accumulate(scopes, (scope, ScopeSum::GoldDay { day }), (1, i64::from(!correct), 0), diff);
                 let key = (scope, annotator);
                 accumulate(annotators, (key, AnnotatorSum::Gold), (1, i64::from(correct), 0), diff);

@@ -76,10 +76,15 @@ pub struct Stamp {
 /// Milliseconds in an event-time day.
 pub const DAY_MS: i64 = 86_400_000;
 
+/// The UTC event-time day of `ts_ms` (milliseconds since 1970-01-01), counted from 1970-01-01.
+pub fn day_of(ts_ms: i64) -> Day {
+    ts_ms.div_euclid(DAY_MS) as Day
+}
+
 impl Stamp {
-    /// The UTC event-time day of the label, counted from 1970-01-01.
+    /// The UTC event-time day of the label ([`day_of`]).
     pub fn day(&self) -> Day {
-        self.ts_ms.div_euclid(DAY_MS) as Day
+        day_of(self.ts_ms)
     }
 }
 
