@@ -9,7 +9,8 @@
 //! record (without its gate) to [`JoinLogic`], which adds the gate of its project; its presence,
 //! alarm days and signal states to its project's gate ([`crate::gates`], which has its gold answers
 //! from [`crate::gates::GoldAnswerLogic`]); its day-by-day states and alarm episodes to its scope's
-//! drift alerts ([`crate::alerts`]).
+//! drift alerts ([`crate::alerts`]). Which readings a change of the scope's drift inputs makes
+//! read again is in `reread.rs`; the join that forms the annotator record, in `join.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,7 +24,7 @@ use crate::drift::{
     self, AnnotatorInputs, DriftSettings, ScopeInputs, Signal, SignalReport, SignalState, Timeline,
 };
 use crate::gates::{project_id, GateInput, GateKey};
-use crate::keyed::{add_part, present, Keyed};
+use crate::keyed::Keyed;
 use crate::label::LabelId;
 use crate::objects::AnnotatorReport;
 use crate::preferences::{preference_quality, PreferenceSettings, SideCounts};
@@ -31,6 +32,12 @@ use crate::records::{Entity, Record};
 use crate::scopes::{add, Basis};
 use crate::source::{AnnotatorId, Catalog, Day, ItemId, ScopeId};
 use crate::stats;
+
+mod join;
+mod reread;
+
+pub use join::{JoinInput, JoinLogic, JoinState};
+use reread::{reads_changed_gold, scope_reread, DaysRead};
 
 /// An annotator within its scope.
 pub type AnnotatorKey = (ScopeId, AnnotatorId);
@@ -437,73 +444,6 @@ impl Keyed for AnnotatorLogic {
     }
 }
 
-/// What this epoch's changes of `scope` (`reread_days`) make its annotators' readings read again:
-/// whether the gold reading of a day does ([`reads_changed_gold`], kept per day in `gold_read`),
-/// and the earliest changed day of its label times, after which too-fast readings do.
-fn scope_reread<'a>(
-    gold_read: &'a mut HashMap<ScopeId, DaysRead, RandomState>,
-    reread_days: &'a HashMap<ScopeId, ChangedDays, RandomState>,
-    scope: ScopeId,
-    config: &'a drift::DriftConfig,
-    basis: &'a ScopeInputs,
-) -> (impl Fn(Day) -> bool + 'a, Option<Day>) {
-    let changed = reread_days.get(&scope);
-    let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
-    let memo = std::cell::RefCell::new(gold_read.entry(scope).or_default());
-    let gold = move |day| reads_changed_gold(&mut memo.borrow_mut(), day, gold_days, config, basis);
-    (gold, changed.and_then(|c| c.speed))
-}
-
-/// Whether the gold reading of `day` in a scope reads one of the scope's `changed` gold days
-/// ([`drift::reads_scope_gold_of`]). The same for every annotator of the scope: `memo` keeps it
-/// per day for the epoch, for the annotators touched and then re-evaluated.
-fn reads_changed_gold(
-    memo: &mut DaysRead,
-    day: Day,
-    changed: &[Day],
-    config: &drift::DriftConfig,
-    basis: &ScopeInputs,
-) -> bool {
-    !changed.is_empty()
-        && memo.get(day, || changed.iter().any(|&g| drift::reads_scope_gold_of(config, basis, day, g)))
-}
-
-/// Of one scope in an epoch, a yes or no per day, computed once: `read[i]` is of day `first + i`
-/// (`None` until computed). Dense, as every annotator of the scope asks for each of its days.
-#[derive(Debug, Default)]
-struct DaysRead {
-    first: Day,
-    read: Vec<Option<bool>>,
-}
-
-impl DaysRead {
-    /// Days one covers at most: a day beyond them is computed each time.
-    const SPAN: usize = 1 << 16;
-
-    /// The answer for `day`, from `compute` the first time.
-    fn get(&mut self, day: Day, compute: impl FnOnce() -> bool) -> bool {
-        if self.read.is_empty() {
-            self.first = day;
-        }
-        let offset = i64::from(day) - i64::from(self.first);
-        if offset < 0 {
-            let before = offset.unsigned_abs() as usize;
-            if before + self.read.len() > Self::SPAN {
-                return compute();
-            }
-            self.read.splice(0..0, std::iter::repeat_n(None, before));
-            self.first = day;
-        } else if offset as usize >= self.read.len() {
-            if offset as usize >= Self::SPAN {
-                return compute();
-            }
-            self.read.resize(offset as usize + 1, None);
-        }
-        let i = (i64::from(day) - i64::from(self.first)) as usize;
-        *self.read[i].get_or_insert_with(compute)
-    }
-}
-
 /// Brings `reports` to the JSON of each report of `current`, in its order: a report whose JSON
 /// `reports` holds is not serialised again (its JSON is dropped whenever the report may have
 /// moved, see [`AnnotatorState::reports`]). After a change of a scope's gold accuracy most of its
@@ -531,204 +471,5 @@ fn agreement_with_others(by_raters: &BTreeMap<u32, [i64; 2]>) -> Option<f64> {
     })
 }
 
-/// What the record of an annotator is made of.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum JoinInput {
-    /// The annotator's own record, without its gate.
-    Own(Record),
-    /// The gate of the annotator in the scope's project, as JSON.
-    Gate(Vec<u8>),
-    /// The annotator's Dawid–Skene confusion matrix in the scope, as JSON.
-    Confusion(Vec<u8>),
-}
-
-/// The parts of an annotator's record, with their multiplicities.
-#[derive(Debug, Default)]
-pub struct JoinState {
-    own: Vec<(Record, Diff)>,
-    gate: Vec<(Vec<u8>, Diff)>,
-    confusion: Vec<(Vec<u8>, Diff)>,
-}
-
-/// Joins each annotator's own record with its project's gate: the annotator record of the
-/// report and of the annotators topic (a keyed operator of its own, so that the gate, which
-/// depends on the annotator's drift, feeds back without a cycle).
-pub struct JoinLogic;
-
-impl Keyed for JoinLogic {
-    type Key = AnnotatorKey;
-    type Update = JoinInput;
-    type Diff = Diff;
-    type State = JoinState;
-    type Out = Record;
-    type Side = ();
-
-    fn route(&(scope, annotator): &AnnotatorKey) -> u64 {
-        scope.rotate_left(32) ^ annotator
-    }
-
-    fn apply(&mut self, _: &AnnotatorKey, s: &mut JoinState, update: &JoinInput, &diff: &Diff) {
-        match update {
-            JoinInput::Own(record) => add_part(&mut s.own, record, diff),
-            JoinInput::Gate(gate) => add_part(&mut s.gate, gate, diff),
-            JoinInput::Confusion(json) => add_part(&mut s.confusion, json, diff),
-        }
-    }
-
-    fn derive(&mut self, _: &AnnotatorKey, s: &mut JoinState, _: &Catalog, out: &mut Vec<Record>) {
-        let Some(own) = present(&s.own) else { return };
-        let gate = present(&s.gate).map_or(&b"null"[..], Vec::as_slice);
-        let confusion = present(&s.confusion).map_or(&b"null"[..], Vec::as_slice);
-        let mut value = Vec::with_capacity(own.value.len() + gate.len() + confusion.len() + 22);
-        value.extend_from_slice(&own.value[..own.value.len() - 1]);
-        value.extend_from_slice(b",\"gate\":");
-        value.extend_from_slice(gate);
-        value.extend_from_slice(b",\"confusion\":");
-        value.extend_from_slice(confusion);
-        value.push(b'}');
-        out.push(Record { key: own.key.clone(), value });
-    }
-
-    fn is_empty(s: &JoinState) -> bool {
-        s.own.is_empty() && s.gate.is_empty() && s.confusion.is_empty()
-    }
-
-    fn is_record(_: &Record) -> bool {
-        true
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::parse_label_event;
-    use crate::source::{scope_id, Source};
-
-    /// An annotator whose timeline has these active days.
-    fn active_on(days: &[Day]) -> AnnotatorState {
-        let days = days.iter().map(|&day| (day, [SignalState::Ok; Signal::COUNT])).collect();
-        AnnotatorState {
-            timeline: Some(Timeline { days, ..Timeline::default() }),
-            ..AnnotatorState::default()
-        }
-    }
-
-    /// A source that has seen one label, by annotator `a`, in the default scope.
-    fn one_label() -> (Source, ScopeId) {
-        let mut source = Source::default();
-        let label = parse_label_event(r#"{"item_id":"i","annotator_id":"a","label":"x","ts":0}"#).unwrap();
-        source.apply_label(&label, &mut Vec::new()).unwrap();
-        (source, scope_id("default", "default"))
-    }
-
-    #[test]
-    fn a_day_read_is_computed_once_whichever_side_of_the_others_it_falls() {
-        let mut memo = DaysRead::default();
-        let mut computed = Vec::new();
-        for day in [10, 7, 12, 10, 7, 300_000, 8, 12, 300_000, -5, 10] {
-            let read = memo.get(day, || {
-                computed.push(day);
-                day % 2 == 0
-            });
-            assert_eq!(read, day % 2 == 0, "day {day}");
-        }
-        // Day 300,000 lies beyond the days one memo covers (from day 7): computed each time.
-        assert_eq!(computed, [10, 7, 12, 300_000, 8, 300_000, -5]);
-    }
-
-    #[test]
-    fn a_changed_scope_day_touches_only_the_annotators_whose_readings_read_it() {
-        let (source, scope) = one_label();
-        let names = &source.catalog;
-        let key = (scope, 1);
-        let mut logic = AnnotatorLogic::new(DriftSettings::default());
-        // 100 gold answers a day on days 0-59.
-        for day in 0..60 {
-            logic.side(&Basis::Gold { scope, day, answers: 100, errors: 10 }, 1);
-        }
-        logic.side_done();
-        // Day 50 corrected. With the defaults (a 28-day baseline ending 14 days back) the readings
-        // of days 64-91 read it, and those of a day whose baseline period is thin (under 200
-        // answers) read every day before theirs: from day 100 on the period holds day 59 alone.
-        logic.side(&Basis::Gold { scope, day: 50, answers: 0, errors: 1 }, 1);
-        for (days, touched) in [
-            (&[10, 50, 59, 63][..], false),
-            (&[64], true),
-            (&[30, 91], true),
-            (&[86], true),
-            (&[92, 99], false),
-            (&[100], true),
-            (&[40, 49], false),
-        ] {
-            assert_eq!(logic.touched(&key, &active_on(days), names), touched, "active on {days:?}");
-        }
-        logic.side_done();
-        // Only day 20 corrected, and the thin periods read it too.
-        logic.side(&Basis::Gold { scope, day: 20, answers: 0, errors: 1 }, 1);
-        assert!(!logic.touched(&key, &active_on(&[20, 33, 62, 70]), names));
-        assert!(logic.touched(&key, &active_on(&[34]), names));
-        assert!(logic.touched(&key, &active_on(&[120]), names));
-        logic.side_done();
-        // Label times of a day: every reading on or after it.
-        logic.side(&Basis::Speed { scope, day: 50, bucket: 60, count: 1 }, 1);
-        assert!(logic.touched(&key, &active_on(&[50]), names));
-        assert!(!logic.touched(&key, &active_on(&[10, 49]), names));
-        logic.side_done();
-        // Nothing changed: nobody.
-        assert!(!logic.touched(&key, &active_on(&[50, 80]), names));
-    }
-
-    #[test]
-    fn a_re_evaluation_that_moves_no_reading_keeps_every_output_and_one_that_does_is_the_full_evaluation() {
-        let (source, scope) = one_label();
-        let names = &source.catalog;
-        let key = (scope, names.annotators.lookup("a").unwrap());
-        let mut logic = AnnotatorLogic::new(DriftSettings::default());
-        // The scope at 10% gold errors for 70 days, and the annotator too, with 10 answers a day.
-        for day in 0..70 {
-            logic.side(&Basis::Gold { scope, day, answers: 400, errors: 40 }, 1);
-        }
-        logic.side_done();
-        let mut a = AnnotatorState::default();
-        logic.apply(&key, &mut a, &AnnotatorSum::Items { raters: 3 }, &(700, 400, 0));
-        for day in 0..70i64 {
-            for i in 0..10 {
-                let answer =
-                    AnnotatorSum::Answer { ts_ms: day * crate::source::DAY_MS + i, item: 0, correct: i > 0 };
-                logic.apply(&key, &mut a, &answer, &(1, 0, 0));
-            }
-        }
-        let derived = |logic: &mut AnnotatorLogic, a: &mut AnnotatorState| {
-            let mut out = Vec::new();
-            logic.derive(&key, a, names, &mut out);
-            out
-        };
-        let first = derived(&mut logic, &mut a);
-        let full = |logic: &AnnotatorLogic, a: &AnnotatorState| {
-            let config = logic.drift.for_project("default");
-            let name = |l: LabelId| names.labels.get(l).to_json_text();
-            drift::evaluate_with(&a.drift, &logic.basis[&scope], config, &logic.preferences, &name)
-        };
-        let gold_score = |a: &AnnotatorState| a.timeline.as_ref().unwrap().score(Signal::Gold).unwrap();
-        let score = gold_score(&a);
-        // One more error on day 20: read by the days whose baseline (28 days, ending 14 days
-        // back) holds it, 34-61, where it moves no level; the last day, 69, does not read it.
-        logic.side(&Basis::Gold { scope, day: 20, answers: 0, errors: 1 }, 1);
-        assert!(logic.touched(&key, &a, names));
-        logic.side_done();
-        assert!(logic.unchanged(&key, &mut a, names), "nothing moved: the outputs stand");
-        assert_eq!(a.timeline.as_ref(), Some(&full(&logic, &a)));
-        assert_eq!(gold_score(&a), score);
-        // One more on day 50, which the last day reads: its current score moves.
-        logic.side(&Basis::Gold { scope, day: 50, answers: 0, errors: 1 }, 1);
-        assert!(logic.touched(&key, &a, names));
-        logic.side_done();
-        assert!(!logic.unchanged(&key, &mut a, names), "the current gold reading moved");
-        assert_eq!(a.timeline.as_ref(), Some(&full(&logic, &a)));
-        assert_ne!(gold_score(&a), score);
-        let second = derived(&mut logic, &mut a);
-        assert_eq!(a.timeline.as_ref(), Some(&full(&logic, &a)), "derived from the re-evaluation");
-        assert_ne!(second, first);
-        assert_eq!(second.len(), first.len());
-    }
-}
+mod tests;
