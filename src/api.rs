@@ -19,13 +19,14 @@
 //! the first process's) and forwards a request for another key to the process that publishes it
 //! (`cluster.api_addresses`), relaying its answer ([`Forwarding`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderName, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use foldhash::fast::RandomState;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -45,9 +46,36 @@ pub enum Kind {
     Leaderboard,
 }
 
-type Records = BTreeMap<Vec<String>, Arc<[u8]>>;
+impl Kind {
+    /// Whether the API lists this kind's records by a prefix of their keys (the scopes, and a
+    /// scope's leaderboard): then they are kept in key order. The others (annotators, items,
+    /// gates: up to millions, each changed by most epochs) are looked up one by one, by the key
+    /// their topic carries.
+    fn listed(self) -> bool {
+        matches!(self, Kind::Scopes | Kind::Leaderboard)
+    }
+}
 
-/// The current record of every key of the topics the API answers from, by its key's parts.
+/// The records of one kind: by their key's parts in order ([`Kind::listed`]), or by the key as
+/// the topic carries it (a JSON array of strings, [`crate::service::key`]), which the publisher
+/// hands over as it is: a record replaced costs a hash lookup, with neither parsing its key nor
+/// allocating one.
+enum Records {
+    Listed(BTreeMap<Vec<String>, Arc<[u8]>>),
+    Keyed(HashMap<String, Arc<[u8]>, RandomState>),
+}
+
+impl Records {
+    fn of(kind: Kind) -> Records {
+        if kind.listed() {
+            Records::Listed(BTreeMap::new())
+        } else {
+            Records::Keyed(HashMap::default())
+        }
+    }
+}
+
+/// The current record of every key of the topics the API answers from.
 #[derive(Default)]
 pub struct Store {
     records: RwLock<BTreeMap<Kind, Records>>,
@@ -57,28 +85,49 @@ impl Store {
     /// Records what a topic now holds for `key` (a JSON array of strings): `value`, or nothing
     /// for a tombstone. A key that is not an array of strings is not one the API serves.
     pub fn apply(&self, kind: Kind, key: &str, value: Option<&[u8]>) {
-        let Ok(parts) = serde_json::from_str::<Vec<String>>(key) else { return };
         let mut records = self.records.write().expect("the API store is whole");
-        let records = records.entry(kind).or_default();
-        match value {
-            Some(value) => {
-                records.insert(parts, value.into());
+        match records.entry(kind).or_insert_with(|| Records::of(kind)) {
+            Records::Listed(records) => {
+                let Ok(parts) = serde_json::from_str::<Vec<String>>(key) else { return };
+                match value {
+                    Some(value) => {
+                        records.insert(parts, value.into());
+                    }
+                    None => {
+                        records.remove(&parts);
+                    }
+                }
             }
-            None => {
-                records.remove(&parts);
-            }
+            // Any other key is never asked for: [`Store::get`] forms keys as the publisher does.
+            Records::Keyed(records) => match (value, records.get_mut(key)) {
+                (Some(value), Some(held)) => *held = value.into(),
+                (Some(value), None) => {
+                    records.insert(key.to_owned(), value.into());
+                }
+                (None, _) => {
+                    records.remove(key);
+                }
+            },
         }
     }
 
     fn get(&self, kind: Kind, parts: &[&str]) -> Option<Arc<[u8]>> {
-        let key: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
-        self.records.read().expect("the API store is whole").get(&kind)?.get(&key).cloned()
+        let records = self.records.read().expect("the API store is whole");
+        match records.get(&kind)? {
+            Records::Listed(records) => {
+                let key: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+                records.get(&key).cloned()
+            }
+            Records::Keyed(records) => records.get(&crate::service::key(parts)).cloned(),
+        }
     }
 
-    /// The records whose key starts with `prefix`, in key order.
+    /// The records whose key starts with `prefix`, in key order (of a listed kind,
+    /// [`Kind::listed`]; none of another).
     fn prefixed(&self, kind: Kind, prefix: &[&str]) -> Vec<Arc<[u8]>> {
+        debug_assert!(kind.listed(), "{kind:?} is looked up one by one, not listed");
         let records = self.records.read().expect("the API store is whole");
-        let Some(records) = records.get(&kind) else { return Vec::new() };
+        let Some(Records::Listed(records)) = records.get(&kind) else { return Vec::new() };
         let start: Vec<String> = prefix.iter().map(|p| p.to_string()).collect();
         records
             .range(start..)
@@ -362,6 +411,23 @@ mod tests {
         assert!(store.get(Kind::Scopes, &["p", "t"]).is_none());
         store.apply(Kind::Scopes, r#"["x",1]"#, Some(b"{}"));
         assert_eq!(store.prefixed(Kind::Scopes, &[]).len(), 2);
+    }
+
+    #[test]
+    fn records_looked_up_one_by_one_are_found_by_the_key_their_topic_carries() {
+        let store = Store::default();
+        let name = "say \"hi\" \u{e9}/\\";
+        let key = crate::service::key(&["p", "t", name]);
+        store.apply(Kind::Items, &key, Some(b"{\"n\":1}"));
+        store.apply(Kind::Items, &key, Some(b"{\"n\":2}"));
+        store.apply(Kind::Annotators, &key, Some(b"{\"a\":1}"));
+        assert_eq!(store.get(Kind::Items, &["p", "t", name]).as_deref(), Some(&b"{\"n\":2}"[..]));
+        assert_eq!(store.get(Kind::Annotators, &["p", "t", name]).as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert!(store.get(Kind::Items, &["p", "t"]).is_none());
+        assert!(store.get(Kind::Items, &["p", "t", "say"]).is_none());
+        store.apply(Kind::Items, &key, None);
+        assert!(store.get(Kind::Items, &["p", "t", name]).is_none());
+        assert_eq!(store.get(Kind::Annotators, &["p", "t", name]).as_deref(), Some(&b"{\"a\":1}"[..]));
     }
 
     /// In a cluster, a key another process publishes is forwarded; without
