@@ -148,39 +148,56 @@ fn with_names(project: &str, task: &str, item: Option<&str>, object: &[u8]) -> V
     value
 }
 
-/// The value of an item's message on the routing topic: `{"project","task","item_id","route",
-/// "trusted_labels","truth_label","posterior"}`, from the item's object (`None` if it is not one).
+/// The value of an item's message on the routing topic: `{"project","task","item_id","posterior",
+/// "route","trusted_labels","truth_label"}` (its fields after the names in name order), from the
+/// item's object (`None` if it is not one). The item's truth label is carried as the item's
+/// object writes it (its JSON, not parsed), and its posterior is the one of the posterior entry
+/// whose label is written the same.
 fn route_value(project: &str, task: &str, item: &str, object: &[u8]) -> Option<Vec<u8>> {
+    use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
     struct Trusted {
         n: u32,
     }
     #[derive(serde::Deserialize)]
-    struct Truth {
-        label: serde_json::Value,
-        posterior: Vec<Prob>,
+    struct Truth<'a> {
+        #[serde(borrow)]
+        label: &'a RawValue,
+        #[serde(borrow)]
+        posterior: Vec<Prob<'a>>,
     }
     #[derive(serde::Deserialize)]
-    struct Prob {
-        label: serde_json::Value,
+    struct Prob<'a> {
+        #[serde(borrow)]
+        label: &'a RawValue,
         p: f64,
     }
     #[derive(serde::Deserialize)]
-    struct ItemRead {
-        route: String,
+    struct ItemRead<'a> {
+        #[serde(borrow)]
+        route: std::borrow::Cow<'a, str>,
         trusted: Option<Trusted>,
-        truth: Option<Truth>,
+        #[serde(borrow)]
+        truth: Option<Truth<'a>>,
     }
-    let item_read: ItemRead = serde_json::from_slice(object).ok()?;
-    let posterior =
-        item_read.truth.as_ref().and_then(|t| t.posterior.iter().find(|p| p.label == t.label)).map(|p| p.p);
-    let value = serde_json::json!({
-        "route": item_read.route,
-        "trusted_labels": item_read.trusted.map_or(0, |t| t.n),
-        "truth_label": item_read.truth.map(|t| t.label),
-        "posterior": posterior,
-    });
-    Some(with_names(project, task, Some(item), &serde_json::to_vec(&value).expect("JSON serialises")))
+    #[derive(serde::Serialize)]
+    struct Route<'a> {
+        posterior: Option<f64>,
+        route: &'a str,
+        trusted_labels: u32,
+        truth_label: Option<&'a RawValue>,
+    }
+    let read: ItemRead<'_> = serde_json::from_slice(object).ok()?;
+    let truth = read.truth.as_ref();
+    let route = Route {
+        posterior: truth
+            .and_then(|t| t.posterior.iter().find(|p| p.label.get() == t.label.get()))
+            .map(|p| p.p),
+        route: &read.route,
+        trusted_labels: read.trusted.map_or(0, |t| t.n),
+        truth_label: truth.map(|t| t.label),
+    };
+    Some(with_names(project, task, Some(item), &serde_json::to_vec(&route).expect("JSON serialises")))
 }
 
 /// The messages of a record: its topic's, and for an item its route on the routing topic
@@ -191,7 +208,8 @@ pub fn messages(key: &RecordKey, value: Option<&[u8]>, updated_at: &str) -> Vec<
     if let Entity::Item(name) = &key.entity {
         let route = value.map(|v| route_value(&key.project, &key.task, name, v));
         if route != Some(None) {
-            let key = self::key(&[&key.project, &key.task, name]);
+            // The item's own key.
+            let key = out[0].key.clone();
             out.push(Message { topic: OutputTopic::Routing, key, value: route.flatten() });
         }
     }
@@ -493,72 +511,4 @@ pub fn gate_of(value: &[u8]) -> Option<Gate> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_json_arrays_that_never_collide() {
-        assert_eq!(key(&["a/b", "c"]), r#"["a/b","c"]"#);
-        assert_ne!(key(&["a/b", "c"]), key(&["a", "b/c"]));
-        assert_eq!(key(&["say \"hi\""]), r#"["say \"hi\""]"#);
-    }
-
-    #[test]
-    fn an_item_also_publishes_its_route_and_its_tombstone() {
-        let key = RecordKey { project: "p".into(), task: "t".into(), entity: Entity::Item("i/1".into()) };
-        let item = br#"{"consensus":"x","tied":false,"trusted":{"label":"x","tied":false,"n":3},"truth":{"label":"x","posterior":[{"label":"x","p":0.97},{"label":"y","p":0.03}]},"route":"settled"}"#;
-        let out = messages(&key, Some(item), "now");
-        assert_eq!(out.len(), 2);
-        assert_eq!((out[0].topic, out[1].topic), (OutputTopic::Items, OutputTopic::Routing));
-        assert_eq!(out[1].key, r#"["p","t","i/1"]"#);
-        let route: serde_json::Value = serde_json::from_slice(out[1].value.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            route,
-            serde_json::json!({"project": "p", "task": "t", "item_id": "i/1", "route": "settled",
-                               "trusted_labels": 3, "truth_label": "x", "posterior": 0.97})
-        );
-        let gone = messages(&key, None, "now");
-        assert_eq!(
-            gone.iter().map(|m| (m.topic, m.value.is_none())).collect::<Vec<_>>(),
-            vec![(OutputTopic::Items, true), (OutputTopic::Routing, true)]
-        );
-        // A scope record has no route message.
-        let scope = RecordKey { project: "p".into(), task: "t".into(), entity: Entity::Scope };
-        assert_eq!(messages(&scope, Some(b"{}"), "now").len(), 1);
-    }
-
-    #[test]
-    fn stamps_are_not_compared() {
-        let object = br#"{"project":"p","n":1}"#.to_vec();
-        let one = stamp(object.clone(), "2026-01-01T00:00:00.000Z");
-        let two = stamp(object.clone(), "2026-01-02T00:00:00.000Z");
-        assert_eq!(one, br#"{"project":"p","n":1,"updated_at":"2026-01-01T00:00:00.000Z"}"#.to_vec());
-        assert_eq!(unstamped(&one), Some(object));
-        assert_eq!(value_hash(OutputTopic::Scopes, &one), value_hash(OutputTopic::Scopes, &two));
-        assert_ne!(value_hash(OutputTopic::Items, &one), value_hash(OutputTopic::Items, &two));
-    }
-
-    #[test]
-    fn only_differences_are_published() {
-        let mut published = Published::default();
-        let record = |key: &str, value: Option<&str>| Message {
-            topic: OutputTopic::Pairs,
-            key: key.to_string(),
-            value: value.map(|v| v.as_bytes().to_vec()),
-        };
-        published.read_back(OutputTopic::Pairs, "[\"x\"]", Some(b"1"));
-        published.read_back(OutputTopic::Pairs, "[\"y\"]", Some(b"1"));
-        published.read_back(OutputTopic::Pairs, "[\"z\"]", Some(b"1"));
-        published.read_back(OutputTopic::Pairs, "[\"z\"]", None);
-        // The same value is not sent again; a new value or a new key is.
-        assert!(!published.observe(&record("[\"x\"]", Some("1"))));
-        assert!(published.observe(&record("[\"x\"]", Some("2"))));
-        assert!(published.observe(&record("[\"w\"]", Some("1"))));
-        // A key the topic holds, absent now, gets its tombstone; one it does not hold gets none.
-        let current: HashSet<_, RandomState> =
-            [record("[\"x\"]", None), record("[\"w\"]", None)].iter().map(record_key).collect();
-        assert_eq!(published.vanished(&current), vec![record("[\"y\"]", None)]);
-        assert!(!published.observe(&record("[\"z\"]", None)));
-        assert!(published.observe(&record("[\"x\"]", None)));
-    }
-}
+mod tests;
