@@ -297,11 +297,15 @@ fn evaluate_reusing(
                 }
             }
             None => {
+                // The last day's readings are the current ones: read once, with their
+                // explanations.
+                context.explain = at + 1 == active.len();
                 for signal in Signal::ALL {
                     let i = signal.index();
                     latest[i] = context.read(signal, day);
                     levels[i] = latest[i].as_ref().map_or(SignalState::Insufficient, Reading::level);
                 }
+                context.explain = false;
             }
         }
         timeline.levels.push(levels);
@@ -355,31 +359,20 @@ fn evaluate_reusing(
         timeline.days.push((day, state));
         last_day = Some(day);
     }
-    // The current readings, now with their explanations (a signal without a reading has none
-    // with an explanation either). A re-evaluation reads gold and too-fast again where its last
-    // day read them again; no other reading reads the scope's inputs, so the others are the last
-    // evaluation's, on the same last day.
+    // The current readings, with their explanations. A last day read in full was read with
+    // them. Otherwise a re-evaluation reads gold and too-fast again where its last day read them
+    // again; no other reading reads the scope's inputs, so the others are the last evaluation's,
+    // on the same last day.
     let previous_current = reuse.map_or(&[][..], |(previous, _)| &previous.current[..]);
-    if let Some(day) = last_day {
+    if let Some((day, (_, reread))) = last_day.zip(reuse).filter(|&(day, _)| !reads_all(day)) {
         context.explain = true;
-        match reuse.filter(|_| !reads_all(day)) {
-            Some((_, reread)) => {
-                let (gold, too_fast) = ((reread.gold)(day), reads_too_fast(day));
-                for (signal, report) in previous_current {
-                    latest[signal.index()] = match signal {
-                        Signal::Gold if gold => context.read(Signal::Gold, day),
-                        Signal::TooFast if too_fast => context.read(Signal::TooFast, day),
-                        _ => report.reading.clone(),
-                    };
-                }
-            }
-            None => {
-                for signal in Signal::ALL {
-                    if latest[signal.index()].is_some() {
-                        latest[signal.index()] = context.read(signal, day);
-                    }
-                }
-            }
+        let (gold, too_fast) = ((reread.gold)(day), reads_too_fast(day));
+        for (signal, report) in previous_current {
+            latest[signal.index()] = match signal {
+                Signal::Gold if gold => context.read(Signal::Gold, day),
+                Signal::TooFast if too_fast => context.read(Signal::TooFast, day),
+                _ => report.reading.clone(),
+            };
         }
     }
     timeline.current = Signal::ALL
