@@ -204,16 +204,20 @@ fn route_value(project: &str, task: &str, item: &str, object: &[u8]) -> Option<V
 /// (`value` `None`: the record is gone, tombstones). None for a gate (the gating topic is a log
 /// of decisions, see [`Published::gate_records`]). `updated_at` stamps the scope objects.
 pub fn messages(key: &RecordKey, value: Option<&[u8]>, updated_at: &str) -> Vec<Message> {
-    let mut out: Vec<Message> = message(key, value, updated_at).into_iter().collect();
-    if let Entity::Item(name) = &key.entity {
-        let route = value.map(|v| route_value(&key.project, &key.task, name, v));
-        if route != Some(None) {
-            // The item's own key.
-            let key = out[0].key.clone();
-            out.push(Message { topic: OutputTopic::Routing, key, value: route.flatten() });
-        }
-    }
-    out
+    let Some(message) = message(key, value, updated_at) else { return Vec::new() };
+    let route = match &key.entity {
+        // An item's route, under the item's own key (none for a value that is no item object).
+        Entity::Item(name) => match value.map(|v| route_value(&key.project, &key.task, name, v)) {
+            Some(None) => None,
+            route => Some(Message {
+                topic: OutputTopic::Routing,
+                key: message.key.clone(),
+                value: route.flatten(),
+            }),
+        },
+        _ => None,
+    };
+    std::iter::once(message).chain(route).collect()
 }
 
 /// The message of a record on its own topic (`value` `None`: the record is gone, a tombstone),
