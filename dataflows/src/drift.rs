@@ -18,7 +18,7 @@ use statrs::distribution::{ChiSquared, ContinuousCDF};
 use crate::dataflow::{DURATION_BUCKETS_PER_E, FIXED_POINT};
 use crate::label::LabelId;
 use crate::preferences::PreferenceSettings;
-use crate::source::{Day, DAY_MS};
+use crate::source::{day_of, Day, DAY_MS};
 use crate::stats;
 
 mod alert;

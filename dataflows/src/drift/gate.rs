@@ -107,7 +107,7 @@ pub fn decide_gate(answers: &[(i64, bool)], gated_alarm: impl Fn(Day) -> bool, c
             }
         }
         let e = evidence(window.len() as i64, right, theta);
-        let alarm = gated_alarm(crate::source::day_of(ts));
+        let alarm = gated_alarm(day_of(ts));
         if state == GateState::Probation {
             probation_answers += 1;
         }

@@ -30,7 +30,7 @@ impl AnnotatorInputs {
 
     /// Adds `m` gold answers given at `ts_ms`, right or not.
     pub fn add_gold(&mut self, ts_ms: i64, correct: bool, m: i64) {
-        let day = crate::source::day_of(ts_ms);
+        let day = day_of(ts_ms);
         self.gold_days.add(day, [m, if correct { 0 } else { m }]);
     }
 
