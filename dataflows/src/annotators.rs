@@ -352,9 +352,14 @@ impl Keyed for AnnotatorLogic {
         let basis = self.basis.get(&scope).unwrap_or(&empty);
         let (gold, speed_from) = scope_reread(&mut self.gold_read, &self.reread_days, scope, config, basis);
         // Gold alone, where most often no level moves: the timeline is restated in place.
+        let gold_from =
+            self.reread_days.get(&scope).and_then(|c| c.gold.first().copied()).unwrap_or(Day::MAX);
         let restated = speed_from
             .is_none()
-            .then(|| drift::restate(&a.drift, basis, config, &self.preferences, &label_name, previous, &gold))
+            .then(|| {
+                let preferences = &self.preferences;
+                drift::restate(&a.drift, basis, config, preferences, &label_name, previous, &gold, gold_from)
+            })
             .flatten();
         // Of the reports its record shows, a restatement moves only gold's.
         if restated == Some(true) {

@@ -98,7 +98,7 @@ impl Basis {
                 (scope, day)
             }
             Basis::Speed { scope, day, bucket, count } => {
-                add(&mut inputs.entry(scope).or_default().speed, (day, bucket), [count * diff]);
+                inputs.entry(scope).or_default().speed.add((day, bucket), [count * diff]);
                 (scope, day)
             }
         }

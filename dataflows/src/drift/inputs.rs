@@ -71,7 +71,85 @@ pub struct ScopeInputs {
     /// Pooled gold answers per day.
     pub gold_days: GoldDays,
     /// All timed labels of the scope per day and duration bucket.
-    pub speed: BTreeMap<(Day, u16), [i64; 1]>,
+    pub speed: ScopeSpeed,
+}
+
+/// A scope's timed labels, `(day, duration bucket) -> [labels]`, with the median label time
+/// its annotators' too-fast readings read of them ([`scope_medians`]), formed when first read
+/// after a change: a re-evaluation of an annotator from a day of weeks of history read the
+/// scope's median of the days before it, which took adding up every entry before that day for
+/// each annotator. Changed only through [`ScopeSpeed::add`], [`ScopeSpeed::insert`],
+/// [`ScopeSpeed::remove`] and [`ScopeSpeed::retain`], which drop the medians.
+#[derive(Clone, Debug, Default)]
+pub struct ScopeSpeed {
+    by_day: BTreeMap<(Day, u16), [i64; 1]>,
+    medians: std::cell::OnceCell<Vec<(Day, Option<u16>)>>,
+}
+
+impl ScopeSpeed {
+    /// Adds `labels` to `(day, bucket)` (an entry back at zero is removed).
+    pub fn add(&mut self, key: (Day, u16), labels: [i64; 1]) {
+        crate::scopes::add(&mut self.by_day, key, labels);
+        self.medians.take();
+    }
+
+    /// Sets `(day, bucket)` to `labels`; the entry it held, if any.
+    pub fn insert(&mut self, key: (Day, u16), labels: [i64; 1]) -> Option<[i64; 1]> {
+        self.medians.take();
+        self.by_day.insert(key, labels)
+    }
+
+    /// Removes `(day, bucket)`; the entry it held, if any.
+    pub fn remove(&mut self, key: &(Day, u16)) -> Option<[i64; 1]> {
+        self.medians.take();
+        self.by_day.remove(key)
+    }
+
+    /// Keeps only the entries `keep` says.
+    pub fn retain(&mut self, keep: impl FnMut(&(Day, u16), &mut [i64; 1]) -> bool) {
+        self.medians.take();
+        self.by_day.retain(keep);
+    }
+
+    /// `(day, bucket) -> [labels]`, ascending.
+    pub fn by_day(&self) -> &BTreeMap<(Day, u16), [i64; 1]> {
+        &self.by_day
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_day.is_empty()
+    }
+
+    /// [`scope_medians`] from the first day: for each day of the scope's label times, the
+    /// duration bucket of the median over the days up to and including it.
+    pub(super) fn medians(&self) -> &[(Day, Option<u16>)] {
+        self.medians.get_or_init(|| {
+            let mut histogram = Histogram::default();
+            let mut medians: Vec<(Day, Option<u16>)> = Vec::new();
+            for (&(day, bucket), &[n]) in &self.by_day {
+                if medians.last().is_none_or(|&(last, _)| last != day) {
+                    // The first entry of a day: the days before it are counted.
+                    if let Some(last) = medians.last_mut() {
+                        last.1 = histogram.median_bucket();
+                    }
+                    medians.push((day, None));
+                }
+                histogram.add(bucket, n);
+            }
+            if let Some(last) = medians.last_mut() {
+                last.1 = histogram.median_bucket();
+            }
+            medians
+        })
+    }
+
+    /// The scope's median label time (ms) over the days before `day`, as a too-fast reading of
+    /// `day` reads it: `None` without labels before it. A binary search of [`ScopeSpeed::medians`].
+    pub(super) fn median_ms_before(&self, day: Day) -> Option<f64> {
+        let medians = self.medians();
+        let at = medians.partition_point(|&(d, _)| d < day);
+        at.checked_sub(1).and_then(|i| medians[i].1).map(bucket_center_ms)
+    }
 }
 
 /// Gold answers per day, `day -> [answers, errors]`, with their running sums ([`DaySums`]),
@@ -154,13 +232,8 @@ impl Histogram {
         (self.total, sum_ln, fast)
     }
 
-    /// The median label time (ms): the centre of the first bucket by which half the labels are
+    /// The bucket of the median label time: the first bucket by which half the labels are
     /// counted; `None` without labels.
-    pub(super) fn median_ms(&self) -> Option<f64> {
-        self.median_bucket().map(bucket_center_ms)
-    }
-
-    /// The bucket of [`Histogram::median_ms`].
     fn median_bucket(&self) -> Option<u16> {
         let mut seen = 0;
         for (bucket, &n) in self.counts.iter().enumerate() {
@@ -180,22 +253,8 @@ impl Histogram {
 /// too-fast readings of every annotator of the scope, which is how a change of the scope's label
 /// times that moves no median (one label of millions moved) re-evaluates nobody.
 pub fn scope_medians(scope: &ScopeInputs, from: Day) -> Vec<(Day, Option<u16>)> {
-    let mut histogram = Histogram::default();
-    let mut medians = Vec::new();
-    for (&(day, bucket), &[n]) in &scope.speed {
-        if day >= from && medians.last().is_none_or(|&(last, _)| last != day) {
-            // The first entry of a day from `from` on: the days before it are counted.
-            if let Some(last) = medians.last_mut() {
-                last.1 = histogram.median_bucket();
-            }
-            medians.push((day, None));
-        }
-        histogram.add(bucket, n);
-    }
-    if let Some(last) = medians.last_mut() {
-        last.1 = histogram.median_bucket();
-    }
-    medians
+    let medians = scope.speed.medians();
+    medians[medians.partition_point(|&(day, _)| day < from)..].to_vec()
 }
 
 /// The label time (ms) a duration bucket stands for: `exp((bucket + 0.5) / DURATION_BUCKETS_PER_E)`.

@@ -242,7 +242,7 @@ fn a_timeline_restated_after_a_gold_change_of_the_scope_is_the_full_evaluation()
         assert_eq!(full.current != before.current, current_moves, "day {changed}");
         let reads = |day| reads_scope_gold_of(&config, &s, day, changed);
         let mut timeline = before.clone();
-        let restated = restate(&a, &s, &config, &prefs, &name, &mut timeline, &reads);
+        let restated = restate(&a, &s, &config, &prefs, &name, &mut timeline, &reads, changed);
         if level_moves {
             // The state rules must run again; the timeline is left as it was.
             assert_eq!(restated, None, "day {changed}");
@@ -276,6 +276,35 @@ fn the_scope_medians_move_only_where_enough_label_times_move() {
     s.speed.retain(|&(day, _), _| day != 8);
     let days: Vec<Day> = scope_medians(&s, Day::MIN).iter().map(|&(day, _)| day).collect();
     assert_eq!(days, [0, 1, 2, 3, 4, 5, 6, 7, 9]);
+}
+
+#[test]
+fn the_median_label_time_before_a_day_is_the_median_of_every_label_time_before_it() {
+    let mut s = ScopeInputs::default();
+    // Days 2, 3, 5 and 9, each with labels in buckets that move the median from day to day.
+    for (day, bucket, n) in [(2, 40, 3), (2, 60, 1), (3, 80, 5), (5, 20, 2), (5, 90, 1), (9, 10, 50)] {
+        s.speed.add((day, bucket), [n]);
+    }
+    // The median of the labels of the days before `day`, from the labels one by one.
+    let expected = |s: &ScopeInputs, day: Day| {
+        let mut times: Vec<u16> = Vec::new();
+        for (&(d, bucket), &[n]) in s.speed.by_day().range(..(day, 0)) {
+            assert!(d < day);
+            times.extend(std::iter::repeat_n(bucket, n as usize));
+        }
+        // The first bucket by which half the labels are counted.
+        times.sort_unstable();
+        (!times.is_empty()).then(|| super::inputs::bucket_center_ms(times[(times.len() - 1) / 2]))
+    };
+    for day in 0..12 {
+        assert_eq!(s.speed.median_ms_before(day), expected(&s, day), "day {day}");
+    }
+    // A change drops the medians formed before it.
+    s.speed.add((3, 80), [-5]);
+    s.speed.add((4, 15), [7]);
+    for day in 0..12 {
+        assert_eq!(s.speed.median_ms_before(day), expected(&s, day), "day {day} after the change");
+    }
 }
 
 #[test]

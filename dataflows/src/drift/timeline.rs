@@ -131,9 +131,14 @@ pub fn reevaluate(
 /// the last day is one). Most re-evaluations after a gold answer are such: the scope's gold
 /// accuracy moves a reading's score, rarely its level.
 ///
+/// `gold` holds for no day before `gold_from` (the earliest changed day of the scope's gold
+/// answers: a gold reading reads no later day of the scope's than its own), so the days before
+/// it are not looked at: weeks of history of each of a scope's annotators.
+///
 /// Returns whether `timeline` changed; `None`, leaving it as it was, where a level moved (then
 /// the state rules must run again: [`reevaluate`]). The result is [`evaluate_with`]'s under the
 /// same condition as [`reevaluate`]'s, with no label times changed.
+#[allow(clippy::too_many_arguments)]
 pub fn restate(
     inputs: &AnnotatorInputs,
     scope: &ScopeInputs,
@@ -142,10 +147,13 @@ pub fn restate(
     label_name: &dyn Fn(LabelId) -> String,
     timeline: &mut Timeline,
     gold: &dyn Fn(Day) -> bool,
+    gold_from: Day,
 ) -> Option<bool> {
     let mut context = DayContext::new(config, label_name, inputs, scope, preferences);
     let g = Signal::Gold.index();
-    for (&(day, _), levels) in timeline.days.iter().zip(&timeline.levels) {
+    let from = timeline.days.partition_point(|&(day, _)| day < gold_from);
+    debug_assert!(timeline.days[..from].iter().all(|&(day, _)| !gold(day)));
+    for (&(day, _), levels) in timeline.days[from..].iter().zip(&timeline.levels[from..]) {
         if gold(day) && context.gold_level(day) != levels[g] {
             return None;
         }
@@ -211,25 +219,29 @@ fn evaluate_reusing(
         Some((_, reread)) => reread.speed_from,
     };
     let reads_too_fast = |day: Day| too_fast_after.is_some_and(|after| day > after) || reads_all(day);
-    // Read day after day where too-fast is: laid out flat once, for windows that slide. A
-    // re-evaluation of gold alone reads the label times on few days, from the tree.
-    let speed: Option<Vec<((Day, u16), i64)>> = (too_fast_after.is_some() || all_from.is_some())
-        .then(|| inputs.speed.iter().map(|(&key, &[count])| (key, count)).collect());
+    // A re-evaluation resumes at the first day it reads again: the state rules read only the days
+    // before, so the states of the days before it and the alarm episodes begun before it are the
+    // last timeline's.
+    let resume = reuse.map_or(0, |(_, reread)| {
+        let reads_again = |day: Day| (reread.gold)(day) || reads_too_fast(day) || reads_all(day);
+        active.iter().position(|&day| reads_again(day)).unwrap_or(active.len())
+    });
+    // Read day after day where too-fast is: laid out flat once, for windows that slide, from the
+    // first day the periods of the days read again reach back to (not weeks of history for a
+    // re-evaluation of the last days). A re-evaluation of gold alone reads the label times on few
+    // days, from the tree.
+    let speed: Option<Vec<((Day, u16), i64)>> = (too_fast_after.is_some() || all_from.is_some()).then(|| {
+        let reach = i64::from(config.speed_window_days) + i64::from(config.speed_baseline_days);
+        let from = active.get(resume).map_or(Day::MAX, |&day| {
+            (i64::from(day) - reach + 1).clamp(i64::from(Day::MIN), i64::from(Day::MAX)) as Day
+        });
+        inputs.speed.range((from, u16::MIN)..).map(|(&key, &[count])| (key, count)).collect()
+    });
     let mut context = DayContext {
         speed: speed
             .as_deref()
             .map(|s| std::cell::RefCell::new([SlidingTiming::new(s), SlidingTiming::new(s)])),
         ..DayContext::new(config, label_name, inputs, scope, preferences)
-    };
-    // The scope's duration histogram of the days before the one being evaluated, caught up to a
-    // day when the scope's median label time is read there.
-    let mut scope_speed = scope.speed.iter().peekable();
-    let mut histogram = Histogram::default();
-    let mut median_before = |histogram: &mut Histogram, day: Day| {
-        while let Some((&(_, bucket), &[n])) = scope_speed.next_if(|((d, _), _)| *d < day) {
-            histogram.add(bucket, n);
-        }
-        histogram.median_ms()
     };
     let mut timeline = Timeline::default();
     let days = reuse.map_or(0, |(previous, _)| previous.days.len());
@@ -240,13 +252,7 @@ fn evaluate_reusing(
     let mut open: [Option<usize>; Signal::COUNT] = [None; Signal::COUNT];
     let mut latest: [Option<Reading>; Signal::COUNT] = Default::default();
     let mut last_day = None;
-    // A re-evaluation resumes at the first day it reads again: the state rules read only the days
-    // before, so the states of the days before it and the alarm episodes begun before it are the
-    // last timeline's.
-    let mut resume = 0;
-    if let Some((previous, reread)) = reuse {
-        let reads_again = |day: Day| (reread.gold)(day) || reads_too_fast(day) || reads_all(day);
-        resume = active.iter().position(|&day| reads_again(day)).unwrap_or(active.len());
+    if let Some((previous, _)) = reuse {
         if resume > 0 {
             let kept = &previous.days[..resume];
             timeline.days.extend_from_slice(kept);
@@ -280,7 +286,7 @@ fn evaluate_reusing(
         // The scope's median label time, which too-fast reads: a re-evaluation reads that signal
         // only where an alarm starts.
         if reads_all(day) {
-            context.median_ms = median_before(&mut histogram, day);
+            context.median_ms = scope.speed.median_ms_before(day);
         }
         let mut levels = [SignalState::Insufficient; Signal::COUNT];
         match reuse.filter(|_| !reads_all(day)) {
@@ -290,7 +296,7 @@ fn evaluate_reusing(
                     levels[Signal::Gold.index()] = context.gold_level(day);
                 }
                 if reads_too_fast(day) {
-                    context.median_ms = median_before(&mut histogram, day);
+                    context.median_ms = scope.speed.median_ms_before(day);
                     let reading = context.read(Signal::TooFast, day);
                     levels[Signal::TooFast.index()] =
                         reading.as_ref().map_or(SignalState::Insufficient, Reading::level);
@@ -340,7 +346,7 @@ fn evaluate_reusing(
                 open[i] = Some(timeline.episodes.len());
                 context.explain = true;
                 if reuse.is_some() {
-                    context.median_ms = median_before(&mut histogram, day);
+                    context.median_ms = scope.speed.median_ms_before(day);
                 }
                 let explanation = context.read(signal, day).map(|r| r.explanation).unwrap_or_default();
                 context.explain = false;
