@@ -92,8 +92,9 @@ pub struct AnnotatorState {
     /// timeline is evaluated again from that day ([`drift::reevaluate`]).
     own_from: Option<Day>,
     /// The JSON of drift signals' current reports in its last record, each kept while its report
-    /// stands: dropped when the timeline is evaluated again, the gold report's alone when it is
-    /// restated ([`reports_json`]).
+    /// stands: when the timeline is evaluated again, those whose report moved are dropped (all of
+    /// them where a re-evaluation moved the timeline without this annotator's own inputs), the
+    /// gold report's alone when it is restated ([`reports_json`]).
     reports: Vec<(Signal, Box<RawValue>)>,
 }
 
@@ -266,12 +267,17 @@ impl Keyed for AnnotatorLogic {
                         &previous,
                         reread,
                     );
+                    // A report that reads as before keeps its JSON: a label moves two or three
+                    // of its annotator's current readings, seldom all of them.
+                    a.reports.retain(|&(signal, _)| previous.report(signal) == timeline.report(signal));
                     Some(timeline)
                 }
-                _ => (!a.drift.is_empty()).then(full),
+                _ => {
+                    a.reports.clear();
+                    (!a.drift.is_empty()).then(full)
+                }
             };
             debug_assert!(a.timeline.as_ref().is_none_or(|timeline| *timeline == full()));
-            a.reports.clear();
         }
         (a.updated, a.own_from) = (false, None);
         let name = names.annotators.name(annotator);
@@ -292,6 +298,9 @@ impl Keyed for AnnotatorLogic {
                 key,
                 Record::new(project, task, Entity::Annotator(names.annotators.shared(annotator)), &object),
             ));
+        } else {
+            // No record shows this timeline's reports: none is kept for the next one.
+            a.reports.clear();
         }
         let gate = (project_id(project), annotator);
         out.push(AnnotatorOut::Gate(gate, GateInput::Present { scope }));

@@ -43,14 +43,20 @@ pub struct Timeline {
 }
 
 impl Timeline {
+    /// The current report of `signal`; `None` for a preference signal of an annotator without
+    /// comparisons.
+    pub fn report(&self, signal: Signal) -> Option<&SignalReport> {
+        self.current.iter().find(|(s, _)| *s == signal).map(|(_, r)| r)
+    }
+
     /// The state of `signal` now.
     pub fn state(&self, signal: Signal) -> SignalState {
-        self.current.iter().find(|(s, _)| *s == signal).map_or(SignalState::Insufficient, |(_, r)| r.state)
+        self.report(signal).map_or(SignalState::Insufficient, |r| r.state)
     }
 
     /// The score of `signal`'s latest reading.
     pub fn score(&self, signal: Signal) -> Option<f64> {
-        self.current.iter().find(|(s, _)| *s == signal)?.1.reading.as_ref().map(|r| r.score)
+        self.report(signal)?.reading.as_ref().map(|r| r.score)
     }
 
     /// Whether `signal` was in alarm on `day`.
