@@ -18,9 +18,10 @@
 //! live refits of Dawid–Skene, due every second or two, fall among them). The relabels are also
 //! split by kind: those on gold items (which change the scope's gold accuracy, the baseline of
 //! every annotator's gold drift) and the others. `--gold-only` relabels only labels on gold items,
-//! `--workers N` measures the relabels with N workers alone (1 and 2 by default), and `--no-truth`
+//! `--workers N` measures the relabels with N workers alone (1 and 2 by default), `--no-truth`
 //! turns Dawid–Skene off for them (`truth.enabled = false`), which takes its refits, running
-//! beside the workers, out of the measurement.
+//! beside the workers, out of the measurement, and `--slowest N` lists the N slowest relabels with
+//! what each re-formed, to tell which kind sets the tail.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,22 @@ struct Options {
     workers: Vec<usize>,
     /// Whether the relabels' engine infers Dawid–Skene truth.
     truth: bool,
+    /// How many of the slowest relabels to list, with what each re-formed.
+    slowest: usize,
+}
+
+/// One relabel, measured.
+struct Relabel {
+    /// From submitting it to its epoch's outputs taken.
+    latency: Duration,
+    /// The item whose label it changed.
+    item: ItemName,
+    /// The records its epoch re-formed (changes with `+1`).
+    records: usize,
+    /// The process's CPU time (user and system) meanwhile, refits' threads included.
+    cpu: Duration,
+    /// Item truths of finished refits that waited to be published when it was submitted.
+    truths_waiting: usize,
 }
 
 fn options() -> Options {
@@ -64,6 +81,7 @@ fn options() -> Options {
         gold_only: flag("--gold-only"),
         workers: vec![1, 2],
         truth: !flag("--no-truth"),
+        slowest: 0,
     };
     let value = |name: &str| {
         args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
@@ -82,6 +100,9 @@ fn options() -> Options {
     }
     if let Some(v) = value("--workers") {
         o.workers = vec![v as usize];
+    }
+    if let Some(v) = value("--slowest") {
+        o.slowest = v as usize;
     }
     o
 }
@@ -177,15 +198,19 @@ fn main() {
     println!("|---|---|---|---|---|");
     let gold_items = gold_items(&gold);
     let mut cpu = Vec::new();
+    let mut slowest = Vec::new();
     for &workers in &o.workers {
-        let (latencies, cpu_time) =
+        let (mut relabels, cpu_time) =
             relabel_latencies(&labels, &gold, workers, &o, o.gold_only.then_some(&gold_items));
-        cpu.push((workers, cpu_time / latencies.len() as u32));
+        cpu.push((workers, cpu_time / relabels.len() as u32));
         let on_gold: Vec<Duration> =
-            latencies.iter().filter(|(_, item)| gold_items.contains(item)).map(|l| l.0).collect();
+            relabels.iter().filter(|r| gold_items.contains(&r.item)).map(|r| r.latency).collect();
         let others: Vec<Duration> =
-            latencies.iter().filter(|(_, item)| !gold_items.contains(item)).map(|l| l.0).collect();
-        let all: Vec<Duration> = latencies.iter().map(|l| l.0).collect();
+            relabels.iter().filter(|r| !gold_items.contains(&r.item)).map(|r| r.latency).collect();
+        let all: Vec<Duration> = relabels.iter().map(|r| r.latency).collect();
+        relabels.sort_by_key(|r| std::cmp::Reverse(r.latency));
+        relabels.truncate(o.slowest);
+        slowest.push((workers, relabels));
         for (kind, latencies) in [("all", all), ("on gold items", on_gold), ("on other items", others)] {
             let mut latencies = latencies;
             if latencies.is_empty() {
@@ -205,6 +230,25 @@ fn main() {
     println!("\nthe process's CPU time (user and system) per relabel, over the relabels:");
     for (workers, per) in cpu {
         println!("- {workers} worker(s): {:.3} ms", per.as_secs_f64() * 1e3);
+    }
+    if o.slowest > 0 {
+        println!("\n# the {} slowest relabels\n", o.slowest);
+        println!(
+            "| workers | latency (ms) | on | records re-formed | process CPU (ms) | item truths waiting |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (workers, relabels) in slowest {
+            for r in relabels {
+                let on = if gold_items.contains(&r.item) { "gold item" } else { "other item" };
+                println!(
+                    "| {workers} | {:.3} | {on} | {} | {:.3} | {} |",
+                    r.latency.as_secs_f64() * 1e3,
+                    r.records,
+                    r.cpu.as_secs_f64() * 1e3,
+                    r.truths_waiting
+                );
+            }
+        }
     }
 }
 
@@ -327,15 +371,15 @@ fn input_costs(labels: &Path, gold: &Path, runs: usize) -> (f64, f64) {
 
 /// Loads the history, then applies single relabels one at a time, timing each from submission
 /// to re-formed outputs.
-/// Each relabel's latency with its (project, task, item), and the process's CPU time over them
-/// (truth's refits included, where on). With `only`, labels on those items alone are relabelled.
+/// Each relabel, measured, and the process's CPU time over them (truth's refits included, where
+/// on). With `only`, labels on those items alone are relabelled.
 fn relabel_latencies(
     labels: &Path,
     gold: &Path,
     workers: usize,
     o: &Options,
     only: Option<&std::collections::HashSet<ItemName>>,
-) -> (Vec<(Duration, ItemName)>, Duration) {
+) -> (Vec<Relabel>, Duration) {
     let (relabels, every) = (o.relabels, o.relabel_every);
     // The service's live truth (`truth.refresh_ms`, default 1000): a relabel's epoch re-forms
     // every exact output; Dawid–Skene, global to a scope, follows at the scope's next refit.
@@ -398,15 +442,20 @@ fn relabel_latencies(
             .replace("\"@\"", classes[3]);
         let mut one: Vec<Update> = Vec::new();
         std::thread::sleep(every);
+        let truths_waiting = engine.truth_backlog();
+        let cpu_before = process_cpu();
         let start = Instant::now();
         source.apply_label(&parse_label_event(&relabel).unwrap(), &mut one).unwrap();
         engine.submit(one, source.catalog.take_new()).unwrap();
         engine.sync().unwrap();
+        let mut records = 0;
         for output in engine.take_completed().1 {
-            formed += output.records.iter().filter(|(_, diff)| *diff > 0).count();
+            records += output.records.iter().filter(|(_, diff)| *diff > 0).count();
         }
-        let elapsed = start.elapsed();
-        latencies.push((elapsed, item));
+        let latency = start.elapsed();
+        formed += records;
+        let cpu = process_cpu() - cpu_before;
+        latencies.push(Relabel { latency, item, records, cpu, truths_waiting });
     }
     let cpu = process_cpu() - cpu_start;
     assert!(formed > 0, "relabels re-formed no outputs");
