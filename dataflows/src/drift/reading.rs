@@ -132,7 +132,8 @@ pub(super) struct DayContext<'a> {
     /// where summing weeks of the tree on every day took most of an evaluation (a re-evaluation,
     /// which reads them on few days, sums the tree).
     pub(super) speed: Option<std::cell::RefCell<[SlidingTiming<'a>; 2]>>,
-    pub(super) median_ms: Option<f64>,
+    /// The scope's label times, whose median of the days before a day too-fast reads.
+    pub(super) scope_speed: &'a ScopeSpeed,
     pub(super) preferences: &'a PreferenceSettings,
     /// Whether readings carry their explanation: only the ones an output shows need one (a
     /// timeline reads every signal on every day, and formatting them all was most of its cost).
@@ -140,8 +141,8 @@ pub(super) struct DayContext<'a> {
 }
 
 impl<'a> DayContext<'a> {
-    /// The context of `inputs` in `scope`, its label times read from their tree, the scope's
-    /// median label time unknown and readings without explanations, until set.
+    /// The context of `inputs` in `scope`, its label times read from their tree and readings
+    /// without explanations, until set.
     pub(super) fn new(
         config: &'a DriftConfig,
         label_name: &'a dyn Fn(LabelId) -> String,
@@ -156,7 +157,7 @@ impl<'a> DayContext<'a> {
             gold_days: inputs.gold_days.sums(),
             scope_gold_days: scope.gold_days.sums(),
             speed: None,
-            median_ms: None,
+            scope_speed: &scope.speed,
             preferences,
             explain: false,
         }
@@ -439,8 +440,10 @@ impl<'a> DayContext<'a> {
 
     pub(super) fn too_fast(&self, day: Day) -> Option<Reading> {
         let c = self.config;
+        // The scope's median label time of the days before this one.
         let limit = self
-            .median_ms
+            .scope_speed
+            .median_ms_before(day)
             .map_or(c.too_fast_floor_ms, |m| (c.too_fast_median_share * m).max(c.too_fast_floor_ms));
         let (recent, baseline) = self.periods(day);
         let (n, _, fast) = self.timing(0, recent, limit);

@@ -258,42 +258,36 @@ fn evaluate_reusing(
     let mut open: [Option<usize>; Signal::COUNT] = [None; Signal::COUNT];
     let mut latest: [Option<Reading>; Signal::COUNT] = Default::default();
     let mut last_day = None;
-    if let Some((previous, _)) = reuse {
-        if resume > 0 {
-            let kept = &previous.days[..resume];
-            timeline.days.extend_from_slice(kept);
-            timeline.levels.extend_from_slice(&previous.levels[..resume]);
-            state = kept[resume - 1].1;
-            for i in 0..Signal::COUNT {
-                // The day the state began: the first of the run of days that end in it.
-                let run = kept.iter().rev().take_while(|(_, states)| states[i] == state[i]).count();
-                since[i] = Some(kept[resume - run].0);
-                // Speed and too-fast are held at watch at most, which is still a watch-level day.
-                last_bad[i] = kept
-                    .iter()
-                    .zip(&previous.levels[..resume])
-                    .rev()
-                    .find(|(_, levels)| levels[i] >= SignalState::Watch)
-                    .map(|((day, _), _)| *day);
-            }
-            // Episodes begun before the resumed day; one that ended on or after it is open there.
-            let from = active.get(resume).copied().unwrap_or(Day::MAX);
-            for episode in previous.episodes.iter().take_while(|e| e.start < from) {
-                let end = episode.end.filter(|&end| end < from);
-                if end.is_none() {
-                    open[episode.signal.index()] = Some(timeline.episodes.len());
-                }
-                timeline.episodes.push(Episode { end, ..episode.clone() });
-            }
-            last_day = Some(kept[resume - 1].0);
+    // The days before the resumed one, their states and the episodes begun before it.
+    if let Some((previous, _)) = reuse.filter(|_| resume > 0) {
+        let kept = &previous.days[..resume];
+        timeline.days.extend_from_slice(kept);
+        timeline.levels.extend_from_slice(&previous.levels[..resume]);
+        state = kept[resume - 1].1;
+        for i in 0..Signal::COUNT {
+            // The day the state began: the first of the run of days that end in it.
+            let run = kept.iter().rev().take_while(|(_, states)| states[i] == state[i]).count();
+            since[i] = Some(kept[resume - run].0);
+            // Speed and too-fast are held at watch at most, which is still a watch-level day.
+            last_bad[i] = kept
+                .iter()
+                .zip(&previous.levels[..resume])
+                .rev()
+                .find(|(_, levels)| levels[i] >= SignalState::Watch)
+                .map(|((day, _), _)| *day);
         }
+        // Episodes begun before the resumed day; one that ended on or after it is open there.
+        let from = active.get(resume).copied().unwrap_or(Day::MAX);
+        for episode in previous.episodes.iter().take_while(|e| e.start < from) {
+            let end = episode.end.filter(|&end| end < from);
+            if end.is_none() {
+                open[episode.signal.index()] = Some(timeline.episodes.len());
+            }
+            timeline.episodes.push(Episode { end, ..episode.clone() });
+        }
+        last_day = Some(kept[resume - 1].0);
     }
     for (at, &day) in active.iter().enumerate().skip(resume) {
-        // The scope's median label time, which too-fast reads: a re-evaluation reads that signal
-        // only where an alarm starts.
-        if reads_all(day) {
-            context.median_ms = scope.speed.median_ms_before(day);
-        }
         let mut levels = [SignalState::Insufficient; Signal::COUNT];
         match reuse.filter(|_| !reads_all(day)) {
             Some((previous, reread)) => {
@@ -302,7 +296,6 @@ fn evaluate_reusing(
                     levels[Signal::Gold.index()] = context.gold_level(day);
                 }
                 if reads_too_fast(day) {
-                    context.median_ms = scope.speed.median_ms_before(day);
                     let reading = context.read(Signal::TooFast, day);
                     levels[Signal::TooFast.index()] =
                         reading.as_ref().map_or(SignalState::Insufficient, Reading::level);
@@ -351,9 +344,6 @@ fn evaluate_reusing(
             if next == SignalState::Alarm && state[i] != SignalState::Alarm {
                 open[i] = Some(timeline.episodes.len());
                 context.explain = true;
-                if reuse.is_some() {
-                    context.median_ms = scope.speed.median_ms_before(day);
-                }
                 let explanation = context.read(signal, day).map(|r| r.explanation).unwrap_or_default();
                 context.explain = false;
                 timeline.episodes.push(Episode { signal, start: day, end: None, explanation });
