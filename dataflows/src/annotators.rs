@@ -255,7 +255,7 @@ impl Keyed for AnnotatorLogic {
                 // Evaluated before: again from the first day its own inputs changed, and where
                 // its scope's changes of this epoch are read.
                 Some(previous) if !a.drift.is_empty() => {
-                    let (gold, speed_from) =
+                    let (gold, _, speed_from) =
                         scope_reread(&mut self.gold_read, &self.reread_days, scope, config, basis);
                     let reread = drift::Reread { gold: &gold, speed_from, own_from: a.own_from };
                     let timeline = drift::reevaluate(
@@ -359,10 +359,9 @@ impl Keyed for AnnotatorLogic {
         let label_name = |l: LabelId| names.labels.get(l).to_json_text();
         let empty = ScopeInputs::default();
         let basis = self.basis.get(&scope).unwrap_or(&empty);
-        let (gold, speed_from) = scope_reread(&mut self.gold_read, &self.reread_days, scope, config, basis);
+        let (gold, gold_from, speed_from) =
+            scope_reread(&mut self.gold_read, &self.reread_days, scope, config, basis);
         // Gold alone, where most often no level moves: the timeline is restated in place.
-        let gold_from =
-            self.reread_days.get(&scope).and_then(|c| c.gold.first().copied()).unwrap_or(Day::MAX);
         let restated = speed_from
             .is_none()
             .then(|| {

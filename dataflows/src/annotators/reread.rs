@@ -11,19 +11,22 @@ use crate::source::{Day, ScopeId};
 
 /// What this epoch's changes of `scope` (`reread_days`) make its annotators' readings read again:
 /// whether the gold reading of a day does ([`reads_changed_gold`], kept per day in `gold_read`),
-/// and the earliest changed day of its label times, after which too-fast readings do.
+/// the earliest changed gold day (no gold reading of an earlier day reads a changed one; `Day::MAX`
+/// where none changed), and the earliest changed day of its label times, after which too-fast
+/// readings do.
 pub(super) fn scope_reread<'a>(
     gold_read: &'a mut HashMap<ScopeId, DaysRead, RandomState>,
     reread_days: &'a HashMap<ScopeId, ChangedDays, RandomState>,
     scope: ScopeId,
     config: &'a drift::DriftConfig,
     basis: &'a ScopeInputs,
-) -> (impl Fn(Day) -> bool + 'a, Option<Day>) {
+) -> (impl Fn(Day) -> bool + 'a, Day, Option<Day>) {
     let changed = reread_days.get(&scope);
     let gold_days = changed.map_or(&[][..], |c| &c.gold[..]);
     let memo = std::cell::RefCell::new(gold_read.entry(scope).or_default());
     let gold = move |day| reads_changed_gold(&mut memo.borrow_mut(), day, gold_days, config, basis);
-    (gold, changed.and_then(|c| c.speed))
+    let gold_from = gold_days.first().copied().unwrap_or(Day::MAX);
+    (gold, gold_from, changed.and_then(|c| c.speed))
 }
 
 /// Whether the gold reading of `day` in a scope reads one of the scope's `changed` gold days
