@@ -420,10 +420,10 @@ fn relabel_latencies(
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let classes = ["\"positive\"", "\"negative\"", "\"neutral\"", "\"mixed\""];
-    let mut latencies = Vec::with_capacity(relabels);
+    let mut measured = Vec::with_capacity(relabels);
     let mut formed = 0usize;
     let cpu_start = process_cpu();
-    while latencies.len() < relabels {
+    while measured.len() < relabels {
         let line = &lines[rng.gen_range(0..lines.len())];
         let Ok(event) = parse_label_event(line) else {
             continue;
@@ -455,10 +455,10 @@ fn relabel_latencies(
         let latency = start.elapsed();
         formed += records;
         let cpu = process_cpu() - cpu_before;
-        latencies.push(Relabel { latency, item, records, cpu, truths_waiting });
+        measured.push(Relabel { latency, item, records, cpu, truths_waiting });
     }
     let cpu = process_cpu() - cpu_start;
     assert!(formed > 0, "relabels re-formed no outputs");
     engine.finish().unwrap();
-    (latencies, cpu)
+    (measured, cpu)
 }
