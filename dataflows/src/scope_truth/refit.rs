@@ -86,16 +86,18 @@ pub(super) struct Formed {
 }
 
 impl Refit {
-    /// Starts a refit on a thread named `labelqc-refit`: it consolidates the scope's label `log`
-    /// (a sorted run and the updates since, appended), fits its live labels with `gold`, warm
+    /// Starts a refit on a thread named `labelqc-refit`: it consolidates the scope's labels (`run`,
+    /// sorted, and `log`, the updates since, appended to it there), fits its live labels with `gold`, warm
     /// started from `warm` when given, and forms the outputs against the `published` ones. The
     /// names of the categories are copied from `names` now: the thread does not read the catalog,
     /// which the workers keep changing. A panic in the thread is caught, and the log comes back.
     ///
     /// # Errors
-    /// The system refused the thread; the log, the warm start and the published outputs come back
+    /// The system refused the thread; the labels, the warm start and the published outputs come back
     /// with the error, for the caller to fit in place.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
+        run: LabelLog,
         log: LabelLog,
         gold: Vec<(ItemId, LabelId)>,
         names: &Catalog,
@@ -105,14 +107,20 @@ impl Refit {
         published: Arc<Vec<Published>>,
     ) -> Result<Refit, Box<Refused>> {
         let started = Instant::now();
-        let categories = categories(&log, &gold, names);
+        let categories = categories(run.iter().chain(&log), &gold, names);
         let is_warm = warm.is_some();
-        // The log and the warm start go to the thread once it runs, so that they are still here if
-        // the system refuses it. It reads the published outputs, which the worker keeps.
-        let (give, take) = std::sync::mpsc::channel::<(LabelLog, Option<WarmStart>)>();
+        // The labels and the warm start go to the thread once it runs, so that they are still here
+        // if the system refuses it. It reads the published outputs, which the worker keeps.
+        let (give, take) = std::sync::mpsc::channel::<(LabelLog, LabelLog, Option<WarmStart>)>();
         let spawned = std::thread::Builder::new().name("labelqc-refit".into()).spawn(move || {
-            let (mut log, warm) = take.recv().expect("the worker sends the refit its input");
+            let (mut log, mut updates, warm) = take.recv().expect("the worker sends the refit its input");
             run_behind_the_workers();
+            // Joined here, not on the worker: at millions of labels the copy takes a while.
+            if log.is_empty() {
+                log = updates;
+            } else {
+                log.append(&mut updates);
+            }
             let work = AssertUnwindSafe(|| {
                 refit(&mut log, &gold, &categories, &options, warm.as_ref(), forming, &published)
             });
@@ -124,10 +132,10 @@ impl Refit {
         });
         match spawned {
             Ok(thread) => {
-                give.send((log, warm)).expect("the refit thread waits for its input");
+                give.send((run, log, warm)).expect("the refit thread waits for its input");
                 Ok(Refit { thread, warm: is_warm, started })
             }
-            Err(error) => Err(Box::new(Refused { error, log, warm })),
+            Err(error) => Err(Box::new(Refused { error, run, log, warm })),
         }
     }
 
@@ -148,6 +156,7 @@ impl Refit {
 /// A refit the system had no thread for, with what it was given back.
 pub(super) struct Refused {
     pub error: std::io::Error,
+    pub run: LabelLog,
     pub log: LabelLog,
     pub warm: Option<WarmStart>,
 }
@@ -203,11 +212,15 @@ struct Categories {
     rank: HashMap<LabelId, usize, RandomState>,
 }
 
-fn categories(log: &LabelLog, gold: &[(ItemId, LabelId)], names: &Catalog) -> Categories {
+fn categories<'a>(
+    log: impl Iterator<Item = &'a (FitLabel, crate::dataflow::Diff)>,
+    gold: &[(ItemId, LabelId)],
+    names: &Catalog,
+) -> Categories {
     let mut ids: Vec<LabelId> = Vec::new();
     let mut limit = 4096;
     let mut last = None;
-    for id in log.iter().map(|&((_, _, l), _)| l).chain(gold.iter().map(|&(_, l)| l)) {
+    for id in log.map(|&((_, _, l), _)| l).chain(gold.iter().map(|&(_, l)| l)) {
         // Runs of one category are short: the list is deduplicated when it grows.
         if last != Some(id) {
             ids.push(id);
@@ -259,15 +272,18 @@ mod tests {
         let mut expected = Vec::new();
         let outputs = forming.outputs(&in_place, false, &[], &catalog, &mut expected);
 
-        // The log as the worker keeps it: a run, then a relabel's retraction and insertion, and a
-        // label added and deleted.
-        let mut log: LabelLog = labels.iter().map(|&l| (l, 1)).collect();
+        // The labels as the worker keeps them: a run, and the updates since: a relabel's
+        // retraction and insertion, and a label added and deleted.
+        let run: LabelLog = labels.iter().map(|&l| (l, 1)).collect();
         let (item, annotator, label) = labels[3];
-        log.push(((item, annotator, label), -1));
-        log.push(((item, annotator, label), 1));
-        log.push(((99, 0, label), 1));
-        log.push(((99, 0, label), -1));
-        let refit = Refit::start(log, gold, &catalog, options, None, forming, Arc::default()).ok().unwrap();
+        let log = vec![
+            ((item, annotator, label), -1),
+            ((item, annotator, label), 1),
+            ((99, 0, label), 1),
+            ((99, 0, label), -1),
+        ];
+        let refit =
+            Refit::start(run, log, gold, &catalog, options, None, forming, Arc::default()).ok().unwrap();
         let done = refit.join().unwrap();
         let formed = done.formed.unwrap().unwrap();
         assert_eq!(formed.out, expected);
@@ -286,10 +302,18 @@ mod tests {
         let (labels, _) = scope(&mut catalog);
         let log: LabelLog = vec![(labels[0], 1), (labels[0], -1)];
         let forming = Forming { scope: 7, item_json: true, tolerance: 0.0, live: true };
-        let refit =
-            Refit::start(log, Vec::new(), &catalog, FitOptions::default(), None, forming, Arc::default())
-                .ok()
-                .unwrap();
+        let refit = Refit::start(
+            Vec::new(),
+            log,
+            Vec::new(),
+            &catalog,
+            FitOptions::default(),
+            None,
+            forming,
+            Arc::default(),
+        )
+        .ok()
+        .unwrap();
         let done = refit.join().unwrap();
         assert!(done.formed.unwrap().is_none());
         assert!(done.log.is_empty());
