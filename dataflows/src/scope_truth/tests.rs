@@ -23,9 +23,9 @@ fn refits_are_spaced_by_their_cost_within_twice_the_refresh() {
     assert_eq!(interval(2_000), 20_000);
 }
 
-#[test]
-fn waiting_item_truths_go_out_in_order_at_most_the_bound_per_epoch_across_fits() {
-    let mut logic = TruthLogic {
+/// The live truth logic, refitting every second on one thread.
+fn live() -> TruthLogic {
+    TruthLogic {
         settings: TruthSettings::default(),
         refresh: Some(Duration::from_secs(1)),
         threads: 1,
@@ -33,7 +33,12 @@ fn waiting_item_truths_go_out_in_order_at_most_the_bound_per_epoch_across_fits()
         once: false,
         staged: VecDeque::new(),
         backlog: TruthBacklog::default(),
-    };
+    }
+}
+
+#[test]
+fn waiting_item_truths_go_out_in_order_at_most_the_bound_per_epoch_across_fits() {
+    let mut logic = live();
     let truth = |item: ItemId| TruthOut::Item { scope: 1, item, label: 0, p: 0, json: Arc::from(&[][..]) };
     // Two fits' changes: 300 items inserted; then those 300 moved to other truths, and 100
     // items more.
@@ -67,15 +72,7 @@ fn waiting_item_truths_go_out_in_order_at_most_the_bound_per_epoch_across_fits()
 
 #[test]
 fn a_refit_gives_its_labels_back_as_the_run_and_the_updates_since_stay_apart() {
-    let mut logic = TruthLogic {
-        settings: TruthSettings::default(),
-        refresh: Some(Duration::from_secs(1)),
-        threads: 1,
-        item_json: false,
-        once: false,
-        staged: VecDeque::new(),
-        backlog: TruthBacklog::default(),
-    };
+    let mut logic = live();
     let mut catalog = Catalog::default();
     let ids: Vec<LabelId> = ["a", "b", "c"]
         .iter()
