@@ -425,12 +425,8 @@ impl TruthLogic {
         // finds the run, sorts the few others and merges, in about linear time. The report's one
         // fit gets the labels in no order: they are sorted on the fit's threads. Either way
         // consolidation gets a sorted slice.
-        if !s.run.is_empty() {
-            // A fit in place after refits (the system refused a refit its thread).
-            let mut run = std::mem::take(&mut s.run);
-            run.append(&mut s.log);
-            s.log = run;
-        }
+        // After refits, a fit in place (where the system refused a refit its thread) joins them.
+        s.log = joined(std::mem::take(&mut s.run), std::mem::take(&mut s.log));
         if self.refresh.is_some() {
             s.log.sort_by_key(|&(key, _)| key);
         } else {
@@ -525,6 +521,16 @@ fn sort_on(log: &mut [((ItemId, AnnotatorId, LabelId), Diff)], threads: usize) {
         Some(pool) => pool.install(|| log.par_sort_unstable_by_key(|&(key, _)| key)),
         None => log.sort_unstable_by_key(|&(key, _)| key),
     }
+}
+
+/// A scope's labels as one log: `run` (a refit's consolidated labels), then `updates`, the
+/// changes since, appended (no copy where there is no run).
+fn joined(mut run: LabelLog, mut updates: LabelLog) -> LabelLog {
+    if run.is_empty() {
+        return updates;
+    }
+    run.append(&mut updates);
+    run
 }
 
 /// A row of one of the scope's items: `(item, row)`.

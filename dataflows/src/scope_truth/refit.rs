@@ -113,14 +113,10 @@ impl Refit {
         // if the system refuses it. It reads the published outputs, which the worker keeps.
         let (give, take) = std::sync::mpsc::channel::<(LabelLog, LabelLog, Option<WarmStart>)>();
         let spawned = std::thread::Builder::new().name("labelqc-refit".into()).spawn(move || {
-            let (mut log, mut updates, warm) = take.recv().expect("the worker sends the refit its input");
+            let (run, updates, warm) = take.recv().expect("the worker sends the refit its input");
             run_behind_the_workers();
             // Joined here, not on the worker: at millions of labels the copy takes a while.
-            if log.is_empty() {
-                log = updates;
-            } else {
-                log.append(&mut updates);
-            }
+            let mut log = super::joined(run, updates);
             let work = AssertUnwindSafe(|| {
                 refit(&mut log, &gold, &categories, &options, warm.as_ref(), forming, &published)
             });
