@@ -50,7 +50,7 @@ use crate::truth::{fit, FitOptions, TruthFit, TruthSettings, WarmStart};
 pub use parts::{ScopePart, ScopeParts, ScopePartsLogic};
 use publish::{retract_all, CategoryNames, Forming, ItemChange, Published};
 pub use publish::{TruthBacklog, PUBLISH_PER_EPOCH};
-use refit::Refit;
+use refit::{Labels, Refit};
 
 mod parts;
 mod publish;
@@ -84,6 +84,9 @@ pub struct ScopeLabels {
     log: LabelLog,
     /// `(item, gold answer)` with multiplicity.
     gold: HashMap<(ItemId, LabelId), Diff, RandomState>,
+    /// Live: the live labels of each category (of `run` and `log` together), for a refit to name
+    /// the scope's categories without walking its labels.
+    categories: HashMap<LabelId, Diff, RandomState>,
     /// Live: when the scope was last fitted.
     last: Option<Instant>,
     /// Live: where the next fit starts.
@@ -223,7 +226,10 @@ impl Keyed for TruthLogic {
             // leaderboard, position bias and tie rate).
             ItemRow::Label { compared: true, .. } => {}
             ItemRow::Label { annotator, label, compared: false } => {
-                s.log.push(((item, annotator, label), diff))
+                s.log.push(((item, annotator, label), diff));
+                if self.refresh.is_some() {
+                    add(&mut s.categories, label, diff);
+                }
             }
             ItemRow::Gold { label } => add(&mut s.gold, (item, label), diff),
         }
@@ -312,10 +318,16 @@ impl Keyed for TruthLogic {
         }
         let gold = s.gold.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
         let warm = if s.dirty { s.warm.take() } else { None };
-        let (run, log) = (std::mem::take(&mut s.run), std::mem::take(&mut s.log));
+        let started = Instant::now();
+        let categories = s.categories.keys().copied().collect();
+        let labels = Labels { run: std::mem::take(&mut s.run), log: std::mem::take(&mut s.log), categories };
+        let updates = labels.run.len() + labels.log.len();
         let published = Arc::clone(&s.published);
-        match Refit::start(run, log, gold, names, self.options(), warm, self.forming(scope), published) {
+        match Refit::start(labels, gold, names, self.options(), warm, self.forming(scope), published) {
             Ok(refit) => {
+                // The worker's share of a refit: what it takes from the epoch that starts it.
+                let start_us = started.elapsed().as_micros() as u64;
+                tracing::debug!(scope, updates, warm = refit.warm, start_us, "truth refit started");
                 s.refit = Some(refit);
                 // Labels that change from now on are the next refit's.
                 s.dirty = false;

@@ -85,20 +85,29 @@ pub(super) struct Formed {
     pub outputs_time: Duration,
 }
 
+/// A scope's labels as its worker keeps them, for a refit.
+pub(super) struct Labels {
+    /// Consolidated and sorted: the labels a finished refit gave back.
+    pub run: LabelLog,
+    /// The updates since (appended to `run` on the refit's thread).
+    pub log: LabelLog,
+    /// The categories of the live labels of `run` and `log`, once each (the worker keeps their
+    /// counts, so that it does not walk millions of labels to name a scope's few categories).
+    pub categories: Vec<LabelId>,
+}
+
 impl Refit {
-    /// Starts a refit on a thread named `labelqc-refit`: it consolidates the scope's labels (`run`,
-    /// sorted, and `log`, the updates since, appended to it there), fits its live labels with `gold`, warm
-    /// started from `warm` when given, and forms the outputs against the `published` ones. The
-    /// names of the categories are copied from `names` now: the thread does not read the catalog,
-    /// which the workers keep changing. A panic in the thread is caught, and the log comes back.
+    /// Starts a refit on a thread named `labelqc-refit`: it consolidates the scope's `labels`,
+    /// fits the live ones with `gold`, warm started from `warm` when given, and forms the outputs
+    /// against the `published` ones. The names of the categories (`labels.categories` and those
+    /// of `gold`) are copied from `names` now: the thread does not read the catalog, which the
+    /// workers keep changing. A panic in the thread is caught, and the log comes back.
     ///
     /// # Errors
     /// The system refused the thread; the labels, the warm start and the published outputs come back
     /// with the error, for the caller to fit in place.
-    #[allow(clippy::too_many_arguments)]
     pub fn start(
-        run: LabelLog,
-        log: LabelLog,
+        labels: Labels,
         gold: Vec<(ItemId, LabelId)>,
         names: &Catalog,
         options: FitOptions,
@@ -107,7 +116,8 @@ impl Refit {
         published: Arc<Vec<Published>>,
     ) -> Result<Refit, Box<Refused>> {
         let started = Instant::now();
-        let categories = categories(run.iter().chain(&log), &gold, names);
+        let Labels { run, log, categories } = labels;
+        let categories = Categories::of(categories, &gold, names);
         let is_warm = warm.is_some();
         // The labels and the warm start go to the thread once it runs, so that they are still here
         // if the system refuses it. It reads the published outputs, which the worker keeps.
@@ -208,32 +218,17 @@ struct Categories {
     rank: HashMap<LabelId, usize, RandomState>,
 }
 
-fn categories<'a>(
-    log: impl Iterator<Item = &'a (FitLabel, crate::dataflow::Diff)>,
-    gold: &[(ItemId, LabelId)],
-    names: &Catalog,
-) -> Categories {
-    let mut ids: Vec<LabelId> = Vec::new();
-    let mut limit = 4096;
-    let mut last = None;
-    for id in log.map(|&((_, _, l), _)| l).chain(gold.iter().map(|&(_, l)| l)) {
-        // Runs of one category are short: the list is deduplicated when it grows.
-        if last != Some(id) {
-            ids.push(id);
-            last = Some(id);
+impl Categories {
+    /// The categories `used` by the labels and those of `gold`.
+    fn of(mut used: Vec<LabelId>, gold: &[(ItemId, LabelId)], names: &Catalog) -> Categories {
+        used.extend(gold.iter().map(|&(_, l)| l));
+        used.sort_unstable();
+        used.dedup();
+        used.sort_by(|a, b| names.name(*a).spec_cmp(names.name(*b)));
+        Categories {
+            names: used.iter().map(|&id| (id, names.name(id).clone())).collect(),
+            rank: used.iter().enumerate().map(|(rank, &id)| (id, rank)).collect(),
         }
-        if ids.len() > limit {
-            ids.sort_unstable();
-            ids.dedup();
-            limit = 2 * ids.len() + 4096;
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids.sort_by(|a, b| names.name(*a).spec_cmp(names.name(*b)));
-    Categories {
-        names: ids.iter().map(|&id| (id, names.name(id).clone())).collect(),
-        rank: ids.iter().enumerate().map(|(rank, &id)| (id, rank)).collect(),
     }
 }
 
@@ -278,8 +273,11 @@ mod tests {
             ((99, 0, label), 1),
             ((99, 0, label), -1),
         ];
-        let refit =
-            Refit::start(run, log, gold, &catalog, options, None, forming, Arc::default()).ok().unwrap();
+        let mut categories: Vec<LabelId> = labels.iter().map(|&(_, _, l)| l).collect();
+        categories.sort_unstable();
+        categories.dedup();
+        let taken = Labels { run, log, categories };
+        let refit = Refit::start(taken, gold, &catalog, options, None, forming, Arc::default()).ok().unwrap();
         let done = refit.join().unwrap();
         let formed = done.formed.unwrap().unwrap();
         assert_eq!(formed.out, expected);
@@ -298,18 +296,11 @@ mod tests {
         let (labels, _) = scope(&mut catalog);
         let log: LabelLog = vec![(labels[0], 1), (labels[0], -1)];
         let forming = Forming { scope: 7, item_json: true, tolerance: 0.0, live: true };
-        let refit = Refit::start(
-            Vec::new(),
-            log,
-            Vec::new(),
-            &catalog,
-            FitOptions::default(),
-            None,
-            forming,
-            Arc::default(),
-        )
-        .ok()
-        .unwrap();
+        let taken = Labels { run: Vec::new(), log, categories: Vec::new() };
+        let refit =
+            Refit::start(taken, Vec::new(), &catalog, FitOptions::default(), None, forming, Arc::default())
+                .ok()
+                .unwrap();
         let done = refit.join().unwrap();
         assert!(done.formed.unwrap().is_none());
         assert!(done.log.is_empty());

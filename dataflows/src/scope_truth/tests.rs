@@ -121,3 +121,56 @@ fn a_refit_gives_its_labels_back_as_the_run_and_the_updates_since_stay_apart() {
     assert_eq!(labels, live.iter().map(|&(k, _)| k).collect::<Vec<_>>());
     assert!(s.run.is_empty());
 }
+
+#[test]
+fn a_refit_names_the_categories_of_the_live_labels_from_their_counts() {
+    let mut logic = live();
+    let mut catalog = Catalog::default();
+    let [a, b, c]: [LabelId; 3] =
+        ["a", "b", "c"].map(|n| catalog.label(&crate::label::RawLabel::String(n.into())).unwrap());
+    let scope = 7;
+    let mut s = ScopeLabels::default();
+    let update = |logic: &mut TruthLogic, s: &mut ScopeLabels, (item, annotator, label): FitLabel, diff| {
+        logic.apply(&scope, s, &(item, ItemRow::Label { annotator, label, compared: false }), &diff);
+    };
+    // Items 0-19 labelled `a` by annotator 0, `b` by the others; items 20-39 `b` by everyone.
+    let first = |item: u64, annotator: u64| if item < 20 && annotator == 0 { a } else { b };
+    for item in 0..40 {
+        for annotator in 0..3 {
+            update(&mut logic, &mut s, (item, annotator, first(item, annotator)), 1);
+        }
+    }
+    let mut out = Vec::new();
+    assert!(!logic.unchanged(&scope, &mut s, &catalog));
+    logic.derive(&scope, &mut s, &catalog, &mut out);
+    // Every `a` relabelled `c`, with a label added and deleted in `a` meanwhile: `a` is used
+    // by no live label, `c` by twenty.
+    for item in 0..20 {
+        update(&mut logic, &mut s, (item, 0, a), -1);
+        update(&mut logic, &mut s, (item, 0, c), 1);
+    }
+    update(&mut logic, &mut s, (99, 5, a), 1);
+    update(&mut logic, &mut s, (99, 5, a), -1);
+    let mut counted: Vec<(LabelId, Diff)> = s.categories.iter().map(|(&l, &n)| (l, n)).collect();
+    counted.sort_unstable();
+    let mut expected = vec![(b, 100), (c, 20)];
+    expected.sort_unstable();
+    assert_eq!(counted, expected);
+    // The refit fits them with those categories alone: its priors name `b` and `c`.
+    s.last = Instant::now().checked_sub(Duration::from_secs(60));
+    assert!(logic.unchanged(&scope, &mut s, &catalog), "the refit runs in the background");
+    while !s.refit.as_ref().is_some_and(Refit::finished) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    out.clear();
+    logic.derive(&scope, &mut s, &catalog, &mut out);
+    let priors = out
+        .iter()
+        .find_map(|o| match o {
+            TruthOut::Scope { json, .. } => Some(String::from_utf8(json.clone()).unwrap()),
+            _ => None,
+        })
+        .expect("the refit's scope truth");
+    assert!(priors.contains(r#""label":"b""#) && priors.contains(r#""label":"c""#), "{priors}");
+    assert!(!priors.contains(r#""label":"a""#), "{priors}");
+}
