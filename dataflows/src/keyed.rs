@@ -463,8 +463,16 @@ fn pending_at<L: Keyed>(
     }))
 }
 
-/// Emits `after - before` (both consumed): what stayed the same is not sent.
+/// Emits `after - before` (both consumed): what stayed the same is not sent. Where one side is
+/// empty (a new key, or one that has gone), the other is emitted as it is, unsorted: the
+/// order of a difference's updates means nothing, and a new item's contributions were a sixth of
+/// the items operator's time in a report, sorting.
 pub fn emit_difference<T: Ord>(before: &mut Vec<T>, after: &mut Vec<T>, mut emit: impl FnMut(T, Diff)) {
+    if before.is_empty() || after.is_empty() {
+        before.drain(..).for_each(|out| emit(out, -1));
+        after.drain(..).for_each(|out| emit(out, 1));
+        return;
+    }
     before.sort_unstable();
     after.sort_unstable();
     let (mut b, mut a) = (before.drain(..).peekable(), after.drain(..).peekable());
@@ -499,5 +507,28 @@ fn emit_sorted_difference<T: Ord + Clone>(before: &mut Vec<T>, after: &[T], mut 
             (None, Some(_)) => emit((*a.next().expect("peeked")).clone(), 1),
             (None, None) => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `emit_difference`'s updates, consolidated.
+    fn difference(before: &[u32], after: &[u32]) -> Vec<(u32, Diff)> {
+        let (mut before, mut after) = (before.to_vec(), after.to_vec());
+        let mut out = Vec::new();
+        emit_difference(&mut before, &mut after, |x, d| out.push((x, d)));
+        assert!(before.is_empty() && after.is_empty(), "both are consumed");
+        differential_dataflow::consolidation::consolidate(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_difference_sends_what_changed_and_with_one_side_empty_the_other_whole() {
+        assert_eq!(difference(&[3, 1, 2, 2], &[2, 4, 1]), [(2, -1), (3, -1), (4, 1)]);
+        assert_eq!(difference(&[], &[5, 1, 1]), [(1, 2), (5, 1)]);
+        assert_eq!(difference(&[5, 1], &[]), [(1, -1), (5, -1)]);
+        assert_eq!(difference(&[7, 7], &[7, 7]), []);
     }
 }
