@@ -464,9 +464,9 @@ fn pending_at<L: Keyed>(
 }
 
 /// Emits `after - before` (both consumed): what stayed the same is not sent. Where one side is
-/// empty (a new key, or one that has gone), the other is emitted as it is, unsorted: the
-/// order of a difference's updates means nothing, and a new item's contributions were a sixth of
-/// the items operator's time in a report, sorting.
+/// empty (a new key, or one that has gone), the other is emitted as it is, unsorted: the order of
+/// a difference's updates means nothing, and sorting a new item's contributions only to compare
+/// them with nothing took about a sixth of the items operator's time in a report.
 pub fn emit_difference<T: Ord>(before: &mut Vec<T>, after: &mut Vec<T>, mut emit: impl FnMut(T, Diff)) {
     if before.is_empty() || after.is_empty() {
         before.drain(..).for_each(|out| emit(out, -1));
