@@ -379,6 +379,24 @@ impl DaySums {
         }
     }
 
+    /// The sums over each window of `windows` days that ends on `day` (`day - w + 1 ..= day`),
+    /// in their order: [`DaySums::sum`] of each, with the end looked up once, as a gold reading
+    /// sums its windows on every day it reads.
+    pub(super) fn windows_ending<'a>(
+        &'a self,
+        day: Day,
+        windows: &'a [u32],
+    ) -> impl Iterator<Item = (u32, [i64; 2])> + 'a {
+        let to = day.checked_add(1).map_or(self.days.len(), |next| self.before(next));
+        let [n1, e1] = self.running[to];
+        windows.iter().map(move |&w| {
+            let start = (i64::from(day) - i64::from(w) + 1).max(i64::from(Day::MIN)) as Day;
+            let from = self.before(start).min(to);
+            let [n0, e0] = self.running[from];
+            (w, [n1 - n0, e1 - e0])
+        })
+    }
+
     /// The sum over the days of `range`, as [`sum_range`] over the map would give it.
     pub(super) fn sum(&self, range: impl std::ops::RangeBounds<Day>) -> [i64; 2] {
         use std::ops::Bound;
@@ -439,6 +457,14 @@ mod tests {
                 }
             }
             assert_eq!(sums.sum(..), sum_range(&by_day, ..));
+            let windows = [1, 2, 3, 7, 14, 6_000, u32::MAX];
+            for day in (-5..12).chain([4_999, 5_000, 5_001, i32::MIN, i32::MAX]) {
+                let each: Vec<_> = sums.windows_ending(day, &windows).collect();
+                let start = |w: u32| (i64::from(day) - i64::from(w) + 1).max(i64::from(i32::MIN)) as i32;
+                let expected: Vec<_> =
+                    windows.iter().map(|&w| (w, sum_range(&by_day, start(w)..=day))).collect();
+                assert_eq!(each, expected, "windows ending on {day}");
+            }
         }
         assert_eq!(DaySums::new(&BTreeMap::new()).sum(..), [0, 0]);
         assert_eq!(DaySums::new(&BTreeMap::new()).sum(3..=7), [0, 0]);

@@ -218,10 +218,9 @@ impl<'a> DayContext<'a> {
     /// none has enough answers, the baseline is not formed).
     fn gold_evidence(&self, day: Day) -> Option<GoldEvidence> {
         let c = self.config;
-        let mut windows = c
-            .gold_windows_days
-            .iter()
-            .map(|&w| (w, self.gold_days.sum((day - w as Day + 1)..=day)))
+        let mut windows = self
+            .gold_days
+            .windows_ending(day, &c.gold_windows_days)
             .filter(|&(_, [n, _])| n >= c.gold_min_answers)
             .peekable();
         windows.peek()?;
