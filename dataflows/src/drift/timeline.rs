@@ -18,14 +18,26 @@ pub struct Episode {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SignalReport {
     pub state: SignalState,
-    /// The day the current state began (`YYYY-MM-DD`).
-    pub since: Option<String>,
+    /// The day the current state began, written `YYYY-MM-DD` ([`date`]). Kept as the day: an
+    /// annotator's timeline is re-evaluated with every label it gives, and its record is written
+    /// only where a report moved, so the dates are formed when written, not at each evaluation.
+    #[serde(serialize_with = "serialize_since")]
+    pub since: Option<Day>,
     /// The latest reading; absent while there are too few observations.
     #[serde(flatten)]
     pub reading: Option<Reading>,
-    /// Why there is no reading, when there is none.
+    /// Why there is no reading, when there is none. Shared: the words depend on the settings
+    /// alone, and a re-evaluation keeps them.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub note: Option<std::sync::Arc<str>>,
+}
+
+/// [`SignalReport::since`] as `YYYY-MM-DD`, or `null`.
+fn serialize_since<S: serde::Serializer>(since: &Option<Day>, serializer: S) -> Result<S::Ok, S::Error> {
+    match since {
+        Some(day) => serializer.serialize_str(&date(*day)),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// An annotator's drift within a scope: every signal's state, day by day.
@@ -387,14 +399,17 @@ fn evaluate_reusing(
             let kept =
                 || previous_current.iter().find(|(s, _)| *s == signal).and_then(|(_, r)| r.note.clone());
             let note = reading.is_none().then(|| {
-                kept().unwrap_or_else(|| match signal {
-                    Signal::Position | Signal::Ties => {
-                        sides::not_enough(signal == Signal::Position, preferences)
+                kept().unwrap_or_else(|| {
+                    match signal {
+                        Signal::Position | Signal::Ties => {
+                            sides::not_enough(signal == Signal::Position, preferences)
+                        }
+                        _ => not_enough(signal, config),
                     }
-                    _ => not_enough(signal, config),
+                    .into()
                 })
             });
-            (signal, SignalReport { state: state[i], since: since[i].map(date), reading, note })
+            (signal, SignalReport { state: state[i], since: since[i], reading, note })
         })
         .collect();
     timeline
