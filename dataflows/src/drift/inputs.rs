@@ -379,6 +379,11 @@ impl DaySums {
         }
     }
 
+    /// How many days come up to and including `day` (before `day + 1`).
+    fn through(&self, day: Day) -> usize {
+        day.checked_add(1).map_or(self.days.len(), |next| self.before(next))
+    }
+
     /// The sums over each window of `windows` days that ends on `day` (`day - w + 1 ..= day`),
     /// in their order: [`DaySums::sum`] of each, with the end looked up once, as a gold reading
     /// sums its windows on every day it reads.
@@ -387,7 +392,7 @@ impl DaySums {
         day: Day,
         windows: &'a [u32],
     ) -> impl Iterator<Item = (u32, [i64; 2])> + 'a {
-        let to = day.checked_add(1).map_or(self.days.len(), |next| self.before(next));
+        let to = self.through(day);
         let [n1, e1] = self.running[to];
         windows.iter().map(move |&w| {
             let start = (i64::from(day) - i64::from(w) + 1).max(i64::from(Day::MIN)) as Day;
@@ -400,15 +405,13 @@ impl DaySums {
     /// The sum over the days of `range`, as [`sum_range`] over the map would give it.
     pub(super) fn sum(&self, range: impl std::ops::RangeBounds<Day>) -> [i64; 2] {
         use std::ops::Bound;
-        // Days up to and including `d` come before `d + 1`.
-        let through = |d: Day| d.checked_add(1).map_or(self.days.len(), |next| self.before(next));
         let from = match range.start_bound() {
             Bound::Included(&d) => self.before(d),
-            Bound::Excluded(&d) => through(d),
+            Bound::Excluded(&d) => self.through(d),
             Bound::Unbounded => 0,
         };
         let to = match range.end_bound() {
-            Bound::Included(&d) => through(d),
+            Bound::Included(&d) => self.through(d),
             Bound::Excluded(&d) => self.before(d),
             Bound::Unbounded => self.days.len(),
         };
