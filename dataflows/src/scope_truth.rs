@@ -316,16 +316,16 @@ impl Keyed for TruthLogic {
         if s.refit.is_some() || s.last.is_none() {
             return false;
         }
+        // The worker's share of a refit, from here: what it takes from the epoch that starts it.
+        let started = Instant::now();
         let gold = s.gold.iter().filter(|(_, n)| **n > 0).map(|(&k, _)| k).collect();
         let warm = if s.dirty { s.warm.take() } else { None };
-        let started = Instant::now();
         let categories = s.categories.keys().copied().collect();
         let labels = Labels { run: std::mem::take(&mut s.run), log: std::mem::take(&mut s.log), categories };
         let updates = labels.run.len() + labels.log.len();
         let published = Arc::clone(&s.published);
         match Refit::start(labels, gold, names, self.options(), warm, self.forming(scope), published) {
             Ok(refit) => {
-                // The worker's share of a refit: what it takes from the epoch that starts it.
                 let start_us = started.elapsed().as_micros() as u64;
                 tracing::debug!(scope, updates, warm = refit.warm, start_us, "truth refit started");
                 s.refit = Some(refit);
